@@ -1,0 +1,102 @@
+//! Command-line definition (clap derive only). No flag changes what is deployed or where.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Environment-locked deployments: apply an environment's reviewed configuration to its own
+/// account, atomically, or refuse.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes: 0 success, 1 error, 2 changes pending (plan --detailed-exitcode), \
+                  3 refused for safety, 4 failed and rolled back, 5 target locked, 64 usage error."
+)]
+pub struct Cli {
+    /// Run as if started in DIR (as `git -C` does).
+    #[arg(short = 'C', value_name = "DIR", global = true)]
+    pub directory: Option<PathBuf>,
+
+    /// Output format: text for people, json for programs (one document on stdout).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    pub format: OutputFormat,
+
+    /// The main job: `deploy --target NAME` plans, shows the diff, confirms and applies.
+    #[command(flatten)]
+    pub deploy: ApplyArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate every environment at a commit: the CI merge gate. Touches no target.
+    Check(CheckArgs),
+    /// List environments: name, account, schema, target, protected, branch.
+    Envs(RevArgs),
+    /// Show how each environment's resolved configuration changes between two commits.
+    Diff(DiffArgs),
+    /// Resolve one environment from HEAD and show what would change. Writes nothing.
+    Plan(PlanArgs),
+    /// Same as `deploy --target NAME`.
+    Apply(ApplyArgs),
+    /// Print the JSON Schema of environment files (for editors such as taplo).
+    Schema,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The commit to validate (default: HEAD).
+    #[arg(long, value_name = "REV", default_value = "HEAD")]
+    pub rev: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RevArgs {
+    /// The commit to read (default: HEAD).
+    #[arg(long, value_name = "REV", default_value = "HEAD")]
+    pub rev: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old commit.
+    #[arg(value_name = "REV1")]
+    pub from: String,
+    /// The new commit.
+    #[arg(value_name = "REV2")]
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The environment to plan for.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ApplyArgs {
+    /// The environment to deploy. Everything else comes from the commit.
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Apply without asking (required without a terminal). Never skips a safety check.
+    #[arg(long)]
+    pub yes: bool,
+}

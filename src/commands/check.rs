@@ -1,0 +1,92 @@
+//! `deploy check [--rev REV]`: validate every environment at one commit (the CI merge gate).
+
+use std::path::Path;
+
+use anyhow::Result;
+use envlock::diagnostic::DiagnosticJson;
+use envlock::error::{Exit, Failure};
+use envlock::output::{Printer, style};
+use envlock::workspace;
+use serde::Serialize;
+
+use crate::cli::CheckArgs;
+
+/// `--format json` output of `deploy check`.
+#[derive(Serialize)]
+struct CheckJson {
+    ok: bool,
+    commit: String,
+    rev: String,
+    environments: Vec<EnvStatus>,
+    errors: Vec<DiagnosticJson>,
+}
+
+#[derive(Serialize)]
+struct EnvStatus {
+    name: String,
+    valid: bool,
+}
+
+pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
+    let CheckArgs { rev } = args;
+    let repo = workspace::open(dir)?;
+    let (commit, config) = workspace::load(&repo, &rev)?;
+    let ok = config.diagnostics.is_empty();
+    let names = config.names();
+    let invalid: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            config.broken.contains(n)
+                || config.diagnostics.iter().any(|d| d.environment.as_deref() == Some(n.as_str()))
+        })
+        .collect();
+    if printer.is_json() {
+        printer.json(&CheckJson {
+            ok,
+            commit: commit.id.to_string(),
+            rev: rev.clone(),
+            environments: names
+                .iter()
+                .map(|n| EnvStatus {
+                    name: n.clone(),
+                    valid: !invalid.contains(&n),
+                })
+                .collect(),
+            errors: config
+                .diagnostics
+                .iter()
+                .map(|d| d.to_json(&config.sources))
+                .collect(),
+        })?;
+    } else {
+        printer.diagnostics(&config.sources, &config.diagnostics);
+        if ok {
+            printer.out(&format!(
+                "{} {} environment{} valid at {} ({}): {}\n",
+                printer.paint_out(style::OK, "ok:"),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                commit.short(),
+                rev,
+                names.join(", ")
+            ))?;
+        }
+    }
+    if ok {
+        return Ok(Exit::Success);
+    }
+    let n = config.diagnostics.len();
+    let list: Vec<&str> = invalid.iter().map(|s| s.as_str()).collect();
+    Err(Failure::error(format!(
+        "{n} problem{} at {} ({rev}){}",
+        if n == 1 { "" } else { "s" },
+        commit.short(),
+        if list.is_empty() {
+            String::new()
+        } else {
+            format!("; invalid: {}", list.join(", "))
+        }
+    ))
+    .already_reported()
+    .into())
+}

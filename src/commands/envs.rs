@@ -1,0 +1,99 @@
+//! `deploy envs`: list the environments of a commit.
+
+use std::path::Path;
+
+use anyhow::Result;
+use envlock::error::{Exit, Failure};
+use envlock::output::Printer;
+use envlock::workspace;
+use serde::Serialize;
+
+use crate::cli::RevArgs;
+
+/// One row of `deploy envs --format json`.
+#[derive(Serialize)]
+struct EnvRow {
+    name: String,
+    account: String,
+    schema: String,
+    target: String,
+    target_kind: String,
+    protected: bool,
+    branch: Option<String>,
+    after: Vec<String>,
+    resources: usize,
+}
+
+pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
+    let RevArgs { rev } = args;
+    let repo = workspace::open(dir)?;
+    let (_commit, config) = workspace::load(&repo, &rev)?;
+    let rows: Vec<EnvRow> = config
+        .environments
+        .iter()
+        .map(|e| EnvRow {
+            name: e.name.clone(),
+            account: e.account.value.clone(),
+            schema: e.schema.value.clone(),
+            target: e.target.describe(),
+            target_kind: e.target.kind_name().to_owned(),
+            protected: e.protected,
+            branch: e.branch.as_ref().map(|b| b.value.clone()),
+            after: e.after.iter().map(|a| a.value.clone()).collect(),
+            resources: e.settings.len(),
+        })
+        .collect();
+    if printer.is_json() {
+        printer.json(&rows)?;
+    } else {
+        let header = ["NAME", "ACCOUNT", "SCHEMA", "TARGET", "PROTECTED", "BRANCH"];
+        let table: Vec<[String; 6]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.name.clone(),
+                    r.account.clone(),
+                    r.schema.clone(),
+                    r.target.clone(),
+                    if r.protected { "yes" } else { "no" }.to_owned(),
+                    r.branch.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &table {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::new();
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(c);
+                } else {
+                    s.push_str(&format!("{c:<w$}  "));
+                }
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = line(&header.map(str::to_owned));
+        for row in &table {
+            out.push_str(&line(row));
+        }
+        printer.out(&out)?;
+        printer.diagnostics(&config.sources, &config.diagnostics);
+    }
+    if config.diagnostics.is_empty() {
+        Ok(Exit::Success)
+    } else {
+        Err(Failure::error(format!(
+            "the configuration at {rev} has {} problem(s); environments with errors are not listed",
+            config.diagnostics.len()
+        ))
+        .already_reported()
+        .hint("`deploy check` explains every problem")
+        .into())
+    }
+}

@@ -1,0 +1,42 @@
+//! One module per subcommand: arguments -> options -> library call -> output.
+
+mod check;
+mod diff;
+mod envs;
+mod meta;
+mod plan;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use envlock::error::{Exit, Failure};
+use envlock::output::Printer;
+
+use crate::cli::{Cli, Command};
+
+/// Run the command `cli` asks for.
+pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
+    let Cli {
+        directory,
+        format: _,
+        deploy,
+        command,
+    } = cli;
+    let dir = directory.unwrap_or_else(|| PathBuf::from("."));
+    match command {
+        Some(Command::Check(args)) => check::run(&dir, args, printer),
+        Some(Command::Envs(args)) => envs::run(&dir, args, printer),
+        Some(Command::Diff(args)) => diff::run(&dir, args, printer),
+        Some(Command::Plan(args)) => plan::plan(&dir, args, printer),
+        Some(Command::Apply(args)) => plan::apply(&dir, args, printer),
+        Some(Command::Schema) => meta::schema(printer),
+        Some(Command::Completions { shell }) => meta::completions(shell, printer),
+        Some(Command::Man) => meta::man(printer),
+        None => match deploy.target {
+            Some(_) => plan::apply(&dir, deploy, printer),
+            None => Err(Failure::usage("nothing to do: name an environment with --target NAME, or a command")
+                .hint("`deploy --target prod` deploys prod; `deploy check` validates every environment; `deploy --help` lists the rest")
+                .into()),
+        },
+    }
+}

@@ -1,0 +1,1239 @@
+//! Environments as the repository defines them at one commit: parsing, layering, validation.
+//!
+//! Invariants: every value of a resolved [`Environment`] carries the file and span it came from;
+//! an environment that has any error is not returned as resolved (it is named in
+//! [`Config::broken`]); loading never stops at the first problem.
+
+pub mod duration;
+pub mod node;
+pub mod raw;
+pub mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::diagnostic::Diagnostic;
+use crate::source::{FileId, Loc, Located, Sources};
+use node::{Node, Value};
+use raw::{RawFile, SList, SString};
+
+/// Environment files larger than this are refused before they are parsed.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Resource names longer than this are refused (they become file names and keys).
+pub const MAX_RESOURCE_NAME: usize = 128;
+/// Generations kept by a `dir` target unless `keep` says otherwise.
+pub const DEFAULT_KEEP: usize = 10;
+
+/// A file handed to the loader, as read from the commit.
+#[derive(Debug)]
+pub struct InputFile {
+    /// Path relative to the repository root (`environments/prod.toml`).
+    pub path: String,
+    /// The content, or the size when the file is too large to read.
+    pub content: Result<Vec<u8>, u64>,
+}
+
+/// What the loader reads: the files of `environments/` and `schemas/` at one commit.
+#[derive(Debug, Default)]
+pub struct Input {
+    pub environments: Vec<InputFile>,
+    pub schemas: Vec<InputFile>,
+    /// The repository's working directory, used to make relative `dir` paths absolute.
+    pub root: Option<PathBuf>,
+}
+
+/// The loaded configuration: every environment that resolved, and every problem found.
+#[derive(Debug)]
+pub struct Config {
+    pub sources: Sources,
+    pub environments: Vec<Environment>,
+    /// Names of environments whose files exist but did not resolve.
+    pub broken: Vec<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Config {
+    pub fn get(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// Every environment name defined by a file, resolved or not, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .environments
+            .iter()
+            .map(|e| e.name.clone())
+            .chain(self.broken.iter().cloned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// One deployable environment, fully resolved.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub file: FileId,
+    pub account: Located<String>,
+    pub schema: Located<String>,
+    pub branch: Option<Located<String>>,
+    pub protected: bool,
+    pub markers: Vec<Located<String>>,
+    pub after: Vec<Located<String>>,
+    pub extends: Vec<Located<String>>,
+    pub identity: Option<Identity>,
+    pub target: Target,
+    pub health: Option<Health>,
+    pub notify: Option<Notify>,
+    /// Resource name -> its table (as a [`Node`] of kind table).
+    pub settings: BTreeMap<String, Resource>,
+}
+
+/// One resource of an environment's desired state.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub name_loc: Loc,
+    pub node: Node,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub command: Vec<String>,
+    pub command_loc: Loc,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub command: Vec<String>,
+    pub command_loc: Loc,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub command: Vec<String>,
+    pub command_loc: Loc,
+    pub timeout: Duration,
+}
+
+/// Where an environment's settings land.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub loc: Loc,
+    pub kind: TargetKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Dir {
+        /// As written.
+        path: Located<String>,
+        /// Absolute and lexically normalised (relative paths are relative to the repository).
+        resolved: PathBuf,
+        keep: usize,
+    },
+    Etcd {
+        endpoints: Vec<Located<String>>,
+        prefix: Located<String>,
+        timeout: Duration,
+        ca: Option<String>,
+        cert: Option<String>,
+        key: Option<String>,
+    },
+    Exec {
+        command: Vec<String>,
+        options: serde_json::Value,
+    },
+}
+
+impl Target {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TargetKind::Dir { .. } => "dir",
+            TargetKind::Etcd { .. } => "etcd",
+            TargetKind::Exec { .. } => "exec",
+        }
+    }
+
+    /// A short human description: `dir /srv/asr`, `etcd http://a:2379 /asr/prod/`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            TargetKind::Dir { path, .. } => format!("dir {}", path.value),
+            TargetKind::Etcd {
+                endpoints, prefix, ..
+            } => {
+                let eps: Vec<&str> = endpoints.iter().map(|e| e.value.as_str()).collect();
+                format!("etcd {} {}", eps.join(","), prefix.value)
+            }
+            TargetKind::Exec { command, .. } => format!("exec {}", command.join(" ")),
+        }
+    }
+}
+
+impl Environment {
+    /// Resolved settings as one JSON object (resource -> table), keys sorted.
+    pub fn settings_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.settings
+                .iter()
+                .map(|(k, r)| (k.clone(), r.node.to_json()))
+                .collect(),
+        )
+    }
+}
+
+/// True for names an environment or layer may have: `[a-z0-9][a-z0-9-]*`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Why a resource name cannot be used, if it cannot. Resource names become file names of `dir`
+/// targets and keys of etcd ones, so nothing that could escape a directory is allowed.
+pub fn resource_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("resource names cannot be empty".into());
+    }
+    if name.len() > MAX_RESOURCE_NAME {
+        return Some(format!(
+            "resource name is {} bytes long; the limit is {MAX_RESOURCE_NAME}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Some(format!("`{name}` is not a resource name"));
+    }
+    if name.starts_with('.') {
+        return Some("resource names cannot start with `.`".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!(
+            "resource names may only contain letters, digits, `-`, `_` and `.`; found {c:?}"
+        ));
+    }
+    None
+}
+
+/// A file parsed, before layering.
+struct Parsed {
+    file: FileId,
+    raw: RawFile,
+}
+
+/// The merged, still unvalidated view of an environment and its layers.
+#[derive(Default, Clone)]
+struct Partial {
+    account: Option<Located<String>>,
+    schema: Option<Located<String>>,
+    branch: Option<Located<String>>,
+    protected: Option<Located<bool>>,
+    markers: Option<Vec<Located<String>>>,
+    after: Option<Vec<Located<String>>>,
+    identity: Option<Loc>,
+    identity_command: Option<Located<Vec<String>>>,
+    identity_timeout: Option<Located<String>>,
+    health: Option<Loc>,
+    health_command: Option<Located<Vec<String>>>,
+    health_timeout: Option<Located<String>>,
+    health_retries: Option<Located<i64>>,
+    health_interval: Option<Located<String>>,
+    notify: Option<Loc>,
+    notify_command: Option<Located<Vec<String>>>,
+    notify_timeout: Option<Located<String>>,
+    settings: Option<Node>,
+}
+
+fn loc_of<T>(file: FileId, s: &Spanned<T>) -> Loc {
+    Loc::new(file, s.span())
+}
+
+fn lstr(file: FileId, s: SString) -> Located<String> {
+    let loc = loc_of(file, &s);
+    Located::new(s.into_inner(), loc)
+}
+
+fn llist(file: FileId, s: SList) -> Vec<Located<String>> {
+    s.into_inner().into_iter().map(|x| lstr(file, x)).collect()
+}
+
+fn largv(file: FileId, s: SList) -> Located<Vec<String>> {
+    let loc = loc_of(file, &s);
+    Located::new(
+        s.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        loc,
+    )
+}
+
+fn lval<T>(file: FileId, s: Spanned<T>) -> Located<T> {
+    let loc = loc_of(file, &s);
+    Located::new(s.into_inner(), loc)
+}
+
+impl Partial {
+    /// Take everything a file sets, except `extends` and `[target]` which are handled apart.
+    fn from_raw(file: FileId, raw: &mut RawFile) -> Partial {
+        let mut p = Partial::default();
+        if let Some(env) = raw.environment.take() {
+            let env = env.into_inner();
+            p.account = env.account.map(|s| lstr(file, s));
+            p.schema = env.schema.map(|s| lstr(file, s));
+            p.branch = env.branch.map(|s| lstr(file, s));
+            p.protected = env.protected.map(|s| lval(file, s));
+            p.markers = env.markers.map(|s| llist(file, s));
+            p.after = env.after.map(|s| llist(file, s));
+            raw.environment = Some(Spanned::new(
+                0..0,
+                raw::RawEnvironment {
+                    extends: env.extends,
+                    ..Default::default()
+                },
+            ));
+        }
+        if let Some(id) = raw.identity.take() {
+            p.identity = Some(loc_of(file, &id));
+            let id = id.into_inner();
+            p.identity_command = id.command.map(|s| largv(file, s));
+            p.identity_timeout = id.timeout.map(|s| lstr(file, s));
+        }
+        if let Some(h) = raw.health.take() {
+            p.health = Some(loc_of(file, &h));
+            let h = h.into_inner();
+            p.health_command = h.command.map(|s| largv(file, s));
+            p.health_timeout = h.timeout.map(|s| lstr(file, s));
+            p.health_retries = h.retries.map(|s| lval(file, s));
+            p.health_interval = h.interval.map(|s| lstr(file, s));
+        }
+        if let Some(n) = raw.notify.take() {
+            p.notify = Some(loc_of(file, &n));
+            let n = n.into_inner();
+            p.notify_command = n.command.map(|s| largv(file, s));
+            p.notify_timeout = n.timeout.map(|s| lstr(file, s));
+        }
+        if let Some(mut s) = raw.settings.take() {
+            s.set_file(file);
+            p.settings = Some(s);
+        }
+        p
+    }
+
+    /// Put `over` on top of `self`: values set in `over` win, settings tables merge.
+    fn overlay(&mut self, over: Partial) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            account,
+            schema,
+            branch,
+            protected,
+            markers,
+            after,
+            identity,
+            identity_command,
+            identity_timeout,
+            health,
+            health_command,
+            health_timeout,
+            health_retries,
+            health_interval,
+            notify,
+            notify_command,
+            notify_timeout
+        );
+        match (&mut self.settings, over.settings) {
+            (Some(base), Some(top)) => base.merge(top),
+            (None, Some(top)) => self.settings = Some(top),
+            _ => {}
+        }
+    }
+}
+
+struct Loader<'a> {
+    sources: Sources,
+    diagnostics: Vec<Diagnostic>,
+    /// Parsed layers by name (`_common`); `None` when the layer failed to parse.
+    layers: HashMap<String, Option<Parsed>>,
+    /// Layer name -> already-merged partial (memoised), `None` if it is broken.
+    resolved_layers: HashMap<String, Option<Partial>>,
+    schemas: schema::Schemas,
+    root: Option<&'a Path>,
+}
+
+/// Load and validate every environment of `input`.
+pub fn load(input: Input) -> Config {
+    let Input {
+        environments,
+        schemas,
+        root,
+    } = input;
+    let mut loader = Loader {
+        sources: Sources::default(),
+        diagnostics: Vec::new(),
+        layers: HashMap::new(),
+        resolved_layers: HashMap::new(),
+        schemas: schema::Schemas::default(),
+        root: root.as_deref(),
+    };
+    loader.schemas = schema::Schemas::load(schemas, &mut loader.sources, &mut loader.diagnostics);
+
+    // Parse every file first, so that layers are available whatever the order.
+    let mut envs: Vec<(String, Parsed)> = Vec::new();
+    let mut broken = Vec::new();
+    for file in environments {
+        let Some(file_name) = file.path.strip_prefix("environments/") else {
+            continue;
+        };
+        let Some(stem) = file_name.strip_suffix(".toml") else {
+            continue;
+        };
+        let stem = stem.to_owned();
+        let (is_layer, name) = match stem.strip_prefix('_') {
+            Some(rest) => (true, rest),
+            None => (false, stem.as_str()),
+        };
+        let parsed = loader.parse_file(&file);
+        if !valid_name(name) {
+            let id = parsed
+                .as_ref()
+                .map(|p| p.file)
+                .unwrap_or_else(|| loader.sources.add(file.path.clone(), ""));
+            loader.diagnostics.push(
+                Diagnostic::new(
+                    "invalid-name",
+                    format!(
+                        "`{}` is not a valid {} name",
+                        stem,
+                        if is_layer { "layer" } else { "environment" }
+                    ),
+                )
+                .env(stem.clone())
+                .at(Loc::file(id), "file name")
+                .hint(
+                    "names are lowercase letters, digits and `-`, starting with a letter or digit \
+                     (layers add a leading `_`); rename the file",
+                ),
+            );
+            if !is_layer {
+                broken.push(stem);
+            }
+            continue;
+        }
+        if is_layer {
+            loader.layers.insert(stem, parsed);
+        } else {
+            match parsed {
+                Some(p) => envs.push((stem, p)),
+                None => broken.push(stem),
+            }
+        }
+    }
+
+    let mut environments = Vec::new();
+    for (name, parsed) in envs {
+        match loader.resolve_env(&name, parsed) {
+            Some(env) => environments.push(env),
+            None => broken.push(name),
+        }
+    }
+    broken.sort();
+
+    let mut config = Config {
+        sources: loader.sources,
+        environments,
+        broken,
+        diagnostics: loader.diagnostics,
+    };
+    // Schema validation of every resolved environment.
+    let mut schema_diags = Vec::new();
+    let mut invalid = Vec::new();
+    for env in &config.environments {
+        let before = schema_diags.len();
+        loader
+            .schemas
+            .validate(env, &config.sources, &mut schema_diags);
+        if schema_diags.len() > before {
+            invalid.push(env.name.clone());
+        }
+    }
+    config.diagnostics.extend(schema_diags);
+    // The cross-environment lock works on everything that resolved, schema-valid or not.
+    let safety = crate::safety::scan(&config);
+    config.diagnostics.extend(safety);
+    config
+}
+
+impl Loader<'_> {
+    /// Read, decode and deserialize one file; every problem becomes a diagnostic.
+    fn parse_file(&mut self, file: &InputFile) -> Option<Parsed> {
+        let bytes = match &file.content {
+            Ok(b) => b,
+            Err(size) => {
+                let id = self.sources.add(file.path.clone(), "");
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "file-too-large",
+                        format!(
+                            "{} is {} bytes; environment files are limited to {} bytes",
+                            file.path, size, MAX_FILE_BYTES
+                        ),
+                    )
+                    .env(stem_of(&file.path))
+                    .at(Loc::file(id), "file too large")
+                    .hint("split the settings into layers, or move bulk data out of the repository"),
+                );
+                return None;
+            }
+        };
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t.to_owned(),
+            Err(e) => {
+                let valid = &bytes[..e.valid_up_to()];
+                // Keep the valid prefix so the diagnostic can show the line it breaks on.
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(e.valid_up_to() + 64)])
+                    .into_owned();
+                let id = self.sources.add(file.path.clone(), text);
+                let start = valid.len();
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "invalid-utf8",
+                        format!(
+                            "{} is not valid UTF-8 (byte 0x{:02x} at offset {start})",
+                            file.path, bytes[start]
+                        ),
+                    )
+                    .env(stem_of(&file.path))
+                    .at(Loc::new(id, start..start + 1), "not UTF-8")
+                    .hint("environment files must be UTF-8 text; re-save the file as UTF-8"),
+                );
+                return None;
+            }
+        };
+        let id = self.sources.add(file.path.clone(), text);
+        let text = &self.sources.get(id).text;
+        if text.trim().is_empty() {
+            self.diagnostics.push(
+                Diagnostic::new("empty-file", format!("{} is empty", file.path))
+                    .env(stem_of(&file.path))
+                    .at(Loc::file(id), "empty file")
+                    .hint(if file.path.contains("/_") {
+                        "delete the layer, or give it settings"
+                    } else {
+                        "an environment needs at least [environment] account and schema, and a [target]"
+                    }),
+            );
+            return None;
+        }
+        match toml::from_str::<RawFile>(text) {
+            Ok(raw) => Some(Parsed { file: id, raw }),
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let message = e.message().trim().to_owned();
+                let (code, hint) = toml_error_hint(&message);
+                self.diagnostics.push(
+                    Diagnostic::new(code, message.clone())
+                        .env(stem_of(&file.path))
+                        .at(Loc::new(id, span), first_line(&message))
+                        .hint(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// Merge a layer with the layers it extends. `stack` detects cycles.
+    fn resolve_layer(&mut self, name: &str, from: &Loc, stack: &mut Vec<String>) -> Option<Partial> {
+        if let Some(done) = self.resolved_layers.get(name) {
+            return done.clone();
+        }
+        if let Some(pos) = stack.iter().position(|s| s == name) {
+            let mut cycle: Vec<&str> = stack[pos..].iter().map(String::as_str).collect();
+            cycle.push(name);
+            self.diagnostics.push(
+                Diagnostic::new(
+                    "extends-cycle",
+                    format!("`extends` forms a cycle: {}", cycle.join(" -> ")),
+                )
+                .env(stack[0].clone())
+                .at(from.clone(), "this brings the cycle back")
+                .hint("remove one of the `extends` entries so that layers form a tree"),
+            );
+            return None;
+        }
+        let Some(entry) = self.layers.get_mut(name) else {
+            let mut known: Vec<&String> = self.layers.keys().collect();
+            known.sort();
+            let known = if known.is_empty() {
+                "there are no layers".to_owned()
+            } else {
+                format!(
+                    "known layers: {}",
+                    known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            };
+            let hint = if name.starts_with('_') {
+                format!("create environments/{name}.toml, or fix the name ({known})")
+            } else {
+                format!("layer names start with `_` (environments/_{name}.toml); {known}")
+            };
+            self.diagnostics.push(
+                Diagnostic::new("unknown-layer", format!("layer `{name}` does not exist"))
+                    .env(stack.first().cloned().unwrap_or_default())
+                    .at(from.clone(), "no such layer")
+                    .hint(hint),
+            );
+            return None;
+        };
+        let Some(mut parsed) = entry.take() else {
+            // Broken layer: its own diagnostic was already reported.
+            return None;
+        };
+        let file = parsed.file;
+        let mut ok = true;
+        // A layer must not carry an environment's identity or location.
+        if let Some(env) = &parsed.raw.environment {
+            let e = env.get_ref();
+            for (field, span) in [
+                ("account", e.account.as_ref().map(Spanned::span)),
+                ("markers", e.markers.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    ok = false;
+                    self.diagnostics.push(layer_forbidden(name, file, span, field));
+                }
+            }
+        }
+        if let Some(t) = &parsed.raw.target {
+            ok = false;
+            self.diagnostics
+                .push(layer_forbidden(name, file, t.span(), "[target]"));
+        }
+        stack.push(name.to_owned());
+        let extends = parsed
+            .raw
+            .environment
+            .as_mut()
+            .and_then(|e| e.get_mut().extends.take());
+        let mut base = Partial::default();
+        if let Some(list) = extends {
+            for l in llist(file, list) {
+                match self.resolve_layer(&l.value, &l.loc, stack) {
+                    Some(p) => base.overlay(p),
+                    None => ok = false,
+                }
+            }
+        }
+        stack.pop();
+        base.overlay(Partial::from_raw(file, &mut parsed.raw));
+        let result = ok.then_some(base);
+        self.resolved_layers.insert(name.to_owned(), result.clone());
+        result
+    }
+
+    fn resolve_env(&mut self, name: &str, mut parsed: Parsed) -> Option<Environment> {
+        let file = parsed.file;
+        let diags_before = self.diagnostics.len();
+        let extends = parsed
+            .raw
+            .environment
+            .as_mut()
+            .and_then(|e| e.get_mut().extends.take())
+            .map(|l| llist(file, l))
+            .unwrap_or_default();
+        let raw_target = parsed.raw.target.take();
+        let env_section = parsed.raw.environment.as_ref().map(|e| loc_of(file, e));
+        let mut merged = Partial::default();
+        let mut stack = vec![name.to_owned()];
+        let mut layers_ok = true;
+        for layer in &extends {
+            if layer.value == name {
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "extends-cycle",
+                        format!("`extends` forms a cycle: {name} -> {name}"),
+                    )
+                    .env(name)
+                    .at(layer.loc.clone(), "an environment cannot extend itself")
+                    .hint("`extends` names shared layers such as \"_common\""),
+                );
+                continue;
+            }
+            match self.resolve_layer(&layer.value, &layer.loc, &mut stack) {
+                Some(p) => merged.overlay(p),
+                None => layers_ok = false,
+            }
+        }
+        merged.overlay(Partial::from_raw(file, &mut parsed.raw));
+
+        let whole = Loc::file(file);
+        let section = env_section.clone().unwrap_or_else(|| whole.clone());
+        let missing = |field: &str, at: &Loc, hint: &str| {
+            Diagnostic::new("missing-field", format!("missing `{field}`"))
+                .env(name)
+                .at(at.clone(), format!("`{field}` is required"))
+                .hint(hint.to_owned())
+        };
+        let account = match merged.account.clone() {
+            Some(a) if a.value.trim().is_empty() => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-account", "`account` is empty")
+                        .env(name)
+                        .at(a.loc.clone(), "empty account")
+                        .hint("set the one account this environment may be applied to"),
+                );
+                None
+            }
+            Some(a) if a.value.trim() != a.value => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-account", "`account` has leading or trailing spaces")
+                        .env(name)
+                        .at(a.loc.clone(), "remove the spaces")
+                        .hint("the account is compared byte for byte with what the target reports"),
+                );
+                None
+            }
+            Some(a) => Some(a),
+            None => {
+                self.diagnostics.push(missing(
+                    "account",
+                    &section,
+                    "add `account = \"...\"` under [environment]: the one account this environment may be applied to",
+                ));
+                None
+            }
+        };
+        let schema_name = match merged.schema.clone() {
+            Some(s) => Some(s),
+            None => {
+                self.diagnostics.push(missing(
+                    "schema",
+                    &section,
+                    "add `schema = \"NAME\"` under [environment]; schemas/NAME.schema.json validates [settings]",
+                ));
+                None
+            }
+        };
+        let protected = merged.protected.clone();
+        if let Some(p) = &protected
+            && p.value
+            && merged.branch.is_none()
+        {
+            self.diagnostics.push(
+                Diagnostic::new(
+                    "protected-without-branch",
+                    "`protected = true` needs a `branch`",
+                )
+                .env(name)
+                .at(p.loc.clone(), "protected here")
+                .hint("add `branch = \"main\"`: a protected environment deploys only reviewed commits"),
+            );
+        }
+        if let Some(b) = &merged.branch
+            && b.value.trim().is_empty()
+        {
+            self.diagnostics.push(
+                Diagnostic::new("invalid-branch", "`branch` is empty")
+                    .env(name)
+                    .at(b.loc.clone(), "empty branch")
+                    .hint("name the git revision deployed commits must be reachable from, e.g. \"main\""),
+            );
+        }
+        let markers = merged.markers.clone().unwrap_or_default();
+        for m in &markers {
+            if m.value.chars().count() < 4 {
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "invalid-marker",
+                        format!("marker `{}` is too short to identify an environment", m.value),
+                    )
+                    .env(name)
+                    .at(m.loc.clone(), "fewer than 4 characters")
+                    .hint("markers are searched for inside every other environment's settings; use a distinctive string such as a host name"),
+                );
+            }
+        }
+        let after = merged.after.clone().unwrap_or_default();
+        let identity = self.identity(name, &merged);
+        let health = self.health(name, &merged);
+        let notify = self.notify(name, &merged);
+        let target = match raw_target {
+            Some(t) => self.target(name, file, t),
+            None => {
+                self.diagnostics.push(missing(
+                    "[target]",
+                    &whole,
+                    "add a [target] table, e.g. `kind = \"dir\"` and `path = \"/srv/asr\"`",
+                ));
+                None
+            }
+        };
+        let settings = self.settings(name, merged.settings.take());
+
+        if self.diagnostics.len() > diags_before || !layers_ok {
+            return None;
+        }
+        Some(Environment {
+            name: name.to_owned(),
+            file,
+            account: account?,
+            schema: schema_name?,
+            branch: merged.branch,
+            protected: protected.is_some_and(|p| p.value),
+            markers,
+            after,
+            extends,
+            identity: identity?,
+            target: target?,
+            health: health?,
+            notify: notify?,
+            settings: settings?,
+        })
+    }
+
+    fn duration(&mut self, name: &str, field: &str, v: Option<&Located<String>>, default: Duration) -> Option<Duration> {
+        let Some(v) = v else {
+            return Some(default);
+        };
+        match duration::parse(&v.value) {
+            Ok(d) if d.is_zero() => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-duration", format!("`{field}` cannot be zero"))
+                        .env(name)
+                        .at(v.loc.clone(), "zero duration")
+                        .hint("write a positive duration such as \"500ms\", \"10s\" or \"2m\""),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-duration", format!("`{field}`: {e}"))
+                        .env(name)
+                        .at(v.loc.clone(), "not a duration")
+                        .hint("durations are strings such as \"500ms\", \"10s\", \"2m\" or \"1h 30m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn argv(&mut self, name: &str, section: &str, cmd: Option<&Located<Vec<String>>>, at: &Loc) -> Option<Vec<String>> {
+        match cmd {
+            None => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", format!("[{section}] has no `command`"))
+                        .env(name)
+                        .at(at.clone(), "`command` is required here")
+                        .hint("commands are argv arrays, e.g. command = [\"curl\", \"-fsS\", \"http://127.0.0.1:8080/healthz\"]"),
+                );
+                None
+            }
+            Some(c) if c.value.is_empty() || c.value[0].trim().is_empty() => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-command", format!("[{section}] `command` is empty"))
+                        .env(name)
+                        .at(c.loc.clone(), "no program to run")
+                        .hint("the first element is the program, the rest its arguments; no shell is involved"),
+                );
+                None
+            }
+            Some(c) if c.value.len() == 1 && c.value[0].contains(' ') => {
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "invalid-command",
+                        format!("[{section}] `command` looks like a shell string"),
+                    )
+                    .env(name)
+                    .at(c.loc.clone(), "one element containing spaces")
+                    .hint(format!(
+                        "commands are argv arrays and never go through a shell: write {:?}",
+                        c.value[0].split_whitespace().collect::<Vec<_>>()
+                    )),
+                );
+                None
+            }
+            Some(c) => Some(c.value.clone()),
+        }
+    }
+
+    fn identity(&mut self, name: &str, p: &Partial) -> Option<Option<Identity>> {
+        let Some(at) = &p.identity else {
+            return Some(None);
+        };
+        let command = self.argv(name, "identity", p.identity_command.as_ref(), at);
+        let command_loc = p.identity_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
+        let timeout = self.duration(
+            name,
+            "timeout",
+            p.identity_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        Some(Some(Identity {
+            command: command?,
+            command_loc,
+            timeout: timeout?,
+        }))
+    }
+
+    fn health(&mut self, name: &str, p: &Partial) -> Option<Option<Health>> {
+        let Some(at) = &p.health else {
+            return Some(None);
+        };
+        let command = self.argv(name, "health", p.health_command.as_ref(), at);
+        let command_loc = p.health_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
+        let timeout = self.duration(name, "timeout", p.health_timeout.as_ref(), Duration::from_secs(10));
+        let interval = self.duration(name, "interval", p.health_interval.as_ref(), Duration::from_secs(1));
+        let retries = match &p.health_retries {
+            None => Some(0),
+            Some(r) if (0..=100).contains(&r.value) => Some(r.value as u32),
+            Some(r) => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-retries", format!("`retries = {}` is out of range", r.value))
+                        .env(name)
+                        .at(r.loc.clone(), "must be between 0 and 100")
+                        .hint("`retries` is how many more times a failing health check is tried"),
+                );
+                None
+            }
+        };
+        Some(Some(Health {
+            command: command?,
+            command_loc,
+            timeout: timeout?,
+            retries: retries?,
+            interval: interval?,
+        }))
+    }
+
+    fn notify(&mut self, name: &str, p: &Partial) -> Option<Option<Notify>> {
+        let Some(at) = &p.notify else {
+            return Some(None);
+        };
+        let command = self.argv(name, "notify", p.notify_command.as_ref(), at);
+        let command_loc = p.notify_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
+        let timeout = self.duration(name, "timeout", p.notify_timeout.as_ref(), Duration::from_secs(10));
+        Some(Some(Notify {
+            command: command?,
+            command_loc,
+            timeout: timeout?,
+        }))
+    }
+
+    fn target(&mut self, name: &str, file: FileId, t: Spanned<raw::RawTarget>) -> Option<Target> {
+        let loc = loc_of(file, &t);
+        let t = t.into_inner();
+        let Some(kind) = t.kind.as_ref() else {
+            self.diagnostics.push(
+                Diagnostic::new("missing-field", "[target] has no `kind`")
+                    .env(name)
+                    .at(loc, "`kind` is required")
+                    .hint("kind is one of \"dir\", \"etcd\", \"exec\""),
+            );
+            return None;
+        };
+        let kind_name = kind.get_ref().as_str();
+        // Keys that belong to another kind are errors pointing at the key's value.
+        let present: [(&str, Option<std::ops::Range<usize>>); 10] = [
+            ("path", t.path.as_ref().map(Spanned::span)),
+            ("keep", t.keep.as_ref().map(Spanned::span)),
+            ("endpoints", t.endpoints.as_ref().map(Spanned::span)),
+            ("prefix", t.prefix.as_ref().map(Spanned::span)),
+            ("timeout", t.timeout.as_ref().map(Spanned::span)),
+            ("ca", t.ca.as_ref().map(Spanned::span)),
+            ("cert", t.cert.as_ref().map(Spanned::span)),
+            ("key", t.key.as_ref().map(Spanned::span)),
+            ("command", t.command.as_ref().map(Spanned::span)),
+            ("options", t.options.as_ref().map(|n| n.span.clone())),
+        ];
+        let allowed: &[&str] = match kind_name {
+            "dir" => &["path", "keep"],
+            "etcd" => &["endpoints", "prefix", "timeout", "ca", "cert", "key"],
+            "exec" => &["command", "options"],
+            other => {
+                self.diagnostics.push(
+                    Diagnostic::new("unknown-target-kind", format!("unknown target kind `{other}`"))
+                        .env(name)
+                        .at(loc_of(file, kind), "unknown kind")
+                        .hint("kind is one of \"dir\", \"etcd\", \"exec\""),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (key, span) in present {
+            if let Some(span) = span
+                && !allowed.contains(&key)
+            {
+                ok = false;
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "unknown-key",
+                        format!("`{key}` does not apply to a `{kind_name}` target"),
+                    )
+                    .env(name)
+                    .at(Loc::new(file, span), format!("not a `{kind_name}` key"))
+                    .hint(format!("a `{kind_name}` target takes: {}", allowed.join(", "))),
+                );
+            }
+        }
+        let need = |this: &mut Self, key: &str, example: &str| {
+            this.diagnostics.push(
+                Diagnostic::new("missing-field", format!("a `{kind_name}` target needs `{key}`"))
+                    .env(name)
+                    .at(loc.clone(), format!("`{key}` is required"))
+                    .hint(format!("add e.g. `{key} = {example}`")),
+            );
+        };
+        let kind = match kind_name {
+            "dir" => {
+                let keep = match &t.keep {
+                    None => Some(DEFAULT_KEEP),
+                    Some(k) if (2..=1000).contains(k.get_ref()) => Some(*k.get_ref() as usize),
+                    Some(k) => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-keep", format!("`keep = {}` is out of range", k.get_ref()))
+                                .env(name)
+                                .at(loc_of(file, k), "must be between 2 and 1000")
+                                .hint("`keep` is how many generations stay available for rollback"),
+                        );
+                        None
+                    }
+                };
+                let path = match t.path {
+                    Some(p) if p.get_ref().trim().is_empty() => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-path", "`path` is empty")
+                                .env(name)
+                                .at(loc_of(file, &p), "empty path")
+                                .hint("name the directory the settings are written to"),
+                        );
+                        None
+                    }
+                    Some(p) => Some(lstr(file, p)),
+                    None => {
+                        need(self, "path", "\"/srv/asr\"");
+                        None
+                    }
+                };
+                let (path, keep) = (path?, keep?);
+                if !ok {
+                    return None;
+                }
+                let resolved = normalize(self.root, Path::new(&path.value));
+                TargetKind::Dir {
+                    path,
+                    resolved,
+                    keep,
+                }
+            }
+            "etcd" => {
+                let endpoints = match t.endpoints {
+                    Some(e) if e.get_ref().is_empty() => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-endpoints", "`endpoints` is empty")
+                                .env(name)
+                                .at(loc_of(file, &e), "no endpoint")
+                                .hint("list the etcd client URLs, e.g. [\"http://10.0.0.1:2379\"]"),
+                        );
+                        None
+                    }
+                    Some(e) => Some(llist(file, e)),
+                    None => {
+                        need(self, "endpoints", "[\"http://127.0.0.1:2379\"]");
+                        None
+                    }
+                };
+                let prefix = match t.prefix {
+                    Some(p) if !p.get_ref().starts_with('/') || !p.get_ref().ends_with('/') || p.get_ref().len() < 3 => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-prefix", format!("etcd prefix `{}` must start and end with `/`", p.get_ref()))
+                                .env(name)
+                                .at(loc_of(file, &p), "e.g. \"/asr/prod/\"")
+                                .hint("a prefix like \"/asr/prod/\" keeps this environment's keys apart from every other's"),
+                        );
+                        None
+                    }
+                    Some(p) => Some(lstr(file, p)),
+                    None => {
+                        need(self, "prefix", "\"/asr/prod/\"");
+                        None
+                    }
+                };
+                let timeout = self.duration(
+                    name,
+                    "timeout",
+                    t.timeout.map(|s| lstr(file, s)).as_ref(),
+                    Duration::from_secs(5),
+                );
+                if !ok {
+                    return None;
+                }
+                TargetKind::Etcd {
+                    endpoints: endpoints?,
+                    prefix: prefix?,
+                    timeout: timeout?,
+                    ca: t.ca.map(Spanned::into_inner),
+                    cert: t.cert.map(Spanned::into_inner),
+                    key: t.key.map(Spanned::into_inner),
+                }
+            }
+            _ => {
+                let at = loc.clone();
+                let command = self.argv(name, "target", t.command.map(|c| largv(file, c)).as_ref(), &at);
+                let options = match t.options {
+                    None => Some(serde_json::Value::Object(Default::default())),
+                    Some(n) if n.as_table().is_some() => Some(n.to_json()),
+                    Some(n) => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-options", "[target] `options` must be a table")
+                                .env(name)
+                                .at(Loc::new(file, n.span.clone()), format!("found {}", n.type_name()))
+                                .hint("write [target.options] with the provider's keys"),
+                        );
+                        None
+                    }
+                };
+                if !ok {
+                    return None;
+                }
+                TargetKind::Exec {
+                    command: command?,
+                    options: options?,
+                }
+            }
+        };
+        Some(Target { loc, kind })
+    }
+
+    fn settings(&mut self, name: &str, node: Option<Node>) -> Option<BTreeMap<String, Resource>> {
+        let Some(node) = node else {
+            return Some(BTreeMap::new());
+        };
+        let Value::Table(map) = node.value else {
+            self.diagnostics.push(
+                Diagnostic::new("invalid-settings", "`settings` must be a table")
+                    .env(name)
+                    .at(node.loc(), format!("found {}", node.type_name()))
+                    .hint("write one table per resource: [settings.asr-worker]"),
+            );
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, member) in map {
+            let key_loc = Loc::new(member.key_file, member.key_span.clone());
+            if let Some(problem) = resource_name_problem(&key) {
+                ok = false;
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-resource-name", format!("invalid resource name {key:?}: {problem}"))
+                        .env(name)
+                        .at(key_loc.clone(), "resource name")
+                        .hint("resource names become file names and keys on the target; use e.g. `asr-worker`"),
+                );
+                continue;
+            }
+            if member.node.as_table().is_none() {
+                ok = false;
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "invalid-resource",
+                        format!("`settings.{key}` must be a table (one table per resource)"),
+                    )
+                    .env(name)
+                    .at(member.node.loc(), format!("found {}", member.node.type_name()))
+                    .hint(format!("write [settings.{key}] followed by its keys")),
+                );
+                continue;
+            }
+            out.insert(
+                key,
+                Resource {
+                    name_loc: key_loc,
+                    node: member.node,
+                },
+            );
+        }
+        ok.then_some(out)
+    }
+}
+
+fn layer_forbidden(layer: &str, file: FileId, span: std::ops::Range<usize>, field: &str) -> Diagnostic {
+    Diagnostic::new(
+        "layer-identity",
+        format!("layer `{layer}` sets `{field}`, which only an environment's own file may set"),
+    )
+    .env(layer)
+    .at(Loc::new(file, span), "not allowed in a layer")
+    .hint(
+        "account, markers and [target] say which account and place an environment is locked to; \
+         a shared layer would give several environments the same identity. Move it into each \
+         environment's file",
+    )
+}
+
+fn stem_of(path: &str) -> String {
+    path.rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .trim_end_matches(".toml")
+        .to_owned()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_owned()
+}
+
+/// Classify a toml/serde error message and suggest a fix.
+fn toml_error_hint(message: &str) -> (&'static str, String) {
+    if message.starts_with("unknown field") {
+        let expected = message
+            .split_once("expected ")
+            .map(|(_, e)| e.trim())
+            .unwrap_or("");
+        let expected = if expected.is_empty() {
+            String::new()
+        } else {
+            format!(": expected {expected}")
+        };
+        (
+            "unknown-key",
+            format!("remove or rename the key; unknown keys are errors so that a typo cannot be ignored{expected}"),
+        )
+    } else if message.starts_with("invalid type") {
+        ("invalid-type", "check the value's type against the environment file format in README.md".into())
+    } else if message.starts_with("missing field") {
+        ("missing-field", "add the missing key".into())
+    } else {
+        ("syntax", "fix the TOML syntax at this position".into())
+    }
+}
+
+/// Make `path` absolute (relative to `root`) and remove `.` and `..` lexically.
+pub fn normalize(root: Option<&Path>, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.unwrap_or(Path::new("/")).join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

@@ -1,0 +1,205 @@
+//! A TOML value tree in which every value keeps the file and span it was written at.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+
+use crate::source::{FileId, Loc};
+
+/// A settings value with its location.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub file: FileId,
+    pub span: Range<usize>,
+    pub value: Value,
+}
+
+/// A member of a table: the key's location and the value.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub key_span: Range<usize>,
+    pub key_file: FileId,
+    pub node: Node,
+}
+
+/// TOML values. Datetimes are kept as their TOML text, which is how they appear in JSON.
+#[derive(Debug, Clone)]
+pub enum Value {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+    Datetime(String),
+    Array(Vec<Node>),
+    Table(BTreeMap<String, Member>),
+}
+
+impl Node {
+    pub fn loc(&self) -> Loc {
+        Loc::new(self.file, self.span.clone())
+    }
+
+    /// Set the file of this node and all nodes below it (deserialization cannot know it).
+    pub fn set_file(&mut self, file: FileId) {
+        self.file = file;
+        match &mut self.value {
+            Value::Array(items) => items.iter_mut().for_each(|n| n.set_file(file)),
+            Value::Table(map) => map.values_mut().for_each(|m| {
+                m.key_file = file;
+                m.node.set_file(file);
+            }),
+            _ => {}
+        }
+    }
+
+    pub fn as_table(&self) -> Option<&BTreeMap<String, Member>> {
+        match &self.value {
+            Value::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self.value {
+            Value::String(_) => "string",
+            Value::Integer(_) => "integer",
+            Value::Float(_) => "float",
+            Value::Boolean(_) => "boolean",
+            Value::Datetime(_) => "datetime",
+            Value::Array(_) => "array",
+            Value::Table(_) => "table",
+        }
+    }
+
+    /// Merge `over` on top of `self`: tables merge recursively, any other value replaces.
+    pub fn merge(&mut self, over: Node) {
+        match (&mut self.value, over.value) {
+            (Value::Table(base), Value::Table(top)) => {
+                for (key, member) in top {
+                    match base.get_mut(&key) {
+                        Some(existing)
+                            if matches!(existing.node.value, Value::Table(_))
+                                && matches!(member.node.value, Value::Table(_)) =>
+                        {
+                            existing.node.merge(member.node);
+                        }
+                        _ => {
+                            base.insert(key, member);
+                        }
+                    }
+                }
+            }
+            (_, value) => {
+                self.value = value;
+                self.file = over.file;
+                self.span = over.span;
+            }
+        }
+    }
+
+    /// The value as JSON, for schema validation and hashing.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::String(s) | Value::Datetime(s) => J::String(s.clone()),
+            Value::Integer(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Boolean(b) => J::Bool(*b),
+            Value::Array(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Table(map) => J::Object(
+                map.iter()
+                    .map(|(k, m)| (k.clone(), m.node.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Follow a path of keys and array indices (as JSON pointer segments) to a node.
+    pub fn find<'a>(&self, path: impl IntoIterator<Item = &'a str>) -> Option<&Node> {
+        let mut node = self;
+        for seg in path {
+            node = match &node.value {
+                Value::Table(map) => &map.get(seg)?.node,
+                Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(node)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spanned = Spanned::<Value>::deserialize(d)?;
+        let span = spanned.span();
+        Ok(Node {
+            file: 0,
+            span,
+            value: spanned.into_inner(),
+        })
+    }
+}
+
+const DATETIME_KEY: &str = "$__toml_private_datetime";
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Boolean(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Integer(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+                i64::try_from(v)
+                    .map(Value::Integer)
+                    .map_err(|_| E::custom("integer out of range"))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::String(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::String(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(n) = seq.next_element::<Node>()? {
+                    items.push(n);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut table = BTreeMap::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    if key.get_ref() == DATETIME_KEY {
+                        return Ok(Value::Datetime(map.next_value::<String>()?));
+                    }
+                    let key_span = key.span();
+                    let node = map.next_value::<Node>()?;
+                    table.insert(
+                        key.into_inner(),
+                        Member {
+                            key_span,
+                            key_file: 0,
+                            node,
+                        },
+                    );
+                }
+                Ok(Value::Table(table))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

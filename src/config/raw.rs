@@ -1,0 +1,77 @@
+//! The environment file exactly as written: serde structs with `deny_unknown_fields` and spans.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::node::Node;
+
+/// One `environments/*.toml` file (an environment or a `_layer`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub environment: Option<Spanned<RawEnvironment>>,
+    pub identity: Option<Spanned<RawIdentity>>,
+    pub target: Option<Spanned<RawTarget>>,
+    pub health: Option<Spanned<RawHealth>>,
+    pub notify: Option<Spanned<RawNotify>>,
+    pub settings: Option<Node>,
+}
+
+pub type SString = Spanned<String>;
+pub type SList = Spanned<Vec<SString>>;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    pub account: Option<SString>,
+    pub schema: Option<SString>,
+    pub branch: Option<SString>,
+    pub protected: Option<Spanned<bool>>,
+    pub markers: Option<SList>,
+    pub after: Option<SList>,
+    pub extends: Option<SList>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub command: Option<SList>,
+    pub timeout: Option<SString>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub command: Option<SList>,
+    pub timeout: Option<SString>,
+    pub retries: Option<Spanned<i64>>,
+    pub interval: Option<SString>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub command: Option<SList>,
+    pub timeout: Option<SString>,
+}
+
+/// `[target]`: one flat table for every kind, checked per kind afterwards so that a key of the
+/// wrong kind gets an error pointing at it.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub kind: Option<SString>,
+    // dir
+    pub path: Option<SString>,
+    pub keep: Option<Spanned<i64>>,
+    // etcd
+    pub endpoints: Option<SList>,
+    pub prefix: Option<SString>,
+    pub timeout: Option<SString>,
+    pub ca: Option<SString>,
+    pub cert: Option<SString>,
+    pub key: Option<SString>,
+    // exec
+    pub command: Option<SList>,
+    pub options: Option<Node>,
+}

@@ -1,0 +1,16 @@
+//! envlock: environment-locked deployments.
+//!
+//! The library resolves environments from one git commit ([`repo`], [`config`]), enforces the
+//! environment lock ([`safety`]), and reports problems ([`diagnostic`], [`output`]).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod config;
+pub mod diagnostic;
+pub mod error;
+pub mod output;
+pub mod render;
+pub mod repo;
+pub mod safety;
+pub mod source;
+pub mod sysenv;
+pub mod workspace;

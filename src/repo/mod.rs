@@ -1,0 +1,178 @@
+//! The configuration repository: configuration is read from git objects at one commit, never
+//! from the working tree.
+//!
+//! Invariant: reading configuration touches one commit's tree and the blobs under
+//! `environments/` and `schemas/` only; it never walks history, so its cost does not depend on
+//! the number of commits.
+
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Oid, Repository, Status, StatusOptions};
+
+use crate::config::{Input, InputFile, MAX_FILE_BYTES};
+
+/// The directories configuration is read from.
+pub const CONFIG_DIRS: [&str; 2] = ["environments", "schemas"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{} is not inside a git repository", .0.display())]
+    NotARepository(PathBuf),
+    #[error("cannot resolve revision `{rev}`: {message}")]
+    BadRevision { rev: String, message: String },
+    #[error("the repository has no commits yet")]
+    NoCommits,
+    #[error("commit {commit} has no `environments/` directory")]
+    NoEnvironments { commit: String },
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+/// An opened configuration repository.
+pub struct Repo {
+    repo: Repository,
+}
+
+/// One commit of the repository.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub id: Oid,
+    /// The revision as the user wrote it (`HEAD`, `main~2`...).
+    pub rev: String,
+    pub summary: String,
+}
+
+impl CommitInfo {
+    pub fn short(&self) -> String {
+        self.id.to_string()[..12].to_owned()
+    }
+}
+
+impl Repo {
+    /// Find the repository containing `dir`, as git does.
+    pub fn discover(dir: &Path) -> Result<Repo, RepoError> {
+        let repo = Repository::discover(dir).map_err(|e| {
+            if e.code() == git2::ErrorCode::NotFound {
+                RepoError::NotARepository(dir.to_path_buf())
+            } else {
+                RepoError::Git(e)
+            }
+        })?;
+        Ok(Repo { repo })
+    }
+
+    /// The working directory, when the repository has one.
+    pub fn workdir(&self) -> Option<&Path> {
+        self.repo.workdir()
+    }
+
+    /// Resolve a revision to a commit.
+    pub fn commit(&self, rev: &str) -> Result<CommitInfo, RepoError> {
+        let obj = self.repo.revparse_single(rev).map_err(|e| {
+            if rev == "HEAD" && e.code() == git2::ErrorCode::UnbornBranch {
+                RepoError::NoCommits
+            } else if rev == "HEAD" && self.repo.head().is_err() {
+                RepoError::NoCommits
+            } else {
+                RepoError::BadRevision {
+                    rev: rev.to_owned(),
+                    message: e.message().to_owned(),
+                }
+            }
+        })?;
+        let commit = obj.peel_to_commit().map_err(|e| RepoError::BadRevision {
+            rev: rev.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        Ok(CommitInfo {
+            id: commit.id(),
+            rev: rev.to_owned(),
+            summary: commit.summary().ok().flatten().unwrap_or("").to_owned(),
+        })
+    }
+
+    /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.
+    pub fn read_config(&self, commit: &CommitInfo) -> Result<Input, RepoError> {
+        let tree = self.repo.find_commit(commit.id)?.tree()?;
+        let mut input = Input {
+            root: self.repo.workdir().map(Path::to_path_buf),
+            ..Input::default()
+        };
+        let odb = self.repo.odb()?;
+        for (dir, suffix) in [("environments", ".toml"), ("schemas", ".schema.json")] {
+            let entry = match tree.get_path(Path::new(dir)) {
+                Ok(e) => e,
+                Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                    if dir == "environments" {
+                        return Err(RepoError::NoEnvironments {
+                            commit: commit.short(),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if entry.kind() != Some(ObjectType::Tree) {
+                continue;
+            }
+            let sub = self.repo.find_tree(entry.id())?;
+            let mut files = Vec::new();
+            for item in sub.iter() {
+                let Ok(name) = item.name() else { continue };
+                if !name.ends_with(suffix) || item.kind() != Some(ObjectType::Blob) {
+                    continue;
+                }
+                let path = format!("{dir}/{name}");
+                let (size, _) = odb.read_header(item.id())?;
+                let content = if size as u64 > MAX_FILE_BYTES {
+                    Err(size as u64)
+                } else {
+                    Ok(self.repo.find_blob(item.id())?.content().to_vec())
+                };
+                files.push(InputFile { path, content });
+            }
+            if dir == "environments" {
+                input.environments = files;
+            } else {
+                input.schemas = files;
+            }
+        }
+        Ok(input)
+    }
+
+    /// Files under `environments/` or `schemas/` that differ from HEAD in the index or the
+    /// working tree, or are untracked (ignored files excluded). Empty for a bare repository.
+    pub fn dirty_config_files(&self) -> Result<Vec<(String, &'static str)>, RepoError> {
+        if self.repo.is_bare() {
+            return Ok(Vec::new());
+        }
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .exclude_submodules(true);
+        for d in CONFIG_DIRS {
+            opts.pathspec(format!("{d}/"));
+        }
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        let mut out = Vec::new();
+        for s in statuses.iter() {
+            let Ok(path) = s.path() else { continue };
+            let st = s.status();
+            let what = if st.contains(Status::WT_NEW) {
+                "untracked"
+            } else if st.intersects(Status::WT_DELETED | Status::INDEX_DELETED) {
+                "deleted"
+            } else if st.intersects(Status::INDEX_NEW | Status::INDEX_MODIFIED | Status::INDEX_RENAMED) {
+                "staged, not committed"
+            } else if st.is_empty() || st.contains(Status::IGNORED) {
+                continue;
+            } else {
+                "modified"
+            };
+            out.push((path.to_owned(), what));
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,380 @@
+//! The environment lock, repository side: no environment may mention another's identity, share
+//! its account or target, or be gated on an environment that does not exist.
+//!
+//! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string, so its cost is
+//! linear in the total size of all settings, whatever the number of environments.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use crate::config::node::{Node, Value};
+use crate::config::{Config, Environment, TargetKind};
+use crate::diagnostic::Diagnostic;
+use crate::source::Loc;
+
+/// Every cross-environment problem of `config`.
+pub fn scan(config: &Config) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    identity_clashes(&config.environments, &mut diags);
+    leaks(&config.environments, &mut diags);
+    targets(&config.environments, &mut diags);
+    after(config, &mut diags);
+    diags
+}
+
+/// What an identity string is: an account or a marker of some environment.
+#[derive(Clone, Copy)]
+struct Owner {
+    env: usize,
+    is_account: bool,
+}
+
+/// Two environments with the same account, or a marker that is also another's account or marker.
+fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<&str, (usize, &Loc, bool)> = HashMap::new();
+    for (i, env) in envs.iter().enumerate() {
+        let idents = std::iter::once((&env.account, true)).chain(env.markers.iter().map(|m| (m, false)));
+        for (ident, is_account) in idents {
+            match seen.get(ident.value.as_str()) {
+                Some(&(j, first_loc, first_is_account)) if j != i => {
+                    let other = &envs[j];
+                    let (code, message, hint) = if is_account && first_is_account {
+                        (
+                            "duplicate-account",
+                            format!(
+                                "environments `{}` and `{}` have the same account `{}`",
+                                other.name, env.name, ident.value
+                            ),
+                            "each environment is locked to its own account; two environments sharing one \
+                             could receive each other's settings. Give each its own account"
+                                .to_owned(),
+                        )
+                    } else {
+                        (
+                            "duplicate-identity",
+                            format!(
+                                "`{}` identifies both `{}` and `{}`",
+                                ident.value, other.name, env.name
+                            ),
+                            "accounts and markers must each belong to exactly one environment".to_owned(),
+                        )
+                    };
+                    diags.push(
+                        Diagnostic::new(code, message)
+                            .safety()
+                            .env(&env.name)
+                            .at(ident.loc.clone(), format!("also used by `{}`", other.name))
+                            .also(first_loc.clone(), format!("`{}` defines it here", other.name))
+                            .hint(hint),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(&ident.value, (i, &ident.loc, is_account));
+                }
+            }
+        }
+    }
+}
+
+/// Strings of one environment to search, with where they are written.
+fn visit_strings<'a>(env: &'a Environment, f: &mut dyn FnMut(&str, Loc, String)) {
+    fn walk(node: &Node, path: &mut String, f: &mut dyn FnMut(&str, Loc, String)) {
+        match &node.value {
+            Value::String(s) | Value::Datetime(s) => f(s, node.loc(), path.clone()),
+            Value::Integer(i) => f(&i.to_string(), node.loc(), path.clone()),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, f);
+                    path.truncate(len);
+                }
+            }
+            Value::Table(map) => {
+                for (k, m) in map {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    walk(&m.node, path, f);
+                    path.truncate(len);
+                }
+            }
+            Value::Float(_) | Value::Boolean(_) => {}
+        }
+    }
+    for (name, res) in &env.settings {
+        let mut path = format!("settings.{name}");
+        walk(&res.node, &mut path, f);
+    }
+    match &env.target.kind {
+        TargetKind::Dir { path, .. } => f(&path.value, path.loc.clone(), "target.path".into()),
+        TargetKind::Etcd {
+            endpoints, prefix, ..
+        } => {
+            for e in endpoints {
+                f(&e.value, e.loc.clone(), "target.endpoints".into());
+            }
+            f(&prefix.value, prefix.loc.clone(), "target.prefix".into());
+        }
+        TargetKind::Exec { command, .. } => {
+            for arg in command {
+                f(arg, env.target.loc.clone(), "target.command".into());
+            }
+        }
+    }
+    let commands = [
+        env.identity.as_ref().map(|c| (&c.command, &c.command_loc, "identity.command")),
+        env.health.as_ref().map(|c| (&c.command, &c.command_loc, "health.command")),
+        env.notify.as_ref().map(|c| (&c.command, &c.command_loc, "notify.command")),
+    ];
+    for (argv, loc, what) in commands.into_iter().flatten() {
+        for arg in argv {
+            f(arg, loc.clone(), what.into());
+        }
+    }
+}
+
+/// Any account or marker of environment B inside environment A's settings, target or commands.
+fn leaks(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
+    let mut patterns: Vec<&str> = Vec::new();
+    let mut owners: Vec<Owner> = Vec::new();
+    for (i, env) in envs.iter().enumerate() {
+        patterns.push(&env.account.value);
+        owners.push(Owner {
+            env: i,
+            is_account: true,
+        });
+        for m in &env.markers {
+            patterns.push(&m.value);
+            owners.push(Owner {
+                env: i,
+                is_account: false,
+            });
+        }
+    }
+    if patterns.is_empty() {
+        return;
+    }
+    let ac = AhoCorasick::builder()
+        .match_kind(MatchKind::Standard)
+        .build(&patterns)
+        .expect("identity patterns are bounded in size");
+
+    for (a, env) in envs.iter().enumerate() {
+        let mut reported: BTreeMap<(usize, usize, usize), ()> = BTreeMap::new();
+        visit_strings(env, &mut |text, loc, path| {
+            let mut own: Vec<(usize, usize)> = Vec::new();
+            let mut foreign: Vec<(usize, usize, usize)> = Vec::new();
+            for m in ac.find_overlapping_iter(text) {
+                let owner = owners[m.pattern().as_usize()];
+                if owner.env == a {
+                    own.push((m.start(), m.end()));
+                } else {
+                    foreign.push((m.start(), m.end(), m.pattern().as_usize()));
+                }
+            }
+            for (start, end, pid) in foreign {
+                // A foreign marker inside one of this environment's own identifiers (prod's
+                // `asr.example.com` within validation's `validation.asr.example.com`) is not a leak.
+                if own.iter().any(|&(s, e)| s <= start && end <= e) {
+                    continue;
+                }
+                let owner = owners[pid];
+                if reported.insert((loc.span.start, loc.file, owner.env), ()).is_some() {
+                    continue;
+                }
+                let other = &envs[owner.env];
+                let what = if owner.is_account { "account" } else { "marker" };
+                let ident = patterns[pid];
+                let mut d = Diagnostic::new(
+                    if owner.is_account { "foreign-account" } else { "foreign-marker" },
+                    format!(
+                        "{path} of `{}` contains `{ident}`, the {what} of environment `{}`",
+                        env.name, other.name
+                    ),
+                )
+                .safety()
+                .env(&env.name)
+                .at(loc.clone(), format!("`{ident}` belongs to `{}`", other.name))
+                .hint(format!(
+                    "this looks like `{}`'s configuration in `{}`; use `{}`'s own value (account `{}`)",
+                    other.name, env.name, env.name, env.account.value
+                ));
+                let source_loc = if owner.is_account {
+                    other.account.loc.clone()
+                } else {
+                    other
+                        .markers
+                        .iter()
+                        .find(|m| m.value == ident)
+                        .map_or_else(|| other.account.loc.clone(), |m| m.loc.clone())
+                };
+                d = d.also(source_loc, format!("{what} of `{}`", other.name));
+                diags.push(d);
+            }
+        });
+    }
+}
+
+fn normalize_endpoint(e: &str) -> String {
+    e.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// Two environments writing to the same place (or one inside the other's).
+fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
+    // Sorting dir paths makes every nesting an adjacent-or-prefix relation: O(n log n).
+    let mut dirs: Vec<(&std::path::Path, usize)> = envs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.target.kind {
+            TargetKind::Dir { resolved, .. } => Some((resolved.as_path(), i)),
+            _ => None,
+        })
+        .collect();
+    dirs.sort();
+    let mut stack: Vec<(&std::path::Path, usize)> = Vec::new();
+    for (path, i) in dirs {
+        while let Some(&(top, _)) = stack.last() {
+            if path.starts_with(top) {
+                break;
+            }
+            stack.pop();
+        }
+        if let Some(&(outer, j)) = stack.last() {
+            let (a, b) = (&envs[j], &envs[i]);
+            let same = outer == path;
+            diags.push(target_clash(a, b, same, &path.display().to_string()));
+        }
+        stack.push((path, i));
+    }
+
+    let etcd: Vec<(usize, Vec<String>, &str)> = envs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.target.kind {
+            TargetKind::Etcd {
+                endpoints, prefix, ..
+            } => Some((
+                i,
+                endpoints.iter().map(|e| normalize_endpoint(&e.value)).collect(),
+                prefix.value.as_str(),
+            )),
+            _ => None,
+        })
+        .collect();
+    for (x, (i, eps_i, pre_i)) in etcd.iter().enumerate() {
+        for (j, eps_j, pre_j) in &etcd[..x] {
+            let same_cluster = eps_i.iter().any(|e| eps_j.contains(e));
+            if same_cluster && (pre_i.starts_with(pre_j) || pre_j.starts_with(pre_i)) {
+                diags.push(target_clash(
+                    &envs[*j],
+                    &envs[*i],
+                    pre_i == pre_j,
+                    &format!("{} {}", eps_i.join(","), pre_i),
+                ));
+            }
+        }
+    }
+}
+
+fn target_clash(first: &Environment, second: &Environment, same: bool, place: &str) -> Diagnostic {
+    let message = if same {
+        format!(
+            "environments `{}` and `{}` have the same target `{place}`",
+            first.name, second.name
+        )
+    } else {
+        format!(
+            "the target of `{}` is inside the target of `{}` ({place})",
+            second.name, first.name
+        )
+    };
+    Diagnostic::new(if same { "duplicate-target" } else { "overlapping-target" }, message)
+        .safety()
+        .env(&second.name)
+        .at(second.target.loc.clone(), format!("also the target of `{}`", first.name))
+        .also(first.target.loc.clone(), format!("target of `{}`", first.name))
+        .hint("each environment needs a target of its own, apart from every other environment's")
+}
+
+/// `after` must name existing environments and must not form a cycle.
+fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
+    let names = config.names();
+    let index: HashMap<&str, usize> = config
+        .environments
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
+    for env in &config.environments {
+        for a in &env.after {
+            if a.value == env.name {
+                diags.push(
+                    Diagnostic::new("after-cycle", format!("`{}` is gated on itself", env.name))
+                        .env(&env.name)
+                        .at(a.loc.clone(), "an environment cannot come after itself")
+                        .hint("`after` names the environments a commit must be live and healthy in first"),
+                );
+            } else if !names.iter().any(|n| n == &a.value) {
+                diags.push(
+                    Diagnostic::new("unknown-environment", format!("`after` names unknown environment `{}`", a.value))
+                        .env(&env.name)
+                        .at(a.loc.clone(), "no such environment")
+                        .hint(format!("known environments: {}", names.join(", "))),
+                );
+            }
+        }
+    }
+    // Depth-first search for cycles, reporting each at the edge that closes it.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let envs = &config.environments;
+    let mut marks = vec![Mark::New; envs.len()];
+    fn dfs(
+        i: usize,
+        envs: &[Environment],
+        index: &HashMap<&str, usize>,
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        marks[i] = Mark::Active;
+        path.push(i);
+        for a in &envs[i].after {
+            let Some(&j) = index.get(a.value.as_str()) else { continue };
+            if j == i {
+                continue;
+            }
+            match marks[j] {
+                Mark::New => dfs(j, envs, index, marks, path, diags),
+                Mark::Active => {
+                    let start = path.iter().position(|&p| p == j).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].iter().map(|&p| envs[p].name.as_str()).collect();
+                    cycle.push(&envs[j].name);
+                    // `a after b` means b deploys first: show the order of promotion.
+                    cycle.reverse();
+                    diags.push(
+                        Diagnostic::new("after-cycle", format!("`after` forms a cycle: {}", cycle.join(" -> ")))
+                            .env(&envs[i].name)
+                            .at(a.loc.clone(), "this closes the cycle")
+                            .hint("promotion must flow one way (e.g. validation -> prod); remove one `after` entry"),
+                    );
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+    }
+    for i in 0..envs.len() {
+        if marks[i] == Mark::New {
+            dfs(i, envs, &index, &mut marks, &mut Vec::new(), diags);
+        }
+    }
+}
