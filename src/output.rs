@@ -130,8 +130,16 @@ fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Ra
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line_no = text[..line_start].bytes().filter(|&b| b == b'\n').count() + 1;
     let end = loc.span.end.clamp(start, line_end);
-    let end = if end == start { (start + 1).min(line_end) } else { end };
-    Some((&text[line_start..line_end], line_no, start - line_start..end - line_start))
+    let end = if end == start {
+        (start + 1).min(line_end)
+    } else {
+        end
+    };
+    Some((
+        &text[line_start..line_end],
+        line_no,
+        start - line_start..end - line_start,
+    ))
 }
 
 fn render_diagnostic(renderer: &Renderer, sources: &Sources, d: &Diagnostic) -> String {

@@ -33,7 +33,11 @@ pub fn resource_toml(node: &Node) -> String {
 }
 
 fn strs(v: &[impl AsRef<str>]) -> toml::Value {
-    toml::Value::Array(v.iter().map(|s| toml::Value::String(s.as_ref().to_owned())).collect())
+    toml::Value::Array(
+        v.iter()
+            .map(|s| toml::Value::String(s.as_ref().to_owned()))
+            .collect(),
+    )
 }
 
 /// The whole resolved environment (identity, target, checks and settings) as canonical TOML.

@@ -24,14 +24,15 @@ pub fn load(repo: &Repo, rev: &str) -> Result<(CommitInfo, Config)> {
         RepoError::BadRevision { .. } => anyhow::Error::new(
             Failure::error(e.to_string()).hint("name a commit, branch or tag, e.g. HEAD~1 or main"),
         ),
-        RepoError::NoCommits => anyhow::Error::new(
-            Failure::error(e.to_string()).hint("commit environments/ and schemas/ first: configuration is read from commits only"),
-        ),
+        RepoError::NoCommits => anyhow::Error::new(Failure::error(e.to_string()).hint(
+            "commit environments/ and schemas/ first: configuration is read from commits only",
+        )),
         other => anyhow::Error::new(other),
     })?;
     let input = repo.read_config(&commit).map_err(|e| match e {
         RepoError::NoEnvironments { .. } => anyhow::Error::new(
-            Failure::error(e.to_string()).hint("environments live in environments/<name>.toml at the repository root"),
+            Failure::error(e.to_string())
+                .hint("environments live in environments/<name>.toml at the repository root"),
         ),
         other => anyhow::Error::new(other),
     })?;
@@ -67,10 +68,12 @@ pub fn environment<'a>(config: &'a Config, name: &str) -> Result<&'a Environment
     }
     let names = config.names();
     if names.iter().any(|n| n == name) {
-        return Err(Failure::error(format!("environment `{name}` has errors and cannot be used"))
-            .already_reported()
-            .hint("fix the errors above; `deploy check` lists them all")
-            .into());
+        return Err(Failure::error(format!(
+            "environment `{name}` has errors and cannot be used"
+        ))
+        .already_reported()
+        .hint("fix the errors above; `deploy check` lists them all")
+        .into());
     }
     let mut f = Failure::error(format!("unknown environment `{name}`"));
     f = f.hint(if names.is_empty() {
@@ -79,7 +82,9 @@ pub fn environment<'a>(config: &'a Config, name: &str) -> Result<&'a Environment
         format!("valid environments: {}", names.join(", "))
     });
     if name.starts_with('_') {
-        f = f.detail(format!("`{name}` is a shared layer, not a deployable environment"));
+        f = f.detail(format!(
+            "`{name}` is a shared layer, not a deployable environment"
+        ));
     }
     Err(f.into())
 }

@@ -37,7 +37,10 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
         .iter()
         .filter(|n| {
             config.broken.contains(n)
-                || config.diagnostics.iter().any(|d| d.environment.as_deref() == Some(n.as_str()))
+                || config
+                    .diagnostics
+                    .iter()
+                    .any(|d| d.environment.as_deref() == Some(n.as_str()))
         })
         .collect();
     if printer.is_json() {

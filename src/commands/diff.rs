@@ -70,7 +70,10 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
             TextDiff::from_lines(old_text, new_text)
                 .unified_diff()
                 .context_radius(3)
-                .header(&format!("{name} @ {}", c1.short()), &format!("{name} @ {}", c2.short()))
+                .header(
+                    &format!("{name} @ {}", c1.short()),
+                    &format!("{name} @ {}", c2.short()),
+                )
                 .to_string()
         };
         envs.push(EnvDiff {
@@ -129,9 +132,15 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
         Err(Failure::error(format!(
             "cannot diff {} because {} not resolve at one of the commits",
             invalid.join(", "),
-            if invalid.len() == 1 { "it does" } else { "they do" }
+            if invalid.len() == 1 {
+                "it does"
+            } else {
+                "they do"
+            }
         ))
-        .hint(format!("`deploy check --rev {from}` and `deploy check --rev {to}` show why"))
+        .hint(format!(
+            "`deploy check --rev {from}` and `deploy check --rev {to}` show why"
+        ))
         .into())
     }
 }

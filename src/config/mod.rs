@@ -270,7 +270,10 @@ fn llist(file: FileId, s: SList) -> Vec<Located<String>> {
 fn largv(file: FileId, s: SList) -> Located<Vec<String>> {
     let loc = loc_of(file, &s);
     Located::new(
-        s.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        s.into_inner()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         loc,
     )
 }
@@ -446,6 +449,20 @@ pub fn load(input: Input) -> Config {
             None => broken.push(name),
         }
     }
+    // Layers no environment uses are still checked (a cycle or a forbidden key is a bug waiting).
+    let mut unused: Vec<String> = loader
+        .layers
+        .keys()
+        .filter(|l| !loader.resolved_layers.contains_key(*l))
+        .cloned()
+        .collect();
+    unused.sort();
+    for layer in unused {
+        if let Some(Some(p)) = loader.layers.get(&layer) {
+            let at = Loc::file(p.file);
+            loader.resolve_layer(&layer, &at, &mut Vec::new());
+        }
+    }
     broken.sort();
 
     let mut config = Config {
@@ -490,7 +507,9 @@ impl Loader<'_> {
                     )
                     .env(stem_of(&file.path))
                     .at(Loc::file(id), "file too large")
-                    .hint("split the settings into layers, or move bulk data out of the repository"),
+                    .hint(
+                        "split the settings into layers, or move bulk data out of the repository",
+                    ),
                 );
                 return None;
             }
@@ -539,11 +558,11 @@ impl Loader<'_> {
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
                 let message = e.message().trim().to_owned();
-                let (code, hint) = toml_error_hint(&message);
+                let (code, message, label, hint) = toml_error_parts(&message);
                 self.diagnostics.push(
-                    Diagnostic::new(code, message.clone())
+                    Diagnostic::new(code, message)
                         .env(stem_of(&file.path))
-                        .at(Loc::new(id, span), first_line(&message))
+                        .at(Loc::new(id, span), label)
                         .hint(hint),
                 );
                 None
@@ -552,7 +571,12 @@ impl Loader<'_> {
     }
 
     /// Merge a layer with the layers it extends. `stack` detects cycles.
-    fn resolve_layer(&mut self, name: &str, from: &Loc, stack: &mut Vec<String>) -> Option<Partial> {
+    fn resolve_layer(
+        &mut self,
+        name: &str,
+        from: &Loc,
+        stack: &mut Vec<String>,
+    ) -> Option<Partial> {
         if let Some(done) = self.resolved_layers.get(name) {
             return done.clone();
         }
@@ -578,7 +602,11 @@ impl Loader<'_> {
             } else {
                 format!(
                     "known layers: {}",
-                    known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             let hint = if name.starts_with('_') {
@@ -609,7 +637,8 @@ impl Loader<'_> {
             ] {
                 if let Some(span) = span {
                     ok = false;
-                    self.diagnostics.push(layer_forbidden(name, file, span, field));
+                    self.diagnostics
+                        .push(layer_forbidden(name, file, span, field));
                 }
             }
         }
@@ -695,10 +724,13 @@ impl Loader<'_> {
             }
             Some(a) if a.value.trim() != a.value => {
                 self.diagnostics.push(
-                    Diagnostic::new("invalid-account", "`account` has leading or trailing spaces")
-                        .env(name)
-                        .at(a.loc.clone(), "remove the spaces")
-                        .hint("the account is compared byte for byte with what the target reports"),
+                    Diagnostic::new(
+                        "invalid-account",
+                        "`account` has leading or trailing spaces",
+                    )
+                    .env(name)
+                    .at(a.loc.clone(), "remove the spaces")
+                    .hint("the account is compared byte for byte with what the target reports"),
                 );
                 None
             }
@@ -800,7 +832,13 @@ impl Loader<'_> {
         })
     }
 
-    fn duration(&mut self, name: &str, field: &str, v: Option<&Located<String>>, default: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        name: &str,
+        field: &str,
+        v: Option<&Located<String>>,
+        default: Duration,
+    ) -> Option<Duration> {
         let Some(v) = v else {
             return Some(default);
         };
@@ -827,7 +865,13 @@ impl Loader<'_> {
         }
     }
 
-    fn argv(&mut self, name: &str, section: &str, cmd: Option<&Located<Vec<String>>>, at: &Loc) -> Option<Vec<String>> {
+    fn argv(
+        &mut self,
+        name: &str,
+        section: &str,
+        cmd: Option<&Located<Vec<String>>>,
+        at: &Loc,
+    ) -> Option<Vec<String>> {
         match cmd {
             None => {
                 self.diagnostics.push(
@@ -871,7 +915,10 @@ impl Loader<'_> {
             return Some(None);
         };
         let command = self.argv(name, "identity", p.identity_command.as_ref(), at);
-        let command_loc = p.identity_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
+        let command_loc = p
+            .identity_command
+            .as_ref()
+            .map_or(at.clone(), |c| c.loc.clone());
         let timeout = self.duration(
             name,
             "timeout",
@@ -890,18 +937,34 @@ impl Loader<'_> {
             return Some(None);
         };
         let command = self.argv(name, "health", p.health_command.as_ref(), at);
-        let command_loc = p.health_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
-        let timeout = self.duration(name, "timeout", p.health_timeout.as_ref(), Duration::from_secs(10));
-        let interval = self.duration(name, "interval", p.health_interval.as_ref(), Duration::from_secs(1));
+        let command_loc = p
+            .health_command
+            .as_ref()
+            .map_or(at.clone(), |c| c.loc.clone());
+        let timeout = self.duration(
+            name,
+            "timeout",
+            p.health_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
+        let interval = self.duration(
+            name,
+            "interval",
+            p.health_interval.as_ref(),
+            Duration::from_secs(1),
+        );
         let retries = match &p.health_retries {
             None => Some(0),
             Some(r) if (0..=100).contains(&r.value) => Some(r.value as u32),
             Some(r) => {
                 self.diagnostics.push(
-                    Diagnostic::new("invalid-retries", format!("`retries = {}` is out of range", r.value))
-                        .env(name)
-                        .at(r.loc.clone(), "must be between 0 and 100")
-                        .hint("`retries` is how many more times a failing health check is tried"),
+                    Diagnostic::new(
+                        "invalid-retries",
+                        format!("`retries = {}` is out of range", r.value),
+                    )
+                    .env(name)
+                    .at(r.loc.clone(), "must be between 0 and 100")
+                    .hint("`retries` is how many more times a failing health check is tried"),
                 );
                 None
             }
@@ -920,8 +983,16 @@ impl Loader<'_> {
             return Some(None);
         };
         let command = self.argv(name, "notify", p.notify_command.as_ref(), at);
-        let command_loc = p.notify_command.as_ref().map_or(at.clone(), |c| c.loc.clone());
-        let timeout = self.duration(name, "timeout", p.notify_timeout.as_ref(), Duration::from_secs(10));
+        let command_loc = p
+            .notify_command
+            .as_ref()
+            .map_or(at.clone(), |c| c.loc.clone());
+        let timeout = self.duration(
+            name,
+            "timeout",
+            p.notify_timeout.as_ref(),
+            Duration::from_secs(10),
+        );
         Some(Some(Notify {
             command: command?,
             command_loc,
@@ -961,10 +1032,13 @@ impl Loader<'_> {
             "exec" => &["command", "options"],
             other => {
                 self.diagnostics.push(
-                    Diagnostic::new("unknown-target-kind", format!("unknown target kind `{other}`"))
-                        .env(name)
-                        .at(loc_of(file, kind), "unknown kind")
-                        .hint("kind is one of \"dir\", \"etcd\", \"exec\""),
+                    Diagnostic::new(
+                        "unknown-target-kind",
+                        format!("unknown target kind `{other}`"),
+                    )
+                    .env(name)
+                    .at(loc_of(file, kind), "unknown kind")
+                    .hint("kind is one of \"dir\", \"etcd\", \"exec\""),
                 );
                 return None;
             }
@@ -982,16 +1056,22 @@ impl Loader<'_> {
                     )
                     .env(name)
                     .at(Loc::new(file, span), format!("not a `{kind_name}` key"))
-                    .hint(format!("a `{kind_name}` target takes: {}", allowed.join(", "))),
+                    .hint(format!(
+                        "a `{kind_name}` target takes: {}",
+                        allowed.join(", ")
+                    )),
                 );
             }
         }
         let need = |this: &mut Self, key: &str, example: &str| {
             this.diagnostics.push(
-                Diagnostic::new("missing-field", format!("a `{kind_name}` target needs `{key}`"))
-                    .env(name)
-                    .at(loc.clone(), format!("`{key}` is required"))
-                    .hint(format!("add e.g. `{key} = {example}`")),
+                Diagnostic::new(
+                    "missing-field",
+                    format!("a `{kind_name}` target needs `{key}`"),
+                )
+                .env(name)
+                .at(loc.clone(), format!("`{key}` is required"))
+                .hint(format!("add e.g. `{key} = {example}`")),
             );
         };
         let kind = match kind_name {
@@ -1001,10 +1081,13 @@ impl Loader<'_> {
                     Some(k) if (2..=1000).contains(k.get_ref()) => Some(*k.get_ref() as usize),
                     Some(k) => {
                         self.diagnostics.push(
-                            Diagnostic::new("invalid-keep", format!("`keep = {}` is out of range", k.get_ref()))
-                                .env(name)
-                                .at(loc_of(file, k), "must be between 2 and 1000")
-                                .hint("`keep` is how many generations stay available for rollback"),
+                            Diagnostic::new(
+                                "invalid-keep",
+                                format!("`keep = {}` is out of range", k.get_ref()),
+                            )
+                            .env(name)
+                            .at(loc_of(file, k), "must be between 2 and 1000")
+                            .hint("`keep` is how many generations stay available for rollback"),
                         );
                         None
                     }
@@ -1054,7 +1137,11 @@ impl Loader<'_> {
                     }
                 };
                 let prefix = match t.prefix {
-                    Some(p) if !p.get_ref().starts_with('/') || !p.get_ref().ends_with('/') || p.get_ref().len() < 3 => {
+                    Some(p)
+                        if !p.get_ref().starts_with('/')
+                            || !p.get_ref().ends_with('/')
+                            || p.get_ref().len() < 3 =>
+                    {
                         self.diagnostics.push(
                             Diagnostic::new("invalid-prefix", format!("etcd prefix `{}` must start and end with `/`", p.get_ref()))
                                 .env(name)
@@ -1089,16 +1176,27 @@ impl Loader<'_> {
             }
             _ => {
                 let at = loc.clone();
-                let command = self.argv(name, "target", t.command.map(|c| largv(file, c)).as_ref(), &at);
+                let command = self.argv(
+                    name,
+                    "target",
+                    t.command.map(|c| largv(file, c)).as_ref(),
+                    &at,
+                );
                 let options = match t.options {
                     None => Some(serde_json::Value::Object(Default::default())),
                     Some(n) if n.as_table().is_some() => Some(n.to_json()),
                     Some(n) => {
                         self.diagnostics.push(
-                            Diagnostic::new("invalid-options", "[target] `options` must be a table")
-                                .env(name)
-                                .at(Loc::new(file, n.span.clone()), format!("found {}", n.type_name()))
-                                .hint("write [target.options] with the provider's keys"),
+                            Diagnostic::new(
+                                "invalid-options",
+                                "[target] `options` must be a table",
+                            )
+                            .env(name)
+                            .at(
+                                Loc::new(file, n.span.clone()),
+                                format!("found {}", n.type_name()),
+                            )
+                            .hint("write [target.options] with the provider's keys"),
                         );
                         None
                     }
@@ -1150,7 +1248,10 @@ impl Loader<'_> {
                         format!("`settings.{key}` must be a table (one table per resource)"),
                     )
                     .env(name)
-                    .at(member.node.loc(), format!("found {}", member.node.type_name()))
+                    .at(
+                        member.node.loc(),
+                        format!("found {}", member.node.type_name()),
+                    )
                     .hint(format!("write [settings.{key}] followed by its keys")),
                 );
                 continue;
@@ -1167,7 +1268,12 @@ impl Loader<'_> {
     }
 }
 
-fn layer_forbidden(layer: &str, file: FileId, span: std::ops::Range<usize>, field: &str) -> Diagnostic {
+fn layer_forbidden(
+    layer: &str,
+    file: FileId,
+    span: std::ops::Range<usize>,
+    field: &str,
+) -> Diagnostic {
     Diagnostic::new(
         "layer-identity",
         format!("layer `{layer}` sets `{field}`, which only an environment's own file may set"),
@@ -1193,28 +1299,44 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_owned()
 }
 
-/// Classify a toml/serde error message and suggest a fix.
-fn toml_error_hint(message: &str) -> (&'static str, String) {
-    if message.starts_with("unknown field") {
-        let expected = message
-            .split_once("expected ")
-            .map(|(_, e)| e.trim())
-            .unwrap_or("");
-        let expected = if expected.is_empty() {
-            String::new()
-        } else {
-            format!(": expected {expected}")
+/// Classify a toml/serde error message: code, message, label and a hint.
+fn toml_error_parts(message: &str) -> (&'static str, String, String, String) {
+    let first = first_line(message);
+    if let Some(rest) = first.strip_prefix("unknown field ") {
+        let (key, expected) = match rest.split_once(", expected ") {
+            Some((k, e)) => (k.to_owned(), format!("expected {e}")),
+            None => (rest.to_owned(), String::new()),
         };
         (
             "unknown-key",
-            format!("remove or rename the key; unknown keys are errors so that a typo cannot be ignored{expected}"),
+            format!("unknown key {key}"),
+            "unknown key".to_owned(),
+            format!(
+                "{expected}{}unknown keys are errors so that a typo is never silently ignored",
+                if expected.is_empty() { "" } else { "; " }
+            ),
         )
-    } else if message.starts_with("invalid type") {
-        ("invalid-type", "check the value's type against the environment file format in README.md".into())
-    } else if message.starts_with("missing field") {
-        ("missing-field", "add the missing key".into())
+    } else if first.starts_with("invalid type") {
+        (
+            "invalid-type",
+            first.clone(),
+            "wrong type".to_owned(),
+            "see the environment file format in README.md (`deploy schema` prints it as a JSON Schema)".to_owned(),
+        )
+    } else if first.starts_with("missing field") {
+        (
+            "missing-field",
+            first.clone(),
+            "missing key".to_owned(),
+            "add the missing key".to_owned(),
+        )
     } else {
-        ("syntax", "fix the TOML syntax at this position".into())
+        (
+            "syntax",
+            format!("invalid TOML: {first}"),
+            first,
+            "fix the TOML syntax at this position".to_owned(),
+        )
     }
 }
 

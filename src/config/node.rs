@@ -78,12 +78,17 @@ impl Node {
     pub fn merge(&mut self, over: Node) {
         match (&mut self.value, over.value) {
             (Value::Table(base), Value::Table(top)) => {
+                self.file = over.file;
+                self.span = over.span;
                 for (key, member) in top {
                     match base.get_mut(&key) {
                         Some(existing)
                             if matches!(existing.node.value, Value::Table(_))
                                 && matches!(member.node.value, Value::Table(_)) =>
                         {
+                            // Point at the table as the later (more specific) file writes it.
+                            existing.key_span = member.key_span;
+                            existing.key_file = member.key_file;
                             existing.node.merge(member.node);
                         }
                         _ => {

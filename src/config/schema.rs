@@ -50,9 +50,12 @@ impl Schemas {
                 Ok(Err(_)) | Err(_) => {
                     let id = sources.add(file.path.clone(), "");
                     diags.push(
-                        Diagnostic::new("invalid-schema", format!("{} is not readable UTF-8 text of at most 4 MiB", file.path))
-                            .at(Loc::file(id), "unreadable schema")
-                            .hint("schemas are JSON files"),
+                        Diagnostic::new(
+                            "invalid-schema",
+                            format!("{} is not readable UTF-8 text of at most 4 MiB", file.path),
+                        )
+                        .at(Loc::file(id), "unreadable schema")
+                        .hint("schemas are JSON files"),
                     );
                     compiled.insert(name, None);
                     continue;
@@ -65,9 +68,12 @@ impl Schemas {
                 Err(e) => {
                     let at = offset_of(text, e.line(), e.column());
                     diags.push(
-                        Diagnostic::new("invalid-schema", format!("{} is not valid JSON: {e}", file.path))
-                            .at(Loc::new(id, at..at), "JSON error here")
-                            .hint("fix the JSON syntax of the schema"),
+                        Diagnostic::new(
+                            "invalid-schema",
+                            format!("{} is not valid JSON: {e}", file.path),
+                        )
+                        .at(Loc::new(id, at..at), "JSON error here")
+                        .hint("fix the JSON syntax of the schema"),
                     );
                     compiled.insert(name, None);
                     continue;
@@ -79,9 +85,12 @@ impl Schemas {
                 }
                 Err(e) => {
                     diags.push(
-                        Diagnostic::new("invalid-schema", format!("{} is not a valid JSON Schema: {e}", file.path))
-                            .at(Loc::file(id), "invalid schema")
-                            .hint("schemas follow JSON Schema draft 2020-12"),
+                        Diagnostic::new(
+                            "invalid-schema",
+                            format!("{} is not a valid JSON Schema: {e}", file.path),
+                        )
+                        .at(Loc::file(id), "invalid schema")
+                        .hint("schemas follow JSON Schema draft 2020-12"),
                     );
                     compiled.insert(name, None);
                 }
@@ -98,11 +107,17 @@ impl Schemas {
                 diags.push(
                     Diagnostic::new(
                         "invalid-schema",
-                        format!("schema `{}` is broken, so `{}` cannot be validated", env.schema.value, env.name),
+                        format!(
+                            "schema `{}` is broken, so `{}` cannot be validated",
+                            env.schema.value, env.name
+                        ),
                     )
                     .env(&env.name)
                     .at(env.schema.loc.clone(), "uses the broken schema")
-                    .hint(format!("fix schemas/{}.schema.json (see its own error)", env.schema.value)),
+                    .hint(format!(
+                        "fix schemas/{}.schema.json (see its own error)",
+                        env.schema.value
+                    )),
                 );
                 return;
             }
@@ -110,14 +125,20 @@ impl Schemas {
                 let mut known: Vec<&str> = self.compiled.keys().map(String::as_str).collect();
                 known.sort();
                 diags.push(
-                    Diagnostic::new("unknown-schema", format!("schema `{}` does not exist", env.schema.value))
-                        .env(&env.name)
-                        .at(env.schema.loc.clone(), format!("no schemas/{}.schema.json", env.schema.value))
-                        .hint(if known.is_empty() {
-                            "there are no schemas; add schemas/NAME.schema.json".to_owned()
-                        } else {
-                            format!("known schemas: {}", known.join(", "))
-                        }),
+                    Diagnostic::new(
+                        "unknown-schema",
+                        format!("schema `{}` does not exist", env.schema.value),
+                    )
+                    .env(&env.name)
+                    .at(
+                        env.schema.loc.clone(),
+                        format!("no schemas/{}.schema.json", env.schema.value),
+                    )
+                    .hint(if known.is_empty() {
+                        "there are no schemas; add schemas/NAME.schema.json".to_owned()
+                    } else {
+                        format!("known schemas: {}", known.join(", "))
+                    }),
                 );
                 return;
             }
@@ -131,15 +152,33 @@ impl Schemas {
                 Some((r, rest)) => (Some(r.as_str()), rest),
                 None => (None, &[][..]),
             };
-            let (loc, key_path) = match resource.and_then(|r| env.settings.get(r).map(|res| (r, res))) {
+            let (loc, key_path) = match resource
+                .and_then(|r| env.settings.get(r).map(|res| (r, res)))
+            {
                 Some((r, res)) => {
-                    let node = res.node.find(rest.iter().map(String::as_str)).unwrap_or(&res.node);
+                    let node = res
+                        .node
+                        .find(rest.iter().map(String::as_str))
+                        .unwrap_or(&res.node);
                     let mut key = r.to_owned();
                     for seg in rest {
                         key.push('.');
                         key.push_str(seg);
                     }
-                    let loc = if rest.is_empty() { res.name_loc.clone() } else { node.loc() };
+                    let mut loc = if rest.is_empty() {
+                        res.name_loc.clone()
+                    } else {
+                        node.loc()
+                    };
+                    // An unexpected key is best shown at the key itself.
+                    if let jsonschema::error::ValidationErrorKind::AdditionalProperties {
+                        unexpected,
+                    } = error.kind()
+                        && let (Some(first), Some(table)) = (unexpected.first(), node.as_table())
+                        && let Some(m) = table.get(first)
+                    {
+                        loc = Loc::new(m.key_file, m.key_span.clone());
+                    }
                     (loc, key)
                 }
                 None => (Loc::new(env.file, 0..0), String::new()),
@@ -152,7 +191,10 @@ impl Schemas {
             diags.push(
                 Diagnostic::new("schema", format!("{where_}: {error}"))
                     .env(&env.name)
-                    .at(loc, format!("violates schemas/{}.schema.json", env.schema.value))
+                    .at(
+                        loc,
+                        format!("violates schemas/{}.schema.json", env.schema.value),
+                    )
                     .hint(format!(
                         "the schema rule is at {} in schemas/{}.schema.json",
                         error.schema_path().as_str(),

@@ -163,7 +163,9 @@ impl Repo {
                 "untracked"
             } else if st.intersects(Status::WT_DELETED | Status::INDEX_DELETED) {
                 "deleted"
-            } else if st.intersects(Status::INDEX_NEW | Status::INDEX_MODIFIED | Status::INDEX_RENAMED) {
+            } else if st
+                .intersects(Status::INDEX_NEW | Status::INDEX_MODIFIED | Status::INDEX_RENAMED)
+            {
                 "staged, not committed"
             } else if st.is_empty() || st.contains(Status::IGNORED) {
                 continue;

@@ -11,13 +11,13 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use crate::config::node::{Node, Value};
 use crate::config::{Config, Environment, TargetKind};
 use crate::diagnostic::Diagnostic;
-use crate::source::Loc;
+use crate::source::{Loc, Sources};
 
 /// Every cross-environment problem of `config`.
 pub fn scan(config: &Config) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     identity_clashes(&config.environments, &mut diags);
-    leaks(&config.environments, &mut diags);
+    leaks(&config.environments, &config.sources, &mut diags);
     targets(&config.environments, &mut diags);
     after(config, &mut diags);
     diags
@@ -34,7 +34,8 @@ struct Owner {
 fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<&str, (usize, &Loc, bool)> = HashMap::new();
     for (i, env) in envs.iter().enumerate() {
-        let idents = std::iter::once((&env.account, true)).chain(env.markers.iter().map(|m| (m, false)));
+        let idents =
+            std::iter::once((&env.account, true)).chain(env.markers.iter().map(|m| (m, false)));
         for (ident, is_account) in idents {
             match seen.get(ident.value.as_str()) {
                 Some(&(j, first_loc, first_is_account)) if j != i => {
@@ -57,7 +58,8 @@ fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                                 "`{}` identifies both `{}` and `{}`",
                                 ident.value, other.name, env.name
                             ),
-                            "accounts and markers must each belong to exactly one environment".to_owned(),
+                            "accounts and markers must each belong to exactly one environment"
+                                .to_owned(),
                         )
                     };
                     diags.push(
@@ -65,7 +67,10 @@ fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                             .safety()
                             .env(&env.name)
                             .at(ident.loc.clone(), format!("also used by `{}`", other.name))
-                            .also(first_loc.clone(), format!("`{}` defines it here", other.name))
+                            .also(
+                                first_loc.clone(),
+                                format!("`{}` defines it here", other.name),
+                            )
                             .hint(hint),
                     );
                 }
@@ -125,9 +130,15 @@ fn visit_strings<'a>(env: &'a Environment, f: &mut dyn FnMut(&str, Loc, String))
         }
     }
     let commands = [
-        env.identity.as_ref().map(|c| (&c.command, &c.command_loc, "identity.command")),
-        env.health.as_ref().map(|c| (&c.command, &c.command_loc, "health.command")),
-        env.notify.as_ref().map(|c| (&c.command, &c.command_loc, "notify.command")),
+        env.identity
+            .as_ref()
+            .map(|c| (&c.command, &c.command_loc, "identity.command")),
+        env.health
+            .as_ref()
+            .map(|c| (&c.command, &c.command_loc, "health.command")),
+        env.notify
+            .as_ref()
+            .map(|c| (&c.command, &c.command_loc, "notify.command")),
     ];
     for (argv, loc, what) in commands.into_iter().flatten() {
         for arg in argv {
@@ -137,7 +148,20 @@ fn visit_strings<'a>(env: &'a Environment, f: &mut dyn FnMut(&str, Loc, String))
 }
 
 /// Any account or marker of environment B inside environment A's settings, target or commands.
-fn leaks(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
+/// Narrow a string value's span to `start..end` of its content when the literal has no escapes.
+fn sub_span(sources: &Sources, loc: &Loc, text: &str, start: usize, end: usize) -> Loc {
+    let src = &sources.get(loc.file).text;
+    if let Some(lit) = src.get(loc.span.clone())
+        && lit.len() == text.len() + 2
+        && lit.get(1..lit.len() - 1) == Some(text)
+    {
+        let base = loc.span.start + 1;
+        return Loc::new(loc.file, base + start..base + end);
+    }
+    loc.clone()
+}
+
+fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
     let mut patterns: Vec<&str> = Vec::new();
     let mut owners: Vec<Owner> = Vec::new();
     for (i, env) in envs.iter().enumerate() {
@@ -182,11 +206,18 @@ fn leaks(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                     continue;
                 }
                 let owner = owners[pid];
-                if reported.insert((loc.span.start, loc.file, owner.env), ()).is_some() {
+                if reported
+                    .insert((loc.span.start, loc.file, owner.env), ())
+                    .is_some()
+                {
                     continue;
                 }
                 let other = &envs[owner.env];
-                let what = if owner.is_account { "account" } else { "marker" };
+                let what = if owner.is_account {
+                    "account"
+                } else {
+                    "marker"
+                };
                 let ident = patterns[pid];
                 let mut d = Diagnostic::new(
                     if owner.is_account { "foreign-account" } else { "foreign-marker" },
@@ -197,7 +228,7 @@ fn leaks(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                 )
                 .safety()
                 .env(&env.name)
-                .at(loc.clone(), format!("`{ident}` belongs to `{}`", other.name))
+                .at(sub_span(sources, &loc, text, start, end), format!("belongs to `{}`", other.name))
                 .hint(format!(
                     "this looks like `{}`'s configuration in `{}`; use `{}`'s own value (account `{}`)",
                     other.name, env.name, env.name, env.account.value
@@ -258,7 +289,10 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                 endpoints, prefix, ..
             } => Some((
                 i,
-                endpoints.iter().map(|e| normalize_endpoint(&e.value)).collect(),
+                endpoints
+                    .iter()
+                    .map(|e| normalize_endpoint(&e.value))
+                    .collect(),
                 prefix.value.as_str(),
             )),
             _ => None,
@@ -291,12 +325,25 @@ fn target_clash(first: &Environment, second: &Environment, same: bool, place: &s
             second.name, first.name
         )
     };
-    Diagnostic::new(if same { "duplicate-target" } else { "overlapping-target" }, message)
-        .safety()
-        .env(&second.name)
-        .at(second.target.loc.clone(), format!("also the target of `{}`", first.name))
-        .also(first.target.loc.clone(), format!("target of `{}`", first.name))
-        .hint("each environment needs a target of its own, apart from every other environment's")
+    Diagnostic::new(
+        if same {
+            "duplicate-target"
+        } else {
+            "overlapping-target"
+        },
+        message,
+    )
+    .safety()
+    .env(&second.name)
+    .at(
+        second.target.loc.clone(),
+        format!("also the target of `{}`", first.name),
+    )
+    .also(
+        first.target.loc.clone(),
+        format!("target of `{}`", first.name),
+    )
+    .hint("each environment needs a target of its own, apart from every other environment's")
 }
 
 /// `after` must name existing environments and must not form a cycle.
@@ -319,10 +366,13 @@ fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
                 );
             } else if !names.iter().any(|n| n == &a.value) {
                 diags.push(
-                    Diagnostic::new("unknown-environment", format!("`after` names unknown environment `{}`", a.value))
-                        .env(&env.name)
-                        .at(a.loc.clone(), "no such environment")
-                        .hint(format!("known environments: {}", names.join(", "))),
+                    Diagnostic::new(
+                        "unknown-environment",
+                        format!("`after` names unknown environment `{}`", a.value),
+                    )
+                    .env(&env.name)
+                    .at(a.loc.clone(), "no such environment")
+                    .hint(format!("known environments: {}", names.join(", "))),
                 );
             }
         }
@@ -347,7 +397,9 @@ fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
         marks[i] = Mark::Active;
         path.push(i);
         for a in &envs[i].after {
-            let Some(&j) = index.get(a.value.as_str()) else { continue };
+            let Some(&j) = index.get(a.value.as_str()) else {
+                continue;
+            };
             if j == i {
                 continue;
             }
@@ -355,7 +407,10 @@ fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
                 Mark::New => dfs(j, envs, index, marks, path, diags),
                 Mark::Active => {
                     let start = path.iter().position(|&p| p == j).unwrap_or(0);
-                    let mut cycle: Vec<&str> = path[start..].iter().map(|&p| envs[p].name.as_str()).collect();
+                    let mut cycle: Vec<&str> = path[start..]
+                        .iter()
+                        .map(|&p| envs[p].name.as_str())
+                        .collect();
                     cycle.push(&envs[j].name);
                     // `a after b` means b deploys first: show the order of promotion.
                     cycle.reverse();
