@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "deploy",
     version,
-    args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 success, 1 error, 2 changes pending (plan --detailed-exitcode), \
                   3 refused for safety, 4 failed and rolled back, 5 target locked, 64 usage error."
 )]

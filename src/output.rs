@@ -113,7 +113,7 @@ impl Printer {
         };
         let mut s = String::new();
         for d in diags {
-            s.push_str(&render_diagnostic(&renderer, sources, d));
+            s.push_str(&render_diagnostic(&renderer, sources, d, self.color_err));
             s.push_str("\n\n");
         }
         self.err(&s);
@@ -142,7 +142,40 @@ fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Ra
     ))
 }
 
-fn render_diagnostic(renderer: &Renderer, sources: &Sources, d: &Diagnostic) -> String {
+fn render_diagnostic(
+    renderer: &Renderer,
+    sources: &Sources,
+    d: &Diagnostic,
+    color: bool,
+) -> String {
+    let has_snippet = d
+        .primary
+        .iter()
+        .chain(d.secondary.iter())
+        .any(|(loc, _)| excerpt(&sources.get(loc.file).text, loc).is_some());
+    if !has_snippet {
+        // A problem with a whole file: no source line to show, just where.
+        let paint = |st: anstyle::Style, t: &str| {
+            if color {
+                format!("{st}{t}{st:#}")
+            } else {
+                t.to_owned()
+            }
+        };
+        let mut s = format!(
+            "{}{} {}",
+            paint(style::ERROR, &format!("error[{}]:", d.code)),
+            "",
+            paint(style::BOLD, &d.message)
+        );
+        for (loc, label) in d.primary.iter().chain(d.secondary.iter()) {
+            s.push_str(&format!("\n  --> {} ({label})", sources.get(loc.file).path));
+        }
+        if let Some(h) = &d.hint {
+            s.push_str(&format!("\n   = {} {h}", paint(style::HINT, "help:")));
+        }
+        return s;
+    }
     let title = Level::ERROR.primary_title(d.message.as_str()).id(d.code);
     let mut elements: Vec<annotate_snippets::Element> = Vec::new();
     let mut file_only = Vec::new();

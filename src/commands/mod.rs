@@ -23,6 +23,13 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         command,
     } = cli;
     let dir = directory.unwrap_or_else(|| PathBuf::from("."));
+    if command.is_some() && (deploy.target.is_some() || deploy.yes) {
+        return Err(Failure::usage(
+            "--target and --yes before a command belong to the bare `deploy --target NAME`",
+        )
+        .hint("put them after the command, e.g. `deploy plan --target prod`")
+        .into());
+    }
     match command {
         Some(Command::Check(args)) => check::run(&dir, args, printer),
         Some(Command::Envs(args)) => envs::run(&dir, args, printer),

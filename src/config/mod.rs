@@ -137,6 +137,8 @@ pub enum TargetKind {
         path: Located<String>,
         /// Absolute and lexically normalised (relative paths are relative to the repository).
         resolved: PathBuf,
+        /// `resolved` relative to the repository when inside it, for messages.
+        display: String,
         keep: usize,
     },
     Etcd {
@@ -532,7 +534,10 @@ impl Loader<'_> {
                         ),
                     )
                     .env(stem_of(&file.path))
-                    .at(Loc::new(id, start..start + 1), "not UTF-8")
+                    .at(
+                        Loc::new(id, start..start + '\u{FFFD}'.len_utf8()),
+                        "not UTF-8",
+                    )
                     .hint("environment files must be UTF-8 text; re-save the file as UTF-8"),
                 );
                 return None;
@@ -701,6 +706,10 @@ impl Loader<'_> {
                 Some(p) => merged.overlay(p),
                 None => layers_ok = false,
             }
+        }
+        if !layers_ok {
+            // The layer's own error says what is wrong; requirements it would have met are moot.
+            return None;
         }
         merged.overlay(Partial::from_raw(file, &mut parsed.raw));
 
@@ -1113,9 +1122,17 @@ impl Loader<'_> {
                     return None;
                 }
                 let resolved = normalize(self.root, Path::new(&path.value));
+                let display = match self
+                    .root
+                    .and_then(|r| resolved.strip_prefix(normalize(None, r)).ok())
+                {
+                    Some(rel) if !Path::new(&path.value).is_absolute() => rel.display().to_string(),
+                    _ => resolved.display().to_string(),
+                };
                 TargetKind::Dir {
                     path,
                     resolved,
+                    display,
                     keep,
                 }
             }
@@ -1334,7 +1351,7 @@ fn toml_error_parts(message: &str) -> (&'static str, String, String, String) {
         (
             "syntax",
             format!("invalid TOML: {first}"),
-            first,
+            "here".to_owned(),
             "fix the TOML syntax at this position".to_owned(),
         )
     }

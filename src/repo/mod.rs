@@ -69,9 +69,9 @@ impl Repo {
     /// Resolve a revision to a commit.
     pub fn commit(&self, rev: &str) -> Result<CommitInfo, RepoError> {
         let obj = self.repo.revparse_single(rev).map_err(|e| {
-            if rev == "HEAD" && e.code() == git2::ErrorCode::UnbornBranch {
-                RepoError::NoCommits
-            } else if rev == "HEAD" && self.repo.head().is_err() {
+            if rev == "HEAD"
+                && (e.code() == git2::ErrorCode::UnbornBranch || self.repo.head().is_err())
+            {
                 RepoError::NoCommits
             } else {
                 RepoError::BadRevision {

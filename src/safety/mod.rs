@@ -256,17 +256,19 @@ fn normalize_endpoint(e: &str) -> String {
 /// Two environments writing to the same place (or one inside the other's).
 fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
     // Sorting dir paths makes every nesting an adjacent-or-prefix relation: O(n log n).
-    let mut dirs: Vec<(&std::path::Path, usize)> = envs
+    let mut dirs: Vec<(&std::path::Path, usize, &str)> = envs
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match &e.target.kind {
-            TargetKind::Dir { resolved, .. } => Some((resolved.as_path(), i)),
+            TargetKind::Dir {
+                resolved, display, ..
+            } => Some((resolved.as_path(), i, display.as_str())),
             _ => None,
         })
         .collect();
     dirs.sort();
     let mut stack: Vec<(&std::path::Path, usize)> = Vec::new();
-    for (path, i) in dirs {
+    for (path, i, display) in dirs {
         while let Some(&(top, _)) = stack.last() {
             if path.starts_with(top) {
                 break;
@@ -276,7 +278,7 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
         if let Some(&(outer, j)) = stack.last() {
             let (a, b) = (&envs[j], &envs[i]);
             let same = outer == path;
-            diags.push(target_clash(a, b, same, &path.display().to_string()));
+            diags.push(target_clash(a, b, same, display));
         }
         stack.push((path, i));
     }

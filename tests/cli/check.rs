@@ -1,0 +1,168 @@
+//! `deploy check`: exit codes, JSON output parsed back strictly, every problem listed.
+
+use serde::Deserialize;
+
+use crate::harness::{Repo, deploy_in};
+
+/// The `--format json` document of `deploy check`; unknown fields fail the parse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct CheckJson {
+    ok: bool,
+    commit: String,
+    rev: String,
+    environments: Vec<EnvStatus>,
+    errors: Vec<ErrorJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvStatus {
+    name: String,
+    valid: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ErrorJson {
+    code: String,
+    class: String,
+    environment: Option<String>,
+    message: String,
+    file: Option<String>,
+    line: Option<usize>,
+    column: Option<usize>,
+    label: Option<String>,
+    hint: Option<String>,
+}
+
+#[test]
+fn base_fixture_is_valid() {
+    let repo = Repo::base();
+    let run = repo.deploy(&["check"]);
+    run.code(0)
+        .stdout_has("ok: 2 environments valid at")
+        .stdout_has("prod, validation");
+}
+
+#[test]
+fn json_output_parses_back_strictly() {
+    let repo = Repo::base();
+    let head = repo.git(&["rev-parse", "HEAD"]);
+    let run = repo.deploy(&["check", "--format", "json"]);
+    run.code(0);
+    let doc: CheckJson = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert!(doc.ok);
+    assert_eq!(doc.commit, head);
+    assert_eq!(doc.rev, "HEAD");
+    let names: Vec<&str> = doc.environments.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["prod", "validation"]);
+    assert!(doc.environments.iter().all(|e| e.valid));
+    assert!(doc.errors.is_empty());
+}
+
+#[test]
+fn json_errors_carry_file_line_column() {
+    let repo = Repo::base();
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs");
+    repo.write("environments/prod.toml", prod);
+    repo.commit("leak");
+    let run = repo.deploy(&["check", "--format", "json"]);
+    run.code(1);
+    let doc: CheckJson = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert!(!doc.ok);
+    let e = &doc.errors[0];
+    assert_eq!(doc.errors.len(), 1, "{:?}", doc.errors);
+    assert_eq!(e.code, "foreign-account");
+    assert_eq!(e.class, "safety");
+    assert_eq!(e.environment.as_deref(), Some("prod"));
+    assert_eq!(e.file.as_deref(), Some("environments/prod.toml"));
+    // queue = "arn:aws:sqs:eu-west-1:111111111111:jobs" is line 18; the account starts at col 32.
+    assert_eq!((e.line, e.column), (Some(18), Some(32)));
+    let prod_status = doc.environments.iter().find(|e| e.name == "prod").unwrap();
+    assert!(!prod_status.valid);
+    // Nothing but the document on stdout.
+    assert!(run.stdout.trim_end().ends_with('}'));
+}
+
+#[test]
+fn every_problem_is_listed_not_just_the_first() {
+    let repo = Repo::base();
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs")
+        .replace("threads = 16", "threads = 999");
+    repo.write("environments/prod.toml", prod);
+    let validation = repo.read("environments/validation.toml").replace(
+        "https://validation.example.com/healthz",
+        "https://prod.example.com/healthz",
+    );
+    repo.write("environments/validation.toml", validation);
+    repo.commit("three problems");
+    let run = repo.deploy(&["check"]);
+    run.code(1)
+        .stderr_has("error[foreign-account]")
+        .stderr_has("error[schema]: settings.worker.threads: 999 is greater than the maximum of 64")
+        .stderr_has("error[foreign-marker]: settings.worker.endpoint of `validation` contains `prod.example.com`")
+        .stderr_has("error: 3 problems at");
+}
+
+#[test]
+fn marker_inside_own_longer_marker_is_not_a_leak() {
+    // prod's marker `example.com` appears inside validation's own `validation.example.com`.
+    let repo = Repo::base();
+    let prod = repo.read("environments/prod.toml").replace(
+        "markers = [\"prod.example.com\"]",
+        "markers = [\"example.com\"]",
+    );
+    repo.write("environments/prod.toml", prod);
+    repo.commit("short marker");
+    let run = repo.deploy(&["check"]);
+    // validation's endpoint is inside its own marker: fine. prod's own endpoint is fine too.
+    run.code(0);
+    // But a bare `example.com` in validation (outside its own marker) is prod's.
+    let v = repo.read("environments/validation.toml").replace(
+        "https://validation.example.com/healthz",
+        "https://api.example.com/healthz",
+    );
+    repo.write("environments/validation.toml", v);
+    repo.commit("bare marker");
+    repo.deploy(&["check"])
+        .code(1)
+        .stderr_has("contains `example.com`, the marker of environment `prod`");
+}
+
+#[test]
+fn project_repository_passes_its_own_check() {
+    let run = deploy_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &["check"]);
+    run.code(0).stdout_has("ok: 3 environments valid");
+}
+
+#[test]
+fn check_without_environments_directory() {
+    let repo = Repo::empty();
+    repo.write("README", "nothing here");
+    repo.commit("empty");
+    repo.deploy(&["check"])
+        .code(1)
+        .stderr_has("has no `environments/` directory");
+}
+
+#[test]
+fn check_outside_a_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    deploy_in(dir.path(), &["check"])
+        .code(1)
+        .stderr_has("is not inside a git repository")
+        .stderr_has("hint:");
+}
+
+#[test]
+fn repository_without_commits() {
+    let repo = Repo::empty();
+    repo.deploy(&["check"]).code(1).stderr_has("no commits");
+}

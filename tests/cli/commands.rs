@@ -1,0 +1,221 @@
+//! envs, diff, plan's repository side, usage errors, and the generated artefacts.
+
+use serde::Deserialize;
+
+use crate::harness::{Repo, deploy_in};
+
+#[test]
+fn envs_lists_every_environment() {
+    let repo = Repo::base();
+    let run = repo.deploy(&["envs"]);
+    run.code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "NAME        ACCOUNT       SCHEMA  TARGET                  PROTECTED  BRANCH",
+            "prod        222222222222  svc     dir targets/prod        yes        main",
+            "validation  111111111111  svc     dir targets/validation  no         main",
+        ]
+    );
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EnvRow {
+    name: String,
+    account: String,
+    schema: String,
+    target: String,
+    target_kind: String,
+    protected: bool,
+    branch: Option<String>,
+    after: Vec<String>,
+    resources: usize,
+}
+
+#[test]
+fn envs_json_parses_back_strictly() {
+    let repo = Repo::base();
+    let run = repo.deploy(&["envs", "--format", "json"]);
+    run.code(0);
+    let rows: Vec<EnvRow> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].name, "prod");
+    assert_eq!(rows[0].after, ["validation"]);
+    assert!(rows[0].protected);
+    assert_eq!(rows[1].target_kind, "dir");
+}
+
+#[test]
+fn diff_shows_changed_added_and_removed_environments() {
+    let repo = Repo::base();
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("threads = 16", "threads = 32");
+    repo.write("environments/prod.toml", prod);
+    repo.write(
+        "environments/_common.toml",
+        repo.read("environments/_common.toml")
+            .replace("conformer-ctc", "whisper-large-v3"),
+    );
+    repo.remove("environments/validation.toml");
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("after = [\"validation\"]\n", "");
+    repo.write("environments/prod.toml", prod);
+    repo.write(
+        "environments/staging.toml",
+        "[environment]\naccount = \"333333333333\"\nschema = \"svc\"\nextends = [\"_common\"]\n\
+         [target]\nkind = \"dir\"\npath = \"targets/staging\"\n\
+         [settings.worker]\nqueue = \"arn:aws:sqs:eu-west-1:333333333333:jobs\"\n",
+    );
+    repo.commit("change");
+    let run = repo.deploy(&["diff", "HEAD~1", "HEAD"]);
+    run.code(0)
+        .stdout_has("~ prod (changed)")
+        .stdout_has("-engine = \"conformer-ctc\"\n+engine = \"whisper-large-v3\"")
+        .stdout_has("-threads = 16\n+threads = 32")
+        .stdout_has("-after = [\"validation\"]")
+        .stdout_has("+ staging (added)")
+        .stdout_has("- validation (removed)")
+        .stdout_has("3 of 3 environments differ");
+    // The layer change reaches prod through `extends`: the diff is of resolved settings.
+    assert!(run.stdout.contains("[settings.worker]"), "{}", run.stdout);
+}
+
+#[test]
+fn diff_with_no_changes() {
+    let repo = Repo::base();
+    repo.commit("nothing");
+    repo.deploy(&["diff", "HEAD~1", "HEAD"])
+        .code(0)
+        .stdout_has("0 of 2 environments differ");
+}
+
+#[test]
+fn plan_refuses_a_leak_with_exit_3() {
+    let repo = Repo::base();
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs");
+    repo.write("environments/prod.toml", prod);
+    repo.commit("leak");
+    for name in ["prod", "validation"] {
+        repo.deploy(&["plan", "--target", name])
+            .code(3)
+            .stderr_has("error[foreign-account]")
+            .stderr_has("breaks the environment lock");
+    }
+}
+
+#[test]
+fn plan_with_invalid_environment_is_exit_1() {
+    let repo = Repo::base();
+    let prod = repo
+        .read("environments/prod.toml")
+        .replace("threads = 16", "threads = 0");
+    repo.write("environments/prod.toml", prod);
+    repo.commit("bad threads");
+    repo.deploy(&["plan", "--target", "prod"])
+        .code(1)
+        .stderr_has("settings.worker.threads: 0 is less than the minimum of 1")
+        .stderr_has("environment `prod` is invalid");
+}
+
+#[test]
+fn unknown_target_lists_valid_names() {
+    let repo = Repo::base();
+    repo.deploy(&["plan", "--target", "prdo"])
+        .code(1)
+        .stderr_has("error: unknown environment `prdo`")
+        .stderr_has("hint: valid environments: prod, validation");
+    repo.deploy(&["--target", "_common", "--yes"])
+        .code(1)
+        .stderr_has("`_common` is a shared layer");
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let repo = Repo::base();
+    for args in [
+        &[][..],
+        &["--target"][..],
+        &["plan"][..],
+        &["--target", "prod", "--account", "222222222222"][..],
+        &["--target", "prod", "--path", "/srv/x"][..],
+        &["--target", "prod", "--set", "workers=1"][..],
+        &["check", "--rev"][..],
+        &["diff", "HEAD"][..],
+        &["frobnicate"][..],
+        &["check", "--format", "yaml"][..],
+    ] {
+        let run = repo.deploy(args);
+        assert_eq!(run.code, 64, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.is_empty(), "{args:?}");
+    }
+    repo.deploy(&["--help"]).code(0).stdout_has("Exit codes:");
+}
+
+#[test]
+fn environment_schema_is_published_and_in_sync() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = deploy_in(root, &["schema"]);
+    run.code(0);
+    let copy =
+        std::fs::read_to_string(root.join("schemas/envlock-environment.schema.json")).unwrap();
+    assert_eq!(
+        run.stdout, copy,
+        "schemas/envlock-environment.schema.json is stale; copy `deploy schema` into it"
+    );
+
+    let schema: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in [
+        root.join("environments"),
+        root.join("tests/fixtures/base/environments"),
+    ] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            files.push(e.unwrap().path());
+        }
+    }
+    for f in &files {
+        let value: toml::Value = toml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let json = serde_json::to_value(value).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", f.display());
+    }
+    // And it rejects what the parser rejects.
+    for (bad, why) in [
+        (
+            "[environment]\naccount = \"1\"\nacount = \"2\"\n",
+            "unknown key",
+        ),
+        (
+            "[target]\nkind = \"dir\"\npath = \"x\"\nprefix = \"/a/\"\n",
+            "key of another kind",
+        ),
+        ("[target]\nkind = \"ftp\"\n", "unknown kind"),
+        ("[health]\ncommand = []\n", "empty command"),
+    ] {
+        let value: toml::Value = toml::from_str(bad).unwrap();
+        let json = serde_json::to_value(value).unwrap();
+        assert!(!validator.is_valid(&json), "schema accepted {why}: {bad}");
+    }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let repo = Repo::base();
+    for shell in ["bash", "zsh", "fish"] {
+        repo.deploy(&["completions", shell])
+            .code(0)
+            .stdout_has("--target");
+    }
+    repo.deploy(&["man"]).code(0).stdout_has(".TH deploy");
+}
