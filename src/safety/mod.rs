@@ -83,49 +83,74 @@ fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
     }
 }
 
-/// Strings of one environment to search, with where they are written.
-fn visit_strings<'a>(env: &'a Environment, f: &mut dyn FnMut(&str, Loc, String)) {
-    fn walk(node: &Node, path: &mut String, f: &mut dyn FnMut(&str, Loc, String)) {
+/// A step in the path to a value, turned into text only when a problem is reported.
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_text(root: &str, segs: &[Seg]) -> String {
+    let mut s = root.to_owned();
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Called with a string, where it is written, and a way to name its path (only when needed).
+type Visitor<'v> = dyn FnMut(&str, &Loc, &dyn Fn() -> String) + 'v;
+
+/// Every string of one environment to search, with where it is written and its path.
+fn visit_strings(env: &Environment, f: &mut Visitor<'_>) {
+    fn walk<'a>(node: &'a Node, segs: &mut Vec<Seg<'a>>, f: &mut Visitor<'_>) {
         match &node.value {
-            Value::String(s) | Value::Datetime(s) => f(s, node.loc(), path.clone()),
-            Value::Integer(i) => f(&i.to_string(), node.loc(), path.clone()),
+            Value::String(s) | Value::Datetime(s) => {
+                f(s, &node.loc(), &|| path_text("settings", segs))
+            }
+            Value::Integer(i) => f(&i.to_string(), &node.loc(), &|| path_text("settings", segs)),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(item, path, f);
-                    path.truncate(len);
+                    segs.push(Seg::Index(i));
+                    walk(item, segs, f);
+                    segs.pop();
                 }
             }
             Value::Table(map) => {
                 for (k, m) in map {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    walk(&m.node, path, f);
-                    path.truncate(len);
+                    segs.push(Seg::Key(k));
+                    walk(&m.node, segs, f);
+                    segs.pop();
                 }
             }
             Value::Float(_) | Value::Boolean(_) => {}
         }
     }
+    let mut segs = Vec::new();
     for (name, res) in &env.settings {
-        let mut path = format!("settings.{name}");
-        walk(&res.node, &mut path, f);
+        segs.push(Seg::Key(name.as_str()));
+        walk(&res.node, &mut segs, f);
+        segs.pop();
     }
     match &env.target.kind {
-        TargetKind::Dir { path, .. } => f(&path.value, path.loc.clone(), "target.path".into()),
+        TargetKind::Dir { path, .. } => f(&path.value, &path.loc, &|| "target.path".into()),
         TargetKind::Etcd {
             endpoints, prefix, ..
         } => {
             for e in endpoints {
-                f(&e.value, e.loc.clone(), "target.endpoints".into());
+                f(&e.value, &e.loc, &|| "target.endpoints".into());
             }
-            f(&prefix.value, prefix.loc.clone(), "target.prefix".into());
+            f(&prefix.value, &prefix.loc, &|| "target.prefix".into());
         }
         TargetKind::Exec { command, .. } => {
             for arg in command {
-                f(arg, env.target.loc.clone(), "target.command".into());
+                f(arg, &env.target.loc, &|| "target.command".into());
             }
         }
     }
@@ -142,12 +167,11 @@ fn visit_strings<'a>(env: &'a Environment, f: &mut dyn FnMut(&str, Loc, String))
     ];
     for (argv, loc, what) in commands.into_iter().flatten() {
         for arg in argv {
-            f(arg, loc.clone(), what.into());
+            f(arg, loc, &|| what.to_owned());
         }
     }
 }
 
-/// Any account or marker of environment B inside environment A's settings, target or commands.
 /// Narrow a string value's span to `start..end` of its content when the literal has no escapes.
 fn sub_span(sources: &Sources, loc: &Loc, text: &str, start: usize, end: usize) -> Loc {
     let src = &sources.get(loc.file).text;
@@ -188,9 +212,11 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
 
     for (a, env) in envs.iter().enumerate() {
         let mut reported: BTreeMap<(usize, usize, usize), ()> = BTreeMap::new();
+        let mut own: Vec<(usize, usize)> = Vec::new();
+        let mut foreign: Vec<(usize, usize, usize)> = Vec::new();
         visit_strings(env, &mut |text, loc, path| {
-            let mut own: Vec<(usize, usize)> = Vec::new();
-            let mut foreign: Vec<(usize, usize, usize)> = Vec::new();
+            own.clear();
+            foreign.clear();
             for m in ac.find_overlapping_iter(text) {
                 let owner = owners[m.pattern().as_usize()];
                 if owner.env == a {
@@ -199,7 +225,7 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
                     foreign.push((m.start(), m.end(), m.pattern().as_usize()));
                 }
             }
-            for (start, end, pid) in foreign {
+            for &(start, end, pid) in &foreign {
                 // A foreign marker inside one of this environment's own identifiers (prod's
                 // `asr.example.com` within validation's `validation.asr.example.com`) is not a leak.
                 if own.iter().any(|&(s, e)| s <= start && end <= e) {
@@ -222,13 +248,15 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
                 let mut d = Diagnostic::new(
                     if owner.is_account { "foreign-account" } else { "foreign-marker" },
                     format!(
-                        "{path} of `{}` contains `{ident}`, the {what} of environment `{}`",
-                        env.name, other.name
+                        "{} of `{}` contains `{ident}`, the {what} of environment `{}`",
+                        path(),
+                        env.name,
+                        other.name
                     ),
                 )
                 .safety()
                 .env(&env.name)
-                .at(sub_span(sources, &loc, text, start, end), format!("belongs to `{}`", other.name))
+                .at(sub_span(sources, loc, text, start, end), format!("belongs to `{}`", other.name))
                 .hint(format!(
                     "this looks like `{}`'s configuration in `{}`; use `{}`'s own value (account `{}`)",
                     other.name, env.name, env.name, env.account.value
