@@ -8,6 +8,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod error;
 pub mod output;
+pub mod plan;
 pub mod render;
 pub mod repo;
 pub mod safety;
