@@ -24,6 +24,8 @@ pub struct Failure {
     pub hint: Option<String>,
     /// True when the problem was already shown in full (diagnostics), so only the summary is left.
     pub reported: bool,
+    /// True when the command already printed its `--format json` document.
+    pub json_printed: bool,
 }
 
 impl Failure {
@@ -34,6 +36,7 @@ impl Failure {
             details: Vec::new(),
             hint: None,
             reported: false,
+            json_printed: false,
         }
     }
 
@@ -62,6 +65,12 @@ impl Failure {
 
     pub fn already_reported(mut self) -> Self {
         self.reported = true;
+        self
+    }
+
+    /// Mark that stdout already holds the command's JSON document.
+    pub fn json_printed(mut self, printed: bool) -> Self {
+        self.json_printed = printed;
         self
     }
 }

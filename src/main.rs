@@ -36,9 +36,38 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             report(&printer, &err);
-            ExitCode::from(exit_for(&err) as u8)
+            let exit = exit_for(&err);
+            if printer.is_json() && !already_printed_json(&err) {
+                // Programs still get one document on stdout.
+                let _ = printer.json(&ErrorJson {
+                    ok: false,
+                    exit_code: exit as u8,
+                    error: err.to_string(),
+                    hint: err
+                        .chain()
+                        .find_map(|e| e.downcast_ref::<Failure>())
+                        .and_then(|f| f.hint.clone()),
+                });
+            }
+            ExitCode::from(exit as u8)
         }
     }
+}
+
+/// The document `--format json` prints when a command fails before producing its own.
+#[derive(serde::Serialize)]
+struct ErrorJson {
+    ok: bool,
+    exit_code: u8,
+    error: String,
+    hint: Option<String>,
+}
+
+/// Commands that already printed their JSON document mark their failure as reported.
+fn already_printed_json(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .is_some_and(|f| f.json_printed)
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

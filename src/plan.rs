@@ -90,7 +90,10 @@ fn unified(name: &str, old: &[u8], new: &[u8]) -> String {
     TextDiff::from_lines(old.as_ref(), new.as_ref())
         .unified_diff()
         .context_radius(3)
-        .header(&format!("live/{name}.toml"), &format!("desired/{name}.toml"))
+        .header(
+            &format!("live/{name}.toml"),
+            &format!("desired/{name}.toml"),
+        )
         .to_string()
 }
 
@@ -137,7 +140,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("b", Action::Change), ("c", Action::Remove), ("d", Action::Add)]
+            [
+                ("b", Action::Change),
+                ("c", Action::Remove),
+                ("d", Action::Add)
+            ]
         );
         assert_eq!(plan.summary(), "Plan: 1 to add, 1 to change, 1 to remove.");
         assert!(plan.changes[0].diff.contains("-y = 1\n+y = 2\n"));

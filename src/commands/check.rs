@@ -91,5 +91,6 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
         }
     ))
     .already_reported()
+    .json_printed(printer.is_json())
     .into())
 }

@@ -93,6 +93,7 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             config.diagnostics.len()
         ))
         .already_reported()
+        .json_printed(printer.is_json())
         .hint("`deploy check` explains every problem")
         .into())
     }

@@ -219,3 +219,33 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     }
     repo.deploy(&["man"]).code(0).stdout_has(".TH deploy");
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorJson {
+    ok: bool,
+    exit_code: u8,
+    error: String,
+    hint: Option<String>,
+}
+
+#[test]
+fn json_format_prints_one_error_document_on_failure() {
+    let repo = Repo::base();
+    let run = repo.deploy(&["plan", "--target", "nope", "--format", "json"]);
+    run.code(1);
+    let doc: ErrorJson = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert!(!doc.ok);
+    assert_eq!(doc.exit_code, 1);
+    assert_eq!(doc.error, "unknown environment `nope`");
+    assert_eq!(
+        doc.hint.as_deref(),
+        Some("valid environments: prod, validation")
+    );
+
+    repo.write("environments/prod.toml", "edited");
+    let run = repo.deploy(&["plan", "--target", "prod", "--format", "json"]);
+    run.code(3);
+    let doc: ErrorJson = serde_json::from_str(&run.stdout).expect("one JSON document");
+    assert_eq!(doc.exit_code, 3);
+}
