@@ -141,6 +141,7 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
         .hint(format!(
             "`deploy check --rev {from}` and `deploy check --rev {to}` show why"
         ))
+        .json_printed(printer.is_json())
         .into())
     }
 }
