@@ -14,4 +14,5 @@ pub mod repo;
 pub mod safety;
 pub mod source;
 pub mod sysenv;
+pub mod target;
 pub mod workspace;

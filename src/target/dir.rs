@@ -1,0 +1,1196 @@
+//! The `dir` target: files on this machine, switched atomically with one `rename(2)`.
+//!
+//! Layout under the target's path:
+//!
+//! ```text
+//! current -> generations/00000007          relative symlink: the live generation
+//! generations/00000007/<resource>.toml     immutable once written
+//! generations/00000007/.meta.json          the metadata given to `apply` (commit, created...)
+//! .envlock/stamp.json                      who the target belongs to
+//! .envlock/lock                            flock'ed; holds the holder's JSON while held
+//! ```
+//!
+//! Invariants: a generation is complete and fsynced before `current` points at it, so readers
+//! see the old generation or the new one, never a mix, and a crash at any instant leaves one of
+//! them live; work in progress lives in `generations/.tmp-*` and `current.tmp-*`, which nothing
+//! live refers to and [`Target::prune`] removes. No symlink may lead out of the target: the path
+//! itself, `.envlock` and `generations` must be real directories and `current` must point to
+//! `generations/<id>` inside it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{FlockOperation, OFlags, flock};
+use rustix::io::Errno;
+
+use super::{
+    GenerationId, GenerationInfo, Holder, Live, LockGuard, Pruned, STAMP_VERSION, Stamp,
+    StampState, Target, TargetError,
+};
+use crate::config::resource_name_problem;
+
+const STATE_DIR: &str = ".envlock";
+const STAMP_FILE: &str = "stamp.json";
+const LOCK_FILE: &str = "lock";
+const GENERATIONS: &str = "generations";
+const CURRENT: &str = "current";
+const META_FILE: &str = ".meta.json";
+/// Prefix of work in progress inside `generations/` (an apply's new generation, a pruned one).
+const TMP_PREFIX: &str = ".tmp-";
+/// Prefix of a new `current` symlink before it is renamed over the old one.
+const CURRENT_TMP_PREFIX: &str = "current.tmp-";
+/// Prefix of a new stamp before it is renamed into place.
+const STAMP_TMP_PREFIX: &str = "stamp.json.tmp-";
+/// How many entries an [`StampState::Unstamped`] lists.
+const MAX_LISTED: usize = 10;
+/// How often `lock` looks again when the lock is held but the holder's JSON is not readable yet
+/// (the holder is between taking the lock and writing it), and how long it waits in between.
+const LOCK_READ_TRIES: usize = 5;
+const LOCK_READ_PAUSE: Duration = Duration::from_millis(20);
+
+/// A `dir` target at an absolute, already resolved path.
+#[derive(Debug, Clone)]
+pub struct DirTarget {
+    path: PathBuf,
+}
+
+/// What the layout check found.
+struct Layout {
+    /// The target directory exists.
+    exists: bool,
+    /// The generation `current` points to, if there is a `current`.
+    current: Option<GenerationId>,
+}
+
+/// Map an I/O error to [`TargetError::Io`] saying what was being done to which path.
+fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> TargetError {
+    let what = what.to_owned();
+    let path = path.to_path_buf();
+    move |source| TargetError::Io { what, path, source }
+}
+
+/// `00000007` for generation 7.
+fn generation_name(id: GenerationId) -> String {
+    format!("{id:08}")
+}
+
+/// The id of a generation directory name; only the exact form [`generation_name`] writes.
+fn parse_generation_name(name: &str) -> Option<GenerationId> {
+    if !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id = name.parse().ok()?;
+    (generation_name(id) == name).then_some(id)
+}
+
+/// `lstat`, with "does not exist" as `None`.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, TargetError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// Where a symlink points, for messages.
+fn link_text(path: &Path) -> String {
+    fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|_| "an unreadable destination".into())
+}
+
+/// The names in a directory, sorted; a missing directory has none.
+fn list_dir(dir: &Path) -> Result<Vec<String>, TargetError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list", dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// fsync a directory, so that entries created, renamed or removed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), TargetError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Create `dir` and any missing parents, fsyncing each parent that gained an entry.
+fn ensure_dir(dir: &Path) -> Result<(), TargetError> {
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(TargetError::Refused(format!(
+                "{} exists but is not a directory",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", dir)(e)),
+    }
+    let parent = dir.parent();
+    if let Some(parent) = parent {
+        ensure_dir(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_err("create directory", dir)(e)),
+    }
+    match parent {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Create `path` (which must not exist), write `bytes` and fsync it.
+fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
+    let mut file = File::create_new(path).map_err(io_err("create", path))?;
+    file.write_all(bytes).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))
+}
+
+/// Remove a leftover file, symlink or directory tree.
+fn remove_any(path: &Path) -> Result<(), TargetError> {
+    let Some(meta) = lstat(path)? else {
+        return Ok(());
+    };
+    let result = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    result.map_err(io_err("remove", path))
+}
+
+/// The reason a resource name cannot be a file name here, if it cannot.
+fn resource_name_refusal(name: &str) -> Option<String> {
+    if name.contains(['/', '\0']) || name.starts_with('.') {
+        return Some(format!(
+            "refusing to write resource {name:?}: its name could leave the generation directory"
+        ));
+    }
+    resource_name_problem(name).map(|p| format!("refusing to write resource {name:?}: {p}"))
+}
+
+impl DirTarget {
+    /// A target at `path`, which must be absolute and already resolved (see
+    /// [`crate::config::TargetKind::Dir`]'s `resolved`).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DirTarget { path: path.into() }
+    }
+
+    /// The target's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn generations_dir(&self) -> PathBuf {
+        self.path.join(GENERATIONS)
+    }
+
+    fn generation_dir(&self, id: GenerationId) -> PathBuf {
+        self.generations_dir().join(generation_name(id))
+    }
+
+    fn stamp_path(&self) -> PathBuf {
+        self.state_dir().join(STAMP_FILE)
+    }
+
+    /// Refuse any layout through which a read or write could leave the target, and find the
+    /// live generation.
+    fn check_layout(&self) -> Result<Layout, TargetError> {
+        let path = &self.path;
+        match lstat(path)? {
+            None => {
+                return Ok(Layout {
+                    exists: false,
+                    current: None,
+                });
+            }
+            Some(m) if m.file_type().is_symlink() => {
+                return Err(TargetError::Refused(format!(
+                    "the target path {} is a symlink to {}; a dir target must be a real \
+                     directory, so that it cannot lead into another environment's target",
+                    path.display(),
+                    link_text(path)
+                )));
+            }
+            Some(m) if !m.is_dir() => {
+                return Err(TargetError::Refused(format!(
+                    "the target path {} exists but is not a directory",
+                    path.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        for name in [STATE_DIR, GENERATIONS] {
+            let sub = path.join(name);
+            match lstat(&sub)? {
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(TargetError::Refused(format!(
+                        "{} is a symlink to {}; envlock only ever makes it a real directory \
+                         inside the target",
+                        sub.display(),
+                        link_text(&sub)
+                    )));
+                }
+                Some(m) if !m.is_dir() => {
+                    return Err(TargetError::Refused(format!(
+                        "{} is not a directory; envlock only ever makes it a directory",
+                        sub.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let current = path.join(CURRENT);
+        let Some(meta) = lstat(&current)? else {
+            return Ok(Layout {
+                exists: true,
+                current: None,
+            });
+        };
+        if !meta.file_type().is_symlink() {
+            return Err(TargetError::Refused(format!(
+                "{} is not a symlink; envlock only ever makes it a relative symlink to \
+                 {GENERATIONS}/<id>",
+                current.display()
+            )));
+        }
+        let dest = fs::read_link(&current).map_err(io_err("read symlink", &current))?;
+        let parts: Vec<Component<'_>> = dest.components().collect();
+        let id = match parts.as_slice() {
+            [Component::Normal(g), Component::Normal(name)] if *g == GENERATIONS => {
+                name.to_str().and_then(parse_generation_name)
+            }
+            _ => None,
+        };
+        let Some(id) = id else {
+            return Err(TargetError::Refused(format!(
+                "{} points to {}, not to {GENERATIONS}/<id> inside the target",
+                current.display(),
+                dest.display()
+            )));
+        };
+        // The lexical check above cannot see a generation directory that is itself a symlink.
+        match fs::canonicalize(&current) {
+            Ok(real) => {
+                let base = fs::canonicalize(self.generations_dir())
+                    .map_err(io_err("resolve", &self.generations_dir()))?;
+                if !real.starts_with(&base) {
+                    return Err(TargetError::Refused(format!(
+                        "{} resolves to {}, outside {}",
+                        current.display(),
+                        real.display(),
+                        base.display()
+                    )));
+                }
+            }
+            // Dangling: nothing to escape to; reading it reports the corruption.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("resolve", &current)(e)),
+        }
+        Ok(Layout {
+            exists: true,
+            current: Some(id),
+        })
+    }
+
+    /// The stamp file, parsed; `None` when there is none.
+    fn read_stamp(&self) -> Result<Option<Stamp>, TargetError> {
+        let file = self.stamp_path();
+        match lstat(&file)? {
+            None => return Ok(None),
+            Some(m) if m.file_type().is_symlink() => {
+                return Err(TargetError::Refused(format!(
+                    "{} is a symlink to {}; a stamp must be the target's own file",
+                    file.display(),
+                    link_text(&file)
+                )));
+            }
+            Some(m) if !m.is_file() => {
+                return Err(TargetError::Corrupt(format!(
+                    "{} is not a file",
+                    file.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        let bytes = fs::read(&file).map_err(io_err("read", &file))?;
+        let stamp: Stamp = serde_json::from_slice(&bytes).map_err(|e| {
+            TargetError::Corrupt(format!("{} is not a valid stamp: {e}", file.display()))
+        })?;
+        if stamp.version > STAMP_VERSION {
+            return Err(TargetError::Refused(format!(
+                "{} has format version {}, newer than this envlock understands ({STAMP_VERSION}); \
+                 upgrade envlock",
+                file.display(),
+                stamp.version
+            )));
+        }
+        Ok(Some(stamp))
+    }
+
+    /// Refuse to write to a target that nobody adopted.
+    fn require_stamped(&self) -> Result<Layout, TargetError> {
+        let layout = self.check_layout()?;
+        if layout.exists && self.read_stamp()?.is_some() {
+            return Ok(layout);
+        }
+        Err(TargetError::Refused(format!(
+            "{} is not stamped; a target is written only after its stamp",
+            self.path.display()
+        )))
+    }
+
+    /// True when `.envlock/` holds nothing but what locking (or an interrupted stamp) leaves.
+    fn state_dir_is_bare(&self) -> Result<bool, TargetError> {
+        Ok(list_dir(&self.state_dir())?
+            .iter()
+            .all(|n| n == LOCK_FILE || n.starts_with(STAMP_TMP_PREFIX)))
+    }
+
+    /// The ids of the generation directories, oldest first.
+    fn generation_ids(&self) -> Result<Vec<GenerationId>, TargetError> {
+        let dir = self.generations_dir();
+        let mut ids = Vec::new();
+        for name in list_dir(&dir)? {
+            let Some(id) = parse_generation_name(&name) else {
+                continue;
+            };
+            let entry = dir.join(&name);
+            match lstat(&entry)? {
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(TargetError::Refused(format!(
+                        "{} is a symlink to {}; generations are real directories",
+                        entry.display(),
+                        link_text(&entry)
+                    )));
+                }
+                Some(m) if m.is_dir() => ids.push(id),
+                Some(_) => {
+                    return Err(TargetError::Corrupt(format!(
+                        "{} is not a directory",
+                        entry.display()
+                    )));
+                }
+                None => {}
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Every resource of one generation, checked to be exactly what `apply` writes.
+    fn read_generation(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        let dir = self.generation_dir(id);
+        match lstat(&dir)? {
+            Some(m) if m.is_dir() => {}
+            _ => {
+                return Err(TargetError::Corrupt(format!(
+                    "generation {} ({}) is missing",
+                    id,
+                    dir.display()
+                )));
+            }
+        }
+        let mut resources = BTreeMap::new();
+        for name in list_dir(&dir)? {
+            if name == META_FILE {
+                continue;
+            }
+            let file = dir.join(&name);
+            let Some(stem) = name
+                .strip_suffix(".toml")
+                .filter(|s| resource_name_problem(s).is_none())
+            else {
+                return Err(TargetError::Corrupt(format!(
+                    "unexpected entry {}: generations are written only by envlock and never \
+                     changed",
+                    file.display()
+                )));
+            };
+            match lstat(&file)? {
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(TargetError::Refused(format!(
+                        "{} is a symlink to {}; resources are the target's own files",
+                        file.display(),
+                        link_text(&file)
+                    )));
+                }
+                Some(m) if m.is_file() => {}
+                _ => {
+                    return Err(TargetError::Corrupt(format!(
+                        "{} is not a file",
+                        file.display()
+                    )));
+                }
+            }
+            let bytes = fs::read(&file).map_err(io_err("read", &file))?;
+            resources.insert(stem.to_owned(), bytes);
+        }
+        Ok(resources)
+    }
+
+    /// Point `current` at generation `id` with one `rename(2)`, durably.
+    fn switch_current(&self, id: GenerationId) -> Result<(), TargetError> {
+        let tmp = self
+            .path
+            .join(format!("{CURRENT_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        let dest = Path::new(GENERATIONS).join(generation_name(id));
+        std::os::unix::fs::symlink(&dest, &tmp).map_err(io_err("create symlink", &tmp))?;
+        let current = self.path.join(CURRENT);
+        fs::rename(&tmp, &current).map_err(io_err("rename into place", &current))?;
+        sync_dir(&self.path)
+    }
+
+    /// The leftovers of interrupted runs, as paths relative to the target.
+    fn leftover_paths(&self) -> Result<Vec<String>, TargetError> {
+        let mut found = Vec::new();
+        for name in list_dir(&self.generations_dir())? {
+            if name.starts_with(TMP_PREFIX) {
+                found.push(format!("{GENERATIONS}/{name}"));
+            }
+        }
+        for name in list_dir(&self.path)? {
+            if name.starts_with(CURRENT_TMP_PREFIX) {
+                found.push(name);
+            }
+        }
+        for name in list_dir(&self.state_dir())? {
+            if name.starts_with(STAMP_TMP_PREFIX) {
+                found.push(format!("{STATE_DIR}/{name}"));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A held `flock` on `.envlock/lock`; the kernel also releases it if the process dies.
+#[derive(Debug)]
+struct DirLock {
+    file: File,
+    holder: Holder,
+}
+
+impl LockGuard for DirLock {
+    fn holder(&self) -> &Holder {
+        &self.holder
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // Clear the holder first, so that nobody is later shown a finished deployment.
+        let _ = self.file.set_len(0);
+        let _ = flock(&self.file, FlockOperation::Unlock);
+    }
+}
+
+impl Target for DirTarget {
+    fn describe(&self) -> String {
+        format!("dir {}", self.path.display())
+    }
+
+    fn stamp(&self) -> Result<StampState, TargetError> {
+        let layout = self.check_layout()?;
+        if !layout.exists {
+            return Ok(StampState::Absent);
+        }
+        if let Some(stamp) = self.read_stamp()? {
+            return Ok(StampState::Stamped(stamp));
+        }
+        let mut entries = list_dir(&self.path)?;
+        // Taking the lock creates `.envlock/lock` before the stamp is checked.
+        if entries.iter().any(|n| n == STATE_DIR) && self.state_dir_is_bare()? {
+            entries.retain(|n| n != STATE_DIR);
+        }
+        if entries.is_empty() {
+            return Ok(StampState::Absent);
+        }
+        let total = entries.len();
+        entries.truncate(MAX_LISTED);
+        Ok(StampState::Unstamped { entries, total })
+    }
+
+    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
+        match self.stamp()? {
+            StampState::Absent => {}
+            StampState::Stamped(old) if old.same_owner(stamp) => {}
+            StampState::Stamped(old) => {
+                return Err(TargetError::Refused(format!(
+                    "{} is stamped for environment `{}` (account {}); refusing to re-stamp it \
+                     for `{}` (account {})",
+                    self.path.display(),
+                    old.environment,
+                    old.account,
+                    stamp.environment,
+                    stamp.account
+                )));
+            }
+            StampState::Unstamped { .. } => {
+                return Err(TargetError::Refused(format!(
+                    "{} is not empty and has no stamp; refusing to adopt it",
+                    self.path.display()
+                )));
+            }
+        }
+        let state = self.state_dir();
+        ensure_dir(&state)?;
+        let mut bytes = serde_json::to_vec_pretty(stamp)
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the stamp: {e}")))?;
+        bytes.push(b'\n');
+        let tmp = state.join(format!("{STAMP_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        write_new_synced(&tmp, &bytes)?;
+        let file = self.stamp_path();
+        fs::rename(&tmp, &file).map_err(io_err("rename into place", &file))?;
+        sync_dir(&state)
+    }
+
+    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
+        self.check_layout()?;
+        let state = self.state_dir();
+        ensure_dir(&state)?;
+        let path = state.join(LOCK_FILE);
+        if lstat(&path)?.is_some_and(|m| !m.is_file()) {
+            return Err(TargetError::Refused(format!(
+                "{} is not a regular file (a symlink?); envlock only ever makes it a file",
+                path.display()
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(io_err("open lock file", &path))?;
+        for _ in 0..LOCK_READ_TRIES {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    let mut bytes = serde_json::to_vec(holder).map_err(|e| {
+                        TargetError::Corrupt(format!("cannot serialise the lock holder: {e}"))
+                    })?;
+                    bytes.push(b'\n');
+                    // Dropping `file` on an error below releases the lock.
+                    file.set_len(0).map_err(io_err("truncate", &path))?;
+                    file.write_all_at(&bytes, 0)
+                        .map_err(io_err("write", &path))?;
+                    file.sync_all().map_err(io_err("fsync", &path))?;
+                    return Ok(Box::new(DirLock {
+                        file,
+                        holder: holder.clone(),
+                    }));
+                }
+                Err(e) if e == Errno::WOULDBLOCK || e == Errno::AGAIN => {
+                    // Through the descriptor opened above, never a path that could have changed.
+                    let mut bytes = Vec::new();
+                    (&file)
+                        .seek(SeekFrom::Start(0))
+                        .and_then(|_| (&file).read_to_end(&mut bytes))
+                        .map_err(io_err("read", &path))?;
+                    if let Ok(other) = serde_json::from_slice::<Holder>(&bytes) {
+                        return Err(TargetError::Locked(other));
+                    }
+                    std::thread::sleep(LOCK_READ_PAUSE);
+                }
+                Err(e) => return Err(io_err("lock", &path)(e.into())),
+            }
+        }
+        Err(TargetError::Locked(Holder::unknown()))
+    }
+
+    fn live(&self) -> Result<Live, TargetError> {
+        let layout = self.check_layout()?;
+        let Some(id) = layout.current else {
+            return Ok(Live::default());
+        };
+        Ok(Live {
+            generation: Some(id),
+            resources: self.read_generation(id)?,
+        })
+    }
+
+    fn apply(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        meta: &serde_json::Value,
+    ) -> Result<GenerationId, TargetError> {
+        if let Some(problem) = resources.keys().find_map(|n| resource_name_refusal(n)) {
+            return Err(TargetError::Refused(problem));
+        }
+        let layout = self.require_stamped()?;
+        let generations = self.generations_dir();
+        ensure_dir(&generations)?;
+        let newest = self.generation_ids()?.last().copied();
+        let id = newest.max(layout.current).map_or(1, |n| n + 1);
+        let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
+        remove_any(&tmp)?;
+        fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
+        for (name, bytes) in resources {
+            write_new_synced(&tmp.join(format!("{name}.toml")), bytes)?;
+        }
+        let mut meta_bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
+        meta_bytes.push(b'\n');
+        write_new_synced(&tmp.join(META_FILE), &meta_bytes)?;
+        sync_dir(&tmp)?;
+        let dest = self.generation_dir(id);
+        if lstat(&dest)?.is_some() {
+            return Err(TargetError::Corrupt(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        sync_dir(&generations)?;
+        self.switch_current(id)?;
+        Ok(id)
+    }
+
+    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
+        let layout = self.check_layout()?;
+        let mut out = Vec::new();
+        for id in self.generation_ids()? {
+            let dir = self.generation_dir(id);
+            let file = dir.join(META_FILE);
+            let bytes = fs::read(&file).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    TargetError::Corrupt(format!("{} is missing", file.display()))
+                } else {
+                    io_err("read", &file)(e)
+                }
+            })?;
+            let meta: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                TargetError::Corrupt(format!("{} is not valid JSON: {e}", file.display()))
+            })?;
+            let text = |key: &str| meta.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+            let created = match text("created") {
+                Some(c) => c,
+                None => fs::symlink_metadata(&dir)
+                    .and_then(|m| m.modified())
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .map_err(io_err("inspect", &dir))?,
+            };
+            out.push(GenerationInfo {
+                id,
+                commit: text("commit").unwrap_or_default(),
+                created,
+                live: layout.current == Some(id),
+                meta,
+            });
+        }
+        Ok(out)
+    }
+
+    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        if !self.generation_ids()?.contains(&id) {
+            return Err(TargetError::NoGeneration(id));
+        }
+        // Never make a generation live that could not be read back.
+        self.read_generation(id)?;
+        self.switch_current(id)
+    }
+
+    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
+        let layout = self.require_stamped()?;
+        let generations = self.generations_dir();
+        let leftovers = self.leftover_paths()?;
+        for rel in &leftovers {
+            remove_any(&self.path.join(rel))?;
+        }
+        let ids = self.generation_ids()?;
+        let mut kept: BTreeSet<GenerationId> = ids.iter().rev().take(keep).copied().collect();
+        kept.extend(layout.current);
+        let mut removed = Vec::new();
+        for id in ids.into_iter().filter(|id| !kept.contains(id)) {
+            // Rename first, so that a crash mid-delete never leaves a half generation behind.
+            let dir = self.generation_dir(id);
+            let doomed = generations.join(format!("{TMP_PREFIX}prune-{id}-{}", std::process::id()));
+            remove_any(&doomed)?;
+            fs::rename(&dir, &doomed).map_err(io_err("rename for removal", &dir))?;
+            fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
+            removed.push(id);
+        }
+        if !removed.is_empty() || !leftovers.is_empty() {
+            if lstat(&generations)?.is_some() {
+                sync_dir(&generations)?;
+            }
+            sync_dir(&self.path)?;
+        }
+        Ok(Pruned {
+            generations: removed,
+            leftovers,
+        })
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
+        if !self.check_layout()?.exists {
+            return Ok(Vec::new());
+        }
+        self.leftover_paths()
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.path.join(STATE_DIR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    /// Set in the child process of `lock_is_released_when_its_holder_is_killed`.
+    const CHILD_ENV: &str = "ENVLOCK_TEST_LOCK_HOLDER_DIR";
+
+    fn holder(user: &str, pid: u32) -> Holder {
+        Holder {
+            user: user.into(),
+            host: "host-a".into(),
+            pid,
+            since: "2026-01-02T03:04:05Z".into(),
+            environment: "prod".into(),
+        }
+    }
+
+    fn stamp(env: &str, account: &str) -> Stamp {
+        Stamp {
+            environment: env.into(),
+            account: account.into(),
+            created: "2026-01-02T03:04:05Z".into(),
+            version: STAMP_VERSION,
+        }
+    }
+
+    fn resources(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A stamped, empty target in a fresh temp dir.
+    fn stamped() -> (tempfile::TempDir, DirTarget) {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(tmp.path().join("t"));
+        target.write_stamp(&stamp("prod", "222222222222")).unwrap();
+        (tmp, target)
+    }
+
+    fn refused(result: Result<impl std::fmt::Debug, TargetError>) -> String {
+        match result {
+            Err(TargetError::Refused(msg)) => msg,
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_target_is_adopted_and_stamp_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a").join("b");
+        let target = DirTarget::new(&path);
+        assert_eq!(target.stamp().unwrap(), StampState::Absent);
+        fs::create_dir_all(&path).unwrap();
+        assert_eq!(target.stamp().unwrap(), StampState::Absent);
+
+        let s = stamp("prod", "222222222222");
+        target.write_stamp(&s).unwrap();
+        assert_eq!(target.stamp().unwrap(), StampState::Stamped(s.clone()));
+        assert!(path.join(".envlock/stamp.json").is_file());
+        assert_eq!(target.leftovers().unwrap(), Vec::<String>::new());
+
+        // Re-stamping for the same owner is harmless; for another one it is refused.
+        target.write_stamp(&s).unwrap();
+        let msg = refused(target.write_stamp(&stamp("validation", "111111111111")));
+        assert!(msg.contains("`prod`"), "{msg}");
+        assert_eq!(target.stamp().unwrap(), StampState::Stamped(s));
+    }
+
+    #[test]
+    fn taking_the_lock_does_not_make_a_target_non_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(tmp.path().join("t"));
+        let guard = target.lock(&holder("alice", 1)).unwrap();
+        assert!(tmp.path().join("t/.envlock/lock").is_file());
+        assert_eq!(target.stamp().unwrap(), StampState::Absent);
+        target.write_stamp(&stamp("prod", "2")).unwrap();
+        drop(guard);
+    }
+
+    #[test]
+    fn unstamped_non_empty_target_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t");
+        fs::create_dir(&path).unwrap();
+        for i in 0..12 {
+            fs::write(path.join(format!("file{i:02}")), "x").unwrap();
+        }
+        let target = DirTarget::new(&path);
+        match target.stamp().unwrap() {
+            StampState::Unstamped { entries, total } => {
+                assert_eq!(total, 12);
+                assert_eq!(entries.len(), 10);
+                assert_eq!(entries[0], "file00");
+            }
+            other => panic!("expected Unstamped, got {other:?}"),
+        }
+        refused(target.write_stamp(&stamp("prod", "2")));
+        refused(target.apply(&resources(&[("a", "x = 1\n")]), &json!({})));
+        assert!(!path.join(".envlock").exists());
+        assert!(!path.join("generations").exists());
+
+        // An `.envlock` with more than a lock file in it is not "empty" either.
+        let other = DirTarget::new(tmp.path().join("u"));
+        fs::create_dir_all(tmp.path().join("u/.envlock")).unwrap();
+        fs::write(tmp.path().join("u/.envlock/log.jsonl"), "{}\n").unwrap();
+        assert!(matches!(
+            other.stamp().unwrap(),
+            StampState::Unstamped { entries, .. } if entries == [".envlock"]
+        ));
+    }
+
+    #[test]
+    fn unreadable_stamp_is_corrupt() {
+        let (_tmp, target) = stamped();
+        fs::write(target.state_dir().join("stamp.json"), "{not json").unwrap();
+        assert!(matches!(target.stamp(), Err(TargetError::Corrupt(_))));
+    }
+
+    #[test]
+    fn symlinked_target_path_is_refused() {
+        let (tmp, other) = stamped();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(other.path(), &link).unwrap();
+        let target = DirTarget::new(&link);
+        let msg = refused(target.stamp());
+        assert!(msg.contains("is a symlink to"), "{msg}");
+        assert!(msg.contains(&other.path().display().to_string()), "{msg}");
+        refused(target.lock(&holder("alice", 1)));
+        refused(target.live());
+        refused(target.write_stamp(&stamp("prod", "222222222222")));
+    }
+
+    #[test]
+    fn symlinks_leading_out_of_the_target_are_refused() {
+        let (tmp, target) = stamped();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(outside.join("00000001")).unwrap();
+
+        // `current` pointing anywhere but generations/<id>.
+        let current = target.path().join("current");
+        std::os::unix::fs::symlink(&outside, &current).unwrap();
+        let msg = refused(target.stamp());
+        assert!(msg.contains(&outside.display().to_string()), "{msg}");
+        fs::remove_file(&current).unwrap();
+        std::os::unix::fs::symlink("generations/../../outside/00000001", &current).unwrap();
+        refused(target.stamp());
+        fs::remove_file(&current).unwrap();
+
+        // A generation directory that is itself a symlink.
+        fs::create_dir(target.path().join("generations")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("00000001"),
+            target.path().join("generations/00000001"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("generations/00000001", &current).unwrap();
+        let msg = refused(target.live());
+        assert!(msg.contains("outside"), "{msg}");
+        fs::remove_file(&current).unwrap();
+        fs::remove_file(target.path().join("generations/00000001")).unwrap();
+        fs::remove_dir(target.path().join("generations")).unwrap();
+
+        // `generations` and `.envlock` must be real directories.
+        std::os::unix::fs::symlink(&outside, target.path().join("generations")).unwrap();
+        refused(target.stamp());
+        fs::remove_file(target.path().join("generations")).unwrap();
+        assert!(matches!(target.stamp(), Ok(StampState::Stamped(_))));
+
+        let (_tmp2, second) = stamped();
+        fs::remove_dir_all(second.state_dir()).unwrap();
+        std::os::unix::fs::symlink(target.state_dir(), second.state_dir()).unwrap();
+        refused(second.stamp());
+        refused(second.lock(&holder("alice", 1)));
+    }
+
+    #[test]
+    fn apply_writes_generations_and_switches_current() {
+        let (_tmp, target) = stamped();
+        assert_eq!(target.live().unwrap(), Live::default());
+
+        let first = resources(&[("asr-worker", "workers = 12\n"), ("web", "port = 80\n")]);
+        let id1 = target
+            .apply(
+                &first,
+                &json!({"commit": "aaa", "created": "2026-01-01T00:00:00Z"}),
+            )
+            .unwrap();
+        assert_eq!(id1, 1);
+        let second = resources(&[("asr-worker", "workers = 13\n")]);
+        let id2 = target.apply(&second, &json!({"commit": "bbb"})).unwrap();
+        assert_eq!(id2, 2);
+
+        let live = target.live().unwrap();
+        assert_eq!(live.generation, Some(2));
+        assert_eq!(live.resources, second);
+        assert_eq!(
+            fs::read_link(target.path().join("current")).unwrap(),
+            Path::new("generations/00000002")
+        );
+        // Readers through `current` see exactly the bytes applied.
+        assert_eq!(
+            fs::read(target.path().join("current/asr-worker.toml")).unwrap(),
+            b"workers = 13\n"
+        );
+        // The first generation is untouched.
+        assert_eq!(
+            fs::read(target.path().join("generations/00000001/web.toml")).unwrap(),
+            b"port = 80\n"
+        );
+
+        let gens = target.generations().unwrap();
+        assert_eq!(gens.len(), 2);
+        assert_eq!(
+            (gens[0].id, gens[0].commit.as_str(), gens[0].live),
+            (1, "aaa", false)
+        );
+        assert_eq!(gens[0].created, "2026-01-01T00:00:00Z");
+        assert_eq!(
+            (gens[1].id, gens[1].commit.as_str(), gens[1].live),
+            (2, "bbb", true)
+        );
+        assert!(gens[1].created.ends_with('Z'), "{}", gens[1].created);
+        assert_eq!(gens[1].meta, json!({"commit": "bbb"}));
+
+        target.activate(1).unwrap();
+        let live = target.live().unwrap();
+        assert_eq!(live.generation, Some(1));
+        assert_eq!(live.resources, first);
+        assert!(target.generations().unwrap()[0].live);
+        assert!(matches!(
+            target.activate(7),
+            Err(TargetError::NoGeneration(7))
+        ));
+
+        // A new apply after a rollback still gets a new number.
+        assert_eq!(target.apply(&second, &json!({})).unwrap(), 3);
+        // An empty desired state is a generation too.
+        assert_eq!(target.apply(&BTreeMap::new(), &json!({})).unwrap(), 4);
+        let live = target.live().unwrap();
+        assert_eq!((live.generation, live.resources.len()), (Some(4), 0));
+        assert!(target.leftovers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unsafe_resource_names_are_refused() {
+        let (_tmp, target) = stamped();
+        for name in ["../x", "a/b", ".hidden", "a\0b", ""] {
+            refused(target.apply(&resources(&[(name, "x = 1\n")]), &json!({})));
+        }
+        assert!(target.generations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn changed_generation_is_corrupt() {
+        let (_tmp, target) = stamped();
+        target
+            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .unwrap();
+        fs::write(target.path().join("generations/00000001/a.toml~"), "").unwrap();
+        assert!(matches!(target.live(), Err(TargetError::Corrupt(_))));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_the_live_generation() {
+        let (_tmp, target) = stamped();
+        for i in 1..=5 {
+            let body = format!("n = {i}\n");
+            target
+                .apply(&resources(&[("a", &body)]), &json!({}))
+                .unwrap();
+        }
+        target.activate(1).unwrap();
+        let pruned = target.prune(2).unwrap();
+        assert_eq!(pruned.generations, vec![2, 3]);
+        assert!(pruned.leftovers.is_empty());
+        let ids: Vec<_> = target.generations().unwrap().iter().map(|g| g.id).collect();
+        assert_eq!(ids, vec![1, 4, 5]);
+        assert_eq!(
+            target.live().unwrap().resources,
+            resources(&[("a", "n = 1\n")])
+        );
+        assert_eq!(target.prune(2).unwrap(), Pruned::default());
+        // Nothing to prune in a target without generations.
+        let (_tmp2, empty) = stamped();
+        assert_eq!(empty.prune(3).unwrap(), Pruned::default());
+    }
+
+    #[test]
+    fn crash_leftovers_are_ignored_reported_and_pruned() {
+        let (_tmp, target) = stamped();
+        target
+            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .unwrap();
+        // What an apply killed half-way leaves: a partial generation and a new `current` link.
+        let partial = target.path().join("generations/.tmp-2-99999");
+        fs::create_dir(&partial).unwrap();
+        fs::write(partial.join("a.toml"), "x = 2").unwrap();
+        std::os::unix::fs::symlink(
+            "generations/.tmp-2-99999",
+            target.path().join("current.tmp-99999"),
+        )
+        .unwrap();
+
+        let ids: Vec<_> = target.generations().unwrap().iter().map(|g| g.id).collect();
+        assert_eq!(ids, vec![1]);
+        assert_eq!(target.live().unwrap().generation, Some(1));
+        assert_eq!(
+            target.leftovers().unwrap(),
+            vec![
+                "generations/.tmp-2-99999".to_owned(),
+                "current.tmp-99999".to_owned()
+            ]
+        );
+        assert!(matches!(target.stamp(), Ok(StampState::Stamped(_))));
+
+        assert_eq!(
+            target
+                .apply(&resources(&[("a", "x = 3\n")]), &json!({}))
+                .unwrap(),
+            2
+        );
+        let pruned = target.prune(10).unwrap();
+        assert!(pruned.generations.is_empty());
+        assert_eq!(pruned.leftovers.len(), 2);
+        assert!(!partial.exists());
+        assert!(target.leftovers().unwrap().is_empty());
+        assert_eq!(
+            target.live().unwrap().resources,
+            resources(&[("a", "x = 3\n")])
+        );
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(tmp.path().join("t"));
+        let first = target.lock(&holder("alice", 4242)).unwrap();
+        assert_eq!(first.holder().pid, 4242);
+
+        // Each `lock` opens its own file description, so flock conflicts even in one process.
+        match target.lock(&holder("bob", 7)) {
+            Err(TargetError::Locked(h)) => assert_eq!(h, holder("alice", 4242)),
+            other => panic!(
+                "expected Locked, got {:?}",
+                other.map(|g| g.holder().clone())
+            ),
+        }
+        let err = target.lock(&holder("bob", 7)).err().unwrap();
+        assert!(err.to_string().contains("alice@host-a (pid 4242"), "{err}");
+        assert_eq!(err.exit(), crate::error::Exit::Locked);
+
+        drop(first);
+        let second = target.lock(&holder("bob", 7)).unwrap();
+        let on_disk: Holder =
+            serde_json::from_slice(&fs::read(target.state_dir().join("lock")).unwrap()).unwrap();
+        assert_eq!(on_disk, holder("bob", 7));
+        drop(second);
+        assert!(
+            fs::read(target.state_dir().join("lock"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn held_lock_with_unreadable_holder_reports_unknown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(tmp.path().join("t"));
+        let _guard = target.lock(&holder("alice", 1)).unwrap();
+        fs::write(target.state_dir().join("lock"), "garbage").unwrap();
+        match target.lock(&holder("bob", 2)) {
+            Err(TargetError::Locked(h)) => assert_eq!(h, Holder::unknown()),
+            _ => panic!("expected Locked"),
+        }
+    }
+
+    /// Kills the child when a test fails half-way.
+    struct KillOnDrop(Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Not a test on its own: the child of the test below takes the lock and waits to be killed.
+    #[test]
+    fn lock_holder_child() {
+        let Some(dir) = crate::sysenv::var(CHILD_ENV) else {
+            return;
+        };
+        let target = DirTarget::new(&dir);
+        let _guard = target.lock(&holder("child", std::process::id())).unwrap();
+        fs::write(Path::new(&dir).join("ready"), "").unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+    }
+
+    #[test]
+    fn lock_is_released_when_its_holder_is_killed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "target::dir::tests::lock_holder_child",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let start = Instant::now();
+        while !dir.join("ready").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "child never took the lock"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let target = DirTarget::new(&dir);
+        match target.lock(&holder("parent", 1)) {
+            Err(TargetError::Locked(h)) => {
+                assert_eq!((h.user.as_str(), h.pid), ("child", child.0.id()));
+            }
+            _ => panic!("expected the child to hold the lock"),
+        }
+        child.0.kill().unwrap(); // SIGKILL: no destructor runs in the child
+        child.0.wait().unwrap();
+        let guard = target.lock(&holder("parent", 1)).unwrap();
+        assert_eq!(guard.holder().user, "parent");
+    }
+}

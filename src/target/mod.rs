@@ -1,0 +1,240 @@
+//! Where an environment's settings land: the [`Target`] trait and one module per kind.
+//!
+//! Every kind provides an identity stamp, a lock, the live state, an atomic apply, generations
+//! to roll back to, and a state directory for the journal and the log (SPEC section 3).
+//! Invariants: nothing here prints; every I/O error names what it was doing and the path; an
+//! unsafe layout (a symlink that leaves the target, a foreign stamp) is [`TargetError::Refused`],
+//! never silently worked around.
+
+pub mod dir;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Exit, Failure};
+
+pub use dir::DirTarget;
+
+/// The stamp format this build writes and understands.
+pub const STAMP_VERSION: u32 = 1;
+
+/// Who a target belongs to (written on first apply, checked on every later one).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub environment: String,
+    pub account: String,
+    /// When the target was adopted, RFC 3339 UTC.
+    pub created: String,
+    /// Format version of the stamp ([`STAMP_VERSION`]).
+    pub version: u32,
+}
+
+impl Stamp {
+    /// A stamp for `environment` and `account`, created now.
+    pub fn new(environment: impl Into<String>, account: impl Into<String>) -> Self {
+        Stamp {
+            environment: environment.into(),
+            account: account.into(),
+            created: now_rfc3339(),
+            version: STAMP_VERSION,
+        }
+    }
+
+    /// True when this stamp says the same environment and account as `other`.
+    pub fn same_owner(&self, other: &Stamp) -> bool {
+        self.environment == other.environment && self.account == other.account
+    }
+}
+
+/// What a target says about its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StampState {
+    /// The target is missing or empty: the first apply adopts it.
+    Absent,
+    /// The target carries this stamp; the caller compares it with the environment.
+    Stamped(Stamp),
+    /// The target holds data but no stamp: never adopted, never written to.
+    Unstamped {
+        /// The first entries found (at most ten, sorted), for the message.
+        entries: Vec<String>,
+        /// How many entries there are in all.
+        total: usize,
+    },
+}
+
+/// Who holds a deployment lock.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    /// When the lock was taken, RFC 3339 UTC.
+    pub since: String,
+    /// The environment being deployed by the holder.
+    pub environment: String,
+}
+
+impl Holder {
+    /// This process, deploying `environment`, from now on.
+    pub fn this_process(environment: impl Into<String>) -> Self {
+        let user = crate::sysenv::var("USER")
+            .or_else(|| crate::sysenv::var("LOGNAME"))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        Holder {
+            user,
+            host,
+            pid: std::process::id(),
+            since: now_rfc3339(),
+            environment: environment.into(),
+        }
+    }
+
+    /// The holder to report when the lock file cannot be read (it is being written, or garbage).
+    pub fn unknown() -> Self {
+        Holder {
+            user: "unknown".into(),
+            host: "unknown".into(),
+            pid: 0,
+            since: "unknown".into(),
+            environment: "unknown".into(),
+        }
+    }
+}
+
+/// A generation's number: increases by one with every apply.
+pub type GenerationId = u64;
+
+/// The live resources of a target: resource name -> the exact bytes stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// The live generation; `None` when nothing was ever applied.
+    pub generation: Option<GenerationId>,
+    pub resources: BTreeMap<String, Vec<u8>>,
+}
+
+/// One generation a target keeps for rollback.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GenerationInfo {
+    pub id: GenerationId,
+    /// The `commit` key of the apply's metadata (empty if it had none).
+    pub commit: String,
+    /// The `created` key of the apply's metadata, else when the generation was written.
+    pub created: String,
+    /// True for the generation readers see now.
+    pub live: bool,
+    /// The metadata given to [`Target::apply`], as stored.
+    pub meta: serde_json::Value,
+}
+
+/// What [`Target::prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// Generations deleted, oldest first.
+    pub generations: Vec<GenerationId>,
+    /// Leftovers of interrupted runs that were deleted (see [`Target::leftovers`]).
+    pub leftovers: Vec<String>,
+}
+
+/// Why a target operation failed.
+#[derive(thiserror::Error, Debug)]
+pub enum TargetError {
+    /// Another deployment holds the lock (exit 5).
+    #[error(
+        "the target is locked by {}@{} (pid {}, deploying `{}`) since {}",
+        .0.user, .0.host, .0.pid, .0.environment, .0.since
+    )]
+    Locked(Holder),
+    /// The target is in a state that is unsafe to read or write (exit 3).
+    #[error("{0}")]
+    Refused(String),
+    /// An operating-system call failed.
+    #[error("could not {what} {}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target's own files do not have the shape envlock writes.
+    #[error("the target's state is corrupt: {0}")]
+    Corrupt(String),
+    /// [`Target::activate`] was asked for a generation that the target does not keep.
+    #[error("generation {0} does not exist on this target")]
+    NoGeneration(GenerationId),
+}
+
+impl TargetError {
+    /// The exit code of SPEC section 2 for this error.
+    pub fn exit(&self) -> Exit {
+        match self {
+            TargetError::Locked(_) => Exit::Locked,
+            TargetError::Refused(_) => Exit::Refused,
+            TargetError::Io { .. } | TargetError::Corrupt(_) | TargetError::NoGeneration(_) => {
+                Exit::Error
+            }
+        }
+    }
+}
+
+impl From<TargetError> for Failure {
+    fn from(err: TargetError) -> Failure {
+        let failure = Failure::new(err.exit(), err.to_string());
+        match &err {
+            TargetError::Locked(_) => failure.hint(
+                "wait for that deployment to finish; a holder that died releases the lock by itself",
+            ),
+            TargetError::Io { source, .. } => failure.detail(source.to_string()),
+            _ => failure,
+        }
+    }
+}
+
+/// One kind of place where settings land. Callers hold the lock for every call that writes.
+pub trait Target {
+    /// A short human description, e.g. `dir /srv/asr`.
+    fn describe(&self) -> String;
+    /// Who the target belongs to. Also refuses a layout that leaves the target (symlinks).
+    fn stamp(&self) -> Result<StampState, TargetError>;
+    /// Adopt the target: create it if needed and write the stamp durably. Refuses to replace a
+    /// stamp of another environment or account, and to stamp a non-empty unstamped target.
+    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError>;
+    /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
+    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
+    /// The live generation and its resources.
+    fn live(&self) -> Result<Live, TargetError>;
+    /// Write a complete new generation (durably) and make it live atomically. Returns its id.
+    fn apply(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        meta: &serde_json::Value,
+    ) -> Result<GenerationId, TargetError>;
+    /// Every generation kept, oldest first.
+    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
+    /// Make an existing generation live atomically.
+    fn activate(&self, id: GenerationId) -> Result<(), TargetError>;
+    /// Keep the newest `keep` generations plus the live one, delete the rest and any leftovers.
+    fn prune(&self, keep: usize) -> Result<Pruned, TargetError>;
+    /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
+    /// next run to report. [`Target::prune`] removes them.
+    fn leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// The directory where envlock keeps state for this target (journal, log).
+    fn state_dir(&self) -> PathBuf;
+}
+
+/// A held deployment lock; dropping it releases the lock.
+pub trait LockGuard: std::fmt::Debug {
+    fn holder(&self) -> &Holder;
+}
+
+/// The current time as RFC 3339 UTC with seconds, e.g. `2026-11-21T20:25:30Z`.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
