@@ -364,6 +364,64 @@ impl Partial {
     }
 }
 
+/// A file decoded and deserialized, before it is registered: done in parallel.
+enum PreParsed {
+    TooLarge(u64),
+    NotUtf8 {
+        lossy: String,
+        start: usize,
+        byte: u8,
+    },
+    Empty(String),
+    Parsed(String, Box<RawFile>),
+    Invalid(String, toml::de::Error),
+}
+
+fn pre_parse(file: &InputFile) -> PreParsed {
+    let bytes = match &file.content {
+        Ok(b) => b,
+        Err(size) => return PreParsed::TooLarge(*size),
+    };
+    match std::str::from_utf8(bytes) {
+        Err(e) => {
+            let start = e.valid_up_to();
+            // Keep the valid prefix (and a little more) so the diagnostic can show the line.
+            let end = bytes.len().min(start + 64);
+            PreParsed::NotUtf8 {
+                lossy: String::from_utf8_lossy(&bytes[..end]).into_owned(),
+                start,
+                byte: bytes[start],
+            }
+        }
+        Ok(text) if text.trim().is_empty() => PreParsed::Empty(text.to_owned()),
+        Ok(text) => match toml::from_str::<RawFile>(text) {
+            Ok(raw) => PreParsed::Parsed(text.to_owned(), Box::new(raw)),
+            Err(e) => PreParsed::Invalid(text.to_owned(), e),
+        },
+    }
+}
+
+/// Pre-parse every file, on as many threads as there are cores (files are independent).
+fn pre_parse_all(files: &[InputFile]) -> Vec<PreParsed> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    if threads <= 1 {
+        return files.iter().map(pre_parse).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(pre_parse).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("parsing does not panic"))
+            .collect()
+    })
+}
+
 struct Loader<'a> {
     sources: Sources,
     diagnostics: Vec<Diagnostic>,
@@ -395,7 +453,8 @@ pub fn load(input: Input) -> Config {
     // Parse every file first, so that layers are available whatever the order.
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
-    for file in environments {
+    let pre = pre_parse_all(&environments);
+    for (file, pre) in environments.into_iter().zip(pre) {
         let Some(file_name) = file.path.strip_prefix("environments/") else {
             continue;
         };
@@ -407,7 +466,7 @@ pub fn load(input: Input) -> Config {
             Some(rest) => (true, rest),
             None => (false, stem.as_str()),
         };
-        let parsed = loader.parse_file(&file);
+        let parsed = loader.parse_file(&file, pre);
         if !valid_name(name) {
             let id = parsed
                 .as_ref()
@@ -474,17 +533,30 @@ pub fn load(input: Input) -> Config {
         diagnostics: loader.diagnostics,
     };
     // Schema validation of every resolved environment.
-    let mut schema_diags = Vec::new();
-    let mut invalid = Vec::new();
-    for env in &config.environments {
-        let before = schema_diags.len();
-        loader
-            .schemas
-            .validate(env, &config.sources, &mut schema_diags);
-        if schema_diags.len() > before {
-            invalid.push(env.name.clone());
-        }
-    }
+    // Environments validate independently: spread them over the cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = config.environments.len().div_ceil(threads).max(1);
+    let schemas = &loader.schemas;
+    let sources = &config.sources;
+    let schema_diags: Vec<Diagnostic> = std::thread::scope(|scope| {
+        let handles: Vec<_> = config
+            .environments
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut diags = Vec::new();
+                    for env in part {
+                        schemas.validate(env, sources, &mut diags);
+                    }
+                    diags
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("validation does not panic"))
+            .collect()
+    });
     config.diagnostics.extend(schema_diags);
     // The cross-environment lock works on everything that resolved, schema-valid or not.
     let safety = crate::safety::scan(&config);
@@ -493,11 +565,10 @@ pub fn load(input: Input) -> Config {
 }
 
 impl Loader<'_> {
-    /// Read, decode and deserialize one file; every problem becomes a diagnostic.
-    fn parse_file(&mut self, file: &InputFile) -> Option<Parsed> {
-        let bytes = match &file.content {
-            Ok(b) => b,
-            Err(size) => {
+    /// Register one pre-parsed file; every problem becomes a diagnostic.
+    fn parse_file(&mut self, file: &InputFile, pre: PreParsed) -> Option<Parsed> {
+        match pre {
+            PreParsed::TooLarge(size) => {
                 let id = self.sources.add(file.path.clone(), "");
                 self.diagnostics.push(
                     Diagnostic::new(
@@ -513,24 +584,16 @@ impl Loader<'_> {
                         "split the settings into layers, or move bulk data out of the repository",
                     ),
                 );
-                return None;
+                None
             }
-        };
-        let text = match std::str::from_utf8(bytes) {
-            Ok(t) => t.to_owned(),
-            Err(e) => {
-                let valid = &bytes[..e.valid_up_to()];
-                // Keep the valid prefix so the diagnostic can show the line it breaks on.
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(e.valid_up_to() + 64)])
-                    .into_owned();
-                let id = self.sources.add(file.path.clone(), text);
-                let start = valid.len();
+            PreParsed::NotUtf8 { lossy, start, byte } => {
+                let id = self.sources.add(file.path.clone(), lossy);
                 self.diagnostics.push(
                     Diagnostic::new(
                         "invalid-utf8",
                         format!(
-                            "{} is not valid UTF-8 (byte 0x{:02x} at offset {start})",
-                            file.path, bytes[start]
+                            "{} is not valid UTF-8 (byte 0x{byte:02x} at offset {start})",
+                            file.path
                         ),
                     )
                     .env(stem_of(&file.path))
@@ -540,27 +603,31 @@ impl Loader<'_> {
                     )
                     .hint("environment files must be UTF-8 text; re-save the file as UTF-8"),
                 );
-                return None;
+                None
             }
-        };
-        let id = self.sources.add(file.path.clone(), text);
-        let text = &self.sources.get(id).text;
-        if text.trim().is_empty() {
-            self.diagnostics.push(
-                Diagnostic::new("empty-file", format!("{} is empty", file.path))
-                    .env(stem_of(&file.path))
-                    .at(Loc::file(id), "empty file")
-                    .hint(if file.path.contains("/_") {
-                        "delete the layer, or give it settings"
-                    } else {
-                        "an environment needs at least [environment] account and schema, and a [target]"
-                    }),
-            );
-            return None;
-        }
-        match toml::from_str::<RawFile>(text) {
-            Ok(raw) => Some(Parsed { file: id, raw }),
-            Err(e) => {
+            PreParsed::Empty(text) => {
+                let id = self.sources.add(file.path.clone(), text);
+                self.diagnostics.push(
+                    Diagnostic::new("empty-file", format!("{} is empty", file.path))
+                        .env(stem_of(&file.path))
+                        .at(Loc::file(id), "empty file")
+                        .hint(if file.path.contains("/_") {
+                            "delete the layer, or give it settings"
+                        } else {
+                            "an environment needs at least [environment] account and schema, and a [target]"
+                        }),
+                );
+                None
+            }
+            PreParsed::Parsed(text, raw) => {
+                let id = self.sources.add(file.path.clone(), text);
+                Some(Parsed {
+                    file: id,
+                    raw: *raw,
+                })
+            }
+            PreParsed::Invalid(text, e) => {
+                let id = self.sources.add(file.path.clone(), text);
                 let span = e.span().unwrap_or(0..0);
                 let message = e.message().trim().to_owned();
                 let (code, message, label, hint) = toml_error_parts(&message);
