@@ -11,11 +11,11 @@ of every run comes from wait4(2). Any run that exits non-zero aborts the benchma
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +31,7 @@ def fail(msg):
 class Bench:
     def __init__(self, name, argv, stdin_path=None, note=""):
         self.name, self.argv, self.stdin_path, self.note = name, argv, stdin_path, note
-        self.times, self.cpu, self.rss_kib = [], [], []
+        self.times, self.cpu = [], []
 
     def run_once(self):
         stdin = open(self.stdin_path, "rb") if self.stdin_path else subprocess.DEVNULL
@@ -54,15 +54,13 @@ class Bench:
                 f"{self.name}: `{' '.join(self.argv)}` exited {proc.returncode}\n"
                 f"{out.stderr[-4000:]}"
             )
-        # ru_maxrss is in KiB on Linux; user + system CPU time is less sensitive than wall time
-        # to other load on the machine.
-        return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        # User + system CPU time is less sensitive than wall time to other load on the machine.
+        return elapsed, usage.ru_utime + usage.ru_stime
 
     def record(self):
-        elapsed, cpu, rss = self.run_once()
+        elapsed, cpu = self.run_once()
         self.times.append(elapsed)
         self.cpu.append(cpu)
-        self.rss_kib.append(rss)
 
     def summary(self):
         return {
@@ -75,24 +73,35 @@ class Bench:
             "times_s": self.times,
             "cpu_median_s": statistics.median(self.cpu),
             "cpu_s": self.cpu,
-            "peak_rss_kib": max(self.rss_kib),
         }
 
 
-def peak_rss_kib(argv):
-    """Peak RSS of one run of argv: /usr/bin/time -f %M when available, else wait4(2)."""
+def peak_rss_kib(argv, stdin_path=None):
+    """Peak RSS of one run of argv: /usr/bin/time -f %M when available, else wait4(2).
+
+    (The wait4 figure of a child forked by this script never reads below the script's own RSS,
+    about 16 MiB, because Linux carries the high-water mark across exec; /usr/bin/time is small.)
+    """
+    def stdin():
+        if stdin_path:
+            return open(stdin_path, "rb")
+        return contextlib.nullcontext(subprocess.DEVNULL)
+
     if os.access("/usr/bin/time", os.X_OK):
-        out = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with stdin() as f:
+            out = subprocess.run(
+                ["/usr/bin/time", "-f", "%M", *argv],
+                stdin=f,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         if out.returncode != 0:
             fail(f"`{' '.join(argv)}` under /usr/bin/time exited {out.returncode}")
         return int(out.stderr.strip().splitlines()[-1]), "/usr/bin/time -f %M"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with stdin() as f:
+        proc = subprocess.Popen(argv, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         fail(f"`{' '.join(argv)}` exited {os.waitstatus_to_exitcode(status)}")
     return usage.ru_maxrss, "wait4(2) ru_maxrss"
@@ -194,12 +203,14 @@ def main():
         for _ in range(a.runs):
             for b in benches:
                 b.record()
+        load_after = os.getloadavg()
+        rss_tool = ""
+        for b in benches:
+            b.peak_rss, rss_tool = peak_rss_kib(b.argv, b.stdin_path)
     finally:
         os.unlink(batch.name)
-
-    rss, rss_tool = peak_rss_kib([a.deploy, "-C", a.repo, "check"])
-    load_after = os.getloadavg()
-    res = {b.name: b.summary() for b in benches}
+    rss = benches[0].peak_rss
+    res = {b.name: {**b.summary(), "peak_rss_kib": b.peak_rss} for b in benches}
     check = res["deploy check"]["median_s"]
     check_cpu = res["deploy check"]["cpu_median_s"]
     ratios = {
@@ -256,7 +267,7 @@ def main():
         f"load average {m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after"
     )
     print()
-    rows = [("name", "median", "min", "max", "cpu median", "check / this")]
+    rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "check / this")]
     for b in benches:
         s = res[b.name]
         if b.name == "deploy check":
@@ -268,7 +279,7 @@ def main():
             label, ratio = b.name, f"{check / s['median_s']:.2f}x"
         rows.append(
             (label, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
-             fmt_s(s["cpu_median_s"]), ratio)
+             fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB", ratio)
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     last = len(widths) - 1

@@ -75,10 +75,13 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
             ))?;
         }
     }
+    let n = config.diagnostics.len();
+    // The process ends right after this: freeing every node of a large configuration one by
+    // one only delays the exit (measured at 4% of `check`).
+    std::mem::forget(config);
     if ok {
         return Ok(Exit::Success);
     }
-    let n = config.diagnostics.len();
     let list: Vec<&str> = invalid.iter().map(|s| s.as_str()).collect();
     Err(Failure::error(format!(
         "{n} problem{} at {} ({rev}){}",
