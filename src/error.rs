@@ -22,8 +22,6 @@ pub struct Failure {
     /// Extra lines shown under the message (the files that are dirty, what a command printed...).
     pub details: Vec<String>,
     pub hint: Option<String>,
-    /// True when the problem was already shown in full (diagnostics), so only the summary is left.
-    pub reported: bool,
     /// True when the command already printed its `--format json` document.
     pub json_printed: bool,
 }
@@ -35,7 +33,6 @@ impl Failure {
             message: message.into(),
             details: Vec::new(),
             hint: None,
-            reported: false,
             json_printed: false,
         }
     }
@@ -60,11 +57,6 @@ impl Failure {
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
-        self
-    }
-
-    pub fn already_reported(mut self) -> Self {
-        self.reported = true;
         self
     }
 

@@ -71,7 +71,6 @@ pub fn environment<'a>(config: &'a Config, name: &str) -> Result<&'a Environment
         return Err(Failure::error(format!(
             "environment `{name}` has errors and cannot be used"
         ))
-        .already_reported()
         .hint("fix the errors above; `deploy check` lists them all")
         .into());
     }

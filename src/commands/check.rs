@@ -93,7 +93,6 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
             format!("; invalid: {}", list.join(", "))
         }
     ))
-    .already_reported()
     .json_printed(printer.is_json())
     .into())
 }

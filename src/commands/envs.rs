@@ -92,7 +92,6 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             "the configuration at {rev} has {} problem(s); environments with errors are not listed",
             config.diagnostics.len()
         ))
-        .already_reported()
         .json_printed(printer.is_json())
         .hint("`deploy check` explains every problem")
         .into())

@@ -36,7 +36,6 @@ fn prepare(dir: &Path, name: &str, printer: &Printer) -> Result<(CommitInfo, Con
             safety.len(),
             if safety.len() == 1 { "" } else { "s" }
         ))
-        .already_reported()
         .hint("fix the configuration and merge it through review; `deploy check` must pass first")
         .into());
     }
@@ -54,7 +53,6 @@ fn prepare(dir: &Path, name: &str, printer: &Printer) -> Result<(CommitInfo, Con
             own.len(),
             if own.len() == 1 { "" } else { "s" }
         ))
-        .already_reported()
         .hint("`deploy check` lists every problem")
         .into());
     }

@@ -286,7 +286,7 @@ fn lval<T>(file: FileId, s: Spanned<T>) -> Located<T> {
 }
 
 impl Partial {
-    /// Take everything a file sets, except `extends` and `[target]` which are handled apart.
+    /// Take everything a file sets; callers take `extends` and `[target]` out first.
     fn from_raw(file: FileId, raw: &mut RawFile) -> Partial {
         let mut p = Partial::default();
         if let Some(env) = raw.environment.take() {
@@ -297,13 +297,6 @@ impl Partial {
             p.protected = env.protected.map(|s| lval(file, s));
             p.markers = env.markers.map(|s| llist(file, s));
             p.after = env.after.map(|s| llist(file, s));
-            raw.environment = Some(Spanned::new(
-                0..0,
-                raw::RawEnvironment {
-                    extends: env.extends,
-                    ..Default::default()
-                },
-            ));
         }
         if let Some(id) = raw.identity.take() {
             p.identity = Some(loc_of(file, &id));
@@ -401,23 +394,25 @@ fn pre_parse(file: &InputFile) -> PreParsed {
     }
 }
 
-/// Pre-parse every file, on as many threads as there are cores (files are independent).
-fn pre_parse_all(files: &[InputFile]) -> Vec<PreParsed> {
+/// `f` over `items` on as many threads as there are cores, results in order. The items
+/// (files, environments) are independent.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(files.len().max(1));
+        .min(items.len().max(1));
     if threads <= 1 {
-        return files.iter().map(pre_parse).collect();
+        return items.iter().map(f).collect();
     }
-    let chunk = files.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = files
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(pre_parse).collect::<Vec<_>>()))
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("parsing does not panic"))
+            .flat_map(|h| h.join().expect("workers do not panic"))
             .collect()
     })
 }
@@ -453,7 +448,7 @@ pub fn load(input: Input) -> Config {
     // Parse every file first, so that layers are available whatever the order.
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
-    let pre = pre_parse_all(&environments);
+    let pre = parallel_map(&environments, pre_parse);
     for (file, pre) in environments.into_iter().zip(pre) {
         let Some(file_name) = file.path.strip_prefix("environments/") else {
             continue;
@@ -534,30 +529,15 @@ pub fn load(input: Input) -> Config {
     };
     // Schema validation of every resolved environment.
     // Environments validate independently: spread them over the cores.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = config.environments.len().div_ceil(threads).max(1);
     let schemas = &loader.schemas;
-    let sources = &config.sources;
-    let schema_diags: Vec<Diagnostic> = std::thread::scope(|scope| {
-        let handles: Vec<_> = config
-            .environments
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut diags = Vec::new();
-                    for env in part {
-                        schemas.validate(env, sources, &mut diags);
-                    }
-                    diags
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("validation does not panic"))
-            .collect()
+    let schema_diags = parallel_map(&config.environments, |env| {
+        let mut diags = Vec::new();
+        schemas.validate(env, &mut diags);
+        diags
     });
-    config.diagnostics.extend(schema_diags);
+    config
+        .diagnostics
+        .extend(schema_diags.into_iter().flatten());
     // The cross-environment lock works on everything that resolved, schema-valid or not.
     let safety = crate::safety::scan(&config);
     config.diagnostics.extend(safety);

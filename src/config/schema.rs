@@ -100,7 +100,7 @@ impl Schemas {
     }
 
     /// Validate an environment's settings; every violation becomes a diagnostic.
-    pub fn validate(&self, env: &Environment, sources: &Sources, diags: &mut Vec<Diagnostic>) {
+    pub fn validate(&self, env: &Environment, diags: &mut Vec<Diagnostic>) {
         let validator = match self.compiled.get(&env.schema.value) {
             Some(Some(v)) => v,
             Some(None) => {
@@ -144,7 +144,6 @@ impl Schemas {
             }
         };
         let json = env.settings_json();
-        let _ = sources;
         for error in validator.iter_errors(&json) {
             let path = error.instance_path();
             let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();

@@ -4,7 +4,7 @@
 //! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string, so its cost is
 //! linear in the total size of all settings, whatever the number of environments.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -211,7 +211,7 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
         .expect("identity patterns are bounded in size");
 
     for (a, env) in envs.iter().enumerate() {
-        let mut reported: BTreeMap<(usize, usize, usize), ()> = BTreeMap::new();
+        let mut reported: HashSet<(usize, usize, usize)> = HashSet::new();
         let mut own: Vec<(usize, usize)> = Vec::new();
         let mut foreign: Vec<(usize, usize, usize)> = Vec::new();
         visit_strings(env, &mut |text, loc, path| {
@@ -232,10 +232,7 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
                     continue;
                 }
                 let owner = owners[pid];
-                if reported
-                    .insert((loc.span.start, loc.file, owner.env), ())
-                    .is_some()
-                {
+                if !reported.insert((loc.span.start, loc.file, owner.env)) {
                     continue;
                 }
                 let other = &envs[owner.env];

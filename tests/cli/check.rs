@@ -66,10 +66,10 @@ fn json_output_parses_back_strictly() {
 #[test]
 fn json_errors_carry_file_line_column() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs");
-    repo.write("environments/prod.toml", prod);
+    repo.edit(
+        "environments/prod.toml",
+        &[("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs")],
+    );
     repo.commit("leak");
     let run = repo.deploy(&["check", "--format", "json"]);
     run.code(1);
@@ -92,16 +92,20 @@ fn json_errors_carry_file_line_column() {
 #[test]
 fn every_problem_is_listed_not_just_the_first() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs")
-        .replace("threads = 16", "threads = 999");
-    repo.write("environments/prod.toml", prod);
-    let validation = repo.read("environments/validation.toml").replace(
-        "https://validation.example.com/healthz",
-        "https://prod.example.com/healthz",
+    repo.edit(
+        "environments/prod.toml",
+        &[
+            ("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs"),
+            ("threads = 16", "threads = 999"),
+        ],
     );
-    repo.write("environments/validation.toml", validation);
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "https://validation.example.com/healthz",
+            "https://prod.example.com/healthz",
+        )],
+    );
     repo.commit("three problems");
     let run = repo.deploy(&["check"]);
     run.code(1)
@@ -115,21 +119,25 @@ fn every_problem_is_listed_not_just_the_first() {
 fn marker_inside_own_longer_marker_is_not_a_leak() {
     // prod's marker `example.com` appears inside validation's own `validation.example.com`.
     let repo = Repo::base();
-    let prod = repo.read("environments/prod.toml").replace(
-        "markers = [\"prod.example.com\"]",
-        "markers = [\"example.com\"]",
+    repo.edit(
+        "environments/prod.toml",
+        &[(
+            "markers = [\"prod.example.com\"]",
+            "markers = [\"example.com\"]",
+        )],
     );
-    repo.write("environments/prod.toml", prod);
     repo.commit("short marker");
     let run = repo.deploy(&["check"]);
     // validation's endpoint is inside its own marker: fine. prod's own endpoint is fine too.
     run.code(0);
     // But a bare `example.com` in validation (outside its own marker) is prod's.
-    let v = repo.read("environments/validation.toml").replace(
-        "https://validation.example.com/healthz",
-        "https://api.example.com/healthz",
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "https://validation.example.com/healthz",
+            "https://api.example.com/healthz",
+        )],
     );
-    repo.write("environments/validation.toml", v);
     repo.commit("bare marker");
     repo.deploy(&["check"])
         .code(1)

@@ -51,20 +51,19 @@ fn envs_json_parses_back_strictly() {
 #[test]
 fn diff_shows_changed_added_and_removed_environments() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("threads = 16", "threads = 32");
-    repo.write("environments/prod.toml", prod);
-    repo.write(
+    repo.edit(
+        "environments/prod.toml",
+        &[("threads = 16", "threads = 32")],
+    );
+    repo.edit(
         "environments/_common.toml",
-        repo.read("environments/_common.toml")
-            .replace("conformer-ctc", "whisper-large-v3"),
+        &[("conformer-ctc", "whisper-large-v3")],
     );
     repo.remove("environments/validation.toml");
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("after = [\"validation\"]\n", "");
-    repo.write("environments/prod.toml", prod);
+    repo.edit(
+        "environments/prod.toml",
+        &[("after = [\"validation\"]\n", "")],
+    );
     repo.write(
         "environments/staging.toml",
         "[environment]\naccount = \"333333333333\"\nschema = \"svc\"\nextends = [\"_common\"]\n\
@@ -97,10 +96,10 @@ fn diff_with_no_changes() {
 #[test]
 fn plan_refuses_a_leak_with_exit_3() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs");
-    repo.write("environments/prod.toml", prod);
+    repo.edit(
+        "environments/prod.toml",
+        &[("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs")],
+    );
     repo.commit("leak");
     for name in ["prod", "validation"] {
         repo.deploy(&["plan", "--target", name])
@@ -113,10 +112,7 @@ fn plan_refuses_a_leak_with_exit_3() {
 #[test]
 fn plan_with_invalid_environment_is_exit_1() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("threads = 16", "threads = 0");
-    repo.write("environments/prod.toml", prod);
+    repo.edit("environments/prod.toml", &[("threads = 16", "threads = 0")]);
     repo.commit("bad threads");
     repo.deploy(&["plan", "--target", "prod"])
         .code(1)

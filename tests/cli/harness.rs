@@ -124,6 +124,18 @@ impl Repo {
         std::fs::read_to_string(self.path().join(rel)).unwrap()
     }
 
+    /// Replace text in a file; every `from` must be present, so a test cannot silently edit
+    /// nothing when the fixture changes.
+    #[track_caller]
+    pub fn edit(&self, rel: &str, replacements: &[(&str, &str)]) -> &Self {
+        let mut text = self.read(rel);
+        for (from, to) in replacements {
+            assert!(text.contains(from), "{rel} does not contain {from:?}");
+            text = text.replace(from, to);
+        }
+        self.write(rel, text)
+    }
+
     pub fn remove(&self, rel: &str) -> &Self {
         std::fs::remove_file(self.path().join(rel)).unwrap();
         self

@@ -5,10 +5,11 @@ use crate::harness::Repo;
 #[test]
 fn modified_tracked_file_is_refused_for_every_target_command() {
     let repo = Repo::base();
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("threads = 16", "threads = 32");
-    repo.write("environments/prod.toml", &prod);
+    repo.edit(
+        "environments/prod.toml",
+        &[("threads = 16", "threads = 32")],
+    );
+    let prod = repo.read("environments/prod.toml");
     for args in [
         &["plan", "--target", "prod"][..],
         &["apply", "--target", "prod", "--yes"][..],
@@ -65,10 +66,10 @@ fn check_reads_head_not_the_working_tree() {
 fn rev_reads_an_older_commit_while_the_tree_differs() {
     let repo = Repo::base();
     let good = repo.git(&["rev-parse", "HEAD"]);
-    let prod = repo
-        .read("environments/prod.toml")
-        .replace("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs");
-    repo.write("environments/prod.toml", prod);
+    repo.edit(
+        "environments/prod.toml",
+        &[("eu-west-1:222222222222:jobs", "eu-west-1:111111111111:jobs")],
+    );
     repo.commit("leak validation's account into prod");
     repo.write("environments/validation.toml", "garbage = ");
     repo.deploy(&["check"])
