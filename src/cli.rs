@@ -48,6 +48,12 @@ pub enum Command {
     Plan(PlanArgs),
     /// Same as `deploy --target NAME`.
     Apply(ApplyArgs),
+    /// Show which generation is live, its commit, drift from what was written, and what
+    /// deploying HEAD would change. Writes nothing.
+    Status(StatusArgs),
+    /// Make an earlier generation live again (same lock, stamp and identity checks), then
+    /// health-check it.
+    Rollback(RollbackArgs),
     /// Print the JSON Schema of environment files (for editors such as taplo).
     Schema,
     /// Print shell completions.
@@ -96,6 +102,26 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
     /// Apply without asking (required without a terminal). Never skips a safety check.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The environment to inspect.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The environment to roll back.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+    /// The generation to make live (default: the one before the live one).
+    #[arg(long, value_name = "ID")]
+    pub to: Option<u64>,
+    /// Roll back without asking (required without a terminal). Never skips a safety check.
     #[arg(long)]
     pub yes: bool,
 }

@@ -5,10 +5,13 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod config;
+pub mod deploy;
 pub mod diagnostic;
 pub mod error;
+pub mod failpoint;
 pub mod output;
 pub mod plan;
+pub mod process;
 pub mod render;
 pub mod repo;
 pub mod safety;

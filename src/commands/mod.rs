@@ -36,6 +36,8 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         Some(Command::Diff(args)) => diff::run(&dir, args, printer),
         Some(Command::Plan(args)) => plan::plan(&dir, args, printer),
         Some(Command::Apply(args)) => plan::apply(&dir, args, printer),
+        Some(Command::Status(args)) => plan::status(&dir, args, printer),
+        Some(Command::Rollback(args)) => plan::rollback(&dir, args, printer),
         Some(Command::Schema) => meta::schema(printer),
         Some(Command::Completions { shell }) => meta::completions(shell, printer),
         Some(Command::Man) => meta::man(printer),

@@ -1,25 +1,33 @@
-//! `deploy plan --target NAME` and `deploy apply` / `deploy --target NAME`.
+//! `deploy plan`, `deploy apply` / `deploy --target NAME`, `deploy status` and
+//! `deploy rollback`: everything that looks at a target.
 //!
-//! Both start the same way: a clean working tree, configuration from HEAD, the named environment
-//! valid, and the repository side of the environment lock intact.
+//! All start the same way: configuration from HEAD, a clean working tree, the named environment
+//! valid, the repository side of the environment lock intact, HEAD on `branch`. Then the
+//! library's [`envlock::deploy`] does the live side. Failures of `apply` and `rollback` after
+//! the environment is known are told to its `[notify] command`.
 
 use std::path::Path;
 
 use anyhow::Result;
 use envlock::config::Config;
+use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
-use envlock::error::{Exit, Failure};
+use envlock::error::{Exit, Failure, exit_for};
 use envlock::output::Printer;
-use envlock::repo::CommitInfo;
+use envlock::repo::{CommitInfo, Repo};
 use envlock::workspace;
 
-use crate::cli::{ApplyArgs, PlanArgs};
+use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
 
 /// Everything that must hold before a target is even looked at.
-fn prepare(dir: &Path, name: &str, printer: &Printer) -> Result<(CommitInfo, Config)> {
-    let repo = workspace::open(dir)?;
-    workspace::require_clean(&repo)?;
-    let (commit, config) = workspace::load(&repo, "HEAD")?;
+fn prepare(
+    repo: &Repo,
+    config: &Config,
+    commit: &CommitInfo,
+    name: &str,
+    printer: &Printer,
+) -> Result<()> {
+    workspace::require_clean(repo)?;
     // The lock is a property of the whole repository: any cross-environment problem means
     // someone confused environments, so nothing is deployed from this commit.
     let safety: Vec<_> = config
@@ -56,34 +64,117 @@ fn prepare(dir: &Path, name: &str, printer: &Printer) -> Result<(CommitInfo, Con
         .hint("`deploy check` lists every problem")
         .into());
     }
-    workspace::environment(&config, name)?;
-    Ok((commit, config))
+    let env = workspace::environment(config, name)?;
+    deploy::check_branch(repo, env, commit)
+}
+
+/// Which command is running, for what happens after `prepare`.
+enum Job {
+    Plan,
+    Apply { yes: bool },
+    Status,
+    Rollback { to: Option<u64>, yes: bool },
+}
+
+fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
+    let repo = workspace::open(dir)?;
+    let (commit, config) = workspace::load(&repo, "HEAD")?;
+    let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
+    let result = prepare(&repo, &config, &commit, name, printer).and_then(|()| {
+        let env = workspace::environment(&config, name)?;
+        let d = Deployment::new(&repo, env, &commit, printer)?;
+        run_job(&d, job, printer)
+    });
+    // Tell the environment's notifier (from the reviewed commit) about every refusal, failure
+    // and rollback, once the environment is known; not about a cancelled prompt.
+    if notifies
+        && let Err(err) = &result
+        && let Some(env) = config.get(name)
+        && !is_cancellation(err)
+    {
+        let exit = exit_for(err);
+        let outcome = match exit {
+            Exit::Refused => "refused",
+            Exit::RolledBack => "rolled-back",
+            Exit::Locked => "locked",
+            _ => "failed",
+        };
+        if exit != Exit::Locked {
+            let mut reason = err.to_string();
+            if let Some(f) = err.chain().find_map(|e| e.downcast_ref::<Failure>()) {
+                for d in &f.details {
+                    reason.push_str("\n  ");
+                    reason.push_str(d);
+                }
+            }
+            if let Ok(d) = Deployment::new(&repo, env, &commit, printer) {
+                d.notify(outcome, &reason, exit as u8);
+            }
+        }
+    }
+    result
+}
+
+fn is_cancellation(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<Failure>())
+        .any(|f| f.message.starts_with("cancelled:") || f.message.starts_with("not applying:"))
+}
+
+fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
+    match job {
+        Job::Plan => {
+            let report = deploy::apply::plan(d)?;
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
+        Job::Apply { yes } => finish(deploy::apply::apply(d, yes)?, printer),
+        Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
+        Job::Status => {
+            let status = deploy::status::status(d)?;
+            if printer.is_json() {
+                printer.json(&status)?;
+            }
+            Ok(Exit::Success)
+        }
+    }
+}
+
+/// Print the JSON report; a rollback becomes exit 4.
+fn finish(report: deploy::apply::Report, printer: &Printer) -> Result<Exit> {
+    if printer.is_json() {
+        printer.json(&report)?;
+    }
+    if report.outcome == "rolled-back" {
+        return Err(report
+            .rolled_back_failure()
+            .json_printed(printer.is_json())
+            .into());
+    }
+    Ok(Exit::Success)
 }
 
 pub fn plan(dir: &Path, args: PlanArgs, printer: &Printer) -> Result<Exit> {
     let PlanArgs { target } = args;
-    let (commit, config) = prepare(dir, &target, printer)?;
-    not_yet(&config, &target, &commit)
+    run(dir, &target, Job::Plan, printer)
 }
 
 pub fn apply(dir: &Path, args: ApplyArgs, printer: &Printer) -> Result<Exit> {
-    let ApplyArgs { target, yes: _ } = args;
+    let ApplyArgs { target, yes } = args;
     let Some(target) = target else {
         return Err(Failure::usage("`deploy apply` needs --target NAME").into());
     };
-    let (commit, config) = prepare(dir, &target, printer)?;
-    not_yet(&config, &target, &commit)
+    run(dir, &target, Job::Apply { yes }, printer)
 }
 
-/// The live side (stamp, identity, diff, apply) is the next milestone; say so plainly.
-fn not_yet(config: &Config, name: &str, commit: &CommitInfo) -> Result<Exit> {
-    let env = workspace::environment(config, name)?;
-    Err(Failure::error(format!(
-        "`{name}` resolves and passes every repository check at {}, but this build cannot read or \
-         write {} targets yet",
-        commit.short(),
-        env.target.describe()
-    ))
-    .hint("nothing was read from or written to the target")
-    .into())
+pub fn status(dir: &Path, args: StatusArgs, printer: &Printer) -> Result<Exit> {
+    let StatusArgs { target } = args;
+    run(dir, &target, Job::Status, printer)
+}
+
+pub fn rollback(dir: &Path, args: RollbackArgs, printer: &Printer) -> Result<Exit> {
+    let RollbackArgs { target, to, yes } = args;
+    run(dir, &target, Job::Rollback { to, yes }, printer)
 }

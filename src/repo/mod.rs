@@ -94,6 +94,13 @@ impl Repo {
         })
     }
 
+    /// Whether commit `id` is `rev`'s commit or one of its ancestors. A revision that does not
+    /// resolve is [`RepoError::BadRevision`].
+    pub fn reachable_from(&self, id: Oid, rev: &str) -> Result<bool, RepoError> {
+        let tip = self.commit(rev)?;
+        Ok(tip.id == id || self.repo.graph_descendant_of(tip.id, id)?)
+    }
+
     /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.
     pub fn read_config(&self, commit: &CommitInfo) -> Result<Input, RepoError> {
         let tree = self.repo.find_commit(commit.id)?.tree()?;

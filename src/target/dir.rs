@@ -45,6 +45,10 @@ const TMP_PREFIX: &str = ".tmp-";
 const CURRENT_TMP_PREFIX: &str = "current.tmp-";
 /// Prefix of a new stamp before it is renamed into place.
 const STAMP_TMP_PREFIX: &str = "stamp.json.tmp-";
+/// The crash journal of an unfinished deployment.
+const JOURNAL_FILE: &str = "journal.json";
+/// Prefix of a new journal before it is renamed into place.
+const JOURNAL_TMP_PREFIX: &str = "journal.json.tmp-";
 /// How many entries an [`StampState::Unstamped`] lists.
 const MAX_LISTED: usize = 10;
 /// How often `lock` looks again when the lock is held but the holder's JSON is not readable yet
@@ -453,6 +457,7 @@ impl DirTarget {
         let dest = Path::new(GENERATIONS).join(generation_name(id));
         std::os::unix::fs::symlink(&dest, &tmp).map_err(io_err("create symlink", &tmp))?;
         let current = self.path.join(CURRENT);
+        crate::failpoint::hit("dir-switch-before-rename");
         fs::rename(&tmp, &current).map_err(io_err("rename into place", &current))?;
         sync_dir(&self.path)
     }
@@ -471,7 +476,7 @@ impl DirTarget {
             }
         }
         for name in list_dir(&self.state_dir())? {
-            if name.starts_with(STAMP_TMP_PREFIX) {
+            if name.starts_with(STAMP_TMP_PREFIX) || name.starts_with(JOURNAL_TMP_PREFIX) {
                 found.push(format!("{STATE_DIR}/{name}"));
             }
         }
@@ -642,7 +647,11 @@ impl Target for DirTarget {
         let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
         remove_any(&tmp)?;
         fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-        for (name, bytes) in resources {
+        let half = resources.len() / 2;
+        for (i, (name, bytes)) in resources.iter().enumerate() {
+            if i == half {
+                crate::failpoint::hit("dir-write-half");
+            }
             write_new_synced(&tmp.join(format!("{name}.toml")), bytes)?;
         }
         let mut meta_bytes = serde_json::to_vec_pretty(meta)
@@ -657,10 +666,20 @@ impl Target for DirTarget {
                 dest.display()
             )));
         }
+        crate::failpoint::hit("dir-before-generation-rename");
         fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
         sync_dir(&generations)?;
+        crate::failpoint::hit("dir-before-switch");
         self.switch_current(id)?;
         Ok(id)
+    }
+
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        self.check_layout()?;
+        if !self.generation_ids()?.contains(&id) {
+            return Err(TargetError::NoGeneration(id));
+        }
+        self.read_generation(id)
     }
 
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
@@ -725,6 +744,7 @@ impl Target for DirTarget {
             let doomed = generations.join(format!("{TMP_PREFIX}prune-{id}-{}", std::process::id()));
             remove_any(&doomed)?;
             fs::rename(&dir, &doomed).map_err(io_err("rename for removal", &dir))?;
+            crate::failpoint::hit("dir-prune-mid");
             fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
             removed.push(id);
         }
@@ -745,6 +765,49 @@ impl Target for DirTarget {
             return Ok(Vec::new());
         }
         self.leftover_paths()
+    }
+
+    fn deactivate(&self) -> Result<(), TargetError> {
+        let layout = self.require_stamped()?;
+        if layout.current.is_none() {
+            return Ok(());
+        }
+        let current = self.path.join(CURRENT);
+        fs::remove_file(&current).map_err(io_err("remove", &current))?;
+        sync_dir(&self.path)
+    }
+
+    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        let file = self.state_dir().join(JOURNAL_FILE);
+        match lstat(&file)? {
+            None => Ok(None),
+            Some(m) if m.is_file() => fs::read(&file).map(Some).map_err(io_err("read", &file)),
+            Some(_) => Err(TargetError::Refused(format!(
+                "{} is not a regular file (a symlink?); envlock only ever makes it a file",
+                file.display()
+            ))),
+        }
+    }
+
+    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        let state = self.state_dir();
+        let tmp = state.join(format!("{JOURNAL_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        write_new_synced(&tmp, bytes)?;
+        let file = state.join(JOURNAL_FILE);
+        fs::rename(&tmp, &file).map_err(io_err("rename into place", &file))?;
+        sync_dir(&state)
+    }
+
+    fn clear_journal(&self) -> Result<(), TargetError> {
+        let state = self.state_dir();
+        let file = state.join(JOURNAL_FILE);
+        match fs::remove_file(&file) {
+            Ok(()) => sync_dir(&state),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &file)(e)),
+        }
     }
 
     fn state_dir(&self) -> PathBuf {

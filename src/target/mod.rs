@@ -216,6 +216,8 @@ pub trait Target {
         resources: &BTreeMap<String, Vec<u8>>,
         meta: &serde_json::Value,
     ) -> Result<GenerationId, TargetError>;
+    /// The resources of one kept generation, exactly as stored.
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
     /// Every generation kept, oldest first.
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
     /// Make an existing generation live atomically.
@@ -225,6 +227,14 @@ pub trait Target {
     /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
     /// next run to report. [`Target::prune`] removes them.
     fn leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// Make no generation live (undo the very first apply). Generations are kept.
+    fn deactivate(&self) -> Result<(), TargetError>;
+    /// The crash journal of an unfinished deployment, if one was left behind.
+    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Replace the crash journal durably (write, fsync, rename, fsync the directory).
+    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError>;
+    /// Remove the crash journal durably; no journal is not an error.
+    fn clear_journal(&self) -> Result<(), TargetError>;
     /// The directory where envlock keeps state for this target (journal, log).
     fn state_dir(&self) -> PathBuf;
 }

@@ -190,3 +190,90 @@ pub fn deploy_in(dir: &Path, args: &[&str]) -> Run {
         .expect("deploy runs");
     Run::from(out)
 }
+
+impl Repo {
+    /// Run `deploy` with extra environment variables (test-only ones such as
+    /// `ENVLOCK_FAILPOINT`, or what a health script reads).
+    pub fn deploy_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let out = deploy_command(self.path(), args, envs)
+            .output()
+            .expect("deploy runs");
+        Run::from(out)
+    }
+
+    /// Start `deploy` in the background with stderr piped (read it with [`wait_for_line`]).
+    pub fn spawn_deploy(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+        deploy_command(self.path(), args, envs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("deploy starts")
+    }
+}
+
+fn deploy_command(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
+    cmd.arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("ENVLOCK_FAILPOINT")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Read `child`'s stderr until a line contains `needle`; returns everything read. Panics if
+/// the child closes stderr (exits) first.
+#[track_caller]
+pub fn wait_for_line(child: &mut std::process::Child, needle: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut reader = BufReader::new(stderr);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "deploy exited before printing {needle:?}; stderr:\n{seen}");
+        seen.push_str(&line);
+        if line.contains(needle) {
+            return seen;
+        }
+    }
+}
+
+/// Everything under `dir`, without following symlinks: relative path -> `dir`, `file <bytes>`
+/// or `link -> <target>`. A missing `dir` is an empty map. Two equal snapshots mean the tree
+/// is byte-for-byte the same.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let kind = entry.file_type().unwrap();
+            if kind.is_symlink() {
+                let dest = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("link -> {}", dest.display()));
+            } else if kind.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(base, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(rel, format!("file {}", String::from_utf8_lossy(&bytes)));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if dir.symlink_metadata().is_ok() {
+        out.insert(".".into(), "exists".into());
+    }
+    walk(dir, dir, &mut out);
+    out
+}

@@ -1,0 +1,726 @@
+//! `deploy --target NAME` / `deploy apply`, `deploy plan`, `deploy rollback`, and the recovery of
+//! an interrupted deployment from its journal.
+//!
+//! Order, for every kind of target: stamp -> identity -> (lock and journal recovery, if an
+//! earlier run was interrupted) -> live state -> plan -> confirmation -> lock -> the target is
+//! still what the plan was computed from -> adopt -> journal -> apply (atomic switch) -> health
+//! check -> keep, or switch back and exit 4. A refusal therefore never writes anything, not
+//! even the lock file, and a prompt left open does not hold the lock.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::journal::{JOURNAL_VERSION, Journal, Phase};
+use super::{Deployment, HealthReport, manifest, operator, render_plan};
+use crate::config::TargetKind;
+use crate::error::{Exit, Failure};
+use crate::failpoint;
+use crate::plan::{self, Action, Change, Plan};
+use crate::target::{GenerationId, Holder, Live, Stamp, StampState};
+
+/// What a deployment did, for people (stderr) and `--format json` (stdout).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub environment: String,
+    pub account: String,
+    pub commit: String,
+    pub target: String,
+    /// `applied`, `unchanged`, `rolled-back`, `planned`.
+    pub outcome: String,
+    /// True when this run adopted (stamped) an empty target.
+    pub adopted: bool,
+    pub previous_generation: Option<GenerationId>,
+    /// The generation live at the end.
+    pub generation: Option<GenerationId>,
+    pub summary: Counts,
+    pub changes: Vec<Change>,
+    pub health: Option<HealthReport>,
+    /// The health check of the generation made live again by a rollback.
+    pub rollback_health: Option<HealthReport>,
+    /// What was found and done about an interrupted earlier deployment.
+    pub recovered: Vec<String>,
+    /// Why the deployment was rolled back.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+impl Report {
+    fn new(d: &Deployment<'_>, outcome: &str) -> Self {
+        Report {
+            ok: true,
+            environment: d.env.name.clone(),
+            account: d.env.account.value.clone(),
+            commit: d.commit.id.to_string(),
+            target: d.target.describe(),
+            outcome: outcome.to_owned(),
+            adopted: false,
+            previous_generation: None,
+            generation: None,
+            summary: Counts::default(),
+            changes: Vec::new(),
+            health: None,
+            rollback_health: None,
+            recovered: Vec::new(),
+            reason: None,
+        }
+    }
+
+    fn set_plan(&mut self, plan: &Plan) {
+        self.summary = Counts {
+            add: plan.count(Action::Add),
+            change: plan.count(Action::Change),
+            remove: plan.count(Action::Remove),
+        };
+        self.changes = plan.changes.clone();
+    }
+
+    /// The failure to exit with when the deployment was rolled back (exit 4).
+    pub fn rolled_back_failure(&self) -> Failure {
+        let mut f = Failure::new(
+            Exit::RolledBack,
+            format!(
+                "deployment of `{}` failed and was rolled back: {}",
+                self.environment,
+                self.reason.as_deref().unwrap_or("unknown reason")
+            ),
+        );
+        if let Some(h) = &self.health {
+            if self.reason.as_deref() != Some(h.line().as_str()) {
+                f = f.detail(h.line());
+            }
+            for line in &h.output {
+                f = f.detail(format!("  {line}"));
+            }
+        }
+        match self.generation {
+            Some(id) => f = f.detail(format!("live again: generation {id}")),
+            None => {
+                f = f.detail("live again: nothing (the target is as before its first deployment)")
+            }
+        }
+        if let Some(h) = &self.rollback_health {
+            f = f.detail(format!("after the rollback: {}", h.line()));
+            for line in &h.output {
+                f = f.detail(format!("  {line}"));
+            }
+        }
+        f.hint("the failed generation is kept for inspection; fix the configuration (or the service) and deploy again")
+    }
+}
+
+/// How many generations a target keeps.
+fn keep(d: &Deployment<'_>) -> usize {
+    match &d.env.target.kind {
+        TargetKind::Dir { keep, .. } => *keep,
+        _ => crate::config::DEFAULT_KEEP,
+    }
+}
+
+/// The commit recorded with a generation (empty when unknown).
+fn generation_commit(d: &Deployment<'_>, id: Option<GenerationId>) -> String {
+    let Some(id) = id else {
+        return String::new();
+    };
+    d.target
+        .generations()
+        .ok()
+        .and_then(|gens| gens.into_iter().find(|g| g.id == id))
+        .map(|g| g.commit)
+        .unwrap_or_default()
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+fn describe_live(d: &Deployment<'_>, live: &Live, stamp: &StampState) -> String {
+    match (live.generation, stamp) {
+        (Some(id), _) => {
+            let commit = generation_commit(d, Some(id));
+            format!("generation {id} live (commit {})", short(&commit))
+        }
+        (None, StampState::Absent) => format!(
+            "empty: the first apply adopts it for {} (writes its stamp)",
+            d.who()
+        ),
+        (None, _) => "stamped, nothing applied yet".to_owned(),
+    }
+}
+
+/// Print the plan's header and body (stdout, text mode only).
+fn show_plan(d: &Deployment<'_>, heading: &str, target_line: &str, plan: &Plan) -> Result<()> {
+    if d.printer.is_json() {
+        return Ok(());
+    }
+    let mut s = format!(
+        "{heading}\n  target: {} — {target_line}\n\n",
+        d.target.describe()
+    );
+    s.push_str(&render_plan(d.printer, plan));
+    d.printer.out(&s)?;
+    Ok(())
+}
+
+fn heading(d: &Deployment<'_>) -> String {
+    let summary = if d.commit.summary.is_empty() {
+        String::new()
+    } else {
+        format!(" \"{}\"", d.commit.summary)
+    };
+    format!("{} at commit {}{summary}", d.who(), d.commit.short())
+}
+
+/// `deploy plan --target NAME`: verify the owner, diff against live. Writes nothing.
+pub fn plan(d: &Deployment<'_>) -> Result<Report> {
+    let stamp = d.verify_owner()?;
+    if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
+        let what = Journal::from_bytes(&bytes)
+            .map(|j| j.describe())
+            .unwrap_or_else(|e| format!("an unreadable journal ({e})"));
+        d.printer.err(&format!(
+            "{} an interrupted deployment was found ({what}); the next `deploy --target {}` \
+             resolves it before doing anything else\n",
+            d.printer.paint(crate::output::style::WARN, "warning:"),
+            d.env.name
+        ));
+    }
+    let live = d.target.live().map_err(|e| d.target_failure(e))?;
+    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let mut report = Report::new(d, "planned");
+    report.adopted = matches!(stamp, StampState::Absent);
+    report.previous_generation = live.generation;
+    report.generation = live.generation;
+    report.set_plan(&plan);
+    show_plan(
+        d,
+        &format!("Plan for {}", heading(d)),
+        &describe_live(d, &live, &stamp),
+        &plan,
+    )?;
+    Ok(report)
+}
+
+/// The main job. Returns the report; `outcome == "rolled-back"` means exit 4.
+pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
+    let stamp = d.verify_owner()?;
+    let mut report = Report::new(d, "applied");
+    // Nothing is written, not even the lock file, until the plan is confirmed; an interrupted
+    // deployment is the exception: resolving it needs the lock first.
+    let mut lock = None;
+    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+        lock = Some(d.lock()?);
+        if recover(d, &mut report)? {
+            return Ok(report);
+        }
+    }
+    let live = d.target.live().map_err(|e| d.target_failure(e))?;
+    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    report.set_plan(&plan);
+    report.previous_generation = live.generation;
+    report.generation = live.generation;
+    show_plan(
+        d,
+        &format!("Deploying {}", heading(d)),
+        &describe_live(d, &live, &stamp),
+        &plan,
+    )?;
+
+    if plan.is_empty() && live.generation.is_some() {
+        report.outcome = "unchanged".into();
+        d.say(&format!(
+            "No changes: generation {} already holds exactly this configuration.",
+            live.generation.unwrap_or_default()
+        ));
+        if let Some(h) = d.health(live.generation, &d.commit.id.to_string(), None) {
+            d.say(&h.line());
+            let passed = h.passed;
+            report.health = Some(h.clone());
+            if !passed {
+                let mut f = Failure::error(format!(
+                    "`{}` is unhealthy: generation {} is live and fails its health check (nothing was changed)",
+                    d.env.name,
+                    live.generation.unwrap_or_default()
+                ));
+                for line in &h.output {
+                    f = f.detail(line.clone());
+                }
+                return Err(f
+                    .hint(format!(
+                        "the configuration is already live, so the problem is elsewhere; `deploy rollback --target {}` makes an earlier generation live",
+                        d.env.name
+                    ))
+                    .into());
+            }
+        }
+        return Ok(report);
+    }
+
+    let adopt = matches!(stamp, StampState::Absent);
+    let what = if adopt {
+        "adopt the target and apply this"
+    } else {
+        "apply these changes"
+    };
+    d.confirm(yes, what)?;
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => d.lock()?,
+    };
+    failpoint::hit("after-lock");
+    require_unchanged(d, &stamp, &live)?;
+    d.arm_interrupts();
+    failpoint::hit("after-confirm");
+    if d.is_interrupted() {
+        return Err(
+            Failure::error("interrupted before anything was written; nothing changed").into(),
+        );
+    }
+    if adopt {
+        d.target
+            .write_stamp(&Stamp::new(&d.env.name, &d.env.account.value))
+            .map_err(|e| d.target_failure(e))?;
+        report.adopted = true;
+        d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
+        failpoint::hit("after-adopt");
+    }
+    let mut journal = Journal {
+        version: JOURNAL_VERSION,
+        action: "apply".into(),
+        phase: Phase::Switching,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        commit: d.commit.id.to_string(),
+        previous: live.generation,
+        next: None,
+        holder: Holder::this_process(&d.env.name),
+    };
+    write_journal(d, &journal)?;
+    failpoint::hit("after-journal");
+    let meta = serde_json::json!({
+        "commit": d.commit.id.to_string(),
+        "created": crate::target::now_rfc3339(),
+        "environment": d.env.name,
+        "account": d.env.account.value,
+        "operator": operator(),
+        "summary": d.commit.summary,
+        "resources": manifest(&plan.desired),
+    });
+    let id = match d.target.apply(&plan.desired, &meta) {
+        Ok(id) => id,
+        Err(err) => {
+            // The switch is the last step of an apply, so the old generation is live unless the
+            // switch itself happened; find out rather than assume.
+            let now = d.target.live().ok().and_then(|l| l.generation);
+            if now == live.generation {
+                let _ = d.target.clear_journal();
+                let mut f = Failure::from(err);
+                f.exit = Exit::RolledBack;
+                f.message = format!(
+                    "the apply failed before the switch, so {} is still live: {}",
+                    live.generation
+                        .map_or("nothing".to_owned(), |g| format!("generation {g}")),
+                    f.message
+                );
+                return Err(f.into());
+            }
+            let failed = now.unwrap_or_default();
+            journal.next = now;
+            report.generation = now;
+            roll_back(
+                d,
+                &mut journal,
+                failed,
+                &format!("the apply failed: {err}"),
+                &mut report,
+            )?;
+            return Ok(report);
+        }
+    };
+    failpoint::hit("after-switch");
+    journal.phase = Phase::Verifying;
+    journal.next = Some(id);
+    write_journal(d, &journal)?;
+    report.generation = Some(id);
+    d.say(&format!("Generation {id} is live."));
+    failpoint::hit("after-journal-verifying");
+
+    let health = d.health(Some(id), &d.commit.id.to_string(), None);
+    if let Some(h) = &health {
+        d.say(&h.line());
+    }
+    let failure = match &health {
+        _ if d.is_interrupted() => {
+            Some("interrupted (Ctrl-C) before the deployment was verified".to_owned())
+        }
+        Some(h) if !h.passed => Some(h.line()),
+        _ => None,
+    };
+    report.health = health;
+    if let Some(why) = failure {
+        failpoint::hit("before-rollback");
+        roll_back(d, &mut journal, id, &why, &mut report)?;
+        return Ok(report);
+    }
+    failpoint::hit("before-clear-journal");
+    clear_journal(d)?;
+    failpoint::hit("before-prune");
+    prune(d);
+    d.say(&format!(
+        "{} {} is live at generation {id} (commit {}).",
+        d.printer.paint(crate::output::style::OK, "Deployed:"),
+        d.who(),
+        d.commit.short()
+    ));
+    Ok(report)
+}
+
+/// Under the lock: the target must still be what the confirmed plan was computed from.
+fn require_unchanged(d: &Deployment<'_>, stamp: &StampState, live: &Live) -> Result<()> {
+    let stale = |what: String| -> anyhow::Error {
+        Failure::refused(format!(
+            "the target changed while this deployment was being confirmed: {what}"
+        ))
+        .hint(format!(
+            "another deployment ran meanwhile; run `deploy --target {}` again to see the new plan (nothing was written)",
+            d.env.name
+        ))
+        .into()
+    };
+    let stamp_now = d.target.stamp().map_err(|e| d.target_failure(e))?;
+    if stamp_now != *stamp {
+        return Err(stale("its stamp is not the one checked".into()));
+    }
+    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+        return Err(stale("an interrupted deployment left a journal".into()));
+    }
+    let now = d.target.live().map_err(|e| d.target_failure(e))?;
+    if now.generation != live.generation {
+        return Err(stale(format!(
+            "generation {} is live now, the plan was for {}",
+            now.generation.map_or("none".into(), |g| g.to_string()),
+            live.generation.map_or("none".into(), |g| g.to_string())
+        )));
+    }
+    if now.resources != live.resources {
+        return Err(stale("the live files were edited".into()));
+    }
+    Ok(())
+}
+
+/// Switch back from `failed` to `journal.previous`, health-check it once, and finish.
+fn roll_back(
+    d: &Deployment<'_>,
+    journal: &mut Journal,
+    failed: GenerationId,
+    why: &str,
+    report: &mut Report,
+) -> Result<()> {
+    journal.phase = Phase::RollingBack;
+    journal.next = Some(failed);
+    write_journal(d, journal)?;
+    let previous = journal.previous;
+    d.say(&format!(
+        "Rolling back: {why}; making {} live again.",
+        previous.map_or("nothing".to_owned(), |p| format!("generation {p}"))
+    ));
+    failpoint::hit("rollback-before-switch");
+    let switched = match previous {
+        Some(p) => d.target.activate(p),
+        None => d.target.deactivate(),
+    };
+    if let Err(err) = switched {
+        // Keep the journal: the next run tries again. Never claim a rollback that did not happen.
+        return Err(Failure::error(format!(
+            "the rollback of `{}` FAILED: generation {failed} ({why}) may still be live: {err}",
+            d.env.name
+        ))
+        .hint(format!(
+            "run `deploy status --target {}`, then `deploy rollback --target {}`",
+            d.env.name, d.env.name
+        ))
+        .into());
+    }
+    failpoint::hit("rollback-after-switch");
+    let commit = generation_commit(d, previous);
+    report.rollback_health = if previous.is_some() {
+        d.health(previous, &commit, Some(1))
+    } else {
+        None
+    };
+    if let Some(h) = &report.rollback_health {
+        d.say(&format!("After the rollback: {}", h.line()));
+    }
+    clear_journal(d)?;
+    report.ok = false;
+    report.outcome = "rolled-back".into();
+    report.reason = Some(why.to_owned());
+    report.generation = previous;
+    Ok(())
+}
+
+fn write_journal(d: &Deployment<'_>, journal: &Journal) -> Result<()> {
+    d.target
+        .write_journal(&journal.to_bytes())
+        .map_err(|e| d.target_failure(e))
+}
+
+fn clear_journal(d: &Deployment<'_>) -> Result<()> {
+    d.target.clear_journal().map_err(|e| d.target_failure(e))
+}
+
+/// Delete old generations and leftovers; a failure here only warrants a warning.
+fn prune(d: &Deployment<'_>) {
+    if let Err(e) = d.target.prune(keep(d)) {
+        d.printer.err(&format!(
+            "{} could not remove old generations: {e}\n",
+            d.printer.paint(crate::output::style::WARN, "warning:")
+        ));
+    }
+}
+
+/// Resolve a deployment that an earlier run left unfinished (see [`super::journal`]).
+/// Returns true when the resolution was a rollback, which ends this run (exit 4).
+fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
+    let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? else {
+        return Ok(false);
+    };
+    let journal_path = d.target.state_dir().join("journal.json");
+    let mut journal = Journal::from_bytes(&bytes).map_err(|e| {
+        Failure::error(format!(
+            "an interrupted deployment left a journal that cannot be read: {e}"
+        ))
+        .detail(format!("journal: {}", journal_path.display()))
+        .hint("inspect the target with `deploy status`; remove the journal only once you know which generation should be live")
+    })?;
+    if journal.environment != d.env.name || journal.account != d.env.account.value {
+        return Err(Failure::refused(format!(
+            "the target's journal belongs to `{}` (account {}), not to {}",
+            journal.environment,
+            journal.account,
+            d.who()
+        ))
+        .detail(format!("journal: {}", journal_path.display()))
+        .into());
+    }
+    let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;
+    let found = format!("Found an interrupted {}", journal.describe());
+    let gen_name =
+        |g: Option<GenerationId>| g.map_or("nothing".to_owned(), |g| format!("generation {g}"));
+    let mut phase = journal.phase;
+    if phase == Phase::Switching && live != journal.previous {
+        // It died between the switch and the journal update: the new generation is live.
+        journal.next = live;
+        phase = Phase::Verifying;
+    }
+    match phase {
+        Phase::Switching => {
+            let note = format!(
+                "{found}: it stopped before switching, so {} stayed live and nothing changed.",
+                gen_name(live)
+            );
+            d.say(&note);
+            report.recovered.push(note);
+            prune(d);
+            clear_journal(d)?;
+            Ok(false)
+        }
+        Phase::Verifying if live == journal.next && live.is_some() => {
+            let id = live.unwrap_or_default();
+            let health = d.health(live, &journal.commit, None);
+            match health {
+                Some(h) if !h.passed => {
+                    let note = format!(
+                        "{found}: generation {id} was live but never verified, and {}.",
+                        h.line()
+                    );
+                    d.say(&note);
+                    report.recovered.push(note);
+                    report.health = Some(h);
+                    report.generation = live;
+                    roll_back(
+                        d,
+                        &mut journal,
+                        id,
+                        &format!("interrupted deployment: generation {id} fails its health check"),
+                        report,
+                    )?;
+                    Ok(true)
+                }
+                other => {
+                    let how = match &other {
+                        Some(h) => format!("it passes its health check now ({})", h.line()),
+                        None => "no health check is configured".to_owned(),
+                    };
+                    let note = format!(
+                        "{found}: generation {id} was left live and unverified; {how}, so it stays live."
+                    );
+                    d.say(&note);
+                    report.recovered.push(note);
+                    clear_journal(d)?;
+                    prune(d);
+                    Ok(false)
+                }
+            }
+        }
+        Phase::Verifying => {
+            let note = format!("{found}: {} is live; nothing to resolve.", gen_name(live));
+            d.say(&note);
+            report.recovered.push(note);
+            clear_journal(d)?;
+            Ok(false)
+        }
+        Phase::RollingBack => {
+            let failed = journal.next.unwrap_or_default();
+            let note = format!(
+                "{found}: it was rolling back from generation {failed}; finishing the rollback."
+            );
+            d.say(&note);
+            report.recovered.push(note);
+            report.previous_generation = journal.next;
+            roll_back(
+                d,
+                &mut journal,
+                failed,
+                &format!("interrupted deployment: generation {failed} had failed"),
+                report,
+            )?;
+            Ok(true)
+        }
+    }
+}
+
+/// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
+pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
+    let stamp = d.verify_owner()?;
+    let mut report = Report::new(d, "applied");
+    let mut lock = None;
+    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+        lock = Some(d.lock()?);
+        if recover(d, &mut report)? {
+            return Ok(report);
+        }
+    }
+    if matches!(stamp, StampState::Absent) {
+        return Err(Failure::error(format!(
+            "nothing to roll back: {} has never been deployed to",
+            d.target.describe()
+        ))
+        .into());
+    }
+    let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
+    let Some(current) = gens.iter().find(|g| g.live) else {
+        return Err(Failure::error(format!(
+            "no generation of `{}` is live, so there is nothing to roll back from",
+            d.env.name
+        ))
+        .hint(format!("`deploy --target {}` deploys HEAD", d.env.name))
+        .into());
+    };
+    let kept: Vec<String> = gens.iter().map(|g| g.id.to_string()).collect();
+    let wanted = match to {
+        Some(id) => gens.iter().find(|g| g.id == id).ok_or_else(|| {
+            Failure::error(format!("generation {id} is not kept on this target"))
+                .hint(format!("kept generations: {}", kept.join(", ")))
+        })?,
+        None => gens
+            .iter()
+            .rfind(|g| g.id < current.id)
+            .ok_or_else(|| {
+                Failure::error(format!(
+                    "generation {} is the oldest one kept; there is nothing earlier to roll back to",
+                    current.id
+                ))
+            })?,
+    };
+    report.previous_generation = Some(current.id);
+    report.generation = Some(current.id);
+    if wanted.id == current.id {
+        report.outcome = "unchanged".into();
+        d.say(&format!(
+            "Generation {} is already live; nothing to do.",
+            wanted.id
+        ));
+        return Ok(report);
+    }
+    let live = d.target.live().map_err(|e| d.target_failure(e))?;
+    let resources: BTreeMap<String, Vec<u8>> = d
+        .target
+        .resources(wanted.id)
+        .map_err(|e| d.target_failure(e))?;
+    let plan = plan::compute(resources, &live.resources);
+    report.set_plan(&plan);
+    show_plan(
+        d,
+        &format!(
+            "Rolling back {} from generation {} (commit {}) to generation {} (commit {}, applied {})",
+            d.who(),
+            current.id,
+            short(&current.commit),
+            wanted.id,
+            short(&wanted.commit),
+            wanted.created
+        ),
+        &describe_live(d, &live, &stamp),
+        &plan,
+    )?;
+    d.confirm(yes, &format!("make generation {} live again", wanted.id))?;
+    let _lock = match lock {
+        Some(lock) => lock,
+        None => d.lock()?,
+    };
+    require_unchanged(d, &stamp, &live)?;
+    d.arm_interrupts();
+    let mut journal = Journal {
+        version: JOURNAL_VERSION,
+        action: "rollback".into(),
+        phase: Phase::Switching,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        commit: wanted.commit.clone(),
+        previous: Some(current.id),
+        next: Some(wanted.id),
+        holder: Holder::this_process(&d.env.name),
+    };
+    write_journal(d, &journal)?;
+    d.target
+        .activate(wanted.id)
+        .map_err(|e| d.target_failure(e))?;
+    journal.phase = Phase::Verifying;
+    write_journal(d, &journal)?;
+    report.generation = Some(wanted.id);
+    d.say(&format!("Generation {} is live.", wanted.id));
+    let health = d.health(Some(wanted.id), &wanted.commit, None);
+    if let Some(h) = &health {
+        d.say(&h.line());
+    }
+    let failure = match &health {
+        _ if d.is_interrupted() => {
+            Some("interrupted (Ctrl-C) before the rollback was verified".to_owned())
+        }
+        Some(h) if !h.passed => Some(h.line()),
+        _ => None,
+    };
+    report.health = health;
+    if let Some(why) = failure {
+        roll_back(d, &mut journal, wanted.id, &why, &mut report)?;
+        return Ok(report);
+    }
+    clear_journal(d)?;
+    d.say(&format!(
+        "{} {} is live at generation {} (commit {}).",
+        d.printer.paint(crate::output::style::OK, "Rolled back:"),
+        d.who(),
+        wanted.id,
+        short(&wanted.commit)
+    ));
+    Ok(report)
+}

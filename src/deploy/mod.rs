@@ -1,0 +1,600 @@
+//! The deployment itself, above the [`Target`] trait: the live side of the environment lock,
+//! the plan, the confirmation, the journalled apply, the health check, the automatic rollback,
+//! the notifier, `status` and `rollback`. Shared by every target kind.
+//!
+//! Invariants:
+//! - nothing is read from a target for a diff, and nothing is written, before its stamp and the
+//!   `[identity] command` both say this environment's account ([`Deployment::verify_owner`]);
+//! - every write happens under the target's lock, after a journal entry that says what is about
+//!   to happen, so a crash at any instant is found and resolved by the next run ([`journal`]);
+//! - a generation that fails its health check never stays live: the previous one is made live
+//!   again and the command exits 4.
+
+pub mod apply;
+pub mod journal;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Environment, TargetKind};
+use crate::error::Failure;
+use crate::output::{Printer, style};
+use crate::plan::{Action, Plan};
+use crate::process::{self, Spec};
+use crate::repo::{CommitInfo, Repo};
+use crate::target::{
+    DirTarget, GenerationId, Holder, LockGuard, Stamp, StampState, Target, TargetError,
+};
+
+/// One deployment's context: the environment at one commit and its target.
+pub struct Deployment<'a> {
+    pub env: &'a Environment,
+    pub commit: &'a CommitInfo,
+    /// The repository's working tree: commands run here, relative paths start here.
+    pub root: PathBuf,
+    pub printer: &'a Printer,
+    pub target: Box<dyn Target>,
+    /// Set by SIGINT/SIGTERM once the deployment has started writing (see [`Self::arm_interrupts`]).
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// The target implementation for an environment's `[target]`.
+pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
+    match &env.target.kind {
+        TargetKind::Dir { resolved, .. } => Ok(Box::new(DirTarget::new(resolved.clone()))),
+        other => Err(Failure::error(format!(
+            "`{}` uses a `{}` target, which this build of envlock cannot deploy to yet",
+            env.name,
+            match other {
+                TargetKind::Etcd { .. } => "etcd",
+                _ => "exec",
+            }
+        ))
+        .hint("nothing was read from or written to the target")
+        .into()),
+    }
+}
+
+/// When `branch` is set, the commit must be reachable from it (exit 3 otherwise).
+pub fn check_branch(repo: &Repo, env: &Environment, commit: &CommitInfo) -> Result<()> {
+    let Some(branch) = &env.branch else {
+        return Ok(());
+    };
+    let branch = branch.value.as_str();
+    match repo.reachable_from(commit.id, branch) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::refused(format!(
+            "commit {} is not on `{branch}`: `{}` deploys only commits reachable from `{branch}`",
+            commit.short(),
+            env.name
+        ))
+        .detail(format!("HEAD is {} {}", commit.short(), commit.summary))
+        .hint(format!(
+            "merge the change into `{branch}` through review, check out `{branch}`, and run again"
+        ))
+        .into()),
+        Err(e) => Err(Failure::refused(format!(
+            "cannot check that commit {} is on `{branch}`, which `{}` requires: {e}",
+            commit.short(),
+            env.name
+        ))
+        .hint(format!(
+            "fetch or create `{branch}` in this clone (e.g. `git fetch origin {branch}:{branch}`)"
+        ))
+        .into()),
+    }
+}
+
+/// Results of a health check, for messages and JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub passed: bool,
+    /// The generation it was run against (`None`: no generation live).
+    pub generation: Option<GenerationId>,
+    pub attempts: u32,
+    /// How the last attempt ended, e.g. `exited with status 1`.
+    pub result: String,
+    /// The last lines the last attempt printed.
+    pub output: Vec<String>,
+    /// True when a Ctrl-C ended it.
+    pub interrupted: bool,
+}
+
+impl HealthReport {
+    /// One line for people.
+    pub fn line(&self) -> String {
+        let at = match self.generation {
+            Some(id) => format!("generation {id}"),
+            None => "no generation".to_owned(),
+        };
+        if self.passed {
+            format!("health check passed on {at} (attempt {})", self.attempts)
+        } else if self.interrupted {
+            format!("health check on {at} was interrupted (Ctrl-C)")
+        } else {
+            format!(
+                "health check failed on {at} after {} attempt{}: {}",
+                self.attempts,
+                if self.attempts == 1 { "" } else { "s" },
+                self.result
+            )
+        }
+    }
+}
+
+/// The event a notifier receives on stdin.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    pub environment: &'a str,
+    pub account: &'a str,
+    pub commit: String,
+    pub target: String,
+    /// `refused`, `failed` or `rolled-back`.
+    pub outcome: &'a str,
+    pub reason: String,
+    pub exit_code: u8,
+    pub time: String,
+    pub operator: String,
+}
+
+/// `user@host` of this process.
+pub fn operator() -> String {
+    let h = Holder::this_process("");
+    format!("{}@{}", h.user, h.host)
+}
+
+/// SHA-256 of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// The per-resource checksums recorded with a generation, so `status` can see hand edits.
+pub fn manifest(resources: &BTreeMap<String, Vec<u8>>) -> serde_json::Value {
+    serde_json::Value::Object(
+        resources
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(sha256_hex(v))))
+            .collect(),
+    )
+}
+
+impl<'a> Deployment<'a> {
+    pub fn new(
+        repo: &Repo,
+        env: &'a Environment,
+        commit: &'a CommitInfo,
+        printer: &'a Printer,
+    ) -> Result<Self> {
+        let root = repo
+            .workdir()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| Failure::error("deploy needs a repository with a working tree"))?;
+        Ok(Deployment {
+            env,
+            commit,
+            root,
+            printer,
+            target: open_target(env)?,
+            interrupted: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// `prod` (account 222222222222).
+    pub fn who(&self) -> String {
+        format!("`{}` (account {})", self.env.name, self.env.account.value)
+    }
+
+    /// Take the deployment lock (exit 5 when another deployment holds it).
+    pub fn lock(&self) -> Result<Box<dyn LockGuard>> {
+        let holder = Holder::this_process(&self.env.name);
+        self.target
+            .lock(&holder)
+            .map_err(|e| self.target_failure(e))
+    }
+
+    /// A target error as a failure that names the target.
+    pub fn target_failure(&self, err: TargetError) -> anyhow::Error {
+        let mut f = Failure::from(err);
+        f = f.detail(format!(
+            "target: {} ({}:{})",
+            self.target.describe(),
+            self.env.name,
+            self.env.target.kind_name()
+        ));
+        if f.hint.is_none() && f.exit == crate::error::Exit::Refused {
+            f = f.hint("nothing was read from or written to the target");
+        }
+        f.into()
+    }
+
+    /// The live side of the environment lock: the stamp, then the identity command.
+    /// Returns the stamp state (`Absent` means the first apply adopts the target).
+    pub fn verify_owner(&self) -> Result<StampState> {
+        let state = self.target.stamp().map_err(|e| self.target_failure(e))?;
+        let path = self.target.describe();
+        match &state {
+            StampState::Absent => {}
+            StampState::Stamped(stamp) => self.check_stamp(stamp)?,
+            StampState::Unstamped { entries, total } => {
+                let mut listed = entries.join(", ");
+                if *total > entries.len() {
+                    listed.push_str(&format!(", … ({total} entries)"));
+                }
+                return Err(Failure::refused(format!(
+                    "refusing to adopt {path}: it is not empty and has no envlock stamp"
+                ))
+                .detail(format!("it holds: {listed}"))
+                .hint(format!(
+                    "envlock writes only into a target it adopted while empty; point [target] in \
+                     environments/{}.toml at a new or empty directory (nothing was written)",
+                    self.env.name
+                ))
+                .into());
+            }
+        }
+        self.check_identity()?;
+        Ok(state)
+    }
+
+    fn check_stamp(&self, stamp: &Stamp) -> Result<()> {
+        let (env, account) = (&self.env.name, &self.env.account.value);
+        if stamp.environment == *env && stamp.account == *account {
+            return Ok(());
+        }
+        let path = self.target.describe();
+        let f = if stamp.environment != *env {
+            Failure::refused(format!(
+                "{path} belongs to environment `{}` (account {}), not to {}",
+                stamp.environment,
+                stamp.account,
+                self.who()
+            ))
+            .hint(format!(
+                "[target] in environments/{env}.toml leads into another environment's target \
+                 (a copied path or a symlink?); nothing was read or written"
+            ))
+        } else {
+            Failure::refused(format!(
+                "{path} is stamped for `{env}` with account {}, but `{env}` now says account {account}",
+                stamp.account
+            ))
+            .hint(
+                "a different account is a different target: give it a new, empty [target]; \
+                 nothing was read or written",
+            )
+        };
+        Err(f
+            .detail(format!("stamp: {}", stamp_path_hint(&*self.target)))
+            .into())
+    }
+
+    /// Run `[identity] command`; its trimmed stdout must be this environment's account.
+    fn check_identity(&self) -> Result<()> {
+        let Some(identity) = &self.env.identity else {
+            return Ok(());
+        };
+        let shown = process::display_argv(&identity.command);
+        let account = &self.env.account.value;
+        let spec = Spec {
+            argv: &identity.command,
+            cwd: &self.root,
+            env: vec![("DEPLOY_ENVIRONMENT".into(), self.env.name.clone())],
+            stdin: None,
+            timeout: identity.timeout,
+            cancel: None,
+        };
+        let outcome = process::run(&spec).map_err(|e| {
+            Failure::refused(format!(
+                "cannot prove that these credentials belong to {}: {e}",
+                self.who()
+            ))
+            .detail(format!("identity command: {shown}"))
+            .hint("install the tool or fix [identity] command; nothing was read or written")
+        })?;
+        if !outcome.success() {
+            let mut f = Failure::refused(format!(
+                "cannot prove that these credentials belong to {}: the identity command {}",
+                self.who(),
+                outcome.describe()
+            ))
+            .detail(format!("identity command: {shown}"));
+            for line in outcome.excerpt(10) {
+                f = f.detail(line);
+            }
+            return Err(f
+                .hint("log in with this environment's credentials (are they expired?), then run again; nothing was read or written")
+                .into());
+        }
+        let got = outcome.stdout_text();
+        if got == *account {
+            return Ok(());
+        }
+        let mut f = Failure::refused(format!(
+            "these credentials belong to account {}, not to {}",
+            if got.is_empty() {
+                "(nothing printed)".to_owned()
+            } else {
+                format!("`{}`", truncate(&got, 80))
+            },
+            self.who()
+        ))
+        .detail(format!("identity command: {shown}"));
+        for line in outcome.excerpt(10) {
+            f = f.detail(line);
+        }
+        Err(f
+            .hint(format!(
+                "this shell has another account's credentials; switch to {}'s (AWS_PROFILE, a new \
+                 login...) and run again; nothing was read or written",
+                self.env.name
+            ))
+            .into())
+    }
+
+    /// Run the health check against `generation`: up to `1 + retries` attempts, `interval`
+    /// apart. `None` when the environment has no `[health]`.
+    pub fn health(
+        &self,
+        generation: Option<GenerationId>,
+        commit: &str,
+        attempts_override: Option<u32>,
+    ) -> Option<HealthReport> {
+        let health = self.env.health.as_ref()?;
+        let attempts = attempts_override.unwrap_or(health.retries.saturating_add(1));
+        let mut env = vec![
+            ("DEPLOY_ENVIRONMENT".to_owned(), self.env.name.clone()),
+            (
+                "DEPLOY_GENERATION".to_owned(),
+                generation.map(|g| g.to_string()).unwrap_or_default(),
+            ),
+            ("DEPLOY_COMMIT".to_owned(), commit.to_owned()),
+            ("DEPLOY_ACCOUNT".to_owned(), self.env.account.value.clone()),
+        ];
+        if let TargetKind::Dir { resolved, .. } = &self.env.target.kind {
+            env.push(("DEPLOY_DIR".to_owned(), resolved.display().to_string()));
+        }
+        let mut report = HealthReport {
+            passed: false,
+            generation,
+            attempts: 0,
+            result: String::new(),
+            output: Vec::new(),
+            interrupted: false,
+        };
+        for attempt in 1..=attempts.max(1) {
+            if attempt > 1 && self.sleep_unless_interrupted(health.interval) {
+                report.interrupted = true;
+                break;
+            }
+            report.attempts = attempt;
+            let spec = Spec {
+                argv: &health.command,
+                cwd: &self.root,
+                env: env.clone(),
+                stdin: None,
+                timeout: health.timeout,
+                cancel: Some(&self.interrupted),
+            };
+            match process::run(&spec) {
+                Ok(outcome) => {
+                    report.result = outcome.describe();
+                    report.output = outcome.excerpt(10);
+                    if outcome.success() {
+                        report.passed = true;
+                        break;
+                    }
+                    if matches!(outcome.ended, process::Ended::Cancelled) {
+                        report.interrupted = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    report.result = e.to_string();
+                    report.output.clear();
+                }
+            }
+        }
+        Some(report)
+    }
+
+    /// Sleep, waking early on Ctrl-C; true when interrupted.
+    fn sleep_unless_interrupted(&self, total: Duration) -> bool {
+        let step = Duration::from_millis(20);
+        let mut left = total;
+        while !left.is_zero() {
+            if self.interrupted.load(Ordering::Relaxed) {
+                return true;
+            }
+            let d = left.min(step);
+            std::thread::sleep(d);
+            left -= d;
+        }
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// From here on Ctrl-C (SIGINT) and SIGTERM set [`Self::interrupted`] instead of killing
+    /// the process, so that a started deployment finishes or rolls back; a second Ctrl-C kills
+    /// it (the journal then lets the next run resolve it).
+    pub fn arm_interrupts(&self) {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ =
+                signal_hook::flag::register_conditional_default(sig, Arc::clone(&self.interrupted));
+            let _ = signal_hook::flag::register(sig, Arc::clone(&self.interrupted));
+        }
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Tell `[notify] command` about a refusal, failure or rollback. Its own failure is
+    /// reported on stderr and changes nothing else.
+    pub fn notify(&self, outcome: &str, reason: &str, exit_code: u8) {
+        let Some(notify) = &self.env.notify else {
+            return;
+        };
+        let event = Event {
+            environment: &self.env.name,
+            account: &self.env.account.value,
+            commit: self.commit.id.to_string(),
+            target: self.env.target.describe(),
+            outcome,
+            reason: reason.to_owned(),
+            exit_code,
+            time: crate::target::now_rfc3339(),
+            operator: operator(),
+        };
+        let mut stdin = serde_json::to_vec(&event).unwrap_or_default();
+        stdin.push(b'\n');
+        let spec = Spec {
+            argv: &notify.command,
+            cwd: &self.root,
+            env: vec![("DEPLOY_ENVIRONMENT".into(), self.env.name.clone())],
+            stdin: Some(stdin),
+            timeout: notify.timeout,
+            cancel: None,
+        };
+        let shown = process::display_argv(&notify.command);
+        let problem = match process::run(&spec) {
+            Ok(o) if o.success() => None,
+            Ok(o) => Some(format!("{} {}", shown, o.describe())),
+            Err(e) => Some(e.to_string()),
+        };
+        match problem {
+            None => self.say(&format!("notified: {shown} ({outcome})")),
+            Some(p) => self.printer.err(&format!(
+                "{} the notifier failed, so nobody may have been told: {p}\n",
+                self.printer.paint(style::WARN, "warning:")
+            )),
+        }
+    }
+
+    /// A progress line for people, on stderr.
+    pub fn say(&self, text: &str) {
+        self.printer.err(&format!("{text}\n"));
+    }
+
+    /// Ask on the terminal before changing the target. `Ok(())` means go ahead.
+    pub fn confirm(&self, yes: bool, what: &str) -> Result<()> {
+        if yes {
+            return Ok(());
+        }
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Err(Failure::error(format!(
+                "not applying: nobody can confirm (stdin is not a terminal) the request to {what}"
+            ))
+            .hint(format!(
+                "review the plan above, then run `deploy --target {} --yes` (--yes never skips a \
+                 safety check)",
+                self.env.name
+            ))
+            .into());
+        }
+        let name = &self.env.name;
+        let prompt = if self.env.protected {
+            format!(
+                "`{name}` is protected. Type its name to {what} on account {}: ",
+                self.env.account.value
+            )
+        } else {
+            format!("{} on {}? [y/N] ", capitalise(what), self.who())
+        };
+        self.printer.err(&self.printer.paint(style::BOLD, &prompt));
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        stdin.lock().read_line(&mut answer)?;
+        let answer = answer.trim();
+        let ok = if self.env.protected {
+            answer == name
+        } else {
+            matches!(answer, "y" | "Y" | "yes" | "YES" | "Yes")
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Failure::error("cancelled: nothing was changed")
+            .hint(if self.env.protected {
+                format!("type `{name}` exactly to confirm")
+            } else {
+                "answer `y` to apply".to_owned()
+            })
+            .into())
+    }
+}
+
+/// Where a target keeps its stamp, for messages.
+fn stamp_path_hint(target: &dyn Target) -> String {
+    target.state_dir().join("stamp.json").display().to_string()
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() <= max && !s.contains('\n') {
+        return line.to_owned();
+    }
+    let mut out: String = line.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
+/// The plan as text: one `+`/`~`/`-` line per resource with its diff, then the summary.
+pub fn render_plan(printer: &Printer, plan: &Plan) -> String {
+    let mut s = String::new();
+    for change in &plan.changes {
+        let (sty, word) = match change.action {
+            Action::Add => (style::ADD, "add"),
+            Action::Change => (style::CHANGE, "change"),
+            Action::Remove => (style::REMOVE, "remove"),
+        };
+        s.push_str(&printer.paint_out(
+            sty,
+            &format!("{} {} ({word})", change.action.sign(), change.resource),
+        ));
+        s.push('\n');
+        for line in change.diff.lines() {
+            let painted = if line.starts_with("+++") || line.starts_with("---") {
+                printer.paint_out(style::BOLD, line)
+            } else if line.starts_with('+') {
+                printer.paint_out(style::ADD, line)
+            } else if line.starts_with('-') {
+                printer.paint_out(style::REMOVE, line)
+            } else if line.starts_with("@@") {
+                printer.paint_out(style::HINT, line)
+            } else {
+                line.to_owned()
+            };
+            s.push_str("    ");
+            s.push_str(&painted);
+            s.push('\n');
+        }
+    }
+    if !plan.changes.is_empty() {
+        s.push('\n');
+    }
+    s.push_str(&printer.paint_out(style::BOLD, &plan.summary()));
+    s.push('\n');
+    s
+}

@@ -1,0 +1,240 @@
+//! `deploy status --target NAME`: which generation is live, from which commit, whether the
+//! live files still are what envlock wrote (drift), and whether the repository moved on.
+//! Reads only, after the same stamp and identity checks as a deployment.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::journal::Journal;
+use super::{Deployment, sha256_hex};
+use crate::output::style;
+use crate::plan;
+use crate::target::{GenerationId, Stamp, StampState};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub ok: bool,
+    pub environment: String,
+    pub account: String,
+    pub target: String,
+    /// The target's stamp; `None` while the target is empty (not adopted yet).
+    pub stamp: Option<Stamp>,
+    pub live: Option<LiveGeneration>,
+    /// The commit HEAD resolves to.
+    pub head: String,
+    /// What deploying HEAD would change.
+    pub pending: super::apply::Counts,
+    /// The resources deploying HEAD would touch.
+    pub pending_resources: Vec<String>,
+    pub drift: Drift,
+    pub generations: Vec<GenerationRow>,
+    /// An interrupted deployment that the next deploy will resolve.
+    pub interrupted: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LiveGeneration {
+    pub id: GenerationId,
+    pub commit: String,
+    pub created: String,
+    pub operator: Option<String>,
+}
+
+/// Differences between the live files and what envlock wrote into the live generation.
+#[derive(Debug, Default, Serialize)]
+pub struct Drift {
+    /// False when the generation has no checksums to compare with (written by an older build).
+    pub checked: bool,
+    pub edited: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Drift {
+    pub fn is_clean(&self) -> bool {
+        self.edited.is_empty() && self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct GenerationRow {
+    pub id: GenerationId,
+    pub commit: String,
+    pub created: String,
+    pub live: bool,
+}
+
+/// Gather the status (and print it in text mode).
+pub fn status(d: &Deployment<'_>) -> Result<Status> {
+    let stamp = d.verify_owner()?;
+    let interrupted = d
+        .target
+        .read_journal()
+        .map_err(|e| d.target_failure(e))?
+        .map(|bytes| {
+            Journal::from_bytes(&bytes)
+                .map(|j| j.describe())
+                .unwrap_or_else(|e| format!("unreadable journal: {e}"))
+        });
+    let live = d.target.live().map_err(|e| d.target_failure(e))?;
+    let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
+    let current = gens.iter().find(|g| g.live);
+    let mut drift = Drift::default();
+    if let Some(g) = current
+        && let Some(manifest) = g.meta.get("resources").and_then(|m| m.as_object())
+    {
+        drift.checked = true;
+        for (name, sum) in manifest {
+            match live.resources.get(name) {
+                None => drift.removed.push(name.clone()),
+                Some(bytes) if Some(sha256_hex(bytes).as_str()) != sum.as_str() => {
+                    drift.edited.push(name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        for name in live.resources.keys() {
+            if !manifest.contains_key(name) {
+                drift.added.push(name.clone());
+            }
+        }
+    }
+    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let status = Status {
+        ok: true,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        target: d.target.describe(),
+        stamp: match stamp {
+            StampState::Stamped(s) => Some(s),
+            _ => None,
+        },
+        live: current.map(|g| LiveGeneration {
+            id: g.id,
+            commit: g.commit.clone(),
+            created: g.created.clone(),
+            operator: g
+                .meta
+                .get("operator")
+                .and_then(|o| o.as_str())
+                .map(str::to_owned),
+        }),
+        head: d.commit.id.to_string(),
+        pending: super::apply::Counts {
+            add: plan.count(plan::Action::Add),
+            change: plan.count(plan::Action::Change),
+            remove: plan.count(plan::Action::Remove),
+        },
+        pending_resources: plan.changes.iter().map(|c| c.resource.clone()).collect(),
+        drift,
+        generations: gens
+            .iter()
+            .map(|g| GenerationRow {
+                id: g.id,
+                commit: g.commit.clone(),
+                created: g.created.clone(),
+                live: g.live,
+            })
+            .collect(),
+        interrupted,
+    };
+    if !d.printer.is_json() {
+        d.printer.out(&render(d, &status, &plan))?;
+    }
+    Ok(status)
+}
+
+fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
+    let p = d.printer;
+    let short = |c: &str| c[..c.len().min(12)].to_owned();
+    let mut out = format!("Status of {}\n", d.who());
+    out.push_str(&format!("  target:      {}", s.target));
+    match &s.stamp {
+        Some(stamp) => out.push_str(&format!(
+            " — stamped for `{}` (account {}) since {}\n",
+            stamp.environment, stamp.account, stamp.created
+        )),
+        None => out.push_str(" — empty: not adopted yet (the first deploy adopts it)\n"),
+    }
+    match &s.live {
+        Some(live) => out.push_str(&format!(
+            "  live:        generation {}, commit {}, applied {}{}\n",
+            live.id,
+            short(&live.commit),
+            live.created,
+            live.operator
+                .as_ref()
+                .map(|o| format!(" by {o}"))
+                .unwrap_or_default()
+        )),
+        None => out.push_str("  live:        nothing deployed\n"),
+    }
+    let moved = s.live.as_ref().is_none_or(|l| l.commit != s.head);
+    if plan.is_empty() {
+        out.push_str(&format!(
+            "  repository:  HEAD {} — up to date{}\n",
+            short(&s.head),
+            if moved {
+                " (the configuration is identical; only the commit differs)"
+            } else {
+                ""
+            }
+        ));
+    } else {
+        out.push_str(&format!(
+            "  repository:  HEAD {} — {} {}\n",
+            short(&s.head),
+            p.paint_out(style::WARN, "not deployed:"),
+            plan.summary()
+        ));
+        out.push_str(&format!(
+            "               run `deploy plan --target {}` to see the diff\n",
+            s.environment
+        ));
+    }
+    let d_ = &s.drift;
+    if s.live.is_none() {
+        out.push_str("  drift:       -\n");
+    } else if !d_.checked {
+        out.push_str("  drift:       unknown (this generation has no checksums)\n");
+    } else if d_.is_clean() {
+        out.push_str("  drift:       none (the live files are exactly what envlock wrote)\n");
+    } else {
+        out.push_str(&format!(
+            "  drift:       {} the live files differ from what envlock wrote:\n",
+            p.paint_out(style::ERROR, "DRIFT:")
+        ));
+        for (what, names) in [
+            ("edited by hand", &d_.edited),
+            ("added by hand", &d_.added),
+            ("removed by hand", &d_.removed),
+        ] {
+            for n in names {
+                out.push_str(&format!("                 {what}: current/{n}.toml\n"));
+            }
+        }
+        out.push_str(&format!(
+            "               `deploy --target {}` replaces them with the reviewed configuration\n",
+            s.environment
+        ));
+    }
+    if !s.generations.is_empty() {
+        out.push_str("  generations:\n");
+        for g in s.generations.iter().rev() {
+            out.push_str(&format!(
+                "    {}{:>4}  {}  {}\n",
+                if g.live { "* " } else { "  " },
+                g.id,
+                short(&g.commit),
+                g.created
+            ));
+        }
+    }
+    if let Some(i) = &s.interrupted {
+        out.push_str(&format!(
+            "  {}   an interrupted deployment ({i}); the next deploy resolves it\n",
+            p.paint_out(style::WARN, "journal:")
+        ));
+    }
+    out
+}
