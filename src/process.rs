@@ -9,7 +9,7 @@
 //!   `WNOWAIT`), so its id cannot have been reused by an unrelated process.
 //! - stdout and stderr are drained concurrently; at most [`OUTPUT_LIMIT`] bytes of each are kept
 //!   and the rest is read and dropped, so a chatty child never blocks on a full pipe.
-//! - [`run`] returns within the timeout plus [`READ_GRACE`]: a process that left the group
+//! - [`run`] returns within about the timeout plus [`READ_GRACE`]: a process that left the group
 //!   (`setsid`) and still holds a pipe is abandoned with what it wrote so far, not waited for.
 //! - Nothing here prints; an early return or a panic still kills the group and reaps the child.
 //!
@@ -225,7 +225,8 @@ pub fn run(spec: &Spec<'_>) -> Result<Outcome, ProcessError> {
     if let (Some(input), Some(pipe)) = (&spec.stdin, running.child.stdin.take()) {
         let input = input.clone();
         // Not joined: a process that escaped the group could keep it blocked forever. A child
-        // that exits without reading everything makes it fail with EPIPE, which is its business.
+        // that exits without reading everything makes it fail with EPIPE (Rust ignores SIGPIPE),
+        // which is the child's business.
         spawn("stdin", move || {
             let mut pipe = pipe;
             let _ = pipe.write_all(&input);
@@ -361,7 +362,7 @@ impl Running {
     /// SIGKILL every process in the child's group. Errors are ignored: ESRCH means none is left,
     /// and nothing better can be done about a member we may not signal.
     fn kill_group(&self) {
-        let _ = rustix::process::kill_process(Pid::from_child(&self.child), Signal::KILL);
+        let _ = kill_process_group(Pid::from_child(&self.child), Signal::KILL);
     }
 
     /// Wait for the child and release its pid. Call [`Running::kill_group`] first.

@@ -997,6 +997,49 @@ mod tests {
     }
 
     #[test]
+    fn journal_is_replaced_atomically_and_cleared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let unstamped = DirTarget::new(tmp.path().join("u"));
+        assert_eq!(unstamped.read_journal().unwrap(), None);
+        refused(unstamped.write_journal(b"{}"));
+
+        let (_tmp, target) = stamped();
+        assert_eq!(target.read_journal().unwrap(), None);
+        target.write_journal(b"first").unwrap();
+        target.write_journal(b"second").unwrap();
+        assert_eq!(
+            target.read_journal().unwrap().as_deref(),
+            Some(&b"second"[..])
+        );
+        assert_eq!(target.leftovers().unwrap(), Vec::<String>::new());
+        target.clear_journal().unwrap();
+        target.clear_journal().unwrap();
+        assert_eq!(target.read_journal().unwrap(), None);
+    }
+
+    #[test]
+    fn deactivate_leaves_no_generation_live_and_keeps_them() {
+        let (_tmp, target) = stamped();
+        target.deactivate().unwrap();
+        let id = target
+            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .unwrap();
+        target.deactivate().unwrap();
+        assert_eq!(target.live().unwrap(), Live::default());
+        assert!(lstat(&target.path().join("current")).unwrap().is_none());
+        assert_eq!(
+            target.resources(id).unwrap(),
+            resources(&[("a", "x = 1\n")])
+        );
+        assert!(matches!(
+            target.resources(id + 1),
+            Err(TargetError::NoGeneration(_))
+        ));
+        target.activate(id).unwrap();
+        assert_eq!(target.live().unwrap().generation, Some(id));
+    }
+
+    #[test]
     fn apply_writes_generations_and_switches_current() {
         let (_tmp, target) = stamped();
         assert_eq!(target.live().unwrap(), Live::default());
