@@ -1,6 +1,6 @@
 //! Opening the repository and loading the configuration of one commit: shared by all commands.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 use anyhow::{Context, Result};
 
@@ -58,6 +58,63 @@ pub fn require_clean(repo: &Repo) -> Result<()> {
     }
     Err(f
         .hint("deploy reads configuration from commits only; commit (and review) these changes, or stash them, then run again")
+        .into())
+}
+
+/// Refuse (exit 3) when a command the environment runs from inside the repository (a relative
+/// argv[0] such as `./hooks/health.sh`) is not exactly as committed: what runs must have been
+/// reviewed like the configuration that names it.
+pub fn require_committed_commands(repo: &Repo, env: &Environment) -> Result<()> {
+    let mut specs = Vec::new();
+    let sections = [
+        ("identity", env.identity.as_ref().map(|i| &i.command)),
+        ("health", env.health.as_ref().map(|h| &h.command)),
+        ("notify", env.notify.as_ref().map(|n| &n.command)),
+    ];
+    for (section, argv) in sections {
+        let Some(program) = argv.and_then(|a| a.first()) else {
+            continue;
+        };
+        if !program.contains('/') || program.starts_with('/') {
+            continue;
+        }
+        // Only paths that stay inside the repository can be compared with a commit.
+        let path = Path::new(program);
+        if path.components().any(|c| c == Component::ParentDir) {
+            continue;
+        }
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let rel = parts.join("/");
+        specs.push((section, rel));
+    }
+    let paths: Vec<String> = specs.iter().map(|(_, p)| p.clone()).collect();
+    let dirty = repo
+        .dirty_files(&paths, true)
+        .context("cannot read the working tree's status")?;
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    let mut f = Failure::refused(format!(
+        "a command that `{}` runs is not as committed ({} file{})",
+        env.name,
+        dirty.len(),
+        if dirty.len() == 1 { "" } else { "s" }
+    ));
+    for (path, what) in &dirty {
+        let section = specs
+            .iter()
+            .find(|(_, p)| p == path)
+            .map_or("", |(s, _)| *s);
+        f = f.detail(format!("{what}: {path} ([{section}] command)"));
+    }
+    Err(f
+        .hint("commands inside the repository run as committed and reviewed; commit them, or restore them with `git checkout -- <file>`")
         .into())
 }
 

@@ -65,6 +65,7 @@ fn prepare(
         .into());
     }
     let env = workspace::environment(config, name)?;
+    workspace::require_committed_commands(repo, env)?;
     deploy::check_branch(repo, env, commit)
 }
 

@@ -216,7 +216,11 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     // Nothing is written, not even the lock file, until the plan is confirmed; an interrupted
     // deployment is the exception: resolving it needs the lock first.
     let mut lock = None;
-    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+    if d.target
+        .read_journal()
+        .map_err(|e| d.target_failure(e))?
+        .is_some()
+    {
         lock = Some(d.lock()?);
         if recover(d, &mut report)? {
             return Ok(report);
@@ -399,7 +403,11 @@ fn require_unchanged(d: &Deployment<'_>, stamp: &StampState, live: &Live) -> Res
     if stamp_now != *stamp {
         return Err(stale("its stamp is not the one checked".into()));
     }
-    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+    if d.target
+        .read_journal()
+        .map_err(|e| d.target_failure(e))?
+        .is_some()
+    {
         return Err(stale("an interrupted deployment left a journal".into()));
     }
     let now = d.target.live().map_err(|e| d.target_failure(e))?;
@@ -603,7 +611,11 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
     let stamp = d.verify_owner()?;
     let mut report = Report::new(d, "applied");
     let mut lock = None;
-    if d.target.read_journal().map_err(|e| d.target_failure(e))?.is_some() {
+    if d.target
+        .read_journal()
+        .map_err(|e| d.target_failure(e))?
+        .is_some()
+    {
         lock = Some(d.lock()?);
         if recover(d, &mut report)? {
             return Ok(report);
@@ -631,15 +643,12 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
             Failure::error(format!("generation {id} is not kept on this target"))
                 .hint(format!("kept generations: {}", kept.join(", ")))
         })?,
-        None => gens
-            .iter()
-            .rfind(|g| g.id < current.id)
-            .ok_or_else(|| {
-                Failure::error(format!(
-                    "generation {} is the oldest one kept; there is nothing earlier to roll back to",
-                    current.id
-                ))
-            })?,
+        None => gens.iter().rfind(|g| g.id < current.id).ok_or_else(|| {
+            Failure::error(format!(
+                "generation {} is the oldest one kept; there is nothing earlier to roll back to",
+                current.id
+            ))
+        })?,
     };
     report.previous_generation = Some(current.id);
     report.generation = Some(current.id);

@@ -153,23 +153,37 @@ impl Repo {
     /// Files under `environments/` or `schemas/` that differ from HEAD in the index or the
     /// working tree, or are untracked (ignored files excluded). Empty for a bare repository.
     pub fn dirty_config_files(&self) -> Result<Vec<(String, &'static str)>, RepoError> {
-        if self.repo.is_bare() {
+        let specs: Vec<String> = CONFIG_DIRS.iter().map(|d| format!("{d}/")).collect();
+        self.dirty_files(&specs, false)
+    }
+
+    /// Files matching `pathspecs` that differ from HEAD in the index or the working tree, or
+    /// are untracked; with `ignored`, git-ignored files count too (as "ignored").
+    pub fn dirty_files(
+        &self,
+        pathspecs: &[String],
+        ignored: bool,
+    ) -> Result<Vec<(String, &'static str)>, RepoError> {
+        if self.repo.is_bare() || pathspecs.is_empty() {
             return Ok(Vec::new());
         }
         let mut opts = StatusOptions::new();
         opts.include_untracked(true)
             .recurse_untracked_dirs(true)
-            .include_ignored(false)
+            .include_ignored(ignored)
+            .recurse_ignored_dirs(ignored)
             .exclude_submodules(true);
-        for d in CONFIG_DIRS {
-            opts.pathspec(format!("{d}/"));
+        for spec in pathspecs {
+            opts.pathspec(spec);
         }
         let statuses = self.repo.statuses(Some(&mut opts))?;
         let mut out = Vec::new();
         for s in statuses.iter() {
             let Ok(path) = s.path() else { continue };
             let st = s.status();
-            let what = if st.contains(Status::WT_NEW) {
+            let what = if st.contains(Status::IGNORED) {
+                "ignored by git, never committed"
+            } else if st.contains(Status::WT_NEW) {
                 "untracked"
             } else if st.intersects(Status::WT_DELETED | Status::INDEX_DELETED) {
                 "deleted"
@@ -177,7 +191,7 @@ impl Repo {
                 .intersects(Status::INDEX_NEW | Status::INDEX_MODIFIED | Status::INDEX_RENAMED)
             {
                 "staged, not committed"
-            } else if st.is_empty() || st.contains(Status::IGNORED) {
+            } else if st.is_empty() {
                 continue;
             } else {
                 "modified"

@@ -237,7 +237,10 @@ pub fn wait_for_line(child: &mut std::process::Child, needle: &str) -> String {
     loop {
         let mut line = String::new();
         let n = reader.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "deploy exited before printing {needle:?}; stderr:\n{seen}");
+        assert!(
+            n > 0,
+            "deploy exited before printing {needle:?}; stderr:\n{seen}"
+        );
         seen.push_str(&line);
         if line.contains(needle) {
             return seen;

@@ -4,5 +4,12 @@ mod harness;
 
 mod check;
 mod commands;
+#[cfg(feature = "failpoints")]
+mod crash;
+mod deploy;
 mod fixtures;
+mod hooks;
+mod interrupt;
+mod lifecycle;
+mod prompt;
 mod worktree;

@@ -1,0 +1,92 @@
+//! The confirmation prompt on a real terminal: `script(1)` gives `deploy` a pseudo-terminal and
+//! feeds it the operator's answer.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::harness::{Repo, Run, snapshot};
+
+/// Run `deploy -C repo ARGS` on a pseudo-terminal, typing `answer`.
+fn deploy_on_terminal(repo: &Repo, args: &str, answer: &str) -> Run {
+    let cmd = format!(
+        "{} -C {} {args}",
+        env!("CARGO_BIN_EXE_deploy"),
+        repo.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1) runs (util-linux)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        // script(1) merges both streams into the terminal's output.
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+#[test]
+fn unprotected_environment_asks_yes_or_no() {
+    let repo = Repo::base();
+    let target = repo.path().join("targets/validation");
+    deploy_on_terminal(&repo, "--target validation", "n\n")
+        .code(1)
+        .stdout_has("[y/N]")
+        .stdout_has("cancelled: nothing was changed");
+    assert!(
+        snapshot(&target).is_empty(),
+        "a declined deploy wrote to the target"
+    );
+
+    deploy_on_terminal(&repo, "--target validation", "y\n")
+        .code(0)
+        .stdout_has("Generation 1 is live.");
+    assert!(target.join("current/worker.toml").is_file());
+}
+
+#[test]
+fn protected_environment_wants_its_name_typed() {
+    let repo = Repo::base();
+    let target = repo.path().join("targets/prod");
+    deploy_on_terminal(&repo, "--target prod", "y\n")
+        .code(1)
+        .stdout_has("`prod` is protected. Type its name")
+        .stdout_has("type `prod` exactly to confirm");
+    assert!(
+        snapshot(&target).is_empty(),
+        "a wrong answer wrote to the target"
+    );
+
+    deploy_on_terminal(&repo, "--target prod", "prod\n")
+        .code(0)
+        .stdout_has("Deployed:");
+    assert!(target.join("current/worker.toml").is_file());
+}
+
+#[test]
+fn yes_skips_the_prompt_but_not_a_refusal() {
+    let repo = Repo::base();
+    // The stamp of `validation`'s target, under prod's path: --yes must still refuse.
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.edit(
+        "environments/prod.toml",
+        &[("path = \"targets/prod\"", "path = \"targets/validation\"")],
+    );
+    repo.commit("prod points at validation's target");
+    let before = snapshot(&repo.path().join("targets/validation"));
+    let run = deploy_on_terminal(&repo, "--target prod --yes", "");
+    // The repository side catches the shared path first; either way, exit 3 and untouched.
+    run.code(3);
+    assert_eq!(before, snapshot(&repo.path().join("targets/validation")));
+}
