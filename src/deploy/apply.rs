@@ -44,6 +44,9 @@ pub struct Report {
     pub recovered: Vec<String>,
     /// Why the deployment was rolled back.
     pub reason: Option<String>,
+    /// `apply` or `rollback`, for messages.
+    #[serde(skip)]
+    pub action: &'static str,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -71,6 +74,7 @@ impl Report {
             rollback_health: None,
             recovered: Vec::new(),
             reason: None,
+            action: "apply",
         }
     }
 
@@ -87,11 +91,19 @@ impl Report {
     pub fn rolled_back_failure(&self) -> Failure {
         let mut f = Failure::new(
             Exit::RolledBack,
-            format!(
-                "deployment of `{}` failed and was rolled back: {}",
-                self.environment,
-                self.reason.as_deref().unwrap_or("unknown reason")
-            ),
+            if self.action == "rollback" {
+                format!(
+                    "the rollback of `{}` failed and was undone: {}",
+                    self.environment,
+                    self.reason.as_deref().unwrap_or("unknown reason")
+                )
+            } else {
+                format!(
+                    "deployment of `{}` failed and was rolled back: {}",
+                    self.environment,
+                    self.reason.as_deref().unwrap_or("unknown reason")
+                )
+            },
         );
         if let Some(h) = &self.health {
             if self.reason.as_deref() != Some(h.line().as_str()) {
@@ -136,6 +148,16 @@ fn generation_commit(d: &Deployment<'_>, id: Option<GenerationId>) -> String {
         .and_then(|gens| gens.into_iter().find(|g| g.id == id))
         .map(|g| g.commit)
         .unwrap_or_default()
+}
+
+/// The highest generation id the target keeps.
+fn newest_generation(d: &Deployment<'_>) -> Result<Option<GenerationId>> {
+    Ok(d.target
+        .generations()
+        .map_err(|e| d.target_failure(e))?
+        .iter()
+        .map(|g| g.id)
+        .max())
 }
 
 fn short(commit: &str) -> &str {
@@ -305,6 +327,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         commit: d.commit.id.to_string(),
         previous: live.generation,
         next: None,
+        newest: newest_generation(d)?,
         holder: Holder::this_process(&d.env.name),
     };
     write_journal(d, &journal)?;
@@ -458,6 +481,12 @@ fn roll_back(
         .into());
     }
     failpoint::hit("rollback-after-switch");
+    if let Err(e) = d.target.mark_failed(failed, why) {
+        d.printer.err(&format!(
+            "{} could not mark generation {failed} as failed: {e}\n",
+            d.printer.paint(crate::output::style::WARN, "warning:")
+        ));
+    }
     let commit = generation_commit(d, previous);
     report.rollback_health = if previous.is_some() {
         d.health(previous, &commit, Some(1))
@@ -531,9 +560,35 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
     }
     match phase {
         Phase::Switching => {
+            // A generation it wrote completely but never made live would otherwise look like
+            // one that was live once: a rollback could pick it, and pruning could keep it
+            // instead of one that really was.
+            let unswitched: Vec<GenerationId> = d
+                .target
+                .generations()
+                .map_err(|e| d.target_failure(e))?
+                .iter()
+                .filter(|g| !g.live && journal.newest.is_none_or(|n| g.id > n))
+                .map(|g| g.id)
+                .collect();
+            for id in &unswitched {
+                d.target.discard(*id).map_err(|e| d.target_failure(e))?;
+            }
             let note = format!(
-                "{found}: it stopped before switching, so {} stayed live and nothing changed.",
-                gen_name(live)
+                "{found}: it stopped before switching, so {} stayed live and nothing changed{}.",
+                gen_name(live),
+                if unswitched.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (deleted the generation it had written: {})",
+                        unswitched
+                            .iter()
+                            .map(|g| g.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
             );
             d.say(&note);
             report.recovered.push(note);
@@ -621,6 +676,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
             return Ok(report);
         }
     }
+    report.action = "rollback";
     if matches!(stamp, StampState::Absent) {
         return Err(Failure::error(format!(
             "nothing to roll back: {} has never been deployed to",
@@ -643,12 +699,19 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
             Failure::error(format!("generation {id} is not kept on this target"))
                 .hint(format!("kept generations: {}", kept.join(", ")))
         })?,
-        None => gens.iter().rfind(|g| g.id < current.id).ok_or_else(|| {
-            Failure::error(format!(
-                "generation {} is the oldest one kept; there is nothing earlier to roll back to",
-                current.id
-            ))
-        })?,
+        None => gens
+            .iter()
+            .rfind(|g| g.id < current.id && g.failed.is_none())
+            .ok_or_else(|| {
+                Failure::error(format!(
+                    "no generation older than the live one ({}) is kept and passed its health check; there is nothing to roll back to",
+                    current.id
+                ))
+                .hint(format!(
+                    "kept generations: {}; `--to ID` names one explicitly",
+                    kept.join(", ")
+                ))
+            })?,
     };
     report.previous_generation = Some(current.id);
     report.generation = Some(current.id);
@@ -697,6 +760,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         commit: wanted.commit.clone(),
         previous: Some(current.id),
         next: Some(wanted.id),
+        newest: newest_generation(d)?,
         holder: Holder::this_process(&d.env.name),
     };
     write_journal(d, &journal)?;

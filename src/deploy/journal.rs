@@ -38,6 +38,10 @@ pub struct Journal {
     pub previous: Option<GenerationId>,
     /// The generation being made live, once known.
     pub next: Option<GenerationId>,
+    /// The newest generation that existed before this deployment: any newer one that is not
+    /// live was written by it and never made live.
+    #[serde(default)]
+    pub newest: Option<GenerationId>,
     pub holder: Holder,
 }
 
@@ -88,6 +92,7 @@ mod tests {
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             previous: Some(3),
             next: Some(4),
+            newest: Some(4),
             holder: Holder::this_process("prod"),
         };
         assert_eq!(Journal::from_bytes(&j.to_bytes()).unwrap(), j);

@@ -30,6 +30,8 @@ pub struct Status {
     pub generations: Vec<GenerationRow>,
     /// An interrupted deployment that the next deploy will resolve.
     pub interrupted: Option<String>,
+    /// Work files of interrupted runs (relative to the target) that the next apply deletes.
+    pub leftovers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +64,8 @@ pub struct GenerationRow {
     pub commit: String,
     pub created: String,
     pub live: bool,
+    /// Why it failed its health check, when it did; a rollback never picks it by default.
+    pub failed: Option<String>,
 }
 
 /// Gather the status (and print it in text mode).
@@ -134,9 +138,11 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
                 commit: g.commit.clone(),
                 created: g.created.clone(),
                 live: g.live,
+                failed: g.failed.clone(),
             })
             .collect(),
         interrupted,
+        leftovers: d.target.leftovers().map_err(|e| d.target_failure(e))?,
     };
     if !d.printer.is_json() {
         d.printer.out(&render(d, &status, &plan))?;
@@ -222,13 +228,23 @@ fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
         out.push_str("  generations:\n");
         for g in s.generations.iter().rev() {
             out.push_str(&format!(
-                "    {}{:>4}  {}  {}\n",
+                "    {}{:>4}  {}  {}{}\n",
                 if g.live { "* " } else { "  " },
                 g.id,
                 short(&g.commit),
-                g.created
+                g.created,
+                g.failed
+                    .as_ref()
+                    .map(|why| format!("  FAILED: {why}"))
+                    .unwrap_or_default()
             ));
         }
+    }
+    if !s.leftovers.is_empty() {
+        out.push_str(&format!(
+            "  leftovers:   {} (work files of an interrupted run; the next apply deletes them)\n",
+            s.leftovers.join(", ")
+        ));
     }
     if let Some(i) = &s.interrupted {
         out.push_str(&format!(

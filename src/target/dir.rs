@@ -39,6 +39,8 @@ const LOCK_FILE: &str = "lock";
 const GENERATIONS: &str = "generations";
 const CURRENT: &str = "current";
 const META_FILE: &str = ".meta.json";
+/// Present in a generation that failed its health check; holds the reason.
+const FAILED_FILE: &str = ".failed";
 /// Prefix of work in progress inside `generations/` (an apply's new generation, a pruned one).
 const TMP_PREFIX: &str = ".tmp-";
 /// Prefix of a new `current` symlink before it is renamed over the old one.
@@ -412,7 +414,7 @@ impl DirTarget {
         }
         let mut resources = BTreeMap::new();
         for name in list_dir(&dir)? {
-            if name == META_FILE {
+            if name == META_FILE || name == FAILED_FILE {
                 continue;
             }
             let file = dir.join(&name);
@@ -706,11 +708,18 @@ impl Target for DirTarget {
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string())
                     .map_err(io_err("inspect", &dir))?,
             };
+            let failed_file = dir.join(FAILED_FILE);
+            let failed = match fs::read(&failed_file) {
+                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("read", &failed_file)(e)),
+            };
             out.push(GenerationInfo {
                 id,
                 commit: text("commit").unwrap_or_default(),
                 created,
                 live: layout.current == Some(id),
+                failed,
                 meta,
             });
         }
@@ -765,6 +774,39 @@ impl Target for DirTarget {
             return Ok(Vec::new());
         }
         self.leftover_paths()
+    }
+
+    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        if !self.generation_ids()?.contains(&id) {
+            return Err(TargetError::NoGeneration(id));
+        }
+        let dir = self.generation_dir(id);
+        let tmp = dir.join(format!("{FAILED_FILE}.tmp-{}", std::process::id()));
+        remove_any(&tmp)?;
+        write_new_synced(&tmp, format!("{reason}\n").as_bytes())?;
+        let file = dir.join(FAILED_FILE);
+        fs::rename(&tmp, &file).map_err(io_err("rename into place", &file))?;
+        sync_dir(&dir)
+    }
+
+    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        let layout = self.require_stamped()?;
+        if layout.current == Some(id) {
+            return Err(TargetError::Refused(format!(
+                "generation {id} is live; it cannot be discarded"
+            )));
+        }
+        if !self.generation_ids()?.contains(&id) {
+            return Ok(());
+        }
+        let generations = self.generations_dir();
+        let dir = self.generation_dir(id);
+        let doomed = generations.join(format!("{TMP_PREFIX}discard-{id}-{}", std::process::id()));
+        remove_any(&doomed)?;
+        fs::rename(&dir, &doomed).map_err(io_err("rename for removal", &dir))?;
+        sync_dir(&generations)?;
+        fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))
     }
 
     fn deactivate(&self) -> Result<(), TargetError> {

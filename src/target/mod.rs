@@ -130,6 +130,8 @@ pub struct GenerationInfo {
     pub created: String,
     /// True for the generation readers see now.
     pub live: bool,
+    /// Why it failed its health check, when it did (see [`Target::mark_failed`]).
+    pub failed: Option<String>,
     /// The metadata given to [`Target::apply`], as stored.
     pub meta: serde_json::Value,
 }
@@ -227,6 +229,12 @@ pub trait Target {
     /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
     /// next run to report. [`Target::prune`] removes them.
     fn leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// Record that a generation failed its health check, so that a rollback never picks it
+    /// by default. Its resources stay as they were.
+    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError>;
+    /// Delete a generation that is not live (one an interrupted apply wrote but never made
+    /// live). Deleting one that does not exist is not an error.
+    fn discard(&self, id: GenerationId) -> Result<(), TargetError>;
     /// Make no generation live (undo the very first apply). Generations are kept.
     fn deactivate(&self) -> Result<(), TargetError>;
     /// The crash journal of an unfinished deployment, if one was left behind.

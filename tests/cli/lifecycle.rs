@@ -57,6 +57,7 @@ struct StatusJson {
     drift: DriftJson,
     generations: Vec<GenerationJson>,
     interrupted: Option<String>,
+    leftovers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +105,7 @@ struct GenerationJson {
     commit: String,
     created: String,
     live: bool,
+    failed: Option<String>,
 }
 
 #[track_caller]
@@ -496,7 +498,7 @@ fn rollback_with_a_single_generation_has_nowhere_to_go() {
     let before = snapshot(&target);
     repo.deploy(&["rollback", "--target", "validation", "--yes"])
         .code(1)
-        .stderr_has("generation 1 is the oldest one kept");
+        .stderr_has("there is nothing to roll back to");
     assert_eq!(snapshot(&target), before);
 }
 
@@ -597,4 +599,43 @@ fn rollback_whose_health_check_fails_is_rolled_back_again() {
     let ids: Vec<_> = json.generations.iter().map(|g| (g.id, g.live)).collect();
     assert_eq!(ids, [(1, false), (2, true)]);
     assert!(json.drift.edited.is_empty());
+}
+
+#[test]
+fn rollback_returns_to_what_was_live_before_not_to_a_generation_that_failed() {
+    let repo = Repo::base();
+    let target = repo.path().join("targets/prod");
+    repo.deploy(&["--target", "prod", "--yes"]).code(0);
+    let good = live_files(&target);
+    // Generation 2 fails its health check and is rolled back.
+    repo.edit(
+        "environments/prod.toml",
+        &[
+            ("threads = 16", "threads = 32"),
+            (
+                "command = [\"true\"]",
+                "command = [\"sh\", \"-c\", \"test \\\"$DEPLOY_GENERATION\\\" != 2\"]",
+            ),
+        ],
+    );
+    repo.commit("prod: 32 threads (breaks the service)");
+    repo.deploy(&["--target", "prod", "--yes"]).code(4);
+    assert_eq!(live_files(&target), good);
+    // Generation 3 fixes it.
+    repo.edit(
+        "environments/prod.toml",
+        &[("threads = 32", "threads = 24")],
+    );
+    repo.commit("prod: 24 threads");
+    repo.deploy(&["--target", "prod", "--yes"]).code(0);
+    assert_eq!(current_link(&target), "generations/00000003");
+    // "Roll back" means: what was live before generation 3, i.e. generation 1.
+    let run = repo.deploy(&["rollback", "--target", "prod", "--yes"]);
+    assert!(
+        run.code == 0 && live_files(&target) == good,
+        "rollback did not restore generation 1 (exit {}, current -> {})\n{}",
+        run.code,
+        current_link(&target),
+        run.stderr
+    );
 }
