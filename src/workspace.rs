@@ -131,7 +131,14 @@ pub fn environment<'a>(config: &'a Config, name: &str) -> Result<&'a Environment
         .hint("fix the errors above; `deploy check` lists them all")
         .into());
     }
-    let mut f = Failure::error(format!("unknown environment `{name}`"));
+    let close = names
+        .iter()
+        .filter(|n| !n.starts_with('_') && edit_distance(n, name) <= 2)
+        .min_by_key(|n| edit_distance(n, name));
+    let mut f = Failure::error(match close {
+        Some(c) => format!("unknown environment `{name}` (did you mean `{c}`?)"),
+        None => format!("unknown environment `{name}`"),
+    });
     f = f.hint(if names.is_empty() {
         "this commit defines no environments".to_owned()
     } else {
@@ -143,4 +150,32 @@ pub fn environment<'a>(config: &'a Config, name: &str) -> Result<&'a Environment
         ));
     }
     Err(f.into())
+}
+
+/// Levenshtein distance, for "did you mean" (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        use super::edit_distance;
+        assert_eq!(edit_distance("prod", "prod"), 0);
+        assert_eq!(edit_distance("prdo", "prod"), 2);
+        assert_eq!(edit_distance("prod", "prd"), 1);
+        assert_eq!(edit_distance("validation", "prod"), 9);
+    }
 }

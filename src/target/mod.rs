@@ -83,7 +83,7 @@ impl Holder {
         let user = crate::sysenv::var("USER")
             .or_else(|| crate::sysenv::var("LOGNAME"))
             .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "unknown".into());
+            .unwrap_or_else(user_from_uid);
         let host = rustix::system::uname()
             .nodename()
             .to_string_lossy()
@@ -107,6 +107,22 @@ impl Holder {
             environment: "unknown".into(),
         }
     }
+}
+
+/// The name of this process's user from `/etc/passwd`, or `uid N` (when `USER` is not set, as
+/// under cron or in containers).
+fn user_from_uid() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?;
+            (id.parse::<u32>().ok()? == uid && !name.is_empty()).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// A generation's number: increases by one with every apply.
