@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::journal::{JOURNAL_VERSION, Journal, Phase};
-use super::{Deployment, HealthReport, manifest, operator, render_plan};
+use super::{Deployment, HealthReport, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
@@ -339,7 +339,6 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         "account": d.env.account.value,
         "operator": operator(),
         "summary": d.commit.summary,
-        "resources": manifest(&plan.desired),
     });
     let id = match d.target.apply(&plan.desired, &meta) {
         Ok(id) => id,
@@ -433,16 +432,18 @@ fn require_unchanged(d: &Deployment<'_>, stamp: &StampState, live: &Live) -> Res
     {
         return Err(stale("an interrupted deployment left a journal".into()));
     }
-    let now = d.target.live().map_err(|e| d.target_failure(e))?;
-    if now.generation != live.generation {
+    // Generations are immutable, so the live generation's id stands for its content; a hand
+    // edit made meanwhile is replaced by the new generation like any other drift.
+    let now = d
+        .target
+        .live_generation()
+        .map_err(|e| d.target_failure(e))?;
+    if now != live.generation {
         return Err(stale(format!(
             "generation {} is live now, the plan was for {}",
-            now.generation.map_or("none".into(), |g| g.to_string()),
+            now.map_or("none".into(), |g| g.to_string()),
             live.generation.map_or("none".into(), |g| g.to_string())
         )));
-    }
-    if now.resources != live.resources {
-        return Err(stale("the live files were edited".into()));
     }
     Ok(())
 }

@@ -14,7 +14,6 @@ pub mod apply;
 pub mod journal;
 pub mod status;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +22,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Environment, TargetKind};
 use crate::error::Failure;
@@ -150,26 +148,6 @@ pub struct Event<'a> {
 pub fn operator() -> String {
     let h = Holder::this_process("");
     format!("{}@{}", h.user, h.host)
-}
-
-/// SHA-256 of some bytes, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// The per-resource checksums recorded with a generation, so `status` can see hand edits.
-pub fn manifest(resources: &BTreeMap<String, Vec<u8>>) -> serde_json::Value {
-    serde_json::Value::Object(
-        resources
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(sha256_hex(v))))
-            .collect(),
-    )
 }
 
 impl<'a> Deployment<'a> {

@@ -5,11 +5,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
+use super::Deployment;
 use super::journal::Journal;
-use super::{Deployment, sha256_hex};
 use crate::output::style;
 use crate::plan;
-use crate::target::{GenerationId, Stamp, StampState};
+use crate::target::{Drift, GenerationId, Stamp, StampState};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -42,22 +42,6 @@ pub struct LiveGeneration {
     pub operator: Option<String>,
 }
 
-/// Differences between the live files and what envlock wrote into the live generation.
-#[derive(Debug, Default, Serialize)]
-pub struct Drift {
-    /// False when the generation has no checksums to compare with (written by an older build).
-    pub checked: bool,
-    pub edited: Vec<String>,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-}
-
-impl Drift {
-    pub fn is_clean(&self) -> bool {
-        self.edited.is_empty() && self.added.is_empty() && self.removed.is_empty()
-    }
-}
-
 #[derive(Debug, Serialize)]
 pub struct GenerationRow {
     pub id: GenerationId,
@@ -83,26 +67,7 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
     let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
     let current = gens.iter().find(|g| g.live);
-    let mut drift = Drift::default();
-    if let Some(g) = current
-        && let Some(manifest) = g.meta.get("resources").and_then(|m| m.as_object())
-    {
-        drift.checked = true;
-        for (name, sum) in manifest {
-            match live.resources.get(name) {
-                None => drift.removed.push(name.clone()),
-                Some(bytes) if Some(sha256_hex(bytes).as_str()) != sum.as_str() => {
-                    drift.edited.push(name.clone())
-                }
-                Some(_) => {}
-            }
-        }
-        for name in live.resources.keys() {
-            if !manifest.contains_key(name) {
-                drift.added.push(name.clone());
-            }
-        }
-    }
+    let drift = d.target.drift().map_err(|e| d.target_failure(e))?;
     let plan = plan::compute(plan::desired(d.env), &live.resources);
     let status = Status {
         ok: true,

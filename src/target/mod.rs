@@ -152,6 +152,34 @@ pub struct GenerationInfo {
     pub meta: serde_json::Value,
 }
 
+/// Differences between the live resources and what envlock wrote into the live generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// False when there is nothing to compare with (no live generation, or one written
+    /// without checksums).
+    pub checked: bool,
+    pub edited: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Drift {
+    pub fn is_clean(&self) -> bool {
+        self.edited.is_empty() && self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// SHA-256 of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let mut s = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// What [`Target::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Pruned {
@@ -228,6 +256,8 @@ pub trait Target {
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
     /// The live generation and its resources.
     fn live(&self) -> Result<Live, TargetError>;
+    /// Only the id of the live generation (cheap: no resource is read).
+    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
     /// Write a complete new generation (durably) and make it live atomically. Returns its id.
     fn apply(
         &self,
@@ -236,6 +266,9 @@ pub trait Target {
     ) -> Result<GenerationId, TargetError>;
     /// The resources of one kept generation, exactly as stored.
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
+    /// How the live resources differ from what was written into the live generation (hand
+    /// edits, files added or removed behind envlock's back).
+    fn drift(&self) -> Result<Drift, TargetError>;
     /// Every generation kept, oldest first.
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
     /// Make an existing generation live atomically.
