@@ -435,7 +435,10 @@ impl DirTarget {
             }
         }
         let mut resources = BTreeMap::new();
-        for name in list_dir(&dir)? {
+        let entries = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
             if name == META_FILE || name == FAILED_FILE || name == SUMS_FILE {
                 continue;
             }
@@ -450,23 +453,45 @@ impl DirTarget {
                     file.display()
                 )));
             };
-            match lstat(&file)? {
-                Some(m) if m.file_type().is_symlink() => {
+            // The entry's type comes with the directory listing (no stat per file); O_NOFOLLOW
+            // and O_NONBLOCK cover an entry swapped for a symlink or a FIFO since.
+            let kind = entry.file_type().map_err(io_err("inspect", &file))?;
+            if kind.is_symlink() {
+                return Err(TargetError::Refused(format!(
+                    "{} is a symlink to {}; resources are the target's own files",
+                    file.display(),
+                    link_text(&file)
+                )));
+            }
+            if !kind.is_file() {
+                return Err(TargetError::Corrupt(format!(
+                    "{} is not a file",
+                    file.display()
+                )));
+            }
+            let opened = OpenOptions::new()
+                .read(true)
+                .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+                .open(&file);
+            let mut f = match opened {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
                     return Err(TargetError::Refused(format!(
                         "{} is a symlink to {}; resources are the target's own files",
                         file.display(),
                         link_text(&file)
                     )));
                 }
-                Some(m) if m.is_file() => {}
-                _ => {
-                    return Err(TargetError::Corrupt(format!(
-                        "{} is not a file",
-                        file.display()
-                    )));
+                Err(e) => return Err(io_err("read", &file)(e)),
+            };
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map_err(|e| {
+                if e.raw_os_error() == Some(Errno::ISDIR.raw_os_error()) {
+                    TargetError::Corrupt(format!("{} is not a file", file.display()))
+                } else {
+                    io_err("read", &file)(e)
                 }
-            }
-            let bytes = fs::read(&file).map_err(io_err("read", &file))?;
+            })?;
             resources.insert(stem.to_owned(), bytes);
         }
         Ok(resources)
