@@ -10,6 +10,7 @@ pub mod diagnostic;
 pub mod error;
 pub mod failpoint;
 pub mod output;
+pub mod parallel;
 pub mod plan;
 pub mod process;
 pub mod render;

@@ -394,29 +394,6 @@ fn pre_parse(file: &InputFile) -> PreParsed {
     }
 }
 
-/// `f` over `items` on as many threads as there are cores, results in order. The items
-/// (files, environments) are independent.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().max(1));
-    if threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("workers do not panic"))
-            .collect()
-    })
-}
-
 struct Loader<'a> {
     sources: Sources,
     diagnostics: Vec<Diagnostic>,
@@ -448,7 +425,7 @@ pub fn load(input: Input) -> Config {
     // Parse every file first, so that layers are available whatever the order.
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
-    let pre = parallel_map(&environments, pre_parse);
+    let pre = crate::parallel::map(&environments, pre_parse);
     for (file, pre) in environments.into_iter().zip(pre) {
         let Some(file_name) = file.path.strip_prefix("environments/") else {
             continue;
@@ -530,7 +507,7 @@ pub fn load(input: Input) -> Config {
     // Schema validation of every resolved environment.
     // Environments validate independently: spread them over the cores.
     let schemas = &loader.schemas;
-    let schema_diags = parallel_map(&config.environments, |env| {
+    let schema_diags = crate::parallel::map(&config.environments, |env| {
         let mut diags = Vec::new();
         schemas.validate(env, &mut diags);
         diags

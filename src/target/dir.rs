@@ -189,6 +189,43 @@ fn sync_filesystem(dir: &Path) -> Result<(), TargetError> {
 /// includes whatever else is waiting to be written on that filesystem.
 const FSYNC_EACH_MAX: usize = 64;
 
+fn symlinked_resource(file: &Path) -> TargetError {
+    TargetError::Refused(format!(
+        "{} is a symlink to {}; resources are the target's own files",
+        file.display(),
+        link_text(file)
+    ))
+}
+
+/// One resource file's bytes; never follows a symlink or blocks on a FIFO.
+fn read_resource(file: &Path) -> Result<Vec<u8>, TargetError> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(file);
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+            return Err(symlinked_resource(file));
+        }
+        Err(e) => return Err(io_err("read", file)(e)),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(|e| {
+        if e.raw_os_error() == Some(Errno::ISDIR.raw_os_error())
+            || e.kind() == io::ErrorKind::WouldBlock
+        {
+            TargetError::Corrupt(format!("{} is not a file", file.display()))
+        } else {
+            io_err("read", file)(e)
+        }
+    })?;
+    Ok(bytes)
+}
+
+/// From this many resources on, a generation is read on all cores.
+const PARALLEL_MIN: usize = 256;
+
 /// Remove a leftover file, symlink or directory tree.
 fn remove_any(path: &Path) -> Result<(), TargetError> {
     let Some(meta) = lstat(path)? else {
@@ -434,7 +471,7 @@ impl DirTarget {
                 )));
             }
         }
-        let mut resources = BTreeMap::new();
+        let mut files = Vec::new();
         let entries = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
         for entry in entries {
             let entry = entry.map_err(io_err("list", &dir))?;
@@ -454,14 +491,10 @@ impl DirTarget {
                 )));
             };
             // The entry's type comes with the directory listing (no stat per file); O_NOFOLLOW
-            // and O_NONBLOCK cover an entry swapped for a symlink or a FIFO since.
+            // and O_NONBLOCK in `read_resource` cover an entry swapped for a symlink or a FIFO.
             let kind = entry.file_type().map_err(io_err("inspect", &file))?;
             if kind.is_symlink() {
-                return Err(TargetError::Refused(format!(
-                    "{} is a symlink to {}; resources are the target's own files",
-                    file.display(),
-                    link_text(&file)
-                )));
+                return Err(symlinked_resource(&file));
             }
             if !kind.is_file() {
                 return Err(TargetError::Corrupt(format!(
@@ -469,32 +502,17 @@ impl DirTarget {
                     file.display()
                 )));
             }
-            let opened = OpenOptions::new()
-                .read(true)
-                .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-                .open(&file);
-            let mut f = match opened {
-                Ok(f) => f,
-                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
-                    return Err(TargetError::Refused(format!(
-                        "{} is a symlink to {}; resources are the target's own files",
-                        file.display(),
-                        link_text(&file)
-                    )));
-                }
-                Err(e) => return Err(io_err("read", &file)(e)),
-            };
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map_err(|e| {
-                if e.raw_os_error() == Some(Errno::ISDIR.raw_os_error()) {
-                    TargetError::Corrupt(format!("{} is not a file", file.display()))
-                } else {
-                    io_err("read", &file)(e)
-                }
-            })?;
-            resources.insert(stem.to_owned(), bytes);
+            files.push((stem.to_owned(), file));
         }
-        Ok(resources)
+        let read = |(stem, file): &(String, PathBuf)| {
+            read_resource(file).map(|bytes| (stem.clone(), bytes))
+        };
+        let read: Vec<Result<(String, Vec<u8>), TargetError>> = if files.len() >= PARALLEL_MIN {
+            crate::parallel::map(&files, read)
+        } else {
+            files.iter().map(read).collect()
+        };
+        read.into_iter().collect()
     }
 
     /// Point `current` at generation `id` with one `rename(2)`, durably.
@@ -700,19 +718,23 @@ impl Target for DirTarget {
         let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
         remove_any(&tmp)?;
         fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-        let half = resources.len() / 2;
         let each = resources.len() <= FSYNC_EACH_MAX;
-        for (i, (name, bytes)) in resources.iter().enumerate() {
-            if i == half {
+        let items: Vec<(usize, (&String, &Vec<u8>))> = resources.iter().enumerate().collect();
+        let half = items.len() / 2;
+        let write = |(i, (name, bytes)): &(usize, (&String, &Vec<u8>))| {
+            if *i == half {
                 crate::failpoint::hit("dir-write-half");
             }
             let file = tmp.join(format!("{name}.toml"));
             if each {
-                write_new_synced(&file, bytes)?;
+                write_new_synced(&file, bytes)
             } else {
-                write_new(&file, bytes)?;
+                write_new(&file, bytes)
             }
-        }
+        };
+        // One thread: creating files in one directory serialises on the directory's lock in
+        // the kernel, and two writers spent most of their time spinning on it (perf).
+        items.iter().try_for_each(write)?;
         let mut meta_bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
         meta_bytes.push(b'\n');
