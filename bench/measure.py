@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """Timing and reporting half of `bench/run` (which builds, generates and sanity-checks first).
 
-usage: measure.py --deploy BIN --parse-only BIN --repo DIR --repo-history DIR
-                  --runs N --envs N --resources N --commits N --base-commits N --out FILE
+usage: measure.py --workloads check,apply --deploy BIN --runs N --out FILE [--source REV]
+                  [check:] --parse-only BIN --repo DIR --repo-history DIR
+                           --envs N --resources N --commits N --base-commits N
+                  [apply:] --apply-regime KEEP:REPO:TARGET:FLOOR_ROOT (one or more)
+                           --apply-desired DIR --apply-resources N --apply-changed N
+                           --apply-probe-dir DIR [--apply-settle-max SECONDS]
 
-Every command is run once as a warm-up, then N times; the runs are interleaved round-robin
-(one run of each command per round) so that a drift of the machine's speed affects every
-command alike. Wall time is measured with time.perf_counter around spawn + wait, the peak RSS
-of every run comes from wait4(2). Any run that exits non-zero aborts the benchmark.
+Every command of a workload is run once as a warm-up, then N times; the runs are interleaved
+round-robin (one run of each command per round) so that a drift of the machine's speed affects
+every command alike. A command may have an untimed setup command, run before each of its runs
+(the apply workload resets its target that way). Wall time is measured with time.perf_counter
+around spawn + wait, the CPU time of every run comes from wait4(2). Any run or setup that exits
+non-zero aborts the benchmark.
 """
 
 import argparse
@@ -28,12 +34,23 @@ def fail(msg):
     sys.exit(1)
 
 
+def run_setup(argv):
+    """Run an untimed setup command; its failure aborts the benchmark with its output."""
+    out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"setup `{' '.join(argv)}` exited {out.returncode}\n{out.stderr[-4000:]}")
+
+
 class Bench:
-    def __init__(self, name, argv, stdin_path=None, note=""):
+    def __init__(self, name, argv, stdin_path=None, note="", setup=None):
         self.name, self.argv, self.stdin_path, self.note = name, argv, stdin_path, note
+        # Run before every run of argv, outside the timed region.
+        self.setup = setup
         self.times, self.cpu = [], []
 
     def run_once(self):
+        if self.setup:
+            run_setup(self.setup)
         stdin = open(self.stdin_path, "rb") if self.stdin_path else subprocess.DEVNULL
         try:
             start = time.perf_counter()
@@ -48,6 +65,8 @@ class Bench:
                 stdin.close()
         if proc.returncode != 0:
             # Run it again with its output visible, so that the failure explains itself.
+            if self.setup:
+                run_setup(self.setup)
             stdin = open(self.stdin_path, "rb") if self.stdin_path else subprocess.DEVNULL
             out = subprocess.run(self.argv, stdin=stdin, capture_output=True, text=True)
             fail(
@@ -63,7 +82,7 @@ class Bench:
         self.cpu.append(cpu)
 
     def summary(self):
-        return {
+        doc = {
             "command": " ".join(self.argv) + (f" < {os.path.basename(self.stdin_path)}" if self.stdin_path else ""),
             "note": self.note,
             "runs": len(self.times),
@@ -74,10 +93,13 @@ class Bench:
             "cpu_median_s": statistics.median(self.cpu),
             "cpu_s": self.cpu,
         }
+        if self.setup:
+            doc["setup"] = " ".join(self.setup)
+        return doc
 
 
-def peak_rss_kib(argv, stdin_path=None):
-    """Peak RSS of one run of argv: /usr/bin/time -f %M when available, else wait4(2).
+def peak_rss_kib(argv, stdin_path=None, setup=None):
+    """Peak RSS of one run of argv (after setup): /usr/bin/time -f %M when available, else wait4(2).
 
     (The wait4 figure of a child forked by this script never reads below the script's own RSS,
     about 16 MiB, because Linux carries the high-water mark across exec; /usr/bin/time is small.)
@@ -87,6 +109,8 @@ def peak_rss_kib(argv, stdin_path=None):
             return open(stdin_path, "rb")
         return contextlib.nullcontext(subprocess.DEVNULL)
 
+    if setup:
+        run_setup(setup)
     if os.access("/usr/bin/time", os.X_OK):
         with stdin() as f:
             out = subprocess.run(
@@ -123,6 +147,10 @@ def sh(*argv):
         return ""
 
 
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def machine():
     cpu = ""
     try:
@@ -146,7 +174,7 @@ def machine():
         "cpu_model": cpu or platform.processor(),
         "mem_total_kib": mem_kib,
         "kernel": platform.release(),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": utc_now(),
         "rustc": sh("rustc", "-V"),
         "git": sh("git", "--version"),
         "python": platform.python_version(),
@@ -157,14 +185,40 @@ def fmt_s(s):
     return f"{s * 1000:.1f} ms" if s < 10 else f"{s:.2f} s"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    for opt in ("--deploy", "--parse-only", "--repo", "--repo-history", "--out", "--source"):
-        ap.add_argument(opt, required=opt != "--source", default="")
-    for opt in ("--runs", "--envs", "--resources", "--commits", "--base-commits"):
-        ap.add_argument(opt, type=int, required=True)
-    a = ap.parse_args()
+def print_table(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    last = len(widths) - 1
+    for k, r in enumerate(rows):
+        print(
+            "  ".join(
+                c.ljust(widths[i]) if i in (0, last) else c.rjust(widths[i])
+                for i, c in enumerate(r)
+            ).rstrip()
+        )
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
 
+
+def verdict(ok):
+    return "ok    " if ok else "MISSED"
+
+
+def run_benches(benches, runs):
+    """One warm-up run of each (page cache, and a first failure shows early), then `runs`
+    rounds of one run of each; then one more run of each for its peak RSS."""
+    for b in benches:
+        b.run_once()
+    for _ in range(runs):
+        for b in benches:
+            b.record()
+    rss_tool = ""
+    for b in benches:
+        b.peak_rss, rss_tool = peak_rss_kib(b.argv, b.stdin_path, b.setup)
+    return {b.name: {**b.summary(), "peak_rss_kib": b.peak_rss} for b in benches}, rss_tool
+
+
+def check_workload(a):
+    """`deploy check` against parse-only, `git cat-file --batch` and a long history."""
     files = config_files(a.repo)
     config_bytes = sum(os.path.getsize(os.path.join(a.repo, f)) for f in files)
     env_bytes = sum(
@@ -197,20 +251,10 @@ def main():
                 note=f"{a.commits} commits, same configuration",
             ),
         ]
-        load_before = os.getloadavg()
-        for b in benches:  # warm-up: page cache, and a first failure shows early
-            b.run_once()
-        for _ in range(a.runs):
-            for b in benches:
-                b.record()
-        load_after = os.getloadavg()
-        rss_tool = ""
-        for b in benches:
-            b.peak_rss, rss_tool = peak_rss_kib(b.argv, b.stdin_path)
+        res, rss_tool = run_benches(benches, a.runs)
     finally:
         os.unlink(batch.name)
-    rss = benches[0].peak_rss
-    res = {b.name: {**b.summary(), "peak_rss_kib": b.peak_rss} for b in benches}
+    rss = res["deploy check"]["peak_rss_kib"]
     check = res["deploy check"]["median_s"]
     check_cpu = res["deploy check"]["cpu_median_s"]
     ratios = {
@@ -226,18 +270,46 @@ def main():
         "check_under_1s": check < 1.0,
         "history_ratio_le_1_2": ratios["history_over_base"] <= 1.2,
     }
-    mach = machine()
-    mach["loadavg_before"] = [round(x, 2) for x in load_before]
-    mach["loadavg_after"] = [round(x, 2) for x in load_after]
-    doc = {
-        "machine": mach,
-        "source": a.source,
+
+    def report():
+        print(
+            f"check: {a.envs} environments x {a.resources} resources, "
+            f"{len(files)} files, {config_bytes:,} bytes of configuration; "
+            f"median of {a.runs} runs after 1 warm-up"
+        )
+        print()
+        rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "check / this")]
+        for b in benches:
+            s = res[b.name]
+            if b.name == "deploy check":
+                label, ratio = f"deploy check ({a.base_commits} commits)", ""
+            elif b.name == "deploy check (history)":
+                label = f"deploy check ({a.commits} commits)"
+                ratio = f"{s['median_s'] / check:.2f}x = history / base"
+            else:
+                label, ratio = b.name, f"{check / s['median_s']:.2f}x"
+            rows.append(
+                (label, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
+                 fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB", ratio)
+            )
+        print_table(rows)
+        print()
+        print(f"peak RSS of deploy check: {rss:,} KiB ({rss / 1024:.1f} MiB; {rss_tool})")
+        print(f"configuration size:       {config_bytes:,} bytes ({config_bytes / 2**20:.1f} MiB)")
+        print()
+        print(f"target check <= 2x parse-only: {verdict(targets['check_le_2x_parse_only'])} "
+              f"{ratios['check_over_parse_only']:.2f}x "
+              f"(on CPU time: {ratios['cpu_check_over_parse_only']:.2f}x)")
+        print(f"target check < 1 s:            {verdict(targets['check_under_1s'])} {fmt_s(check)}")
+        print(f"target history ratio <= 1.2:   {verdict(targets['history_ratio_le_1_2'])} "
+              f"{ratios['history_over_base']:.2f} "
+              f"(on CPU time: {ratios['cpu_history_over_base']:.2f})")
+
+    return {
         "parameters": {
             "environments": a.envs,
             "resources_per_environment": a.resources,
             "keys_per_resource": 5,
-            "runs": a.runs,
-            "warmup_runs": 1,
             "base_commits": a.base_commits,
             "history_commits": a.commits,
         },
@@ -250,63 +322,275 @@ def main():
         "peak_rss_kib": {"deploy check": rss, "tool": rss_tool},
         "ratios": ratios,
         "targets": targets,
+        "report": report,
     }
+
+
+def generation_count(target):
+    gens = os.path.join(target, "generations")
+    return sum(1 for n in os.listdir(gens) if n.isdigit())
+
+
+def create_probe(parent, files=2000):
+    """Microseconds per create(2) of `files` empty files in a new directory under `parent`
+    (kept until the end: deleting them would itself slow the next creates down, see `settle`)."""
+    d = tempfile.mkdtemp(prefix=".probe-", dir=parent)
+    start = time.perf_counter()
+    for i in range(files):
+        os.close(os.open(os.path.join(d, f"p{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return (time.perf_counter() - start) / files * 1e6
+
+
+def settle(parents, max_wait, threshold_us=20.0, pause=20):
+    """Wait until creating files runs at its normal speed, for at most max_wait seconds.
+
+    On ext4 without a journal, an inode freed less than 60 s ago (360 s while its inode-table
+    block is dirty) is skipped by the inode allocator, one buffer lookup each, so every create
+    after a mass deletion (a previous benchmark's cleanup, a `cargo clean`) costs O(inodes
+    recently freed): 10 us per create becomes 200 us and more. That would measure the
+    filesystem's recent history, not envlock, so the apply workload starts once it has passed.
+    The probes are made next to the floor's generations (the same block groups as the timed
+    writes, as far as the allocator's placement goes); the slowest one counts."""
+    def probe():
+        return max(create_probe(p) for p in parents)
+
+    first = per_create = probe()
+    waited = 0
+    while per_create > threshold_us and waited < max_wait:
+        if waited == 0:
+            print(f"bench: creating a file takes {per_create:.0f} us (normal: under "
+                  f"{threshold_us:.0f} us): recently freed inodes on this filesystem; waiting up "
+                  f"to {max_wait} s for it to settle", file=sys.stderr)
+        time.sleep(pause)
+        waited += pause
+        per_create = probe()
+    if per_create > threshold_us:
+        print(f"bench: WARNING: creating a file still takes {per_create:.0f} us after "
+              f"{waited} s; the apply figures include that", file=sys.stderr)
+    elif waited:
+        print(f"bench: settled after {waited} s ({per_create:.0f} us per create)", file=sys.stderr)
+    return {
+        "probe_us_per_create_first": round(first, 1),
+        "probe_us_per_create": round(per_create, 1),
+        "waited_s": waited,
+        "threshold_us": threshold_us,
+    }
+
+
+def apply_workload(a):
+    """`deploy --target bench --yes` of a 1 % change against cp -r + sync + mv -T, in two
+    regimes measured one after the other: keep = 1000 (nothing deleted while measuring) first,
+    then keep = 10 (the deploy prunes one generation per run, the floor rm -rf's one)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = os.listdir(a.apply_desired)
+    desired_files = len(names)
+    desired_bytes = sum(os.path.getsize(os.path.join(a.apply_desired, n)) for n in names)
+    regimes = []
+    for spec in a.apply_regime:
+        keep, repo, target, floor_root = spec.split(":", 3)
+        regimes.append((int(keep), repo, target, floor_root))
+    regimes.sort(reverse=True)  # keep = 1000 first: measured before anything is deleted
+    os.makedirs(a.apply_probe_dir, exist_ok=True)
+    settled = settle(
+        [a.apply_probe_dir] + [os.path.join(r[3], "generations") for r in regimes],
+        a.apply_settle_max,
+    )
+
+    res, rss_tool, rows = {}, "", []
+    for keep, repo, target, floor_root in regimes:
+        suffix = "" if keep >= 1000 else f" (keep {keep})"
+        gens_before = generation_count(target)
+        prunes = keep < 1000
+        deploy = Bench(
+            "deploy apply" + suffix,
+            [a.deploy, "-C", repo, "--target", "bench", "--yes"],
+            setup=[os.path.join(here, "apply-setup"), "deploy", a.deploy, repo],
+            note=f"{a.apply_changed} of {a.apply_resources} resources changed: a new generation "
+                 f"of {desired_files} files; keep = {keep}"
+                 + (": prunes 1 generation per run" if prunes else ": nothing pruned"),
+        )
+        floor = Bench(
+            "apply floor" + suffix,
+            [os.path.join(here, "apply-floor"), a.apply_desired, floor_root]
+            + ([str(keep)] if prunes else []),
+            setup=[os.path.join(here, "apply-setup"), "floor", floor_root],
+            note=f"cp -r of the same {desired_files} files ({desired_bytes:,} bytes), sync, "
+                 "ln -s + mv -T" + (f", rm -rf of the generations beyond {keep}" if prunes else ""),
+        )
+        part, rss_tool = run_benches([deploy, floor], a.runs)
+        res.update(part)
+        rows.append((keep, deploy.name, floor.name))
+        gens_after = generation_count(target)
+        if prunes and gens_after != keep:
+            fail(f"apply: the keep = {keep} deploy target has {gens_after} generations after "
+                 f"measuring (had {gens_before} before); expected {keep}")
+
+    def ratio(num, den, field="median_s"):
+        return res[num][field] / res[den][field]
+
+    ratios, targets = {}, {}
+    for keep, d, f in rows:
+        key = "apply_over_floor" if keep >= 1000 else f"apply_keep{keep}_over_floor_keep{keep}"
+        ratios[key] = ratio(d, f)
+        ratios["cpu_" + key] = ratio(d, f, "cpu_median_s")
+    if "apply_over_floor" in ratios:
+        targets["apply_le_1_5x_floor"] = ratios["apply_over_floor"] <= 1.5
+
+    def report():
+        print(
+            f"apply: 1 environment x {a.apply_resources} resources, {a.apply_changed} changed; "
+            f"{desired_files} files, {desired_bytes:,} bytes written per generation; "
+            f"median of {a.runs} runs after 1 warm-up"
+        )
+        print(
+            f"filesystem before measuring: {settled['probe_us_per_create']:.0f} us per create "
+            f"(waited {settled['waited_s']} s; {settled['probe_us_per_create_first']:.0f} us at first)"
+        )
+        print()
+        table = [("name", "median", "min", "max", "cpu median", "peak RSS", "deploy / floor")]
+        for keep, d, f in rows:
+            for name in (d, f):
+                s = res[name]
+                table.append(
+                    (name, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
+                     fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB",
+                     f"{ratio(d, f):.2f}x" if name == f else "")
+                )
+        print_table(table)
+        print()
+        if "apply_over_floor" in ratios:
+            print(f"target apply <= 1.5x floor:    {verdict(targets['apply_le_1_5x_floor'])} "
+                  f"{ratios['apply_over_floor']:.2f}x "
+                  f"(on CPU time: {ratios['cpu_apply_over_floor']:.2f}x)")
+        for keep, d, f in rows:
+            if keep < 1000:
+                key = f"apply_keep{keep}_over_floor_keep{keep}"
+                print(f"with keep = {keep} (pruning):  {ratios[key]:.2f}x "
+                      f"(on CPU time: {ratios['cpu_' + key]:.2f}x)")
+
+    return {
+        "parameters": {
+            "apply_resources": a.apply_resources,
+            "apply_changed_resources": a.apply_changed,
+            "apply_keys_per_resource": 6,
+            "apply_keep": [keep for keep, *_ in regimes],
+        },
+        "config": {
+            "apply_files_per_generation": desired_files,
+            "apply_bytes_per_generation": desired_bytes,
+            "apply_settle": settled,
+        },
+        "results": res,
+        "peak_rss_kib": {**{d: res[d]["peak_rss_kib"] for _, d, _ in rows}, "tool": rss_tool},
+        "ratios": ratios,
+        "targets": targets,
+        "report": report,
+    }
+
+
+WORKLOADS = {
+    "check": (check_workload, ("parse_only", "repo", "repo_history", "envs", "resources",
+                               "commits", "base_commits")),
+    "apply": (apply_workload, ("apply_regime", "apply_desired", "apply_resources",
+                               "apply_changed", "apply_probe_dir")),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workloads", default="check", help="comma-separated: " + ", ".join(WORKLOADS))
+    for opt in ("--deploy", "--out"):
+        ap.add_argument(opt, required=True)
+    ap.add_argument("--source", default="")
+    ap.add_argument("--runs", type=int, required=True)
+    for opt in ("--parse-only", "--repo", "--repo-history", "--apply-desired",
+                "--apply-probe-dir"):
+        ap.add_argument(opt, default="")
+    ap.add_argument("--apply-settle-max", type=int, default=480)
+    ap.add_argument("--apply-regime", action="append", default=[],
+                    metavar="KEEP:REPO:TARGET:FLOOR_ROOT")
+    for opt in ("--envs", "--resources", "--commits", "--base-commits", "--apply-resources",
+                "--apply-changed"):
+        ap.add_argument(opt, type=int, default=0)
+    a = ap.parse_args()
+    workloads = [w for w in a.workloads.split(",") if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r} (known: {', '.join(WORKLOADS)})")
+        missing = [o for o in WORKLOADS[w][1] if not getattr(a, o)]
+        if missing:
+            ap.error(f"workload {w} needs " + ", ".join("--" + o.replace("_", "-") for o in missing))
+    if not workloads:
+        ap.error("no workload selected")
+
+    keys = ("parameters", "config", "results", "peak_rss_kib", "ratios", "targets")
+    parts, measured = [], {}
+    for w in workloads:
+        before = os.getloadavg()
+        parts.append(WORKLOADS[w][0](a))
+        after = os.getloadavg()
+        measured[w] = {
+            "date_utc": utc_now(),
+            "source": a.source,
+            "runs": a.runs,
+            "loadavg_before": [round(x, 2) for x in before],
+            "loadavg_after": [round(x, 2) for x in after],
+        }
+
+    mach = machine()
+    mach["loadavg_before"] = measured[workloads[0]]["loadavg_before"]
+    mach["loadavg_after"] = measured[workloads[-1]]["loadavg_after"]
+    doc = {
+        "machine": mach,
+        "source": a.source,
+        "workloads": workloads,
+        "measured": measured,
+        "parameters": {"runs": a.runs, "warmup_runs": 1},
+        **{k: {} for k in keys[1:]},
+    }
+    # A run of some workloads keeps the other workloads' latest figures from the same file.
+    carried = []
+    try:
+        with open(a.out) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = {}
+    for w in old.get("workloads", ["check"] if old else []):
+        if w in WORKLOADS and w not in workloads:
+            carried.append(w)
+    if carried:
+        for k in keys:
+            doc[k].update(old.get(k, {}))
+        doc["parameters"].update(runs=a.runs, warmup_runs=1)
+        for w in carried:
+            doc["measured"][w] = old.get("measured", {}).get(w) or {
+                "date_utc": old.get("machine", {}).get("date_utc", ""),
+                "source": old.get("source", ""),
+                "runs": old.get("parameters", {}).get("runs"),
+                "loadavg_before": old.get("machine", {}).get("loadavg_before"),
+                "loadavg_after": old.get("machine", {}).get("loadavg_after"),
+            }
+        doc["workloads"] = [w for w in WORKLOADS if w in workloads or w in carried]
+    for part in parts:
+        for k in keys:
+            doc[k].update(part[k])
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
 
     m = doc["machine"]
     print()
-    print(
-        f"envlock bench: {a.envs} environments x {a.resources} resources, "
-        f"{len(files)} files, {config_bytes:,} bytes of configuration; "
-        f"median of {a.runs} runs after 1 warm-up"
-    )
+    print(f"envlock bench ({', '.join(workloads)}): median of {a.runs} runs after 1 warm-up")
     print(
         f"machine: {m['cpu_model']}, nproc {m['nproc']}, Linux {m['kernel']}, {m['date_utc']}, "
         f"load average {m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after"
     )
-    print()
-    rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "check / this")]
-    for b in benches:
-        s = res[b.name]
-        if b.name == "deploy check":
-            label, ratio = f"deploy check ({a.base_commits} commits)", ""
-        elif b.name == "deploy check (history)":
-            label = f"deploy check ({a.commits} commits)"
-            ratio = f"{s['median_s'] / check:.2f}x = history / base"
-        else:
-            label, ratio = b.name, f"{check / s['median_s']:.2f}x"
-        rows.append(
-            (label, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
-             fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB", ratio)
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    last = len(widths) - 1
-    for k, r in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(widths[i]) if i in (0, last) else c.rjust(widths[i])
-                for i, c in enumerate(r)
-            ).rstrip()
-        )
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
-    print(f"peak RSS of deploy check: {rss:,} KiB ({rss / 1024:.1f} MiB; {rss_tool})")
-    print(f"configuration size:       {config_bytes:,} bytes ({config_bytes / 2**20:.1f} MiB)")
-    print()
-
-    def verdict(ok):
-        return "ok    " if ok else "MISSED"
-
-    print(f"target check <= 2x parse-only: {verdict(targets['check_le_2x_parse_only'])} "
-          f"{ratios['check_over_parse_only']:.2f}x "
-          f"(on CPU time: {ratios['cpu_check_over_parse_only']:.2f}x)")
-    print(f"target check < 1 s:            {verdict(targets['check_under_1s'])} {fmt_s(check)}")
-    print(f"target history ratio <= 1.2:   {verdict(targets['history_ratio_le_1_2'])} "
-          f"{ratios['history_over_base']:.2f} "
-          f"(on CPU time: {ratios['cpu_history_over_base']:.2f})")
+    for part in parts:
+        print()
+        part["report"]()
+    if carried:
+        print(f"\nkept the latest {', '.join(carried)} figures already in {a.out} "
+              f"({', '.join(doc['measured'][w]['date_utc'] for w in carried)})")
     print(f"\nwrote {a.out}")
 
 
