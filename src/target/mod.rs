@@ -181,16 +181,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sha256_hex_is_lowercase_hex_of_the_digest() {
-        assert_eq!(
-            super::sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-}
 
 /// What [`Target::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -316,4 +306,15 @@ pub trait LockGuard: std::fmt::Debug {
 /// The current time as RFC 3339 UTC with seconds, e.g. `2026-11-21T20:25:30Z`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sha256_hex_is_lowercase_hex_of_the_digest() {
+        assert_eq!(
+            super::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }
