@@ -345,8 +345,10 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         Err(err) => {
             // The switch is the last step of an apply, so the old generation is live unless the
             // switch itself happened; find out rather than assume.
-            let now = d.target.live().ok().and_then(|l| l.generation);
+            let now = d.target.live_generation().ok().flatten();
             if now == live.generation {
+                // A generation it may have completed stays out of every later choice.
+                discard_unswitched(d, &journal);
                 let _ = d.target.clear_journal();
                 let mut f = Failure::from(err);
                 f.exit = Exit::RolledBack;
@@ -525,6 +527,30 @@ fn prune(d: &Deployment<'_>) {
     }
 }
 
+/// Delete the generations an interrupted or failed apply wrote but never made live (newer than
+/// the newest one before it); returns their ids. A failure here is only a warning.
+fn discard_unswitched(d: &Deployment<'_>, journal: &Journal) -> Vec<GenerationId> {
+    let mut done = Vec::new();
+    let gens = match d.target.generations() {
+        Ok(gens) => gens,
+        Err(_) => return done,
+    };
+    for g in gens
+        .iter()
+        .filter(|g| !g.live && journal.newest.is_none_or(|n| g.id > n))
+    {
+        match d.target.discard(g.id) {
+            Ok(()) => done.push(g.id),
+            Err(e) => d.printer.err(&format!(
+                "{} could not delete generation {}, which was never live: {e}\n",
+                d.printer.paint(crate::output::style::WARN, "warning:"),
+                g.id
+            )),
+        }
+    }
+    done
+}
+
 /// Resolve a deployment that an earlier run left unfinished (see [`super::journal`]).
 /// Returns true when the resolution was a rollback, which ends this run (exit 4).
 fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
@@ -564,17 +590,7 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
             // A generation it wrote completely but never made live would otherwise look like
             // one that was live once: a rollback could pick it, and pruning could keep it
             // instead of one that really was.
-            let unswitched: Vec<GenerationId> = d
-                .target
-                .generations()
-                .map_err(|e| d.target_failure(e))?
-                .iter()
-                .filter(|g| !g.live && journal.newest.is_none_or(|n| g.id > n))
-                .map(|g| g.id)
-                .collect();
-            for id in &unswitched {
-                d.target.discard(*id).map_err(|e| d.target_failure(e))?;
-            }
+            let unswitched = discard_unswitched(d, &journal);
             let note = format!(
                 "{found}: it stopped before switching, so {} stayed live and nothing changed{}.",
                 gen_name(live),

@@ -181,7 +181,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-
 /// What [`Target::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Pruned {
