@@ -24,6 +24,9 @@ pub struct Failure {
     pub hint: Option<String>,
     /// True when the command already printed its `--format json` document.
     pub json_printed: bool,
+    /// False for an operator's own decision (a declined prompt, a missing `--yes`), which the
+    /// environment's `[notify] command` is not told about.
+    pub notify: bool,
 }
 
 impl Failure {
@@ -34,6 +37,7 @@ impl Failure {
             details: Vec::new(),
             hint: None,
             json_printed: false,
+            notify: true,
         }
     }
 
@@ -57,6 +61,12 @@ impl Failure {
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// Not a failure of the deployment but the operator's choice: nobody is notified.
+    pub fn not_notified(mut self) -> Self {
+        self.notify = false;
         self
     }
 

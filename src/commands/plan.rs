@@ -119,7 +119,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
 fn is_cancellation(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|e| e.downcast_ref::<Failure>())
-        .any(|f| f.message.starts_with("cancelled:") || f.message.starts_with("not applying:"))
+        .any(|f| !f.notify)
 }
 
 fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {

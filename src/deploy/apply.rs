@@ -18,7 +18,7 @@ use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::plan::{self, Action, Change, Plan};
-use crate::target::{GenerationId, Holder, Live, Stamp, StampState};
+use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState};
 
 /// What a deployment did, for people (stderr) and `--format json` (stdout).
 #[derive(Debug, Serialize)]
@@ -56,6 +56,16 @@ pub struct Counts {
     pub remove: usize,
 }
 
+impl Counts {
+    pub fn of(plan: &Plan) -> Self {
+        Counts {
+            add: plan.count(Action::Add),
+            change: plan.count(Action::Change),
+            remove: plan.count(Action::Remove),
+        }
+    }
+}
+
 impl Report {
     fn new(d: &Deployment<'_>, outcome: &str) -> Self {
         Report {
@@ -79,11 +89,7 @@ impl Report {
     }
 
     fn set_plan(&mut self, plan: &Plan) {
-        self.summary = Counts {
-            add: plan.count(Action::Add),
-            change: plan.count(Action::Change),
-            remove: plan.count(Action::Remove),
-        };
+        self.summary = Counts::of(plan);
         self.changes = plan.changes.clone();
     }
 
@@ -160,7 +166,8 @@ fn newest_generation(d: &Deployment<'_>) -> Result<Option<GenerationId>> {
         .max())
 }
 
-fn short(commit: &str) -> &str {
+/// The first 12 hex digits of a commit id, as `CommitInfo::short` shows them.
+pub(super) fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
@@ -208,10 +215,9 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
         let what = Journal::from_bytes(&bytes)
             .map(|j| j.describe())
             .unwrap_or_else(|e| format!("an unreadable journal ({e})"));
-        d.printer.err(&format!(
-            "{} an interrupted deployment was found ({what}); the next `deploy --target {}` \
-             resolves it before doing anything else\n",
-            d.printer.paint(crate::output::style::WARN, "warning:"),
+        d.warn(&format!(
+            "an interrupted deployment was found ({what}); the next `deploy --target {}` \
+             resolves it before doing anything else",
             d.env.name
         ));
     }
@@ -235,19 +241,9 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
 pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let mut report = Report::new(d, "applied");
-    // Nothing is written, not even the lock file, until the plan is confirmed; an interrupted
-    // deployment is the exception: resolving it needs the lock first.
-    let mut lock = None;
-    if d.target
-        .read_journal()
-        .map_err(|e| d.target_failure(e))?
-        .is_some()
-    {
-        lock = Some(d.lock()?);
-        if recover(d, &mut report)? {
-            return Ok(report);
-        }
-    }
+    let Some(lock) = resolve_interrupted(d, &mut report)? else {
+        return Ok(report);
+    };
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
     let plan = plan::compute(plan::desired(d.env), &live.resources);
     report.set_plan(&plan);
@@ -298,7 +294,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     };
     d.confirm(yes, what)?;
     let _lock = match lock {
-        Some(lock) => lock,
+        Some(held) => held,
         None => d.lock()?,
     };
     failpoint::hit("after-lock");
@@ -411,6 +407,28 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     Ok(report)
 }
 
+/// Nothing is written, not even the lock file, until a plan is confirmed; an interrupted
+/// deployment is the exception: resolving it needs the lock first. `None`: the resolution was a
+/// rollback, which ends this run; otherwise the lock if it was taken.
+#[allow(clippy::type_complexity)]
+fn resolve_interrupted(
+    d: &Deployment<'_>,
+    report: &mut Report,
+) -> Result<Option<Option<Box<dyn LockGuard>>>> {
+    if d.target
+        .read_journal()
+        .map_err(|e| d.target_failure(e))?
+        .is_none()
+    {
+        return Ok(Some(None));
+    }
+    let lock = d.lock()?;
+    if recover(d, report)? {
+        return Ok(None);
+    }
+    Ok(Some(Some(lock)))
+}
+
 /// Under the lock: the target must still be what the confirmed plan was computed from.
 fn require_unchanged(d: &Deployment<'_>, stamp: &StampState, live: &Live) -> Result<()> {
     let stale = |what: String| -> anyhow::Error {
@@ -485,9 +503,8 @@ fn roll_back(
     }
     failpoint::hit("rollback-after-switch");
     if let Err(e) = d.target.mark_failed(failed, why) {
-        d.printer.err(&format!(
-            "{} could not mark generation {failed} as failed: {e}\n",
-            d.printer.paint(crate::output::style::WARN, "warning:")
+        d.warn(&format!(
+            "could not mark generation {failed} as failed: {e}"
         ));
     }
     let commit = generation_commit(d, previous);
@@ -520,10 +537,7 @@ fn clear_journal(d: &Deployment<'_>) -> Result<()> {
 /// Delete old generations and leftovers; a failure here only warrants a warning.
 fn prune(d: &Deployment<'_>) {
     if let Err(e) = d.target.prune(keep(d)) {
-        d.printer.err(&format!(
-            "{} could not remove old generations: {e}\n",
-            d.printer.paint(crate::output::style::WARN, "warning:")
-        ));
+        d.warn(&format!("could not remove old generations: {e}"));
     }
 }
 
@@ -541,9 +555,8 @@ fn discard_unswitched(d: &Deployment<'_>, journal: &Journal) -> Vec<GenerationId
     {
         match d.target.discard(g.id) {
             Ok(()) => done.push(g.id),
-            Err(e) => d.printer.err(&format!(
-                "{} could not delete generation {}, which was never live: {e}\n",
-                d.printer.paint(crate::output::style::WARN, "warning:"),
+            Err(e) => d.warn(&format!(
+                "could not delete generation {}, which was never live: {e}",
                 g.id
             )),
         }
@@ -682,17 +695,9 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let mut report = Report::new(d, "applied");
-    let mut lock = None;
-    if d.target
-        .read_journal()
-        .map_err(|e| d.target_failure(e))?
-        .is_some()
-    {
-        lock = Some(d.lock()?);
-        if recover(d, &mut report)? {
-            return Ok(report);
-        }
-    }
+    let Some(lock) = resolve_interrupted(d, &mut report)? else {
+        return Ok(report);
+    };
     report.action = "rollback";
     if matches!(stamp, StampState::Absent) {
         return Err(Failure::error(format!(
@@ -763,7 +768,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
     )?;
     d.confirm(yes, &format!("make generation {} live again", wanted.id))?;
     let _lock = match lock {
-        Some(lock) => lock,
+        Some(held) => held,
         None => d.lock()?,
     };
     require_unchanged(d, &stamp, &live)?;

@@ -454,9 +454,8 @@ impl<'a> Deployment<'a> {
         };
         match problem {
             None => self.say(&format!("notified: {shown} ({outcome})")),
-            Some(p) => self.printer.err(&format!(
-                "{} the notifier failed, so nobody may have been told: {p}\n",
-                self.printer.paint(style::WARN, "warning:")
+            Some(p) => self.warn(&format!(
+                "the notifier failed, so nobody may have been told: {p}"
             )),
         }
     }
@@ -464,6 +463,14 @@ impl<'a> Deployment<'a> {
     /// A progress line for people, on stderr.
     pub fn say(&self, text: &str) {
         self.printer.err(&format!("{text}\n"));
+    }
+
+    /// `warning: text`, on stderr: something went wrong that does not change the outcome.
+    pub fn warn(&self, text: &str) {
+        self.printer.err(&format!(
+            "{} {text}\n",
+            self.printer.paint(style::WARN, "warning:")
+        ));
     }
 
     /// Ask on the terminal before changing the target. `Ok(())` means go ahead.
@@ -476,6 +483,7 @@ impl<'a> Deployment<'a> {
             return Err(Failure::error(format!(
                 "not applying: nobody can confirm (stdin is not a terminal) the request to {what}"
             ))
+            .not_notified()
             .hint(format!(
                 "review the plan above, then run `deploy --target {} --yes` (--yes never skips a \
                  safety check)",
@@ -506,6 +514,7 @@ impl<'a> Deployment<'a> {
             return Ok(());
         }
         Err(Failure::error("cancelled: nothing was changed")
+            .not_notified()
             .hint(if self.env.protected {
                 format!("type `{name}` exactly to confirm")
             } else {

@@ -89,11 +89,7 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
                 .map(str::to_owned),
         }),
         head: d.commit.id.to_string(),
-        pending: super::apply::Counts {
-            add: plan.count(plan::Action::Add),
-            change: plan.count(plan::Action::Change),
-            remove: plan.count(plan::Action::Remove),
-        },
+        pending: super::apply::Counts::of(&plan),
         pending_resources: plan.changes.iter().map(|c| c.resource.clone()).collect(),
         drift,
         generations: gens
@@ -117,7 +113,7 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
 
 fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
     let p = d.printer;
-    let short = |c: &str| c[..c.len().min(12)].to_owned();
+    use super::apply::short;
     let mut out = format!("Status of {}\n", d.who());
     out.push_str(&format!("  target:      {}", s.target));
     match &s.stamp {

@@ -3,12 +3,10 @@
 //! (exit 5), the notifier, `plan` writing nothing, and the JSON report.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::harness::{Repo, Run, snapshot, wait_for_line};
+use crate::harness::{Repo, Run, snapshot, wait_for_file, wait_for_line};
 
 const PROD: &str = "environments/prod.toml";
 const VALIDATION: &str = "environments/validation.toml";
@@ -807,28 +805,6 @@ fn a_first_deploy_whose_health_fails_leaves_nothing_live() {
 
 // ---------------------------------------------------------------------------------------------
 // Lock
-
-/// Poll until `path` exists; fails if `child` exits first.
-fn wait_for_file(child: &mut Child, path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            use std::io::Read;
-            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-            panic!(
-                "deploy exited ({status}) before {} appeared\n{stderr}",
-                path.display()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn a_second_deployment_is_locked_out_and_a_dead_holder_does_not_block() {

@@ -1,21 +1,6 @@
 //! Ctrl-C in the middle of a deployment: a real SIGINT to a real `deploy` process.
 
-use std::time::{Duration, Instant};
-
-use crate::harness::{Repo, snapshot};
-
-/// Wait for `path` to exist (the health check has started); generous, never a timing assertion.
-fn wait_for_file(path: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::harness::{Repo, snapshot, wait_for_file};
 
 #[test]
 fn ctrl_c_during_the_health_check_rolls_back() {
@@ -36,8 +21,8 @@ fn ctrl_c_during_the_health_check_rolls_back() {
     );
     repo.commit("slow health check");
 
-    let child = repo.spawn_deploy(&["--target", "prod", "--yes"], &[]);
-    wait_for_file(&repo.path().join("state/started"));
+    let mut child = repo.spawn_deploy(&["--target", "prod", "--yes"], &[]);
+    wait_for_file(&mut child, &repo.path().join("state/started"));
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let out = child.wait_with_output().unwrap();
