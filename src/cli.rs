@@ -54,6 +54,9 @@ pub enum Command {
     /// Make an earlier generation live again (same lock, stamp and identity checks), then
     /// health-check it.
     Rollback(RollbackArgs),
+    /// Show the deployment log, newest first (`deploy log verify` checks its hash chain).
+    /// Without --target: every environment whose target this machine can reach.
+    Log(LogArgs),
     /// Print the JSON Schema of environment files (for editors such as taplo).
     Schema,
     /// Print shell completions.
@@ -104,6 +107,22 @@ pub struct ApplyArgs {
     /// Apply without asking (required without a terminal). Never skips a safety check.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only this environment's log.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub target: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<LogCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Recompute the hash chain; exit 1 naming the first record that does not verify (edited,
+    /// dropped, reordered, truncated or forged).
+    Verify,
 }
 
 #[derive(Debug, Args)]

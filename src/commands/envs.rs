@@ -47,10 +47,10 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
         printer.json(&rows)?;
     } else {
         let header = ["NAME", "ACCOUNT", "SCHEMA", "TARGET", "PROTECTED", "BRANCH"];
-        let table: Vec<[String; 6]> = rows
+        let table: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
-                [
+                vec![
                     r.name.clone(),
                     r.account.clone(),
                     r.schema.clone(),
@@ -60,28 +60,7 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
                 ]
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &table {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |cells: &[String]| {
-            let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-                if i + 1 == cells.len() {
-                    s.push_str(c);
-                } else {
-                    s.push_str(&format!("{c:<w$}  "));
-                }
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&header.map(str::to_owned));
-        for row in &table {
-            out.push_str(&line(row));
-        }
+        let out = super::table(&header, &table);
         printer.out(&out)?;
         printer.diagnostics(&config.sources, &config.diagnostics);
     }

@@ -3,6 +3,7 @@
 mod check;
 mod diff;
 mod envs;
+mod log;
 mod meta;
 mod plan;
 
@@ -38,6 +39,7 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         Some(Command::Apply(args)) => plan::apply(&dir, args, printer),
         Some(Command::Status(args)) => plan::status(&dir, args, printer),
         Some(Command::Rollback(args)) => plan::rollback(&dir, args, printer),
+        Some(Command::Log(args)) => log::run(&dir, args, printer),
         Some(Command::Schema) => meta::schema(printer),
         Some(Command::Completions { shell }) => meta::completions(shell, printer),
         Some(Command::Man) => meta::man(printer),
@@ -48,4 +50,33 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
                 .into()),
         },
     }
+}
+
+/// A plain-text table: a header row and aligned columns, two spaces apart.
+pub(crate) fn table<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.as_ref().chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        let cells: Vec<&str> = cells.collect();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(w - c.chars().count() + 2));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(AsRef::as_ref)));
+    }
+    out
 }

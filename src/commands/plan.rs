@@ -66,7 +66,7 @@ fn prepare(
     }
     let env = workspace::environment(config, name)?;
     workspace::require_committed_commands(repo, env)?;
-    deploy::check_branch(repo, env, commit)
+    Ok(())
 }
 
 /// Which command is running, for what happens after `prepare`.
@@ -83,7 +83,22 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
     let result = prepare(&repo, &config, &commit, name, printer).and_then(|()| {
         let env = workspace::environment(&config, name)?;
-        let d = Deployment::new(&repo, env, &commit, printer)?;
+        // A plan may be made anywhere (a pull request is not on `branch` yet); only what
+        // writes must be on `branch`.
+        match (&job, deploy::check_branch(&repo, env, &commit)) {
+            (_, Ok(())) => {}
+            (Job::Plan | Job::Status, Err(e)) => printer.err(&format!(
+                "{} {e:#}; `deploy apply` will refuse it until then\n",
+                printer.paint(envlock::output::style::WARN, "warning:")
+            )),
+            (_, Err(e)) => return Err(e),
+        }
+        let mut d = Deployment::new(&repo, env, &commit, printer)?;
+        d.after = env
+            .after
+            .iter()
+            .filter_map(|a| config.get(&a.value))
+            .collect();
         run_job(&d, job, printer)
     });
     // Tell the environment's notifier (from the reviewed commit) about every refusal, failure

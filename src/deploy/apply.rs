@@ -17,6 +17,7 @@ use super::{Deployment, HealthReport, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
+use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
 use crate::plan::{self, Action, Change, Plan};
 use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState};
 
@@ -44,26 +45,33 @@ pub struct Report {
     pub recovered: Vec<String>,
     /// Why the deployment was rolled back.
     pub reason: Option<String>,
+    /// SHA-256 of the canonical resolved settings deployed (as in the log).
+    pub config_sha256: String,
+    /// The deployment log record this run appended, if any.
+    pub log: Option<LogRef>,
     /// `apply` or `rollback`, for messages.
     #[serde(skip)]
     pub action: &'static str,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct Counts {
-    pub add: usize,
-    pub change: usize,
-    pub remove: usize,
-}
+/// Resources added, changed and removed (the same shape as in the log).
+pub type Counts = Changes;
 
-impl Counts {
+impl Changes {
     pub fn of(plan: &Plan) -> Self {
-        Counts {
+        Changes {
             add: plan.count(Action::Add),
             change: plan.count(Action::Change),
             remove: plan.count(Action::Remove),
         }
     }
+}
+
+/// Which log record a run appended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRef {
+    pub seq: u64,
+    pub hash: String,
 }
 
 impl Report {
@@ -84,6 +92,8 @@ impl Report {
             rollback_health: None,
             recovered: Vec::new(),
             reason: None,
+            config_sha256: d.config_sha256(),
+            log: None,
             action: "apply",
         }
     }
@@ -221,6 +231,11 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
             d.env.name
         ));
     }
+    if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
+        d.warn(&format!(
+            "{err:#}; `deploy apply` will refuse this plan until then"
+        ));
+    }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
     let plan = plan::compute(plan::desired(d.env), &live.resources);
     let mut report = Report::new(d, "planned");
@@ -244,6 +259,10 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);
     };
+    if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
+        record_refusal(d, &stamp, lock.is_some(), &err);
+        return Err(err);
+    }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
     let plan = plan::compute(plan::desired(d.env), &live.resources);
     report.set_plan(&plan);
@@ -262,9 +281,34 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
             "No changes: generation {} already holds exactly this configuration.",
             live.generation.unwrap_or_default()
         ));
-        if let Some(h) = d.health(live.generation, &d.commit.id.to_string(), None) {
+        // The verification is recorded (the promotion gate accepts it), so it runs under the
+        // lock against the generation the plan saw.
+        let _lock = match lock {
+            Some(held) => held,
+            None => d.lock()?,
+        };
+        if let Err(err) = require_unchanged(d, &stamp, &live) {
+            record_refusal(d, &stamp, true, &err);
+            return Err(err);
+        }
+        let health = d.health(live.generation, &d.commit.id.to_string(), None);
+        let passed = health.as_ref().is_none_or(|h| h.passed);
+        let entry = Entry {
+            action: log::Action::Verify,
+            outcome: if passed {
+                Outcome::Unchanged
+            } else {
+                Outcome::Failed
+            },
+            reason: health
+                .as_ref()
+                .filter(|h| !h.passed)
+                .map(|h| format!("nothing to change, but {}", h.line())),
+            ..entry(d, live.generation)
+        };
+        record(d, &mut report, entry)?;
+        if let Some(h) = health {
             d.say(&h.line());
-            let passed = h.passed;
             report.health = Some(h.clone());
             if !passed {
                 let mut f = Failure::error(format!(
@@ -298,7 +342,10 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         None => d.lock()?,
     };
     failpoint::hit("after-lock");
-    require_unchanged(d, &stamp, &live)?;
+    if let Err(err) = require_unchanged(d, &stamp, &live) {
+        record_refusal(d, &stamp, true, &err);
+        return Err(err);
+    }
     d.arm_interrupts();
     failpoint::hit("after-confirm");
     if d.is_interrupted() {
@@ -325,6 +372,11 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         next: None,
         newest: newest_generation(d)?,
         holder: Holder::this_process(&d.env.name),
+        log_seq: Some(log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?),
+        config_sha256: report.config_sha256.clone(),
+        changes: report.summary,
+        plan_sha256: d.plan_sha256.clone(),
+        adopted: adopt,
     };
     write_journal(d, &journal)?;
     failpoint::hit("after-journal");
@@ -335,6 +387,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         "account": d.env.account.value,
         "operator": operator(),
         "summary": d.commit.summary,
+        "config_sha256": report.config_sha256,
     });
     let id = match d.target.apply(&plan.desired, &meta) {
         Ok(id) => id,
@@ -345,7 +398,6 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
             if now == live.generation {
                 // A generation it may have completed stays out of every later choice.
                 discard_unswitched(d, &journal);
-                let _ = d.target.clear_journal();
                 let mut f = Failure::from(err);
                 f.exit = Exit::RolledBack;
                 f.message = format!(
@@ -354,6 +406,19 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
                         .map_or("nothing".to_owned(), |g| format!("generation {g}")),
                     f.message
                 );
+                let entry = journal_entry(
+                    &journal,
+                    d,
+                    Outcome::Failed,
+                    live.generation,
+                    Some(f.message.clone()),
+                );
+                if let Err(e) = record(d, &mut report, entry) {
+                    d.warn(&format!(
+                        "the failure could not be recorded in the deployment log: {e}"
+                    ));
+                }
+                let _ = d.target.clear_journal();
                 return Err(f.into());
             }
             let failed = now.unwrap_or_default();
@@ -394,6 +459,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         roll_back(d, &mut journal, id, &why, &mut report)?;
         return Ok(report);
     }
+    failpoint::hit("before-record");
+    let entry = journal_entry(&journal, d, Outcome::Applied, Some(id), None);
+    record(d, &mut report, entry).map_err(|e| unrecorded(d, id, e))?;
     failpoint::hit("before-clear-journal");
     clear_journal(d)?;
     failpoint::hit("before-prune");
@@ -420,6 +488,9 @@ fn resolve_interrupted(
         .map_err(|e| d.target_failure(e))?
         .is_none()
     {
+        // Without a journal nobody was writing the log, so an incomplete last record is
+        // damage for a person to look at, not something to repair silently.
+        log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
         return Ok(Some(None));
     }
     let lock = d.lock()?;
@@ -516,12 +587,148 @@ fn roll_back(
     if let Some(h) = &report.rollback_health {
         d.say(&format!("After the rollback: {}", h.line()));
     }
+    let mut reason = why.to_owned();
+    if let Some(h) = report.rollback_health.as_ref().filter(|h| !h.passed) {
+        reason.push_str(&format!("; after the rollback: {}", h.line()));
+    }
+    let entry = journal_entry(journal, d, Outcome::RolledBack, previous, Some(reason));
+    if let Err(e) = record(d, report, entry) {
+        d.warn(&format!(
+            "the rollback could not be recorded in the deployment log: {e}"
+        ));
+    }
     clear_journal(d)?;
     report.ok = false;
     report.outcome = "rolled-back".into();
     report.reason = Some(why.to_owned());
     report.generation = previous;
     Ok(())
+}
+
+/// A log entry for this run's environment and commit; callers set the action and outcome.
+fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
+    Entry {
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        target: d.target.describe(),
+        action: log::Action::Apply,
+        outcome: Outcome::Refused,
+        commit: d.commit.id.to_string(),
+        config_sha256: d.config_sha256(),
+        operator: Operator::current(),
+        changes: Changes::default(),
+        generation,
+        previous_generation: generation,
+        reason: None,
+        plan_sha256: d.plan_sha256.clone(),
+    }
+}
+
+/// The log entry of the deployment a journal describes.
+fn journal_entry(
+    journal: &Journal,
+    d: &Deployment<'_>,
+    outcome: Outcome,
+    generation: Option<GenerationId>,
+    reason: Option<String>,
+) -> Entry {
+    Entry {
+        environment: journal.environment.clone(),
+        account: journal.account.clone(),
+        target: d.target.describe(),
+        action: if journal.action == "rollback" {
+            log::Action::Rollback
+        } else if journal.adopted {
+            log::Action::Adopt
+        } else {
+            log::Action::Apply
+        },
+        outcome,
+        commit: journal.commit.clone(),
+        config_sha256: journal.config_sha256.clone(),
+        operator: Operator::current(),
+        changes: journal.changes,
+        generation,
+        previous_generation: journal.previous,
+        reason,
+        plan_sha256: journal.plan_sha256.clone(),
+    }
+}
+
+/// Append a record to the deployment log (the caller holds the lock).
+fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
+    let r = log::append(&*d.target, entry).map_err(|e| log_failure(d, e))?;
+    report.log = Some(LogRef {
+        seq: r.seq,
+        hash: r.hash,
+    });
+    Ok(())
+}
+
+fn log_failure(d: &Deployment<'_>, err: AppendError) -> anyhow::Error {
+    match err {
+        AppendError::Target(e) => d.target_failure(e),
+        other => Failure::error(format!(
+            "cannot append to the deployment log of `{}`: {other}",
+            d.env.name
+        ))
+        .detail(format!(
+            "log: {}",
+            d.target.state_dir().join("log.jsonl").display()
+        ))
+        .hint(format!(
+            "`deploy log verify --target {}` shows what is wrong; nothing was changed",
+            d.env.name
+        ))
+        .into(),
+    }
+}
+
+/// A deployment that is live and healthy but could not be recorded: the journal stays, so the
+/// next run verifies it again and records it.
+fn unrecorded(d: &Deployment<'_>, id: GenerationId, err: anyhow::Error) -> anyhow::Error {
+    let mut f = Failure::error(format!(
+        "generation {id} of `{}` is live and passed its health check, but the deployment log could not be written: {err:#}",
+        d.env.name
+    ));
+    f = f.hint(format!(
+        "fix the cause, then run `deploy --target {}` again: it finds the unfinished deployment and records it",
+        d.env.name
+    ));
+    f.into()
+}
+
+/// Record a safety refusal in the log of a target proven to be this environment's (its stamp
+/// and identity passed). Best effort: without the lock (another deployment holds it) or on an
+/// I/O error, the refusal is only reported.
+pub(super) fn record_refusal(
+    d: &Deployment<'_>,
+    stamp: &StampState,
+    holding_lock: bool,
+    err: &anyhow::Error,
+) {
+    if !matches!(stamp, StampState::Stamped(_)) {
+        return;
+    }
+    let _lock = if holding_lock {
+        None
+    } else {
+        match d.lock() {
+            Ok(l) => Some(l),
+            Err(_) => return,
+        }
+    };
+    let live = d.target.live_generation().ok().flatten();
+    let entry = Entry {
+        reason: Some(format!("{err:#}")),
+        ..entry(d, live)
+    };
+    let mut scratch = Report::new(d, "refused");
+    if let Err(e) = record(d, &mut scratch, entry) {
+        d.warn(&format!(
+            "the refusal could not be recorded in the deployment log: {e:#}"
+        ));
+    }
 }
 
 fn write_journal(d: &Deployment<'_>, journal: &Journal) -> Result<()> {
@@ -590,6 +797,31 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;
     let found = format!("Found an interrupted {}", journal.describe());
+    // It may have died while appending its record: the journal proves a deployment was in
+    // flight, so an incomplete last line is that record, never acknowledged to anyone.
+    let cut = log::cut_incomplete_tail(&*d.target).map_err(|e| d.target_failure(e))?;
+    if cut > 0 {
+        let note = format!(
+            "{found}: it died while writing its log record; removed the {cut} bytes it had written."
+        );
+        d.say(&note);
+        report.recovered.push(note);
+    }
+    let last = log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
+    if journal.log_seq.is_some_and(|seq| last > seq) {
+        let note = format!(
+            "{found}: it had finished and recorded its outcome (log record {last}); only its clean-up was left."
+        );
+        d.say(&note);
+        report.recovered.push(note);
+        clear_journal(d)?;
+        prune(d);
+        return Ok(false);
+    }
+    let interrupted_by = format!(
+        "interrupted run of {}@{} (pid {}), resolved by the next run",
+        journal.holder.user, journal.holder.host, journal.holder.pid
+    );
     let gen_name =
         |g: Option<GenerationId>| g.map_or("nothing".to_owned(), |g| format!("generation {g}"));
     let mut phase = journal.phase;
@@ -622,6 +854,16 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
             );
             d.say(&note);
             report.recovered.push(note);
+            let entry = journal_entry(
+                &journal,
+                d,
+                Outcome::Failed,
+                live,
+                Some(format!(
+                    "{interrupted_by}: it stopped before the switch; nothing changed"
+                )),
+            );
+            record(d, report, entry)?;
             prune(d);
             clear_journal(d)?;
             Ok(false)
@@ -658,6 +900,14 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
                     );
                     d.say(&note);
                     report.recovered.push(note);
+                    let entry = journal_entry(
+                        &journal,
+                        d,
+                        Outcome::Applied,
+                        live,
+                        Some(format!("{interrupted_by}: verified after the interruption")),
+                    );
+                    record(d, report, entry)?;
                     clear_journal(d)?;
                     prune(d);
                     Ok(false)
@@ -668,6 +918,17 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
             let note = format!("{found}: {} is live; nothing to resolve.", gen_name(live));
             d.say(&note);
             report.recovered.push(note);
+            let entry = journal_entry(
+                &journal,
+                d,
+                Outcome::Failed,
+                live,
+                Some(format!(
+                    "{interrupted_by}: {} was live instead of the generation it made",
+                    gen_name(live)
+                )),
+            );
+            record(d, report, entry)?;
             clear_journal(d)?;
             Ok(false)
         }
@@ -771,7 +1032,10 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         Some(held) => held,
         None => d.lock()?,
     };
-    require_unchanged(d, &stamp, &live)?;
+    if let Err(err) = require_unchanged(d, &stamp, &live) {
+        record_refusal(d, &stamp, true, &err);
+        return Err(err);
+    }
     d.arm_interrupts();
     let mut journal = Journal {
         version: JOURNAL_VERSION,
@@ -784,6 +1048,16 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         next: Some(wanted.id),
         newest: newest_generation(d)?,
         holder: Holder::this_process(&d.env.name),
+        log_seq: Some(log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?),
+        config_sha256: wanted
+            .meta
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        changes: report.summary,
+        plan_sha256: None,
+        adopted: false,
     };
     write_journal(d, &journal)?;
     d.target
@@ -809,6 +1083,9 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         roll_back(d, &mut journal, wanted.id, &why, &mut report)?;
         return Ok(report);
     }
+    let entry = journal_entry(&journal, d, Outcome::Applied, Some(wanted.id), None);
+    report.config_sha256 = journal.config_sha256.clone();
+    record(d, &mut report, entry).map_err(|e| unrecorded(d, wanted.id, e))?;
     clear_journal(d)?;
     d.say(&format!(
         "{} {} is live at generation {} (commit {}).",

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::log::Changes;
 use crate::target::{GenerationId, Holder};
 
 /// The journal format this build writes and understands.
@@ -43,6 +44,20 @@ pub struct Journal {
     #[serde(default)]
     pub newest: Option<GenerationId>,
     pub holder: Holder,
+    /// The `seq` of the deployment log's last record when the deployment started: a later
+    /// record means the outcome was recorded before the run died.
+    #[serde(default)]
+    pub log_seq: Option<u64>,
+    /// What the log record of this deployment will say.
+    #[serde(default)]
+    pub config_sha256: String,
+    #[serde(default)]
+    pub changes: Changes,
+    #[serde(default)]
+    pub plan_sha256: Option<String>,
+    /// True when this deployment adopted (stamped) the target.
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 impl Journal {
@@ -94,6 +109,11 @@ mod tests {
             next: Some(4),
             newest: Some(4),
             holder: Holder::this_process("prod"),
+            log_seq: Some(7),
+            config_sha256: "a".repeat(64),
+            changes: Changes::default(),
+            plan_sha256: None,
+            adopted: false,
         };
         assert_eq!(Journal::from_bytes(&j.to_bytes()).unwrap(), j);
         assert!(

@@ -11,6 +11,7 @@
 //!   again and the command exits 4.
 
 pub mod apply;
+pub mod gate;
 pub mod journal;
 pub mod status;
 
@@ -43,6 +44,10 @@ pub struct Deployment<'a> {
     pub target: Box<dyn Target>,
     /// Set by SIGINT/SIGTERM once the deployment has started writing (see [`Self::arm_interrupts`]).
     pub interrupted: Arc<AtomicBool>,
+    /// The environments of `after` (the promotion gate), resolved at the same commit.
+    pub after: Vec<&'a Environment>,
+    /// The checksum of the saved plan being applied (`deploy apply --plan`), for the log.
+    pub plan_sha256: Option<String>,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -168,7 +173,16 @@ impl<'a> Deployment<'a> {
             printer,
             target: open_target(env)?,
             interrupted: Arc::new(AtomicBool::new(false)),
+            after: Vec::new(),
+            plan_sha256: None,
         })
+    }
+
+    /// SHA-256 of the canonical resolved settings (resource -> table, keys sorted, compact
+    /// JSON): what the log records as `config_sha256`.
+    pub fn config_sha256(&self) -> String {
+        let json = serde_json::to_vec(&self.env.settings_json()).unwrap_or_default();
+        crate::target::sha256_hex(&json)
     }
 
     /// `prod` (account 222222222222).

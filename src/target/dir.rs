@@ -28,8 +28,8 @@ use rustix::fs::{FlockOperation, OFlags, flock};
 use rustix::io::Errno;
 
 use super::{
-    Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, Pruned, STAMP_VERSION, Stamp,
-    StampState, Target, TargetError,
+    Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, STAMP_VERSION,
+    Stamp, StampState, Target, TargetError,
 };
 use crate::config::resource_name_problem;
 
@@ -53,6 +53,8 @@ const STAMP_TMP_PREFIX: &str = "stamp.json.tmp-";
 const JOURNAL_FILE: &str = "journal.json";
 /// Prefix of a new journal before it is renamed into place.
 const JOURNAL_TMP_PREFIX: &str = "journal.json.tmp-";
+/// The deployment log (JSON Lines, see `crate::log`).
+const LOG_FILE: &str = "log.jsonl";
 /// How many entries an [`StampState::Unstamped`] lists.
 const MAX_LISTED: usize = 10;
 /// How often `lock` looks again when the lock is held but the holder's JSON is not readable yet
@@ -980,6 +982,118 @@ impl Target for DirTarget {
 
     fn state_dir(&self) -> PathBuf {
         self.path.join(STATE_DIR)
+    }
+
+    fn log_tail(&self) -> Result<LogTail, TargetError> {
+        let path = self.state_dir().join(LOG_FILE);
+        let mut file = match self.open_log(&path)? {
+            Some(f) => f,
+            None => return Ok(LogTail::default()),
+        };
+        let len = file.metadata().map_err(io_err("inspect", &path))?.len();
+        // Read backwards in growing windows until the window holds the last complete line.
+        let mut window: u64 = 4096;
+        loop {
+            let start = len.saturating_sub(window);
+            let mut buf = Vec::with_capacity((len - start) as usize);
+            file.seek(SeekFrom::Start(start))
+                .map_err(io_err("seek in", &path))?;
+            (&mut file)
+                .take(len - start)
+                .read_to_end(&mut buf)
+                .map_err(io_err("read", &path))?;
+            let end = buf.iter().rposition(|&b| b == b'\n');
+            let incomplete = match end {
+                Some(e) => buf.len() - e - 1,
+                None if start == 0 => buf.len(),
+                None => {
+                    window *= 4;
+                    continue;
+                }
+            };
+            let Some(e) = end else {
+                return Ok(LogTail {
+                    last: None,
+                    complete_len: 0,
+                    incomplete,
+                });
+            };
+            match buf[..e].iter().rposition(|&b| b == b'\n') {
+                Some(b) => {
+                    return Ok(LogTail {
+                        last: Some(buf[b + 1..e].to_vec()),
+                        complete_len: start + e as u64 + 1,
+                        incomplete,
+                    });
+                }
+                None if start == 0 => {
+                    return Ok(LogTail {
+                        last: Some(buf[..e].to_vec()),
+                        complete_len: e as u64 + 1,
+                        incomplete,
+                    });
+                }
+                None => window *= 4,
+            }
+        }
+    }
+
+    fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        let path = self.state_dir().join(LOG_FILE);
+        let Some(mut file) = self.open_log(&path)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+        Ok(Some(bytes))
+    }
+
+    fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        let state = self.state_dir();
+        let path = state.join(LOG_FILE);
+        let created = lstat(&path)?.is_none();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(io_err("open for appending", &path))?;
+        // One write(2) of the whole line: a killed process leaves all of it or none of it.
+        file.write_all(line).map_err(io_err("append to", &path))?;
+        file.sync_data().map_err(io_err("fsync", &path))?;
+        if created {
+            sync_dir(&state)?;
+        }
+        Ok(())
+    }
+
+    fn log_cut(&self, len: u64) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        let path = self.state_dir().join(LOG_FILE);
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        file.set_len(len).map_err(io_err("truncate", &path))?;
+        file.sync_all().map_err(io_err("fsync", &path))
+    }
+}
+
+impl DirTarget {
+    /// Open the log for reading; `None` when there is none. Refuses a symlink.
+    fn open_log(&self, path: &Path) -> Result<Option<File>, TargetError> {
+        self.check_layout()?;
+        match lstat(path)? {
+            None => Ok(None),
+            Some(m) if m.is_file() => File::open(path).map(Some).map_err(io_err("open", path)),
+            Some(_) => Err(TargetError::Refused(format!(
+                "{} is not a regular file (a symlink?); envlock only ever makes it a file",
+                path.display()
+            ))),
+        }
     }
 }
 

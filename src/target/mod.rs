@@ -295,6 +295,27 @@ pub trait Target {
     fn clear_journal(&self) -> Result<(), TargetError>;
     /// The directory where envlock keeps state for this target (journal, log).
     fn state_dir(&self) -> PathBuf;
+    /// The end of the deployment log: its last complete line and any incomplete bytes after
+    /// it. Reads only the end of the log, whatever its length.
+    fn log_tail(&self) -> Result<LogTail, TargetError>;
+    /// The whole deployment log (`None`: no record was ever written).
+    fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Append one complete line to the deployment log durably. The caller holds the lock.
+    fn log_append(&self, line: &[u8]) -> Result<(), TargetError>;
+    /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
+    /// during crash recovery).
+    fn log_cut(&self, len: u64) -> Result<(), TargetError>;
+}
+
+/// The end of a deployment log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogTail {
+    /// The last complete line, without its newline.
+    pub last: Option<Vec<u8>>,
+    /// The length of the log up to and including the last newline.
+    pub complete_len: u64,
+    /// Bytes after the last newline (an incomplete record).
+    pub incomplete: usize,
 }
 
 /// A held deployment lock; dropping it releases the lock.

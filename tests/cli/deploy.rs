@@ -76,7 +76,6 @@ account = "222222222222"
 branch = "main"
 protected = true
 markers = ["prod.example.com"]
-after = ["validation"]
 extends = ["_common"]
 
 [target]
@@ -139,6 +138,16 @@ struct Report {
     rollback_health: Option<HealthJson>,
     recovered: Vec<String>,
     reason: Option<String>,
+    config_sha256: String,
+    log: Option<LogRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LogRef {
+    seq: u64,
+    hash: String,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -194,7 +203,7 @@ fn parse<'a, T: Deserialize<'a>>(run: &'a Run) -> T {
 
 #[test]
 fn first_deploy_adopts_the_target_and_a_second_run_changes_nothing() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "validation");
     assert!(dir.symlink_metadata().is_err());
 
@@ -220,18 +229,34 @@ fn first_deploy_adopts_the_target_and_a_second_run_changes_nothing() {
          queue = \"arn:aws:sqs:eu-west-1:111111111111:jobs\"\nthreads = 4\n"
     );
 
-    // The same commit again: nothing to do, nothing written.
-    let again = untouched(&dir, || deploy_yes(&repo, "validation"));
+    // The same commit again: nothing to do; only the verification is recorded in the log.
+    let log = dir.join(".envlock/log.jsonl");
+    let before = snapshot(&dir);
+    let again = deploy_yes(&repo, "validation");
     again
         .code(0)
         .stdout_has("Plan: 0 to add, 0 to change, 0 to remove.")
         .stderr_has("No changes");
+    let mut after = snapshot(&dir);
+    let records = read(&log);
+    after.insert(
+        ".envlock/log.jsonl".into(),
+        before[".envlock/log.jsonl"].clone(),
+    );
+    assert_eq!(
+        after, before,
+        "a no-change run wrote more than a log record"
+    );
+    let lines: Vec<&str> = records.lines().collect();
+    assert_eq!(lines.len(), 2, "{records}");
+    assert!(lines[0].contains("\"action\":\"adopt\",\"outcome\":\"applied\""));
+    assert!(lines[1].contains("\"action\":\"verify\",\"outcome\":\"unchanged\""));
     assert_eq!(generations(&dir), ["00000001"]);
 }
 
 #[test]
 fn an_existing_empty_directory_is_adopted() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "validation");
     std::fs::create_dir_all(&dir).unwrap();
     deploy_yes(&repo, "validation")
@@ -243,7 +268,7 @@ fn an_existing_empty_directory_is_adopted() {
 
 #[test]
 fn a_change_becomes_a_new_generation_and_the_old_one_is_kept() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "validation");
     deploy_yes(&repo, "validation").code(0);
     let first = read(dir.join("current/worker.toml"));
@@ -268,7 +293,7 @@ fn a_change_becomes_a_new_generation_and_the_old_one_is_kept() {
 
 #[test]
 fn without_yes_and_without_a_terminal_nothing_is_written() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "validation");
 
     // An absent target stays absent: not even the lock file or the stamp is written.
@@ -303,7 +328,7 @@ fn without_yes_and_without_a_terminal_nothing_is_written() {
 
 #[test]
 fn uncommitted_configuration_is_refused_and_listed() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
 
     // An edit that was never committed.
@@ -351,7 +376,7 @@ fn uncommitted_configuration_is_refused_and_listed() {
 
 #[test]
 fn a_target_stamped_for_another_environment_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "validation").code(0);
     let validation = target(&repo, "validation");
     let validation_before = snapshot(&validation);
@@ -395,7 +420,7 @@ fn a_target_stamped_for_another_environment_is_refused() {
 
 #[test]
 fn a_copy_pasted_target_path_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "validation").code(0);
     repo.edit(
         PROD,
@@ -412,7 +437,7 @@ fn a_copy_pasted_target_path_is_refused() {
 
 #[test]
 fn a_target_stamped_with_another_account_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
     repo.edit(
         PROD,
@@ -430,7 +455,7 @@ fn a_target_stamped_with_another_account_is_refused() {
 
 #[test]
 fn a_non_empty_unstamped_directory_is_refused_and_listed() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("targets/validation/app.conf", "written by someone else\n");
     repo.write("targets/validation/data/cache.bin", [0u8, 1, 2, 255]);
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "validation"));
@@ -442,7 +467,7 @@ fn a_non_empty_unstamped_directory_is_refused_and_listed() {
 
 #[test]
 fn a_target_path_that_is_a_file_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("targets/validation", "not a directory\n");
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "validation"));
     run.code(3).stderr_has("not a directory");
@@ -450,7 +475,7 @@ fn a_target_path_that_is_a_file_is_refused() {
 
 #[test]
 fn a_target_path_that_is_a_symlink_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "validation").code(0);
     std::os::unix::fs::symlink("validation", target(&repo, "prod")).unwrap();
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
@@ -470,7 +495,7 @@ const IDENTITY_FROM_ENV: &str =
 
 #[test]
 fn identity_of_another_account_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
 
     // The tired operator's shell holds validation's credentials.
@@ -512,7 +537,7 @@ fn identity_of_another_account_is_refused() {
 
 #[test]
 fn identity_of_the_right_account_deploys() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     set_prod(&repo, IDENTITY_FROM_ENV, 16);
     repo.deploy_env(
         &["--target", "prod", "--yes"],
@@ -540,7 +565,7 @@ fn identity_of_the_right_account_deploys() {
 
 #[test]
 fn identity_failure_timeout_and_missing_program_are_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
 
     // Expired credentials: a non-zero exit, and what it said is shown.
@@ -584,17 +609,21 @@ fn identity_failure_timeout_and_missing_program_are_refused() {
 
 #[test]
 fn a_commit_not_on_the_branch_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
     repo.git(&["checkout", "-q", "-b", "feature"]);
     repo.edit(PROD, &[("threads = 16", "threads = 17")]);
     repo.commit("prod: unreviewed change");
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
     run.code(3).stderr_has("not on `main`");
+    // A plan may be made off the branch (for review), with a warning; it writes nothing.
     let run = untouched(&targets(&repo), || {
         repo.deploy(&["plan", "--target", "prod"])
     });
-    run.code(3).stderr_has("not on `main`");
+    run.code(0)
+        .stderr_has("warning:")
+        .stderr_has("not on `main`")
+        .stderr_has("`deploy apply` will refuse it");
 
     // Once merged, it deploys.
     repo.git(&["checkout", "-q", "main"]);
@@ -608,7 +637,7 @@ fn a_commit_not_on_the_branch_is_refused() {
 
 #[test]
 fn a_branch_that_does_not_exist_is_refused() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
     repo.edit(
         PROD,
@@ -655,7 +684,7 @@ fn health_calls(repo: &Repo) -> Vec<std::collections::BTreeMap<String, String>> 
 
 #[test]
 fn a_failing_health_check_rolls_back_to_the_old_generation() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/health.sh", HEALTH_SCRIPT);
     let good = set_prod(&repo, HEALTH, 16);
     assert_eq!(good, repo.git(&["rev-parse", "HEAD"]));
@@ -723,7 +752,7 @@ fi
 
 #[test]
 fn health_retries_until_it_passes() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/flaky.sh", FLAKY_SCRIPT);
     set_prod(
         &repo,
@@ -742,7 +771,7 @@ fn health_retries_until_it_passes() {
 
 #[test]
 fn health_that_keeps_failing_after_its_retries_rolls_back() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/flaky.sh", FLAKY_SCRIPT);
     deploy_yes(&repo, "prod").code(0);
     let dir = target(&repo, "prod");
@@ -764,7 +793,7 @@ fn health_that_keeps_failing_after_its_retries_rolls_back() {
 
 #[test]
 fn a_hanging_health_check_times_out_and_rolls_back() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     deploy_yes(&repo, "prod").code(0);
     let dir = target(&repo, "prod");
     let before = snapshot(&dir.join("current/"));
@@ -784,7 +813,7 @@ fn a_hanging_health_check_times_out_and_rolls_back() {
 
 #[test]
 fn a_first_deploy_whose_health_fails_leaves_nothing_live() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     set_prod(&repo, "[health]\ncommand = [\"false\"]\n", 16);
     let dir = target(&repo, "prod");
     deploy_yes(&repo, "prod")
@@ -808,7 +837,7 @@ fn a_first_deploy_whose_health_fails_leaves_nothing_live() {
 
 #[test]
 fn a_second_deployment_is_locked_out_and_a_dead_holder_does_not_block() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     std::fs::create_dir_all(repo.path().join("state")).unwrap();
     // The health check blocks until the test releases it.
     set_prod(
@@ -858,7 +887,7 @@ fn take_event(repo: &Repo) -> Option<serde_json::Value> {
 
 #[test]
 fn notify_hears_of_refusals_and_rollbacks() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     std::fs::create_dir_all(repo.path().join("state")).unwrap();
     repo.write("hooks/health.sh", HEALTH_SCRIPT);
     let sections = format!("{IDENTITY_FROM_ENV}{HEALTH}{NOTIFY_TO_FILE}");
@@ -912,7 +941,7 @@ fn notify_hears_of_refusals_and_rollbacks() {
 
 #[test]
 fn a_failing_notifier_warns_and_keeps_the_exit_code() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/health.sh", HEALTH_SCRIPT);
     let sections = format!("{IDENTITY_FROM_ENV}{HEALTH}[notify]\ncommand = [\"false\"]\n");
     set_prod(&repo, &sections, 16);
@@ -944,7 +973,7 @@ fn a_failing_notifier_warns_and_keeps_the_exit_code() {
 
 #[test]
 fn plan_writes_nothing() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "prod");
 
     // Absent target: planned as an adoption, and still absent afterwards.
@@ -998,7 +1027,7 @@ fn plan_writes_nothing() {
 
 #[test]
 fn plan_shows_added_and_removed_resources() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write(
         VALIDATION,
         read(repo.path().join(VALIDATION))
@@ -1026,7 +1055,7 @@ fn plan_shows_added_and_removed_resources() {
 
 #[test]
 fn json_apply_report() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let head = repo.git(&["rev-parse", "HEAD"]);
     let run = repo.deploy(&["--target", "validation", "--yes", "--format", "json"]);
     run.code(0);
@@ -1068,7 +1097,7 @@ fn json_apply_report() {
 
 #[test]
 fn json_reports_a_rollback_and_a_refusal() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/health.sh", HEALTH_SCRIPT);
     set_prod(&repo, HEALTH, 16);
     deploy_yes(&repo, "prod").code(0);
@@ -1106,7 +1135,7 @@ fn json_reports_a_rollback_and_a_refusal() {
 
 #[test]
 fn a_hand_edit_to_a_live_file_shows_as_a_change_back() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let dir = target(&repo, "validation");
     deploy_yes(&repo, "validation").code(0);
     let file = dir.join("current/worker.toml").canonicalize().unwrap();

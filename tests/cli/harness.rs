@@ -100,6 +100,21 @@ impl Repo {
         repo
     }
 
+    /// The base fixture without prod's promotion gate (`after = ["validation"]`), so that a
+    /// test can deploy prod directly; the gate has its own tests (`log.rs`).
+    pub fn ungated() -> Repo {
+        let repo = Repo::empty();
+        copy_tree(&fixtures().join("base"), repo.path(), &[]);
+        let prod = repo.read("environments/prod.toml");
+        assert!(prod.contains("after = [\"validation\"]\n"));
+        repo.write(
+            "environments/prod.toml",
+            prod.replace("after = [\"validation\"]\n", ""),
+        );
+        repo.commit("base configuration, prod without its promotion gate");
+        repo
+    }
+
     /// The base fixture with `overlay`'s files on top, committed.
     pub fn with_overlay(overlay: &Path) -> Repo {
         let repo = Repo::empty();

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use crate::harness::{Repo, snapshot};
 
 fn with_health_hook() -> Repo {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("hooks/health.sh", "#!/bin/sh\nexit 0\n");
     let script = repo.path().join("hooks/health.sh");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -4,7 +4,7 @@ use crate::harness::{Repo, snapshot, wait_for_file};
 
 #[test]
 fn ctrl_c_during_the_health_check_rolls_back() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.write("state/.keep", "");
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     let target = repo.path().join("targets/prod");

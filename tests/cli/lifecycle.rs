@@ -121,7 +121,7 @@ fn status_json(repo: &Repo, env: &str) -> StatusJson {
 
 #[test]
 fn status_before_any_deploy_says_nothing_is_deployed_and_writes_nothing() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let target = repo.path().join("targets/prod");
     let run = repo.deploy(&["status", "--target", "prod"]);
     run.code(0)
@@ -155,7 +155,7 @@ fn status_before_any_deploy_says_nothing_is_deployed_and_writes_nothing() {
 
 #[test]
 fn status_after_deploy_shows_the_live_generation_and_no_drift() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let commit = head(&repo);
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     let before = snapshot(&repo.path().join("targets/prod"));
@@ -204,7 +204,7 @@ fn status_after_deploy_shows_the_live_generation_and_no_drift() {
 
 #[test]
 fn status_shows_a_repository_that_moved_on() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let deployed = head(&repo);
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     repo.edit(
@@ -255,7 +255,7 @@ fn status_shows_a_repository_that_moved_on() {
 
 #[test]
 fn status_reports_files_edited_removed_and_added_by_hand() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     let target = repo.path().join("targets/prod");
     let worker = target.join("current/worker.toml");
@@ -329,7 +329,7 @@ fn status_reports_files_edited_removed_and_added_by_hand() {
 
 #[test]
 fn status_refuses_a_target_that_belongs_to_another_environment() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
     let validation = repo.path().join("targets/validation");
 
@@ -390,7 +390,7 @@ struct TwoGenerations {
 
 impl TwoGenerations {
     fn new() -> Self {
-        let repo = Repo::base();
+        let repo = Repo::ungated();
         let commit1 = head(&repo);
         repo.deploy(&["--target", "validation", "--yes"]).code(0);
         let target = repo.path().join("targets/validation");
@@ -492,7 +492,7 @@ fn rollback_to_a_generation_that_is_not_kept_lists_the_kept_ones() {
 
 #[test]
 fn rollback_with_a_single_generation_has_nowhere_to_go() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
     let target = repo.path().join("targets/validation");
     let before = snapshot(&target);
@@ -504,7 +504,7 @@ fn rollback_with_a_single_generation_has_nowhere_to_go() {
 
 #[test]
 fn rollback_of_a_target_never_deployed_is_an_error_and_writes_nothing() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.deploy(&["rollback", "--target", "validation", "--yes"])
         .code(1)
         .stderr_has("nothing to roll back");
@@ -563,7 +563,7 @@ fn rollback_refuses_a_target_that_belongs_to_another_environment() {
 
 #[test]
 fn rollback_whose_health_check_fails_is_rolled_back_again() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     let target = repo.path().join("targets/prod");
     // Generation 2: more threads, and a health check that only generation 1 fails.
@@ -603,7 +603,7 @@ fn rollback_whose_health_check_fails_is_rolled_back_again() {
 
 #[test]
 fn rollback_returns_to_what_was_live_before_not_to_a_generation_that_failed() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let target = repo.path().join("targets/prod");
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     let good = live_files(&target);

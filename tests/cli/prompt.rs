@@ -38,7 +38,7 @@ fn deploy_on_terminal(repo: &Repo, args: &str, answer: &str) -> Run {
 
 #[test]
 fn unprotected_environment_asks_yes_or_no() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let target = repo.path().join("targets/validation");
     deploy_on_terminal(&repo, "--target validation", "n\n")
         .code(1)
@@ -57,7 +57,7 @@ fn unprotected_environment_asks_yes_or_no() {
 
 #[test]
 fn protected_environment_wants_its_name_typed() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     let target = repo.path().join("targets/prod");
     deploy_on_terminal(&repo, "--target prod", "y\n")
         .code(1)
@@ -76,7 +76,7 @@ fn protected_environment_wants_its_name_typed() {
 
 #[test]
 fn yes_skips_the_prompt_but_not_a_refusal() {
-    let repo = Repo::base();
+    let repo = Repo::ungated();
     // The stamp of `validation`'s target, under prod's path: --yes must still refuse.
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
     repo.edit(

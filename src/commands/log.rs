@@ -1,0 +1,310 @@
+//! `deploy log [--target NAME]` and `deploy log verify [--target NAME]`: read and check the
+//! deployment logs of the environments whose targets this machine can reach.
+//!
+//! Reading a log needs no clean working tree and runs no identity command: it writes nothing.
+//! The target's stamp must still say the environment, so that a log is never shown under
+//! another environment's name.
+
+use std::path::Path;
+
+use anyhow::Result;
+use envlock::config::{Config, Environment};
+use envlock::deploy::open_target;
+use envlock::error::{Exit, Failure};
+use envlock::log::{self, Problem, Record};
+use envlock::output::{Printer, style};
+use envlock::target::StampState;
+use envlock::workspace;
+use serde::Serialize;
+
+use super::table;
+use crate::cli::{LogArgs, LogCommand};
+
+/// One environment's log, as found.
+#[derive(Serialize)]
+struct EnvLog {
+    environment: String,
+    target: String,
+    /// `ok`, `empty` (never deployed from here), `unreachable`, `foreign` (stamped for another
+    /// environment or account), `broken` (does not verify).
+    status: &'static str,
+    /// Why it is unreachable, foreign or empty.
+    reason: Option<String>,
+    /// Records that verify.
+    records: usize,
+    /// The hash of the last record that verifies.
+    head: Option<String>,
+    problem: Option<Problem>,
+    #[serde(skip)]
+    entries: Vec<Record>,
+}
+
+#[derive(Serialize)]
+struct LogDoc {
+    ok: bool,
+    /// Every record of the logs read, newest first.
+    records: Vec<Record>,
+    environments: Vec<EnvLog>,
+}
+
+#[derive(Serialize)]
+struct VerifyDoc<'a> {
+    ok: bool,
+    environments: &'a [EnvLog],
+}
+
+pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
+    let LogArgs { target, command } = args;
+    let repo = workspace::open(dir)?;
+    let (_commit, config) = workspace::load(&repo, "HEAD")?;
+    let envs: Vec<&Environment> = match &target {
+        Some(name) => vec![workspace::environment(&config, name)?],
+        None => config.environments.iter().collect(),
+    };
+    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e)).collect();
+    if let Some(name) = &target
+        && let Some(l) = logs.first()
+    {
+        refuse_unreadable(name, l)?;
+    }
+    match command {
+        Some(LogCommand::Verify) => verify(logs, printer),
+        None => show(&config, logs, printer),
+    }
+}
+
+/// With `--target`, a log that cannot be read is an error, not a note.
+fn refuse_unreadable(name: &str, l: &EnvLog) -> Result<()> {
+    let reason = l.reason.clone().unwrap_or_default();
+    match l.status {
+        "foreign" => Err(Failure::refused(format!(
+            "{} is not `{name}`'s target: {reason}",
+            l.target
+        ))
+        .hint("[target] leads into another environment's target; nothing was read")
+        .into()),
+        "unreachable" => Err(Failure::error(format!(
+            "cannot read `{name}`'s deployment log from this machine: {reason}"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+fn read(env: &Environment) -> EnvLog {
+    let mut l = EnvLog {
+        environment: env.name.clone(),
+        target: env.target.describe(),
+        status: "ok",
+        reason: None,
+        records: 0,
+        head: None,
+        problem: None,
+        entries: Vec::new(),
+    };
+    let target = match open_target(env) {
+        Ok(t) => t,
+        Err(e) => {
+            l.status = "unreachable";
+            l.reason = Some(format!("{e}"));
+            return l;
+        }
+    };
+    l.target = target.describe();
+    match target.stamp() {
+        Ok(StampState::Stamped(s))
+            if s.environment == env.name && s.account == env.account.value => {}
+        Ok(StampState::Stamped(s)) => {
+            l.status = "foreign";
+            l.reason = Some(format!(
+                "it is stamped for `{}` (account {})",
+                s.environment, s.account
+            ));
+            return l;
+        }
+        Ok(StampState::Absent) => {
+            l.status = "empty";
+            l.reason = Some("never deployed to".into());
+            return l;
+        }
+        Ok(StampState::Unstamped { .. }) => {
+            l.status = "foreign";
+            l.reason = Some("it holds data but no envlock stamp".into());
+            return l;
+        }
+        Err(e) => {
+            l.status = "unreachable";
+            l.reason = Some(e.to_string());
+            return l;
+        }
+    }
+    let bytes = match target.log_read() {
+        Ok(b) => b.unwrap_or_default(),
+        Err(e) => {
+            l.status = "unreachable";
+            l.reason = Some(e.to_string());
+            return l;
+        }
+    };
+    let v = log::verify(&bytes);
+    l.records = v.records;
+    l.head = Some(v.head);
+    if v.problem.is_some() {
+        l.status = "broken";
+        l.problem = v.problem;
+    }
+    l.entries = log::records(&bytes);
+    l
+}
+
+fn show(config: &Config, logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
+    let mut records: Vec<Record> = logs.iter().flat_map(|l| l.entries.clone()).collect();
+    // Newest first: by time, then by sequence within one log.
+    records.sort_by(|a, b| {
+        b.time
+            .cmp(&a.time)
+            .then_with(|| a.environment.cmp(&b.environment))
+            .then_with(|| b.seq.cmp(&a.seq))
+    });
+    let _ = config;
+    if printer.is_json() {
+        printer.json(&LogDoc {
+            ok: true,
+            records,
+            environments: logs,
+        })?;
+        return Ok(Exit::Success);
+    }
+    let header = [
+        "TIME",
+        "ENVIRONMENT",
+        "SEQ",
+        "ACTION",
+        "OUTCOME",
+        "COMMIT",
+        "GEN",
+        "CHANGES",
+        "OPERATOR",
+    ];
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.time.clone(),
+                r.environment.clone(),
+                r.seq.to_string(),
+                r.action.as_str().to_owned(),
+                r.outcome.as_str().to_owned(),
+                r.commit[..r.commit.len().min(12)].to_owned(),
+                r.generation.map_or("-".into(), |g| g.to_string()),
+                format!(
+                    "+{} ~{} -{}",
+                    r.changes.add, r.changes.change, r.changes.remove
+                ),
+                r.operator.display(),
+            ]
+        })
+        .collect();
+    let reasons: Vec<Option<String>> = records.iter().map(|r| r.reason.clone()).collect();
+    if records.is_empty() {
+        printer.err("No deployment has been recorded in the logs this machine can reach.\n");
+    } else {
+        let mut out = String::new();
+        for (i, line) in table(&header, &rows).lines().enumerate() {
+            out.push_str(line);
+            out.push('\n');
+            if i > 0
+                && let Some(reason) = &reasons[i - 1]
+            {
+                out.push_str(&format!("    ↳ {}\n", one_line(reason, 160)));
+            }
+        }
+        printer.out(&out)?;
+    }
+    for l in &logs {
+        let note = match l.status {
+            "ok" => continue,
+            "broken" => format!(
+                "{} the log of `{}` does not verify: {} (`deploy log verify --target {}`)",
+                printer.paint(style::WARN, "warning:"),
+                l.environment,
+                l.problem.as_ref().map_or("", |p| p.message.as_str()),
+                l.environment
+            ),
+            status => format!(
+                "{}: `{}` ({}): {}",
+                status,
+                l.environment,
+                l.target,
+                l.reason.as_deref().unwrap_or("")
+            ),
+        };
+        printer.err(&format!("{note}\n"));
+    }
+    Ok(Exit::Success)
+}
+
+fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
+    let ok = logs.iter().all(|l| l.status != "broken");
+    if printer.is_json() {
+        printer.json(&VerifyDoc {
+            ok,
+            environments: &logs,
+        })?;
+    } else {
+        let mut out = String::new();
+        for l in &logs {
+            let line = match l.status {
+                "ok" => format!(
+                    "{}: {} record{}, chain intact; head {}",
+                    l.environment,
+                    l.records,
+                    if l.records == 1 { "" } else { "s" },
+                    l.head.as_deref().unwrap_or("")
+                ),
+                "broken" => format!(
+                    "{}: {} {}",
+                    l.environment,
+                    printer.paint_out(style::ERROR, "BROKEN:"),
+                    l.problem.as_ref().map_or("", |p| p.message.as_str())
+                ),
+                status => format!(
+                    "{}: not verified ({status}: {})",
+                    l.environment,
+                    l.reason.as_deref().unwrap_or("")
+                ),
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        printer.out(&out)?;
+    }
+    let Some(first) = logs.iter().find(|l| l.status == "broken") else {
+        return Ok(Exit::Success);
+    };
+    let p = first.problem.as_ref();
+    Err(Failure::error(format!(
+        "the deployment log of `{}` does not verify: {}",
+        first.environment,
+        p.map_or("", |p| p.message.as_str())
+    ))
+    .detail(format!(
+        "{} record{} before it verif{}",
+        first.records,
+        if first.records == 1 { "" } else { "s" },
+        if first.records == 1 { "ies" } else { "y" }
+    ))
+    .hint("the log was altered or damaged after it was written; keep a copy of it for the audit and compare it with a backup or an earlier `deploy log verify` head")
+    .json_printed(printer.is_json())
+    .into())
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut out: String = flat.chars().take(max).collect();
+    out.push('…');
+    out
+}

@@ -1,0 +1,661 @@
+//! The deployment log: append-only JSON Lines in the target's state area, one record per
+//! attempt that reached the right target, chained by hashes (SPEC section 4).
+//!
+//! Format (one line per record, fields in this order, no whitespace):
+//! `{"seq":1,"time":…,…,"prev":"<64 hex>","hash":"<64 hex>"}`. The record's canonical JSON is
+//! its line without the `hash` member; `hash` = SHA-256 of that canonical JSON, which includes
+//! `prev`, the previous record's `hash` (64 zeros for the first record). Editing a byte changes
+//! the record's hash; dropping, reordering or inserting a record breaks `seq` or `prev`.
+//!
+//! Invariants: appending reads only the last record (O(1) in the log's length); verifying reads
+//! every byte once and hashes records on all cores; a record is appended only under the
+//! target's lock, so the chain never forks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::target::{GenerationId, Target, TargetError};
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `,"hash":"` + 64 hex + `"}`: how every line ends.
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+/// `,"prev":"` + 64 hex + `"`: what precedes the hash member.
+const PREV_LEN: usize = 9 + 64 + 1;
+
+/// What the attempt was.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A deployment of a commit.
+    Apply,
+    /// The first deployment, which stamped (adopted) the target.
+    Adopt,
+    /// `deploy rollback`.
+    Rollback,
+    /// A deployment that found nothing to change and health-checked what is live.
+    Verify,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Apply => "apply",
+            Action::Adopt => "adopt",
+            Action::Rollback => "rollback",
+            Action::Verify => "verify",
+        }
+    }
+}
+
+/// How it ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The new generation is live and passed its health check (or has none).
+    Applied,
+    /// Nothing to change, and the live generation passed its health check (or has none).
+    Unchanged,
+    /// It failed and the previous generation was made live again.
+    RolledBack,
+    /// It failed without changing what is live.
+    Failed,
+    /// Refused for safety (stale, promotion gate, saved plan) after the target proved to be
+    /// this environment's.
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    /// True for the outcomes that prove a commit live and healthy (the promotion gate).
+    pub fn proves_healthy(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Unchanged)
+    }
+}
+
+/// Who ran it: the OS user and host, plus the CI system's identity when present.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Operator {
+    pub user: String,
+    pub host: String,
+    /// CI identity variables (GitHub Actions, GitLab CI, Jenkins, Buildkite), when set.
+    pub ci: BTreeMap<String, String>,
+}
+
+/// The CI identity variables recorded with each record, per CI system (the first variable
+/// says which system it is).
+const CI_VARIABLES: &[&[&str]] = &[
+    &[
+        "GITHUB_ACTIONS",
+        "GITHUB_ACTOR",
+        "GITHUB_TRIGGERING_ACTOR",
+        "GITHUB_REPOSITORY",
+        "GITHUB_WORKFLOW",
+        "GITHUB_RUN_ID",
+        "GITHUB_RUN_ATTEMPT",
+        "GITHUB_REF",
+        "GITHUB_SHA",
+        "GITHUB_SERVER_URL",
+    ],
+    &[
+        "GITLAB_CI",
+        "GITLAB_USER_LOGIN",
+        "CI_PROJECT_PATH",
+        "CI_PIPELINE_ID",
+        "CI_JOB_ID",
+        "CI_JOB_URL",
+        "CI_COMMIT_REF_NAME",
+        "CI_COMMIT_SHA",
+    ],
+    &["JENKINS_URL", "BUILD_URL", "JOB_NAME", "BUILD_NUMBER"],
+    &[
+        "BUILDKITE",
+        "BUILDKITE_BUILD_URL",
+        "BUILDKITE_BUILD_CREATOR",
+        "BUILDKITE_PIPELINE_SLUG",
+        "BUILDKITE_BUILD_NUMBER",
+    ],
+];
+
+impl Operator {
+    /// This process's operator.
+    pub fn current() -> Self {
+        let h = crate::target::Holder::this_process("");
+        let mut ci = BTreeMap::new();
+        for system in CI_VARIABLES {
+            if crate::sysenv::var(system[0]).is_some_and(|v| !v.is_empty()) {
+                for name in *system {
+                    if let Some(v) = crate::sysenv::var(name).filter(|v| !v.is_empty()) {
+                        ci.insert((*name).to_owned(), v);
+                    }
+                }
+            }
+        }
+        Operator {
+            user: h.user,
+            host: h.host,
+            ci,
+        }
+    }
+
+    /// `user@host`, plus the CI actor when there is one.
+    pub fn display(&self) -> String {
+        let actor = [
+            "GITHUB_ACTOR",
+            "GITLAB_USER_LOGIN",
+            "BUILDKITE_BUILD_CREATOR",
+        ]
+        .iter()
+        .find_map(|k| self.ci.get(*k));
+        match actor {
+            Some(a) => format!("{}@{} (ci: {a})", self.user, self.host),
+            None if !self.ci.is_empty() => format!("{}@{} (ci)", self.user, self.host),
+            None => format!("{}@{}", self.user, self.host),
+        }
+    }
+}
+
+/// Resources added, changed and removed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Changes {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+/// One record of the log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub seq: u64,
+    /// UTC, RFC 3339.
+    pub time: String,
+    pub environment: String,
+    pub account: String,
+    /// The target, as `deploy envs` describes it.
+    pub target: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    /// The commit whose configuration was deployed (for a rollback: the commit of the
+    /// generation made live).
+    pub commit: String,
+    /// SHA-256 of the canonical resolved settings that were deployed.
+    pub config_sha256: String,
+    pub operator: Operator,
+    pub changes: Changes,
+    /// The generation live when the attempt ended.
+    pub generation: Option<GenerationId>,
+    /// The generation live before it.
+    pub previous_generation: Option<GenerationId>,
+    /// Why it failed, was refused or rolled back; what a recovery found.
+    pub reason: Option<String>,
+    /// The checksum of the saved plan applied (`deploy apply --plan`), if any.
+    pub plan_sha256: Option<String>,
+    pub prev: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// What the caller knows about an attempt; [`append`] adds the sequence, time and chain.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub environment: String,
+    pub account: String,
+    pub target: String,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub commit: String,
+    pub config_sha256: String,
+    pub operator: Operator,
+    pub changes: Changes,
+    pub generation: Option<GenerationId>,
+    pub previous_generation: Option<GenerationId>,
+    pub reason: Option<String>,
+    pub plan_sha256: Option<String>,
+}
+
+/// Why a record could not be appended.
+#[derive(thiserror::Error, Debug)]
+pub enum AppendError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The log ends in an incomplete record; only the recovery of an interrupted deployment
+    /// may cut it (see [`cut_incomplete_tail`]).
+    #[error(
+        "the deployment log ends with an incomplete record ({0} bytes after the last complete one)"
+    )]
+    IncompleteTail(usize),
+    /// The last record is not in the format this build writes.
+    #[error("the last record of the deployment log cannot be read: {0}")]
+    Unreadable(String),
+}
+
+/// The `seq` and `hash` of the last complete record (`(0, GENESIS)` for an empty log).
+fn head(target: &dyn Target) -> Result<(u64, String), AppendError> {
+    let tail = target.log_tail()?;
+    if tail.incomplete > 0 {
+        return Err(AppendError::IncompleteTail(tail.incomplete));
+    }
+    let Some(last) = tail.last else {
+        return Ok((0, GENESIS.to_owned()));
+    };
+    let parts = split_line(&last).map_err(|e| AppendError::Unreadable(e.to_owned()))?;
+    let seq = parts.seq.ok_or_else(|| {
+        AppendError::Unreadable("it does not start with a sequence number".into())
+    })?;
+    Ok((seq, String::from_utf8_lossy(parts.hash).into_owned()))
+}
+
+/// The sequence number of the last complete record (0 for an empty or absent log).
+pub fn last_seq(target: &dyn Target) -> Result<u64, AppendError> {
+    head(target).map(|(seq, _)| seq)
+}
+
+/// The last complete record, parsed.
+pub fn last_record(target: &dyn Target) -> Result<Option<Record>, TargetError> {
+    let tail = target.log_tail()?;
+    Ok(tail.last.and_then(|l| serde_json::from_slice(&l).ok()))
+}
+
+/// Append one record durably. The caller holds the target's lock.
+pub fn append(target: &dyn Target, entry: Entry) -> Result<Record, AppendError> {
+    let (seq, prev) = head(target)?;
+    let record = Record {
+        seq: seq + 1,
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        environment: entry.environment,
+        account: entry.account,
+        target: entry.target,
+        action: entry.action,
+        outcome: entry.outcome,
+        commit: entry.commit,
+        config_sha256: entry.config_sha256,
+        operator: entry.operator,
+        changes: entry.changes,
+        generation: entry.generation,
+        previous_generation: entry.previous_generation,
+        reason: entry.reason,
+        plan_sha256: entry.plan_sha256,
+        prev,
+        hash: String::new(),
+    };
+    let (line, record) = seal(record);
+    target.log_append(&line)?;
+    Ok(record)
+}
+
+/// Compute `hash` and the line to store (with its newline).
+pub fn seal(mut record: Record) -> (Vec<u8>, Record) {
+    record.hash.clear();
+    let canonical = serde_json::to_vec(&record).expect("a record serializes");
+    let hash = crate::target::sha256_hex(&canonical);
+    let mut line = canonical;
+    line.pop(); // the closing brace
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    record.hash = hash;
+    (line, record)
+}
+
+/// Cut an incomplete last record: only for the recovery of an interrupted deployment, whose
+/// journal proves that a record was being written when it died. Returns the bytes cut.
+pub fn cut_incomplete_tail(target: &dyn Target) -> Result<usize, TargetError> {
+    let tail = target.log_tail()?;
+    if tail.incomplete == 0 {
+        return Ok(0);
+    }
+    target.log_cut(tail.complete_len)?;
+    Ok(tail.incomplete)
+}
+
+/// The parts of a line that verification needs, found without parsing JSON.
+struct Parts<'a> {
+    seq: Option<u64>,
+    /// The canonical JSON without its closing brace.
+    body: &'a [u8],
+    prev: &'a [u8],
+    hash: &'a [u8],
+}
+
+fn is_hex64(b: &[u8]) -> bool {
+    b.len() == 64
+        && b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+fn split_line(line: &[u8]) -> Result<Parts<'_>, &'static str> {
+    let n = line.len();
+    if n < HASH_SUFFIX_LEN + PREV_LEN + 2 || !line.starts_with(b"{") {
+        return Err("it is not a record");
+    }
+    let suffix = &line[n - HASH_SUFFIX_LEN..];
+    if !suffix.starts_with(b",\"hash\":\"") || !suffix.ends_with(b"\"}") {
+        return Err("it does not end with its hash");
+    }
+    let hash = &suffix[9..9 + 64];
+    let body = &line[..n - HASH_SUFFIX_LEN];
+    let prev_member = &body[body.len() - PREV_LEN..];
+    if !prev_member.starts_with(b",\"prev\":\"") || !prev_member.ends_with(b"\"") {
+        return Err("it has no `prev` before its hash");
+    }
+    let prev = &prev_member[9..9 + 64];
+    if !is_hex64(hash) || !is_hex64(prev) {
+        return Err("its `prev` or `hash` is not 64 lowercase hex digits");
+    }
+    let seq = line
+        .strip_prefix(b"{\"seq\":")
+        .map(|rest| {
+            rest.iter()
+                .take_while(|c| c.is_ascii_digit())
+                .copied()
+                .collect::<Vec<u8>>()
+        })
+        .and_then(|digits| std::str::from_utf8(&digits).ok()?.parse().ok());
+    Ok(Parts {
+        seq,
+        body,
+        prev,
+        hash,
+    })
+}
+
+/// Why a log does not verify.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Broken {
+    /// A record's content does not match its hash.
+    Edited,
+    /// A record is missing: the sequence jumps.
+    Dropped,
+    /// Records are out of order.
+    Reordered,
+    /// A record's `prev` is not the previous record's hash (inserted or forged).
+    Forged,
+    /// The log ends in the middle of a record.
+    Truncated,
+    /// A line that is not a record at all.
+    Malformed,
+}
+
+impl Broken {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Broken::Edited => "edited",
+            Broken::Dropped => "dropped",
+            Broken::Reordered => "reordered",
+            Broken::Forged => "forged",
+            Broken::Truncated => "truncated",
+            Broken::Malformed => "malformed",
+        }
+    }
+}
+
+/// The first record that does not verify.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the log file.
+    pub line: usize,
+    /// The record's `seq` as written, when it can be read.
+    pub seq: Option<u64>,
+    pub kind: Broken,
+    pub message: String,
+}
+
+/// The result of verifying a whole log.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Records that verify (all of them when `problem` is `None`).
+    pub records: usize,
+    /// The hash of the last record that verifies (`GENESIS` for an empty log).
+    pub head: String,
+    pub problem: Option<Problem>,
+}
+
+/// Records hashed per task when verifying on several cores.
+const VERIFY_CHUNK: usize = 4096;
+
+/// Check the whole chain. Reads every byte once; hashes lines on all cores.
+pub fn verify(bytes: &[u8]) -> Verified {
+    // Line boundaries first (memchr-speed), then hash chunks of lines in parallel.
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let complete_last = bytes.last().is_none_or(|&b| b == b'\n');
+    if complete_last {
+        lines.pop(); // the empty string after the final newline
+    }
+    let chunks: Vec<&[&[u8]]> = lines.chunks(VERIFY_CHUNK).collect();
+    // Per line: the parts, or why it cannot be split; and whether its hash matches.
+    let checked: Vec<Vec<Result<(Option<u64>, bool), &'static str>>> =
+        crate::parallel::map(&chunks, |chunk| {
+            chunk
+                .iter()
+                .map(|line| {
+                    let parts = split_line(line)?;
+                    let mut h = Sha256::new();
+                    h.update(parts.body);
+                    h.update(b"}");
+                    Ok((parts.seq, hex_eq(&h.finalize(), parts.hash)))
+                })
+                .collect()
+        });
+    let mut prev: &[u8] = GENESIS.as_bytes();
+    let mut head = GENESIS.to_owned();
+    let mut expected = 1u64;
+    for (i, result) in checked.iter().flatten().enumerate() {
+        let line = lines[i];
+        let number = i + 1;
+        let last = i + 1 == lines.len();
+        let fail = |seq: Option<u64>, kind: Broken, message: String| Verified {
+            records: i,
+            head: head.clone(),
+            problem: Some(Problem {
+                line: number,
+                seq,
+                kind,
+                message,
+            }),
+        };
+        if last && !complete_last {
+            return fail(
+                split_line(line).ok().and_then(|p| p.seq),
+                Broken::Truncated,
+                format!(
+                    "the log ends in the middle of a record: line {number} has {} bytes and no end of line (the log was cut, or a write was interrupted)",
+                    line.len()
+                ),
+            );
+        }
+        let (seq, hash_ok) = match result {
+            Ok(r) => *r,
+            Err(why) => {
+                return fail(
+                    None,
+                    Broken::Malformed,
+                    format!("line {number} is not a log record: {why}"),
+                );
+            }
+        };
+        let parts = split_line(line).expect("split above");
+        let shown = seq.map_or_else(|| format!("line {number}"), |s| format!("record {s}"));
+        if !hash_ok {
+            return fail(
+                seq,
+                Broken::Edited,
+                format!("{shown} (line {number}) was edited: its content does not match its hash"),
+            );
+        }
+        match seq {
+            Some(s) if s == expected => {}
+            Some(s) if s > expected => {
+                let later = checked
+                    .iter()
+                    .flatten()
+                    .skip(i + 1)
+                    .any(|r| matches!(r, Ok((Some(x), _)) if *x == expected));
+                let (kind, what) = if later {
+                    (Broken::Reordered, "records are out of order")
+                } else {
+                    (Broken::Dropped, "a record is missing")
+                };
+                return fail(
+                    seq,
+                    kind,
+                    format!(
+                        "{shown} (line {number}) follows record {}: {what} (expected record {expected})",
+                        expected - 1
+                    ),
+                );
+            }
+            Some(_) => {
+                return fail(
+                    seq,
+                    Broken::Reordered,
+                    format!(
+                        "{shown} (line {number}) comes after record {}: records are out of order (expected record {expected})",
+                        expected - 1
+                    ),
+                );
+            }
+            None => {
+                return fail(
+                    None,
+                    Broken::Malformed,
+                    format!("line {number} has no sequence number"),
+                );
+            }
+        }
+        if parts.prev != prev {
+            return fail(
+                seq,
+                Broken::Forged,
+                format!(
+                    "{shown} (line {number}) does not chain to {}: its `prev` is not that record's hash (inserted or forged)",
+                    if expected == 1 {
+                        "the start of the log".to_owned()
+                    } else {
+                        format!("record {}", expected - 1)
+                    }
+                ),
+            );
+        }
+        prev = parts.hash;
+        head = String::from_utf8_lossy(parts.hash).into_owned();
+        expected += 1;
+    }
+    Verified {
+        records: lines.len(),
+        head,
+        problem: None,
+    }
+}
+
+fn hex_eq(digest: &[u8], hex: &[u8]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    digest.len() * 2 == hex.len()
+        && digest.iter().enumerate().all(|(i, b)| {
+            hex[2 * i] == HEX[usize::from(b >> 4)] && hex[2 * i + 1] == HEX[usize::from(b & 0xf)]
+        })
+}
+
+/// Parse every complete record (for display), oldest first. Lines that do not parse are
+/// skipped; `verify` is what judges them.
+pub fn records(bytes: &[u8]) -> Vec<Record> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, prev: &str) -> Record {
+        Record {
+            seq,
+            time: "2026-11-21T00:00:00Z".into(),
+            environment: "prod".into(),
+            account: "222222222222".into(),
+            target: "dir /srv/asr".into(),
+            action: Action::Apply,
+            outcome: Outcome::Applied,
+            commit: "c".repeat(40),
+            config_sha256: "d".repeat(64),
+            operator: Operator {
+                user: "ana".into(),
+                host: "box".into(),
+                ci: BTreeMap::new(),
+            },
+            changes: Changes::default(),
+            generation: Some(seq),
+            previous_generation: None,
+            reason: None,
+            plan_sha256: None,
+            prev: prev.into(),
+            hash: String::new(),
+        }
+    }
+
+    fn log(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for seq in 1..=n {
+            let (line, r) = seal(record(seq, &prev));
+            out.extend(line);
+            prev = r.hash;
+        }
+        out
+    }
+
+    #[test]
+    fn a_sealed_line_parses_back_and_hashes_its_canonical_form() {
+        let (line, r) = seal(record(1, GENESIS));
+        let back: Record = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, r);
+        let mut canonical = r.clone();
+        canonical.hash.clear();
+        assert_eq!(
+            r.hash,
+            crate::target::sha256_hex(&serde_json::to_vec(&canonical).unwrap())
+        );
+        assert!(line.starts_with(b"{\"seq\":1,"));
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let v = verify(&log(10_000));
+        assert_eq!(v.problem, None);
+        assert_eq!(v.records, 10_000);
+        assert_eq!(verify(b"").records, 0);
+    }
+
+    #[test]
+    fn an_edited_byte_is_found() {
+        let mut bytes = log(5);
+        let at = bytes
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| w == b"\"ana\",")
+            .nth(2)
+            .unwrap()
+            .0;
+        bytes[at + 1] = b'b';
+        let p = verify(&bytes).problem.unwrap();
+        assert_eq!((p.kind, p.seq, p.line), (Broken::Edited, Some(3), 3));
+    }
+}
