@@ -112,17 +112,24 @@ pub struct ApplyArgs {
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// Only this environment's log.
-    #[arg(long, value_name = "NAME", global = true)]
+    #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
     #[command(subcommand)]
     pub command: Option<LogCommand>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogTargetArgs {
+    /// Only this environment's log.
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
     /// Recompute the hash chain; exit 1 naming the first record that does not verify (edited,
     /// dropped, reordered, truncated or forged).
-    Verify,
+    Verify(LogTargetArgs),
 }
 
 #[derive(Debug, Args)]

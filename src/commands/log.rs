@@ -55,6 +55,10 @@ struct VerifyDoc<'a> {
 
 pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     let LogArgs { target, command } = args;
+    let target = match &command {
+        Some(LogCommand::Verify(v)) => v.target.clone().or(target),
+        None => target,
+    };
     let repo = workspace::open(dir)?;
     let (_commit, config) = workspace::load(&repo, "HEAD")?;
     let envs: Vec<&Environment> = match &target {
@@ -68,7 +72,7 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         refuse_unreadable(name, l)?;
     }
     match command {
-        Some(LogCommand::Verify) => verify(logs, printer),
+        Some(LogCommand::Verify(_)) => verify(logs, printer),
         None => show(&config, logs, printer),
     }
 }

@@ -104,6 +104,8 @@ struct Scenario {
     old: Files,
     /// The generation the killed run creates.
     new_generation: u64,
+    /// The commit the killed run deploys.
+    commit: String,
 }
 
 impl Scenario {
@@ -132,12 +134,13 @@ impl Scenario {
             "environments/validation.toml",
             env_file(3, &NEW_RESOURCES, health),
         );
-        repo.commit("validation: 3 threads, r6 instead of r5");
+        let commit = repo.commit("validation: 3 threads, r6 instead of r5");
         assert_ne!(&old, new_files());
         Scenario {
             repo,
             old,
             new_generation,
+            commit,
         }
     }
 
@@ -234,6 +237,35 @@ fn kill_at(repo: &Repo, args: &[&str], point: &str) -> String {
     seen
 }
 
+/// The log verifies and holds the killed attempt's outcome exactly once: recorded by the next
+/// run when the killed one died before recording it, never twice.
+#[track_caller]
+fn assert_recorded_once(s: &Scenario, target: &Path, health: Health, when: &str) {
+    let verify = s.repo.deploy(&["log", "verify", "--target", ENV]);
+    assert_eq!(
+        verify.code, 0,
+        "{when}: the log does not verify\n{}{}",
+        verify.stdout, verify.stderr
+    );
+    let log = std::fs::read_to_string(target.join(".envlock/log.jsonl")).unwrap_or_default();
+    let count = |outcome: &str| {
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a record is JSON"))
+            .filter(|r| r["commit"] == s.commit.as_str() && r["outcome"] == outcome)
+            .count()
+    };
+    let (applied, rolled_back) = match health {
+        Health::Passes => (1, 0),
+        Health::FailsOnNew => (0, 1),
+    };
+    assert_eq!(count("applied"), applied, "{when}: applied records\n{log}");
+    assert_eq!(
+        count("rolled-back"),
+        rolled_back,
+        "{when}: rolled-back records\n{log}"
+    );
+}
+
 /// Points whose kill leaves a journal (the next run must say it found an interrupted
 /// deployment).
 const JOURNALED: &[&str] = &[
@@ -244,6 +276,7 @@ const JOURNALED: &[&str] = &[
     "dir-switch-before-rename",
     "after-switch",
     "after-journal-verifying",
+    "before-record",
     "before-clear-journal",
     "before-rollback",
     "rollback-before-switch",
@@ -318,6 +351,7 @@ fn crash_at(point: &str, start: Start, health: Health, live_at_kill: Live) {
         );
     }
     assert!(!journal.exists(), "{when}: the journal is still there");
+    assert_recorded_once(&s, &target, health, &when);
     let live = assert_whole_generation(&target, &s.old, new, &when);
     match health {
         Health::Passes => {
@@ -387,6 +421,7 @@ crash_tests! {
     kill_between_symlink_and_rename: "dir-switch-before-rename", Deployed, Passes, Old;
     kill_after_the_switch: "after-switch", Deployed, Passes, New;
     kill_after_journal_says_verifying: "after-journal-verifying", Deployed, Passes, New;
+    kill_before_the_outcome_is_recorded: "before-record", Deployed, Passes, New;
     kill_before_the_journal_is_cleared: "before-clear-journal", Deployed, Passes, New;
     kill_before_pruning: "before-prune", Deployed, Passes, New;
     kill_in_the_middle_of_pruning: "dir-prune-mid", Deployed, Passes, New;
@@ -405,6 +440,7 @@ crash_tests! {
     first_deploy_kill_between_symlink_and_rename: "dir-switch-before-rename", Fresh, Passes, Old;
     first_deploy_kill_after_the_switch: "after-switch", Fresh, Passes, New;
     first_deploy_kill_after_journal_says_verifying: "after-journal-verifying", Fresh, Passes, New;
+    first_deploy_kill_before_the_outcome_is_recorded: "before-record", Fresh, Passes, New;
     first_deploy_kill_before_the_journal_is_cleared: "before-clear-journal", Fresh, Passes, New;
     first_deploy_kill_before_pruning: "before-prune", Fresh, Passes, New;
     first_deploy_kill_before_rolling_back: "before-rollback", Fresh, FailsOnNew, New;
