@@ -97,6 +97,12 @@ pub struct PlanArgs {
     /// The environment to plan for.
     #[arg(long, value_name = "NAME")]
     pub target: String,
+    /// Also write the plan as JSON to FILE, for `deploy apply --plan FILE` (e.g. after review).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 0 when nothing would change and 2 when changes are pending (for CI).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -107,6 +113,11 @@ pub struct ApplyArgs {
     /// Apply without asking (required without a terminal). Never skips a safety check.
     #[arg(long)]
     pub yes: bool,
+    /// Apply exactly this saved plan (`deploy plan --out FILE`), whatever HEAD is now, or
+    /// refuse: a plan for another environment, a stale or edited plan, or one whose commit is
+    /// not on `branch`.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

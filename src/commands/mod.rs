@@ -24,9 +24,9 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         command,
     } = cli;
     let dir = directory.unwrap_or_else(|| PathBuf::from("."));
-    if command.is_some() && (deploy.target.is_some() || deploy.yes) {
+    if command.is_some() && (deploy.target.is_some() || deploy.yes || deploy.plan.is_some()) {
         return Err(Failure::usage(
-            "--target and --yes before a command belong to the bare `deploy --target NAME`",
+            "--target, --yes and --plan before a command belong to the bare `deploy --target NAME`",
         )
         .hint("put them after the command, e.g. `deploy plan --target prod`")
         .into());

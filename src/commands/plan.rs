@@ -6,10 +6,11 @@
 //! library's [`envlock::deploy`] does the live side. Failures of `apply` and `rollback` after
 //! the environment is known are told to its `[notify] command`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use envlock::config::Config;
+use envlock::deploy::saved::SavedPlan;
 use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
 use envlock::error::{Exit, Failure, exit_for};
@@ -71,15 +72,57 @@ fn prepare(
 
 /// Which command is running, for what happens after `prepare`.
 enum Job {
-    Plan,
-    Apply { yes: bool },
+    Plan {
+        out: Option<PathBuf>,
+        detailed_exitcode: bool,
+    },
+    Apply {
+        yes: bool,
+        saved: Option<(PathBuf, SavedPlan)>,
+    },
     Status,
-    Rollback { to: Option<u64>, yes: bool },
+    Rollback {
+        to: Option<u64>,
+        yes: bool,
+    },
 }
 
 fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let repo = workspace::open(dir)?;
-    let (commit, config) = workspace::load(&repo, "HEAD")?;
+    // A saved plan is applied from its own commit, whatever HEAD is now.
+    let rev = match &job {
+        Job::Apply {
+            saved: Some((path, plan)),
+            ..
+        } => {
+            if plan.environment != name {
+                return Err(Failure::refused(format!(
+                    "the plan {} is for environment `{}` (account {}), not for `{name}`",
+                    path.display(),
+                    plan.environment,
+                    plan.account
+                ))
+                .hint(format!(
+                    "apply each environment's own plan (`deploy plan --target {name} --out FILE`); nothing was changed"
+                ))
+                .into());
+            }
+            if repo.commit(&plan.commit).is_err() {
+                return Err(Failure::refused(format!(
+                    "the plan {} is for commit {}, which this clone does not have",
+                    path.display(),
+                    plan.commit
+                ))
+                .hint(
+                    "fetch it (`git fetch origin`), then apply the plan again; nothing was changed",
+                )
+                .into());
+            }
+            plan.commit.clone()
+        }
+        _ => "HEAD".to_owned(),
+    };
+    let (commit, config) = workspace::load(&repo, &rev)?;
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
     let result = prepare(&repo, &config, &commit, name, printer).and_then(|()| {
         let env = workspace::environment(&config, name)?;
@@ -87,7 +130,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         // writes must be on `branch`.
         match (&job, deploy::check_branch(&repo, env, &commit)) {
             (_, Ok(())) => {}
-            (Job::Plan | Job::Status, Err(e)) => printer.err(&format!(
+            (Job::Plan { .. } | Job::Status, Err(e)) => printer.err(&format!(
                 "{} {e:#}; `deploy apply` will refuse it until then\n",
                 printer.paint(envlock::output::style::WARN, "warning:")
             )),
@@ -99,6 +142,14 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             .iter()
             .filter_map(|a| config.get(&a.value))
             .collect();
+        if let Job::Apply {
+            saved: Some((path, plan)),
+            ..
+        } = &job
+        {
+            plan.check_owner(&d, path)?;
+            d.plan_sha256 = Some(plan.id().to_owned());
+        }
         run_job(&d, job, printer)
     });
     // Tell the environment's notifier (from the reviewed commit) about every refusal, failure
@@ -139,14 +190,33 @@ fn is_cancellation(err: &anyhow::Error) -> bool {
 
 fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
     match job {
-        Job::Plan => {
+        Job::Plan {
+            out,
+            detailed_exitcode,
+        } => {
             let report = deploy::apply::plan(d)?;
+            if let (Some(path), Some(saved)) = (&out, &report.saved) {
+                saved.write(path)?;
+                d.say(&format!(
+                    "Saved the plan to {} (checksum {}); apply it with `deploy apply --target {} --plan {}`.",
+                    path.display(),
+                    &saved.checksum[..12],
+                    d.env.name,
+                    path.display()
+                ));
+            }
             if printer.is_json() {
                 printer.json(&report)?;
             }
+            if detailed_exitcode && !report.changes.is_empty() {
+                return Ok(Exit::ChangesPending);
+            }
             Ok(Exit::Success)
         }
-        Job::Apply { yes } => finish(deploy::apply::apply(d, yes)?, printer),
+        Job::Apply { yes, saved } => finish(
+            deploy::apply::apply(d, yes, saved.as_ref().map(|(_, p)| p))?,
+            printer,
+        ),
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
         Job::Status => {
             let status = deploy::status::status(d)?;
@@ -173,16 +243,36 @@ fn finish(report: deploy::apply::Report, printer: &Printer) -> Result<Exit> {
 }
 
 pub fn plan(dir: &Path, args: PlanArgs, printer: &Printer) -> Result<Exit> {
-    let PlanArgs { target } = args;
-    run(dir, &target, Job::Plan, printer)
+    let PlanArgs {
+        target,
+        out,
+        detailed_exitcode,
+    } = args;
+    run(
+        dir,
+        &target,
+        Job::Plan {
+            out,
+            detailed_exitcode,
+        },
+        printer,
+    )
 }
 
 pub fn apply(dir: &Path, args: ApplyArgs, printer: &Printer) -> Result<Exit> {
-    let ApplyArgs { target, yes } = args;
+    let ApplyArgs { target, yes, plan } = args;
     let Some(target) = target else {
         return Err(Failure::usage("`deploy apply` needs --target NAME").into());
     };
-    run(dir, &target, Job::Apply { yes }, printer)
+    // Relative to where deploy was started, like any file argument (not to -C).
+    let saved = match plan {
+        Some(path) => {
+            let plan = SavedPlan::read(&path)?;
+            Some((path, plan))
+        }
+        None => None,
+    };
+    run(dir, &target, Job::Apply { yes, saved }, printer)
 }
 
 pub fn status(dir: &Path, args: StatusArgs, printer: &Printer) -> Result<Exit> {

@@ -13,6 +13,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::journal::{JOURNAL_VERSION, Journal, Phase};
+use super::saved::{self, LiveState, SavedPlan};
 use super::{Deployment, HealthReport, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
@@ -52,6 +53,9 @@ pub struct Report {
     /// `apply` or `rollback`, for messages.
     #[serde(skip)]
     pub action: &'static str,
+    /// What `deploy plan --out FILE` writes.
+    #[serde(skip)]
+    pub saved: Option<SavedPlan>,
 }
 
 /// Resources added, changed and removed (the same shape as in the log).
@@ -95,6 +99,7 @@ impl Report {
             config_sha256: d.config_sha256(),
             log: None,
             action: "apply",
+            saved: None,
         }
     }
 
@@ -243,6 +248,28 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
     report.previous_generation = live.generation;
     report.generation = live.generation;
     report.set_plan(&plan);
+    report.saved = Some(
+        SavedPlan {
+            format: saved::FORMAT.to_owned(),
+            version: saved::VERSION,
+            environment: d.env.name.clone(),
+            account: d.env.account.value.clone(),
+            target: d.env.target.describe(),
+            commit: d.commit.id.to_string(),
+            config_sha256: report.config_sha256.clone(),
+            live: LiveState {
+                generation: live.generation,
+                sha256: saved::live_sha256(&live),
+            },
+            resources: saved::resource_hashes(&plan.desired),
+            summary: report.summary,
+            changes: plan.changes.clone(),
+            created: crate::target::now_rfc3339(),
+            operator: operator(),
+            checksum: String::new(),
+        }
+        .seal(),
+    );
     show_plan(
         d,
         &format!("Plan for {}", heading(d)),
@@ -252,8 +279,9 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
     Ok(report)
 }
 
-/// The main job. Returns the report; `outcome == "rolled-back"` means exit 4.
-pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
+/// The main job. Returns the report; `outcome == "rolled-back"` means exit 4. With `expected`
+/// (`deploy apply --plan FILE`), only exactly that plan is applied.
+pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let mut report = Report::new(d, "applied");
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
@@ -265,6 +293,12 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
     let plan = plan::compute(plan::desired(d.env), &live.resources);
+    if let Some(saved) = expected
+        && let Err(err) = matches_saved(d, saved, &live, &plan)
+    {
+        record_refusal(d, &stamp, lock.is_some(), &err);
+        return Err(err);
+    }
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
@@ -473,6 +507,51 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         d.commit.short()
     ));
     Ok(report)
+}
+
+/// A saved plan applies only to the live state it was computed from, and only if its commit
+/// still renders to exactly the files it hashed.
+fn matches_saved(d: &Deployment<'_>, saved: &SavedPlan, live: &Live, plan: &Plan) -> Result<()> {
+    let now = saved::live_sha256(live);
+    if now != saved.live.sha256 {
+        let what = if live.generation != saved.live.generation {
+            format!(
+                "{} is live now, the plan was computed against {}",
+                live.generation
+                    .map_or("no generation".to_owned(), |g| format!("generation {g}")),
+                saved
+                    .live
+                    .generation
+                    .map_or("no generation".to_owned(), |g| format!("generation {g}"))
+            )
+        } else {
+            "the live files were changed by hand since the plan was made".to_owned()
+        };
+        return Err(Failure::refused(format!(
+            "the saved plan is stale: {what}"
+        ))
+        .detail(format!("live state hash in the plan: {}", saved.live.sha256))
+        .detail(format!("live state hash now:         {now}"))
+        .hint(format!(
+            "plan again (`deploy plan --target {} --out FILE`), review it, and apply the new plan; nothing was changed",
+            d.env.name
+        ))
+        .into());
+    }
+    if saved::resource_hashes(&plan.desired) != saved.resources
+        || d.config_sha256() != saved.config_sha256
+    {
+        return Err(Failure::refused(format!(
+            "commit {} no longer renders to the files the saved plan hashed (was the plan written by another envlock version?)",
+            d.commit.short()
+        ))
+        .hint(format!(
+            "plan again with this envlock (`deploy plan --target {} --out FILE`); nothing was changed",
+            d.env.name
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Nothing is written, not even the lock file, until a plan is confirmed; an interrupted

@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod gate;
 pub mod journal;
+pub mod saved;
 pub mod status;
 
 use std::io::{BufRead, IsTerminal, Write};

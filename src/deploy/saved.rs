@@ -1,0 +1,202 @@
+//! Saved plans (SPEC section 5): `deploy plan --out FILE` writes one; `deploy apply --plan FILE`
+//! applies exactly it or refuses.
+//!
+//! A plan binds the environment, its account and target, the commit, `config_sha256`, a hash
+//! of the live state it was computed from, the SHA-256 of every resource file it would write,
+//! and the changes shown for review; `checksum` is the SHA-256 of the document's canonical JSON
+//! without `checksum`. Applying re-renders the commit's configuration and writes it only if it
+//! is byte-for-byte what the plan hashed, against the very live state it was computed from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::Deployment;
+use crate::error::Failure;
+use crate::log::Changes;
+use crate::plan::Change;
+use crate::target::{GenerationId, Live, sha256_hex};
+
+/// What `format` says in every saved plan.
+pub const FORMAT: &str = "envlock-plan";
+/// The plan format this build writes and reads.
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SavedPlan {
+    pub format: String,
+    pub version: u32,
+    pub environment: String,
+    pub account: String,
+    /// The target as the environment file says (`dir targets/prod`).
+    pub target: String,
+    pub commit: String,
+    pub config_sha256: String,
+    /// What was live when the plan was computed.
+    pub live: LiveState,
+    /// Resource -> SHA-256 of the exact file the apply writes.
+    pub resources: BTreeMap<String, String>,
+    pub summary: Changes,
+    pub changes: Vec<Change>,
+    pub created: String,
+    pub operator: String,
+    /// SHA-256 of this document's canonical JSON without `checksum`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub checksum: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LiveState {
+    pub generation: Option<GenerationId>,
+    /// See [`live_sha256`].
+    pub sha256: String,
+}
+
+/// A hash of a live state: the live generation and the SHA-256 of each live resource file.
+pub fn live_sha256(live: &Live) -> String {
+    let mut text = format!(
+        "generation {}\n",
+        live.generation.map_or("none".to_owned(), |g| g.to_string())
+    );
+    for (name, bytes) in &live.resources {
+        text.push_str(&format!("{name} {}\n", sha256_hex(bytes)));
+    }
+    sha256_hex(text.as_bytes())
+}
+
+/// Resource -> SHA-256 of its file.
+pub fn resource_hashes(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .map(|(k, v)| (k.clone(), sha256_hex(v)))
+        .collect()
+}
+
+impl SavedPlan {
+    fn computed_checksum(&self) -> String {
+        let mut doc = self.clone();
+        doc.checksum.clear();
+        sha256_hex(&serde_json::to_vec(&doc).expect("a plan serializes"))
+    }
+
+    /// Fill in `checksum`.
+    pub fn seal(mut self) -> Self {
+        self.checksum = self.computed_checksum();
+        self
+    }
+
+    /// The checksum recorded in the log when this plan is applied.
+    pub fn id(&self) -> &str {
+        &self.checksum
+    }
+
+    /// Write the plan to `path` (atomically: a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map_or_else(|| "plan".to_owned(), |n| n.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let fail = |what: &str, e: std::io::Error| {
+            Failure::error(format!("cannot {what} {}: {e}", path.display()))
+                .hint("--out names the file to write the plan to; its directory must exist")
+        };
+        std::fs::write(&tmp, &bytes).map_err(|e| fail("write", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail("write", e)
+        })?;
+        Ok(())
+    }
+
+    /// Read and check a plan file: readable, a plan, this format, and not edited.
+    pub fn read(path: &Path) -> Result<SavedPlan> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Failure::error(format!("cannot read the plan {}: {e}", path.display()))
+                .hint("`deploy plan --target NAME --out FILE` writes one")
+        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::refused(format!(
+                "{} is not a saved plan: it is not JSON ({e})",
+                path.display()
+            ))
+            .hint("`deploy plan --target NAME --out FILE` writes one; nothing was changed")
+        })?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return Err(Failure::refused(format!(
+                "{} is not a saved envlock plan (no `\"format\": \"{FORMAT}\"`)",
+                path.display()
+            ))
+            .hint("`deploy plan --target NAME --out FILE` writes one; nothing was changed")
+            .into());
+        }
+        if let Some(v) = value.get("version").and_then(|v| v.as_u64())
+            && v > u64::from(VERSION)
+        {
+            return Err(Failure::refused(format!(
+                "{} is a plan of format version {v}, newer than this envlock understands ({VERSION})",
+                path.display()
+            ))
+            .hint("apply it with the envlock version that wrote it, or plan again")
+            .into());
+        }
+        let plan: SavedPlan = serde_json::from_value(value).map_err(|e| {
+            Failure::refused(format!(
+                "the plan {} was edited: it does not have the fields envlock writes ({e})",
+                path.display()
+            ))
+            .hint("plan again with `deploy plan --target NAME --out FILE`; nothing was changed")
+        })?;
+        let expected = plan.computed_checksum();
+        if plan.checksum != expected {
+            return Err(Failure::refused(format!(
+                "the plan {} was edited after it was written: its checksum does not match its content",
+                path.display()
+            ))
+            .detail(format!("checksum in the file: {}", plan.checksum))
+            .detail(format!("checksum of the content: {expected}"))
+            .hint("a reviewed plan must be applied as written; plan again with `deploy plan --target NAME --out FILE`; nothing was changed")
+            .into());
+        }
+        Ok(plan)
+    }
+
+    /// The plan must be for this environment, its account and its target (exit 3 otherwise).
+    pub fn check_owner(&self, d: &Deployment<'_>, path: &Path) -> Result<()> {
+        let env = d.env;
+        let foreign = |what: String| -> anyhow::Error {
+            Failure::refused(format!(
+                "the plan {} is for {what}, not for {}",
+                path.display(),
+                d.who()
+            ))
+            .hint(format!(
+                "apply each environment's own plan (`deploy plan --target {} --out FILE`); nothing was changed",
+                env.name
+            ))
+            .into()
+        };
+        if self.environment != env.name {
+            return Err(foreign(format!(
+                "environment `{}` (account {})",
+                self.environment, self.account
+            )));
+        }
+        if self.account != env.account.value {
+            return Err(foreign(format!("account {}", self.account)));
+        }
+        if self.target != env.target.describe() {
+            return Err(foreign(format!("target {}", self.target)));
+        }
+        Ok(())
+    }
+}
