@@ -357,21 +357,19 @@ fn split_line(line: &[u8]) -> Result<Parts<'_>, &'static str> {
     if !is_hex64(hash) || !is_hex64(prev) {
         return Err("its `prev` or `hash` is not 64 lowercase hex digits");
     }
-    let seq = line
-        .strip_prefix(b"{\"seq\":")
-        .map(|rest| {
-            rest.iter()
-                .take_while(|c| c.is_ascii_digit())
-                .copied()
-                .collect::<Vec<u8>>()
-        })
-        .and_then(|digits| std::str::from_utf8(&digits).ok()?.parse().ok());
     Ok(Parts {
-        seq,
+        seq: leading_seq(line),
         body,
         prev,
         hash,
     })
+}
+
+/// The `seq` a line starts with (`{"seq":N,`), if it does.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let n = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..n]).ok()?.parse().ok()
 }
 
 /// Why a log does not verify.
@@ -426,6 +424,10 @@ pub struct Verified {
     pub problem: Option<Problem>,
 }
 
+/// One line checked on its own: its `seq` and whether its hash matches, or why it is not a
+/// record.
+type LineCheck = Result<(Option<u64>, bool), &'static str>;
+
 /// Records hashed per task when verifying on several cores.
 const VERIFY_CHUNK: usize = 4096;
 
@@ -439,23 +441,23 @@ pub fn verify(bytes: &[u8]) -> Verified {
     }
     let chunks: Vec<&[&[u8]]> = lines.chunks(VERIFY_CHUNK).collect();
     // Per line: the parts, or why it cannot be split; and whether its hash matches.
-    let checked: Vec<Vec<Result<(Option<u64>, bool), &'static str>>> =
-        crate::parallel::map(&chunks, |chunk| {
-            chunk
-                .iter()
-                .map(|line| {
-                    let parts = split_line(line)?;
-                    let mut h = Sha256::new();
-                    h.update(parts.body);
-                    h.update(b"}");
-                    Ok((parts.seq, hex_eq(&h.finalize(), parts.hash)))
-                })
-                .collect()
-        });
+    let checked: Vec<Vec<LineCheck>> = crate::parallel::map(&chunks, |chunk| {
+        chunk
+            .iter()
+            .map(|line| {
+                let parts = split_line(line)?;
+                let mut h = Sha256::new();
+                h.update(parts.body);
+                h.update(b"}");
+                Ok((parts.seq, hex_eq(&h.finalize(), parts.hash)))
+            })
+            .collect()
+    });
     let mut prev: &[u8] = GENESIS.as_bytes();
     let mut head = GENESIS.to_owned();
-    let mut expected = 1u64;
     for (i, result) in checked.iter().flatten().enumerate() {
+        // Every earlier line verified, so this one must be the next record.
+        let expected = i as u64 + 1;
         let line = lines[i];
         let number = i + 1;
         let last = i + 1 == lines.len();
@@ -471,7 +473,7 @@ pub fn verify(bytes: &[u8]) -> Verified {
         };
         if last && !complete_last {
             return fail(
-                split_line(line).ok().and_then(|p| p.seq),
+                leading_seq(line),
                 Broken::Truncated,
                 format!(
                     "the log ends in the middle of a record: line {number} has {} bytes and no end of line (the log was cut, or a write was interrupted)",
@@ -554,7 +556,6 @@ pub fn verify(bytes: &[u8]) -> Verified {
         }
         prev = parts.hash;
         head = String::from_utf8_lossy(parts.hash).into_owned();
-        expected += 1;
     }
     Verified {
         records: lines.len(),

@@ -78,7 +78,8 @@ enum Job {
     },
     Apply {
         yes: bool,
-        saved: Option<(PathBuf, SavedPlan)>,
+        /// `--plan FILE` and the plan read from it.
+        saved: Option<Box<(PathBuf, SavedPlan)>>,
     },
     Status,
     Rollback {
@@ -92,9 +93,9 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     // A saved plan is applied from its own commit, whatever HEAD is now.
     let rev = match &job {
         Job::Apply {
-            saved: Some((path, plan)),
-            ..
+            saved: Some(saved), ..
         } => {
+            let (path, plan) = &**saved;
             if plan.environment != name {
                 return Err(Failure::refused(format!(
                     "the plan {} is for environment `{}` (account {}), not for `{name}`",
@@ -143,10 +144,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             .filter_map(|a| config.get(&a.value))
             .collect();
         if let Job::Apply {
-            saved: Some((path, plan)),
-            ..
+            saved: Some(saved), ..
         } = &job
         {
+            let (path, plan) = &**saved;
             plan.check_owner(&d, path)?;
             d.plan_sha256 = Some(plan.id().to_owned());
         }
@@ -214,7 +215,7 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Job::Apply { yes, saved } => finish(
-            deploy::apply::apply(d, yes, saved.as_ref().map(|(_, p)| p))?,
+            deploy::apply::apply(d, yes, saved.as_deref().map(|(_, p)| p))?,
             printer,
         ),
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
@@ -268,7 +269,7 @@ pub fn apply(dir: &Path, args: ApplyArgs, printer: &Printer) -> Result<Exit> {
     let saved = match plan {
         Some(path) => {
             let plan = SavedPlan::read(&path)?;
-            Some((path, plan))
+            Some(Box::new((path, plan)))
         }
         None => None,
     };

@@ -81,9 +81,14 @@ pub fn check_branch(repo: &Repo, env: &Environment, commit: &CommitInfo) -> Resu
             commit.short(),
             env.name
         ))
-        .detail(format!("HEAD is {} {}", commit.short(), commit.summary))
+        .detail(format!(
+            "{} is {} {}",
+            if commit.rev == "HEAD" { "HEAD" } else { "the commit" },
+            commit.short(),
+            commit.summary
+        ))
         .hint(format!(
-            "merge the change into `{branch}` through review, check out `{branch}`, and run again"
+            "merge the change into `{branch}` through review, check out `{branch}`, and run again; nothing was changed"
         ))
         .into()),
         Err(e) => Err(Failure::refused(format!(

@@ -11,5 +11,6 @@ mod fixtures;
 mod hooks;
 mod interrupt;
 mod lifecycle;
+mod log;
 mod prompt;
 mod worktree;

@@ -1,0 +1,721 @@
+//! The deployment log (`deploy log`, `deploy log verify`) and what builds on it: tampering
+//! caught and named, the promotion gate, saved plans (`plan --out`, `apply --plan`) and
+//! `plan --detailed-exitcode`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{Repo, Run, snapshot};
+
+const VALIDATION: &str = "environments/validation.toml";
+const PROD: &str = "environments/prod.toml";
+
+fn target(repo: &Repo, env: &str) -> PathBuf {
+    repo.path().join("targets").join(env)
+}
+
+fn log_file(repo: &Repo, env: &str) -> PathBuf {
+    target(repo, env).join(".envlock/log.jsonl")
+}
+
+fn deploy_yes(repo: &Repo, env: &str) -> Run {
+    repo.deploy(&["--target", env, "--yes"])
+}
+
+/// One record as `deploy log --format json` prints it (every field, nothing else).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Record {
+    seq: u64,
+    time: String,
+    environment: String,
+    account: String,
+    target: String,
+    action: String,
+    outcome: String,
+    commit: String,
+    config_sha256: String,
+    operator: Operator,
+    changes: Changes,
+    generation: Option<u64>,
+    previous_generation: Option<u64>,
+    reason: Option<String>,
+    plan_sha256: Option<String>,
+    prev: String,
+    hash: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Operator {
+    user: String,
+    host: String,
+    ci: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Changes {
+    add: usize,
+    change: usize,
+    remove: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EnvLog {
+    environment: String,
+    target: String,
+    status: String,
+    reason: Option<String>,
+    records: usize,
+    head: Option<String>,
+    problem: Option<ProblemJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ProblemJson {
+    line: usize,
+    seq: Option<u64>,
+    kind: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LogDoc {
+    ok: bool,
+    records: Vec<Record>,
+    environments: Vec<EnvLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyDoc {
+    ok: bool,
+    environments: Vec<EnvLog>,
+}
+
+#[track_caller]
+fn parse<'a, T: Deserialize<'a>>(run: &'a Run) -> T {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not the expected JSON document: {e}\n--- stdout\n{}\n--- stderr\n{}",
+            run.stdout, run.stderr
+        )
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Set validation's worker threads and commit; returns the commit id.
+fn set_threads(repo: &Repo, threads: u32) -> String {
+    let text = repo.read(VALIDATION);
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("threads")).collect();
+    let line = format!("threads = {threads}");
+    lines.push(&line);
+    repo.write(VALIDATION, lines.join("\n") + "\n");
+    repo.commit(&format!("validation: {threads} threads"))
+}
+
+/// A repository where validation was deployed three times (three records).
+fn three_records() -> Repo {
+    let repo = Repo::base();
+    deploy_yes(&repo, "validation").code(0);
+    for threads in [5, 6] {
+        set_threads(&repo, threads);
+        deploy_yes(&repo, "validation").code(0);
+    }
+    assert_eq!(
+        std::fs::read_to_string(log_file(&repo, "validation"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    repo
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn every_attempt_is_recorded_and_the_chain_verifies() {
+    let repo = three_records();
+    let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let run = repo.deploy(&["log", "--target", "validation", "--format", "json"]);
+    run.code(0);
+    let doc: LogDoc = parse(&run);
+    assert!(doc.ok);
+    let seqs: Vec<u64> = doc.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [3, 2, 1], "newest first");
+    let first = &doc.records[2];
+    assert_eq!(
+        (first.action.as_str(), first.outcome.as_str()),
+        ("adopt", "applied")
+    );
+    assert_eq!(first.prev, "0".repeat(64));
+    assert_eq!(
+        first.changes,
+        Changes {
+            add: 1,
+            change: 0,
+            remove: 0
+        }
+    );
+    let last = &doc.records[0];
+    assert_eq!(
+        (last.action.as_str(), last.outcome.as_str()),
+        ("apply", "applied")
+    );
+    assert_eq!(last.commit, head);
+    assert_eq!(last.generation, Some(3));
+    assert_eq!(last.previous_generation, Some(2));
+    assert_eq!(last.account, "111111111111");
+    assert_eq!(last.config_sha256.len(), 64);
+    assert!(!last.operator.user.is_empty() && !last.operator.host.is_empty());
+    // The chain: each record's prev is the previous record's hash, and the hash is the SHA-256
+    // of the line without its hash member (checked here independently of envlock).
+    for pair in doc.records.windows(2) {
+        assert_eq!(pair[0].prev, pair[1].hash);
+    }
+    for line in lines(&log_file(&repo, "validation")) {
+        let cut = line.rfind(",\"hash\":\"").unwrap();
+        let canonical = format!("{}}}", &line[..cut]);
+        let hash = &line[cut + 9..cut + 9 + 64];
+        assert_eq!(sha256_hex(canonical.as_bytes()), hash);
+    }
+
+    let run = repo.deploy(&["log", "verify", "--target", "validation"]);
+    run.code(0)
+        .stdout_has("validation: 3 records, chain intact")
+        .stdout_has(&doc.records[0].hash);
+
+    // The text table, newest first, with prod named as never deployed.
+    let run = repo.deploy(&["log"]);
+    run.code(0)
+        .stdout_has("TIME")
+        .stdout_has("OUTCOME")
+        .stderr_has("`prod`")
+        .stderr_has("never deployed to");
+    let rows: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert!(rows[0].contains("validation") && rows[0].contains(" 3 "));
+    assert!(rows[2].contains("adopt"));
+}
+
+#[test]
+fn a_ci_run_records_the_ci_identity() {
+    let repo = Repo::base();
+    repo.deploy_env(
+        &["--target", "validation", "--yes"],
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_ACTOR", "octo-deployer"),
+            ("GITHUB_RUN_ID", "4242"),
+            ("GITHUB_REPOSITORY", "acme/asr-config"),
+        ],
+    )
+    .code(0);
+    let doc: LogDoc = parse(&repo.deploy(&["log", "--format", "json"]));
+    let ci = &doc.records[0].operator.ci;
+    assert_eq!(ci["GITHUB_ACTOR"], "octo-deployer");
+    assert_eq!(ci["GITHUB_RUN_ID"], "4242");
+    assert_eq!(ci["GITHUB_REPOSITORY"], "acme/asr-config");
+    repo.deploy(&["log"])
+        .code(0)
+        .stdout_has("(ci: octo-deployer)");
+}
+
+/// Run `log verify` on a tampered log: exit 1, naming the record and why.
+#[track_caller]
+fn broken(repo: &Repo, kind: &str, line: usize, seq: Option<u64>, says: &str) {
+    let run = repo.deploy(&["log", "verify", "--target", "validation"]);
+    run.code(1).stdout_has("BROKEN").stderr_has(says);
+    let run = repo.deploy(&[
+        "log",
+        "verify",
+        "--target",
+        "validation",
+        "--format",
+        "json",
+    ]);
+    run.code(1);
+    let doc: VerifyDoc = parse(&run);
+    assert!(!doc.ok);
+    let p = doc.environments[0].problem.as_ref().expect("a problem");
+    assert_eq!(p.kind, kind, "{}", p.message);
+    assert_eq!(p.line, line, "{}", p.message);
+    assert_eq!(p.seq, seq, "{}", p.message);
+    assert_eq!(doc.environments[0].records, line - 1);
+    // `deploy log` still shows it, with a warning.
+    repo.deploy(&["log", "--target", "validation"])
+        .code(0)
+        .stderr_has("does not verify");
+}
+
+#[test]
+fn an_edited_byte_is_named() {
+    let repo = three_records();
+    let path = log_file(&repo, "validation");
+    let mut l = lines(&path);
+    l[1] = l[1].replacen("\"threads", "\"thread", 1);
+    l[1] = l[1].replacen("\"add\":0", "\"add\":1", 1);
+    write_lines(&path, &l);
+    broken(&repo, "edited", 2, Some(2), "record 2 (line 2) was edited");
+}
+
+#[test]
+fn a_dropped_record_is_named() {
+    let repo = three_records();
+    let path = log_file(&repo, "validation");
+    let mut l = lines(&path);
+    l.remove(1);
+    write_lines(&path, &l);
+    broken(&repo, "dropped", 2, Some(3), "a record is missing");
+}
+
+#[test]
+fn swapped_records_are_named() {
+    let repo = three_records();
+    let path = log_file(&repo, "validation");
+    let mut l = lines(&path);
+    l.swap(1, 2);
+    write_lines(&path, &l);
+    broken(&repo, "reordered", 2, Some(3), "out of order");
+}
+
+#[test]
+fn a_truncated_last_line_is_named_and_blocks_deploying() {
+    let repo = three_records();
+    let path = log_file(&repo, "validation");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 40]).unwrap();
+    broken(
+        &repo,
+        "truncated",
+        3,
+        Some(3),
+        "ends in the middle of a record",
+    );
+
+    // No deployment was in flight (no journal), so nothing may "repair" it: deploying refuses
+    // with exit 1 and writes nothing.
+    set_threads(&repo, 9);
+    let before = snapshot(&target(&repo, "validation"));
+    deploy_yes(&repo, "validation")
+        .code(1)
+        .stderr_has("incomplete record")
+        .stderr_has("deploy log verify --target validation");
+    assert_eq!(snapshot(&target(&repo, "validation")), before);
+}
+
+#[test]
+fn a_forged_record_with_a_recomputed_hash_but_the_wrong_prev_is_named() {
+    let repo = three_records();
+    let path = log_file(&repo, "validation");
+    let mut l = lines(&path);
+    // A forger copies record 3, claims seq 4 and a clean outcome, and recomputes the hash,
+    // but chains it to record 2 (the hash it could not know is the one it must point at).
+    let mut forged: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&l[2]).unwrap();
+    let record2: serde_json::Value = serde_json::from_str(&l[1]).unwrap();
+    forged.insert("seq".into(), 4.into());
+    forged.insert("prev".into(), record2["hash"].clone());
+    forged.remove("hash");
+    let canonical = serde_json::to_string(&forged).unwrap();
+    let hash = sha256_hex(canonical.as_bytes());
+    l.push(format!(
+        "{},\"hash\":\"{hash}\"}}",
+        &canonical[..canonical.len() - 1]
+    ));
+    write_lines(&path, &l);
+    broken(&repo, "forged", 4, Some(4), "does not chain to record 3");
+}
+
+#[test]
+fn a_killed_writer_s_incomplete_record_is_cut_by_the_recovery() {
+    // A deployment in flight (its journal proves it) died while appending: the next run removes
+    // the partial line and records the outcome once.
+    let repo = three_records();
+    let dir = target(&repo, "validation");
+    let path = log_file(&repo, "validation");
+    let good = std::fs::read(&path).unwrap();
+    let live = std::fs::read_link(dir.join("current")).unwrap();
+    let generation: u64 = live.to_string_lossy()[12..].parse().unwrap();
+    let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let journal = serde_json::json!({
+        "version": 1, "action": "apply", "phase": "verifying",
+        "environment": "validation", "account": "111111111111", "commit": head,
+        "previous": generation - 1, "next": generation, "newest": generation - 1,
+        "holder": {"user": "ana", "host": "box", "pid": 1, "since": "2026-11-21T00:00:00Z",
+                   "environment": "validation"},
+        "log_seq": 3, "config_sha256": "", "changes": {"add": 0, "change": 1, "remove": 0},
+        "plan_sha256": null, "adopted": false
+    });
+    std::fs::write(
+        dir.join(".envlock/journal.json"),
+        serde_json::to_vec(&journal).unwrap(),
+    )
+    .unwrap();
+    let mut partial = good.clone();
+    partial.extend_from_slice(b"{\"seq\":4,\"time\":\"2026-11-2");
+    std::fs::write(&path, &partial).unwrap();
+
+    let run = deploy_yes(&repo, "validation");
+    run.code(0)
+        .stderr_has("died while writing its log record")
+        .stderr_has("stays live");
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
+    let l = lines(&path);
+    assert!(std::fs::read(&path).unwrap().starts_with(&good));
+    let rec4: serde_json::Value = serde_json::from_str(&l[3]).unwrap();
+    assert_eq!(rec4["outcome"], "applied");
+    assert!(
+        rec4["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted run of ana@box")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Promotion gate
+
+#[test]
+fn prod_waits_for_validation_to_prove_the_commit() {
+    let repo = Repo::base();
+    let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let short = &head[..12];
+
+    // Nothing on validation yet: refused, nothing written anywhere.
+    let before = snapshot(&repo.path().join("targets"));
+    let run = deploy_yes(&repo, "prod");
+    run.code(3)
+        .stderr_has("promotion gate")
+        .stderr_has("`validation` has never been deployed to")
+        .stderr_has(&format!("deploy commit {short} to `validation` first"))
+        .stderr_has("deploy --target validation");
+    assert_eq!(snapshot(&repo.path().join("targets")), before);
+    // A plan warns but is not refused.
+    repo.deploy(&["plan", "--target", "prod"])
+        .code(0)
+        .stderr_has("promotion gate");
+
+    deploy_yes(&repo, "validation").code(0);
+    deploy_yes(&repo, "prod").code(0).stderr_has("Deployed:");
+
+    // A new commit that changes only prod: validation has nothing to change, but must still
+    // verify the commit (a recorded no-change verification) before prod takes it.
+    repo.edit(PROD, &[("threads = 16", "threads = 17")]);
+    let next = repo.commit("prod: 17 threads");
+    let prod_before = snapshot(&target(&repo, "prod"));
+    let run = deploy_yes(&repo, "prod");
+    run.code(3)
+        .stderr_has("`validation`'s deployment log has no successful deployment of commit")
+        .stderr_has(&next[..12]);
+    // The refusal is recorded in prod's log (its target was proven to be prod's), and nothing
+    // else changed.
+    let mut after = snapshot(&target(&repo, "prod"));
+    after.insert(
+        ".envlock/log.jsonl".into(),
+        prod_before[".envlock/log.jsonl"].clone(),
+    );
+    assert_eq!(after, prod_before);
+    let doc: LogDoc = parse(&repo.deploy(&["log", "--target", "prod", "--format", "json"]));
+    assert_eq!(doc.records[0].outcome, "refused");
+    assert!(
+        doc.records[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("promotion gate")
+    );
+
+    deploy_yes(&repo, "validation")
+        .code(0)
+        .stderr_has("No changes");
+    let doc: LogDoc = parse(&repo.deploy(&["log", "--target", "validation", "--format", "json"]));
+    assert_eq!(
+        (
+            doc.records[0].action.as_str(),
+            doc.records[0].outcome.as_str()
+        ),
+        ("verify", "unchanged")
+    );
+    assert_eq!(doc.records[0].commit, next);
+    deploy_yes(&repo, "prod").code(0).stderr_has("Deployed:");
+}
+
+#[test]
+fn a_failed_validation_does_not_open_the_gate() {
+    let repo = Repo::base();
+    // validation's health check fails for this commit: it rolls back (exit 4), and the
+    // rolled-back record proves nothing.
+    let text = repo.read(VALIDATION);
+    repo.write(
+        VALIDATION,
+        text.replace(
+            "[settings.worker]",
+            "[health]\ncommand = [\"false\"]\n\n[settings.worker]",
+        ),
+    );
+    repo.commit("validation: a failing health check");
+    deploy_yes(&repo, "validation").code(4);
+    deploy_yes(&repo, "prod")
+        .code(3)
+        .stderr_has("has no successful deployment of commit");
+}
+
+#[test]
+fn a_tampered_validation_log_does_not_open_the_gate() {
+    let repo = Repo::base();
+    deploy_yes(&repo, "validation").code(0);
+    let path = log_file(&repo, "validation");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"user\":", "\"user\": ");
+    std::fs::write(&path, text).unwrap();
+    deploy_yes(&repo, "prod")
+        .code(3)
+        .stderr_has("`validation`'s deployment log does not verify");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saved plans and --detailed-exitcode
+
+/// The JSON `deploy plan --out` writes (every field).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct SavedPlan {
+    format: String,
+    version: u32,
+    environment: String,
+    account: String,
+    target: String,
+    commit: String,
+    config_sha256: String,
+    live: LiveState,
+    resources: std::collections::BTreeMap<String, String>,
+    summary: Changes,
+    changes: Vec<ChangeJson>,
+    created: String,
+    operator: String,
+    checksum: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LiveState {
+    generation: Option<u64>,
+    sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ChangeJson {
+    resource: String,
+    action: String,
+    diff: String,
+}
+
+#[test]
+fn detailed_exitcode_says_whether_changes_are_pending() {
+    let repo = Repo::base();
+    repo.deploy(&["plan", "--target", "validation", "--detailed-exitcode"])
+        .code(2)
+        .stdout_has("Plan: 1 to add");
+    repo.deploy(&["plan", "--target", "validation"]).code(0);
+    deploy_yes(&repo, "validation").code(0);
+    repo.deploy(&["plan", "--target", "validation", "--detailed-exitcode"])
+        .code(0);
+    // Errors keep their own codes.
+    repo.deploy(&["plan", "--target", "nope", "--detailed-exitcode"])
+        .code(1);
+}
+
+/// Plan on a pull-request branch, merge, then apply the saved plan on main.
+#[test]
+fn a_plan_reviewed_on_a_branch_is_applied_after_the_merge() {
+    let repo = Repo::base();
+    deploy_yes(&repo, "validation").code(0);
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("validation.plan.json");
+    let plan_arg = plan.to_str().unwrap();
+
+    repo.git(&["checkout", "-q", "-b", "pr"]);
+    let pr = set_threads(&repo, 8);
+    let run = repo.deploy(&[
+        "plan",
+        "--target",
+        "validation",
+        "--detailed-exitcode",
+        "--out",
+        plan_arg,
+    ]);
+    run.code(2)
+        .stdout_has("+threads = 8")
+        .stderr_has("Saved the plan");
+    let saved: SavedPlan = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+    assert_eq!(saved.format, "envlock-plan");
+    assert_eq!(saved.commit, pr);
+    assert_eq!(saved.environment, "validation");
+    assert_eq!(saved.live.generation, Some(1));
+    assert_eq!(saved.changes.len(), 1);
+    assert_eq!(saved.checksum.len(), 64);
+
+    // Not merged yet: validation deploys only commits on `main`.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.deploy(&[
+        "apply",
+        "--target",
+        "validation",
+        "--plan",
+        plan_arg,
+        "--yes",
+    ])
+    .code(3)
+    .stderr_has("is not on `main`");
+    // Merged (a merge commit keeps the reviewed commit reachable), then HEAD moves on.
+    repo.git(&["merge", "-q", "--no-ff", "-m", "merge pr", "pr"]);
+    repo.write("README.md", "unrelated\n");
+    repo.commit("docs");
+    let run = repo.deploy(&[
+        "apply",
+        "--target",
+        "validation",
+        "--plan",
+        plan_arg,
+        "--yes",
+    ]);
+    run.code(0).stderr_has("Deployed:");
+    let live =
+        std::fs::read_to_string(target(&repo, "validation").join("current/worker.toml")).unwrap();
+    assert!(live.contains("threads = 8"));
+    let doc: LogDoc = parse(&repo.deploy(&["log", "--target", "validation", "--format", "json"]));
+    assert_eq!(doc.records[0].commit, pr, "the plan's commit, not HEAD");
+    assert_eq!(
+        doc.records[0].plan_sha256.as_deref(),
+        Some(saved.checksum.as_str())
+    );
+}
+
+#[test]
+fn saved_plan_refusals_leave_the_target_unchanged() {
+    let repo = Repo::base();
+    deploy_yes(&repo, "validation").code(0);
+    deploy_yes(&repo, "prod").code(0);
+    let plans = tempfile::tempdir().unwrap();
+    let path = |name: &str| plans.path().join(name).to_str().unwrap().to_owned();
+
+    repo.edit(PROD, &[("threads = 16", "threads = 17")]);
+    set_threads(&repo, 8);
+    let vplan = path("validation.json");
+    let pplan = path("prod.json");
+    repo.deploy(&["plan", "--target", "validation", "--out", &vplan])
+        .code(0);
+    repo.deploy(&["plan", "--target", "prod", "--out", &pplan])
+        .code(0);
+    let targets = repo.path().join("targets");
+
+    // Resources and generations are never touched by a refusal; a refusal on a target proven
+    // to be this environment's adds one `refused` record to its log.
+    let refused = |args: &[&str], says: &str| {
+        let before = snapshot(&targets);
+        let run = repo.deploy(args);
+        run.code(3)
+            .stderr_has(says)
+            .stderr_has("nothing was changed");
+        let after = snapshot(&targets);
+        for (k, v) in &before {
+            if !k.ends_with("log.jsonl") {
+                assert_eq!(after.get(k), Some(v), "{k} changed\n{}", run.stderr);
+            }
+        }
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>()
+        );
+    };
+
+    // Another environment's plan.
+    refused(
+        &["apply", "--target", "prod", "--plan", &vplan, "--yes"],
+        "is for environment `validation`",
+    );
+
+    // An edited plan: one byte of a diff changed.
+    let edited = path("edited.json");
+    let text = std::fs::read_to_string(&vplan).unwrap();
+    std::fs::write(&edited, text.replacen("threads = 8", "threads = 9", 1)).unwrap();
+    refused(
+        &[
+            "apply",
+            "--target",
+            "validation",
+            "--plan",
+            &edited,
+            "--yes",
+        ],
+        "was edited after it was written",
+    );
+
+    // A plan whose commit is not on prod's branch (`main`).
+    repo.git(&["checkout", "-q", "-b", "side"]);
+    repo.edit(PROD, &[("threads = 17", "threads = 18")]);
+    repo.commit("prod: unreviewed");
+    let side = path("side.json");
+    repo.deploy(&["plan", "--target", "prod", "--out", &side])
+        .code(0)
+        .stderr_has("not on `main`");
+    repo.git(&["checkout", "-q", "main"]);
+    refused(
+        &["apply", "--target", "prod", "--plan", &side, "--yes"],
+        "is not on `main`",
+    );
+
+    // Stale: the live state moved after the plan was made (validation deployed meanwhile).
+    repo.deploy(&["apply", "--target", "validation", "--plan", &vplan, "--yes"])
+        .code(0);
+    refused(
+        &["apply", "--target", "validation", "--plan", &vplan, "--yes"],
+        "the saved plan is stale",
+    );
+    // Stale by a hand edit of a live file (same generation).
+    let live = target(&repo, "prod").join("current/worker.toml");
+    let text = std::fs::read_to_string(&live).unwrap();
+    std::fs::write(&live, text.replace("threads = 16", "threads = 15")).unwrap();
+    refused(
+        &["apply", "--target", "prod", "--plan", &pplan, "--yes"],
+        "changed by hand",
+    );
+    let doc: LogDoc = parse(&repo.deploy(&["log", "--target", "prod", "--format", "json"]));
+    assert_eq!(doc.records[0].outcome, "refused");
+}
