@@ -17,7 +17,8 @@ use super::{Deployment, HealthReport, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
-use crate::plan::{self, Action, Change, Plan};
+use crate::plan::{self, Action, Change, Plan, SecretUse};
+use crate::secret::{self, Resolved};
 use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState};
 
 /// What a deployment did, for people (stderr) and `--format json` (stdout).
@@ -208,9 +209,43 @@ fn heading(d: &Deployment<'_>) -> String {
     format!("{} at commit {}{summary}", d.who(), d.commit.short())
 }
 
+/// Read the environment's secret values (after the owner checks: callers' order) and register
+/// them with the printer's redaction net.
+pub(super) fn resolve_secrets(d: &Deployment<'_>) -> Result<Resolved> {
+    let resolved = secret::resolve(d.env, &d.root)?;
+    d.printer.redact(resolved.values());
+    Ok(resolved)
+}
+
+/// The target's secret key (`None` when it has none yet) and the key to hash with now: that
+/// one, or a random key for this run only, since a plan writes nothing.
+pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+    let stored = d.target.secret_key().map_err(|e| d.target_failure(e))?;
+    let key = match &stored {
+        Some(k) => k.clone(),
+        None => secret::random_key()
+            .map_err(|e| crate::error::Failure::error(format!("cannot get random bytes: {e}")))?,
+    };
+    Ok((stored, key))
+}
+
+/// The secrets that the live generation's metadata lists (masked in diffs).
+pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<SecretUse>> {
+    if live.generation.is_none() {
+        return Ok(Vec::new());
+    }
+    let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
+    Ok(gens
+        .iter()
+        .find(|g| Some(g.id) == live.generation)
+        .map(|g| SecretUse::from_meta(&g.meta))
+        .unwrap_or_default())
+}
+
 /// `deploy plan --target NAME`: verify the owner, diff against live. Writes nothing.
 pub fn plan(d: &Deployment<'_>) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    let resolved = resolve_secrets(d)?;
     if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
         let what = Journal::from_bytes(&bytes)
             .map(|j| j.describe())
@@ -222,7 +257,13 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
         ));
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let (_, key) = secret_key(d)?;
+    let plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &live_secrets(d, &live)?,
+        &key,
+    );
     let mut report = Report::new(d, "planned");
     report.adopted = matches!(stamp, StampState::Absent);
     report.previous_generation = live.generation;
@@ -240,12 +281,20 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
 /// The main job. Returns the report; `outcome == "rolled-back"` means exit 4.
 pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    // A secret that cannot be read refuses before anything, even a recovery, is written.
+    let resolved = resolve_secrets(d)?;
     let mut report = Report::new(d, "applied");
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);
     };
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let (stored_key, key) = secret_key(d)?;
+    let mut plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &live_secrets(d, &live)?,
+        &key,
+    );
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
@@ -314,6 +363,14 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
         failpoint::hit("after-adopt");
     }
+    if !plan.desired.secrets.is_empty() && stored_key.is_none() {
+        // The generation records hashes under the key that later runs compare with.
+        let key = d
+            .target
+            .create_secret_key()
+            .map_err(|e| d.target_failure(e))?;
+        plan.desired = plan::desired(d.env, &resolved, &key);
+    }
     let mut journal = Journal {
         version: JOURNAL_VERSION,
         action: "apply".into(),
@@ -335,8 +392,13 @@ pub fn apply(d: &Deployment<'_>, yes: bool) -> Result<Report> {
         "account": d.env.account.value,
         "operator": operator(),
         "summary": d.commit.summary,
+        "config_sha256": plan.desired.config_sha256,
+        "secrets": plan.desired.secrets,
     });
-    let id = match d.target.apply(&plan.desired, &meta) {
+    let id = match d
+        .target
+        .apply(&plan.desired.files, &plan.desired.private, &meta)
+    {
         Ok(id) => id,
         Err(err) => {
             // The switch is the last step of an apply, so the old generation is live unless the
@@ -750,7 +812,24 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         .target
         .resources(wanted.id)
         .map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(resources, &live.resources);
+    let (_, key) = secret_key(d)?;
+    let desired = plan::Desired::stored(
+        resources,
+        SecretUse::from_meta(&wanted.meta),
+        &key,
+        wanted
+            .meta
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let plan = plan::compute(
+        desired,
+        &live.resources,
+        &SecretUse::from_meta(&current.meta),
+        &key,
+    );
     report.set_plan(&plan);
     show_plan(
         d,

@@ -68,7 +68,14 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
     let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
     let current = gens.iter().find(|g| g.live);
     let drift = d.target.drift().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let resolved = super::apply::resolve_secrets(d)?;
+    let (_, key) = super::apply::secret_key(d)?;
+    let plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &super::apply::live_secrets(d, &live)?,
+        &key,
+    );
     let status = Status {
         ok: true,
         environment: d.env.name.clone(),
