@@ -259,3 +259,21 @@ fn render_diagnostic(
     let group: Group = title.elements(elements);
     renderer.render(&[group])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_values_are_scrubbed_from_text_and_json_strings() {
+        let p = Printer::new(Format::Json);
+        p.redact(vec!["s3cret-value".into(), "abc".into(), "s3cret".into()]);
+        assert_eq!(
+            p.scrub("x=s3cret-value; y=s3cret; abc"),
+            "x=(secret); y=(secret); abc"
+        );
+        let mut v = serde_json::json!({"a": ["s3cret-value\"q"], "s3cret": 1, "b": 2});
+        p.scrub_json(&mut v);
+        assert_eq!(v.to_string(), r#"{"a":["(secret)\"q"],"(secret)":1,"b":2}"#);
+    }
+}

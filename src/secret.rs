@@ -311,8 +311,8 @@ fn check_lock(env: &Environment, resolved: &Resolved) -> Result<()> {
         None => Ok(()),
         Some(f) => Err(f
             .hint(format!(
-                "this looks like `{}`'s secret is another environment's; set `{}`'s own value (nothing was written)",
-                env.name, env.name
+                "this looks like another environment's secret; set `{}`'s own value (nothing was written)",
+                env.name
             ))
             .into()),
     }

@@ -370,7 +370,7 @@ impl Node {
                     problems.push(SecretProblem {
                         span: node.span.clone(),
                         message: format!(
-                            "`secret` must be a string such as \"env:NAME\", not a {}",
+                            "`secret` must be a string such as \"env:NAME\", found {}",
                             node.type_name()
                         ),
                         label: "not a string".to_owned(),

@@ -12,4 +12,5 @@ mod hooks;
 mod interrupt;
 mod lifecycle;
 mod prompt;
+mod secrets;
 mod worktree;
