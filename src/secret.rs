@@ -74,6 +74,54 @@ impl Resolved {
     }
 }
 
+impl Resolved {
+    /// Stand-ins for values that cannot be read (for `status`): each secret takes the value it
+    /// has in the live resource files, so that only changes of everything else count; a secret
+    /// with no live value gets a stand-in that never matches.
+    pub fn assume_live(
+        env: &Environment,
+        live: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Resolved {
+        let mut resolved = Resolved::default();
+        for (name, res) in &env.settings {
+            let table = live
+                .get(name)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|t| t.parse::<toml::Table>().ok());
+            for (path, _, r) in res.node.secrets() {
+                let value = table
+                    .as_ref()
+                    .and_then(|t| live_value(t, &path))
+                    .unwrap_or_else(|| format!("(secret {} not available)", r.text));
+                resolved.secrets.push(ResolvedSecret {
+                    resource: name.clone(),
+                    path,
+                    reference: r.text.clone(),
+                    at: r.at.clone(),
+                    value,
+                });
+            }
+        }
+        resolved
+    }
+}
+
+/// The string at `path` of a live resource table.
+fn live_value(table: &toml::Table, path: &[Seg]) -> Option<String> {
+    let (Seg::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let mut v = table.get(first)?;
+    for seg in rest {
+        v = match (seg, v) {
+            (Seg::Key(k), toml::Value::Table(t)) => t.get(k)?,
+            (Seg::Index(i), toml::Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    v.as_str().map(str::to_owned)
+}
+
 /// `settings.asr-worker.db_password`.
 fn settings_path(resource: &str, path: &[Seg]) -> String {
     let rest = path_text(path);

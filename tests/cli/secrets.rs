@@ -227,6 +227,13 @@ fn secrets_are_deployed_with_mode_0600_compared_by_hash_and_never_shown() {
     )
     .code(0);
 
+    // `status` works without the values: secrets count as unchanged, and it says so.
+    out.run(&repo, &["status", "--target", "prod"], None)
+        .code(0)
+        .stdout_has("up to date")
+        .stderr_has("warning: secret `env:PROD_DB_PASSWORD`")
+        .stderr_has("changes to secret values are not counted");
+
     // Removing a secret shows it as removed, not its value.
     repo.write(
         PROD,
