@@ -224,7 +224,7 @@ pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>
     let key = match &stored {
         Some(k) => k.clone(),
         None => secret::random_key()
-            .map_err(|e| crate::error::Failure::error(format!("cannot get random bytes: {e}")))?,
+            .map_err(|e| Failure::error(format!("cannot get random bytes: {e}")))?,
     };
     Ok((stored, key))
 }
