@@ -17,6 +17,7 @@ pub mod process;
 pub mod render;
 pub mod repo;
 pub mod safety;
+pub mod secret;
 pub mod source;
 pub mod sysenv;
 pub mod target;

@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::Mutex;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
@@ -25,7 +26,14 @@ pub struct Printer {
     pub format: Format,
     color_err: bool,
     color_out: bool,
+    /// Secret values never to print (see [`Printer::redact`]), longest first.
+    redacted: Mutex<Vec<String>>,
 }
+
+/// What a registered secret value is printed as.
+const REDACTED: &str = "(secret)";
+/// Shorter values are not redacted: they would mangle ordinary text and reveal nothing.
+const REDACT_MIN_LEN: usize = 4;
 
 /// ANSI styles used in text output.
 pub mod style {
@@ -48,7 +56,29 @@ impl Printer {
             format,
             color_err: !no_color && io::stderr().is_terminal(),
             color_out: !no_color && io::stdout().is_terminal(),
+            redacted: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Never print these values: every later output (stdout and stderr, text and JSON) shows
+    /// `(secret)` instead. A safety net; diffs and messages mask secrets by construction.
+    pub fn redact(&self, values: Vec<String>) {
+        let mut list = self.redacted.lock().unwrap_or_else(|e| e.into_inner());
+        list.extend(values.into_iter().filter(|v| v.len() >= REDACT_MIN_LEN));
+        list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        list.dedup();
+    }
+
+    /// `text` with every registered value replaced.
+    fn scrub<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let list = self.redacted.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::borrow::Cow::Borrowed(text);
+        for v in list.iter() {
+            if out.contains(v.as_str()) {
+                out = std::borrow::Cow::Owned(out.replace(v.as_str(), REDACTED));
+            }
+        }
+        out
     }
 
     pub fn is_json(&self) -> bool {
@@ -75,6 +105,7 @@ impl Printer {
 
     /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe`.
     pub fn out(&self, text: &str) -> io::Result<()> {
+        let text = self.scrub(text);
         let mut out = io::stdout().lock();
         out.write_all(text.as_bytes())?;
         out.flush()
@@ -82,13 +113,35 @@ impl Printer {
 
     /// Write one JSON document to stdout.
     pub fn json<T: Serialize>(&self, value: &T) -> io::Result<()> {
-        let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        let mut value = serde_json::to_value(value).map_err(io::Error::other)?;
+        // Scrub the strings, not the JSON text, whose escaping could hide a value.
+        self.scrub_json(&mut value);
+        let mut text = serde_json::to_string_pretty(&value).map_err(io::Error::other)?;
         text.push('\n');
         self.out(&text)
     }
 
+    fn scrub_json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(clean) = self.scrub(s) {
+                    *s = clean;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_json(v)),
+            serde_json::Value::Object(map) => {
+                for (k, mut v) in std::mem::take(map) {
+                    self.scrub_json(&mut v);
+                    map.insert(self.scrub(&k).into_owned(), v);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// A message for people, on stderr.
     pub fn err(&self, text: &str) {
+        let text = self.scrub(text);
         let _ = io::stderr().lock().write_all(text.as_bytes());
     }
 
@@ -205,4 +258,22 @@ fn render_diagnostic(
     }
     let group: Group = title.elements(elements);
     renderer.render(&[group])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_values_are_scrubbed_from_text_and_json_strings() {
+        let p = Printer::new(Format::Json);
+        p.redact(vec!["s3cret-value".into(), "abc".into(), "s3cret".into()]);
+        assert_eq!(
+            p.scrub("x=s3cret-value; y=s3cret; abc"),
+            "x=(secret); y=(secret); abc"
+        );
+        let mut v = serde_json::json!({"a": ["s3cret-value\"q"], "s3cret": 1, "b": 2});
+        p.scrub_json(&mut v);
+        assert_eq!(v.to_string(), r#"{"a":["(secret)\"q"],"(secret)":1,"b":2}"#);
+    }
 }

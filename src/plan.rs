@@ -3,13 +3,15 @@
 //! Invariant: a plan is computed from exact bytes, so "no changes" means the live files are
 //! byte-for-byte what this commit renders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
 use crate::config::Environment;
+use crate::config::node::{Seg, Value, parse_path, path_text};
 use crate::render;
+use crate::secret::{self, Resolved};
 
 /// What happens to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,42 +45,280 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub changes: Vec<Change>,
-    /// Every resource of the new generation, as the bytes to write.
-    pub desired: BTreeMap<String, Vec<u8>>,
+    /// The new generation: its files, which of them hold secrets, and the secrets' hashes.
+    pub desired: Desired,
 }
 
-/// Render an environment's resources as the files a target stores.
-pub fn desired(env: &Environment) -> BTreeMap<String, Vec<u8>> {
-    env.settings
+/// One secret as a generation records it: where it is and a keyed hash of its value, never
+/// the value. Stored in the generation's metadata, so later runs know which live paths to mask.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretUse {
+    pub resource: String,
+    /// Dotted path inside the resource: `db_password`, `db.password`, `hosts[0]`.
+    pub path: String,
+    /// The reference as written: `env:ASR_DB_PASSWORD`.
+    pub reference: String,
+    /// HMAC-SHA256 of the value under the target's key, lowercase hex.
+    pub hmac: String,
+}
+
+impl SecretUse {
+    /// The `secrets` recorded in a generation's metadata (none when it has no such key).
+    pub fn from_meta(meta: &serde_json::Value) -> Vec<SecretUse> {
+        meta.get("secrets")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The desired state of a target: the bytes to write and what is secret in them.
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// Every resource of the new generation, as the bytes to write (secret values included).
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Resources that hold a secret: written with mode 0600.
+    pub private: BTreeSet<String>,
+    pub secrets: Vec<SecretUse>,
+    /// SHA-256 (hex) of the compact canonical JSON of all settings, each secret value replaced
+    /// by `(secret hmac-sha256:<hex>)`: changes when a secret rotates, reveals nothing without
+    /// the key.
+    pub config_sha256: String,
+}
+
+impl Desired {
+    /// A kept generation as a desired state (for `rollback`): its files and the secrets its
+    /// metadata lists, hashed again under `key` from the stored values.
+    pub fn stored(
+        files: BTreeMap<String, Vec<u8>>,
+        secrets: Vec<SecretUse>,
+        key: &[u8],
+        config_sha256: String,
+    ) -> Desired {
+        let mut parsed: BTreeMap<String, Option<toml::Table>> = BTreeMap::new();
+        let secrets: Vec<SecretUse> = secrets
+            .into_iter()
+            .filter(|s| files.contains_key(&s.resource))
+            .map(|mut s| {
+                let table = parsed
+                    .entry(s.resource.clone())
+                    .or_insert_with(|| parse_toml(&files[&s.resource]));
+                if let (Some(t), Some(path)) = (table.as_ref(), parse_path(&s.path))
+                    && let Some(v) = lookup(t, &path)
+                {
+                    s.hmac = secret::hmac_hex(key, value_bytes(v).as_bytes());
+                }
+                s
+            })
+            .collect();
+        Desired {
+            private: secrets.iter().map(|s| s.resource.clone()).collect(),
+            files,
+            secrets,
+            config_sha256,
+        }
+    }
+}
+
+/// Render an environment's resources as the files a target stores, with the secret values of
+/// `resolved` in place, and hash each secret under `key`.
+pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
+    let mut out = Desired::default();
+    let mut hashed = serde_json::Map::new();
+    for (name, res) in &env.settings {
+        let real = res.node.replace_secrets(&mut |path, r| {
+            // `resolve` read every secret; a missing one cannot be rendered as its value.
+            Value::String(
+                resolved
+                    .get(name, path)
+                    .map_or_else(|| format!("(secret {} not read)", r.text), str::to_owned),
+            )
+        });
+        let masked = res.node.replace_secrets(&mut |path, r| {
+            let value = resolved.get(name, path).unwrap_or_default();
+            let hmac = secret::hmac_hex(key, value.as_bytes());
+            out.secrets.push(SecretUse {
+                resource: name.clone(),
+                path: path_text(path),
+                reference: r.text.clone(),
+                hmac: hmac.clone(),
+            });
+            out.private.insert(name.clone());
+            Value::String(format!("(secret hmac-sha256:{hmac})"))
+        });
+        out.files
+            .insert(name.clone(), render::resource_toml(&real).into_bytes());
+        hashed.insert(name.clone(), masked.to_json());
+    }
+    let canonical = serde_json::Value::Object(hashed).to_string();
+    out.config_sha256 = crate::target::sha256_hex(canonical.as_bytes());
+    out
+}
+
+/// A resource file as a TOML table; `None` when it is not valid TOML.
+fn parse_toml(bytes: &[u8]) -> Option<toml::Table> {
+    std::str::from_utf8(bytes).ok()?.parse::<toml::Table>().ok()
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[Seg]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let mut v = table.get(k)?;
+    for seg in rest {
+        v = match (seg, v) {
+            (Seg::Key(k), toml::Value::Table(t)) => t.get(k)?,
+            (Seg::Index(i), toml::Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+fn lookup_mut<'a>(table: &'a mut toml::Table, path: &[Seg]) -> Option<&'a mut toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let mut v = table.get_mut(k)?;
+    for seg in rest {
+        v = match (seg, v) {
+            (Seg::Key(k), toml::Value::Table(t)) => t.get_mut(k)?,
+            (Seg::Index(i), toml::Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+/// The text a live value is hashed as: a string's content, anything else as TOML text.
+fn value_bytes(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a diff shows in place of a secret.
+const UNCHANGED: &str = "(secret, unchanged)";
+const CHANGED: &str = "(secret, changed)";
+/// The live side of a changed secret (the two sides must differ for the diff to show it).
+const PREVIOUS: &str = "(secret, previous)";
+const NEW: &str = "(secret, new)";
+const REMOVED: &str = "(secret, removed)";
+/// A live file at a secret path that cannot be parsed is not shown at all.
+const HIDDEN: &[u8] = b"# (not shown: this file is not valid TOML and may hold a secret)\n";
+
+/// The two sides of one resource's diff with every secret masked.
+fn masked_pair(
+    name: &str,
+    live: Option<&[u8]>,
+    new: Option<&[u8]>,
+    desired: &[SecretUse],
+    live_secrets: &[SecretUse],
+    key: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let ours: Vec<(Vec<Seg>, &str)> = desired
         .iter()
-        .map(|(name, res)| (name.clone(), render::resource_toml(&res.node).into_bytes()))
-        .collect()
+        .filter(|s| s.resource == name)
+        .filter_map(|s| Some((parse_path(&s.path)?, s.hmac.as_str())))
+        .collect();
+    let theirs: Vec<Vec<Seg>> = live_secrets
+        .iter()
+        .filter(|s| s.resource == name)
+        .filter_map(|s| parse_path(&s.path))
+        .collect();
+    let (live, new) = (live.unwrap_or_default(), new.unwrap_or_default());
+    if ours.is_empty() && theirs.is_empty() {
+        return (live.to_vec(), new.to_vec());
+    }
+    let mut old_t = if live.is_empty() {
+        Some(toml::Table::new())
+    } else {
+        parse_toml(live)
+    };
+    let mut new_t = if new.is_empty() {
+        Some(toml::Table::new())
+    } else {
+        parse_toml(new)
+    };
+    for (path, hmac) in &ours {
+        let old_v = old_t.as_mut().and_then(|t| lookup_mut(t, path));
+        let new_mark = match old_v {
+            None => NEW,
+            Some(v) if secret::hmac_hex(key, value_bytes(v).as_bytes()) == *hmac => {
+                *v = toml::Value::String(UNCHANGED.into());
+                UNCHANGED
+            }
+            Some(v) => {
+                *v = toml::Value::String(PREVIOUS.into());
+                CHANGED
+            }
+        };
+        if let Some(v) = new_t.as_mut().and_then(|t| lookup_mut(t, path)) {
+            *v = toml::Value::String(new_mark.into());
+        }
+    }
+    for path in &theirs {
+        if ours.iter().any(|(p, _)| p == path) {
+            continue;
+        }
+        if let Some(v) = old_t.as_mut().and_then(|t| lookup_mut(t, path)) {
+            *v = toml::Value::String(REMOVED.into());
+        }
+    }
+    let render = |t: Option<toml::Table>, empty: bool| -> Vec<u8> {
+        match t {
+            _ if empty => Vec::new(),
+            Some(t) => toml::to_string(&t).unwrap_or_default().into_bytes(),
+            None => HIDDEN.to_vec(),
+        }
+    };
+    (
+        render(old_t, live.is_empty()),
+        render(new_t, new.is_empty()),
+    )
 }
 
-/// Compare desired and live resources.
-pub fn compute(desired: BTreeMap<String, Vec<u8>>, live: &BTreeMap<String, Vec<u8>>) -> Plan {
+/// Compare desired and live resources. Whether a resource is added, changed or removed is
+/// decided by the real bytes; the diffs mask every secret of the desired state and every
+/// path `live_secrets` (from the live generation's metadata) lists, comparing values by
+/// HMAC under `key`.
+pub fn compute(
+    desired: Desired,
+    live: &BTreeMap<String, Vec<u8>>,
+    live_secrets: &[SecretUse],
+    key: &[u8],
+) -> Plan {
     let mut changes = Vec::new();
-    for (name, new) in &desired {
+    let diff = |name: &str, old: Option<&Vec<u8>>, new: Option<&Vec<u8>>| {
+        let (old, new) = masked_pair(
+            name,
+            old.map(Vec::as_slice),
+            new.map(Vec::as_slice),
+            &desired.secrets,
+            live_secrets,
+            key,
+        );
+        unified(name, &old, &new)
+    };
+    for (name, new) in &desired.files {
         match live.get(name) {
             None => changes.push(Change {
                 resource: name.clone(),
                 action: Action::Add,
-                diff: unified(name, b"", new),
+                diff: diff(name, None, Some(new)),
             }),
             Some(old) if old != new => changes.push(Change {
                 resource: name.clone(),
                 action: Action::Change,
-                diff: unified(name, old, new),
+                diff: diff(name, Some(old), Some(new)),
             }),
             Some(_) => {}
         }
     }
     for (name, old) in live {
-        if !desired.contains_key(name) {
+        if !desired.files.contains_key(name) {
             changes.push(Change {
                 resource: name.clone(),
                 action: Action::Remove,
-                diff: unified(name, old, b""),
+                diff: diff(name, Some(old), None),
             });
         }
     }
@@ -129,11 +369,126 @@ mod tests {
             .collect()
     }
 
+    fn files(files: BTreeMap<String, Vec<u8>>) -> Desired {
+        Desired {
+            files,
+            ..Desired::default()
+        }
+    }
+
+    fn secret(resource: &str, path: &str, value: &str) -> SecretUse {
+        SecretUse {
+            resource: resource.into(),
+            path: path.into(),
+            reference: "env:X".into(),
+            hmac: secret::hmac_hex(KEY, value.as_bytes()),
+        }
+    }
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// A desired state holding `value` at `a.db.password` (a secret) next to a plain key.
+    fn with_secret(value: &str) -> Desired {
+        let mut d = files(map(&[(
+            "a",
+            &format!("x = 1\n\n[db]\npassword = \"{value}\"\n"),
+        )]));
+        d.secrets.push(secret("a", "db.password", value));
+        d.private.insert("a".into());
+        d
+    }
+
+    #[test]
+    fn secrets_are_masked_on_both_sides_and_compared_by_hmac() {
+        let (old, new) = ("hunter2-old-value", "hunter2-new-value");
+        let added = compute(with_secret(new), &BTreeMap::new(), &[], KEY);
+        assert_eq!(added.changes[0].action, Action::Add);
+        assert!(
+            added.changes[0]
+                .diff
+                .contains("+password = \"(secret, new)\"")
+        );
+
+        let live = with_secret(old).files;
+        let changed = compute(
+            with_secret(new),
+            &live,
+            &[secret("a", "db.password", old)],
+            KEY,
+        );
+        let diff = &changed.changes[0].diff;
+        assert_eq!(changed.changes[0].action, Action::Change);
+        assert!(
+            diff.contains("-password = \"(secret, previous)\""),
+            "{diff}"
+        );
+        assert!(diff.contains("+password = \"(secret, changed)\""), "{diff}");
+        assert!(!diff.contains("hunter2"), "{diff}");
+
+        let same = compute(with_secret(old), &live, &[], KEY);
+        assert!(same.is_empty());
+
+        // Removed: the live generation's metadata says which paths were secret.
+        let gone = compute(
+            files(map(&[("a", "x = 1\n")])),
+            &live,
+            &[secret("a", "db.password", old)],
+            KEY,
+        );
+        let diff = &gone.changes[0].diff;
+        assert!(diff.contains("-password = \"(secret, removed)\""), "{diff}");
+        assert!(!diff.contains("hunter2"), "{diff}");
+        let removed = compute(
+            Desired::default(),
+            &live,
+            &[secret("a", "db.password", old)],
+            KEY,
+        );
+        assert!(!removed.changes[0].diff.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_stored_generation_is_hashed_again_from_its_files() {
+        let stored = Desired::stored(
+            with_secret("s3cr3t-value").files,
+            vec![SecretUse {
+                hmac: String::new(),
+                ..secret("a", "db.password", "")
+            }],
+            KEY,
+            String::new(),
+        );
+        assert_eq!(
+            stored.secrets[0].hmac,
+            secret::hmac_hex(KEY, b"s3cr3t-value")
+        );
+        assert!(stored.private.contains("a"));
+    }
+
+    #[test]
+    fn paths_round_trip() {
+        for segs in [
+            vec![Seg::Key("db".into()), Seg::Key("password".into())],
+            vec![
+                Seg::Key("a.b".into()),
+                Seg::Index(3),
+                Seg::Key("x y".into()),
+            ],
+            vec![Seg::Key("hosts".into()), Seg::Index(0)],
+        ] {
+            assert_eq!(parse_path(&path_text(&segs)), Some(segs));
+        }
+        assert_eq!(
+            path_text(&[Seg::Key("db".into()), Seg::Key("password".into())]),
+            "db.password"
+        );
+    }
+
     #[test]
     fn classifies_add_change_remove_and_ignores_equal() {
         let live = map(&[("a", "x = 1\n"), ("b", "y = 1\n"), ("c", "z = 1\n")]);
         let desired = map(&[("a", "x = 1\n"), ("b", "y = 2\n"), ("d", "w = 1\n")]);
-        let plan = compute(desired, &live);
+        let plan = compute(files(desired), &live, &[], b"k");
         let got: Vec<(&str, Action)> = plan
             .changes
             .iter()
@@ -149,13 +504,13 @@ mod tests {
         );
         assert_eq!(plan.summary(), "Plan: 1 to add, 1 to change, 1 to remove.");
         assert!(plan.changes[0].diff.contains("-y = 1\n+y = 2\n"));
-        assert_eq!(plan.desired.len(), 3);
+        assert_eq!(plan.desired.files.len(), 3);
     }
 
     #[test]
     fn identical_state_is_an_empty_plan() {
         let live = map(&[("a", "x = 1\n")]);
-        let plan = compute(live.clone(), &live);
+        let plan = compute(files(live.clone()), &live, &[], b"k");
         assert!(plan.is_empty());
         assert_eq!(plan.summary(), "Plan: 0 to add, 0 to change, 0 to remove.");
     }

@@ -21,6 +21,12 @@ fn to_toml(node: &Node) -> toml::Value {
                 .map(|(k, m)| (k.clone(), to_toml(&m.node)))
                 .collect(),
         ),
+        // The reference as written: resolved values are substituted before rendering a file.
+        Value::Secret(r) => {
+            let mut t = toml::Table::new();
+            t.insert("secret".into(), toml::Value::String(r.text.clone()));
+            toml::Value::Table(t)
+        }
     }
 }
 

@@ -11,3 +11,8 @@ pub fn var(name: &str) -> Option<String> {
 pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
+
+/// A variable's raw value when it is set (secret values, which may not be UTF-8).
+pub fn var_os(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}

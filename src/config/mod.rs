@@ -11,6 +11,7 @@ pub mod schema;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -91,6 +92,26 @@ pub struct Environment {
     pub notify: Option<Notify>,
     /// Resource name -> its table (as a [`Node`] of kind table).
     pub settings: BTreeMap<String, Resource>,
+    /// What checking secret values at deploy time needs (filled by [`load`]).
+    pub secret_checks: SecretChecks,
+}
+
+/// The schema and the identities of every environment, kept with an environment so that
+/// `secret::resolve` can check values that are only known at deploy time.
+#[derive(Clone, Default)]
+pub struct SecretChecks {
+    pub validator: Option<Arc<jsonschema::Validator>>,
+    /// Every environment's account and markers: (environment, text, is_account).
+    pub identities: Arc<Vec<(String, String, bool)>>,
+}
+
+impl std::fmt::Debug for SecretChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretChecks")
+            .field("validator", &self.validator.is_some())
+            .field("identities", &self.identities.len())
+            .finish()
+    }
 }
 
 /// One resource of an environment's desired state.
@@ -231,6 +252,8 @@ pub fn resource_name_problem(name: &str) -> Option<String> {
 struct Parsed {
     file: FileId,
     raw: RawFile,
+    /// False when a secret reference in `[settings]` is malformed (already reported).
+    secrets_ok: bool,
 }
 
 /// The merged, still unvalidated view of an environment and its layers.
@@ -515,6 +538,25 @@ pub fn load(input: Input) -> Config {
     config
         .diagnostics
         .extend(schema_diags.into_iter().flatten());
+    let identities: Arc<Vec<(String, String, bool)>> = Arc::new(
+        config
+            .environments
+            .iter()
+            .flat_map(|e| {
+                std::iter::once((e.name.clone(), e.account.value.clone(), true)).chain(
+                    e.markers
+                        .iter()
+                        .map(|m| (e.name.clone(), m.value.clone(), false)),
+                )
+            })
+            .collect(),
+    );
+    for env in &mut config.environments {
+        env.secret_checks = SecretChecks {
+            validator: schemas.get(&env.schema.value),
+            identities: identities.clone(),
+        };
+    }
     // The cross-environment lock works on everything that resolved, schema-valid or not.
     let safety = crate::safety::scan(&config);
     config.diagnostics.extend(safety);
@@ -576,11 +618,32 @@ impl Loader<'_> {
                 );
                 None
             }
-            PreParsed::Parsed(text, raw) => {
+            PreParsed::Parsed(text, mut raw) => {
                 let id = self.sources.add(file.path.clone(), text);
+                let mut secrets_ok = true;
+                if let Some(settings) = raw.settings.as_mut() {
+                    let sources = &self.sources;
+                    let at = |offset: usize| {
+                        let (l, c) = sources.line_col(&Loc::new(id, offset..offset));
+                        format!("{}:{l}:{c}", file.path)
+                    };
+                    for p in settings.lift_secrets(&at) {
+                        secrets_ok = false;
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-secret", p.message)
+                                .env(stem_of(&file.path))
+                                .at(Loc::new(id, p.span), p.label)
+                                .hint(
+                                    "write `{ secret = \"env:NAME\" }` or `{ secret = \"file:PATH\" }`; \
+                                     the value is read when deploying and never shown",
+                                ),
+                        );
+                    }
+                }
                 Some(Parsed {
                     file: id,
                     raw: *raw,
+                    secrets_ok,
                 })
             }
             PreParsed::Invalid(text, e) => {
@@ -656,7 +719,7 @@ impl Loader<'_> {
             return None;
         };
         let file = parsed.file;
-        let mut ok = true;
+        let mut ok = parsed.secrets_ok;
         // A layer must not carry an environment's identity or location.
         if let Some(env) = &parsed.raw.environment {
             let e = env.get_ref();
@@ -701,6 +764,7 @@ impl Loader<'_> {
     fn resolve_env(&mut self, name: &str, mut parsed: Parsed) -> Option<Environment> {
         let file = parsed.file;
         let diags_before = self.diagnostics.len();
+        let secrets_ok = parsed.secrets_ok;
         let extends = parsed
             .raw
             .environment
@@ -844,7 +908,7 @@ impl Loader<'_> {
         };
         let settings = self.settings(name, merged.settings.take());
 
-        if self.diagnostics.len() > diags_before || !layers_ok {
+        if self.diagnostics.len() > diags_before || !layers_ok || !secrets_ok {
             return None;
         }
         Some(Environment {
@@ -862,6 +926,7 @@ impl Loader<'_> {
             health: health?,
             notify: notify?,
             settings: settings?,
+            secret_checks: SecretChecks::default(),
         })
     }
 

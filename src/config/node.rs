@@ -109,6 +109,129 @@ pub enum Value {
     Datetime(String),
     Array(Vec<Node>),
     Table(Table),
+    /// `{ secret = "env:NAME" }` or `{ secret = "file:PATH" }`: the value is read at deploy time.
+    Secret(SecretRef),
+}
+
+/// Where a secret's value comes from, as reviewed and committed (never the value itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub source: SecretSource,
+    /// The reference as written: `env:ASR_DB_PASSWORD`.
+    pub text: String,
+    /// `environments/prod.toml:21:15`, for messages that cannot reach the sources.
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the deployer.
+    Env(String),
+    /// A file; relative paths are relative to the repository's working tree.
+    File(String),
+}
+
+impl SecretRef {
+    /// Parse `env:NAME` / `file:PATH`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<SecretSource, String> {
+        if let Some(name) = text.strip_prefix("env:") {
+            let mut chars = name.chars();
+            let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            return if ok {
+                Ok(SecretSource::Env(name.to_owned()))
+            } else {
+                Err(format!(
+                    "`{name}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+                ))
+            };
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            return if path.is_empty() {
+                Err("`file:` needs a path".to_owned())
+            } else if path.contains('\0') {
+                Err("the path contains a NUL byte".to_owned())
+            } else {
+                Ok(SecretSource::File(path.to_owned()))
+            };
+        }
+        Err("a secret reference is `env:NAME` or `file:PATH`".to_owned())
+    }
+}
+
+/// One step of the path to a value inside a resource.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// Write a path inside a resource as dotted text: `db.password`, `hosts[0]`, `a."x.y"`.
+/// Keys that are not bare TOML keys are quoted, so [`parse_path`] reads it back exactly.
+pub fn path_text(segs: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in segs {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                let bare = !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if bare {
+                    s.push_str(k);
+                } else {
+                    s.push_str(&serde_json::Value::String(k.clone()).to_string());
+                }
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Read back what [`path_text`] writes; `None` for anything else.
+pub fn parse_path(text: &str) -> Option<Vec<Seg>> {
+    let mut segs = Vec::new();
+    let mut rest = text;
+    let mut first = true;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            segs.push(Seg::Index(r[..end].parse().ok()?));
+            rest = &r[end + 1..];
+            first = false;
+            continue;
+        }
+        if !first {
+            rest = rest.strip_prefix('.')?;
+        }
+        first = false;
+        if rest.starts_with('"') {
+            let mut de = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+            let key = de.next()?.ok()?;
+            let used = de.byte_offset();
+            segs.push(Seg::Key(key));
+            rest = &rest[used..];
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            if end == 0 {
+                return None;
+            }
+            segs.push(Seg::Key(rest[..end].to_owned()));
+            rest = &rest[end..];
+        }
+    }
+    Some(segs)
+}
+
+/// A malformed secret reference found by [`Node::lift_secrets`].
+#[derive(Debug)]
+pub struct SecretProblem {
+    pub span: Range<usize>,
+    pub message: String,
+    pub label: String,
 }
 
 impl Node {
@@ -145,6 +268,7 @@ impl Node {
             Value::Datetime(_) => "datetime",
             Value::Array(_) => "array",
             Value::Table(_) => "table",
+            Value::Secret(_) => "secret",
         }
     }
 
@@ -201,7 +325,156 @@ impl Node {
                     .map(|(k, m)| (k.clone(), m.node.to_json()))
                     .collect(),
             ),
+            // The value is unknown here: a string stands in for it (a secret is always one).
+            Value::Secret(r) => J::String(format!("(secret {})", r.text)),
         }
+    }
+
+    /// Turn every table whose only key is `secret` (below the top level, which holds resource
+    /// tables) into a [`Value::Secret`]. `at` gives `file:line:col` of a byte offset.
+    /// Malformed references are returned, and left as they were.
+    pub fn lift_secrets(&mut self, at: &dyn Fn(usize) -> String) -> Vec<SecretProblem> {
+        let mut problems = Vec::new();
+        if let Value::Table(map) = &mut self.value {
+            for m in map.values_mut() {
+                if let Value::Table(res) = &mut m.node.value {
+                    for m in res.values_mut() {
+                        m.node.lift(at, &mut problems);
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    fn lift(&mut self, at: &dyn Fn(usize) -> String, problems: &mut Vec<SecretProblem>) {
+        match &mut self.value {
+            Value::Array(items) => items.iter_mut().for_each(|n| n.lift(at, problems)),
+            Value::Table(map) => {
+                let Some(secret) = map.get("secret") else {
+                    map.values_mut().for_each(|m| m.node.lift(at, problems));
+                    return;
+                };
+                if let Some((key, other)) = map.iter().find(|(k, _)| *k != "secret") {
+                    problems.push(SecretProblem {
+                        span: other.key_span.clone(),
+                        message: format!(
+                            "a secret reference has only the key `secret`; this table also has `{key}`"
+                        ),
+                        label: "not allowed next to `secret`".to_owned(),
+                    });
+                    return;
+                }
+                let node = &secret.node;
+                let Value::String(text) = &node.value else {
+                    problems.push(SecretProblem {
+                        span: node.span.clone(),
+                        message: format!(
+                            "`secret` must be a string such as \"env:NAME\", found {}",
+                            node.type_name()
+                        ),
+                        label: "not a string".to_owned(),
+                    });
+                    return;
+                };
+                match SecretRef::parse(text) {
+                    Ok(source) => {
+                        self.value = Value::Secret(SecretRef {
+                            source,
+                            text: text.clone(),
+                            at: at(self.span.start),
+                        });
+                    }
+                    Err(why) => problems.push(SecretProblem {
+                        span: node.span.clone(),
+                        message: format!("invalid secret reference {text:?}: {why}"),
+                        label: "malformed reference".to_owned(),
+                    }),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A copy in which every secret is replaced by what `f` returns for its path (below the
+    /// node) and reference.
+    pub fn replace_secrets(&self, f: &mut dyn FnMut(&[Seg], &SecretRef) -> Value) -> Node {
+        fn walk(
+            node: &Node,
+            segs: &mut Vec<Seg>,
+            f: &mut dyn FnMut(&[Seg], &SecretRef) -> Value,
+        ) -> Node {
+            let value = match &node.value {
+                Value::Secret(r) => f(segs, r),
+                Value::Array(items) => Value::Array(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            segs.push(Seg::Index(i));
+                            let n = walk(n, segs, f);
+                            segs.pop();
+                            n
+                        })
+                        .collect(),
+                ),
+                Value::Table(map) => {
+                    let mut t = Table::default();
+                    for (k, m) in map {
+                        segs.push(Seg::Key(k.clone()));
+                        let node = walk(&m.node, segs, f);
+                        segs.pop();
+                        t.entries.push((
+                            k.clone(),
+                            Member {
+                                key_span: m.key_span.clone(),
+                                key_file: m.key_file,
+                                node,
+                            },
+                        ));
+                    }
+                    Value::Table(t)
+                }
+                other => other.clone(),
+            };
+            Node {
+                file: node.file,
+                span: node.span.clone(),
+                value,
+            }
+        }
+        walk(self, &mut Vec::new(), f)
+    }
+
+    /// Every secret below this node with its path, in key order.
+    pub fn secrets(&self) -> Vec<(Vec<Seg>, &Node, &SecretRef)> {
+        fn walk<'a>(
+            node: &'a Node,
+            segs: &mut Vec<Seg>,
+            out: &mut Vec<(Vec<Seg>, &'a Node, &'a SecretRef)>,
+        ) {
+            match &node.value {
+                Value::Secret(r) => out.push((segs.clone(), node, r)),
+                Value::Array(items) => {
+                    for (i, n) in items.iter().enumerate() {
+                        segs.push(Seg::Index(i));
+                        walk(n, segs, out);
+                        segs.pop();
+                    }
+                }
+                Value::Table(map) => {
+                    for (k, m) in map {
+                        segs.push(Seg::Key(k.clone()));
+                        walk(&m.node, segs, out);
+                        segs.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut Vec::new(), &mut out);
+        out
     }
 
     /// Follow a path of keys and array indices (as JSON pointer segments) to a node.

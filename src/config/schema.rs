@@ -1,7 +1,12 @@
 //! JSON Schemas (draft 2020-12) for environments' `[settings]`, and validation against them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use jsonschema::JsonType;
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+
+use super::node::Seg;
 use crate::diagnostic::Diagnostic;
 use crate::source::{Loc, Sources};
 
@@ -11,7 +16,7 @@ use super::{Environment, InputFile};
 #[derive(Default)]
 pub struct Schemas {
     /// Schema name (`asr`) -> compiled validator, or `None` when the schema itself is broken.
-    compiled: HashMap<String, Option<jsonschema::Validator>>,
+    compiled: HashMap<String, Option<Arc<jsonschema::Validator>>>,
 }
 
 impl std::fmt::Debug for Schemas {
@@ -81,7 +86,7 @@ impl Schemas {
             };
             match jsonschema::draft202012::new(&json) {
                 Ok(v) => {
-                    compiled.insert(name, Some(v));
+                    compiled.insert(name, Some(Arc::new(v)));
                 }
                 Err(e) => {
                     diags.push(
@@ -97,6 +102,11 @@ impl Schemas {
             }
         }
         Schemas { compiled }
+    }
+
+    /// The compiled schema `name`, when it exists and compiled.
+    pub fn get(&self, name: &str) -> Option<Arc<jsonschema::Validator>> {
+        self.compiled.get(name).cloned().flatten()
     }
 
     /// Validate an environment's settings; every violation becomes a diagnostic.
@@ -144,9 +154,37 @@ impl Schemas {
             }
         };
         let json = env.settings_json();
+        let secrets = secret_pointers(env);
         for error in validator.iter_errors(&json) {
             let path = error.instance_path();
             let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            if let Some((loc, text)) = secrets
+                .iter()
+                .find_map(|(p, l, t)| (*p == segments).then_some((l, t)))
+            {
+                // The value is unknown until deploy time; only a schema that rejects every
+                // string can be known to reject it now.
+                if rejects_every_string(error.kind()) {
+                    diags.push(
+                        Diagnostic::new(
+                            "schema",
+                            format!(
+                                "settings.{}: a secret is always a string, but the schema does not accept a string here (`{}`)",
+                                segments.join("."),
+                                error.kind().keyword()
+                            ),
+                        )
+                        .env(&env.name)
+                        .at(loc.clone(), format!("secret `{text}`"))
+                        .hint(format!(
+                            "the schema rule is at {} in schemas/{}.schema.json; use a plain value, or allow a string",
+                            error.schema_path().as_str(),
+                            env.schema.value
+                        )),
+                    );
+                }
+                continue;
+            }
             let (resource, rest) = match segments.split_first() {
                 Some((r, rest)) => (Some(r.as_str()), rest),
                 None => (None, &[][..]),
@@ -201,5 +239,38 @@ impl Schemas {
                     )),
             );
         }
+    }
+}
+
+/// The JSON pointer segments of every secret of an environment, where it is written, and its
+/// reference.
+pub(crate) fn secret_pointers(env: &Environment) -> Vec<(Vec<String>, Loc, String)> {
+    let mut out = Vec::new();
+    for (name, res) in &env.settings {
+        for (segs, node, r) in res.node.secrets() {
+            let mut p = vec![name.clone()];
+            p.extend(segs.iter().map(|s| match s {
+                Seg::Key(k) => k.clone(),
+                Seg::Index(i) => i.to_string(),
+            }));
+            out.push((p, node.loc(), r.text.clone()));
+        }
+    }
+    out
+}
+
+/// True when no string at all could satisfy the keyword that failed.
+fn rejects_every_string(kind: &ValidationErrorKind) -> bool {
+    match kind {
+        ValidationErrorKind::Type { kind } => match kind {
+            TypeKind::Single(t) => *t != JsonType::String,
+            TypeKind::Multiple(set) => !set.contains(JsonType::String),
+        },
+        ValidationErrorKind::Enum { options } => options
+            .as_array()
+            .is_some_and(|o| !o.iter().any(serde_json::Value::is_string)),
+        ValidationErrorKind::Constant { expected_value } => !expected_value.is_string(),
+        ValidationErrorKind::FalseSchema => true,
+        _ => false,
     }
 }

@@ -19,7 +19,8 @@ use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
-use crate::plan::{self, Action, Change, Plan};
+use crate::plan::{self, Action, Change, Plan, SecretUse};
+use crate::secret::{self, Resolved};
 use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState};
 
 /// What a deployment did, for people (stderr) and `--format json` (stdout).
@@ -223,9 +224,43 @@ fn heading(d: &Deployment<'_>) -> String {
     format!("{} at commit {}{summary}", d.who(), d.commit.short())
 }
 
+/// Read the environment's secret values (after the owner checks: callers' order) and register
+/// them with the printer's redaction net.
+pub(super) fn resolve_secrets(d: &Deployment<'_>) -> Result<Resolved> {
+    let resolved = secret::resolve(d.env, &d.root)?;
+    d.printer.redact(resolved.values());
+    Ok(resolved)
+}
+
+/// The target's secret key (`None` when it has none yet) and the key to hash with now: that
+/// one, or a random key for this run only, since a plan writes nothing.
+pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>)> {
+    let stored = d.target.secret_key().map_err(|e| d.target_failure(e))?;
+    let key = match &stored {
+        Some(k) => k.clone(),
+        None => secret::random_key()
+            .map_err(|e| Failure::error(format!("cannot get random bytes: {e}")))?,
+    };
+    Ok((stored, key))
+}
+
+/// The secrets that the live generation's metadata lists (masked in diffs).
+pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<SecretUse>> {
+    if live.generation.is_none() {
+        return Ok(Vec::new());
+    }
+    let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
+    Ok(gens
+        .iter()
+        .find(|g| Some(g.id) == live.generation)
+        .map(|g| SecretUse::from_meta(&g.meta))
+        .unwrap_or_default())
+}
+
 /// `deploy plan --target NAME`: verify the owner, diff against live. Writes nothing.
 pub fn plan(d: &Deployment<'_>) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    let resolved = resolve_secrets(d)?;
     if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
         let what = Journal::from_bytes(&bytes)
             .map(|j| j.describe())
@@ -242,8 +277,18 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
         ));
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let (stored_key, key) = secret_key(d)?;
+    let plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &live_secrets(d, &live)?,
+        &key,
+    );
     let mut report = Report::new(d, "planned");
+    report.config_sha256 = plan.desired.config_sha256.clone();
+    // Secret values are bound by their keyed hashes, which only the target's own key makes
+    // reproducible: a plan made before the target has one cannot bind them.
+    let secrets_bound = stored_key.is_some() || plan.desired.secrets.is_empty();
     report.adopted = matches!(stamp, StampState::Absent);
     report.previous_generation = live.generation;
     report.generation = live.generation;
@@ -261,7 +306,8 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
                 generation: live.generation,
                 sha256: saved::live_sha256(&live),
             },
-            resources: saved::resource_hashes(&plan.desired),
+            resources: saved::resource_hashes(&plan.desired, &key),
+            secrets_bound,
             summary: report.summary,
             changes: plan.changes.clone(),
             created: crate::target::now_rfc3339(),
@@ -283,6 +329,8 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    // A secret that cannot be read refuses before anything, even a recovery, is written.
+    let resolved = resolve_secrets(d)?;
     let mut report = Report::new(d, "applied");
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);
@@ -292,9 +340,16 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         return Err(err);
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    let (stored_key, key) = secret_key(d)?;
+    let mut plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &live_secrets(d, &live)?,
+        &key,
+    );
+    report.config_sha256 = plan.desired.config_sha256.clone();
     if let Some(saved) = expected
-        && let Err(err) = matches_saved(d, saved, &live, &plan)
+        && let Err(err) = matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key)
     {
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
@@ -338,6 +393,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
                 .as_ref()
                 .filter(|h| !h.passed)
                 .map(|h| format!("nothing to change, but {}", h.line())),
+            config_sha256: report.config_sha256.clone(),
             ..entry(d, live.generation)
         };
         record(d, &mut report, entry)?;
@@ -395,6 +451,15 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
         failpoint::hit("after-adopt");
     }
+    if !plan.desired.secrets.is_empty() && stored_key.is_none() {
+        // The generation records hashes under the key that later runs compare with.
+        let key = d
+            .target
+            .create_secret_key()
+            .map_err(|e| d.target_failure(e))?;
+        plan.desired = plan::desired(d.env, &resolved, &key);
+        report.config_sha256 = plan.desired.config_sha256.clone();
+    }
     let mut journal = Journal {
         version: JOURNAL_VERSION,
         action: "apply".into(),
@@ -421,9 +486,13 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         "account": d.env.account.value,
         "operator": operator(),
         "summary": d.commit.summary,
-        "config_sha256": report.config_sha256,
+        "config_sha256": plan.desired.config_sha256,
+        "secrets": plan.desired.secrets,
     });
-    let id = match d.target.apply(&plan.desired, &meta) {
+    let id = match d
+        .target
+        .apply(&plan.desired.files, &plan.desired.private, &meta)
+    {
         Ok(id) => id,
         Err(err) => {
             // The switch is the last step of an apply, so the old generation is live unless the
@@ -511,7 +580,14 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
 
 /// A saved plan applies only to the live state it was computed from, and only if its commit
 /// still renders to exactly the files it hashed.
-fn matches_saved(d: &Deployment<'_>, saved: &SavedPlan, live: &Live, plan: &Plan) -> Result<()> {
+fn matches_saved(
+    d: &Deployment<'_>,
+    saved: &SavedPlan,
+    live: &Live,
+    plan: &Plan,
+    key_stored: bool,
+    key: &[u8],
+) -> Result<()> {
     let now = saved::live_sha256(live);
     if now != saved.live.sha256 {
         let what = if live.generation != saved.live.generation {
@@ -538,9 +614,21 @@ fn matches_saved(d: &Deployment<'_>, saved: &SavedPlan, live: &Live, plan: &Plan
         ))
         .into());
     }
-    if saved::resource_hashes(&plan.desired) != saved.resources
-        || d.config_sha256() != saved.config_sha256
-    {
+    let now = saved::resource_hashes(&plan.desired, key);
+    let same = if saved.secrets_bound && key_stored {
+        now == saved.resources && plan.desired.config_sha256 == saved.config_sha256
+    } else {
+        // Planned before the target had a secret key: the files without secrets must be the
+        // same; those with secrets take the values read now.
+        now.len() == saved.resources.len()
+            && now.iter().all(|(name, hash)| {
+                saved
+                    .resources
+                    .get(name)
+                    .is_some_and(|h| plan.desired.private.contains(name) || h == hash)
+            })
+    };
+    if !same {
         return Err(Failure::refused(format!(
             "commit {} no longer renders to the files the saved plan hashed (was the plan written by another envlock version?)",
             d.commit.short()
@@ -1090,7 +1178,24 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         .target
         .resources(wanted.id)
         .map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(resources, &live.resources);
+    let (_, key) = secret_key(d)?;
+    let desired = plan::Desired::stored(
+        resources,
+        SecretUse::from_meta(&wanted.meta),
+        &key,
+        wanted
+            .meta
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let plan = plan::compute(
+        desired,
+        &live.resources,
+        &SecretUse::from_meta(&current.meta),
+        &key,
+    );
     report.set_plan(&plan);
     show_plan(
         d,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::Deployment;
 use crate::error::Failure;
 use crate::log::Changes;
-use crate::plan::Change;
+use crate::plan::{Change, Desired};
 use crate::target::{GenerationId, Live, sha256_hex};
 
 /// What `format` says in every saved plan.
@@ -37,8 +37,12 @@ pub struct SavedPlan {
     pub config_sha256: String,
     /// What was live when the plan was computed.
     pub live: LiveState,
-    /// Resource -> SHA-256 of the exact file the apply writes.
+    /// Resource -> SHA-256 of the exact file the apply writes (for a file that holds a
+    /// secret: `hmac-sha256:` and its keyed hash, so the plan cannot be used to guess it).
     pub resources: BTreeMap<String, String>,
+    /// False when the plan was made before the target had a secret key: the secrets' values
+    /// are then read when the plan is applied, not bound by it.
+    pub secrets_bound: bool,
     pub summary: Changes,
     pub changes: Vec<Change>,
     pub created: String,
@@ -68,11 +72,19 @@ pub fn live_sha256(live: &Live) -> String {
     sha256_hex(text.as_bytes())
 }
 
-/// Resource -> SHA-256 of its file.
-pub fn resource_hashes(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
-    files
+/// Resource -> SHA-256 of its file, or the keyed hash of a file that holds a secret.
+pub fn resource_hashes(desired: &Desired, key: &[u8]) -> BTreeMap<String, String> {
+    desired
+        .files
         .iter()
-        .map(|(k, v)| (k.clone(), sha256_hex(v)))
+        .map(|(k, v)| {
+            let hash = if desired.private.contains(k) {
+                format!("hmac-sha256:{}", crate::secret::hmac_hex(key, v))
+            } else {
+                sha256_hex(v)
+            };
+            (k.clone(), hash)
+        })
         .collect()
 }
 

@@ -68,7 +68,22 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
     let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
     let current = gens.iter().find(|g| g.live);
     let drift = d.target.drift().map_err(|e| d.target_failure(e))?;
-    let plan = plan::compute(plan::desired(d.env), &live.resources);
+    // `status` needs no secret values: without them, secrets count as unchanged.
+    let resolved = super::apply::resolve_secrets(d).unwrap_or_else(|e| {
+        let assumed = crate::secret::Resolved::assume_live(d.env, &live.resources);
+        d.printer.redact(assumed.values());
+        d.warn(&format!(
+            "{e}; changes to secret values are not counted below"
+        ));
+        assumed
+    });
+    let (_, key) = super::apply::secret_key(d)?;
+    let plan = plan::compute(
+        plan::desired(d.env, &resolved, &key),
+        &live.resources,
+        &super::apply::live_secrets(d, &live)?,
+        &key,
+    );
     let status = Status {
         ok: true,
         environment: d.env.name.clone(),

@@ -115,6 +115,8 @@ fn visit_strings(env: &Environment, f: &mut Visitor<'_>) {
                 f(s, &node.loc(), &|| path_text("settings", segs))
             }
             Value::Integer(i) => f(&i.to_string(), &node.loc(), &|| path_text("settings", segs)),
+            // The reference as written (its value is scanned when it is read: `secret::resolve`).
+            Value::Secret(r) => f(&r.text, &node.loc(), &|| path_text("settings", segs)),
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     segs.push(Seg::Index(i));

@@ -8,6 +8,7 @@
 //! generations/00000007/.meta.json          the metadata given to `apply` (commit, created...)
 //! .envlock/stamp.json                      who the target belongs to
 //! .envlock/lock                            flock'ed; holds the holder's JSON while held
+//! .envlock/secret.key                      mode 0600: the HMAC key secrets are compared with
 //! ```
 //!
 //! Invariants: a generation is complete and fsynced before `current` points at it, so readers
@@ -55,6 +56,13 @@ const JOURNAL_FILE: &str = "journal.json";
 const JOURNAL_TMP_PREFIX: &str = "journal.json.tmp-";
 /// The deployment log (JSON Lines, see `crate::log`).
 const LOG_FILE: &str = "log.jsonl";
+/// The key secrets are hashed with (64 hex digits), mode 0600.
+const SECRET_KEY_FILE: &str = "secret.key";
+/// Prefix of a new secret key before it is linked into place.
+const SECRET_KEY_TMP_PREFIX: &str = "secret.key.tmp-";
+/// Mode of files that hold secrets (resources, the key); others get the default (umask).
+const PRIVATE_MODE: u32 = 0o600;
+const DEFAULT_MODE: u32 = 0o666;
 /// How many entries an [`StampState::Unstamped`] lists.
 const MAX_LISTED: usize = 10;
 /// How often `lock` looks again when the lock is held but the holder's JSON is not readable yet
@@ -166,16 +174,31 @@ fn ensure_dir(dir: &Path) -> Result<(), TargetError> {
 
 /// Create `path` (which must not exist), write `bytes` and fsync it.
 fn write_new_synced(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
-    let mut file = File::create_new(path).map_err(io_err("create", path))?;
+    write_new_synced_mode(path, bytes, DEFAULT_MODE)
+}
+
+/// [`write_new_synced`] creating the file with `mode` (before the umask).
+fn write_new_synced_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TargetError> {
+    let mut file = create_new(path, mode)?;
     file.write_all(bytes).map_err(io_err("write", path))?;
     file.sync_all().map_err(io_err("fsync", path))
 }
 
 /// Create `path` (which must not exist) and write `bytes`, without fsync: the caller makes the
 /// whole batch durable at once with [`sync_filesystem`].
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), TargetError> {
-    let mut file = File::create_new(path).map_err(io_err("create", path))?;
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TargetError> {
+    let mut file = create_new(path, mode)?;
     file.write_all(bytes).map_err(io_err("write", path))
+}
+
+/// Create a new file with `mode` from the start (never widened, never chmod'ed afterwards).
+fn create_new(path: &Path, mode: u32) -> Result<File, TargetError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("create", path))
 }
 
 /// `syncfs(2)` on the filesystem holding `dir`: every file written there so far, its data and
@@ -531,6 +554,38 @@ impl DirTarget {
         sync_dir(&self.path)
     }
 
+    /// `.envlock/secret.key`, checked to be a regular file of 64 hex digits.
+    fn read_secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        let file = self.state_dir().join(SECRET_KEY_FILE);
+        match lstat(&file)? {
+            None => return Ok(None),
+            Some(m) if !m.is_file() => {
+                return Err(TargetError::Refused(format!(
+                    "{} is not a regular file (a symlink?); envlock only ever makes it a file",
+                    file.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+        let text = text.trim_end();
+        let key: Option<Vec<u8>> = (text.len() == 2 * crate::secret::KEY_LEN)
+            .then(|| {
+                (0..text.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                    .collect()
+            })
+            .flatten();
+        key.map(Some).ok_or_else(|| {
+            TargetError::Corrupt(format!(
+                "{} is not {} hex digits",
+                file.display(),
+                2 * crate::secret::KEY_LEN
+            ))
+        })
+    }
+
     /// The leftovers of interrupted runs, as paths relative to the target.
     fn leftover_paths(&self) -> Result<Vec<String>, TargetError> {
         let mut found = Vec::new();
@@ -545,7 +600,10 @@ impl DirTarget {
             }
         }
         for name in list_dir(&self.state_dir())? {
-            if name.starts_with(STAMP_TMP_PREFIX) || name.starts_with(JOURNAL_TMP_PREFIX) {
+            if name.starts_with(STAMP_TMP_PREFIX)
+                || name.starts_with(JOURNAL_TMP_PREFIX)
+                || name.starts_with(SECRET_KEY_TMP_PREFIX)
+            {
                 found.push(format!("{STATE_DIR}/{name}"));
             }
         }
@@ -707,6 +765,7 @@ impl Target for DirTarget {
     fn apply(
         &self,
         resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
         meta: &serde_json::Value,
     ) -> Result<GenerationId, TargetError> {
         if let Some(problem) = resources.keys().find_map(|n| resource_name_refusal(n)) {
@@ -728,10 +787,15 @@ impl Target for DirTarget {
                 crate::failpoint::hit("dir-write-half");
             }
             let file = tmp.join(format!("{name}.toml"));
-            if each {
-                write_new_synced(&file, bytes)
+            let mode = if private.contains(*name) {
+                PRIVATE_MODE
             } else {
-                write_new(&file, bytes)
+                DEFAULT_MODE
+            };
+            if each {
+                write_new_synced_mode(&file, bytes, mode)
+            } else {
+                write_new(&file, bytes, mode)
             }
         };
         // One thread: creating files in one directory serialises on the directory's lock in
@@ -747,13 +811,19 @@ impl Target for DirTarget {
         let mut sums_bytes = serde_json::to_vec(&sums)
             .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
         sums_bytes.push(b'\n');
+        // Plain checksums of files with secrets would let a weak secret be guessed offline.
+        let sums_mode = if private.is_empty() {
+            DEFAULT_MODE
+        } else {
+            PRIVATE_MODE
+        };
         if each {
             write_new_synced(&tmp.join(META_FILE), &meta_bytes)?;
-            write_new_synced(&tmp.join(SUMS_FILE), &sums_bytes)?;
+            write_new_synced_mode(&tmp.join(SUMS_FILE), &sums_bytes, sums_mode)?;
             sync_dir(&tmp)?;
         } else {
-            write_new(&tmp.join(META_FILE), &meta_bytes)?;
-            write_new(&tmp.join(SUMS_FILE), &sums_bytes)?;
+            write_new(&tmp.join(META_FILE), &meta_bytes, DEFAULT_MODE)?;
+            write_new(&tmp.join(SUMS_FILE), &sums_bytes, sums_mode)?;
             sync_filesystem(&tmp)?;
         }
         let dest = self.generation_dir(id);
@@ -984,6 +1054,40 @@ impl Target for DirTarget {
         self.path.join(STATE_DIR)
     }
 
+    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        if !self.check_layout()?.exists {
+            return Ok(None);
+        }
+        self.read_secret_key()
+    }
+
+    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
+        self.require_stamped()?;
+        if let Some(key) = self.read_secret_key()? {
+            return Ok(key);
+        }
+        let key = crate::secret::random_key()
+            .map_err(io_err("get random bytes for", &self.state_dir()))?;
+        let state = self.state_dir();
+        let tmp = state.join(format!("{SECRET_KEY_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        let mut text = crate::secret::hex(&key);
+        text.push('\n');
+        write_new_synced_mode(&tmp, text.as_bytes(), PRIVATE_MODE)?;
+        let file = state.join(SECRET_KEY_FILE);
+        // A hard link never replaces an existing key: whoever linked first wins.
+        let linked = fs::hard_link(&tmp, &file);
+        remove_any(&tmp)?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &file)(e)),
+        }
+        sync_dir(&state)?;
+        self.read_secret_key()?
+            .ok_or_else(|| TargetError::Corrupt(format!("{} vanished", file.display())))
+    }
+
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         let path = self.state_dir().join(LOG_FILE);
         let mut file = match self.open_log(&path)? {
@@ -1200,7 +1304,11 @@ mod tests {
             other => panic!("expected Unstamped, got {other:?}"),
         }
         refused(target.write_stamp(&stamp("prod", "2")));
-        refused(target.apply(&resources(&[("a", "x = 1\n")]), &json!({})));
+        refused(target.apply(
+            &resources(&[("a", "x = 1\n")]),
+            &BTreeSet::new(),
+            &json!({}),
+        ));
         assert!(!path.join(".envlock").exists());
         assert!(!path.join("generations").exists());
 
@@ -1284,7 +1392,7 @@ mod tests {
         let many: BTreeMap<String, Vec<u8>> = (0..FSYNC_EACH_MAX * 2)
             .map(|i| (format!("r{i:04}"), format!("n = {i}\n").into_bytes()))
             .collect();
-        let id = target.apply(&many, &json!({})).unwrap();
+        let id = target.apply(&many, &BTreeSet::new(), &json!({})).unwrap();
         assert_eq!(target.live().unwrap().resources, many);
         assert_eq!(
             target.drift().unwrap(),
@@ -1330,7 +1438,11 @@ mod tests {
         let (_tmp, target) = stamped();
         target.deactivate().unwrap();
         let id = target
-            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .apply(
+                &resources(&[("a", "x = 1\n")]),
+                &BTreeSet::new(),
+                &json!({}),
+            )
             .unwrap();
         target.deactivate().unwrap();
         assert_eq!(target.live().unwrap(), Live::default());
@@ -1356,12 +1468,15 @@ mod tests {
         let id1 = target
             .apply(
                 &first,
+                &BTreeSet::new(),
                 &json!({"commit": "aaa", "created": "2026-01-01T00:00:00Z"}),
             )
             .unwrap();
         assert_eq!(id1, 1);
         let second = resources(&[("asr-worker", "workers = 13\n")]);
-        let id2 = target.apply(&second, &json!({"commit": "bbb"})).unwrap();
+        let id2 = target
+            .apply(&second, &BTreeSet::new(), &json!({"commit": "bbb"}))
+            .unwrap();
         assert_eq!(id2, 2);
 
         let live = target.live().unwrap();
@@ -1407,9 +1522,17 @@ mod tests {
         ));
 
         // A new apply after a rollback still gets a new number.
-        assert_eq!(target.apply(&second, &json!({})).unwrap(), 3);
+        assert_eq!(
+            target.apply(&second, &BTreeSet::new(), &json!({})).unwrap(),
+            3
+        );
         // An empty desired state is a generation too.
-        assert_eq!(target.apply(&BTreeMap::new(), &json!({})).unwrap(), 4);
+        assert_eq!(
+            target
+                .apply(&BTreeMap::new(), &BTreeSet::new(), &json!({}))
+                .unwrap(),
+            4
+        );
         let live = target.live().unwrap();
         assert_eq!((live.generation, live.resources.len()), (Some(4), 0));
         assert!(target.leftovers().unwrap().is_empty());
@@ -1419,7 +1542,11 @@ mod tests {
     fn unsafe_resource_names_are_refused() {
         let (_tmp, target) = stamped();
         for name in ["../x", "a/b", ".hidden", "a\0b", ""] {
-            refused(target.apply(&resources(&[(name, "x = 1\n")]), &json!({})));
+            refused(target.apply(
+                &resources(&[(name, "x = 1\n")]),
+                &BTreeSet::new(),
+                &json!({}),
+            ));
         }
         assert!(target.generations().unwrap().is_empty());
     }
@@ -1428,7 +1555,11 @@ mod tests {
     fn changed_generation_is_corrupt() {
         let (_tmp, target) = stamped();
         target
-            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .apply(
+                &resources(&[("a", "x = 1\n")]),
+                &BTreeSet::new(),
+                &json!({}),
+            )
             .unwrap();
         fs::write(target.path().join("generations/00000001/a.toml~"), "").unwrap();
         assert!(matches!(target.live(), Err(TargetError::Corrupt(_))));
@@ -1440,7 +1571,7 @@ mod tests {
         for i in 1..=5 {
             let body = format!("n = {i}\n");
             target
-                .apply(&resources(&[("a", &body)]), &json!({}))
+                .apply(&resources(&[("a", &body)]), &BTreeSet::new(), &json!({}))
                 .unwrap();
         }
         target.activate(1).unwrap();
@@ -1463,7 +1594,11 @@ mod tests {
     fn crash_leftovers_are_ignored_reported_and_pruned() {
         let (_tmp, target) = stamped();
         target
-            .apply(&resources(&[("a", "x = 1\n")]), &json!({}))
+            .apply(
+                &resources(&[("a", "x = 1\n")]),
+                &BTreeSet::new(),
+                &json!({}),
+            )
             .unwrap();
         // What an apply killed half-way leaves: a partial generation and a new `current` link.
         let partial = target.path().join("generations/.tmp-2-99999");
@@ -1489,7 +1624,11 @@ mod tests {
 
         assert_eq!(
             target
-                .apply(&resources(&[("a", "x = 3\n")]), &json!({}))
+                .apply(
+                    &resources(&[("a", "x = 3\n")]),
+                    &BTreeSet::new(),
+                    &json!({})
+                )
                 .unwrap(),
             2
         );

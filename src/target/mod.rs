@@ -8,7 +8,7 @@
 
 pub mod dir;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -260,9 +260,11 @@ pub trait Target {
     /// Only the id of the live generation (cheap: no resource is read).
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
     /// Write a complete new generation (durably) and make it live atomically. Returns its id.
+    /// Resources named in `private` hold secrets: only the deploying user may read them.
     fn apply(
         &self,
         resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
         meta: &serde_json::Value,
     ) -> Result<GenerationId, TargetError>;
     /// The resources of one kept generation, exactly as stored.
@@ -295,6 +297,11 @@ pub trait Target {
     fn clear_journal(&self) -> Result<(), TargetError>;
     /// The directory where envlock keeps state for this target (journal, log).
     fn state_dir(&self) -> PathBuf;
+    /// The key that secrets are hashed with (HMAC-SHA256); `None` when none was created yet.
+    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Create the secret key durably if there is none (readable by its owner only), and return
+    /// the key. Called under the deployment lock.
+    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError>;
     /// The end of the deployment log: its last complete line and any incomplete bytes after
     /// it. Reads only the end of the log, whatever its length.
     fn log_tail(&self) -> Result<LogTail, TargetError>;

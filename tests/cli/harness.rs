@@ -109,7 +109,11 @@ impl Repo {
         assert!(prod.contains("after = [\"validation\"]\n"));
         repo.write(
             "environments/prod.toml",
-            prod.replace("after = [\"validation\"]\n", ""),
+            // A comment in its place keeps line numbers (messages cite them).
+            prod.replace(
+                "after = [\"validation\"]\n",
+                "# no promotion gate in this test\n",
+            ),
         );
         repo.commit("base configuration, prod without its promotion gate");
         repo

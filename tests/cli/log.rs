@@ -522,6 +522,7 @@ struct SavedPlan {
     config_sha256: String,
     live: LiveState,
     resources: std::collections::BTreeMap<String, String>,
+    secrets_bound: bool,
     summary: Changes,
     changes: Vec<ChangeJson>,
     created: String,
@@ -590,6 +591,7 @@ fn a_plan_reviewed_on_a_branch_is_applied_after_the_merge() {
     assert_eq!(saved.live.generation, Some(1));
     assert_eq!(saved.changes.len(), 1);
     assert_eq!(saved.checksum.len(), 64);
+    assert!(saved.secrets_bound, "no secrets: nothing unbound");
 
     // Not merged yet: validation deploys only commits on `main`.
     repo.git(&["checkout", "-q", "main"]);

@@ -13,4 +13,5 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod prompt;
+mod secrets;
 mod worktree;
