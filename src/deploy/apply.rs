@@ -629,6 +629,29 @@ fn matches_saved(
             })
     };
     if !same {
+        let differ: Vec<&String> = now
+            .iter()
+            .filter(|(name, hash)| saved.resources.get(*name) != Some(*hash))
+            .map(|(name, _)| name)
+            .collect();
+        if !differ.is_empty() && differ.iter().all(|n| plan.desired.private.contains(*n)) {
+            let refs: Vec<&str> = plan
+                .desired
+                .secrets
+                .iter()
+                .filter(|s| differ.contains(&&s.resource))
+                .map(|s| s.reference.as_str())
+                .collect();
+            return Err(Failure::refused(format!(
+                "a secret's value is not the one the saved plan was made with (the plan binds it by its keyed hash): {}",
+                refs.join(", ")
+            ))
+            .hint(format!(
+                "supply the value the plan was reviewed with, or plan again (`deploy plan --target {} --out FILE`); nothing was changed",
+                d.env.name
+            ))
+            .into());
+        }
         return Err(Failure::refused(format!(
             "commit {} no longer renders to the files the saved plan hashed (was the plan written by another envlock version?)",
             d.commit.short()

@@ -385,3 +385,106 @@ fn check_rejects_a_secret_where_the_schema_cannot_take_a_string() {
     repo.commit("queue from a secret");
     repo.deploy(&["check"]).code(0);
 }
+
+#[test]
+fn saved_plans_and_the_log_never_hold_a_secret_value() {
+    let repo = repo();
+    let dir = target(&repo);
+    let plans = tempfile::tempdir().unwrap();
+    let first = plans.path().join("first.json");
+    let second = plans.path().join("second.json");
+    let mut out = Outputs::default();
+
+    // The target has no secret key yet: the plan cannot bind the values (it says so), and the
+    // apply reads them then.
+    out.run(
+        &repo,
+        &["plan", "--target", "prod", "--out", first.to_str().unwrap()],
+        Some(DB_1),
+    )
+    .code(0);
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    assert_eq!(plan["secrets_bound"], false);
+    assert!(
+        plan["resources"]["worker"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:")
+    );
+    out.run(
+        &repo,
+        &[
+            "apply",
+            "--target",
+            "prod",
+            "--plan",
+            first.to_str().unwrap(),
+            "--yes",
+        ],
+        Some(DB_1),
+    )
+    .code(0);
+    assert!(
+        std::fs::read_to_string(dir.join("current/worker.toml"))
+            .unwrap()
+            .contains(DB_1)
+    );
+
+    // Rotated: now bound by the target's key; `(secret, changed)` is all the plan shows.
+    repo.write(PROD, prod_toml(17));
+    repo.commit("prod: 17 threads");
+    let run = out.run(
+        &repo,
+        &[
+            "plan",
+            "--target",
+            "prod",
+            "--out",
+            second.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        Some(DB_2),
+    );
+    run.code(0).stdout_has("(secret, changed)");
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(&second).unwrap()).unwrap();
+    assert_eq!(plan["secrets_bound"], true);
+    // Applying it with another value than the one planned is refused: the plan bound it.
+    out.run(
+        &repo,
+        &[
+            "apply",
+            "--target",
+            "prod",
+            "--plan",
+            second.to_str().unwrap(),
+            "--yes",
+        ],
+        Some(DB_1),
+    )
+    .code(3)
+    .stderr_has("a secret's value is not the one the saved plan was made with")
+    .stderr_has("env:PROD_DB_PASSWORD");
+    out.run(
+        &repo,
+        &[
+            "apply",
+            "--target",
+            "prod",
+            "--plan",
+            second.to_str().unwrap(),
+            "--yes",
+        ],
+        Some(DB_2),
+    )
+    .code(0);
+    out.run(&repo, &["log", "--format", "json"], None).code(0);
+    out.run(&repo, &["log", "verify"], None).code(0);
+    for file in [&first, &second] {
+        out.0.push((
+            file.display().to_string(),
+            std::fs::read_to_string(file).unwrap(),
+        ));
+    }
+    out.assert_no_value(&dir);
+}
