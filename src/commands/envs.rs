@@ -3,8 +3,12 @@
 use std::path::Path;
 
 use anyhow::Result;
+use envlock::config::Environment;
+use envlock::deploy::open_target;
 use envlock::error::{Exit, Failure};
+use envlock::log;
 use envlock::output::Printer;
+use envlock::target::StampState;
 use envlock::workspace;
 use serde::Serialize;
 
@@ -22,6 +26,35 @@ struct EnvRow {
     branch: Option<String>,
     after: Vec<String>,
     resources: usize,
+    /// The last record of the environment's deployment log, when its target is reachable
+    /// from this machine and stamped for it.
+    last_deployment: Option<LastDeployment>,
+}
+
+#[derive(Serialize)]
+struct LastDeployment {
+    time: String,
+    action: String,
+    outcome: String,
+    commit: String,
+    generation: Option<u64>,
+}
+
+/// The last log record of `env`'s target (never one of another environment's target).
+fn last_deployment(env: &Environment) -> Option<LastDeployment> {
+    let target = open_target(env).ok()?;
+    match target.stamp().ok()? {
+        StampState::Stamped(s) if s.environment == env.name && s.account == env.account.value => {}
+        _ => return None,
+    }
+    let r = log::last_record(&*target).ok()??;
+    Some(LastDeployment {
+        time: r.time,
+        action: r.action.as_str().to_owned(),
+        outcome: r.outcome.as_str().to_owned(),
+        commit: r.commit,
+        generation: r.generation,
+    })
 }
 
 pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
@@ -41,12 +74,21 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             branch: e.branch.as_ref().map(|b| b.value.clone()),
             after: e.after.iter().map(|a| a.value.clone()).collect(),
             resources: e.settings.len(),
+            last_deployment: last_deployment(e),
         })
         .collect();
     if printer.is_json() {
         printer.json(&rows)?;
     } else {
-        let header = ["NAME", "ACCOUNT", "SCHEMA", "TARGET", "PROTECTED", "BRANCH"];
+        let header = [
+            "NAME",
+            "ACCOUNT",
+            "SCHEMA",
+            "TARGET",
+            "PROTECTED",
+            "BRANCH",
+            "LAST DEPLOYMENT",
+        ];
         let table: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
@@ -57,6 +99,17 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
                     r.target.clone(),
                     if r.protected { "yes" } else { "no" }.to_owned(),
                     r.branch.clone().unwrap_or_else(|| "-".into()),
+                    r.last_deployment.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |l| {
+                            format!(
+                                "{} {} {}",
+                                &l.time[..l.time.len().min(19)],
+                                l.outcome,
+                                &l.commit[..l.commit.len().min(12)]
+                            )
+                        },
+                    ),
                 ]
             })
             .collect();

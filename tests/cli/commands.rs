@@ -13,9 +13,9 @@ fn envs_lists_every_environment() {
     assert_eq!(
         lines,
         [
-            "NAME        ACCOUNT       SCHEMA  TARGET                  PROTECTED  BRANCH",
-            "prod        222222222222  svc     dir targets/prod        yes        main",
-            "validation  111111111111  svc     dir targets/validation  no         main",
+            "NAME        ACCOUNT       SCHEMA  TARGET                  PROTECTED  BRANCH  LAST DEPLOYMENT",
+            "prod        222222222222  svc     dir targets/prod        yes        main    -",
+            "validation  111111111111  svc     dir targets/validation  no         main    -",
         ]
     );
 }
@@ -33,6 +33,18 @@ struct EnvRow {
     branch: Option<String>,
     after: Vec<String>,
     resources: usize,
+    last_deployment: Option<LastDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LastDeployment {
+    time: String,
+    action: String,
+    outcome: String,
+    commit: String,
+    generation: Option<u64>,
 }
 
 #[test]
@@ -46,6 +58,28 @@ fn envs_json_parses_back_strictly() {
     assert_eq!(rows[0].after, ["validation"]);
     assert!(rows[0].protected);
     assert_eq!(rows[1].target_kind, "dir");
+    assert!(rows[1].last_deployment.is_none());
+
+    // After a deployment, its last log record.
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
+    let rows: Vec<EnvRow> =
+        serde_json::from_str(&repo.deploy(&["envs", "--format", "json"]).stdout).unwrap();
+    let last = rows[1]
+        .last_deployment
+        .as_ref()
+        .expect("validation was deployed");
+    assert_eq!(
+        (last.action.as_str(), last.outcome.as_str()),
+        ("adopt", "applied")
+    );
+    assert_eq!(last.commit, head);
+    assert_eq!(last.generation, Some(1));
+    assert!(rows[0].last_deployment.is_none());
+    repo.deploy(&["envs"])
+        .code(0)
+        .stdout_has("LAST DEPLOYMENT")
+        .stdout_has(&format!("applied {}", &head[..12]));
 }
 
 #[test]
