@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Timing and reporting half of `bench/run` (which builds, generates and sanity-checks first).
 
-usage: measure.py --workloads check,apply --deploy BIN --runs N --out FILE [--source REV]
+usage: measure.py --workloads check,apply,log --deploy BIN --runs N --out FILE [--source REV]
                   [check:] --parse-only BIN --repo DIR --repo-history DIR
                            --envs N --resources N --commits N --base-commits N
                   [apply:] --apply-regime KEEP:REPO:TARGET:FLOOR_ROOT (one or more)
                            --apply-desired DIR --apply-resources N --apply-changed N
                            --apply-probe-dir DIR [--apply-settle-max SECONDS]
+                  [log:]   --log-repo DIR --log-file FILE --log-records N
 
 Every command of a workload is run once as a warm-up, then N times; the runs are interleaved
 round-robin (one run of each command per round) so that a drift of the machine's speed affects
@@ -488,11 +489,88 @@ def apply_workload(a):
     }
 
 
+def log_workload(a):
+    """`deploy log verify` of a long deployment log against `sha256sum` of the same file, both
+    reading it from the page cache (the warm-up run puts it there); `deploy log`, the
+    newest-first table of every record, for information."""
+    size = os.path.getsize(a.log_file)
+    verify = Bench(
+        "deploy log verify",
+        [a.deploy, "-C", a.log_repo, "log", "verify", "--target", "bench"],
+        note=f"{a.log_records} records, {size:,} bytes: the whole hash chain",
+    )
+    floor = Bench(
+        "sha256sum",
+        ["sha256sum", a.log_file],
+        note="one SHA-256 of the same file (coreutils), to /dev/null",
+    )
+    table = Bench(
+        "deploy log",
+        [a.deploy, "-C", a.log_repo, "log", "--target", "bench"],
+        note="the newest-first table of every record, to /dev/null (for information)",
+    )
+    benches = [verify, floor, table]
+    res, rss_tool = run_benches(benches, a.runs)
+    for b in benches:
+        res[b.name]["mb_per_s"] = size / 1e6 / res[b.name]["median_s"]
+    v, f = res[verify.name], res[floor.name]
+    ratios = {
+        # Throughput of verify relative to sha256sum's: sha256sum time / verify time.
+        "log_verify_throughput_over_sha256sum": f["median_s"] / v["median_s"],
+        "cpu_log_verify_throughput_over_sha256sum": f["cpu_median_s"] / v["cpu_median_s"],
+        "log_table_over_log_verify": res[table.name]["median_s"] / v["median_s"],
+    }
+    targets = {
+        "log_verify_ge_0_5x_sha256sum": ratios["log_verify_throughput_over_sha256sum"] >= 0.5,
+    }
+    sha_version = sh("sha256sum", "--version").splitlines()
+
+    def report():
+        print(
+            f"log: {a.log_records:,} records, {size:,} bytes ({size / 2**20:.1f} MiB, "
+            f"{size / a.log_records:.0f} bytes per record), in the page cache; "
+            f"median of {a.runs} runs after 1 warm-up"
+        )
+        print()
+        rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "MB/s",
+                 "sha256sum / this")]
+        for b in benches:
+            s = res[b.name]
+            rows.append(
+                (b.name, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
+                 fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB",
+                 f"{s['mb_per_s']:.0f}", f"{f['median_s'] / s['median_s']:.2f}x")
+            )
+        print_table(rows)
+        print()
+        print(f"target verify >= 0.5x sha256sum throughput: "
+              f"{verdict(targets['log_verify_ge_0_5x_sha256sum'])} "
+              f"{ratios['log_verify_throughput_over_sha256sum']:.2f}x "
+              f"(on CPU time: {ratios['cpu_log_verify_throughput_over_sha256sum']:.2f}x)")
+
+    return {
+        "parameters": {"log_records": a.log_records},
+        "config": {
+            "log_bytes": size,
+            "log_bytes_per_record": round(size / a.log_records, 1),
+            "sha256sum": sha_version[0] if sha_version else "",
+        },
+        "results": res,
+        "peak_rss_kib": {
+            **{b.name: res[b.name]["peak_rss_kib"] for b in (verify, table)}, "tool": rss_tool
+        },
+        "ratios": ratios,
+        "targets": targets,
+        "report": report,
+    }
+
+
 WORKLOADS = {
     "check": (check_workload, ("parse_only", "repo", "repo_history", "envs", "resources",
                                "commits", "base_commits")),
     "apply": (apply_workload, ("apply_regime", "apply_desired", "apply_resources",
                                "apply_changed", "apply_probe_dir")),
+    "log": (log_workload, ("log_repo", "log_file", "log_records")),
 }
 
 
@@ -504,13 +582,13 @@ def main():
     ap.add_argument("--source", default="")
     ap.add_argument("--runs", type=int, required=True)
     for opt in ("--parse-only", "--repo", "--repo-history", "--apply-desired",
-                "--apply-probe-dir"):
+                "--apply-probe-dir", "--log-repo", "--log-file"):
         ap.add_argument(opt, default="")
     ap.add_argument("--apply-settle-max", type=int, default=480)
     ap.add_argument("--apply-regime", action="append", default=[],
                     metavar="KEEP:REPO:TARGET:FLOOR_ROOT")
     for opt in ("--envs", "--resources", "--commits", "--base-commits", "--apply-resources",
-                "--apply-changed"):
+                "--apply-changed", "--log-records"):
         ap.add_argument(opt, type=int, default=0)
     a = ap.parse_args()
     workloads = [w for w in a.workloads.split(",") if w]
