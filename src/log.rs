@@ -454,7 +454,6 @@ pub fn verify(bytes: &[u8]) -> Verified {
             .collect()
     });
     let mut prev: &[u8] = GENESIS.as_bytes();
-    let mut head = GENESIS.to_owned();
     for (i, result) in checked.iter().flatten().enumerate() {
         // Every earlier line verified, so this one must be the next record.
         let expected = i as u64 + 1;
@@ -463,7 +462,7 @@ pub fn verify(bytes: &[u8]) -> Verified {
         let last = i + 1 == lines.len();
         let fail = |seq: Option<u64>, kind: Broken, message: String| Verified {
             records: i,
-            head: head.clone(),
+            head: String::from_utf8_lossy(prev).into_owned(),
             problem: Some(Problem {
                 line: number,
                 seq,
@@ -555,11 +554,10 @@ pub fn verify(bytes: &[u8]) -> Verified {
             );
         }
         prev = parts.hash;
-        head = String::from_utf8_lossy(parts.hash).into_owned();
     }
     Verified {
         records: lines.len(),
-        head,
+        head: String::from_utf8_lossy(prev).into_owned(),
         problem: None,
     }
 }

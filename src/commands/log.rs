@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use envlock::config::{Config, Environment};
+use envlock::config::Environment;
 use envlock::deploy::open_target;
 use envlock::error::{Exit, Failure};
 use envlock::log::{self, Problem, Record};
@@ -65,7 +65,9 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         Some(name) => vec![workspace::environment(&config, name)?],
         None => config.environments.iter().collect(),
     };
-    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e)).collect();
+    // `log verify` needs only the chain; parsing every record is for the table.
+    let parse = command.is_none();
+    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e, parse)).collect();
     if let Some(name) = &target
         && let Some(l) = logs.first()
     {
@@ -73,7 +75,7 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     }
     match command {
         Some(LogCommand::Verify(_)) => verify(logs, printer),
-        None => show(&config, logs, printer),
+        None => show(logs, printer),
     }
 }
 
@@ -95,7 +97,7 @@ fn refuse_unreadable(name: &str, l: &EnvLog) -> Result<()> {
     }
 }
 
-fn read(env: &Environment) -> EnvLog {
+fn read(env: &Environment, parse: bool) -> EnvLog {
     let mut l = EnvLog {
         environment: env.name.clone(),
         target: env.target.describe(),
@@ -157,12 +159,18 @@ fn read(env: &Environment) -> EnvLog {
         l.status = "broken";
         l.problem = v.problem;
     }
-    l.entries = log::records(&bytes);
+    if parse {
+        l.entries = log::records(&bytes);
+    }
     l
 }
 
-fn show(config: &Config, logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
-    let mut records: Vec<Record> = logs.iter().flat_map(|l| l.entries.clone()).collect();
+fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
+    let mut logs = logs;
+    let mut records: Vec<Record> = logs
+        .iter_mut()
+        .flat_map(|l| std::mem::take(&mut l.entries))
+        .collect();
     // Newest first: by time, then by sequence within one log.
     records.sort_by(|a, b| {
         b.time
@@ -170,7 +178,6 @@ fn show(config: &Config, logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             .then_with(|| a.environment.cmp(&b.environment))
             .then_with(|| b.seq.cmp(&a.seq))
     });
-    let _ = config;
     if printer.is_json() {
         printer.json(&LogDoc {
             ok: true,
