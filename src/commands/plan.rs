@@ -96,18 +96,6 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             saved: Some(saved), ..
         } => {
             let (path, plan) = &**saved;
-            if plan.environment != name {
-                return Err(Failure::refused(format!(
-                    "the plan {} is for environment `{}` (account {}), not for `{name}`",
-                    path.display(),
-                    plan.environment,
-                    plan.account
-                ))
-                .hint(format!(
-                    "apply each environment's own plan (`deploy plan --target {name} --out FILE`); nothing was changed"
-                ))
-                .into());
-            }
             if repo.commit(&plan.commit).is_err() {
                 return Err(Failure::refused(format!(
                     "the plan {} is for commit {}, which this clone does not have",
@@ -127,6 +115,13 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
     let result = prepare(&repo, &config, &commit, name, printer).and_then(|()| {
         let env = workspace::environment(&config, name)?;
+        if let Job::Apply {
+            saved: Some(saved), ..
+        } = &job
+        {
+            let (path, plan) = &**saved;
+            plan.check_owner(env, path)?;
+        }
         // A plan may be made anywhere (a pull request is not on `branch` yet); only what
         // writes must be on `branch`.
         match (&job, deploy::check_branch(&repo, env, &commit)) {
@@ -147,9 +142,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             saved: Some(saved), ..
         } = &job
         {
-            let (path, plan) = &**saved;
-            plan.check_owner(&d, path)?;
-            d.plan_sha256 = Some(plan.id().to_owned());
+            d.plan_sha256 = Some(saved.1.id().to_owned());
         }
         run_job(&d, job, printer)
     });

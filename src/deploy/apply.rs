@@ -545,19 +545,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     d.say(&format!("Generation {id} is live."));
     failpoint::hit("after-journal-verifying");
 
-    let health = d.health(Some(id), &d.commit.id.to_string(), None);
-    if let Some(h) = &health {
-        d.say(&h.line());
-    }
-    let failure = match &health {
-        _ if d.is_interrupted() => {
-            Some("interrupted (Ctrl-C) before the deployment was verified".to_owned())
-        }
-        Some(h) if !h.passed => Some(h.line()),
-        _ => None,
-    };
-    report.health = health;
-    if let Some(why) = failure {
+    if let Some(why) = verify_new(d, id, &d.commit.id.to_string(), "deployment", &mut report) {
         failpoint::hit("before-rollback");
         roll_back(d, &mut journal, id, &why, &mut report)?;
         return Ok(report);
@@ -576,6 +564,30 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         d.commit.short()
     ));
     Ok(report)
+}
+
+/// Health-check the generation just made live (into `report.health`); why it must be rolled
+/// back, if it must: a failed check or a Ctrl-C before the verdict.
+fn verify_new(
+    d: &Deployment<'_>,
+    id: GenerationId,
+    commit: &str,
+    what: &str,
+    report: &mut Report,
+) -> Option<String> {
+    let health = d.health(Some(id), commit, None);
+    if let Some(h) = &health {
+        d.say(&h.line());
+    }
+    let failure = match &health {
+        _ if d.is_interrupted() => Some(format!(
+            "interrupted (Ctrl-C) before the {what} was verified"
+        )),
+        Some(h) if !h.passed => Some(h.line()),
+        _ => None,
+    };
+    report.health = health;
+    failure
 }
 
 /// A saved plan applies only to the live state it was computed from, and only if its commit
@@ -1274,19 +1286,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
     write_journal(d, &journal)?;
     report.generation = Some(wanted.id);
     d.say(&format!("Generation {} is live.", wanted.id));
-    let health = d.health(Some(wanted.id), &wanted.commit, None);
-    if let Some(h) = &health {
-        d.say(&h.line());
-    }
-    let failure = match &health {
-        _ if d.is_interrupted() => {
-            Some("interrupted (Ctrl-C) before the rollback was verified".to_owned())
-        }
-        Some(h) if !h.passed => Some(h.line()),
-        _ => None,
-    };
-    report.health = health;
-    if let Some(why) = failure {
+    if let Some(why) = verify_new(d, wanted.id, &wanted.commit, "rollback", &mut report) {
         roll_back(d, &mut journal, wanted.id, &why, &mut report)?;
         return Ok(report);
     }

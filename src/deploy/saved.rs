@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::Deployment;
+use crate::config::Environment;
 use crate::error::Failure;
 use crate::log::Changes;
 use crate::plan::{Change, Desired};
@@ -183,13 +183,13 @@ impl SavedPlan {
     }
 
     /// The plan must be for this environment, its account and its target (exit 3 otherwise).
-    pub fn check_owner(&self, d: &Deployment<'_>, path: &Path) -> Result<()> {
-        let env = d.env;
+    pub fn check_owner(&self, env: &Environment, path: &Path) -> Result<()> {
         let foreign = |what: String| -> anyhow::Error {
             Failure::refused(format!(
-                "the plan {} is for {what}, not for {}",
+                "the plan {} is for {what}, not for `{}` (account {})",
                 path.display(),
-                d.who()
+                env.name,
+                env.account.value
             ))
             .hint(format!(
                 "apply each environment's own plan (`deploy plan --target {} --out FILE`); nothing was changed",

@@ -1164,7 +1164,8 @@ impl Target for DirTarget {
             .custom_flags(OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(io_err("open for appending", &path))?;
-        // One write(2) of the whole line: a killed process leaves all of it or none of it.
+        // The whole line in one call (a line fits one write(2) in practice); an incomplete
+        // line left by a crash is found by the next run (see `crate::log`).
         file.write_all(line).map_err(io_err("append to", &path))?;
         file.sync_data().map_err(io_err("fsync", &path))?;
         if created {
