@@ -145,8 +145,10 @@ pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
             out.private.insert(name.clone());
             Value::String(format!("(secret hmac-sha256:{hmac})"))
         });
-        out.files
-            .insert(name.clone(), render::resource_toml(&real).into_bytes());
+        out.files.insert(
+            name.clone(),
+            render::resource_text(&env.target.kind, &real).into_bytes(),
+        );
         hashed.insert(name.clone(), masked.to_json());
     }
     let canonical = serde_json::Value::Object(hashed).to_string();

@@ -30,6 +30,19 @@ fn to_toml(node: &Node) -> toml::Value {
     }
 }
 
+/// One resource as the canonical TOML text every plan diffs, for `kind` of target: a `dir`
+/// target stores it as is; an `etcd` target stores it as compact JSON, so it is rendered
+/// through JSON (a datetime becomes a string, as it will be in the store) and the live JSON
+/// reads back to exactly these bytes.
+pub fn resource_text(kind: &TargetKind, node: &Node) -> String {
+    match kind {
+        TargetKind::Etcd { .. } => {
+            crate::target::etcd::toml_text_of_json(&node.to_json()).unwrap_or_default()
+        }
+        _ => resource_toml(node),
+    }
+}
+
 /// One resource as the TOML text a `dir` target stores and a plan diffs.
 pub fn resource_toml(node: &Node) -> String {
     match to_toml(node) {
@@ -86,6 +99,12 @@ pub fn environment_toml(env: &Environment) -> String {
             ca,
             cert,
             key,
+            username,
+            password,
+            lock_ttl,
+            max_txn_ops,
+            max_request_bytes,
+            ..
         } => {
             let eps: Vec<&str> = endpoints.iter().map(|e| e.value.as_str()).collect();
             t.insert("endpoints".into(), strs(&eps));
@@ -96,6 +115,19 @@ pub fn environment_toml(env: &Environment) -> String {
                     t.insert(k.into(), v.clone().into());
                 }
             }
+            for (k, v) in [("username", username), ("password", password)] {
+                if let Some(r) = v {
+                    let mut s = Table::new();
+                    s.insert("secret".into(), r.text.clone().into());
+                    t.insert(k.into(), s.into());
+                }
+            }
+            t.insert("lock_ttl".into(), duration::format(*lock_ttl).into());
+            t.insert("max_txn_ops".into(), (*max_txn_ops as i64).into());
+            t.insert(
+                "max_request_bytes".into(),
+                (*max_request_bytes as i64).into(),
+            );
         }
         TargetKind::Exec { command, options } => {
             t.insert("command".into(), strs(command));

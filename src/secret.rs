@@ -133,7 +133,8 @@ fn settings_path(resource: &str, path: &[Seg]) -> String {
 }
 
 /// Read one value: `Err((why, hint))`.
-fn read(r: &SecretRef, root: &Path) -> Result<String, (String, String)> {
+/// The value of one reference: `Err((why, what to do))` when it cannot be read.
+pub fn read(r: &SecretRef, root: &Path) -> Result<String, (String, String)> {
     match &r.source {
         SecretSource::Env(name) => match crate::sysenv::var_os(name) {
             None => Err((

@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use crate::diagnostic::Diagnostic;
 use crate::source::{FileId, Loc, Located, Sources};
-use node::{Node, Value};
+use node::{Node, SecretRef, Value};
 use raw::{RawFile, SList, SString};
 
 /// Environment files larger than this are refused before they are parsed.
@@ -169,6 +169,17 @@ pub enum TargetKind {
         ca: Option<String>,
         cert: Option<String>,
         key: Option<String>,
+        /// etcd authentication, read from secret references when deploying.
+        username: Option<SecretRef>,
+        password: Option<SecretRef>,
+        /// The lease TTL of the deployment lock.
+        lock_ttl: Duration,
+        /// The server's `--max-txn-ops` and `--max-request-bytes`.
+        max_txn_ops: usize,
+        max_request_bytes: usize,
+        /// The repository's working tree: relative `ca`, `cert`, `key` and `file:` secrets
+        /// start here.
+        root: PathBuf,
     },
     Exec {
         command: Vec<String>,
@@ -930,6 +941,84 @@ impl Loader<'_> {
         })
     }
 
+    /// An integer setting within `range` (`default` when absent).
+    fn positive(
+        &mut self,
+        name: &str,
+        file: FileId,
+        field: &str,
+        v: Option<Spanned<i64>>,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<usize> {
+        let Some(v) = v else {
+            return Some(default);
+        };
+        if range.contains(v.get_ref()) {
+            return usize::try_from(*v.get_ref()).ok();
+        }
+        self.diagnostics.push(
+            Diagnostic::new(
+                "invalid-number",
+                format!("`{field} = {}` is out of range", v.get_ref()),
+            )
+            .env(name)
+            .at(
+                loc_of(file, &v),
+                format!("must be between {} and {}", range.start(), range.end()),
+            )
+            .hint(format!(
+                "set `{field}` to the etcd server's own setting (default {default})"
+            )),
+        );
+        None
+    }
+
+    /// A field that must be a secret reference, `{ secret = "env:NAME" }`, never a value.
+    fn secret_field(
+        &mut self,
+        name: &str,
+        file: FileId,
+        field: &str,
+        node: Option<Node>,
+    ) -> Option<Option<SecretRef>> {
+        let Some(node) = node else {
+            return Some(None);
+        };
+        let reference = match &node.value {
+            Value::Table(map) if map.len() == 1 => {
+                map.get("secret").and_then(|m| match &m.node.value {
+                    Value::String(text) => Some(text.clone()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        };
+        let problem = match reference.as_deref().map(SecretRef::parse) {
+            Some(Ok(source)) => {
+                let (l, c) = self.sources.line_col(&Loc::new(file, node.span.clone()));
+                let at = format!("{}:{l}:{c}", self.sources.get(file).path);
+                return Some(Some(SecretRef {
+                    source,
+                    text: reference.unwrap_or_default(),
+                    at,
+                }));
+            }
+            Some(Err(why)) => format!("invalid secret reference: {why}"),
+            None => format!("`{field}` must be a secret reference, not a value in the repository"),
+        };
+        self.diagnostics.push(
+            Diagnostic::new("invalid-secret", problem)
+                .env(name)
+                .at(Loc::new(file, node.span.clone()), "not a secret reference")
+                .hint(format!(
+                    "write `{field} = {{ secret = \"env:ETCD_{}\" }}` or `{{ secret = \"file:PATH\" }}`",
+                    field.to_uppercase()
+                )),
+        );
+        None
+    }
+
     fn duration(
         &mut self,
         name: &str,
@@ -1112,7 +1201,7 @@ impl Loader<'_> {
         };
         let kind_name = kind.get_ref().as_str();
         // Keys that belong to another kind are errors pointing at the key's value.
-        let present: [(&str, Option<std::ops::Range<usize>>); 10] = [
+        let present: [(&str, Option<std::ops::Range<usize>>); 15] = [
             ("path", t.path.as_ref().map(Spanned::span)),
             ("keep", t.keep.as_ref().map(Spanned::span)),
             ("endpoints", t.endpoints.as_ref().map(Spanned::span)),
@@ -1121,12 +1210,32 @@ impl Loader<'_> {
             ("ca", t.ca.as_ref().map(Spanned::span)),
             ("cert", t.cert.as_ref().map(Spanned::span)),
             ("key", t.key.as_ref().map(Spanned::span)),
+            ("username", t.username.as_ref().map(|n| n.span.clone())),
+            ("password", t.password.as_ref().map(|n| n.span.clone())),
+            ("lock_ttl", t.lock_ttl.as_ref().map(Spanned::span)),
+            ("max_txn_ops", t.max_txn_ops.as_ref().map(Spanned::span)),
+            (
+                "max_request_bytes",
+                t.max_request_bytes.as_ref().map(Spanned::span),
+            ),
             ("command", t.command.as_ref().map(Spanned::span)),
             ("options", t.options.as_ref().map(|n| n.span.clone())),
         ];
         let allowed: &[&str] = match kind_name {
             "dir" => &["path", "keep"],
-            "etcd" => &["endpoints", "prefix", "timeout", "ca", "cert", "key"],
+            "etcd" => &[
+                "endpoints",
+                "prefix",
+                "timeout",
+                "ca",
+                "cert",
+                "key",
+                "username",
+                "password",
+                "lock_ttl",
+                "max_txn_ops",
+                "max_request_bytes",
+            ],
             "exec" => &["command", "options"],
             other => {
                 self.diagnostics.push(
@@ -1246,10 +1355,16 @@ impl Loader<'_> {
                     Some(p)
                         if !p.get_ref().starts_with('/')
                             || !p.get_ref().ends_with('/')
-                            || p.get_ref().len() < 3 =>
+                            || p.get_ref().len() < 3
+                            || p.get_ref().contains(".envlock/") =>
                     {
+                        let why = if p.get_ref().contains(".envlock/") {
+                            "must not contain `.envlock/` (envlock keeps its own keys under `<prefix>.envlock/`)"
+                        } else {
+                            "must start and end with `/`"
+                        };
                         self.diagnostics.push(
-                            Diagnostic::new("invalid-prefix", format!("etcd prefix `{}` must start and end with `/`", p.get_ref()))
+                            Diagnostic::new("invalid-prefix", format!("etcd prefix `{}` {why}", p.get_ref()))
                                 .env(name)
                                 .at(loc_of(file, &p), "e.g. \"/asr/prod/\"")
                                 .hint("a prefix like \"/asr/prod/\" keeps this environment's keys apart from every other's"),
@@ -1268,6 +1383,38 @@ impl Loader<'_> {
                     t.timeout.map(|s| lstr(file, s)).as_ref(),
                     Duration::from_secs(5),
                 );
+                let lock_ttl = self.duration(
+                    name,
+                    "lock_ttl",
+                    t.lock_ttl.map(|s| lstr(file, s)).as_ref(),
+                    Duration::from_secs(15),
+                );
+                let max_txn_ops =
+                    self.positive(name, file, "max_txn_ops", t.max_txn_ops, 128, 3..=1_000_000);
+                let max_request_bytes = self.positive(
+                    name,
+                    file,
+                    "max_request_bytes",
+                    t.max_request_bytes,
+                    1536 * 1024,
+                    1024..=(1 << 31),
+                );
+                let username = self.secret_field(name, file, "username", t.username);
+                let password = self.secret_field(name, file, "password", t.password);
+                if let (Some(u), Some(p)) = (&username, &password)
+                    && u.is_some() != p.is_some()
+                {
+                    self.diagnostics.push(
+                        Diagnostic::new(
+                            "missing-field",
+                            "etcd `username` and `password` go together",
+                        )
+                        .env(name)
+                        .at(loc.clone(), "only one of them is set")
+                        .hint("set both, each as a secret reference, or neither"),
+                    );
+                    return None;
+                }
                 if !ok {
                     return None;
                 }
@@ -1278,6 +1425,14 @@ impl Loader<'_> {
                     ca: t.ca.map(Spanned::into_inner),
                     cert: t.cert.map(Spanned::into_inner),
                     key: t.key.map(Spanned::into_inner),
+                    username: username?,
+                    password: password?,
+                    lock_ttl: lock_ttl?,
+                    max_txn_ops: max_txn_ops?,
+                    max_request_bytes: max_request_bytes?,
+                    root: self
+                        .root
+                        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf),
                 }
             }
             _ => {

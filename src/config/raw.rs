@@ -71,6 +71,11 @@ pub struct RawTarget {
     pub ca: Option<SString>,
     pub cert: Option<SString>,
     pub key: Option<SString>,
+    pub username: Option<Node>,
+    pub password: Option<Node>,
+    pub lock_ttl: Option<SString>,
+    pub max_txn_ops: Option<Spanned<i64>>,
+    pub max_request_bytes: Option<Spanned<i64>>,
     // exec
     pub command: Option<SList>,
     pub options: Option<Node>,

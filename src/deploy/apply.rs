@@ -21,7 +21,7 @@ use crate::failpoint;
 use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
 use crate::plan::{self, Action, Change, Plan, SecretUse};
 use crate::secret::{self, Resolved};
-use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState};
+use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState, TargetError};
 
 /// What a deployment did, for people (stderr) and `--format json` (stdout).
 #[derive(Debug, Serialize)]
@@ -501,18 +501,37 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
             if now == live.generation {
                 // A generation it may have completed stays out of every later choice.
                 discard_unswitched(d, &journal);
+                // A stale plan (a compare of the target's own transaction failed) is a
+                // refusal; a change too large for one transaction is an error; anything else
+                // failed and left the previous generation live.
+                let (exit, outcome) = match &err {
+                    TargetError::Refused(_) => (Exit::Refused, Outcome::Refused),
+                    TargetError::TooLarge(_) => (Exit::Error, Outcome::Failed),
+                    _ => (Exit::RolledBack, Outcome::Failed),
+                };
                 let mut f = Failure::from(err);
-                f.exit = Exit::RolledBack;
+                f.exit = exit;
                 f.message = format!(
-                    "the apply failed before the switch, so {} is still live: {}",
+                    "{} before the switch, so {} is still live: {}",
+                    if exit == Exit::Refused {
+                        "the apply was refused"
+                    } else {
+                        "the apply failed"
+                    },
                     live.generation
                         .map_or("nothing".to_owned(), |g| format!("generation {g}")),
                     f.message
                 );
+                if exit == Exit::Refused {
+                    f = f.hint(format!(
+                        "something else wrote to the target after the plan read it; run `deploy --target {}` again to see the new plan",
+                        d.env.name
+                    ));
+                }
                 let entry = journal_entry(
                     &journal,
                     d,
-                    Outcome::Failed,
+                    outcome,
                     live.generation,
                     Some(f.message.clone()),
                 );
@@ -876,7 +895,7 @@ fn log_failure(d: &Deployment<'_>, err: AppendError) -> anyhow::Error {
         ))
         .detail(format!(
             "log: {}",
-            d.target.state_dir().join("log.jsonl").display()
+            d.target.state_location(crate::target::StateItem::Log)
         ))
         .hint(format!(
             "`deploy log verify --target {}` shows what is wrong; nothing was changed",
@@ -979,12 +998,12 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
     let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? else {
         return Ok(false);
     };
-    let journal_path = d.target.state_dir().join("journal.json");
+    let journal_path = d.target.state_location(crate::target::StateItem::Journal);
     let mut journal = Journal::from_bytes(&bytes).map_err(|e| {
         Failure::error(format!(
             "an interrupted deployment left a journal that cannot be read: {e}"
         ))
-        .detail(format!("journal: {}", journal_path.display()))
+        .detail(format!("journal: {journal_path}"))
         .hint("inspect the target with `deploy status`; remove the journal only once you know which generation should be live")
     })?;
     if journal.environment != d.env.name || journal.account != d.env.account.value {
@@ -994,7 +1013,7 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
             journal.account,
             d.who()
         ))
-        .detail(format!("journal: {}", journal_path.display()))
+        .detail(format!("journal: {journal_path}"))
         .into());
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;

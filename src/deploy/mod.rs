@@ -55,17 +55,90 @@ pub struct Deployment<'a> {
 pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
     match &env.target.kind {
         TargetKind::Dir { resolved, .. } => Ok(Box::new(DirTarget::new(resolved.clone()))),
-        other => Err(Failure::error(format!(
-            "`{}` uses a `{}` target, which this build of envlock cannot deploy to yet",
+        TargetKind::Etcd { .. } => open_etcd(env),
+        TargetKind::Exec { .. } => Err(Failure::error(format!(
+            "`{}` uses an `exec` target, which this build of envlock cannot deploy to yet",
             env.name,
-            match other {
-                TargetKind::Etcd { .. } => "etcd",
-                _ => "exec",
-            }
         ))
         .hint("nothing was read from or written to the target")
         .into()),
     }
+}
+
+/// An `etcd` target: its TLS files and credentials are read here, before anything is sent.
+fn open_etcd(env: &Environment) -> Result<Box<dyn Target>> {
+    let TargetKind::Etcd {
+        endpoints,
+        prefix,
+        timeout,
+        ca,
+        cert,
+        key,
+        username,
+        password,
+        lock_ttl,
+        max_txn_ops,
+        max_request_bytes,
+        root,
+    } = &env.target.kind
+    else {
+        unreachable!("open_etcd is called for etcd targets");
+    };
+    let read_file = |what: &str, path: &str| -> Result<Vec<u8>> {
+        let full = crate::config::normalize(Some(root), std::path::Path::new(path));
+        std::fs::read(&full).map_err(|e| {
+            Failure::error(format!(
+                "cannot read the etcd `{what}` file {} of `{}`: {e}",
+                full.display(),
+                env.name
+            ))
+            .hint("relative paths start at the repository's root; nothing was sent to etcd")
+            .into()
+        })
+    };
+    let mut security = crate::target::etcd::client::Security {
+        ca: ca.as_deref().map(|p| read_file("ca", p)).transpose()?,
+        ..Default::default()
+    };
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            security.identity = Some((read_file("cert", c)?, read_file("key", k)?))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Failure::error(format!(
+                "`{}`: an etcd client certificate needs both `cert` and `key`",
+                env.name
+            ))
+            .hint("set both in [target], or neither")
+            .into());
+        }
+    }
+    if let (Some(u), Some(p)) = (username, password) {
+        let get = |r: &crate::config::node::SecretRef| {
+            crate::secret::read(r, root).map_err(|(why, hint)| {
+                anyhow::Error::from(
+                    Failure::error(format!(
+                        "the etcd credentials of `{}` (written at {}) cannot be read: {why}",
+                        env.name, r.at
+                    ))
+                    .hint(format!("{hint}; nothing was sent to etcd")),
+                )
+            })
+        };
+        security.credentials = Some((get(u)?, get(p)?));
+    }
+    let target = crate::target::EtcdTarget::new(crate::target::etcd::EtcdSettings {
+        endpoints: endpoints.iter().map(|e| e.value.clone()).collect(),
+        prefix: prefix.value.clone(),
+        timeout: *timeout,
+        lock_ttl: *lock_ttl,
+        max_txn_ops: *max_txn_ops,
+        max_request_bytes: *max_request_bytes,
+        security,
+    })
+    .map_err(Failure::from)?;
+    Ok(Box::new(target))
 }
 
 /// When `branch` is set, the commit must be reachable from it (exit 3 otherwise).
@@ -362,6 +435,14 @@ impl<'a> Deployment<'a> {
             ("DEPLOY_COMMIT".to_owned(), commit.to_owned()),
             ("DEPLOY_ACCOUNT".to_owned(), self.env.account.value.clone()),
         ];
+        if let TargetKind::Etcd {
+            endpoints, prefix, ..
+        } = &self.env.target.kind
+        {
+            let eps: Vec<&str> = endpoints.iter().map(|e| e.value.as_str()).collect();
+            env.push(("DEPLOY_ETCD_ENDPOINTS".to_owned(), eps.join(",")));
+            env.push(("DEPLOY_ETCD_PREFIX".to_owned(), prefix.value.clone()));
+        }
         if let TargetKind::Dir { resolved, .. } = &self.env.target.kind {
             env.push(("DEPLOY_DIR".to_owned(), resolved.display().to_string()));
         }
@@ -546,7 +627,7 @@ impl<'a> Deployment<'a> {
 
 /// Where a target keeps its stamp, for messages.
 fn stamp_path_hint(target: &dyn Target) -> String {
-    target.state_dir().join("stamp.json").display().to_string()
+    target.state_location(crate::target::StateItem::Stamp)
 }
 
 fn capitalise(s: &str) -> String {

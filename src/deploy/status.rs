@@ -175,24 +175,51 @@ fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
         ));
     }
     let d_ = &s.drift;
+    let etcd = matches!(d.env.target.kind, crate::config::TargetKind::Etcd { .. });
+    let things = if etcd { "keys" } else { "files" };
+    let where_ = |n: &str| match &d.env.target.kind {
+        crate::config::TargetKind::Etcd { prefix, .. } => format!("{}{n}", prefix.value),
+        _ => format!("current/{n}.toml"),
+    };
     if s.live.is_none() {
         out.push_str("  drift:       -\n");
     } else if !d_.checked {
         out.push_str("  drift:       unknown (this generation has no checksums)\n");
     } else if d_.is_clean() {
-        out.push_str("  drift:       none (the live files are exactly what envlock wrote)\n");
+        out.push_str(&format!(
+            "  drift:       none (the live {things} are exactly what envlock wrote)\n"
+        ));
     } else {
         out.push_str(&format!(
-            "  drift:       {} the live files differ from what envlock wrote:\n",
+            "  drift:       {} the live {things} differ from what envlock wrote:\n",
             p.paint_out(style::ERROR, "DRIFT:")
         ));
+        let added = if etcd {
+            "not managed by envlock"
+        } else {
+            "added by hand"
+        };
         for (what, names) in [
-            ("edited by hand", &d_.edited),
-            ("added by hand", &d_.added),
-            ("removed by hand", &d_.removed),
+            (
+                if etcd {
+                    "edited outside envlock"
+                } else {
+                    "edited by hand"
+                },
+                &d_.edited,
+            ),
+            (added, &d_.added),
+            (
+                if etcd {
+                    "deleted outside envlock"
+                } else {
+                    "removed by hand"
+                },
+                &d_.removed,
+            ),
         ] {
             for n in names {
-                out.push_str(&format!("                 {what}: current/{n}.toml\n"));
+                out.push_str(&format!("                 {what}: {}\n", where_(n)));
             }
         }
         out.push_str(&format!(

@@ -30,7 +30,7 @@ use rustix::io::Errno;
 
 use super::{
     Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, STAMP_VERSION,
-    Stamp, StampState, Target, TargetError,
+    Stamp, StampState, StateItem, Target, TargetError,
 };
 use crate::config::resource_name_problem;
 
@@ -284,6 +284,11 @@ impl DirTarget {
     /// The target's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory where envlock keeps its state for this target (stamp, journal, log).
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join(STATE_DIR)
     }
 
     fn generations_dir(&self) -> PathBuf {
@@ -1050,8 +1055,13 @@ impl Target for DirTarget {
         }
     }
 
-    fn state_dir(&self) -> PathBuf {
-        self.path.join(STATE_DIR)
+    fn state_location(&self, item: StateItem) -> String {
+        let file = match item {
+            StateItem::Stamp => STAMP_FILE,
+            StateItem::Journal => JOURNAL_FILE,
+            StateItem::Log => LOG_FILE,
+        };
+        self.state_dir().join(file).display().to_string()
     }
 
     fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {

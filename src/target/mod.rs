@@ -7,6 +7,7 @@
 //! never silently worked around.
 
 pub mod dir;
+pub mod etcd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Exit, Failure};
 
 pub use dir::DirTarget;
+pub use etcd::EtcdTarget;
 
 /// The stamp format this build writes and understands.
 pub const STAMP_VERSION: u32 = 1;
@@ -213,6 +215,12 @@ pub enum TargetError {
     /// The target's own files do not have the shape envlock writes.
     #[error("the target's state is corrupt: {0}")]
     Corrupt(String),
+    /// A remote store did not answer or refused a request (exit 1); the message names it.
+    #[error("{0}")]
+    Remote(String),
+    /// A change is larger than the target can apply atomically (exit 1).
+    #[error("{0}")]
+    TooLarge(String),
     /// [`Target::activate`] was asked for a generation that the target does not keep.
     #[error("generation {0} does not exist on this target")]
     NoGeneration(GenerationId),
@@ -224,9 +232,11 @@ impl TargetError {
         match self {
             TargetError::Locked(_) => Exit::Locked,
             TargetError::Refused(_) => Exit::Refused,
-            TargetError::Io { .. } | TargetError::Corrupt(_) | TargetError::NoGeneration(_) => {
-                Exit::Error
-            }
+            TargetError::Io { .. }
+            | TargetError::Corrupt(_)
+            | TargetError::Remote(_)
+            | TargetError::TooLarge(_)
+            | TargetError::NoGeneration(_) => Exit::Error,
         }
     }
 }
@@ -295,8 +305,9 @@ pub trait Target {
     fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError>;
     /// Remove the crash journal durably; no journal is not an error.
     fn clear_journal(&self) -> Result<(), TargetError>;
-    /// The directory where envlock keeps state for this target (journal, log).
-    fn state_dir(&self) -> PathBuf;
+    /// Where envlock keeps one item of its state for this target, for messages: a path for
+    /// `dir`, a key for `etcd`.
+    fn state_location(&self, item: StateItem) -> String;
     /// The key that secrets are hashed with (HMAC-SHA256); `None` when none was created yet.
     fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError>;
     /// Create the secret key durably if there is none (readable by its owner only), and return
@@ -312,6 +323,14 @@ pub trait Target {
     /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
     /// during crash recovery).
     fn log_cut(&self, len: u64) -> Result<(), TargetError>;
+}
+
+/// The items of state every target keeps (see [`Target::state_location`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateItem {
+    Stamp,
+    Journal,
+    Log,
 }
 
 /// The end of a deployment log.
