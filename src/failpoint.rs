@@ -2,7 +2,9 @@
 //!
 //! With the feature, `ENVLOCK_FAILPOINT=<name>` makes the process stop at the point called
 //! `<name>`: it prints `failpoint <name> reached (pid N)` on stderr and sleeps until it is
-//! killed, so that a test can `kill -9` a real `deploy` at that exact instant. Release builds
+//! killed, so that a test can `kill -9` a real `deploy` at that exact instant. With
+//! `ENVLOCK_FAILPOINT_RESUME=<path>` as well, it goes on once `<path>` exists instead, so that
+//! a test can act on the world (kill an etcd leader, write a key) at that instant. Release builds
 //! have no feature and no variable: [`hit`] is an empty inline function.
 
 /// Stop here if `ENVLOCK_FAILPOINT` names this point (feature `failpoints` only).
@@ -16,6 +18,13 @@ pub fn hit(name: &str) {
     let _ = writeln!(err, "failpoint {name} reached (pid {})", std::process::id());
     let _ = err.flush();
     drop(err);
+    if let Some(resume) = crate::sysenv::var_os("ENVLOCK_FAILPOINT_RESUME") {
+        let resume = std::path::PathBuf::from(resume);
+        while !resume.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        return;
+    }
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }

@@ -170,8 +170,8 @@ pub enum TargetKind {
         cert: Option<String>,
         key: Option<String>,
         /// etcd authentication, read from secret references when deploying.
-        username: Option<SecretRef>,
-        password: Option<SecretRef>,
+        username: Option<Box<SecretRef>>,
+        password: Option<Box<SecretRef>>,
         /// The lease TTL of the deployment lock.
         lock_ttl: Duration,
         /// The server's `--max-txn-ops` and `--max-request-bytes`.
@@ -1425,8 +1425,8 @@ impl Loader<'_> {
                     ca: t.ca.map(Spanned::into_inner),
                     cert: t.cert.map(Spanned::into_inner),
                     key: t.key.map(Spanned::into_inner),
-                    username: username?,
-                    password: password?,
+                    username: username?.map(Box::new),
+                    password: password?.map(Box::new),
                     lock_ttl: lock_ttl?,
                     max_txn_ops: max_txn_ops?,
                     max_request_bytes: max_request_bytes?,

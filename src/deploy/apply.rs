@@ -322,7 +322,22 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
         &describe_live(d, &live, &stamp),
         &plan,
     )?;
+    if !plan.is_empty() {
+        check_fits(d, &plan)?;
+    }
     Ok(report)
+}
+
+/// The plan must be applicable in one step on this target (an etcd transaction has limits);
+/// otherwise it is refused before anything is written.
+fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
+    d.target.check_fits(&plan.desired.files).map_err(|e| {
+        anyhow::Error::from(Failure::from(e).hint(
+            "raise the server's limits (etcd --max-txn-ops / --max-request-bytes) and set the same \
+             values as `max_txn_ops` / `max_request_bytes` in [target], or split the environment's \
+             resources over two environments with their own prefixes; nothing was written",
+        ))
+    })
 }
 
 /// The main job. Returns the report; `outcome == "rolled-back"` means exit 4. With `expected`
@@ -363,6 +378,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         &describe_live(d, &live, &stamp),
         &plan,
     )?;
+    if !plan.is_empty() {
+        check_fits(d, &plan)?;
+    }
 
     if plan.is_empty() && live.generation.is_some() {
         report.outcome = "unchanged".into();

@@ -269,6 +269,12 @@ pub trait Target {
     fn live(&self) -> Result<Live, TargetError>;
     /// Only the id of the live generation (cheap: no resource is read).
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
+    /// Whether [`Target::apply`] of `resources` over the live state last read can be done
+    /// atomically at all (an etcd transaction has limits); checked before anything is written.
+    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
+        let _ = resources;
+        Ok(())
+    }
     /// Write a complete new generation (durably) and make it live atomically. Returns its id.
     /// Resources named in `private` hold secrets: only the deploying user may read them.
     fn apply(

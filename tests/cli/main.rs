@@ -7,6 +7,7 @@ mod commands;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod deploy;
+mod etcd;
 mod fixtures;
 mod hooks;
 mod interrupt;

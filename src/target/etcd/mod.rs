@@ -407,6 +407,89 @@ impl EtcdTarget {
             .collect())
     }
 
+    /// The resources as the compact JSON stored under the prefix.
+    fn stored_values(
+        resources: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        resources
+            .iter()
+            .map(|(name, toml_text)| {
+                let json = resource_json(toml_text).map_err(|e| {
+                    TargetError::Refused(format!("resource `{name}` cannot be stored as JSON: {e}"))
+                })?;
+                Ok((name.clone(), json))
+            })
+            .collect()
+    }
+
+    /// A generation's resources as kept for rollback (`genres/<id>`).
+    fn stored_record(values: &BTreeMap<String, Vec<u8>>) -> Value {
+        let map: serde_json::Map<String, Value> = values
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        json!({ "resources": map })
+    }
+
+    /// The apply transaction: compares (after `guards`), operations, and the keys it writes.
+    fn build_apply(
+        &self,
+        read: &ReadSet,
+        values: &BTreeMap<String, Vec<u8>>,
+        id: GenerationId,
+        record: &Value,
+        stored: &Value,
+        guards: Vec<Value>,
+    ) -> (Vec<Value>, Vec<Value>, Vec<Vec<u8>>) {
+        let mut compares = guards;
+        let mut ops = Vec::new();
+        let mut written = Vec::new();
+        for (key, rev) in &read.keys {
+            compares.push(cmp_mod(key, *rev));
+            let name = self.resource_name(key);
+            match values.get(&name) {
+                Some(v) if read.values.get(key) == Some(v) => {}
+                Some(v) => {
+                    ops.push(op_put(key, v));
+                    written.push(key.clone());
+                }
+                None => ops.push(op_delete(key)),
+            }
+        }
+        for (name, v) in values {
+            let key = self.resource_key(name);
+            if !read.keys.contains_key(&key) {
+                compares.push(cmp_absent(&key));
+                ops.push(op_put(&key, v));
+                written.push(key);
+            }
+        }
+        compares.push(cmp_range_unmodified_since(
+            &self.prefix,
+            &prefix_end(&self.prefix),
+            read.revision,
+        ));
+        let ckey = self.key("current");
+        compares.push(if read.current_rev == 0 {
+            cmp_absent(&ckey)
+        } else {
+            cmp_mod(&ckey, read.current_rev)
+        });
+        let gen_key = self.key(&format!("gen/{}", gen_key_suffix(id)));
+        let res_key = self.key(&format!("genres/{}", gen_key_suffix(id)));
+        compares.push(cmp_absent(&gen_key));
+        ops.push(op_put(&gen_key, record.to_string().as_bytes()));
+        ops.push(op_put(&res_key, stored.to_string().as_bytes()));
+        ops.push(op_put(&ckey, id.to_string().as_bytes()));
+        written.push(ckey);
+        (compares, ops, written)
+    }
+
     /// Explain a failed apply compare: which key moved since the plan read it.
     fn what_moved(&self, read: &ReadSet) -> Result<String, TargetError> {
         if let Some(problem) = self.guard_problem()? {
@@ -721,6 +804,26 @@ impl Target for EtcdTarget {
         })
     }
 
+    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
+        let read = match locked(&self.read).clone() {
+            Some(r) => r,
+            None => {
+                self.live()?;
+                locked(&self.read).clone().unwrap_or_default()
+            }
+        };
+        let values = Self::stored_values(resources)?;
+        // The real record's size: metadata is small next to the resources.
+        let record = json!({"meta": {}, "txn": "0000000000000000", "private": [], "created": ""});
+        let stored = Self::stored_record(&values);
+        let placeholder = vec![
+            cmp_value(&self.key("stamp"), &[b'x'; 128]),
+            cmp_created(&self.key("lock"), 1),
+        ];
+        let (compares, ops, _) = self.build_apply(&read, &values, 1, &record, &stored, placeholder);
+        self.check_limits("this change", &compares, &ops)
+    }
+
     fn apply(
         &self,
         resources: &BTreeMap<String, Vec<u8>>,
@@ -734,13 +837,7 @@ impl Target for EtcdTarget {
                 locked(&self.read).clone().unwrap_or_default()
             }
         };
-        let mut values = BTreeMap::new();
-        for (name, toml_text) in resources {
-            let json = resource_json(toml_text).map_err(|e| {
-                TargetError::Refused(format!("resource `{name}` cannot be stored as JSON: {e}"))
-            })?;
-            values.insert(name.clone(), json);
-        }
+        let values = Self::stored_values(resources)?;
         let newest = self.generation_ids()?.into_iter().max().unwrap_or(0);
         let current = self.current()?;
         let id = newest.max(current.map(|(id, _)| id).unwrap_or(0)) + 1;
@@ -751,57 +848,16 @@ impl Target for EtcdTarget {
                 source: e,
             })?[..8],
         );
-        let gen_key = self.key(&format!("gen/{}", gen_key_suffix(id)));
-        let res_key = self.key(&format!("genres/{}", gen_key_suffix(id)));
         let record = json!({
             "meta": meta,
             "txn": nonce,
             "private": private,
             "created": super::now_rfc3339(),
         });
-        let stored = json!({
-            "resources": values.iter().map(|(k, v)| (k.clone(), Value::String(String::from_utf8_lossy(v).into_owned()))).collect::<serde_json::Map<_, _>>(),
-        });
+        let stored = Self::stored_record(&values);
 
-        let mut compares = self.guards()?;
-        let mut ops = Vec::new();
-        let mut written = Vec::new();
-        for (key, rev) in &read.keys {
-            compares.push(cmp_mod(key, *rev));
-            let name = self.resource_name(key);
-            match values.get(&name) {
-                Some(v) if read.values.get(key) == Some(v) => {}
-                Some(v) => {
-                    ops.push(op_put(key, v));
-                    written.push(key.clone());
-                }
-                None => ops.push(op_delete(key)),
-            }
-        }
-        for (name, v) in &values {
-            let key = self.resource_key(name);
-            if !read.keys.contains_key(&key) {
-                compares.push(cmp_absent(&key));
-                ops.push(op_put(&key, v));
-                written.push(key);
-            }
-        }
-        compares.push(cmp_range_unmodified_since(
-            &self.prefix,
-            &prefix_end(&self.prefix),
-            read.revision,
-        ));
-        let ckey = self.key("current");
-        compares.push(if read.current_rev == 0 {
-            cmp_absent(&ckey)
-        } else {
-            cmp_mod(&ckey, read.current_rev)
-        });
-        compares.push(cmp_absent(&gen_key));
-        ops.push(op_put(&gen_key, record.to_string().as_bytes()));
-        ops.push(op_put(&res_key, stored.to_string().as_bytes()));
-        ops.push(op_put(&ckey, id.to_string().as_bytes()));
-        written.push(ckey.clone());
+        let (compares, ops, written) =
+            self.build_apply(&read, &values, id, &record, &stored, self.guards()?);
         let what = format!("apply generation {id}");
         let committed = |this: &Self| -> Result<bool, TargetError> {
             // The answer was lost or the compares failed: did this very transaction commit

@@ -1,0 +1,726 @@
+//! The `etcd` target against real etcd servers started on free loopback ports (one member, or a
+//! three-member cluster whose leader is killed with SIGKILL mid-deployment). The store is
+//! inspected with the real `etcdctl`, as an operator would.
+//!
+//! Needs `etcd` and `etcdctl` on PATH (Debian: `etcd-server`, `etcd-client`; `.ci/run`
+//! installs them). Without them these tests fail and say so: they never pass silently.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::Value;
+
+use crate::harness::{Repo, Run};
+
+const ENV: &str = "environments/edge.toml";
+const PREFIX: &str = "/svc/edge/";
+const STATE: &str = "/svc/edge.envlock/";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn require_tools() {
+    for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "`{tool}` is not installed: these tests need a real etcd (Debian: apt-get install \
+             etcd-server etcd-client; .ci/run installs them)"
+        );
+    }
+}
+
+struct Member {
+    client: String,
+    child: Option<Child>,
+}
+
+/// etcd members on loopback, each with its own data directory; killed when dropped.
+struct Cluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        require_tools();
+        let dir = tempfile::Builder::new()
+            .prefix("envlock-etcd")
+            .tempdir()
+            .unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &format!("t{}", ports[0].0)])
+                .args(["--heartbeat-interval=10", "--election-timeout=100"])
+                .args(["--logger=zap", "--log-outputs=stderr", "--log-level=warn"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("etcd starts");
+            members.push(Member {
+                client: client_url,
+                child: Some(child),
+            });
+        }
+        let cluster = Cluster { members, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = cluster
+                .ctl_raw(&["endpoint", "health", "--cluster=false"])
+                .expect("etcdctl runs");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The client URLs of the members still running.
+    fn live_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client.clone())
+            .collect()
+    }
+
+    /// Every member's client URL, as a TOML array.
+    fn endpoints_toml(&self) -> String {
+        let eps: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("\"{}\"", m.client))
+            .collect();
+        format!("[{}]", eps.join(", "))
+    }
+
+    fn ctl_raw(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.live_endpoints().join(",")))
+            .arg("--command-timeout=5s")
+            .args(args)
+            .output()
+    }
+
+    /// Run etcdctl against the running members; its stdout.
+    #[track_caller]
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_raw(args).expect("etcdctl runs");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        self.ctl(&["put", key, value]);
+    }
+
+    /// Every key under `prefix`: key -> (value, mod_revision).
+    fn keys(&self, prefix: &str) -> BTreeMap<String, (String, i64)> {
+        let out = self.ctl(&["get", "--prefix", prefix, "-w", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let text = |x: &Value| {
+            String::from_utf8(B64.decode(x.as_str().unwrap_or_default()).unwrap()).unwrap()
+        };
+        v.get("kvs")
+            .and_then(Value::as_array)
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| {
+                        (
+                            text(&kv["key"]),
+                            (text(&kv["value"]), kv["mod_revision"].as_i64().unwrap()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn value(&self, key: &str) -> Option<String> {
+        self.keys(key).remove(key).map(|(v, _)| v)
+    }
+
+    /// The index of the current leader.
+    fn leader(&self) -> usize {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        for s in v.as_array().unwrap() {
+            let header = &s["Status"]["header"];
+            if header["member_id"].as_u64() == s["Status"]["leader"].as_u64() {
+                let ep = s["Endpoint"].as_str().unwrap();
+                return self.members.iter().position(|m| m.client == ep).unwrap();
+            }
+        }
+        panic!("no leader among {out}");
+    }
+
+    /// SIGKILL one member.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// The `edge` environment on `endpoints` (a TOML array), with `extra` lines in [target] and
+/// `sections` after it; the worker runs `threads` threads.
+fn edge_toml(endpoints: &str, extra: &str, sections: &str, threads: u32) -> String {
+    format!(
+        r#"[environment]
+account = "444444444444"
+markers = ["edge.example.com"]
+extends = ["_common"]
+
+[target]
+kind = "etcd"
+endpoints = {endpoints}
+prefix = "{PREFIX}"
+timeout = "5s"
+lock_ttl = "1s"
+{extra}
+{sections}
+[settings.worker]
+queue = "arn:aws:sqs:eu-west-1:444444444444:jobs"
+endpoint = "https://edge.example.com/healthz"
+threads = {threads}
+"#
+    )
+}
+
+fn repo_with(toml: &str) -> Repo {
+    let repo = Repo::ungated();
+    repo.write(ENV, toml);
+    repo.commit("edge on etcd");
+    repo
+}
+
+fn worker_json(threads: u32) -> String {
+    format!(
+        r#"{{"endpoint":"https://edge.example.com/healthz","engine":"conformer-ctc","queue":"arn:aws:sqs:eu-west-1:444444444444:jobs","threads":{threads}}}"#
+    )
+}
+
+fn deploy_yes(repo: &Repo) -> Run {
+    repo.deploy(&["--target", "edge", "--yes"])
+}
+
+fn set_threads(repo: &Repo, from: u32, to: u32) {
+    repo.edit(
+        ENV,
+        &[(&format!("threads = {from}\n"), &format!("threads = {to}\n"))],
+    );
+    repo.commit(&format!("threads {to}"));
+}
+
+/// The outcomes in `deploy log --target edge`, oldest first.
+fn outcomes(repo: &Repo) -> Vec<(String, String)> {
+    let run = repo.deploy(&["log", "--target", "edge", "--format", "json"]);
+    run.code(0);
+    let v: Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut out: Vec<(u64, String, String)> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, o, r)| (o, r)).collect()
+}
+
+/// A `deploy` started in the background that stops at failpoint `point`; with `resume`, it
+/// goes on once that file exists. Its stderr goes to a file, read with [`Paused::stderr`].
+struct Paused {
+    child: Child,
+    err: PathBuf,
+}
+
+impl Paused {
+    fn start(repo: &Repo, point: &str, resume: Option<&Path>, scratch: &Path) -> Paused {
+        let err = scratch.join(format!("{point}.stderr"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
+        cmd.arg("-C")
+            .arg(repo.path())
+            .args(["--target", "edge", "--yes"])
+            .env("NO_COLOR", "1")
+            .env("ENVLOCK_FAILPOINT", point)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap());
+        if let Some(r) = resume {
+            cmd.env("ENVLOCK_FAILPOINT_RESUME", r);
+        }
+        let mut paused = Paused {
+            child: cmd.spawn().unwrap(),
+            err,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !paused
+            .stderr()
+            .contains(&format!("failpoint {point} reached"))
+        {
+            if let Some(status) = paused.child.try_wait().unwrap() {
+                panic!(
+                    "deploy exited ({status}) before {point}:\n{}",
+                    paused.stderr()
+                );
+            }
+            assert!(Instant::now() < deadline, "deploy never reached {point}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        paused
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Wait for it to exit; its exit code.
+    fn finish(mut self) -> (i32, String) {
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.stderr())
+    }
+}
+
+#[test]
+fn apply_writes_compact_json_and_a_no_op_moves_no_revision() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+
+    deploy_yes(&repo).code(0).stdout_has("+ worker (add)");
+    let keys = etcd.keys(PREFIX);
+    // Services watching the prefix see their resources and nothing of envlock's.
+    assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["/svc/edge/worker"]);
+    assert_eq!(keys["/svc/edge/worker"].0, worker_json(4));
+    let stamp: Value =
+        serde_json::from_str(&etcd.value(&format!("{STATE}stamp")).unwrap()).unwrap();
+    assert_eq!(stamp["environment"], "edge");
+    assert_eq!(stamp["account"], "444444444444");
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("1"));
+
+    // No changes: not one key under the prefix is written again.
+    let before = etcd.keys(PREFIX);
+    deploy_yes(&repo).code(0).stderr_has("No changes");
+    assert_eq!(etcd.keys(PREFIX), before);
+
+    set_threads(&repo, 4, 8);
+    deploy_yes(&repo)
+        .code(0)
+        .stdout_has("~ worker (change)")
+        .stdout_has("-threads = 4")
+        .stdout_has("+threads = 8");
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("2"));
+    repo.deploy(&["log", "verify", "--target", "edge"])
+        .code(0)
+        .stdout_has("3 records, chain intact");
+    let got: Vec<String> = outcomes(&repo).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(got, ["applied", "unchanged", "applied"]);
+
+    // Drift: a hand edit and a key nobody manages.
+    etcd.put("/svc/edge/worker", r#"{"threads":1}"#);
+    etcd.put("/svc/edge/extra", "{}");
+    repo.deploy(&["status", "--target", "edge"])
+        .code(0)
+        .stdout_has("edited outside envlock: /svc/edge/worker")
+        .stdout_has("not managed by envlock: /svc/edge/extra");
+    // The next deploy restores the reviewed configuration and removes the stray key.
+    deploy_yes(&repo).code(0).stdout_has("- extra (remove)");
+    assert_eq!(
+        etcd.keys(PREFIX)
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect::<Vec<_>>(),
+        vec![("/svc/edge/worker".to_owned(), worker_json(8))]
+    );
+    // `rollback` is one transaction back to generation 2's values.
+    repo.deploy(&["rollback", "--target", "edge", "--to", "1", "--yes"])
+        .code(0);
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+}
+
+#[test]
+fn a_write_between_plan_and_apply_makes_the_deploy_stale_and_nothing_is_written() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 8);
+
+    // The deployer has read the store and computed its plan; another tool writes meanwhile.
+    let resume = scratch.path().join("go");
+    let paused = Paused::start(&repo, "after-lock", Some(&resume), scratch.path());
+    let other = r#"{"threads":2,"written_by":"another tool"}"#;
+    etcd.put("/svc/edge/worker", other);
+    std::fs::write(&resume, "").unwrap();
+    let (code, stderr) = paused.finish();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("`/svc/edge/worker` was changed after the plan read it"),
+        "{stderr}"
+    );
+    // The other writer's value stands; generation 1 is still live.
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), other);
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("1"));
+    assert!(etcd.value(&format!("{STATE}journal")).is_none());
+    let last = outcomes(&repo).pop().unwrap();
+    assert_eq!(last.0, "refused");
+    assert!(last.1.contains("/svc/edge/worker"), "{last:?}");
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+
+    // The same guard for a saved plan: a write after `plan --out` refuses `apply --plan`.
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 8, 9);
+    let plan = scratch.path().join("plan.json");
+    repo.deploy(&["plan", "--target", "edge", "--out", plan.to_str().unwrap()])
+        .code(0);
+    etcd.put("/svc/edge/worker", other);
+    repo.deploy(&[
+        "apply",
+        "--target",
+        "edge",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--yes",
+    ])
+    .code(3)
+    .stderr_has("stale");
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), other);
+}
+
+#[test]
+fn a_failed_health_check_restores_the_previous_generation_in_a_second_transaction() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let unhealthy = scratch.path().join("unhealthy");
+    let health = format!(
+        "[health]\ncommand = [\"sh\", \"-c\", \"test ! -e '{}'\"]\ntimeout = \"10s\"\n",
+        unhealthy.display()
+    );
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", &health, 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 8);
+    std::fs::write(&unhealthy, "").unwrap();
+    deploy_yes(&repo).code(4).stderr_has("rolled back");
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("1"));
+    assert!(etcd.value(&format!("{STATE}journal")).is_none());
+    let gen2: Value = serde_json::from_str(
+        &etcd
+            .value(&format!("{STATE}gen/00000000000000000002"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(gen2["failed"].is_string(), "{gen2}");
+    assert_eq!(outcomes(&repo).pop().unwrap().0, "rolled-back");
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+}
+
+#[test]
+fn a_second_deployer_exits_5_and_a_killed_deployers_lease_lapses() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+
+    let mut holder = Paused::start(&repo, "after-lock", None, scratch.path());
+    let pid = holder.child.id();
+    deploy_yes(&repo)
+        .code(5)
+        .stderr_has("locked by")
+        .stderr_has(&format!("(pid {pid}, deploying `edge`)"));
+
+    holder.child.kill().unwrap(); // SIGKILL: no chance to release anything
+    holder.child.wait().unwrap();
+    let lock = format!("{STATE}lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while etcd.value(&lock).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead deployer's lock never lapsed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    deploy_yes(&repo).code(0);
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+    // A finished deployment revokes its lease: no lock is left behind.
+    assert!(etcd.value(&lock).is_none());
+}
+
+#[test]
+fn a_deployer_killed_after_its_transaction_is_recovered_and_recorded_by_the_next_run() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 8);
+    let mut killed = Paused::start(&repo, "after-switch", None, scratch.path());
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    // Committed whole: the new values and the journal that says a health check was due.
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
+    assert!(etcd.value(&format!("{STATE}journal")).is_some());
+
+    let lock = format!("{STATE}lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while etcd.value(&lock).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed deployer's lock never lapsed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    deploy_yes(&repo).code(0).stderr_has("interrupted");
+    assert!(etcd.value(&format!("{STATE}journal")).is_none());
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("2"));
+    let got: Vec<String> = outcomes(&repo).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(got, ["applied", "applied", "unchanged"]);
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+}
+
+#[test]
+fn a_change_larger_than_one_transaction_is_refused_and_never_split() {
+    let etcd = Cluster::start(1);
+    let mut toml = edge_toml(&etcd.endpoints_toml(), "", "", 4);
+    for i in 0..130 {
+        toml.push_str(&format!(
+            "\n[settings.r{i:03}]\nqueue = \"arn:aws:sqs:eu-west-1:444444444444:jobs\"\nengine = \"conformer-ctc\"\nthreads = 1\n"
+        ));
+    }
+    let repo = repo_with(&toml);
+    for args in [
+        vec!["plan", "--target", "edge"],
+        vec!["--target", "edge", "--yes"],
+    ] {
+        repo.deploy(&args)
+            .code(1)
+            .stderr_has("does not fit in one etcd transaction")
+            .stderr_has("134 operations")
+            .stderr_has("the limit is 128")
+            .stderr_has("--max-txn-ops");
+    }
+    // Nothing at all was written: no resource, no stamp, no log.
+    assert!(etcd.keys(PREFIX).is_empty());
+    assert!(etcd.keys(STATE).is_empty());
+
+    // A server configured for more: the same change fits once [target] says so, and a byte
+    // limit is enforced the same way.
+    repo.edit(
+        ENV,
+        &[(
+            "lock_ttl = \"1s\"\n",
+            "lock_ttl = \"1s\"\nmax_txn_ops = 1000\nmax_request_bytes = 4096\n",
+        )],
+    );
+    repo.commit("a small byte limit");
+    deploy_yes(&repo)
+        .code(1)
+        .stderr_has("bytes (the limit is 4096)")
+        .stderr_has("--max-request-bytes");
+    assert!(etcd.keys(STATE).is_empty());
+}
+
+#[test]
+fn a_store_stamped_for_another_account_is_refused_before_anything_is_read_or_written() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    etcd.put(
+        &format!("{STATE}stamp"),
+        r#"{"environment":"edge","account":"999999999999","created":"2026-01-01T00:00:00Z","version":1}"#,
+    );
+    etcd.put("/svc/edge/worker", r#"{"threads":1}"#);
+    let before = etcd.keys("/svc/");
+    for args in [
+        vec!["--target", "edge", "--yes"],
+        vec!["plan", "--target", "edge"],
+    ] {
+        repo.deploy(&args).code(3).stderr_has("999999999999");
+    }
+    assert_eq!(etcd.keys("/svc/"), before);
+
+    // An unstamped prefix that already holds keys is not adopted either.
+    etcd.ctl(&["del", &format!("{STATE}stamp")]);
+    deploy_yes(&repo).code(3).stderr_has("/svc/edge/worker");
+    assert!(etcd.value(&format!("{STATE}stamp")).is_none());
+}
+
+#[test]
+fn unreachable_endpoints_and_a_server_that_is_not_etcd_are_named() {
+    require_tools();
+    let closed = free_port();
+    let repo = repo_with(&edge_toml(
+        &format!("[\"http://127.0.0.1:{closed}\"]"),
+        "",
+        "",
+        4,
+    ));
+    repo.edit(ENV, &[("timeout = \"5s\"", "timeout = \"1s\"")]);
+    repo.commit("short timeout");
+    repo.deploy(&["plan", "--target", "edge"])
+        .code(1)
+        .stderr_has(&format!("http://127.0.0.1:{closed}: cannot connect"));
+
+    // Something else listens there: an HTTP server that is not etcd.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+            );
+        }
+    });
+    repo.edit(
+        ENV,
+        &[(
+            &format!("http://127.0.0.1:{closed}"),
+            &format!("http://127.0.0.1:{port}"),
+        )],
+    );
+    repo.commit("an endpoint that is not etcd");
+    repo.deploy(&["plan", "--target", "edge"])
+        .code(1)
+        .stderr_has(&format!("http://127.0.0.1:{port} is not an etcd v3 server"));
+}
+
+/// Kill the leader of a three-member cluster while a deployment is stopped at `point`, let it
+/// go on, and check that the store holds all of the deployment or none of it, that the next
+/// run reports what is live, and that it then finishes the job.
+fn leader_killed_at(point: &str) -> (i32, String) {
+    let mut etcd = Cluster::start(3);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut toml = edge_toml(&etcd.endpoints_toml(), "", "", 4);
+    for i in 0..20 {
+        toml.push_str(&format!(
+            "\n[settings.r{i:02}]\nqueue = \"arn:aws:sqs:eu-west-1:444444444444:jobs\"\nengine = \"conformer-ctc\"\nthreads = 4\n"
+        ));
+    }
+    let repo = repo_with(&toml);
+    deploy_yes(&repo).code(0);
+    let old = etcd.keys(PREFIX);
+    repo.edit(ENV, &[("threads = 4\n", "threads = 5\n")]);
+    repo.commit("threads 5 everywhere");
+    assert!(repo.read(ENV).matches("threads = 5").count() == 21);
+
+    let resume = scratch.path().join("go");
+    let paused = Paused::start(&repo, point, Some(&resume), scratch.path());
+    let leader = etcd.leader();
+    etcd.kill(leader);
+    std::fs::write(&resume, "").unwrap();
+    let (code, stderr) = paused.finish();
+
+    // All or nothing: every resource holds its old value, or every one its new value.
+    let now = etcd.keys(PREFIX);
+    let current = etcd.value(&format!("{STATE}current"));
+    let all_new = now.values().all(|(v, _)| v.contains("\"threads\":5"));
+    let all_old = now
+        .iter()
+        .all(|(k, (v, _))| old.get(k).is_some_and(|(o, _)| o == v));
+    assert_eq!(now.len(), old.len());
+    match current.as_deref() {
+        Some("2") => assert!(all_new, "generation 2 is live but not every key is new"),
+        Some("1") => assert!(all_old, "generation 1 is live but some key changed"),
+        other => panic!("current is {other:?}\n{stderr}"),
+    }
+    // The next run reports the truth, then finishes the job on the surviving members.
+    let status = repo.deploy(&["status", "--target", "edge"]);
+    status.code(0).stdout_has(&format!(
+        "live:        generation {}",
+        current.as_deref().unwrap()
+    ));
+    deploy_yes(&repo).code(0);
+    assert!(
+        etcd.keys(PREFIX)
+            .values()
+            .all(|(v, _)| v.contains("\"threads\":5"))
+    );
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+    (code, stderr)
+}
+
+#[test]
+fn leader_killed_just_before_the_transaction_commits_all_or_nothing() {
+    let (code, stderr) = leader_killed_at("after-journal");
+    // The client waits for the new leader and the transaction then commits whole, or the
+    // deploy fails with nothing written; it never half-applies.
+    assert!(matches!(code, 0 | 1 | 4), "exit {code}\n{stderr}");
+}
+
+#[test]
+fn leader_killed_after_the_transaction_keeps_the_deployment() {
+    let (code, stderr) = leader_killed_at("after-switch");
+    assert_eq!(code, 0, "{stderr}");
+}
