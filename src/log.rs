@@ -273,6 +273,16 @@ pub fn last_record(target: &dyn Target) -> Result<Option<Record>, TargetError> {
 
 /// Append one record durably. The caller holds the target's lock.
 pub fn append(target: &dyn Target, entry: Entry) -> Result<Record, AppendError> {
+    append_with(target, entry, false)
+}
+
+/// [`append`], and remove the crash journal in the same atomic step where the target can
+/// (see `Target::log_append_clear_journal`).
+pub fn append_clearing_journal(target: &dyn Target, entry: Entry) -> Result<Record, AppendError> {
+    append_with(target, entry, true)
+}
+
+fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record, AppendError> {
     let (seq, prev) = head(target)?;
     let record = Record {
         seq: seq + 1,
@@ -294,7 +304,11 @@ pub fn append(target: &dyn Target, entry: Entry) -> Result<Record, AppendError> 
         hash: String::new(),
     };
     let (line, record) = seal(record);
-    target.log_append(&line)?;
+    if clear {
+        target.log_append_clear_journal(&line)?;
+    } else {
+        target.log_append(&line)?;
+    }
     Ok(record)
 }
 

@@ -495,7 +495,12 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         plan_sha256: d.plan_sha256.clone(),
         adopted: adopt,
     };
-    write_journal(d, &journal)?;
+    // A target that journals atomically with its apply needs no journal before it: until its
+    // one transaction commits, nothing happened.
+    let atomic = d.target.atomic_bookkeeping();
+    if !atomic {
+        write_journal(d, &journal)?;
+    }
     failpoint::hit("after-journal");
     let meta = serde_json::json!({
         "commit": d.commit.id.to_string(),
@@ -507,10 +512,24 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         "config_sha256": plan.desired.config_sha256,
         "secrets": plan.desired.secrets,
     });
-    let id = match d
-        .target
-        .apply(&plan.desired.files, &plan.desired.private, &meta)
-    {
+    let applied = if atomic {
+        let journal_for = |id: GenerationId| {
+            let mut j = journal.clone();
+            j.phase = Phase::Verifying;
+            j.next = Some(id);
+            j.to_bytes()
+        };
+        d.target.apply_journaled(
+            &plan.desired.files,
+            &plan.desired.private,
+            &meta,
+            &journal_for,
+        )
+    } else {
+        d.target
+            .apply(&plan.desired.files, &plan.desired.private, &meta)
+    };
+    let id = match applied {
         Ok(id) => id,
         Err(err) => {
             // The switch is the last step of an apply, so the old generation is live unless the
@@ -577,7 +596,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     failpoint::hit("after-switch");
     journal.phase = Phase::Verifying;
     journal.next = Some(id);
-    write_journal(d, &journal)?;
+    if !atomic {
+        write_journal(d, &journal)?;
+    }
     report.generation = Some(id);
     d.say(&format!("Generation {id} is live."));
     failpoint::hit("after-journal-verifying");
@@ -589,9 +610,18 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     }
     failpoint::hit("before-record");
     let entry = journal_entry(&journal, d, Outcome::Applied, Some(id), None);
-    record(d, &mut report, entry).map_err(|e| unrecorded(d, id, e))?;
-    failpoint::hit("before-clear-journal");
-    clear_journal(d)?;
+    if atomic {
+        let r = log::append_clearing_journal(&*d.target, entry)
+            .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
+        report.log = Some(LogRef {
+            seq: r.seq,
+            hash: r.hash,
+        });
+    } else {
+        record(d, &mut report, entry).map_err(|e| unrecorded(d, id, e))?;
+        failpoint::hit("before-clear-journal");
+        clear_journal(d)?;
+    }
     failpoint::hit("before-prune");
     prune(d);
     d.say(&format!(

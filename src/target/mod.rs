@@ -283,6 +283,32 @@ pub trait Target {
         private: &BTreeSet<String>,
         meta: &serde_json::Value,
     ) -> Result<GenerationId, TargetError>;
+    /// True when the target writes bookkeeping atomically with its changes: the crash journal
+    /// within [`Target::apply_journaled`], and the clearing of the journal within
+    /// [`Target::log_append_clear_journal`]. Such a target needs no journal before an apply.
+    fn atomic_bookkeeping(&self) -> bool {
+        false
+    }
+    /// [`Target::apply`], writing `journal(id)` (the journal of the deployment, once the new
+    /// generation `id` is live) in the same atomic step. Only called when
+    /// [`Target::atomic_bookkeeping`] is true.
+    fn apply_journaled(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &serde_json::Value,
+        journal: &dyn Fn(GenerationId) -> Vec<u8>,
+    ) -> Result<GenerationId, TargetError> {
+        let id = self.apply(resources, private, meta)?;
+        self.write_journal(&journal(id))?;
+        Ok(id)
+    }
+    /// Append a log line and remove the crash journal in one atomic step (when
+    /// [`Target::atomic_bookkeeping`]; otherwise one after the other).
+    fn log_append_clear_journal(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.log_append(line)?;
+        self.clear_journal()
+    }
     /// The resources of one kept generation, exactly as stored.
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
     /// How the live resources differ from what was written into the live generation (hand

@@ -490,6 +490,110 @@ impl EtcdTarget {
         (compares, ops, written)
     }
 
+    /// One transaction: the resources, the generation, `current`, and (when given) the
+    /// deployment's journal for the new generation.
+    fn apply_txn(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+        journal: Option<&dyn Fn(GenerationId) -> Vec<u8>>,
+    ) -> Result<GenerationId, TargetError> {
+        let read = match locked(&self.read).clone() {
+            Some(r) => r,
+            None => {
+                self.live()?;
+                locked(&self.read).clone().unwrap_or_default()
+            }
+        };
+        let values = Self::stored_values(resources)?;
+        let newest = self.generation_ids()?.into_iter().max().unwrap_or(0);
+        let current = self.current()?;
+        let id = newest.max(current.map(|(id, _)| id).unwrap_or(0)) + 1;
+        let nonce = crate::secret::hex(
+            &crate::secret::random_key().map_err(|e| TargetError::Io {
+                what: "read random bytes for".into(),
+                path: "the transaction id".into(),
+                source: e,
+            })?[..8],
+        );
+        let record = json!({
+            "meta": meta,
+            "txn": nonce,
+            "private": private,
+            "created": super::now_rfc3339(),
+        });
+        let stored = Self::stored_record(&values);
+
+        let (compares, mut ops, written) =
+            self.build_apply(&read, &values, id, &record, &stored, self.guards()?);
+        if let Some(journal) = journal {
+            ops.push(op_put(&self.key("journal"), &journal(id)));
+        }
+        let what = format!("apply generation {id}");
+        let committed = |this: &Self| -> Result<bool, TargetError> {
+            // The answer was lost or the compares failed: did this very transaction commit
+            // (a retry on another endpoint of one that had)?
+            Ok(this
+                .generation_record(id)?
+                .is_some_and(|(v, _)| v.get("txn").and_then(Value::as_str) == Some(&nonce)))
+        };
+        let revision = match self.send(&what, compares, ops) {
+            Ok(r) if r.succeeded => r.revision,
+            Ok(_) => {
+                if committed(self)? {
+                    self.generation_record(id)?
+                        .map(|(_, kv)| kv.mod_revision)
+                        .unwrap_or_default()
+                } else {
+                    return Err(TargetError::Refused(format!(
+                        "the plan is stale: {}; nothing was written",
+                        self.what_moved(&read)?
+                    )));
+                }
+            }
+            Err(TargetError::Remote(why)) => match committed(self) {
+                Ok(true) => self
+                    .generation_record(id)?
+                    .map(|(_, kv)| kv.mod_revision)
+                    .unwrap_or_default(),
+                _ => return Err(TargetError::Remote(why)),
+            },
+            Err(e) => return Err(e),
+        };
+        *locked(&self.written) = Some(Written {
+            revision,
+            generation: id,
+            keys: written,
+        });
+        *locked(&self.read) = None;
+        Ok(id)
+    }
+
+    /// Append one log record (its own key, never overwritten), and delete the journal in the
+    /// same transaction when `clear_journal`.
+    fn append_record(&self, line: &[u8], clear_journal: bool) -> Result<(), TargetError> {
+        let seq = serde_json::from_slice::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(Value::as_u64))
+            .ok_or_else(|| TargetError::Corrupt("a log record without `seq`".into()))?;
+        let key = self.key(&format!("log/{seq:020}"));
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut compares = self.guards()?;
+        compares.push(cmp_absent(&key));
+        let mut ops = vec![op_put(&key, line)];
+        if clear_journal {
+            ops.push(op_delete(&self.key("journal")));
+        }
+        let r = self.send("append to the deployment log", compares, ops)?;
+        if !r.succeeded {
+            return Err(TargetError::Refused(self.guard_problem()?.unwrap_or_else(
+                || format!("log record {seq} exists already; nothing was appended"),
+            )));
+        }
+        Ok(())
+    }
+
     /// Explain a failed apply compare: which key moved since the plan read it.
     fn what_moved(&self, read: &ReadSet) -> Result<String, TargetError> {
         if let Some(problem) = self.guard_problem()? {
@@ -830,72 +934,25 @@ impl Target for EtcdTarget {
         private: &BTreeSet<String>,
         meta: &Value,
     ) -> Result<GenerationId, TargetError> {
-        let read = match locked(&self.read).clone() {
-            Some(r) => r,
-            None => {
-                self.live()?;
-                locked(&self.read).clone().unwrap_or_default()
-            }
-        };
-        let values = Self::stored_values(resources)?;
-        let newest = self.generation_ids()?.into_iter().max().unwrap_or(0);
-        let current = self.current()?;
-        let id = newest.max(current.map(|(id, _)| id).unwrap_or(0)) + 1;
-        let nonce = crate::secret::hex(
-            &crate::secret::random_key().map_err(|e| TargetError::Io {
-                what: "read random bytes for".into(),
-                path: "the transaction id".into(),
-                source: e,
-            })?[..8],
-        );
-        let record = json!({
-            "meta": meta,
-            "txn": nonce,
-            "private": private,
-            "created": super::now_rfc3339(),
-        });
-        let stored = Self::stored_record(&values);
+        self.apply_txn(resources, private, meta, None)
+    }
 
-        let (compares, ops, written) =
-            self.build_apply(&read, &values, id, &record, &stored, self.guards()?);
-        let what = format!("apply generation {id}");
-        let committed = |this: &Self| -> Result<bool, TargetError> {
-            // The answer was lost or the compares failed: did this very transaction commit
-            // (a retry on another endpoint of one that had)?
-            Ok(this
-                .generation_record(id)?
-                .is_some_and(|(v, _)| v.get("txn").and_then(Value::as_str) == Some(&nonce)))
-        };
-        let revision = match self.send(&what, compares, ops) {
-            Ok(r) if r.succeeded => r.revision,
-            Ok(_) => {
-                if committed(self)? {
-                    self.generation_record(id)?
-                        .map(|(_, kv)| kv.mod_revision)
-                        .unwrap_or_default()
-                } else {
-                    return Err(TargetError::Refused(format!(
-                        "the plan is stale: {}; nothing was written",
-                        self.what_moved(&read)?
-                    )));
-                }
-            }
-            Err(TargetError::Remote(why)) => match committed(self) {
-                Ok(true) => self
-                    .generation_record(id)?
-                    .map(|(_, kv)| kv.mod_revision)
-                    .unwrap_or_default(),
-                _ => return Err(TargetError::Remote(why)),
-            },
-            Err(e) => return Err(e),
-        };
-        *locked(&self.written) = Some(Written {
-            revision,
-            generation: id,
-            keys: written,
-        });
-        *locked(&self.read) = None;
-        Ok(id)
+    fn atomic_bookkeeping(&self) -> bool {
+        true
+    }
+
+    fn apply_journaled(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+        journal: &dyn Fn(GenerationId) -> Vec<u8>,
+    ) -> Result<GenerationId, TargetError> {
+        self.apply_txn(resources, private, meta, Some(journal))
+    }
+
+    fn log_append_clear_journal(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.append_record(line, true)
     }
 
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
@@ -1182,25 +1239,7 @@ impl Target for EtcdTarget {
     }
 
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
-        let seq = serde_json::from_slice::<Value>(line)
-            .ok()
-            .and_then(|v| v.get("seq").and_then(Value::as_u64))
-            .ok_or_else(|| TargetError::Corrupt("a log record without `seq`".into()))?;
-        let key = self.key(&format!("log/{seq:020}"));
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let mut compares = self.guards()?;
-        compares.push(cmp_absent(&key));
-        let r = self.send(
-            "append to the deployment log",
-            compares,
-            vec![op_put(&key, line)],
-        )?;
-        if !r.succeeded {
-            return Err(TargetError::Refused(self.guard_problem()?.unwrap_or_else(
-                || format!("log record {seq} exists already; nothing was appended"),
-            )));
-        }
-        Ok(())
+        self.append_record(line, false)
     }
 
     fn log_cut(&self, _len: u64) -> Result<(), TargetError> {
