@@ -54,6 +54,8 @@ struct Member {
 struct Cluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// `user:password` for etcdctl once authentication is enabled.
+    user: Option<String>,
 }
 
 impl Cluster {
@@ -96,7 +98,11 @@ impl Cluster {
                 child: Some(child),
             });
         }
-        let cluster = Cluster { members, dir };
+        let cluster = Cluster {
+            members,
+            dir,
+            user: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = cluster
@@ -150,6 +156,7 @@ impl Cluster {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.live_endpoints().join(",")))
             .arg("--command-timeout=5s")
+            .args(self.user.iter().map(|u| format!("--user={u}")))
             .args(args)
             .output()
     }
@@ -654,6 +661,42 @@ fn unreachable_endpoints_and_a_server_that_is_not_etcd_are_named() {
     repo.deploy(&["plan", "--target", "edge"])
         .code(1)
         .stderr_has(&format!("http://127.0.0.1:{port} is not an etcd v3 server"));
+}
+
+#[test]
+fn credentials_come_from_secret_references() {
+    let mut etcd = Cluster::start(1);
+    etcd.ctl(&["user", "add", "root:s3cret-pw"]);
+    etcd.ctl(&["auth", "enable"]);
+    etcd.user = Some("root:s3cret-pw".into());
+    let creds = "username = { secret = \"env:ETCD_USER\" }\npassword = { secret = \"env:ETCD_PASSWORD\" }\n";
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), creds, "", 4));
+
+    // Without credentials etcd refuses, and the message says so.
+    repo.deploy(&["plan", "--target", "edge"])
+        .code(1)
+        .stderr_has("ETCD_USER");
+    repo.deploy_env(
+        &["--target", "edge", "--yes"],
+        &[("ETCD_USER", "root"), ("ETCD_PASSWORD", "wrong")],
+    )
+    .code(1)
+    .stderr_has("authentication failed");
+    assert!(etcd.keys("/svc/").is_empty());
+
+    let run = repo.deploy_env(
+        &["--target", "edge", "--yes"],
+        &[("ETCD_USER", "root"), ("ETCD_PASSWORD", "s3cret-pw")],
+    );
+    run.code(0);
+    assert!(!run.stdout.contains("s3cret-pw") && !run.stderr.contains("s3cret-pw"));
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+    // The password is in no key envlock wrote.
+    assert!(
+        etcd.keys("/svc/")
+            .values()
+            .all(|(v, _)| !v.contains("s3cret-pw"))
+    );
 }
 
 /// Kill the leader of a three-member cluster while a deployment is stopped at `point`, let it
