@@ -135,6 +135,7 @@ fn open_etcd(env: &Environment) -> Result<Box<dyn Target>> {
         lock_ttl: *lock_ttl,
         max_txn_ops: *max_txn_ops,
         max_request_bytes: *max_request_bytes,
+        keep: crate::config::DEFAULT_KEEP,
         security,
     })
     .map_err(Failure::from)?;

@@ -60,6 +60,9 @@ pub struct Kv {
     pub lease: i64,
 }
 
+/// One range to read: `(key, range_end, keys_only)`.
+pub type RangeSpec<'a> = (&'a [u8], Option<&'a [u8]>, bool);
+
 /// The outcome of a transaction.
 #[derive(Debug, Clone)]
 pub struct TxnResult {
@@ -448,6 +451,34 @@ impl Client {
                 _ => return Ok((out, at_rev)),
             }
         }
+    }
+
+    /// Several ranges read at one revision, in one request (a transaction without compares):
+    /// `(key, range_end, keys_only)` each; the keys of each, and the revision.
+    pub fn read_many(
+        &self,
+        ranges: &[RangeSpec<'_>],
+    ) -> Result<(Vec<Vec<Kv>>, i64), EtcdError> {
+        let ops: Vec<Value> = ranges
+            .iter()
+            .map(|(key, end, keys_only)| {
+                let mut r = json!({"key": b64(key)});
+                if let Some(end) = end {
+                    r["range_end"] = b64(end).into();
+                }
+                if *keys_only {
+                    r["keys_only"] = true.into();
+                }
+                json!({ "request_range": r })
+            })
+            .collect();
+        let result = self.txn(vec![], ops, vec![])?;
+        let out = result
+            .responses
+            .iter()
+            .map(|r| r.get("response_range").map(kvs).unwrap_or_default())
+            .collect();
+        Ok((out, result.revision))
     }
 
     /// One key, if it exists.

@@ -55,6 +55,8 @@ pub struct EtcdSettings {
     pub lock_ttl: Duration,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// Generations kept for rollback (the live one and the newest others).
+    pub keep: usize,
     pub security: Security,
 }
 
@@ -78,6 +80,8 @@ struct ReadSet {
     values: BTreeMap<Vec<u8>, Vec<u8>>,
     /// `current`'s `mod_revision` (0: absent).
     current_rev: i64,
+    /// The live generation the read saw.
+    current_id: Option<GenerationId>,
 }
 
 /// The lock this process holds: its lease and the lock key's `create_revision`.
@@ -240,14 +244,17 @@ impl EtcdTarget {
         let Some(kv) = self.get(&key, "read the live generation")? else {
             return Ok(None);
         };
-        let text = String::from_utf8_lossy(&kv.value);
-        let id = text.trim().parse::<GenerationId>().map_err(|_| {
+        Ok(Some((self.parse_current(&kv.value)?, kv.mod_revision)))
+    }
+
+    fn parse_current(&self, value: &[u8]) -> Result<GenerationId, TargetError> {
+        let text = String::from_utf8_lossy(value);
+        text.trim().parse::<GenerationId>().map_err(|_| {
             TargetError::Corrupt(format!(
                 "{} holds {text:?}, not a generation number",
-                self.show(&key)
+                self.show(&self.key("current"))
             ))
-        })?;
-        Ok(Some((id, kv.mod_revision)))
+        })
     }
 
     /// The compares every write carries: the stamp as last read or written, and this
@@ -392,10 +399,12 @@ impl EtcdTarget {
     }
 
     fn generation_ids(&self) -> Result<Vec<GenerationId>, TargetError> {
-        let (kvs, _) = self
+        let start = self.key("gen/");
+        let (mut reads, _) = self
             .client
-            .range_prefix(&self.key("gen/"))
+            .read_many(&[(&start, Some(&prefix_end(&start)), true)])
             .map_err(|e| self.remote("list the generations", e))?;
+        let kvs = reads.pop().unwrap_or_default();
         Ok(kvs
             .iter()
             .filter_map(|kv| {
@@ -507,9 +516,23 @@ impl EtcdTarget {
             }
         };
         let values = Self::stored_values(resources)?;
-        let newest = self.generation_ids()?.into_iter().max().unwrap_or(0);
-        let current = self.current()?;
-        let id = newest.max(current.map(|(id, _)| id).unwrap_or(0)) + 1;
+        let ids = self.generation_ids()?;
+        let newest = ids.iter().copied().max().unwrap_or(0);
+        let id = newest.max(read.current_id.unwrap_or(0)) + 1;
+        // Generations beyond `keep` go in the same transaction (never the live one).
+        let mut old: Vec<GenerationId> = ids
+            .into_iter()
+            .filter(|g| Some(*g) != read.current_id)
+            .collect();
+        old.sort_unstable();
+        let doomed: Vec<GenerationId> = old
+            .iter()
+            .copied()
+            .take(
+                old.len()
+                    .saturating_sub(self.settings.keep.saturating_sub(2)),
+            )
+            .collect();
         let nonce = crate::secret::hex(
             &crate::secret::random_key().map_err(|e| TargetError::Io {
                 what: "read random bytes for".into(),
@@ -529,6 +552,14 @@ impl EtcdTarget {
             self.build_apply(&read, &values, id, &record, &stored, self.guards()?);
         if let Some(journal) = journal {
             ops.push(op_put(&self.key("journal"), &journal(id)));
+        }
+        if ops.len() + 2 * doomed.len() <= self.settings.max_txn_ops {
+            for g in &doomed {
+                ops.push(op_delete(&self.key(&format!("gen/{}", gen_key_suffix(*g)))));
+                ops.push(op_delete(
+                    &self.key(&format!("genres/{}", gen_key_suffix(*g))),
+                ));
+            }
         }
         let what = format!("apply generation {id}");
         let committed = |this: &Self| -> Result<bool, TargetError> {
@@ -704,6 +735,7 @@ impl EtcdTarget {
                     .collect(),
                 values: BTreeMap::new(),
                 current_rev: current_now.map(|(_, r)| r).unwrap_or(0),
+                current_id: current_now.map(|(id, _)| id),
             };
             return Err(TargetError::Refused(format!(
                 "could not {what}: {}; nothing was written",
@@ -887,8 +919,25 @@ impl Target for EtcdTarget {
     }
 
     fn live(&self) -> Result<Live, TargetError> {
-        let (now, rev) = self.read_prefix()?;
-        let current = self.current()?;
+        // One request: the resources and `current` at one revision.
+        let ckey = self.key("current");
+        let (mut reads, rev) = self
+            .client
+            .read_many(&[
+                (&self.prefix, Some(&prefix_end(&self.prefix)), false),
+                (&ckey, None, false),
+            ])
+            .map_err(|e| self.remote("read the resources", e))?;
+        let current = match reads.pop().and_then(|kvs| kvs.into_iter().next()) {
+            Some(kv) => Some((self.parse_current(&kv.value)?, kv.mod_revision)),
+            None => None,
+        };
+        let now: BTreeMap<Vec<u8>, Kv> = reads
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
         let resources = now
             .iter()
             .map(|(k, kv)| (self.resource_name(k), resource_toml_from_json(&kv.value)))
@@ -901,6 +950,7 @@ impl Target for EtcdTarget {
                 .collect(),
             values: now.into_iter().map(|(k, kv)| (k, kv.value)).collect(),
             current_rev: current.map(|(_, r)| r).unwrap_or(0),
+            current_id: current.map(|(id, _)| id),
         });
         Ok(Live {
             generation: current.map(|(id, _)| id),
@@ -990,12 +1040,20 @@ impl Target for EtcdTarget {
     }
 
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
-        let current = self.current()?.map(|(id, _)| id);
         let gen_prefix = self.key("gen/");
-        let (kvs, _) = self
+        let ckey = self.key("current");
+        let (mut reads, _) = self
             .client
-            .range_prefix(&gen_prefix)
+            .read_many(&[
+                (&gen_prefix, Some(&prefix_end(&gen_prefix)), false),
+                (&ckey, None, false),
+            ])
             .map_err(|e| self.remote("list the generations", e))?;
+        let current = match reads.pop().and_then(|kvs| kvs.into_iter().next()) {
+            Some(kv) => Some(self.parse_current(&kv.value)?),
+            None => None,
+        };
+        let kvs = reads.pop().unwrap_or_default();
         let mut out = Vec::new();
         for kv in kvs {
             let Some(id) = std::str::from_utf8(&kv.key[gen_prefix.len()..])
