@@ -190,6 +190,8 @@ enum Attempt {
     Retry(String),
     /// etcd answered with an error that another endpoint would repeat.
     Fatal(String),
+    /// Something that is not etcd answered: never ask this endpoint again.
+    NotEtcd(String),
 }
 
 /// Messages of etcd errors that mean "ask again, maybe elsewhere".
@@ -293,7 +295,7 @@ impl Client {
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         let not_etcd = || {
             let first: String = text.chars().take(80).collect();
-            Attempt::Retry(format!(
+            Attempt::NotEtcd(format!(
                 "{endpoint} is not an etcd v3 server (HTTP {status} to POST {path}: {:?})",
                 first.trim()
             ))
@@ -330,14 +332,23 @@ impl Client {
         let mut failures: Vec<String> = Vec::new();
         let mut pause = Duration::from_millis(20);
         let mut authenticated = false;
+        let mut dead = vec![false; self.endpoints.len()];
         loop {
-            for endpoint in &self.endpoints {
+            for (i, endpoint) in self.endpoints.iter().enumerate() {
+                if dead[i] {
+                    continue;
+                }
                 if self.credentials.is_some()
                     && self.token.lock().map(|t| t.is_none()).unwrap_or(true)
                 {
                     match self.authenticate(endpoint) {
                         Ok(()) => {}
                         Err(Attempt::Retry(why)) => {
+                            failures.push(why);
+                            continue;
+                        }
+                        Err(Attempt::NotEtcd(why)) => {
+                            dead[i] = true;
                             failures.push(why);
                             continue;
                         }
@@ -352,6 +363,10 @@ impl Client {
                 match self.post_once(endpoint, path, &text) {
                     Ok(v) => return Ok(v),
                     Err(Attempt::Retry(why)) => failures.push(why),
+                    Err(Attempt::NotEtcd(why)) => {
+                        dead[i] = true;
+                        failures.push(why);
+                    }
                     Err(Attempt::Fatal(message)) => {
                         let expired = message.contains("invalid auth token")
                             || message.contains("user name is empty");
@@ -370,7 +385,7 @@ impl Client {
                     }
                 }
             }
-            if Instant::now() + pause >= deadline {
+            if dead.iter().all(|d| *d) || Instant::now() + pause >= deadline {
                 failures.dedup();
                 let keep = failures.len().saturating_sub(self.endpoints.len());
                 return Err(EtcdError::Unreachable(failures.split_off(keep)));
@@ -455,10 +470,7 @@ impl Client {
 
     /// Several ranges read at one revision, in one request (a transaction without compares):
     /// `(key, range_end, keys_only)` each; the keys of each, and the revision.
-    pub fn read_many(
-        &self,
-        ranges: &[RangeSpec<'_>],
-    ) -> Result<(Vec<Vec<Kv>>, i64), EtcdError> {
+    pub fn read_many(&self, ranges: &[RangeSpec<'_>]) -> Result<(Vec<Vec<Kv>>, i64), EtcdError> {
         let ops: Vec<Value> = ranges
             .iter()
             .map(|(key, end, keys_only)| {
