@@ -524,6 +524,46 @@ fn a_second_deployer_exits_5_and_a_killed_deployers_lease_lapses() {
 }
 
 #[test]
+fn the_lock_is_kept_alive_through_a_health_check_longer_than_its_ttl() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let started = scratch.path().join("health-started");
+    // lock_ttl is 1s: the health check outlives it three times over.
+    let health = format!(
+        "[health]\ncommand = [\"sh\", \"-c\", \"touch '{}'; sleep 3\"]\ntimeout = \"30s\"\n",
+        started.display()
+    );
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", &health, 4));
+    let mut first = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--target", "edge", "--yes"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the health check never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    // 2.5 s into the health check, well past the TTL: the lock is still held.
+    deploy_yes(&repo).code(5).stderr_has("locked by");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+    assert_eq!(outcomes(&repo).last().unwrap().0, "applied");
+}
+
+#[test]
 fn a_deployer_killed_after_its_transaction_is_recovered_and_recorded_by_the_next_run() {
     let etcd = Cluster::start(1);
     let scratch = tempfile::tempdir().unwrap();
