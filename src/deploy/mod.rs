@@ -280,13 +280,21 @@ impl<'a> Deployment<'a> {
 
     /// A target error as a failure that names the target.
     pub fn target_failure(&self, err: TargetError) -> anyhow::Error {
+        let remote = matches!(err, TargetError::Remote(_));
         let mut f = Failure::from(err);
         f = f.detail(format!(
-            "target: {} ({}:{})",
-            self.target.describe(),
+            "target of `{}`: {}",
             self.env.name,
-            self.env.target.kind_name()
+            self.target.describe(),
         ));
+        if f.hint.is_none() && remote {
+            f = f.hint(format!(
+                "check that [target] endpoints are etcd client URLs reachable from this machine \
+                 (`etcdctl --endpoints=URL endpoint health`); if a deployment was under way, \
+                 `deploy status --target {}` tells what is live once etcd answers",
+                self.env.name
+            ));
+        }
         if f.hint.is_none() && f.exit == crate::error::Exit::Refused {
             f = f.hint("nothing was read from or written to the target");
         }
