@@ -534,7 +534,7 @@ fn the_lock_is_kept_alive_through_a_health_check_longer_than_its_ttl() {
         started.display()
     );
     let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", &health, 4));
-    let mut first = Command::new(env!("CARGO_BIN_EXE_deploy"))
+    let first = Command::new(env!("CARGO_BIN_EXE_deploy"))
         .arg("-C")
         .arg(repo.path())
         .args(["--target", "edge", "--yes"])
