@@ -52,7 +52,17 @@ fn flat_toml(node: &Node) -> Option<String> {
     };
     let bare = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
     let plain = |b: u8| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\\' | b'\'');
-    let mut out = String::with_capacity(64 * table.len());
+    // The text is kept for the whole deployment (a plan holds every resource's): size it to
+    // fit, at most 20 bytes over for each integer.
+    let len = table.iter().fold(0, |n, (key, member)| {
+        n + key.len()
+            + 4
+            + match &member.node.value {
+                Value::String(s) => s.len() + 2,
+                _ => 20,
+            }
+    });
+    let mut out = String::with_capacity(len);
     for (key, member) in table {
         if key.is_empty() || !key.bytes().all(bare) {
             return None;
