@@ -1,25 +1,33 @@
 #!/usr/bin/env python3
 """Timing and reporting half of `bench/run` (which builds, generates and sanity-checks first).
 
-usage: measure.py --workloads check,apply,log --deploy BIN --runs N --out FILE [--source REV]
+usage: measure.py --workloads check,plan,apply,log,peer --deploy BIN --runs N --out FILE
+                  [--source REV]
                   [check:] --parse-only BIN --repo DIR --repo-history DIR
                            --envs N --resources N --commits N --base-commits N
+                  [plan:]  --plan-repo DIR --plan-target DIR --plan-desired DIR
+                           --plan-resources N --plan-changed N
                   [apply:] --apply-regime KEEP:REPO:TARGET:FLOOR_ROOT (one or more)
                            --apply-desired DIR --apply-resources N --apply-changed N
                            --apply-probe-dir DIR [--apply-settle-max SECONDS]
                   [log:]   --log-repo DIR --log-file FILE --log-records N
+                  [peer:]  --peer-repo DIR --peer-target DIR --peer-base DIR --peer-changed DIR
+                           --peer-dest DIR --peer-playbook FILE --peer-vars FILE
+                           --peer-venv DIR --peer-config FILE --peer-runs N
 
 Every command of a workload is run once as a warm-up, then N times; the runs are interleaved
 round-robin (one run of each command per round) so that a drift of the machine's speed affects
 every command alike. A command may have an untimed setup command, run before each of its runs
-(the apply workload resets its target that way). Wall time is measured with time.perf_counter
-around spawn + wait, the CPU time of every run comes from wait4(2). Any run or setup that exits
-non-zero aborts the benchmark.
+(the apply and peer workloads reset their targets that way). Wall time is measured with
+time.perf_counter around spawn + wait, the CPU time of every run comes from wait4(2). Any run
+or setup that exits with a status other than the command's expected one (0, or 1 for
+`diff -ru` of two directories that differ) aborts the benchmark.
 """
 
 import argparse
 import contextlib
 import datetime
+import filecmp
 import json
 import os
 import platform
@@ -43,44 +51,69 @@ def run_setup(argv):
 
 
 class Bench:
-    def __init__(self, name, argv, stdin_path=None, note="", setup=None):
+    def __init__(self, name, argv, stdin_path=None, note="", setup=None, ok=(0,), env=None,
+                 warmup=True, rss_from_runs=False, verify=None):
         self.name, self.argv, self.stdin_path, self.note = name, argv, stdin_path, note
         # Run before every run of argv, outside the timed region.
         self.setup = setup
-        self.times, self.cpu = [], []
+        # The exit statuses that count as success (`diff -ru` of differing directories: 1).
+        self.ok = ok
+        # Variables added to the environment of argv (not of setup).
+        self.env = {**os.environ, **env} if env else None
+        # False: no warm-up run (the peer's commands, already run by bench/run's sanity checks).
+        self.warmup = warmup
+        # True: peak RSS is the largest wait4(2) ru_maxrss of the timed runs instead of one more
+        # run under /usr/bin/time (for a command that takes seconds and allocates far more than
+        # this script's own RSS, which is the floor of that figure).
+        self.rss_from_runs = rss_from_runs
+        # verify(stdout_text) checks every run's outcome, returning an error message or None;
+        # with it, stdout goes to a temporary file instead of /dev/null.
+        self.verify = verify
+        self.times, self.cpu, self.maxrss = [], [], []
 
     def run_once(self):
         if self.setup:
             run_setup(self.setup)
         stdin = open(self.stdin_path, "rb") if self.stdin_path else subprocess.DEVNULL
+        stdout = tempfile.TemporaryFile() if self.verify else subprocess.DEVNULL
         try:
             start = time.perf_counter()
             proc = subprocess.Popen(
-                self.argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                self.argv, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL, env=self.env,
             )
             _, status, usage = os.wait4(proc.pid, 0)
             elapsed = time.perf_counter() - start
             proc.returncode = os.waitstatus_to_exitcode(status)
+            if self.verify and proc.returncode in self.ok:
+                stdout.seek(0)
+                text = stdout.read().decode(errors="replace")
+                problem = self.verify(text)
+                if problem:
+                    fail(f"{self.name}: `{' '.join(self.argv)}`: {problem}\n{text[-3000:]}")
         finally:
             if self.stdin_path:
                 stdin.close()
-        if proc.returncode != 0:
+            if self.verify:
+                stdout.close()
+        if proc.returncode not in self.ok:
             # Run it again with its output visible, so that the failure explains itself.
             if self.setup:
                 run_setup(self.setup)
             stdin = open(self.stdin_path, "rb") if self.stdin_path else subprocess.DEVNULL
-            out = subprocess.run(self.argv, stdin=stdin, capture_output=True, text=True)
+            out = subprocess.run(self.argv, stdin=stdin, capture_output=True, text=True,
+                                 env=self.env)
             fail(
                 f"{self.name}: `{' '.join(self.argv)}` exited {proc.returncode}\n"
-                f"{out.stderr[-4000:]}"
+                f"{out.stderr[-4000:]}{out.stdout[-2000:]}"
             )
         # User + system CPU time is less sensitive than wall time to other load on the machine.
-        return elapsed, usage.ru_utime + usage.ru_stime
+        return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
     def record(self):
-        elapsed, cpu = self.run_once()
+        elapsed, cpu, maxrss = self.run_once()
         self.times.append(elapsed)
         self.cpu.append(cpu)
+        self.maxrss.append(maxrss)
 
     def summary(self):
         doc = {
@@ -99,7 +132,7 @@ class Bench:
         return doc
 
 
-def peak_rss_kib(argv, stdin_path=None, setup=None):
+def peak_rss_kib(argv, stdin_path=None, setup=None, ok=(0,)):
     """Peak RSS of one run of argv (after setup): /usr/bin/time -f %M when available, else wait4(2).
 
     (The wait4 figure of a child forked by this script never reads below the script's own RSS,
@@ -121,13 +154,13 @@ def peak_rss_kib(argv, stdin_path=None, setup=None):
                 stderr=subprocess.PIPE,
                 text=True,
             )
-        if out.returncode != 0:
+        if out.returncode not in ok:
             fail(f"`{' '.join(argv)}` under /usr/bin/time exited {out.returncode}")
         return int(out.stderr.strip().splitlines()[-1]), "/usr/bin/time -f %M"
     with stdin() as f:
         proc = subprocess.Popen(argv, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(status) not in ok:
         fail(f"`{' '.join(argv)}` exited {os.waitstatus_to_exitcode(status)}")
     return usage.ru_maxrss, "wait4(2) ru_maxrss"
 
@@ -208,14 +241,26 @@ def run_benches(benches, runs):
     """One warm-up run of each (page cache, and a first failure shows early), then `runs`
     rounds of one run of each; then one more run of each for its peak RSS."""
     for b in benches:
-        b.run_once()
+        if b.warmup:
+            b.run_once()
     for _ in range(runs):
         for b in benches:
             b.record()
     rss_tool = ""
     for b in benches:
-        b.peak_rss, rss_tool = peak_rss_kib(b.argv, b.stdin_path, b.setup)
-    return {b.name: {**b.summary(), "peak_rss_kib": b.peak_rss} for b in benches}, rss_tool
+        if b.rss_from_runs:
+            b.peak_rss, b.rss_tool = max(b.maxrss), "wait4(2) ru_maxrss of the timed runs"
+        else:
+            b.peak_rss, b.rss_tool = peak_rss_kib(b.argv, b.stdin_path, b.setup, b.ok)
+            rss_tool = b.rss_tool
+    res = {}
+    for b in benches:
+        res[b.name] = {**b.summary(), "peak_rss_kib": b.peak_rss}
+        if not b.warmup:
+            res[b.name]["warmup_runs"] = 0
+        if b.rss_from_runs:
+            res[b.name]["peak_rss_tool"] = b.rss_tool
+    return res, rss_tool
 
 
 def check_workload(a):
@@ -265,6 +310,8 @@ def check_workload(a):
         # The same ratios on CPU time (user + system): a cross-check on a busy machine.
         "cpu_check_over_parse_only": check_cpu / res["parse-only floor"]["cpu_median_s"],
         "cpu_history_over_base": res["deploy check (history)"]["cpu_median_s"] / check_cpu,
+        # Peak resident memory over the bytes of configuration read (issue 6: "a few times").
+        "check_peak_rss_over_config": rss * 1024 / config_bytes,
     }
     targets = {
         "check_le_2x_parse_only": ratios["check_over_parse_only"] <= 2.0,
@@ -295,7 +342,8 @@ def check_workload(a):
             )
         print_table(rows)
         print()
-        print(f"peak RSS of deploy check: {rss:,} KiB ({rss / 1024:.1f} MiB; {rss_tool})")
+        print(f"peak RSS of deploy check: {rss:,} KiB ({rss / 1024:.1f} MiB; {rss_tool}): "
+              f"{ratios['check_peak_rss_over_config']:.1f}x the configuration")
         print(f"configuration size:       {config_bytes:,} bytes ({config_bytes / 2**20:.1f} MiB)")
         print()
         print(f"target check <= 2x parse-only: {verdict(targets['check_le_2x_parse_only'])} "
@@ -321,6 +369,91 @@ def check_workload(a):
         },
         "results": res,
         "peak_rss_kib": {"deploy check": rss, "tool": rss_tool},
+        "ratios": ratios,
+        "targets": targets,
+        "report": report,
+    }
+
+
+def dir_size(path):
+    """Files and bytes of the regular files directly in `path`."""
+    names = [n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n))]
+    return len(names), sum(os.path.getsize(os.path.join(path, n)) for n in names)
+
+
+def plan_workload(a):
+    """`deploy plan` of a 1 % change against `diff -ru` of the live generation and the desired
+    files: both read the same two states and print the differences."""
+    live = os.path.realpath(os.path.join(a.plan_target, "current"))
+    live_files, live_bytes = dir_size(live)
+    desired_files, desired_bytes = dir_size(a.plan_desired)
+    files = config_files(a.plan_repo)
+    config_bytes = sum(os.path.getsize(os.path.join(a.plan_repo, f)) for f in files)
+    plan = Bench(
+        "deploy plan",
+        [a.deploy, "-C", a.plan_repo, "plan", "--target", "bench"],
+        note=f"{a.plan_changed} of {a.plan_resources} resources changed; the text plan with a "
+             "unified diff of each, to /dev/null; nothing is written, so no setup",
+    )
+    diff = Bench(
+        "diff -ru",
+        ["diff", "-ru", live, a.plan_desired],
+        ok=(1,),  # the directories differ; 0 would mean the workload is broken
+        note=f"the live generation ({live_files} files) against the files a deployment of the "
+             f"new commit writes ({desired_files} files, {desired_bytes:,} bytes), to /dev/null",
+    )
+    benches = [plan, diff]
+    res, rss_tool = run_benches(benches, a.runs)
+    p, d = res[plan.name], res[diff.name]
+    rss = p["peak_rss_kib"]
+    ratios = {
+        "plan_over_diff": p["median_s"] / d["median_s"],
+        "cpu_plan_over_diff": p["cpu_median_s"] / d["cpu_median_s"],
+        "plan_peak_rss_over_config": rss * 1024 / config_bytes,
+        "plan_peak_rss_over_config_and_live": rss * 1024 / (config_bytes + live_bytes),
+    }
+    targets = {"plan_le_2x_diff": ratios["plan_over_diff"] <= 2.0}
+
+    def report():
+        print(
+            f"plan: 1 environment x {a.plan_resources} resources, {a.plan_changed} changed; "
+            f"configuration {config_bytes:,} bytes in {len(files)} files, live generation "
+            f"{live_files} files, {live_bytes:,} bytes; median of {a.runs} runs after 1 warm-up"
+        )
+        print()
+        rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "plan / this")]
+        for b in benches:
+            s = res[b.name]
+            rows.append(
+                (b.name, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
+                 fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB",
+                 f"{p['median_s'] / s['median_s']:.2f}x" if b is diff else "")
+            )
+        print_table(rows)
+        print()
+        print(f"peak RSS of deploy plan: {rss:,} KiB ({rss / 1024:.1f} MiB; {rss_tool}): "
+              f"{ratios['plan_peak_rss_over_config']:.1f}x the configuration, "
+              f"{ratios['plan_peak_rss_over_config_and_live']:.1f}x configuration + live files")
+        print()
+        print(f"target plan <= 2x diff -ru:    {verdict(targets['plan_le_2x_diff'])} "
+              f"{ratios['plan_over_diff']:.2f}x "
+              f"(on CPU time: {ratios['cpu_plan_over_diff']:.2f}x)")
+
+    return {
+        "parameters": {
+            "plan_resources": a.plan_resources,
+            "plan_changed_resources": a.plan_changed,
+        },
+        "config": {
+            "plan_config_files": len(files),
+            "plan_config_bytes": config_bytes,
+            "plan_live_files": live_files,
+            "plan_live_bytes": live_bytes,
+            "plan_desired_files": desired_files,
+            "plan_desired_bytes": desired_bytes,
+        },
+        "results": res,
+        "peak_rss_kib": {"deploy plan": rss, "tool": rss_tool},
         "ratios": ratios,
         "targets": targets,
         "report": report,
@@ -491,8 +624,10 @@ def apply_workload(a):
 
 def log_workload(a):
     """`deploy log verify` of a long deployment log against `sha256sum` of the same file, both
-    reading it from the page cache (the warm-up run puts it there); `deploy log`, the
-    newest-first table of every record, for information."""
+    reading it from the page cache (the warm-up run puts it there). (`deploy log`, the
+    newest-first table of every record, is no longer timed: 12 s a run, for information only,
+    it cost 1.5 minutes of the 15 that the whole benchmark may take; bench/run still runs it
+    once to check that it shows every record.)"""
     size = os.path.getsize(a.log_file)
     verify = Bench(
         "deploy log verify",
@@ -504,12 +639,7 @@ def log_workload(a):
         ["sha256sum", a.log_file],
         note="one SHA-256 of the same file (coreutils), to /dev/null",
     )
-    table = Bench(
-        "deploy log",
-        [a.deploy, "-C", a.log_repo, "log", "--target", "bench"],
-        note="the newest-first table of every record, to /dev/null (for information)",
-    )
-    benches = [verify, floor, table]
+    benches = [verify, floor]
     res, rss_tool = run_benches(benches, a.runs)
     for b in benches:
         res[b.name]["mb_per_s"] = size / 1e6 / res[b.name]["median_s"]
@@ -518,7 +648,6 @@ def log_workload(a):
         # Throughput of verify relative to sha256sum's: sha256sum time / verify time.
         "log_verify_throughput_over_sha256sum": f["median_s"] / v["median_s"],
         "cpu_log_verify_throughput_over_sha256sum": f["cpu_median_s"] / v["cpu_median_s"],
-        "log_table_over_log_verify": res[table.name]["median_s"] / v["median_s"],
     }
     targets = {
         "log_verify_ge_0_5x_sha256sum": ratios["log_verify_throughput_over_sha256sum"] >= 0.5,
@@ -557,7 +686,136 @@ def log_workload(a):
         },
         "results": res,
         "peak_rss_kib": {
-            **{b.name: res[b.name]["peak_rss_kib"] for b in (verify, table)}, "tool": rss_tool
+            verify.name: res[verify.name]["peak_rss_kib"], "tool": rss_tool
+        },
+        "ratios": ratios,
+        "targets": targets,
+        "report": report,
+    }
+
+
+def peer_workload(a):
+    """Ansible (`ansible-playbook`, ansible.builtin.copy of the files into a directory, local
+    connection) against `deploy` on an environment of the same resources: `--check --diff`
+    against `deploy plan`, the real copy against `deploy --target bench --yes`. Every timed run
+    changes every file: its untimed setup puts the old files back (deploy: the `base` commit
+    deployed, `changed` checked out; Ansible: the destination directory refilled with the old
+    files)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files, nbytes = dir_size(a.peer_changed)
+    playbook = os.path.join(a.peer_venv, "bin", "ansible-playbook")
+    python = os.path.join(a.peer_venv, "bin", "python")
+    version = sh(playbook, "--version").splitlines()
+    ansible = [
+        playbook, "-i", "localhost,", "-e", f"ansible_python_interpreter={python}",
+        "-e", f"src_dir={a.peer_changed}", "-e", f"dest_dir={a.peer_dest}",
+        "-e", f"@{a.peer_vars}",
+    ]
+    env = {"ANSIBLE_CONFIG": a.peer_config}
+    deploy_setup = [os.path.join(here, "apply-setup"), "deploy", a.deploy, a.peer_repo]
+    ansible_setup = [os.path.join(here, "apply-setup"), "files", a.peer_base, a.peer_dest]
+
+    def same_files(x, y):
+        names = sorted(os.listdir(x))
+        if names != sorted(os.listdir(y)):
+            return False
+        return filecmp.cmpfiles(x, y, names, shallow=False)[0] == names
+
+    def verified(check_mode):
+        """Every run of ansible-playbook is checked: each file reported changed (and, with
+        --check --diff, shown as a diff), and the destination as expected afterwards."""
+        def verify(out):
+            changed = out.count("\nchanged: [localhost] => (item=")
+            if changed != files:
+                return f"{changed} files reported changed, expected {files}"
+            if check_mode:
+                diffs = out.count("\n--- before: ")
+                if diffs != files:
+                    return f"{diffs} diffs shown, expected {files}"
+                if not same_files(a.peer_base, a.peer_dest):
+                    return "--check changed the destination"
+            elif not same_files(a.peer_changed, a.peer_dest):
+                return "the destination does not hold the files deploy writes"
+            return None
+        return verify
+
+    plan = Bench(
+        "deploy plan (peer)",
+        [a.deploy, "-C", a.peer_repo, "plan", "--target", "bench"],
+        setup=deploy_setup,
+        note=f"{files} resources, all changed: the text plan with their diffs, to /dev/null",
+    )
+    check = Bench(
+        "ansible --check --diff",
+        ansible[:1] + ["--check", "--diff"] + ansible[1:] + [a.peer_playbook],
+        setup=ansible_setup, env=env, warmup=False, rss_from_runs=True, verify=verified(True),
+        note=f"ansible.builtin.copy of {files} files, check mode with diffs (output checked)",
+    )
+    apply = Bench(
+        "deploy apply (peer)",
+        [a.deploy, "-C", a.peer_repo, "--target", "bench", "--yes"],
+        setup=deploy_setup,
+        note=f"a new generation of {files} resources (all changed) and its metadata",
+    )
+    copy = Bench(
+        "ansible copy",
+        ansible + [a.peer_playbook],
+        setup=ansible_setup, env=env, warmup=False, rss_from_runs=True, verify=verified(False),
+        note=f"ansible.builtin.copy of {files} files ({nbytes:,} bytes), all changed "
+             "(output and result checked)",
+    )
+    benches = [plan, check, apply, copy]
+    res, rss_tool = run_benches(benches, a.peer_runs)
+    ratios = {
+        "ansible_check_over_deploy_plan": res[check.name]["median_s"] / res[plan.name]["median_s"],
+        "ansible_copy_over_deploy_apply": res[copy.name]["median_s"] / res[apply.name]["median_s"],
+        "cpu_ansible_check_over_deploy_plan":
+            res[check.name]["cpu_median_s"] / res[plan.name]["cpu_median_s"],
+        "cpu_ansible_copy_over_deploy_apply":
+            res[copy.name]["cpu_median_s"] / res[apply.name]["cpu_median_s"],
+    }
+    targets = {
+        "plan_ge_50x_faster_than_ansible_check": ratios["ansible_check_over_deploy_plan"] >= 50,
+        "apply_ge_50x_faster_than_ansible_copy": ratios["ansible_copy_over_deploy_apply"] >= 50,
+    }
+
+    def report():
+        print(
+            f"peer: {files} files ({nbytes:,} bytes), every one changed in every timed run; "
+            f"{version[0] if version else 'ansible-playbook'}; median of {a.peer_runs} runs "
+            "(deploy after 1 warm-up; Ansible without: every run is checked instead)"
+        )
+        print()
+        rows = [("name", "median", "min", "max", "cpu median", "peak RSS", "this / deploy")]
+        for b, base in ((plan, None), (check, plan), (apply, None), (copy, apply)):
+            s = res[b.name]
+            rows.append(
+                (b.name, fmt_s(s["median_s"]), fmt_s(s["min_s"]), fmt_s(s["max_s"]),
+                 fmt_s(s["cpu_median_s"]), f"{s['peak_rss_kib'] / 1024:.1f} MiB",
+                 f"{s['median_s'] / res[base.name]['median_s']:.0f}x" if base else "")
+            )
+        print_table(rows)
+        print()
+        print(f"target plan >= 50x faster than ansible --check --diff: "
+              f"{verdict(targets['plan_ge_50x_faster_than_ansible_check'])} "
+              f"{ratios['ansible_check_over_deploy_plan']:.0f}x "
+              f"(on CPU time: {ratios['cpu_ansible_check_over_deploy_plan']:.0f}x)")
+        print(f"target apply >= 50x faster than the Ansible copy:     "
+              f"{verdict(targets['apply_ge_50x_faster_than_ansible_copy'])} "
+              f"{ratios['ansible_copy_over_deploy_apply']:.0f}x "
+              f"(on CPU time: {ratios['cpu_ansible_copy_over_deploy_apply']:.0f}x)")
+
+    return {
+        "parameters": {"peer_files": files, "peer_runs": a.peer_runs},
+        "config": {
+            "peer_bytes": nbytes,
+            "ansible": version[0] if version else "",
+            "ansible_python": sh(python, "--version"),
+        },
+        "results": res,
+        "peak_rss_kib": {
+            **{b.name: res[b.name]["peak_rss_kib"] for b in benches},
+            "tool": f"{rss_tool} (Ansible: wait4(2) ru_maxrss of the timed runs)",
         },
         "ratios": ratios,
         "targets": targets,
@@ -568,9 +826,14 @@ def log_workload(a):
 WORKLOADS = {
     "check": (check_workload, ("parse_only", "repo", "repo_history", "envs", "resources",
                                "commits", "base_commits")),
+    "plan": (plan_workload, ("plan_repo", "plan_target", "plan_desired", "plan_resources",
+                             "plan_changed")),
     "apply": (apply_workload, ("apply_regime", "apply_desired", "apply_resources",
                                "apply_changed", "apply_probe_dir")),
     "log": (log_workload, ("log_repo", "log_file", "log_records")),
+    "peer": (peer_workload, ("peer_repo", "peer_target", "peer_base", "peer_changed",
+                             "peer_dest", "peer_playbook", "peer_vars", "peer_venv",
+                             "peer_config", "peer_runs")),
 }
 
 
@@ -582,13 +845,17 @@ def main():
     ap.add_argument("--source", default="")
     ap.add_argument("--runs", type=int, required=True)
     for opt in ("--parse-only", "--repo", "--repo-history", "--apply-desired",
-                "--apply-probe-dir", "--log-repo", "--log-file"):
+                "--apply-probe-dir", "--log-repo", "--log-file", "--plan-repo", "--plan-target",
+                "--plan-desired", "--peer-repo", "--peer-target", "--peer-base",
+                "--peer-changed", "--peer-dest", "--peer-playbook", "--peer-vars",
+                "--peer-venv", "--peer-config"):
         ap.add_argument(opt, default="")
     ap.add_argument("--apply-settle-max", type=int, default=480)
     ap.add_argument("--apply-regime", action="append", default=[],
                     metavar="KEEP:REPO:TARGET:FLOOR_ROOT")
     for opt in ("--envs", "--resources", "--commits", "--base-commits", "--apply-resources",
-                "--apply-changed", "--log-records"):
+                "--apply-changed", "--log-records", "--plan-resources", "--plan-changed",
+                "--peer-runs"):
         ap.add_argument(opt, type=int, default=0)
     a = ap.parse_args()
     workloads = [w for w in a.workloads.split(",") if w]

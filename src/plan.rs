@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
 use crate::config::Environment;
-use crate::config::node::{Seg, Value, parse_path, path_text};
+use crate::config::node::{Node, Seg, Value, parse_path, path_text};
+use crate::config::schema::has_secret;
 use crate::render;
 use crate::secret::{self, Resolved};
 
@@ -119,12 +120,82 @@ impl Desired {
     }
 }
 
+/// A node serialized exactly as its [`Node::to_json`] copy would be, without making the copy.
+struct Json<'a>(&'a Node);
+
+impl Serialize for Json<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match &self.0.value {
+            Value::String(v) | Value::Datetime(v) => s.serialize_str(v),
+            Value::Integer(i) => s.serialize_i64(*i),
+            // serde_json writes a non-finite float as null, as `to_json` makes it.
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Boolean(b) => s.serialize_bool(*b),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for n in items {
+                    seq.serialize_element(&Json(n))?;
+                }
+                seq.end()
+            }
+            Value::Table(t) => {
+                let mut map = s.serialize_map(Some(t.len()))?;
+                for (k, m) in t {
+                    map.serialize_entry(k, &Json(&m.node))?;
+                }
+                map.end()
+            }
+            Value::Secret(r) => s.serialize_str(&format!("(secret {})", r.text)),
+        }
+    }
+}
+
+/// One resource in the canonical JSON that `config_sha256` hashes.
+enum Hashed<'a> {
+    Plain(Json<'a>),
+    /// A resource with secrets, each replaced by its keyed hash.
+    Masked(serde_json::Value),
+}
+
+impl Serialize for Hashed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Hashed::Plain(j) => j.serialize(s),
+            Hashed::Masked(v) => v.serialize(s),
+        }
+    }
+}
+
+/// The canonical JSON of all resources: an object in name order.
+struct Canonical<'a>(Vec<(&'a String, Hashed<'a>)>);
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 /// Render an environment's resources as the files a target stores, with the secret values of
 /// `resolved` in place, and hash each secret under `key`.
 pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
     let mut out = Desired::default();
-    let mut hashed = serde_json::Map::new();
+    let mut hashed = Vec::with_capacity(env.settings.len());
     for (name, res) in &env.settings {
+        // Most resources hold no secret: render and hash them as they are, without copies.
+        if !has_secret(&res.node) {
+            out.files.insert(
+                name.clone(),
+                render::resource_text(&env.target.kind, &res.node).into_bytes(),
+            );
+            hashed.push((name, Hashed::Plain(Json(&res.node))));
+            continue;
+        }
         let real = res.node.replace_secrets(&mut |path, r| {
             // `resolve` read every secret; a missing one cannot be rendered as its value.
             Value::String(
@@ -149,10 +220,10 @@ pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
             name.clone(),
             render::resource_text(&env.target.kind, &real).into_bytes(),
         );
-        hashed.insert(name.clone(), masked.to_json());
+        hashed.push((name, Hashed::Masked(masked.to_json())));
     }
-    let canonical = serde_json::Value::Object(hashed).to_string();
-    out.config_sha256 = crate::target::sha256_hex(canonical.as_bytes());
+    let canonical = serde_json::to_vec(&Canonical(hashed)).expect("JSON of settings");
+    out.config_sha256 = crate::target::sha256_hex(&canonical);
     out
 }
 
@@ -465,6 +536,55 @@ mod tests {
             secret::hmac_hex(KEY, b"s3cr3t-value")
         );
         assert!(stored.private.contains("a"));
+    }
+
+    #[test]
+    fn the_canonical_json_is_the_json_copy_serialized() {
+        let doc = r#"
+            [a]
+            x = 1
+            y = -2
+            f = 1.5
+            big = 1e300
+            n = nan
+            i = -inf
+            s = "caf\u00e9 \"q\" \\ \n"
+            b = true
+            arr = [1, "two", [3.0], { k = "v" }]
+            [a.t]
+            z = ""
+            [b]
+            pw = { secret = "env:X" }
+            [c]
+        "#;
+        let mut node: Node = toml::from_str(doc).unwrap();
+        assert!(node.lift_secrets(&|_| String::new()).is_empty());
+        // A datetime (kept as its TOML text; the loader makes these, not `toml::from_str`).
+        let at = |value| Node {
+            file: 0,
+            span: 0..0,
+            value,
+        };
+        if let Value::Table(root) = &mut node.value
+            && let Some(a) = root.get_mut("a")
+            && let Value::Table(a) = &mut a.node.value
+        {
+            a.insert(
+                "d".into(),
+                crate::config::node::Member {
+                    key_span: 0..0,
+                    key_file: 0,
+                    node: at(Value::Datetime("1979-05-27T07:32:00Z".into())),
+                },
+            );
+        }
+        let table = node.as_table().unwrap();
+        assert!(has_secret(&table.get("b").unwrap().node));
+        assert!(!has_secret(&table.get("a").unwrap().node));
+        assert_eq!(
+            serde_json::to_string(&Json(&node)).unwrap(),
+            node.to_json().to_string()
+        );
     }
 
     #[test]

@@ -45,10 +45,56 @@ pub fn resource_text(kind: &TargetKind, node: &Node) -> String {
 
 /// One resource as the TOML text a `dir` target stores and a plan diffs.
 pub fn resource_toml(node: &Node) -> String {
+    if let Some(text) = flat_toml(node) {
+        return text;
+    }
     match to_toml(node) {
         toml::Value::Table(t) => toml::to_string(&t).unwrap_or_default(),
         other => other.to_string(),
     }
+}
+
+/// The common resource written directly, without building a `toml` tree: a table of bare keys
+/// whose values are integers, booleans and strings of printable ASCII without quotes or
+/// backslashes. `None` for anything else, which `toml` renders. Both give the same bytes (a
+/// test compares them): keys in sorted order, one `key = value` line each, basic strings.
+fn flat_toml(node: &Node) -> Option<String> {
+    use std::fmt::Write;
+    let Value::Table(table) = &node.value else {
+        return None;
+    };
+    let bare = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let plain = |b: u8| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\\' | b'\'');
+    // The text is kept for the whole deployment (a plan holds every resource's): size it to
+    // fit, at most 20 bytes over for each integer.
+    let len = table.iter().fold(0, |n, (key, member)| {
+        n + key.len()
+            + 4
+            + match &member.node.value {
+                Value::String(s) => s.len() + 2,
+                _ => 20,
+            }
+    });
+    let mut out = String::with_capacity(len);
+    for (key, member) in table {
+        if key.is_empty() || !key.bytes().all(bare) {
+            return None;
+        }
+        out.push_str(key);
+        out.push_str(" = ");
+        match &member.node.value {
+            Value::String(s) if s.bytes().all(plain) => {
+                out.push('"');
+                out.push_str(s);
+                out.push('"');
+            }
+            Value::Integer(i) => write!(out, "{i}").ok()?,
+            Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+            _ => return None,
+        }
+        out.push('\n');
+    }
+    Some(out)
 }
 
 fn strs(v: &[impl AsRef<str>]) -> toml::Value {
@@ -157,4 +203,71 @@ pub fn environment_toml(env: &Environment) -> String {
     }
     root.insert("settings".into(), s.into());
     toml::to_string(&root).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `toml` itself writes: the reference for [`flat_toml`].
+    fn reference(node: &Node) -> String {
+        match to_toml(node) {
+            toml::Value::Table(t) => toml::to_string(&t).unwrap_or_default(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_direct_rendering_is_byte_for_byte_what_toml_writes() {
+        let mut strings: Vec<String> = (b' '..=b'~').map(|b| format!("a{}b", b as char)).collect();
+        for s in [
+            "",
+            " ",
+            "arn:aws:sqs:eu-west-1:543210987654:jobs-r-00100",
+            "https://r-1.svc.example.com/healthz?x=1&y=2#frag",
+            "registry.example.com/apply/worker-2:2.9.4",
+            "it's",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "line\nbreak",
+            "caf\u{e9}",
+            "'''",
+            "# not a comment",
+        ] {
+            strings.push(s.to_owned());
+        }
+        let mut direct = 0;
+        for (i, s) in strings.iter().enumerate() {
+            let n = i64::try_from(i).unwrap() - 40;
+            let flat = format!(
+                "a-key = {}\nb_key = {n}\nc = {}\nZ = -9223372036854775808\n",
+                toml::Value::String(s.clone()),
+                i % 2 == 0
+            );
+            // A quoted key is left to `toml`.
+            let quoted = format!("{flat}\"q k\" = 1\n");
+            for doc in [&flat, &quoted] {
+                let node: Node = toml::from_str(doc).unwrap();
+                let want = reference(&node);
+                if let Some(text) = flat_toml(&node) {
+                    direct += 1;
+                    assert_eq!(text, want, "{doc}");
+                }
+                assert_eq!(resource_toml(&node), want, "{doc}");
+            }
+        }
+        assert!(direct > 80, "the direct path rendered only {direct} tables");
+        for doc in [
+            "x = 1.5\n",
+            "x = [1, 2]\n",
+            "[x]\ny = 1\n",
+            "x = { secret = \"env:X\" }\n",
+            "",
+        ] {
+            let node: Node = toml::from_str(doc).unwrap();
+            assert_eq!(flat_toml(&node).is_some(), doc.is_empty(), "{doc}");
+            assert_eq!(resource_toml(&node), reference(&node), "{doc}");
+        }
+    }
 }

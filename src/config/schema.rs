@@ -6,7 +6,7 @@ use std::sync::Arc;
 use jsonschema::JsonType;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 
-use super::node::Seg;
+use super::node::{Node, Seg, Value};
 use crate::diagnostic::Diagnostic;
 use crate::source::{Loc, Sources};
 
@@ -154,11 +154,13 @@ impl Schemas {
             }
         };
         let json = env.settings_json();
-        let secrets = secret_pointers(env);
+        // Where the secrets are matters only for an error; most environments have none.
+        let mut secrets = None;
         for error in validator.iter_errors(&json) {
             let path = error.instance_path();
             let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
             if let Some((loc, text)) = secrets
+                .get_or_insert_with(|| secret_pointers(env))
                 .iter()
                 .find_map(|(p, l, t)| (*p == segments).then_some((l, t)))
             {
@@ -246,7 +248,8 @@ impl Schemas {
 /// reference.
 pub(crate) fn secret_pointers(env: &Environment) -> Vec<(Vec<String>, Loc, String)> {
     let mut out = Vec::new();
-    for (name, res) in &env.settings {
+    // `Node::secrets` copies every key on its way; most resources have no secret to find.
+    for (name, res) in env.settings.iter().filter(|(_, r)| has_secret(&r.node)) {
         for (segs, node, r) in res.node.secrets() {
             let mut p = vec![name.clone()];
             p.extend(segs.iter().map(|s| match s {
@@ -257,6 +260,16 @@ pub(crate) fn secret_pointers(env: &Environment) -> Vec<(Vec<String>, Loc, Strin
         }
     }
     out
+}
+
+/// True when a secret reference is anywhere below `node` (a walk that allocates nothing).
+pub(crate) fn has_secret(node: &Node) -> bool {
+    match &node.value {
+        Value::Secret(_) => true,
+        Value::Array(items) => items.iter().any(has_secret),
+        Value::Table(map) => map.iter().any(|(_, m)| has_secret(&m.node)),
+        _ => false,
+    }
 }
 
 /// True when no string at all could satisfy the keyword that failed.
