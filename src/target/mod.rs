@@ -1,7 +1,8 @@
 //! Where an environment's settings land: the [`Target`] trait and one module per kind.
 //!
 //! Every kind provides an identity stamp, a lock, the live state, an atomic apply, generations
-//! to roll back to, and a state directory for the journal and the log (SPEC section 3).
+//! to roll back to, and storage for the crash journal and the deployment log (SPEC section 3):
+//! `dir` in files, `etcd` in keys beside its prefix.
 //! Invariants: nothing here prints; every I/O error names what it was doing and the path; an
 //! unsafe layout (a symlink that leaves the target, a foreign stamp) is [`TargetError::Refused`],
 //! never silently worked around.

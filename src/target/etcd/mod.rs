@@ -84,6 +84,9 @@ struct ReadSet {
     current_id: Option<GenerationId>,
 }
 
+/// Keys under the prefix by key, the store's revision, and `current` (id, `mod_revision`).
+type Snapshot = (BTreeMap<Vec<u8>, Kv>, i64, Option<(GenerationId, i64)>);
+
 /// The lock this process holds: its lease and the lock key's `create_revision`.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -247,6 +250,30 @@ impl EtcdTarget {
         Ok(Some((self.parse_current(&kv.value)?, kv.mod_revision)))
     }
 
+    /// The keys under the prefix, the store's revision, and `current` (id, `mod_revision`),
+    /// read at one revision in one request.
+    fn snapshot(&self) -> Result<Snapshot, TargetError> {
+        let ckey = self.key("current");
+        let (mut reads, rev) = self
+            .client
+            .read_many(&[
+                (&self.prefix, Some(&prefix_end(&self.prefix)), false),
+                (&ckey, None, false),
+            ])
+            .map_err(|e| self.remote("read the resources", e))?;
+        let current = match reads.pop().and_then(|kvs| kvs.into_iter().next()) {
+            Some(kv) => Some((self.parse_current(&kv.value)?, kv.mod_revision)),
+            None => None,
+        };
+        let now = reads
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
+        Ok((now, rev, current))
+    }
+
     fn parse_current(&self, value: &[u8]) -> Result<GenerationId, TargetError> {
         let text = String::from_utf8_lossy(value);
         text.trim().parse::<GenerationId>().map_err(|_| {
@@ -342,9 +369,9 @@ impl EtcdTarget {
             .map_err(|e| match e.server_message() {
                 Some(m) if m.contains("too many operations") || m.contains("too large") => {
                     TargetError::TooLarge(format!(
-                        "{what} does not fit in one etcd transaction: etcd says \"{m}\" \
-                         (envlock counted {} operations against a limit of {} and {} bytes)",
-                        self.settings.max_txn_ops,
+                        "{what} does not fit in one etcd transaction: etcd says \"{m}\", \
+                         although it fits the limits in [target] (max_txn_ops = {}, \
+                         max_request_bytes = {}): set them to the server's own; the transaction wrote nothing",
                         self.settings.max_txn_ops,
                         self.settings.max_request_bytes
                     ))
@@ -675,8 +702,7 @@ impl EtcdTarget {
         current: Option<GenerationId>,
         extra: Vec<Value>,
     ) -> Result<i64, TargetError> {
-        let (now, rev) = self.read_prefix()?;
-        let current_now = self.current()?;
+        let (now, rev, current_now) = self.snapshot()?;
         if let Some(w) = locked(&self.written).clone()
             && current_now.map(|(id, _)| id) == Some(w.generation)
         {
@@ -919,25 +945,7 @@ impl Target for EtcdTarget {
     }
 
     fn live(&self) -> Result<Live, TargetError> {
-        // One request: the resources and `current` at one revision.
-        let ckey = self.key("current");
-        let (mut reads, rev) = self
-            .client
-            .read_many(&[
-                (&self.prefix, Some(&prefix_end(&self.prefix)), false),
-                (&ckey, None, false),
-            ])
-            .map_err(|e| self.remote("read the resources", e))?;
-        let current = match reads.pop().and_then(|kvs| kvs.into_iter().next()) {
-            Some(kv) => Some((self.parse_current(&kv.value)?, kv.mod_revision)),
-            None => None,
-        };
-        let now: BTreeMap<Vec<u8>, Kv> = reads
-            .pop()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|kv| (kv.key.clone(), kv))
-            .collect();
+        let (now, rev, current) = self.snapshot()?;
         let resources = now
             .iter()
             .map(|(k, kv)| (self.resource_name(k), resource_toml_from_json(&kv.value)))
@@ -1014,11 +1022,11 @@ impl Target for EtcdTarget {
     }
 
     fn drift(&self) -> Result<Drift, TargetError> {
-        let Some((id, _)) = self.current()? else {
+        let (now, _, current) = self.snapshot()?;
+        let Some((id, _)) = current else {
             return Ok(Drift::default());
         };
         let written = self.generation_values(id)?;
-        let (now, _) = self.read_prefix()?;
         let mut drift = Drift {
             checked: true,
             ..Drift::default()
