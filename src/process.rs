@@ -58,6 +58,9 @@ pub struct Spec<'a> {
     /// Polled while waiting: once true, the process group is killed and the result is
     /// [`Ended::Cancelled`].
     pub cancel: Option<&'a AtomicBool>,
+    /// The most bytes of stdout kept ([`OUTPUT_LIMIT`] for commands whose output is only shown;
+    /// more for a provider's response). stderr always keeps [`OUTPUT_LIMIT`].
+    pub stdout_limit: usize,
 }
 
 /// How the command ended.
@@ -235,9 +238,15 @@ pub fn run(spec: &Spec<'_>) -> Result<Outcome, ProcessError> {
     }
     // Each reader holds a sender that is never used: the channel disconnects when both are done.
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    let stdout =
-        capture("stdout", running.child.stdout.take(), done_tx.clone()).map_err(io_error)?;
-    let stderr = capture("stderr", running.child.stderr.take(), done_tx).map_err(io_error)?;
+    let stdout = capture(
+        "stdout",
+        running.child.stdout.take(),
+        spec.stdout_limit,
+        done_tx.clone(),
+    )
+    .map_err(io_error)?;
+    let stderr =
+        capture("stderr", running.child.stderr.take(), OUTPUT_LIMIT, done_tx).map_err(io_error)?;
 
     let deadline = start.checked_add(spec.timeout);
     let mut pause = Duration::from_millis(1);
@@ -307,28 +316,29 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
 fn capture(
     name: &str,
     pipe: Option<impl Read + Send + 'static>,
+    limit: usize,
     done: mpsc::Sender<()>,
 ) -> io::Result<Arc<Mutex<Vec<u8>>>> {
     let buf = Arc::new(Mutex::new(Vec::new()));
     if let Some(pipe) = pipe {
         let buf = Arc::clone(&buf);
         spawn(name, move || {
-            drain(pipe, &buf);
+            drain(pipe, &buf, limit);
             drop(done);
         })?;
     }
     Ok(buf)
 }
 
-/// Read `pipe` to its end, keeping the first [`OUTPUT_LIMIT`] bytes in `buf`.
-fn drain(mut pipe: impl Read, buf: &Mutex<Vec<u8>>) {
+/// Read `pipe` to its end, keeping the first `limit` bytes in `buf`.
+fn drain(mut pipe: impl Read, buf: &Mutex<Vec<u8>>, limit: usize) {
     let mut chunk = [0u8; 8192];
     loop {
         match pipe.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => {
                 let mut buf = lock(buf);
-                let room = OUTPUT_LIMIT.saturating_sub(buf.len());
+                let room = limit.saturating_sub(buf.len());
                 buf.extend_from_slice(&chunk[..n.min(room)]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -419,6 +429,7 @@ mod tests {
             stdin: None,
             timeout: Duration::from_secs(60),
             cancel: None,
+            stdout_limit: OUTPUT_LIMIT,
         }
     }
 

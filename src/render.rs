@@ -36,7 +36,8 @@ fn to_toml(node: &Node) -> toml::Value {
 /// reads back to exactly these bytes.
 pub fn resource_text(kind: &TargetKind, node: &Node) -> String {
     match kind {
-        TargetKind::Etcd { .. } => {
+        // Stored as JSON: rendered through JSON so that both sides of a diff are the same bytes.
+        TargetKind::Etcd { .. } | TargetKind::Exec { .. } => {
             crate::target::etcd::toml_text_of_json(&node.to_json()).unwrap_or_default()
         }
         _ => resource_toml(node),
@@ -175,8 +176,16 @@ pub fn environment_toml(env: &Environment) -> String {
                 (*max_request_bytes as i64).into(),
             );
         }
-        TargetKind::Exec { command, options } => {
+        TargetKind::Exec {
+            command,
+            options,
+            state,
+            timeout,
+            ..
+        } => {
             t.insert("command".into(), strs(command));
+            t.insert("state".into(), state.value.clone().into());
+            t.insert("timeout".into(), duration::format(*timeout).into());
             if let Ok(v) = toml::Value::try_from(options) {
                 t.insert("options".into(), v);
             }

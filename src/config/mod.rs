@@ -27,6 +27,8 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_RESOURCE_NAME: usize = 128;
 /// Generations kept by a `dir` target unless `keep` says otherwise.
 pub const DEFAULT_KEEP: usize = 10;
+/// How long one call of an `exec` target's provider may take unless `timeout` says otherwise.
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A file handed to the loader, as read from the commit.
 #[derive(Debug)]
@@ -182,8 +184,19 @@ pub enum TargetKind {
         root: PathBuf,
     },
     Exec {
+        /// The provider's argv; a relative program path starts at `root`.
         command: Vec<String>,
+        /// `[target.options]`, passed to the provider in every request.
         options: serde_json::Value,
+        /// Where envlock keeps the target's stamp, lock, generations, journal and log: as
+        /// written, absolute and normalised, and for messages (as for a `dir` target's path).
+        state: Located<String>,
+        state_resolved: PathBuf,
+        state_display: String,
+        /// The longest one provider call may take.
+        timeout: Duration,
+        /// The repository's working tree: the provider's working directory.
+        root: PathBuf,
     },
 }
 
@@ -206,7 +219,9 @@ impl Target {
                 let eps: Vec<&str> = endpoints.iter().map(|e| e.value.as_str()).collect();
                 format!("etcd {} {}", eps.join(","), prefix.value)
             }
-            TargetKind::Exec { command, .. } => format!("exec {}", command.join(" ")),
+            TargetKind::Exec { command, .. } => {
+                format!("exec {}", crate::process::display_argv(command))
+            }
         }
     }
 }
@@ -1019,6 +1034,20 @@ impl Loader<'_> {
         None
     }
 
+    /// A directory as written in an environment file: absolute and normalised (relative paths
+    /// start at the repository root), and for messages (relative when written relative).
+    fn resolve_path(&self, written: &str) -> (PathBuf, String) {
+        let resolved = normalize(self.root, Path::new(written));
+        let display = match self
+            .root
+            .and_then(|r| resolved.strip_prefix(normalize(None, r)).ok())
+        {
+            Some(rel) if !Path::new(written).is_absolute() => rel.display().to_string(),
+            _ => resolved.display().to_string(),
+        };
+        (resolved, display)
+    }
+
     fn duration(
         &mut self,
         name: &str,
@@ -1201,7 +1230,7 @@ impl Loader<'_> {
         };
         let kind_name = kind.get_ref().as_str();
         // Keys that belong to another kind are errors pointing at the key's value.
-        let present: [(&str, Option<std::ops::Range<usize>>); 15] = [
+        let present: [(&str, Option<std::ops::Range<usize>>); 16] = [
             ("path", t.path.as_ref().map(Spanned::span)),
             ("keep", t.keep.as_ref().map(Spanned::span)),
             ("endpoints", t.endpoints.as_ref().map(Spanned::span)),
@@ -1220,6 +1249,7 @@ impl Loader<'_> {
             ),
             ("command", t.command.as_ref().map(Spanned::span)),
             ("options", t.options.as_ref().map(|n| n.span.clone())),
+            ("state", t.state.as_ref().map(Spanned::span)),
         ];
         let allowed: &[&str] = match kind_name {
             "dir" => &["path", "keep"],
@@ -1236,7 +1266,7 @@ impl Loader<'_> {
                 "max_txn_ops",
                 "max_request_bytes",
             ],
-            "exec" => &["command", "options"],
+            "exec" => &["command", "options", "state", "timeout"],
             other => {
                 self.diagnostics.push(
                     Diagnostic::new(
@@ -1319,14 +1349,7 @@ impl Loader<'_> {
                 if !ok {
                     return None;
                 }
-                let resolved = normalize(self.root, Path::new(&path.value));
-                let display = match self
-                    .root
-                    .and_then(|r| resolved.strip_prefix(normalize(None, r)).ok())
-                {
-                    Some(rel) if !Path::new(&path.value).is_absolute() => rel.display().to_string(),
-                    _ => resolved.display().to_string(),
-                };
+                let (resolved, display) = self.resolve_path(&path.value);
                 TargetKind::Dir {
                     path,
                     resolved,
@@ -1462,12 +1485,43 @@ impl Loader<'_> {
                         None
                     }
                 };
+                let state = match t.state {
+                    Some(p) if p.get_ref().trim().is_empty() => {
+                        self.diagnostics.push(
+                            Diagnostic::new("invalid-path", "`state` is empty")
+                                .env(name)
+                                .at(loc_of(file, &p), "empty path")
+                                .hint("name the directory where envlock keeps this target's stamp, lock, generations and log"),
+                        );
+                        None
+                    }
+                    Some(p) => Some(lstr(file, p)),
+                    None => {
+                        need(self, "state", "\"/var/lib/envlock/<environment>\"");
+                        None
+                    }
+                };
+                let timeout = self.duration(
+                    name,
+                    "timeout",
+                    t.timeout.map(|s| lstr(file, s)).as_ref(),
+                    DEFAULT_PROVIDER_TIMEOUT,
+                );
                 if !ok {
                     return None;
                 }
+                let state = state?;
+                let (state_resolved, state_display) = self.resolve_path(&state.value);
                 TargetKind::Exec {
                     command: command?,
                     options: options?,
+                    state,
+                    state_resolved,
+                    state_display,
+                    timeout: timeout?,
+                    root: self
+                        .root
+                        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf),
                 }
             }
         };

@@ -79,4 +79,5 @@ pub struct RawTarget {
     // exec
     pub command: Option<SList>,
     pub options: Option<Node>,
+    pub state: Option<SString>,
 }

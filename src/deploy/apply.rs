@@ -541,24 +541,39 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
                 // A stale plan (a compare of the target's own transaction failed) is a
                 // refusal; a change too large for one transaction is an error; anything else
                 // failed and left the previous generation live.
+                // A target that could not undo its own partial changes (exec) failed, and says
+                // which resources are in which state; its journals stay for the next run.
+                let partial = matches!(err, TargetError::Partial(_));
                 let (exit, outcome) = match &err {
                     TargetError::Refused(_) => (Exit::Refused, Outcome::Refused),
-                    TargetError::TooLarge(_) => (Exit::Error, Outcome::Failed),
+                    TargetError::TooLarge(_) | TargetError::Partial(_) => {
+                        (Exit::Error, Outcome::Failed)
+                    }
                     _ => (Exit::RolledBack, Outcome::Failed),
                 };
                 let mut f = Failure::from(err);
                 f.exit = exit;
-                f.message = format!(
-                    "{} before the switch, so {} is still live: {}",
-                    if exit == Exit::Refused {
-                        "the apply was refused"
-                    } else {
-                        "the apply failed"
-                    },
-                    live.generation
-                        .map_or("nothing".to_owned(), |g| format!("generation {g}")),
-                    f.message
-                );
+                f.message = if partial {
+                    format!("the apply FAILED half-way: {}", f.message)
+                } else {
+                    format!(
+                        "{} before the switch, so {} is still live: {}",
+                        if exit == Exit::Refused {
+                            "the apply was refused"
+                        } else {
+                            "the apply failed"
+                        },
+                        live.generation
+                            .map_or("nothing".to_owned(), |g| format!("generation {g}")),
+                        f.message
+                    )
+                };
+                if partial {
+                    f = f.hint(format!(
+                        "fix what stopped the undo (the provider's words are above), then run `deploy --target {}`: it finishes the undo before anything else",
+                        d.env.name
+                    ));
+                }
                 if exit == Exit::Refused {
                     f = f.hint(format!(
                         "something else wrote to the target after the plan read it; run `deploy --target {}` again to see the new plan",
@@ -577,7 +592,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
                         "the failure could not be recorded in the deployment log: {e}"
                     ));
                 }
-                let _ = d.target.clear_journal();
+                if !partial {
+                    let _ = d.target.clear_journal();
+                }
                 return Err(f.into());
             }
             let failed = now.unwrap_or_default();
@@ -1064,8 +1081,14 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
         .detail(format!("journal: {journal_path}"))
         .into());
     }
-    let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;
     let found = format!("Found an interrupted {}", journal.describe());
+    // Half-done work inside the target itself (an exec target's steps) is undone first.
+    if let Some(done) = d.target.settle().map_err(|e| d.target_failure(e))? {
+        let note = format!("{found}: {done}.");
+        d.say(&note);
+        report.recovered.push(note);
+    }
+    let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;
     // It may have died while appending its record: the journal proves a deployment was in
     // flight, so an incomplete last line is that record, never acknowledged to anyone.
     let cut = log::cut_incomplete_tail(&*d.target).map_err(|e| d.target_failure(e))?;

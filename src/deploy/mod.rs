@@ -56,12 +56,26 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
     match &env.target.kind {
         TargetKind::Dir { resolved, .. } => Ok(Box::new(DirTarget::new(resolved.clone()))),
         TargetKind::Etcd { .. } => open_etcd(env),
-        TargetKind::Exec { .. } => Err(Failure::error(format!(
-            "`{}` uses an `exec` target, which this build of envlock cannot deploy to yet",
-            env.name,
-        ))
-        .hint("nothing was read from or written to the target")
-        .into()),
+        TargetKind::Exec {
+            command,
+            options,
+            state_resolved,
+            state_display,
+            timeout,
+            root,
+            ..
+        } => Ok(Box::new(crate::target::ExecTarget::new(
+            crate::target::exec::provider::Provider {
+                argv: command.clone(),
+                root: root.clone(),
+                options: options.clone(),
+                environment: env.name.clone(),
+                account: env.account.value.clone(),
+                timeout: *timeout,
+            },
+            state_resolved.clone(),
+            state_display.clone(),
+        ))),
     }
 }
 
@@ -281,6 +295,7 @@ impl<'a> Deployment<'a> {
     /// A target error as a failure that names the target.
     pub fn target_failure(&self, err: TargetError) -> anyhow::Error {
         let remote = matches!(err, TargetError::Remote(_));
+        let provider = matches!(err, TargetError::Provider { .. });
         let mut f = Failure::from(err);
         f = f.detail(format!(
             "target of `{}`: {}",
@@ -295,19 +310,38 @@ impl<'a> Deployment<'a> {
                 self.env.name
             ));
         }
+        if f.hint.is_none() && provider {
+            f = f.hint(
+                "the provider's own words are above; run it by hand with a request on stdin \
+                 (docs/providers.md shows each one) to see what it does",
+            );
+        }
         if f.hint.is_none() && f.exit == crate::error::Exit::Refused {
             f = f.hint("nothing was read from or written to the target");
         }
         f.into()
     }
 
-    /// The live side of the environment lock: the stamp, then the identity command.
+    /// The live side of the environment lock: the account the target's own credentials reach
+    /// (an `exec` provider's `identity`), the stamp, the identity command, and for a target not
+    /// adopted yet, that it holds nothing envlock did not write.
     /// Returns the stamp state (`Absent` means the first apply adopts the target).
     pub fn verify_owner(&self) -> Result<StampState> {
-        let state = self.target.stamp().map_err(|e| self.target_failure(e))?;
+        self.check_target_account()?;
+        let mut state = self.target.stamp().map_err(|e| self.target_failure(e))?;
+        if state == StampState::Absent {
+            self.check_identity()?;
+            if let Some((entries, total)) = self
+                .target
+                .unadopted_contents()
+                .map_err(|e| self.target_failure(e))?
+            {
+                state = StampState::Unstamped { entries, total };
+            }
+        }
         let path = self.target.describe();
         match &state {
-            StampState::Absent => {}
+            StampState::Absent => return Ok(state),
             StampState::Stamped(stamp) => self.check_stamp(stamp)?,
             StampState::Unstamped { entries, total } => {
                 let mut listed = entries.join(", ");
@@ -318,16 +352,67 @@ impl<'a> Deployment<'a> {
                     "refusing to adopt {path}: it is not empty and has no envlock stamp"
                 ))
                 .detail(format!("it holds: {listed}"))
-                .hint(format!(
-                    "envlock writes only into a target it adopted while empty; point [target] in \
-                     environments/{}.toml at a new or empty directory (nothing was written)",
-                    self.env.name
-                ))
+                .hint(if matches!(self.env.target.kind, TargetKind::Exec { .. }) {
+                    format!(
+                        "envlock adopts only a scope that holds nothing yet, so that it never takes \
+                         over resources it did not create: point [target.options] in \
+                         environments/{}.toml at an empty scope, or remove what is there (nothing was written)",
+                        self.env.name
+                    )
+                } else {
+                    format!(
+                        "envlock writes only into a target it adopted while empty; point [target] in \
+                         environments/{}.toml at a new or empty directory (nothing was written)",
+                        self.env.name
+                    )
+                })
                 .into());
             }
         }
         self.check_identity()?;
         Ok(state)
+    }
+
+    /// The account the target's own credentials reach (an `exec` provider's `identity`) must be
+    /// this environment's, before anything is read from the target.
+    fn check_target_account(&self) -> Result<()> {
+        let found = self.target.account().map_err(|e| {
+            let mut f = Failure::from(e);
+            f.exit = crate::error::Exit::Refused;
+            f.message = format!(
+                "cannot prove that the target's credentials belong to {}: {}",
+                self.who(),
+                f.message
+            );
+            anyhow::Error::from(
+                f.detail(format!("target of `{}`: {}", self.env.name, self.target.describe()))
+                    .hint("log in with this environment's credentials (are they expired?), then run again; nothing was read or written"),
+            )
+        })?;
+        let Some((account, principal)) = found else {
+            return Ok(());
+        };
+        if account == self.env.account.value {
+            return Ok(());
+        }
+        let mut f = Failure::refused(format!(
+            "the target's credentials reach account {account}, not {}",
+            self.who()
+        ))
+        .detail(format!(
+            "target of `{}`: {}",
+            self.env.name,
+            self.target.describe()
+        ));
+        if let Some(p) = principal {
+            f = f.detail(format!("credentials: {p}"));
+        }
+        Err(f
+            .hint(format!(
+                "these are another account's credentials: log in to account {} and run again; nothing was read or written",
+                self.env.account.value
+            ))
+            .into())
     }
 
     fn check_stamp(&self, stamp: &Stamp) -> Result<()> {
@@ -376,6 +461,7 @@ impl<'a> Deployment<'a> {
             stdin: None,
             timeout: identity.timeout,
             cancel: None,
+            stdout_limit: process::OUTPUT_LIMIT,
         };
         let outcome = process::run(&spec).map_err(|e| {
             Failure::refused(format!(
@@ -476,6 +562,7 @@ impl<'a> Deployment<'a> {
                 stdin: None,
                 timeout: health.timeout,
                 cancel: Some(&self.interrupted),
+                stdout_limit: process::OUTPUT_LIMIT,
             };
             match process::run(&spec) {
                 Ok(outcome) => {
@@ -555,6 +642,7 @@ impl<'a> Deployment<'a> {
             stdin: Some(stdin),
             timeout: notify.timeout,
             cancel: None,
+            stdout_limit: process::OUTPUT_LIMIT,
         };
         let shown = process::display_argv(&notify.command);
         let problem = match process::run(&spec) {

@@ -4,7 +4,7 @@
 //! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string, so its cost is
 //! linear in the total size of all settings, whatever the number of environments.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -19,6 +19,7 @@ pub fn scan(config: &Config) -> Vec<Diagnostic> {
     identity_clashes(&config.environments, &mut diags);
     leaks(&config.environments, &config.sources, &mut diags);
     targets(&config.environments, &mut diags);
+    exec_targets(&config.environments, &mut diags);
     after(config, &mut diags);
     diags
 }
@@ -290,7 +291,13 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
             TargetKind::Dir {
                 resolved, display, ..
             } => Some((resolved.as_path(), i, display.as_str())),
-            _ => None,
+            // An exec target's state holds its stamp: shared, two environments share a target.
+            TargetKind::Exec {
+                state_resolved,
+                state_display,
+                ..
+            } => Some((state_resolved.as_path(), i, state_display.as_str())),
+            TargetKind::Etcd { .. } => None,
         })
         .collect();
     dirs.sort();
@@ -339,6 +346,50 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                 ));
             }
         }
+    }
+}
+
+/// Two `exec` targets with the same provider command and options reach the same resources.
+fn exec_targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (i, e) in envs.iter().enumerate() {
+        let TargetKind::Exec {
+            command, options, ..
+        } = &e.target.kind
+        else {
+            continue;
+        };
+        let key = (command.join("\u{0}"), canonical_json(options));
+        if let Some(&j) = seen.get(&key) {
+            diags.push(target_clash(
+                &envs[j],
+                e,
+                true,
+                &format!("{} with options {}", e.target.describe(), key.1),
+            ));
+        } else {
+            seen.insert(key, i);
+        }
+    }
+}
+
+/// JSON text with every object's keys sorted, so that key order does not hide a duplicate.
+fn canonical_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(map) => {
+            let sorted: BTreeMap<&String, String> =
+                map.iter().map(|(k, v)| (k, canonical_json(v))).collect();
+            let members: Vec<String> = sorted
+                .into_iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        }
+        serde_json::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
     }
 }
 

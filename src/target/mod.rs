@@ -2,13 +2,15 @@
 //!
 //! Every kind provides an identity stamp, a lock, the live state, an atomic apply, generations
 //! to roll back to, and storage for the crash journal and the deployment log (SPEC section 3):
-//! `dir` in files, `etcd` in keys beside its prefix.
+//! `dir` in files, `etcd` in keys beside its prefix, `exec` in a `dir` target at `[target] state`
+//! while a provider program holds the resources.
 //! Invariants: nothing here prints; every I/O error names what it was doing and the path; an
 //! unsafe layout (a symlink that leaves the target, a foreign stamp) is [`TargetError::Refused`],
 //! never silently worked around.
 
 pub mod dir;
 pub mod etcd;
+pub mod exec;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use crate::error::{Exit, Failure};
 
 pub use dir::DirTarget;
 pub use etcd::EtcdTarget;
+pub use exec::ExecTarget;
 
 /// The stamp format this build writes and understands.
 pub const STAMP_VERSION: u32 = 1;
@@ -222,6 +225,13 @@ pub enum TargetError {
     /// A change is larger than the target can apply atomically (exit 1).
     #[error("{0}")]
     TooLarge(String),
+    /// An `exec` provider failed; `log` holds the last lines of its stderr (exit 1).
+    #[error("{message}")]
+    Provider { message: String, log: Vec<String> },
+    /// Changes were made and could not all be undone; the message lists the state of every
+    /// resource involved (exit 1, never 4: nothing was rolled back completely).
+    #[error("{0}")]
+    Partial(String),
     /// [`Target::activate`] was asked for a generation that the target does not keep.
     #[error("generation {0} does not exist on this target")]
     NoGeneration(GenerationId),
@@ -237,6 +247,8 @@ impl TargetError {
             | TargetError::Corrupt(_)
             | TargetError::Remote(_)
             | TargetError::TooLarge(_)
+            | TargetError::Provider { .. }
+            | TargetError::Partial(_)
             | TargetError::NoGeneration(_) => Exit::Error,
         }
     }
@@ -250,6 +262,9 @@ impl From<TargetError> for Failure {
                 "wait for that deployment to finish; a holder that died releases the lock by itself",
             ),
             TargetError::Io { source, .. } => failure.detail(source.to_string()),
+            TargetError::Provider { log, .. } => {
+                log.iter().fold(failure, |f, line| f.detail(line.clone()))
+            }
             _ => failure,
         }
     }
@@ -264,6 +279,24 @@ pub trait Target {
     /// Adopt the target: create it if needed and write the stamp durably. Refuses to replace a
     /// stamp of another environment or account, and to stamp a non-empty unstamped target.
     fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError>;
+    /// The account the target's own credentials reach, and who they are (an `exec` provider's
+    /// `identity`), for the owner check before anything is read; `None` when the target cannot
+    /// tell.
+    fn account(&self) -> Result<Option<(String, Option<String>)>, TargetError> {
+        Ok(None)
+    }
+    /// For a target whose stamp is absent, called after the owner checks: what it already holds
+    /// that envlock did not write (the first names, sorted, and how many in all), which refuses
+    /// the adoption. `dir` and `etcd` report this through [`Target::stamp`] already.
+    fn unadopted_contents(&self) -> Result<Option<(Vec<String>, usize)>, TargetError> {
+        Ok(None)
+    }
+    /// Finish what an interrupted run left half-done inside the target itself (an `exec`
+    /// target undoes the steps its undo journal lists), under the lock, before the deployment's
+    /// own journal is resolved. Returns what it did, for the operator and the log.
+    fn settle(&self) -> Result<Option<String>, TargetError> {
+        Ok(None)
+    }
     /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
     /// The live generation and its resources.

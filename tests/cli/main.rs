@@ -8,6 +8,8 @@ mod commands;
 mod crash;
 mod deploy;
 mod etcd;
+#[cfg(feature = "failpoints")]
+mod exec;
 mod fixtures;
 mod hooks;
 mod interrupt;

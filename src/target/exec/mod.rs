@@ -1,0 +1,743 @@
+//! The `exec` target: resources live in a system only a provider program can reach (a cloud
+//! account's parameter store), one conditional write at a time; envlock's own state (stamp, lock,
+//! generations, journals, log, secret key) lives in a `dir` target at `[target] state`.
+//!
+//! Atomic from the user's point of view: before the first write an undo journal
+//! (`<state>/.envlock/exec-journal.json`, mode 0600: it holds previous values) lists every step
+//! with the value it replaces; each step records the version it produced; on the first failure,
+//! a conflict, a failed health check (through [`Target::activate`]) or in the next run after a
+//! crash ([`Target::settle`]), the applied steps are undone in reverse order, each guarded by the
+//! version envlock's own write produced. A step whose undo fails is reported resource by
+//! resource ([`TargetError::Partial`]) and its journal kept, so the next run tries again first.
+//!
+//! Invariants: every write carries the version it expects (a concurrent writer makes the run
+//! stale, never overwritten); right before the first write the scope is read again and must be
+//! exactly what the plan read; the generation in `state` is switched only after every step
+//! succeeded, so "live generation" means "what the provider holds".
+
+pub mod provider;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use self::provider::{CallError, Provider, Remote};
+use super::{
+    DirTarget, Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned,
+    Stamp, StampState, StateItem, Target, TargetError,
+};
+
+const EXEC_JOURNAL: &str = "exec-journal.json";
+const EXEC_JOURNAL_VERSION: u32 = 1;
+/// How many names an [`StampState::Unstamped`] lists.
+const MAX_LISTED: usize = 10;
+
+/// An `exec` target: a provider for the resources, a `dir` target for envlock's state.
+#[derive(Debug)]
+pub struct ExecTarget {
+    provider: Provider,
+    state: DirTarget,
+    /// The state directory as written in the environment, for messages.
+    state_display: String,
+    /// What the last `read` (or this process's own writes) left: the versions the next write
+    /// must find.
+    seen: Mutex<Option<BTreeMap<String, Remote>>>,
+}
+
+/// One change to one resource, as the undo journal records it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Step {
+    resource: String,
+    /// `put` or `delete`.
+    op: StepOp,
+    /// The value and version it replaces (`None`: the resource did not exist).
+    before: Option<Before>,
+    /// The value a `put` writes.
+    after: Option<Value>,
+    /// Whether the value written holds secrets.
+    secret: bool,
+    /// Whether an undo must treat the previous value as secret.
+    before_secret: bool,
+    /// The version the provider reported after the step succeeded.
+    version: Option<String>,
+    /// Set once the step succeeded; cleared again once it was undone.
+    done: bool,
+    undone: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum StepOp {
+    Put,
+    Delete,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Before {
+    value: Value,
+    version: String,
+}
+
+/// The undo journal of one convergence (an apply, an activate, a deactivate).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct ExecJournal {
+    version: u32,
+    /// `apply`, `activate` or `deactivate`.
+    action: String,
+    /// The generation live in `state` when it started: another one live means it completed.
+    from: Option<GenerationId>,
+    steps: Vec<Step>,
+}
+
+/// A resource's settings as the canonical TOML every target diffs in.
+fn canonical(value: &Value) -> Vec<u8> {
+    match super::etcd::toml_text_of_json(value) {
+        Some(text) => text.into_bytes(),
+        None => {
+            let shown = serde_json::to_string(value).unwrap_or_default();
+            format!(
+                "# not a JSON object as envlock writes it:\n# {}\n",
+                shown.replace('\n', "\n# ")
+            )
+            .into_bytes()
+        }
+    }
+}
+
+/// The JSON a provider receives for a resource's canonical TOML.
+fn wire_value(name: &str, toml_text: &[u8]) -> Result<Value, TargetError> {
+    super::etcd::resource_json(toml_text)
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .map_err(|e| TargetError::Corrupt(format!("resource `{name}` cannot be sent: {e}")))
+}
+
+fn call_error(err: CallError) -> TargetError {
+    match err {
+        CallError::Conflict(m) => TargetError::Refused(m),
+        CallError::Failed { message, log } => TargetError::Provider { message, log },
+    }
+}
+
+/// The resources named by a generation's `secrets` metadata.
+fn secret_resources(meta: &Value) -> BTreeSet<String> {
+    meta.get("secrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("resource").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
+}
+
+impl ExecTarget {
+    pub fn new(provider: Provider, state: PathBuf, state_display: String) -> Self {
+        ExecTarget {
+            provider,
+            state: DirTarget::new(state),
+            state_display,
+            seen: Mutex::new(None),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<String, Remote>>> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self) -> Result<BTreeMap<String, Remote>, TargetError> {
+        self.provider.read().map_err(call_error)
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.state.state_dir().join(EXEC_JOURNAL)
+    }
+
+    fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
+        let path = self.journal_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                TargetError::Corrupt(format!("{} cannot be read: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TargetError::Io {
+                what: "read".into(),
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// Replace the undo journal durably; mode 0600 from the start (it holds previous values).
+    fn write_exec_journal(&self, journal: &ExecJournal) -> Result<(), TargetError> {
+        let dir = self.state.state_dir();
+        let path = self.journal_path();
+        let tmp = dir.join(format!("{EXEC_JOURNAL}.tmp-{}", std::process::id()));
+        let io = |what: &str, path: &PathBuf| {
+            let (what, path) = (what.to_owned(), path.clone());
+            move |source| TargetError::Io { what, path, source }
+        };
+        let _ = fs::remove_file(&tmp);
+        let bytes = serde_json::to_vec(journal).unwrap_or_default();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        file.write_all(&bytes).map_err(io("write", &tmp))?;
+        file.sync_all().map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", &dir))
+    }
+
+    fn clear_exec_journal(&self) -> Result<(), TargetError> {
+        let path = self.journal_path();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(TargetError::Io {
+                    what: "remove".into(),
+                    path,
+                    source: e,
+                });
+            }
+        }
+        let dir = self.state.state_dir();
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| TargetError::Io {
+                what: "fsync".into(),
+                path: dir,
+                source,
+            })
+    }
+
+    /// Read the scope again; it must be exactly what this process saw last (the plan's read, or
+    /// its own writes). Returns the fresh read.
+    fn require_seen(&self) -> Result<BTreeMap<String, Remote>, TargetError> {
+        let now = self.read()?;
+        let seen = self.seen().clone();
+        let Some(seen) = seen else {
+            return Ok(now);
+        };
+        let names: BTreeSet<&String> = seen.keys().chain(now.keys()).collect();
+        for name in names {
+            let moved = match (seen.get(name), now.get(name)) {
+                (Some(a), Some(b)) if a.version == b.version => continue,
+                (Some(a), Some(b)) => format!("changed (version {} -> {})", a.version, b.version),
+                (Some(_), None) => "deleted".to_owned(),
+                (None, Some(_)) => "created".to_owned(),
+                (None, None) => continue,
+            };
+            return Err(TargetError::Refused(format!(
+                "`{name}` was {moved} by someone else after envlock read it (provider `{}`); nothing was written",
+                self.provider.name()
+            )));
+        }
+        Ok(now)
+    }
+
+    /// The steps that turn `now` into `want` (canonical TOML per resource): puts in name order,
+    /// then deletions in name order.
+    fn steps(
+        &self,
+        now: &BTreeMap<String, Remote>,
+        want: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        before_private: &BTreeSet<String>,
+    ) -> Result<Vec<Step>, TargetError> {
+        let mut steps = Vec::new();
+        for (name, text) in want {
+            let before = now.get(name);
+            if before.is_some_and(|b| canonical(&b.value) == *text) {
+                continue;
+            }
+            steps.push(Step {
+                resource: name.clone(),
+                op: StepOp::Put,
+                before: before.map(|b| Before {
+                    value: b.value.clone(),
+                    version: b.version.clone(),
+                }),
+                after: Some(wire_value(name, text)?),
+                secret: private.contains(name),
+                before_secret: before_private.contains(name) || private.contains(name),
+                version: None,
+                done: false,
+                undone: false,
+            });
+        }
+        for (name, b) in now {
+            if !want.contains_key(name) {
+                steps.push(Step {
+                    resource: name.clone(),
+                    op: StepOp::Delete,
+                    before: Some(Before {
+                        value: b.value.clone(),
+                        version: b.version.clone(),
+                    }),
+                    after: None,
+                    secret: false,
+                    before_secret: before_private.contains(name),
+                    version: None,
+                    done: false,
+                    undone: false,
+                });
+            }
+        }
+        Ok(steps)
+    }
+
+    /// The resources of the live generation that hold secrets (from its metadata).
+    fn live_private(&self) -> Result<BTreeSet<String>, TargetError> {
+        let Some(id) = self.state.live_generation()? else {
+            return Ok(BTreeSet::new());
+        };
+        Ok(self
+            .state
+            .generations()?
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| secret_resources(&g.meta))
+            .unwrap_or_default())
+    }
+
+    /// Make the provider hold exactly `want`, one step at a time under an undo journal, then
+    /// `switch` the state's live generation. Any failure undoes the steps done so far.
+    fn converge(
+        &self,
+        action: &str,
+        want: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        switch: &dyn Fn() -> Result<GenerationId, TargetError>,
+    ) -> Result<GenerationId, TargetError> {
+        // A journal left by an interrupted run is resolved before anything else is written.
+        self.settle()?;
+        let now = self.require_seen()?;
+        let before_private = self.live_private()?;
+        let steps = self.steps(&now, want, private, &before_private)?;
+        let mut journal = ExecJournal {
+            version: EXEC_JOURNAL_VERSION,
+            action: action.to_owned(),
+            from: self.state.live_generation()?,
+            steps,
+        };
+        if !journal.steps.is_empty() {
+            self.write_exec_journal(&journal)?;
+        }
+        let mut after = now;
+        for i in 0..journal.steps.len() {
+            crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
+            let step = &journal.steps[i];
+            let expect = step.before.as_ref().map(|b| b.version.as_str());
+            let result = match step.op {
+                StepOp::Put => self
+                    .provider
+                    .put(
+                        &step.resource,
+                        step.after.as_ref().unwrap_or(&Value::Null),
+                        step.secret,
+                        expect,
+                    )
+                    .map(Some),
+                StepOp::Delete => self
+                    .provider
+                    .delete(&step.resource, expect.unwrap_or_default())
+                    .map(|()| None),
+            };
+            match result {
+                Ok(version) => {
+                    let step = &mut journal.steps[i];
+                    step.done = true;
+                    step.version.clone_from(&version);
+                    match (&version, &step.after) {
+                        (Some(v), Some(value)) => {
+                            after.insert(
+                                step.resource.clone(),
+                                Remote {
+                                    value: value.clone(),
+                                    version: v.clone(),
+                                },
+                            );
+                        }
+                        _ => {
+                            after.remove(&step.resource);
+                        }
+                    }
+                    self.write_exec_journal(&journal)?;
+                }
+                Err(err) => {
+                    let name = journal.steps[i].resource.clone();
+                    return Err(self.abort(&mut journal, err, &name));
+                }
+            }
+        }
+        crate::failpoint::hit("exec-before-switch");
+        let id = match switch() {
+            Ok(id) => id,
+            Err(err) => {
+                let why = format!("recording the new state failed: {err}");
+                return Err(self.abort(
+                    &mut journal,
+                    CallError::Failed {
+                        message: why,
+                        log: Vec::new(),
+                    },
+                    "",
+                ));
+            }
+        };
+        *self.seen() = Some(after);
+        self.clear_exec_journal()?;
+        Ok(id)
+    }
+
+    /// Undo the applied steps after `err` (on `failed`, empty for none) and describe the result.
+    fn abort(&self, journal: &mut ExecJournal, err: CallError, failed: &str) -> TargetError {
+        let applied = journal.steps.iter().filter(|s| s.done).count();
+        let undo = self.undo(journal);
+        *self.seen() = None;
+        let at = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{failed}`")
+        };
+        match undo {
+            Ok(()) => {
+                let _ = self.clear_exec_journal();
+                let undone = if applied == 0 {
+                    "nothing had been changed".to_owned()
+                } else {
+                    format!(
+                        "the {applied} change{} already made {} undone in reverse order, so every resource holds its previous value",
+                        if applied == 1 { "" } else { "s" },
+                        if applied == 1 { "was" } else { "were" },
+                    )
+                };
+                match err {
+                    CallError::Conflict(m) => TargetError::Refused(format!("{m}; {undone}")),
+                    CallError::Failed { message, log } => TargetError::Provider {
+                        message: format!("{message}{at}; {undone}"),
+                        log,
+                    },
+                }
+            }
+            Err(report) => TargetError::Partial(format!(
+                "{} (while applying{at}); the changes already made could NOT all be undone:\n{report}\nenvlock kept its undo journal ({}) and tries the undo again first on the next run",
+                err.message(),
+                self.journal_path().display()
+            )),
+        }
+    }
+
+    /// Undo every done step in reverse order, each guarded by the version its write produced.
+    /// Keeps going past a failed undo; `Err` lists every resource's state.
+    fn undo(&self, journal: &mut ExecJournal) -> Result<(), String> {
+        let mut failures: BTreeMap<String, String> = BTreeMap::new();
+        for i in (0..journal.steps.len()).rev() {
+            let step = journal.steps[i].clone();
+            if !step.done {
+                continue;
+            }
+            let version = step.version.as_deref();
+            let result = match (&step.op, &step.before) {
+                (StepOp::Put, Some(b)) => self
+                    .provider
+                    .put(&step.resource, &b.value, step.before_secret, version)
+                    .map(drop),
+                (StepOp::Put, None) => self
+                    .provider
+                    .delete(&step.resource, version.unwrap_or_default()),
+                (StepOp::Delete, Some(b)) => self
+                    .provider
+                    .put(&step.resource, &b.value, step.before_secret, None)
+                    .map(drop),
+                (StepOp::Delete, None) => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    journal.steps[i].done = false;
+                    journal.steps[i].undone = true;
+                    let _ = self.write_exec_journal(journal);
+                }
+                Err(e) => {
+                    failures.insert(step.resource.clone(), e.message().to_owned());
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for step in &journal.steps {
+            let state = if let Some(why) = failures.get(&step.resource) {
+                match step.op {
+                    StepOp::Put if step.before.is_some() => {
+                        format!("STILL HOLDS THE NEW VALUE (its undo failed: {why})")
+                    }
+                    StepOp::Put => {
+                        format!("STILL EXISTS, created by this deployment (its undo failed: {why})")
+                    }
+                    StepOp::Delete => format!("STILL DELETED (its undo failed: {why})"),
+                }
+            } else if step.undone {
+                match (step.op, step.before.is_some()) {
+                    (StepOp::Put, true) => "restored to its previous value".to_owned(),
+                    (StepOp::Put, false) => {
+                        "deleted again (this deployment had created it)".to_owned()
+                    }
+                    (StepOp::Delete, _) => "re-created with its previous value".to_owned(),
+                }
+            } else {
+                "untouched (the deployment never changed it)".to_owned()
+            };
+            lines.push(format!("  `{}`: {state}", step.resource));
+        }
+        Err(lines.join("\n"))
+    }
+
+    /// The state directory, for `describe`.
+    pub fn state_display(&self) -> &str {
+        &self.state_display
+    }
+}
+
+impl Target for ExecTarget {
+    fn describe(&self) -> String {
+        format!(
+            "exec {} {} (state {})",
+            self.provider.name(),
+            self.provider.options,
+            self.state_display
+        )
+    }
+
+    fn account(&self) -> Result<Option<(String, Option<String>)>, TargetError> {
+        self.provider.identity().map(Some).map_err(call_error)
+    }
+
+    fn stamp(&self) -> Result<StampState, TargetError> {
+        self.state.stamp()
+    }
+
+    fn unadopted_contents(&self) -> Result<Option<(Vec<String>, usize)>, TargetError> {
+        // Never adopt a scope that already holds resources envlock did not write.
+        let live = self.read()?;
+        Ok((!live.is_empty())
+            .then(|| (live.keys().take(MAX_LISTED).cloned().collect(), live.len())))
+    }
+
+    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
+        self.state.write_stamp(stamp)
+    }
+
+    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
+        self.state.lock(holder)
+    }
+
+    fn live(&self) -> Result<Live, TargetError> {
+        let read = self.read()?;
+        let resources = read
+            .iter()
+            .map(|(name, r)| (name.clone(), canonical(&r.value)))
+            .collect();
+        *self.seen() = Some(read);
+        Ok(Live {
+            generation: self.state.live_generation()?,
+            resources,
+        })
+    }
+
+    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        self.state.live_generation()
+    }
+
+    fn apply(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+    ) -> Result<GenerationId, TargetError> {
+        self.converge("apply", resources, private, &|| {
+            self.state.apply(resources, private, meta)
+        })
+    }
+
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        self.state.resources(id)
+    }
+
+    fn drift(&self) -> Result<Drift, TargetError> {
+        let Some(id) = self.state.live_generation()? else {
+            return Ok(Drift::default());
+        };
+        let written = self.state.resources(id)?;
+        let live = self.read()?;
+        let mut drift = Drift {
+            checked: true,
+            ..Drift::default()
+        };
+        for (name, r) in &live {
+            match written.get(name) {
+                Some(text) if *text == canonical(&r.value) => {}
+                Some(_) => drift.edited.push(name.clone()),
+                None => drift.added.push(name.clone()),
+            }
+        }
+        drift.removed = written
+            .keys()
+            .filter(|n| !live.contains_key(*n))
+            .cloned()
+            .collect();
+        Ok(drift)
+    }
+
+    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
+        self.state.generations()
+    }
+
+    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
+        let want = self.state.resources(id)?;
+        let private = self
+            .state
+            .generations()?
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| secret_resources(&g.meta))
+            .unwrap_or_default();
+        self.converge("activate", &want, &private, &|| {
+            self.state.activate(id).map(|()| id)
+        })
+        .map(drop)
+    }
+
+    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
+        self.state.prune(keep)
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.leftovers()
+    }
+
+    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.state.mark_failed(id, reason)
+    }
+
+    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.state.discard(id)
+    }
+
+    fn deactivate(&self) -> Result<(), TargetError> {
+        self.converge("deactivate", &BTreeMap::new(), &BTreeSet::new(), &|| {
+            self.state.deactivate().map(|()| 0)
+        })
+        .map(drop)
+    }
+
+    fn settle(&self) -> Result<Option<String>, TargetError> {
+        let Some(mut journal) = self.read_exec_journal()? else {
+            return Ok(None);
+        };
+        if self.state.live_generation()? != journal.from {
+            // Its last step, switching the state's generation, happened: nothing to undo.
+            self.clear_exec_journal()?;
+            return Ok(Some(format!(
+                "its {} had reached the provider completely and was recorded",
+                journal.action
+            )));
+        }
+        // A step whose answer never arrived may have happened: the live value tells.
+        let live = self.read()?;
+        if let Some(i) = journal.steps.iter().position(|s| !s.done && !s.undone) {
+            let step = &mut journal.steps[i];
+            let now = live.get(&step.resource);
+            let happened = match step.op {
+                StepOp::Put => now.is_some_and(|r| {
+                    step.after.as_ref().map(canonical) == Some(canonical(&r.value))
+                        && step.before.as_ref().is_none_or(|b| b.version != r.version)
+                }),
+                StepOp::Delete => now.is_none(),
+            };
+            if happened {
+                step.done = true;
+                step.version = now.map(|r| r.version.clone());
+            }
+        }
+        let applied: Vec<String> = journal
+            .steps
+            .iter()
+            .filter(|s| s.done)
+            .map(|s| format!("`{}`", s.resource))
+            .collect();
+        *self.seen() = None;
+        match self.undo(&mut journal) {
+            Ok(()) => {
+                self.clear_exec_journal()?;
+                Ok(Some(if applied.is_empty() {
+                    format!("its {} had not changed anything yet", journal.action)
+                } else {
+                    format!(
+                        "its {} had changed {} of {} resources ({}); undid them in reverse order, so every resource holds its previous value",
+                        journal.action,
+                        applied.len(),
+                        journal.steps.len(),
+                        applied.join(", ")
+                    )
+                }))
+            }
+            Err(report) => Err(TargetError::Partial(format!(
+                "an interrupted {} left changes that could NOT all be undone:\n{report}\nenvlock kept its undo journal ({}) and tries again on the next run",
+                journal.action,
+                self.journal_path().display()
+            ))),
+        }
+    }
+
+    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        self.state.read_journal()
+    }
+
+    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.state.write_journal(bytes)
+    }
+
+    fn clear_journal(&self) -> Result<(), TargetError> {
+        self.state.clear_journal()
+    }
+
+    fn state_location(&self, item: StateItem) -> String {
+        self.state.state_location(item)
+    }
+
+    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        self.state.secret_key()
+    }
+
+    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
+        self.state.create_secret_key()
+    }
+
+    fn log_tail(&self) -> Result<LogTail, TargetError> {
+        self.state.log_tail()
+    }
+
+    fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        self.state.log_read()
+    }
+
+    fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.state.log_append(line)
+    }
+
+    fn log_cut(&self, len: u64) -> Result<(), TargetError> {
+        self.state.log_cut(len)
+    }
+}

@@ -1,0 +1,316 @@
+//! The client side of the provider protocol (docs/providers.md): one process per operation, one
+//! JSON request on stdin, one JSON object on stdout, stderr as the provider's log.
+//!
+//! Invariants: every failure names the provider, the operation and the resource; a provider that
+//! crashes, hangs, prints garbage or speaks another protocol version is an error, never a
+//! guess; values never enter a message (only names, versions and the provider's own words).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::process::{self, Ended, Spec};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL: u64 = 1;
+
+/// The most bytes of a response that are read (a `read` of many resources is large).
+const RESPONSE_LIMIT: usize = 256 * 1024 * 1024;
+
+/// How many lines of the provider's stderr a failure shows.
+const LOG_LINES: usize = 8;
+
+/// A provider program and what every request carries.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub argv: Vec<String>,
+    /// The repository root: the provider's working directory.
+    pub root: PathBuf,
+    pub options: Value,
+    pub environment: String,
+    pub account: String,
+    pub timeout: Duration,
+}
+
+/// One live resource as `read` returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remote {
+    pub value: Value,
+    pub version: String,
+}
+
+/// Why a provider call did not succeed.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// The provider answered `conflict`: the resource is not at the expected version.
+    Conflict(String),
+    /// Anything else; the message names the provider, operation and resource, and `log` holds
+    /// the last lines of its stderr.
+    Failed { message: String, log: Vec<String> },
+}
+
+impl CallError {
+    pub fn message(&self) -> &str {
+        match self {
+            CallError::Conflict(m) | CallError::Failed { message: m, .. } => m,
+        }
+    }
+}
+
+impl Provider {
+    /// The provider as messages name it: its argv.
+    pub fn name(&self) -> String {
+        process::display_argv(&self.argv)
+    }
+
+    /// `identity`: the account (and principal, when told) the provider's credentials reach.
+    pub fn identity(&self) -> Result<(String, Option<String>), CallError> {
+        let answer = self.call("identity", None, Map::new())?;
+        let account = match answer.get("account") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(self.malformed("identity", None, "no `account` string")),
+        };
+        let principal = answer
+            .get("principal")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok((account, principal))
+    }
+
+    /// `read`: every live resource in the environment's scope.
+    pub fn read(&self) -> Result<BTreeMap<String, Remote>, CallError> {
+        let answer = self.call("read", None, Map::new())?;
+        let Some(Value::Object(resources)) = answer.get("resources") else {
+            return Err(self.malformed("read", None, "no `resources` object"));
+        };
+        let mut out = BTreeMap::new();
+        for (name, entry) in resources {
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(self.malformed(
+                    "read",
+                    None,
+                    &format!("the resource name {name:?} is empty or holds control characters"),
+                ));
+            }
+            let (Some(value), Some(version)) = (entry.get("value"), version_of(entry)) else {
+                return Err(self.malformed(
+                    "read",
+                    Some(name),
+                    "each resource needs `value` and a string `version`",
+                ));
+            };
+            out.insert(
+                name.clone(),
+                Remote {
+                    value: value.clone(),
+                    version,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// `apply`: put one resource if it is at `expect` (`None`: absent). Returns its new version.
+    pub fn put(
+        &self,
+        resource: &str,
+        value: &Value,
+        secret: bool,
+        expect: Option<&str>,
+    ) -> Result<String, CallError> {
+        let mut extra = Map::new();
+        extra.insert("resource".into(), resource.into());
+        extra.insert("value".into(), value.clone());
+        extra.insert("secret".into(), secret.into());
+        extra.insert("expect".into(), expect.map_or(Value::Null, Value::from));
+        let answer = self.call("apply", Some(resource), extra)?;
+        version_of(&Value::Object(answer))
+            .ok_or_else(|| self.malformed("apply", Some(resource), "no string `version`"))
+    }
+
+    /// `delete`: remove one resource if it is at `expect`.
+    pub fn delete(&self, resource: &str, expect: &str) -> Result<(), CallError> {
+        let mut extra = Map::new();
+        extra.insert("resource".into(), resource.into());
+        extra.insert("expect".into(), expect.into());
+        self.call("delete", Some(resource), extra).map(drop)
+    }
+
+    fn what(&self, operation: &str, resource: Option<&str>) -> String {
+        match resource {
+            Some(r) => format!(
+                "provider `{}`, operation `{operation}` of `{r}`",
+                self.name()
+            ),
+            None => format!("provider `{}`, operation `{operation}`", self.name()),
+        }
+    }
+
+    fn malformed(&self, operation: &str, resource: Option<&str>, why: &str) -> CallError {
+        CallError::Failed {
+            message: format!(
+                "{}: the response is not what protocol {PROTOCOL} requires: {why} (see docs/providers.md)",
+                self.what(operation, resource)
+            ),
+            log: Vec::new(),
+        }
+    }
+
+    /// Run one operation; the response's members on success.
+    fn call(
+        &self,
+        operation: &str,
+        resource: Option<&str>,
+        extra: Map<String, Value>,
+    ) -> Result<Map<String, Value>, CallError> {
+        let mut request = Map::new();
+        request.insert("protocol".into(), PROTOCOL.into());
+        request.insert("operation".into(), operation.into());
+        request.insert("environment".into(), self.environment.clone().into());
+        request.insert("account".into(), self.account.clone().into());
+        request.insert("options".into(), self.options.clone());
+        request.extend(extra);
+        let stdin = serde_json::to_vec(&Value::Object(request)).unwrap_or_default();
+        let what = self.what(operation, resource);
+        let spec = Spec {
+            argv: &self.argv,
+            cwd: &self.root,
+            env: vec![
+                ("DEPLOY_ENVIRONMENT".into(), self.environment.clone()),
+                ("ENVLOCK_PROVIDER_PROTOCOL".into(), PROTOCOL.to_string()),
+            ],
+            stdin: Some(stdin),
+            timeout: self.timeout,
+            cancel: None,
+            stdout_limit: RESPONSE_LIMIT,
+        };
+        let outcome = process::run(&spec).map_err(|e| CallError::Failed {
+            message: format!("{what}: {e}"),
+            log: e.hint().into_iter().collect(),
+        })?;
+        let log = stderr_tail(&outcome.stderr);
+        let fail = |why: String| CallError::Failed {
+            message: format!("{what}: {why}"),
+            log: log.clone(),
+        };
+        match outcome.ended {
+            Ended::TimedOut(after) => {
+                return Err(fail(format!(
+                    "no answer within {} (`timeout` of [target]); it was killed",
+                    humantime::format_duration(after)
+                )));
+            }
+            Ended::Signalled(_) | Ended::Cancelled => {
+                return Err(fail(format!("the provider {}", outcome.describe())));
+            }
+            Ended::Exited(_) => {}
+        }
+        if outcome.stdout.len() >= RESPONSE_LIMIT {
+            return Err(fail(format!(
+                "the response is larger than {} MiB",
+                RESPONSE_LIMIT >> 20
+            )));
+        }
+        let parsed: Result<Value, _> = serde_json::from_slice(&outcome.stdout);
+        let answer = match parsed {
+            Ok(Value::Object(map)) => map,
+            Ok(_) | Err(_) if !outcome.success() => {
+                return Err(fail(format!(
+                    "the provider {} without an error response",
+                    outcome.describe()
+                )));
+            }
+            Ok(other) => {
+                return Err(fail(format!(
+                    "the response is a JSON {}, not one JSON object",
+                    json_type(&other)
+                )));
+            }
+            Err(e) => {
+                let shown = if outcome.stdout.iter().all(u8::is_ascii_whitespace) {
+                    "nothing".to_owned()
+                } else {
+                    format!("output that is not one JSON object ({e})")
+                };
+                return Err(fail(format!("the provider printed {shown} on stdout")));
+            }
+        };
+        match answer.get("protocol") {
+            Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL) => {}
+            Some(other) => {
+                return Err(fail(format!(
+                    "the provider speaks protocol {other}; this envlock speaks protocol {PROTOCOL} \
+                     (see docs/providers.md)"
+                )));
+            }
+            None => {
+                return Err(fail(format!(
+                    "the response has no `protocol` member (protocol {PROTOCOL} requires `\"protocol\": {PROTOCOL}`)"
+                )));
+            }
+        }
+        if let Some(error) = answer.get("error") {
+            let code = error
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("failed");
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)");
+            return Err(match code {
+                "conflict" => CallError::Conflict(format!("{what}: {message}")),
+                "unsupported" => fail(format!("the provider does not support it: {message}")),
+                _ => fail(format!("{code}: {message}")),
+            });
+        }
+        if !outcome.success() {
+            return Err(fail(format!(
+                "the provider {} after a response without `error`",
+                outcome.describe()
+            )));
+        }
+        Ok(answer)
+    }
+}
+
+/// A response's `version`: a string, or a number taken as its decimal text.
+fn version_of(v: &Value) -> Option<String> {
+    match v.get("version")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The last lines of the provider's log, for a failure's details.
+fn stderr_tail(stderr: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let clean: String = l
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .take(200)
+                .collect();
+            format!("provider log: {clean}")
+        })
+        .collect();
+    lines[lines.len().saturating_sub(LOG_LINES)..].to_vec()
+}
