@@ -175,11 +175,17 @@ fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
         ));
     }
     let d_ = &s.drift;
-    let etcd = matches!(d.env.target.kind, crate::config::TargetKind::Etcd { .. });
-    let things = if etcd { "keys" } else { "files" };
+    // Remote stores are changed by other tools and people; local files by hand.
+    let etcd = !matches!(d.env.target.kind, crate::config::TargetKind::Dir { .. });
+    let things = match d.env.target.kind {
+        crate::config::TargetKind::Etcd { .. } => "keys",
+        crate::config::TargetKind::Exec { .. } => "resources",
+        crate::config::TargetKind::Dir { .. } => "files",
+    };
     let where_ = |n: &str| match &d.env.target.kind {
         crate::config::TargetKind::Etcd { prefix, .. } => format!("{}{n}", prefix.value),
-        _ => format!("current/{n}.toml"),
+        crate::config::TargetKind::Exec { .. } => format!("`{n}`"),
+        crate::config::TargetKind::Dir { .. } => format!("current/{n}.toml"),
     };
     if s.live.is_none() {
         out.push_str("  drift:       -\n");

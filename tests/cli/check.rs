@@ -147,7 +147,7 @@ fn marker_inside_own_longer_marker_is_not_a_leak() {
 #[test]
 fn project_repository_passes_its_own_check() {
     let run = deploy_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), &["check"]);
-    run.code(0).stdout_has("ok: 4 environments valid");
+    run.code(0).stdout_has("ok: 5 environments valid");
 }
 
 #[test]
