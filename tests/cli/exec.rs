@@ -621,3 +621,16 @@ fn secret_values_are_sent_as_secret_and_never_printed() {
         r#"{"password": "hunter2-very-secret"}"#
     );
 }
+
+#[test]
+fn the_readme_shows_the_provider_the_tests_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let provider = std::fs::read_to_string(example_provider()).unwrap();
+    for doc in ["README.md", "docs/providers.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert!(
+            text.contains(&format!("```python\n{provider}```")),
+            "{doc} does not show providers/dir-example/provider as it is"
+        );
+    }
+}

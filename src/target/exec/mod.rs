@@ -425,7 +425,7 @@ impl ExecTarget {
                 match err {
                     CallError::Conflict(m) => TargetError::Refused(format!("{m}; {undone}")),
                     CallError::Failed { message, log } => TargetError::Provider {
-                        message: format!("{message}{at}; {undone}"),
+                        message: format!("{message}; {undone}"),
                         log,
                     },
                 }
