@@ -1304,7 +1304,10 @@ impl Loader<'_> {
             this.diagnostics.push(
                 Diagnostic::new(
                     "missing-field",
-                    format!("a `{kind_name}` target needs `{key}`"),
+                    format!(
+                        "{} `{kind_name}` target needs `{key}`",
+                        if kind_name == "exec" { "an" } else { "a" }
+                    ),
                 )
                 .env(name)
                 .at(loc.clone(), format!("`{key}` is required"))

@@ -386,7 +386,7 @@ impl<'a> Deployment<'a> {
             );
             anyhow::Error::from(
                 f.detail(format!("target of `{}`: {}", self.env.name, self.target.describe()))
-                    .hint("log in with this environment's credentials (are they expired?), then run again; nothing was read or written"),
+                    .hint("the provider must answer `identity` before anything else: check that it is installed and runs (its words are above), and that this environment's credentials are in place and not expired; nothing was read or written"),
             )
         })?;
         let Some((account, principal)) = found else {

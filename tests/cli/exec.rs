@@ -634,3 +634,19 @@ fn the_readme_shows_the_provider_the_tests_run() {
         );
     }
 }
+
+#[test]
+fn an_exec_target_without_state_is_a_configuration_error_with_its_place() {
+    let cloud = Cloud::new(&all(4), "");
+    let path = format!("environments/{ENV}.toml");
+    cloud.repo.edit(&path, &[("state = \"state\"\n", "")]);
+    cloud.repo.commit("no state");
+    cloud
+        .run(&["check"], &[])
+        .code(1)
+        .stderr_has("an `exec` target needs `state`")
+        .stderr_has(&format!("{path}:5:1"));
+    // Nothing ran: not even `identity`.
+    cloud.deploy(&[]).code(1);
+    assert!(cloud.take_calls().is_empty());
+}
