@@ -332,6 +332,15 @@ fn masked_pair(
         if ours.iter().any(|(p, _)| p == path) {
             continue;
         }
+        // The same value on both sides is the repository's own plain value: nothing to hide.
+        let new_v = new_t
+            .as_mut()
+            .and_then(|t| lookup_mut(t, path))
+            .map(|v| v.clone());
+        let old_v = old_t.as_mut().and_then(|t| lookup_mut(t, path));
+        if new_v.is_some() && old_v.as_deref() == new_v.as_ref() {
+            continue;
+        }
         if let Some(v) = old_t.as_mut().and_then(|t| lookup_mut(t, path)) {
             *v = toml::Value::String(REMOVED.into());
         }

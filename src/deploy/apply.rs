@@ -246,15 +246,36 @@ pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>
 
 /// The secrets that the live generation's metadata lists (masked in diffs).
 pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<SecretUse>> {
-    if live.generation.is_none() {
-        return Ok(Vec::new());
+    let mut out = Vec::new();
+    if live.generation.is_some() {
+        let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
+        out = gens
+            .iter()
+            .find(|g| Some(g.id) == live.generation)
+            .map(|g| SecretUse::from_meta(&g.meta))
+            .unwrap_or_default();
     }
-    let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
-    Ok(gens
-        .iter()
-        .find(|g| Some(g.id) == live.generation)
-        .map(|g| SecretUse::from_meta(&g.meta))
-        .unwrap_or_default())
+    // A value the target stores as secret (an SSM SecureString someone else wrote) is masked
+    // whole, key by key, whatever envlock's configuration says about it.
+    for name in d.target.secret_resources() {
+        let Some(table) = live
+            .resources
+            .get(&name)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse::<toml::Table>().ok())
+        else {
+            continue;
+        };
+        for key in table.keys() {
+            out.push(SecretUse {
+                resource: name.clone(),
+                path: crate::config::node::path_text(&[crate::config::node::Seg::Key(key.clone())]),
+                reference: "(stored as secret on the target)".into(),
+                hmac: String::new(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// `deploy plan --target NAME`: verify the owner, diff against live. Writes nothing.

@@ -301,6 +301,12 @@ pub trait Target {
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
     /// The live generation and its resources.
     fn live(&self) -> Result<Live, TargetError>;
+    /// Resources of the last [`Target::live`] that the target itself stores as secret (an
+    /// `exec` provider's `"secret": true`), whether or not envlock wrote them: their values are
+    /// masked in every diff.
+    fn secret_resources(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
     /// Only the id of the live generation (cheap: no resource is read).
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
     /// Whether [`Target::apply`] of `resources` over the live state last read can be done

@@ -10,11 +10,15 @@ mod deploy;
 mod etcd;
 #[cfg(feature = "failpoints")]
 mod exec;
+#[cfg(feature = "failpoints")]
+mod exec_ssm;
 mod fixtures;
 mod hooks;
 mod interrupt;
 mod lifecycle;
 mod log;
+mod moto;
 mod prompt;
+mod provider_ssm;
 mod secrets;
 mod worktree;

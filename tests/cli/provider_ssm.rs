@@ -118,16 +118,17 @@ fn read_returns_every_parameter_directly_under_the_path() {
     assert_eq!(names, expected);
     assert_eq!(
         resources["r00"],
-        json!({ "value": { "i": 0 }, "version": "1" })
+        json!({ "value": { "i": 0 }, "version": "1", "secret": false })
     );
     assert_eq!(
         resources["r03"],
-        json!({ "value": { "a": "x", "b": [1, 2] }, "version": "2" })
+        json!({ "value": { "a": "x", "b": [1, 2] }, "version": "2", "secret": false })
     );
     // Not JSON: returned as a string.
     assert_eq!(resources["plain"]["value"], "not json");
     // SecureString: decrypted.
     assert_eq!(resources["vault"]["value"], json!({ "password": "pw" }));
+    assert_eq!(resources["vault"]["secret"], json!(true));
 }
 
 #[test]
@@ -220,7 +221,7 @@ fn secrets_are_secure_strings_and_never_printed() {
     let out = ok(&moto, request("read", json!({})));
     assert_eq!(
         out["resources"]["db"],
-        json!({ "value": { "password": secret }, "version": "1" })
+        json!({ "value": { "password": secret }, "version": "1", "secret": true })
     );
 
     // Refused writes do not print the value they carried either.

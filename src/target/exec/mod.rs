@@ -95,6 +95,24 @@ struct ExecJournal {
     steps: Vec<Step>,
 }
 
+/// A live resource as the canonical TOML every target diffs in; a secret that is not a JSON
+/// object is shown only by its hash.
+fn canonical_live(r: &Remote) -> Vec<u8> {
+    match super::etcd::toml_text_of_json(&r.value) {
+        Some(text) => text.into_bytes(),
+        None if r.secret => format!(
+            "# a secret value that is not a JSON object (not shown; SHA-256 {})\n",
+            super::sha256_hex(
+                serde_json::to_string(&r.value)
+                    .unwrap_or_default()
+                    .as_bytes()
+            )
+        )
+        .into_bytes(),
+        None => canonical(&r.value),
+    }
+}
+
 /// A resource's settings as the canonical TOML every target diffs in.
 fn canonical(value: &Value) -> Vec<u8> {
     match super::etcd::toml_text_of_json(value) {
@@ -121,6 +139,24 @@ fn call_error(err: CallError) -> TargetError {
     match err {
         CallError::Conflict(m) => TargetError::Refused(m),
         CallError::Failed { message, log } => TargetError::Provider { message, log },
+    }
+}
+
+/// Mark `step` done (at the live version) if `live` shows that its write happened although no
+/// answer said so: a crash before the answer, or a provider that wrote and then answered an
+/// error.
+fn judge_in_flight(step: &mut Step, live: &BTreeMap<String, Remote>) {
+    let now = live.get(&step.resource);
+    let happened = match step.op {
+        StepOp::Put => now.is_some_and(|r| {
+            step.after.as_ref().map(canonical) == Some(canonical(&r.value))
+                && step.before.as_ref().is_none_or(|b| b.version != r.version)
+        }),
+        StepOp::Delete => now.is_none(),
+    };
+    if happened {
+        step.done = true;
+        step.version = now.map(|r| r.version.clone());
     }
 }
 
@@ -365,6 +401,7 @@ impl ExecTarget {
                                 Remote {
                                     value: value.clone(),
                                     version: v.clone(),
+                                    secret: step.secret,
                                 },
                             );
                         }
@@ -372,9 +409,24 @@ impl ExecTarget {
                             after.remove(&step.resource);
                         }
                     }
-                    self.write_exec_journal(&journal)?;
+                    // A step the journal cannot record is undone now, while this process
+                    // still knows it happened.
+                    if let Err(e) = self.write_exec_journal(&journal) {
+                        let name = journal.steps[i].resource.clone();
+                        let failed = CallError::Failed {
+                            message: format!("recording the step of `{name}` failed: {e}"),
+                            log: Vec::new(),
+                        };
+                        return Err(self.abort(&mut journal, failed, &name));
+                    }
                 }
                 Err(err) => {
+                    // The write may have landed despite the answer (SSM has no conditional
+                    // put: a writer between its check and its put gets overwritten): look, so
+                    // that the undo covers it too.
+                    if let Ok(live) = self.provider.read() {
+                        judge_in_flight(&mut journal.steps[i], &live);
+                    }
                     let name = journal.steps[i].resource.clone();
                     return Err(self.abort(&mut journal, err, &name));
                 }
@@ -547,7 +599,7 @@ impl Target for ExecTarget {
         let read = self.read()?;
         let resources = read
             .iter()
-            .map(|(name, r)| (name.clone(), canonical(&r.value)))
+            .map(|(name, r)| (name.clone(), canonical_live(r)))
             .collect();
         *self.seen() = Some(read);
         Ok(Live {
@@ -558,6 +610,18 @@ impl Target for ExecTarget {
 
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
         self.state.live_generation()
+    }
+
+    fn secret_resources(&self) -> BTreeSet<String> {
+        self.seen()
+            .as_ref()
+            .map(|seen| {
+                seen.iter()
+                    .filter(|(_, r)| r.secret)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn apply(
@@ -587,7 +651,7 @@ impl Target for ExecTarget {
         };
         for (name, r) in &live {
             match written.get(name) {
-                Some(text) if *text == canonical(&r.value) => {}
+                Some(text) if *text == canonical_live(r) => {}
                 Some(_) => drift.edited.push(name.clone()),
                 None => drift.added.push(name.clone()),
             }
@@ -657,19 +721,7 @@ impl Target for ExecTarget {
         // A step whose answer never arrived may have happened: the live value tells.
         let live = self.read()?;
         if let Some(i) = journal.steps.iter().position(|s| !s.done && !s.undone) {
-            let step = &mut journal.steps[i];
-            let now = live.get(&step.resource);
-            let happened = match step.op {
-                StepOp::Put => now.is_some_and(|r| {
-                    step.after.as_ref().map(canonical) == Some(canonical(&r.value))
-                        && step.before.as_ref().is_none_or(|b| b.version != r.version)
-                }),
-                StepOp::Delete => now.is_none(),
-            };
-            if happened {
-                step.done = true;
-                step.version = now.map(|r| r.version.clone());
-            }
+            judge_in_flight(&mut journal.steps[i], &live);
         }
         let applied: Vec<String> = journal
             .steps

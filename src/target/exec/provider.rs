@@ -39,6 +39,8 @@ pub struct Provider {
 pub struct Remote {
     pub value: Value,
     pub version: String,
+    /// The provider says the stored value is secret (`"secret": true` in `read`).
+    pub secret: bool,
 }
 
 /// Why a provider call did not succeed.
@@ -107,6 +109,7 @@ impl Provider {
                 Remote {
                     value: value.clone(),
                     version,
+                    secret: entry.get("secret") == Some(&Value::Bool(true)),
                 },
             );
         }
