@@ -191,7 +191,7 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             out,
             detailed_exitcode,
         } => {
-            let report = deploy::apply::plan(d)?;
+            let report = deploy::apply::plan(d, out.is_some())?;
             if let (Some(path), Some(saved)) = (&out, &report.saved) {
                 saved.write(path)?;
                 d.say(&format!(
