@@ -391,7 +391,8 @@ impl Partial {
     }
 }
 
-/// A file decoded and deserialized, before it is registered: done in parallel.
+/// A file decoded and deserialized, before it is registered: done in parallel. The text of
+/// `Empty`, `Parsed` and `Invalid` is filled in afterwards, moved out of the input file.
 enum PreParsed {
     TooLarge(u64),
     NotUtf8 {
@@ -420,10 +421,10 @@ fn pre_parse(file: &InputFile) -> PreParsed {
                 byte: bytes[start],
             }
         }
-        Ok(text) if text.trim().is_empty() => PreParsed::Empty(text.to_owned()),
+        Ok(text) if text.trim().is_empty() => PreParsed::Empty(String::new()),
         Ok(text) => match toml::from_str::<RawFile>(text) {
-            Ok(raw) => PreParsed::Parsed(text.to_owned(), Box::new(raw)),
-            Err(e) => PreParsed::Invalid(text.to_owned(), e),
+            Ok(raw) => PreParsed::Parsed(String::new(), Box::new(raw)),
+            Err(e) => PreParsed::Invalid(String::new(), e),
         },
     }
 }
@@ -460,7 +461,15 @@ pub fn load(input: Input) -> Config {
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
     let pre = crate::parallel::map(&environments, pre_parse);
-    for (file, pre) in environments.into_iter().zip(pre) {
+    for (mut file, mut pre) in environments.into_iter().zip(pre) {
+        // The sources keep the text: move it there instead of copying it (it is UTF-8).
+        if let (
+            Ok(bytes),
+            PreParsed::Empty(text) | PreParsed::Parsed(text, _) | PreParsed::Invalid(text, _),
+        ) = (&mut file.content, &mut pre)
+        {
+            *text = String::from_utf8(std::mem::take(bytes)).unwrap_or_default();
+        }
         let Some(file_name) = file.path.strip_prefix("environments/") else {
             continue;
         };
@@ -1487,7 +1496,8 @@ impl Loader<'_> {
             );
             return None;
         };
-        let mut out = BTreeMap::new();
+        // Gathered in key order, then built in one go: full B-tree nodes, unlike inserting.
+        let mut out = Vec::with_capacity(map.len());
         let mut ok = true;
         for (key, member) in map {
             let key_loc = Loc::new(member.key_file, member.key_span.clone());
@@ -1517,15 +1527,15 @@ impl Loader<'_> {
                 );
                 continue;
             }
-            out.insert(
+            out.push((
                 key,
                 Resource {
                     name_loc: key_loc,
                     node: member.node,
                 },
-            );
+            ));
         }
-        ok.then_some(out)
+        ok.then(|| out.into_iter().collect())
     }
 }
 

@@ -32,9 +32,12 @@ pub struct Table {
 }
 
 impl Table {
-    /// Sort after pushing in document order (TOML itself rejects duplicate keys).
+    /// Sort after pushing in document order (TOML itself rejects duplicate keys), and give
+    /// back the room that growing left (a table of 5 keys would keep 8 slots): tables are
+    /// kept for the whole run, and most of the loaded configuration's memory is theirs.
     fn finish(&mut self) {
         self.entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.entries.shrink_to_fit();
     }
 
     fn push(&mut self, key: String, member: Member) {
@@ -110,7 +113,8 @@ pub enum Value {
     Array(Vec<Node>),
     Table(Table),
     /// `{ secret = "env:NAME" }` or `{ secret = "file:PATH" }`: the value is read at deploy time.
-    Secret(SecretRef),
+    /// Boxed: a reference is three strings, and every value of every table would be that large.
+    Secret(Box<SecretRef>),
 }
 
 /// Where a secret's value comes from, as reviewed and committed (never the value itself).
@@ -301,6 +305,8 @@ impl Node {
                     }
                 }
                 merged.extend(old);
+                // Room was made for both sides; keys they share left some of it unused.
+                merged.shrink_to_fit();
                 base.entries = merged;
             }
             (_, value) => {
@@ -379,11 +385,11 @@ impl Node {
                 };
                 match SecretRef::parse(text) {
                     Ok(source) => {
-                        self.value = Value::Secret(SecretRef {
+                        self.value = Value::Secret(Box::new(SecretRef {
                             source,
                             text: text.clone(),
                             at: at(self.span.start),
-                        });
+                        }));
                     }
                     Err(why) => problems.push(SecretProblem {
                         span: node.span.clone(),
@@ -454,7 +460,7 @@ impl Node {
             out: &mut Vec<(Vec<Seg>, &'a Node, &'a SecretRef)>,
         ) {
             match &node.value {
-                Value::Secret(r) => out.push((segs.clone(), node, r)),
+                Value::Secret(r) => out.push((segs.clone(), node, &**r)),
                 Value::Array(items) => {
                     for (i, n) in items.iter().enumerate() {
                         segs.push(Seg::Index(i));
