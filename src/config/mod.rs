@@ -4,6 +4,7 @@
 //! an environment that has any error is not returned as resolved (it is named in
 //! [`Config::broken`]); loading never stops at the first problem.
 
+mod direct;
 pub mod duration;
 pub mod node;
 pub mod raw;
@@ -422,10 +423,12 @@ fn pre_parse(file: &InputFile) -> PreParsed {
             }
         }
         Ok(text) if text.trim().is_empty() => PreParsed::Empty(String::new()),
-        Ok(text) => match toml::from_str::<RawFile>(text) {
-            Ok(raw) => PreParsed::Parsed(String::new(), Box::new(raw)),
-            Err(e) => PreParsed::Invalid(String::new(), e),
-        },
+        Ok(text) => {
+            match direct::from_str(text).map_or_else(|| toml::from_str::<RawFile>(text), Ok) {
+                Ok(raw) => PreParsed::Parsed(String::new(), Box::new(raw)),
+                Err(e) => PreParsed::Invalid(String::new(), e),
+            }
+        }
     }
 }
 

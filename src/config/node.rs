@@ -35,12 +35,12 @@ impl Table {
     /// Sort after pushing in document order (TOML itself rejects duplicate keys), and give
     /// back the room that growing left (a table of 5 keys would keep 8 slots): tables are
     /// kept for the whole run, and most of the loaded configuration's memory is theirs.
-    fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         self.entries.sort_by(|a, b| a.0.cmp(&b.0));
         self.entries.shrink_to_fit();
     }
 
-    fn push(&mut self, key: String, member: Member) {
+    pub(super) fn push(&mut self, key: String, member: Member) {
         self.entries.push((key, member));
     }
 
@@ -509,7 +509,7 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-const DATETIME_KEY: &str = "$__toml_private_datetime";
+pub(super) const DATETIME_KEY: &str = "$__toml_private_datetime";
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
