@@ -458,12 +458,24 @@ pub fn load(input: Input) -> Config {
         schemas: schema::Schemas::default(),
         root: root.as_deref(),
     };
-    loader.schemas = schema::Schemas::load(schemas, &mut loader.sources, &mut loader.diagnostics);
-
-    // Parse every file first, so that layers are available whatever the order.
+    // Parse every file first, so that layers are available whatever the order. The schemas
+    // compile meanwhile on another core (one large environment file is parsed on one), into
+    // sources and diagnostics of their own that come first, as when compiled before.
+    let (pre, compiled) = std::thread::scope(|s| {
+        let compiled = s.spawn(|| {
+            let (mut sources, mut diagnostics) = (Sources::default(), Vec::new());
+            let schemas = schema::Schemas::load(schemas, &mut sources, &mut diagnostics);
+            (schemas, sources, diagnostics)
+        });
+        let pre = crate::parallel::map(&environments, pre_parse);
+        (
+            pre,
+            compiled.join().expect("compiling schemas does not panic"),
+        )
+    });
+    (loader.schemas, loader.sources, loader.diagnostics) = compiled;
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
-    let pre = crate::parallel::map(&environments, pre_parse);
     for (mut file, mut pre) in environments.into_iter().zip(pre) {
         // The sources keep the text: move it there instead of copying it (it is UTF-8).
         if let (
