@@ -563,12 +563,20 @@ pub fn load(input: Input) -> Config {
         diagnostics: loader.diagnostics,
     };
     // Schema validation of every resolved environment.
-    // Environments validate independently: spread them over the cores.
+    // Environments validate independently: spread them over the cores. The cross-environment
+    // lock reads neither the validation's results nor what is set below: it runs beside it.
     let schemas = &loader.schemas;
-    let schema_diags = crate::parallel::map(&config.environments, |env| {
-        let mut diags = Vec::new();
-        schemas.validate(env, &mut diags);
-        diags
+    let (schema_diags, safety) = std::thread::scope(|s| {
+        let safety = s.spawn(|| crate::safety::scan(&config));
+        let schema_diags = crate::parallel::map(&config.environments, |env| {
+            let mut diags = Vec::new();
+            schemas.validate(env, &mut diags);
+            diags
+        });
+        (
+            schema_diags,
+            safety.join().expect("the scan does not panic"),
+        )
     });
     config
         .diagnostics
@@ -593,7 +601,6 @@ pub fn load(input: Input) -> Config {
         };
     }
     // The cross-environment lock works on everything that resolved, schema-valid or not.
-    let safety = crate::safety::scan(&config);
     config.diagnostics.extend(safety);
     config
 }
