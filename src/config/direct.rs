@@ -49,7 +49,7 @@ fn node(value: Spanned<DeValue<'_>>) -> Option<Node> {
         DeValue::Datetime(_) => return None,
         DeValue::Array(items) => Value::Array(items.into_iter().map(node).collect::<Option<_>>()?),
         DeValue::Table(t) => {
-            let mut table = Table::default();
+            let mut table = Table::with_capacity(t.len());
             for (key, value) in t {
                 if key.get_ref() == DATETIME_KEY {
                     return None;

@@ -40,6 +40,13 @@ impl Table {
         self.entries.shrink_to_fit();
     }
 
+    /// An empty table with room for `n` members.
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Table {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     pub(super) fn push(&mut self, key: String, member: Member) {
         self.entries.push((key, member));
     }
