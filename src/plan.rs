@@ -186,13 +186,11 @@ impl Serialize for Canonical<'_> {
 pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
     let mut out = Desired::default();
     let mut hashed = Vec::with_capacity(env.settings.len());
+    let mut files = Vec::with_capacity(env.settings.len());
     for (name, res) in &env.settings {
-        // Most resources hold no secret: render and hash them as they are, without copies.
+        // Most resources hold no secret: rendered and hashed as they are, without copies
+        // (rendered below).
         if !has_secret(&res.node) {
-            out.files.insert(
-                name.clone(),
-                render::resource_text(&env.target.kind, &res.node).into_bytes(),
-            );
             hashed.push((name, Hashed::Plain(Json(&res.node))));
             continue;
         }
@@ -216,13 +214,29 @@ pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
             out.private.insert(name.clone());
             Value::String(format!("(secret hmac-sha256:{hmac})"))
         });
-        out.files.insert(
+        files.push((
             name.clone(),
             render::resource_text(&env.target.kind, &real).into_bytes(),
-        );
+        ));
         hashed.push((name, Hashed::Masked(masked.to_json())));
     }
-    out.config_sha256 = crate::hash::json_sha256_hex(&Canonical(hashed)).expect("JSON of settings");
+    // The hash of the canonical JSON and the rendering of the plain resources do not depend
+    // on each other: side by side, on two cores.
+    let config_sha256 = std::thread::scope(|s| {
+        let hash = s.spawn(|| crate::hash::json_sha256_hex(&Canonical(hashed)));
+        files.extend(
+            env.settings
+                .iter()
+                .filter(|(_, res)| !has_secret(&res.node))
+                .map(|(name, res)| {
+                    let text = render::resource_text(&env.target.kind, &res.node);
+                    (name.clone(), text.into_bytes())
+                }),
+        );
+        hash.join().expect("hashing does not panic")
+    });
+    out.config_sha256 = config_sha256.expect("JSON of settings");
+    out.files = files.into_iter().collect();
     out
 }
 
