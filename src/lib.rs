@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod diagnostic;
 pub mod error;
 pub mod failpoint;
+pub mod hash;
 pub mod log;
 pub mod output;
 pub mod parallel;

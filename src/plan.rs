@@ -186,13 +186,11 @@ impl Serialize for Canonical<'_> {
 pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
     let mut out = Desired::default();
     let mut hashed = Vec::with_capacity(env.settings.len());
+    let mut files = Vec::with_capacity(env.settings.len());
     for (name, res) in &env.settings {
-        // Most resources hold no secret: render and hash them as they are, without copies.
+        // Most resources hold no secret: rendered and hashed as they are, without copies
+        // (rendered below).
         if !has_secret(&res.node) {
-            out.files.insert(
-                name.clone(),
-                render::resource_text(&env.target.kind, &res.node).into_bytes(),
-            );
             hashed.push((name, Hashed::Plain(Json(&res.node))));
             continue;
         }
@@ -216,15 +214,51 @@ pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
             out.private.insert(name.clone());
             Value::String(format!("(secret hmac-sha256:{hmac})"))
         });
-        out.files.insert(
+        files.push((
             name.clone(),
             render::resource_text(&env.target.kind, &real).into_bytes(),
-        );
+        ));
         hashed.push((name, Hashed::Masked(masked.to_json())));
     }
-    let canonical = serde_json::to_vec(&Canonical(hashed)).expect("JSON of settings");
-    out.config_sha256 = crate::target::sha256_hex(&canonical);
+    // The hash of the canonical JSON and the rendering of the plain resources do not depend
+    // on each other: side by side, on two cores.
+    let config_sha256 = std::thread::scope(|s| {
+        let hash = s.spawn(|| crate::hash::json_sha256_hex(&Canonical(hashed)));
+        files.extend(
+            env.settings
+                .iter()
+                .filter(|(_, res)| !has_secret(&res.node))
+                .map(|(name, res)| {
+                    let text = render::resource_text(&env.target.kind, &res.node);
+                    (name.clone(), text.into_bytes())
+                }),
+        );
+        hash.join().expect("hashing does not panic")
+    });
+    out.config_sha256 = config_sha256.expect("JSON of settings");
+    out.files = files.into_iter().collect();
     out
+}
+
+/// Every resource as it is written, secrets as their references: the JSON of
+/// [`Environment::settings_json`], serialized without making that copy.
+struct Settings<'a>(&'a Environment);
+
+impl Serialize for Settings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.settings.len()))?;
+        for (name, res) in &self.0.settings {
+            map.serialize_entry(name, &Json(&res.node))?;
+        }
+        map.end()
+    }
+}
+
+/// SHA-256 (hex) of the compact JSON of [`Environment::settings_json`] (each secret as
+/// `(secret <reference>)`), streamed into the hash instead of built as a copy and a text.
+pub fn settings_sha256(env: &Environment) -> String {
+    crate::hash::json_sha256_hex(&Settings(env)).expect("JSON of settings")
 }
 
 /// A resource file as a TOML table; `None` when it is not valid TOML.
@@ -594,6 +628,52 @@ mod tests {
             serde_json::to_string(&Json(&node)).unwrap(),
             node.to_json().to_string()
         );
+    }
+
+    #[test]
+    fn the_settings_hash_is_the_hash_of_the_settings_json_copy() {
+        use crate::config::{Input, InputFile};
+        let env_file = r#"
+            [environment]
+            account = "123456789012"
+            schema = "s"
+            [target]
+            kind = "dir"
+            path = "/srv/t"
+            [settings.b]
+            pw = { secret = "env:X" }
+            list = [1, "two", [3.0], { k = "v" }]
+            [settings.a]
+            x = 1
+            f = 1.5
+            n = nan
+            s = "caf\u00e9 \"q\" \\ \n"
+            [settings.a.t]
+            z = ""
+            [settings.c]
+        "#;
+        let config = crate::config::load(Input {
+            environments: vec![InputFile {
+                path: "environments/t.toml".into(),
+                content: Ok(env_file.as_bytes().to_vec()),
+            }],
+            schemas: vec![InputFile {
+                path: "schemas/s.schema.json".into(),
+                content: Ok(br#"{"type": "object"}"#.to_vec()),
+            }],
+            root: None,
+        });
+        let Some(env) = config.get("t") else {
+            let messages: Vec<&str> = config
+                .diagnostics
+                .iter()
+                .map(|d| d.message.as_str())
+                .collect();
+            panic!("the environment does not load: {messages:?}");
+        };
+        assert_eq!(env.settings.len(), 3);
+        let copy = serde_json::to_vec(&env.settings_json()).unwrap();
+        assert_eq!(settings_sha256(env), crate::target::sha256_hex(&copy));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use anyhow::Result;
 
 use crate::config::Environment;
 use crate::config::node::{SecretRef, SecretSource, Seg, Value, path_text};
+use crate::config::schema::has_secret;
 use crate::error::Failure;
 
 /// Length of the key that a target keeps for [`hmac_hex`], in bytes.
@@ -83,7 +84,8 @@ impl Resolved {
         live: &std::collections::BTreeMap<String, Vec<u8>>,
     ) -> Resolved {
         let mut resolved = Resolved::default();
-        for (name, res) in &env.settings {
+        // Most resources hold no secret: their live files need not be parsed.
+        for (name, res) in env.settings.iter().filter(|(_, r)| has_secret(&r.node)) {
             let table = live
                 .get(name)
                 .and_then(|b| std::str::from_utf8(b).ok())
@@ -182,7 +184,8 @@ pub fn read(r: &SecretRef, root: &Path) -> Result<String, (String, String)> {
 pub fn resolve(env: &Environment, root: &Path) -> Result<Resolved> {
     let mut resolved = Resolved::default();
     let mut problems: Vec<(String, String)> = Vec::new();
-    for (name, res) in &env.settings {
+    // `Node::secrets` copies every key on its way; most resources have no secret to find.
+    for (name, res) in env.settings.iter().filter(|(_, r)| has_secret(&r.node)) {
         for (path, _, r) in res.node.secrets() {
             match read(r, root) {
                 Ok(value) => resolved.secrets.push(ResolvedSecret {

@@ -42,9 +42,13 @@ pub fn load(repo: &Repo, rev: &str) -> Result<(CommitInfo, Config)> {
 
 /// Refuse (exit 3) when `environments/` or `schemas/` have uncommitted or untracked changes.
 pub fn require_clean(repo: &Repo) -> Result<()> {
-    let dirty = repo
-        .dirty_config_files()
-        .context("cannot read the working tree's status")?;
+    refuse_dirty(repo.dirty_config_files())
+}
+
+/// What [`require_clean`] does with the status of `environments/` and `schemas/`
+/// ([`Repo::dirty_config_files`]), for a caller that read it beforehand.
+pub fn refuse_dirty(status: Result<Vec<(String, &'static str)>, RepoError>) -> Result<()> {
+    let dirty = status.context("cannot read the working tree's status")?;
     if dirty.is_empty() {
         return Ok(());
     }

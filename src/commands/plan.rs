@@ -15,20 +15,26 @@ use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
 use envlock::error::{Exit, Failure, exit_for};
 use envlock::output::Printer;
-use envlock::repo::{CommitInfo, Repo};
+use envlock::repo::{CommitInfo, Repo, RepoError};
 use envlock::workspace;
 
 use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
 
-/// Everything that must hold before a target is even looked at.
+/// The status of `environments/` and `schemas/` in the working tree
+/// ([`Repo::dirty_config_files`]).
+type ConfigStatus = Result<Vec<(String, &'static str)>, RepoError>;
+
+/// Everything that must hold before a target is even looked at. `status`: the working tree's,
+/// read while the configuration loaded.
 fn prepare(
     repo: &Repo,
+    status: ConfigStatus,
     config: &Config,
     commit: &CommitInfo,
     name: &str,
     printer: &Printer,
 ) -> Result<()> {
-    workspace::require_clean(repo)?;
+    workspace::refuse_dirty(status)?;
     // The lock is a property of the whole repository: any cross-environment problem means
     // someone confused environments, so nothing is deployed from this commit.
     let safety: Vec<_> = config
@@ -111,9 +117,21 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         }
         _ => "HEAD".to_owned(),
     };
-    let (commit, config) = workspace::load(&repo, &rev)?;
+    // The clean-tree check (`git status`, which re-hashes a file whose index entry is racily
+    // clean) does not depend on the configuration: it runs on another core while that loads,
+    // with its own handle on the repository (a handle is not shared between threads).
+    let (loaded, status) = std::thread::scope(|s| {
+        let status = s.spawn(|| Repo::discover(dir).map(|r| r.dirty_config_files()));
+        (workspace::load(&repo, &rev), status.join())
+    });
+    let (commit, config) = loaded?;
+    let status = match status {
+        Ok(Ok(status)) => status,
+        // Not expected (the same repository opened a moment ago): read it here after all.
+        Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
+    };
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
-    let result = prepare(&repo, &config, &commit, name, printer).and_then(|()| {
+    let result = prepare(&repo, status, &config, &commit, name, printer).and_then(|()| {
         let env = workspace::environment(&config, name)?;
         if let Job::Apply {
             saved: Some(saved), ..
@@ -191,7 +209,7 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             out,
             detailed_exitcode,
         } => {
-            let report = deploy::apply::plan(d)?;
+            let report = deploy::apply::plan(d, out.is_some())?;
             if let (Some(path), Some(saved)) = (&out, &report.saved) {
                 saved.write(path)?;
                 d.say(&format!(

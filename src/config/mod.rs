@@ -4,6 +4,7 @@
 //! an environment that has any error is not returned as resolved (it is named in
 //! [`Config::broken`]); loading never stops at the first problem.
 
+mod direct;
 pub mod duration;
 pub mod node;
 pub mod raw;
@@ -406,7 +407,8 @@ impl Partial {
     }
 }
 
-/// A file decoded and deserialized, before it is registered: done in parallel.
+/// A file decoded and deserialized, before it is registered: done in parallel. The text of
+/// `Empty`, `Parsed` and `Invalid` is filled in afterwards, moved out of the input file.
 enum PreParsed {
     TooLarge(u64),
     NotUtf8 {
@@ -435,11 +437,13 @@ fn pre_parse(file: &InputFile) -> PreParsed {
                 byte: bytes[start],
             }
         }
-        Ok(text) if text.trim().is_empty() => PreParsed::Empty(text.to_owned()),
-        Ok(text) => match toml::from_str::<RawFile>(text) {
-            Ok(raw) => PreParsed::Parsed(text.to_owned(), Box::new(raw)),
-            Err(e) => PreParsed::Invalid(text.to_owned(), e),
-        },
+        Ok(text) if text.trim().is_empty() => PreParsed::Empty(String::new()),
+        Ok(text) => {
+            match direct::from_str(text).map_or_else(|| toml::from_str::<RawFile>(text), Ok) {
+                Ok(raw) => PreParsed::Parsed(String::new(), Box::new(raw)),
+                Err(e) => PreParsed::Invalid(String::new(), e),
+            }
+        }
     }
 }
 
@@ -469,13 +473,33 @@ pub fn load(input: Input) -> Config {
         schemas: schema::Schemas::default(),
         root: root.as_deref(),
     };
-    loader.schemas = schema::Schemas::load(schemas, &mut loader.sources, &mut loader.diagnostics);
-
-    // Parse every file first, so that layers are available whatever the order.
+    // Parse every file first, so that layers are available whatever the order. The schemas
+    // compile meanwhile on another core (one large environment file is parsed on one), into
+    // sources and diagnostics of their own that come first, as when compiled before.
+    let (pre, compiled) = std::thread::scope(|s| {
+        let compiled = s.spawn(|| {
+            let (mut sources, mut diagnostics) = (Sources::default(), Vec::new());
+            let schemas = schema::Schemas::load(schemas, &mut sources, &mut diagnostics);
+            (schemas, sources, diagnostics)
+        });
+        let pre = crate::parallel::map(&environments, pre_parse);
+        (
+            pre,
+            compiled.join().expect("compiling schemas does not panic"),
+        )
+    });
+    (loader.schemas, loader.sources, loader.diagnostics) = compiled;
     let mut envs: Vec<(String, Parsed)> = Vec::new();
     let mut broken = Vec::new();
-    let pre = crate::parallel::map(&environments, pre_parse);
-    for (file, pre) in environments.into_iter().zip(pre) {
+    for (mut file, mut pre) in environments.into_iter().zip(pre) {
+        // The sources keep the text: move it there instead of copying it (it is UTF-8).
+        if let (
+            Ok(bytes),
+            PreParsed::Empty(text) | PreParsed::Parsed(text, _) | PreParsed::Invalid(text, _),
+        ) = (&mut file.content, &mut pre)
+        {
+            *text = String::from_utf8(std::mem::take(bytes)).unwrap_or_default();
+        }
         let Some(file_name) = file.path.strip_prefix("environments/") else {
             continue;
         };
@@ -554,12 +578,20 @@ pub fn load(input: Input) -> Config {
         diagnostics: loader.diagnostics,
     };
     // Schema validation of every resolved environment.
-    // Environments validate independently: spread them over the cores.
+    // Environments validate independently: spread them over the cores. The cross-environment
+    // lock reads neither the validation's results nor what is set below: it runs beside it.
     let schemas = &loader.schemas;
-    let schema_diags = crate::parallel::map(&config.environments, |env| {
-        let mut diags = Vec::new();
-        schemas.validate(env, &mut diags);
-        diags
+    let (schema_diags, safety) = std::thread::scope(|s| {
+        let safety = s.spawn(|| crate::safety::scan(&config));
+        let schema_diags = crate::parallel::map(&config.environments, |env| {
+            let mut diags = Vec::new();
+            schemas.validate(env, &mut diags);
+            diags
+        });
+        (
+            schema_diags,
+            safety.join().expect("the scan does not panic"),
+        )
     });
     config
         .diagnostics
@@ -584,7 +616,6 @@ pub fn load(input: Input) -> Config {
         };
     }
     // The cross-environment lock works on everything that resolved, schema-valid or not.
-    let safety = crate::safety::scan(&config);
     config.diagnostics.extend(safety);
     config
 }
@@ -1544,7 +1575,8 @@ impl Loader<'_> {
             );
             return None;
         };
-        let mut out = BTreeMap::new();
+        // Gathered in key order, then built in one go: full B-tree nodes, unlike inserting.
+        let mut out = Vec::with_capacity(map.len());
         let mut ok = true;
         for (key, member) in map {
             let key_loc = Loc::new(member.key_file, member.key_span.clone());
@@ -1574,15 +1606,15 @@ impl Loader<'_> {
                 );
                 continue;
             }
-            out.insert(
+            out.push((
                 key,
                 Resource {
                     name_loc: key_loc,
                     node: member.node,
                 },
-            );
+            ));
         }
-        ok.then_some(out)
+        ok.then(|| out.into_iter().collect())
     }
 }
 

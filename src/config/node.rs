@@ -32,12 +32,22 @@ pub struct Table {
 }
 
 impl Table {
-    /// Sort after pushing in document order (TOML itself rejects duplicate keys).
-    fn finish(&mut self) {
+    /// Sort after pushing in document order (TOML itself rejects duplicate keys), and give
+    /// back the room that growing left (a table of 5 keys would keep 8 slots): tables are
+    /// kept for the whole run, and most of the loaded configuration's memory is theirs.
+    pub(super) fn finish(&mut self) {
         self.entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.entries.shrink_to_fit();
     }
 
-    fn push(&mut self, key: String, member: Member) {
+    /// An empty table with room for `n` members.
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Table {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    pub(super) fn push(&mut self, key: String, member: Member) {
         self.entries.push((key, member));
     }
 
@@ -110,7 +120,8 @@ pub enum Value {
     Array(Vec<Node>),
     Table(Table),
     /// `{ secret = "env:NAME" }` or `{ secret = "file:PATH" }`: the value is read at deploy time.
-    Secret(SecretRef),
+    /// Boxed: a reference is three strings, and every value of every table would be that large.
+    Secret(Box<SecretRef>),
 }
 
 /// Where a secret's value comes from, as reviewed and committed (never the value itself).
@@ -301,6 +312,8 @@ impl Node {
                     }
                 }
                 merged.extend(old);
+                // Room was made for both sides; keys they share left some of it unused.
+                merged.shrink_to_fit();
                 base.entries = merged;
             }
             (_, value) => {
@@ -379,11 +392,11 @@ impl Node {
                 };
                 match SecretRef::parse(text) {
                     Ok(source) => {
-                        self.value = Value::Secret(SecretRef {
+                        self.value = Value::Secret(Box::new(SecretRef {
                             source,
                             text: text.clone(),
                             at: at(self.span.start),
-                        });
+                        }));
                     }
                     Err(why) => problems.push(SecretProblem {
                         span: node.span.clone(),
@@ -454,7 +467,7 @@ impl Node {
             out: &mut Vec<(Vec<Seg>, &'a Node, &'a SecretRef)>,
         ) {
             match &node.value {
-                Value::Secret(r) => out.push((segs.clone(), node, r)),
+                Value::Secret(r) => out.push((segs.clone(), node, &**r)),
                 Value::Array(items) => {
                     for (i, n) in items.iter().enumerate() {
                         segs.push(Seg::Index(i));
@@ -503,7 +516,7 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-const DATETIME_KEY: &str = "$__toml_private_datetime";
+pub(super) const DATETIME_KEY: &str = "$__toml_private_datetime";
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

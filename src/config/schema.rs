@@ -1,22 +1,32 @@
 //! JSON Schemas (draft 2020-12) for environments' `[settings]`, and validation against them.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use jsonschema::JsonType;
 use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::json::{self, Array, Json, Node as JsonNode, NodeIdentity, Object};
+use jsonschema::{Draft, JsonType};
 
-use super::node::{Node, Seg, Value};
+use super::node::{Node, Seg, Table, Value};
 use crate::diagnostic::Diagnostic;
 use crate::source::{Loc, Sources};
 
-use super::{Environment, InputFile};
+use super::{Environment, InputFile, Resource};
+
+/// One schema compiled for the two representations it validates.
+struct Compiled {
+    /// For `serde_json` values (secret values checked at deploy time).
+    json: Arc<jsonschema::Validator>,
+    /// For an environment's settings as loaded ([`SettingsJson`]).
+    settings: jsonschema::Validator<SettingsJson>,
+}
 
 /// The schemas of `schemas/*.schema.json`, compiled once each.
 #[derive(Default)]
 pub struct Schemas {
     /// Schema name (`asr`) -> compiled validator, or `None` when the schema itself is broken.
-    compiled: HashMap<String, Option<Arc<jsonschema::Validator>>>,
+    compiled: HashMap<String, Option<Compiled>>,
 }
 
 impl std::fmt::Debug for Schemas {
@@ -84,9 +94,19 @@ impl Schemas {
                     continue;
                 }
             };
-            match jsonschema::draft202012::new(&json) {
-                Ok(v) => {
-                    compiled.insert(name, Some(Arc::new(v)));
+            // The same options as `draft202012::new`, for the settings tree.
+            let both = jsonschema::draft202012::new(&json).and_then(|v| {
+                let settings = jsonschema::options_for::<SettingsJson>()
+                    .with_draft(Draft::Draft202012)
+                    .build(&json)?;
+                Ok(Compiled {
+                    json: Arc::new(v),
+                    settings,
+                })
+            });
+            match both {
+                Ok(c) => {
+                    compiled.insert(name, Some(c));
                 }
                 Err(e) => {
                     diags.push(
@@ -106,13 +126,13 @@ impl Schemas {
 
     /// The compiled schema `name`, when it exists and compiled.
     pub fn get(&self, name: &str) -> Option<Arc<jsonschema::Validator>> {
-        self.compiled.get(name).cloned().flatten()
+        self.compiled.get(name)?.as_ref().map(|c| c.json.clone())
     }
 
     /// Validate an environment's settings; every violation becomes a diagnostic.
     pub fn validate(&self, env: &Environment, diags: &mut Vec<Diagnostic>) {
         let validator = match self.compiled.get(&env.schema.value) {
-            Some(Some(v)) => v,
+            Some(Some(c)) => &c.settings,
             Some(None) => {
                 diags.push(
                     Diagnostic::new(
@@ -153,10 +173,9 @@ impl Schemas {
                 return;
             }
         };
-        let json = env.settings_json();
         // Where the secrets are matters only for an error; most environments have none.
         let mut secrets = None;
-        for error in validator.iter_errors(&json) {
+        for error in validator.iter_errors(Instance::Settings(&env.settings)) {
             let path = error.instance_path();
             let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
             if let Some((loc, text)) = secrets
@@ -285,5 +304,348 @@ fn rejects_every_string(kind: &ValidationErrorKind) -> bool {
         ValidationErrorKind::Constant { expected_value } => !expected_value.is_string(),
         ValidationErrorKind::FalseSchema => true,
         _ => false,
+    }
+}
+
+/// The settings of an environment as jsonschema reads them, straight from the [`Node`] tree:
+/// the same JSON as [`Environment::settings_json`] (and [`Node::to_json`]) without making that
+/// copy. Datetimes are strings, a secret is the string `(secret <reference>)`, a float that is
+/// not finite is `null`, and integers and floats are the numbers `to_json` makes.
+pub struct SettingsJson;
+
+/// One value of the settings (or a property name, for `propertyNames`).
+#[derive(Clone, Copy)]
+pub enum Instance<'a> {
+    /// The whole settings: resource name -> table.
+    Settings(&'a BTreeMap<String, Resource>),
+    Node(&'a Node),
+    Name(&'a str),
+}
+
+#[derive(Clone, Copy)]
+pub enum Members<'a> {
+    Settings(&'a BTreeMap<String, Resource>),
+    Table(&'a Table),
+}
+
+pub enum MembersIter<'a> {
+    Settings(std::collections::btree_map::Iter<'a, String, Resource>),
+    Table(<&'a Table as IntoIterator>::IntoIter),
+}
+
+impl<'a> Iterator for MembersIter<'a> {
+    type Item = (&'a str, Instance<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            MembersIter::Settings(it) => it
+                .next()
+                .map(|(k, r)| (k.as_str(), Instance::Node(&r.node))),
+            MembersIter::Table(it) => it
+                .next()
+                .map(|(k, m)| (k.as_str(), Instance::Node(&m.node))),
+        }
+    }
+}
+
+impl Json for SettingsJson {
+    type Node<'a> = Instance<'a>;
+    type PreparedKey = String;
+    type StringBuffer = ();
+
+    // Lookups are binary searches, as in serde_json's `BTreeMap`.
+    const KEYS_PER_LOOKUP: usize = 2;
+
+    fn prepare_key(key: &str) -> String {
+        key.to_owned()
+    }
+
+    fn with_string_node<T>(_: &mut (), string: &str, f: impl FnOnce(Instance<'_>) -> T) -> T {
+        f(Instance::Name(string))
+    }
+}
+
+impl<'a> JsonNode<'a, SettingsJson> for Instance<'a> {
+    type Object = Members<'a>;
+    type Array = &'a [Node];
+    type Number = serde_json::Number;
+
+    fn as_object(&self) -> Option<Members<'a>> {
+        match *self {
+            Instance::Settings(s) => Some(Members::Settings(s)),
+            Instance::Node(Node {
+                value: Value::Table(t),
+                ..
+            }) => Some(Members::Table(t)),
+            _ => None,
+        }
+    }
+
+    fn as_array(&self) -> Option<&'a [Node]> {
+        match *self {
+            Instance::Node(Node {
+                value: Value::Array(items),
+                ..
+            }) => Some(items),
+            _ => None,
+        }
+    }
+
+    fn as_string(&self) -> Option<Cow<'a, str>> {
+        match *self {
+            Instance::Node(n) => match &n.value {
+                Value::String(s) | Value::Datetime(s) => Some(Cow::Borrowed(s)),
+                Value::Secret(r) => Some(Cow::Owned(format!("(secret {})", r.text))),
+                _ => None,
+            },
+            Instance::Name(s) => Some(Cow::Borrowed(s)),
+            Instance::Settings(_) => None,
+        }
+    }
+
+    fn as_number(&self) -> Option<serde_json::Number> {
+        match *self {
+            Instance::Node(n) => match n.value {
+                Value::Integer(i) => Some(serde_json::Number::from(i)),
+                Value::Float(f) => serde_json::Number::from_f64(f),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn as_boolean(&self) -> Option<bool> {
+        match *self {
+            Instance::Node(Node {
+                value: Value::Boolean(b),
+                ..
+            }) => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(*self, Instance::Node(Node { value: Value::Float(f), .. }) if !f.is_finite())
+    }
+
+    fn json_type(&self) -> JsonType {
+        match *self {
+            Instance::Settings(_) => JsonType::Object,
+            Instance::Name(_) => JsonType::String,
+            Instance::Node(n) => match &n.value {
+                Value::String(_) | Value::Datetime(_) | Value::Secret(_) => JsonType::String,
+                Value::Integer(_) => JsonType::Number,
+                Value::Float(f) if f.is_finite() => JsonType::Number,
+                Value::Float(_) => JsonType::Null,
+                Value::Boolean(_) => JsonType::Boolean,
+                Value::Array(_) => JsonType::Array,
+                Value::Table(_) => JsonType::Object,
+            },
+        }
+    }
+
+    /// Scalars compare without building a `serde_json::Value` (`enum` and `const` run once per
+    /// value); containers as jsonschema's own comparison of the copies.
+    fn equals_value(&self, expected: &serde_json::Value) -> bool {
+        use serde_json::Value as J;
+        match (*self, expected) {
+            (Instance::Node(n), _) => match (&n.value, expected) {
+                (Value::String(s) | Value::Datetime(s), J::String(e)) => s == e,
+                (Value::String(_) | Value::Datetime(_), _) => false,
+                (Value::Boolean(b), J::Bool(e)) => b == e,
+                (Value::Boolean(_), _) => false,
+                (Value::Integer(i), J::Number(e)) => {
+                    json::cmp::equal_numbers(&serde_json::Number::from(*i), e)
+                }
+                (Value::Integer(_), _) => false,
+                _ => json::cmp::equal(&self.to_value(), expected),
+            },
+            (Instance::Name(s), J::String(e)) => s == e,
+            (Instance::Name(_), _) => false,
+            (Instance::Settings(_), _) => json::cmp::equal(&self.to_value(), expected),
+        }
+    }
+
+    fn to_value(&self) -> Cow<'a, serde_json::Value> {
+        Cow::Owned(match *self {
+            Instance::Settings(s) => serde_json::Value::Object(
+                s.iter()
+                    .map(|(k, r)| (k.clone(), r.node.to_json()))
+                    .collect(),
+            ),
+            Instance::Node(n) => n.to_json(),
+            Instance::Name(s) => serde_json::Value::String(s.to_owned()),
+        })
+    }
+
+    fn identity(&self) -> Option<NodeIdentity> {
+        match *self {
+            Instance::Settings(s) => Some(NodeIdentity::new(std::ptr::from_ref(s) as usize)),
+            Instance::Node(n) => Some(NodeIdentity::new(std::ptr::from_ref(n) as usize)),
+            Instance::Name(_) => None,
+        }
+    }
+}
+
+impl<'a> Object<'a, SettingsJson> for Members<'a> {
+    type Node = Instance<'a>;
+    type MemberName = &'a str;
+    type MembersIter = MembersIter<'a>;
+
+    fn len(&self) -> usize {
+        match *self {
+            Members::Settings(s) => s.len(),
+            Members::Table(t) => t.len(),
+        }
+    }
+
+    fn get(&self, key: &String) -> Option<Instance<'a>> {
+        match *self {
+            Members::Settings(s) => s.get(key.as_str()).map(|r| Instance::Node(&r.node)),
+            Members::Table(t) => t.get(key).map(|m| Instance::Node(&m.node)),
+        }
+    }
+
+    fn members(&self) -> MembersIter<'a> {
+        match *self {
+            Members::Settings(s) => MembersIter::Settings(s.iter()),
+            Members::Table(t) => MembersIter::Table(t.into_iter()),
+        }
+    }
+}
+
+impl<'a> Array<'a, SettingsJson> for &'a [Node] {
+    type Node = Instance<'a>;
+    type ElementsIter = std::iter::Map<std::slice::Iter<'a, Node>, fn(&'a Node) -> Instance<'a>>;
+
+    fn len(&self) -> usize {
+        <[Node]>::len(self)
+    }
+
+    fn elements(&self) -> Self::ElementsIter {
+        self.iter().map(Instance::Node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Input;
+
+    /// Every error of `validator` on `instance`: where, which rule, and the message.
+    fn errors<'i>(errors: impl Iterator<Item = jsonschema::ValidationError<'i>>) -> Vec<String> {
+        errors
+            .map(|e| format!("{} | {} | {e}", e.instance_path(), e.schema_path().as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_settings_tree_validates_exactly_as_its_json_copy() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "minProperties": 5,
+            "propertyNames": {"pattern": "^[a-z][a-z0-9-]*$", "maxLength": 12},
+            "properties": {
+                "strict": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["port", "name", "mode", "ratio", "tags", "db", "missing"],
+                    "properties": {
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535, "multipleOf": 2},
+                        "name": {"type": "string", "pattern": "^[a-z]+$", "minLength": 3},
+                        "mode": {"enum": ["a", "b", 3, 2.5, true, null, [1, 2], {"k": "v"}]},
+                        "ratio": {"type": "number", "exclusiveMaximum": 1.0},
+                        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true,
+                                 "maxItems": 3, "contains": {"const": "x"}},
+                        "db": {"type": "object", "properties": {"password": {"type": "integer"},
+                               "user": {"const": "root"}}, "dependentRequired": {"user": ["host"]}},
+                        "flag": {"type": "boolean"},
+                        "any": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                        "all": {"allOf": [{"minimum": 5}, {"maximum": 3}]},
+                        "not": {"not": {"type": "integer"}},
+                        "ifthen": {"if": {"type": "integer"}, "then": {"minimum": 10},
+                                   "else": {"type": "string"}},
+                        "f": {"type": "integer"},
+                        "same": {"enum": [1, 2.0, "1", false]},
+                        "list": {"const": [1, "two", {"k": [3.5]}]}
+                    }
+                }
+            },
+            "additionalProperties": {"type": "object", "maxProperties": 2,
+                                     "patternProperties": {"^n": {"type": "number"}}}
+        });
+        let env_file = r#"
+            [environment]
+            account = "123456789012"
+            schema = "s"
+            [target]
+            kind = "dir"
+            path = "/srv/t"
+            [settings.strict]
+            port = 70001
+            name = "AB"
+            mode = "c"
+            ratio = 1.5
+            tags = ["y", "y", 3, "z"]
+            extra = 1
+            flag = "yes"
+            any = 1.5
+            all = 4
+            not = 7
+            ifthen = 3
+            f = 1.0
+            same = 2
+            list = [1, "two", { k = [3.5] }]
+            [settings.strict.db]
+            password = { secret = "env:DB_PW" }
+            user = "admin"
+            [settings.Bad_Name_Way_Too_Long]
+            x = 1
+            [settings.other]
+            n1 = "s"
+            n2 = nan
+            n3 = -inf
+        "#;
+        let config = crate::config::load(Input {
+            environments: vec![InputFile {
+                path: "environments/t.toml".into(),
+                content: Ok(env_file.as_bytes().to_vec()),
+            }],
+            schemas: vec![InputFile {
+                path: "schemas/s.schema.json".into(),
+                content: Ok(schema.to_string().into_bytes()),
+            }],
+            root: None,
+        });
+        let env = config.get("t").expect("the environment resolves");
+        let tree = jsonschema::options_for::<SettingsJson>()
+            .with_draft(Draft::Draft202012)
+            .build(&schema)
+            .unwrap();
+        let copy = jsonschema::draft202012::new(&schema).unwrap();
+        let json = env.settings_json();
+        let from_tree = errors(tree.iter_errors(Instance::Settings(&env.settings)));
+        let from_copy = errors(copy.iter_errors(&json));
+        assert!(from_copy.len() > 20, "{from_copy:#?}");
+        assert_eq!(from_tree, from_copy);
+        assert_eq!(
+            tree.is_valid(Instance::Settings(&env.settings)),
+            copy.is_valid(&json)
+        );
+        // And each resource on its own, valid or not.
+        for (name, res) in &env.settings {
+            let sub = &schema["additionalProperties"];
+            let tree = jsonschema::options_for::<SettingsJson>()
+                .with_draft(Draft::Draft202012)
+                .build(sub)
+                .unwrap();
+            let copy = jsonschema::draft202012::new(sub).unwrap();
+            let json = res.node.to_json();
+            assert_eq!(
+                errors(tree.iter_errors(Instance::Node(&res.node))),
+                errors(copy.iter_errors(&json)),
+                "{name}"
+            );
+        }
     }
 }

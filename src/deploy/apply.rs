@@ -80,7 +80,8 @@ pub struct LogRef {
 }
 
 impl Report {
-    fn new(d: &Deployment<'_>, outcome: &str) -> Self {
+    /// `config_sha256`: what the report says unless the run replaces it (a plan's own hash).
+    fn new(d: &Deployment<'_>, outcome: &str, config_sha256: String) -> Self {
         Report {
             ok: true,
             environment: d.env.name.clone(),
@@ -97,7 +98,7 @@ impl Report {
             rollback_health: None,
             recovered: Vec::new(),
             reason: None,
-            config_sha256: d.config_sha256(),
+            config_sha256,
             log: None,
             action: "apply",
             saved: None,
@@ -279,7 +280,10 @@ pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<Secret
 }
 
 /// `deploy plan --target NAME`: verify the owner, diff against live. Writes nothing.
-pub fn plan(d: &Deployment<'_>) -> Result<Report> {
+///
+/// With `save`, the report carries the [`SavedPlan`] that `deploy plan --out FILE` writes
+/// (its hashes of every live and desired file are computed only then).
+pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let resolved = resolve_secrets(d)?;
     if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
@@ -305,8 +309,7 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
         &live_secrets(d, &live)?,
         &key,
     );
-    let mut report = Report::new(d, "planned");
-    report.config_sha256 = plan.desired.config_sha256.clone();
+    let mut report = Report::new(d, "planned", plan.desired.config_sha256.clone());
     // Secret values are bound by their keyed hashes, which only the target's own key makes
     // reproducible: a plan made before the target has one cannot bind them.
     let secrets_bound = stored_key.is_some() || plan.desired.secrets.is_empty();
@@ -314,7 +317,7 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
     report.previous_generation = live.generation;
     report.generation = live.generation;
     report.set_plan(&plan);
-    report.saved = Some(
+    report.saved = save.then(|| {
         SavedPlan {
             format: saved::FORMAT.to_owned(),
             version: saved::VERSION,
@@ -335,8 +338,8 @@ pub fn plan(d: &Deployment<'_>) -> Result<Report> {
             operator: operator(),
             checksum: String::new(),
         }
-        .seal(),
-    );
+        .seal()
+    });
     show_plan(
         d,
         &format!("Plan for {}", heading(d)),
@@ -367,8 +370,12 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     let stamp = d.verify_owner()?;
     // A secret that cannot be read refuses before anything, even a recovery, is written.
     let resolved = resolve_secrets(d)?;
-    let mut report = Report::new(d, "applied");
+    // The plan's own hash replaces it below; only a run that ends in the recovery reports it.
+    let mut report = Report::new(d, "applied", String::new());
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
+        if report.config_sha256.is_empty() {
+            report.config_sha256 = plan::settings_sha256(d.env);
+        }
         return Ok(report);
     };
     if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
@@ -921,7 +928,7 @@ fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
         action: log::Action::Apply,
         outcome: Outcome::Refused,
         commit: d.commit.id.to_string(),
-        config_sha256: d.config_sha256(),
+        config_sha256: plan::settings_sha256(d.env),
         operator: Operator::current(),
         changes: Changes::default(),
         generation,
@@ -1030,7 +1037,8 @@ pub(super) fn record_refusal(
         reason: Some(format!("{err:#}")),
         ..entry(d, live)
     };
-    let mut scratch = Report::new(d, "refused");
+    // Only its `log` is set, and it is not shown.
+    let mut scratch = Report::new(d, "refused", String::new());
     if let Err(e) = record(d, &mut scratch, entry) {
         d.warn(&format!(
             "the refusal could not be recorded in the deployment log: {e:#}"
@@ -1268,7 +1276,7 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
-    let mut report = Report::new(d, "applied");
+    let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);
     };

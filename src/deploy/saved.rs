@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Environment;
 use crate::error::Failure;
+use crate::hash::{self, Sha256Writer};
 use crate::log::Changes;
 use crate::plan::{Change, Desired};
 use crate::target::{GenerationId, Live, sha256_hex};
@@ -62,14 +63,21 @@ pub struct LiveState {
 
 /// A hash of a live state: the live generation and the SHA-256 of each live resource file.
 pub fn live_sha256(live: &Live) -> String {
-    let mut text = format!(
-        "generation {}\n",
-        live.generation.map_or("none".to_owned(), |g| g.to_string())
-    );
+    use std::io::Write;
+    // The hash of the text `generation <id>\n` and `<name> <sha256 hex>\n` per resource,
+    // streamed (no text, no `String` per resource).
+    let mut w = Sha256Writer::default();
+    let _ = match live.generation {
+        Some(g) => writeln!(w, "generation {g}"),
+        None => writeln!(w, "generation none"),
+    };
     for (name, bytes) in &live.resources {
-        text.push_str(&format!("{name} {}\n", sha256_hex(bytes)));
+        let _ = w.write_all(name.as_bytes());
+        let _ = w.write_all(b" ");
+        let _ = w.write_all(&hash::sha256_hex_bytes(bytes));
+        let _ = w.write_all(b"\n");
     }
-    sha256_hex(text.as_bytes())
+    w.hex()
 }
 
 /// Resource -> SHA-256 of its file, or the keyed hash of a file that holds a secret.
@@ -90,9 +98,15 @@ pub fn resource_hashes(desired: &Desired, key: &[u8]) -> BTreeMap<String, String
 
 impl SavedPlan {
     fn computed_checksum(&self) -> String {
-        let mut doc = self.clone();
-        doc.checksum.clear();
-        sha256_hex(&serde_json::to_vec(&doc).expect("a plan serializes"))
+        // Without `checksum` (an empty one is not serialized): no copy needed when it is empty.
+        let sum = if self.checksum.is_empty() {
+            hash::json_sha256_hex(self)
+        } else {
+            let mut doc = self.clone();
+            doc.checksum.clear();
+            hash::json_sha256_hex(&doc)
+        };
+        sum.expect("a plan serializes")
     }
 
     /// Fill in `checksum`.
@@ -210,5 +224,70 @@ impl SavedPlan {
             return Err(foreign(format!("target {}", self.target)));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How the live state was hashed before it was streamed: the text, then its hash.
+    fn live_sha256_of_text(live: &Live) -> String {
+        let mut text = format!(
+            "generation {}\n",
+            live.generation.map_or("none".to_owned(), |g| g.to_string())
+        );
+        for (name, bytes) in &live.resources {
+            text.push_str(&format!("{name} {}\n", sha256_hex(bytes)));
+        }
+        sha256_hex(text.as_bytes())
+    }
+
+    #[test]
+    fn the_live_hash_is_the_hash_of_its_text() {
+        let resources: BTreeMap<String, Vec<u8>> = (0..3000)
+            .map(|i| (format!("r-{i:05}"), format!("x = {i}\n").into_bytes()))
+            .chain([("empty".to_owned(), Vec::new())])
+            .collect();
+        for generation in [None, Some(1), Some(12345)] {
+            let live = Live {
+                generation,
+                resources: resources.clone(),
+            };
+            assert_eq!(live_sha256(&live), live_sha256_of_text(&live));
+        }
+        let empty = Live {
+            generation: None,
+            resources: BTreeMap::new(),
+        };
+        assert_eq!(live_sha256(&empty), live_sha256_of_text(&empty));
+    }
+
+    #[test]
+    fn the_checksum_is_the_hash_of_the_json_without_it() {
+        let plan = SavedPlan {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            environment: "prod".into(),
+            account: "123456789012".into(),
+            target: "dir /srv/prod".into(),
+            commit: "c".repeat(40),
+            config_sha256: "a".repeat(64),
+            live: LiveState {
+                generation: Some(3),
+                sha256: "b".repeat(64),
+            },
+            resources: [("r".to_owned(), "d".repeat(64))].into(),
+            secrets_bound: true,
+            summary: Changes::default(),
+            changes: Vec::new(),
+            created: "2026-11-22T00:00:00Z".into(),
+            operator: "me@host".into(),
+            checksum: String::new(),
+        };
+        let want = sha256_hex(&serde_json::to_vec(&plan).unwrap());
+        let sealed = plan.seal();
+        assert_eq!(sealed.checksum, want);
+        assert_eq!(sealed.computed_checksum(), want);
     }
 }
