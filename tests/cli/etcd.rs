@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 
-use crate::harness::{Repo, Run};
+use crate::harness::{Paused, Repo, Run};
 
 const ENV: &str = "environments/edge.toml";
 const PREFIX: &str = "/svc/edge/";
@@ -284,79 +283,9 @@ fn set_threads(repo: &Repo, from: u32, to: u32) {
     repo.commit(&format!("threads {to}"));
 }
 
-/// The outcomes in `deploy log --target edge`, oldest first.
+/// The outcomes in `deploy log --target edge`, oldest first (the log verifies).
 fn outcomes(repo: &Repo) -> Vec<(String, String)> {
-    let run = repo.deploy(&["log", "--target", "edge", "--format", "json"]);
-    run.code(0);
-    let v: Value = serde_json::from_str(&run.stdout).unwrap();
-    let mut out: Vec<(u64, String, String)> = v["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["seq"].as_u64().unwrap(),
-                r["outcome"].as_str().unwrap().to_owned(),
-                r["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out.into_iter().map(|(_, o, r)| (o, r)).collect()
-}
-
-/// A `deploy` started in the background that stops at failpoint `point`; with `resume`, it
-/// goes on once that file exists. Its stderr goes to a file, read with [`Paused::stderr`].
-struct Paused {
-    child: Child,
-    err: PathBuf,
-}
-
-impl Paused {
-    fn start(repo: &Repo, point: &str, resume: Option<&Path>, scratch: &Path) -> Paused {
-        let err = scratch.join(format!("{point}.stderr"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
-        cmd.arg("-C")
-            .arg(repo.path())
-            .args(["--target", "edge", "--yes"])
-            .env("NO_COLOR", "1")
-            .env("ENVLOCK_FAILPOINT", point)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap());
-        if let Some(r) = resume {
-            cmd.env("ENVLOCK_FAILPOINT_RESUME", r);
-        }
-        let mut paused = Paused {
-            child: cmd.spawn().unwrap(),
-            err,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !paused
-            .stderr()
-            .contains(&format!("failpoint {point} reached"))
-        {
-            if let Some(status) = paused.child.try_wait().unwrap() {
-                panic!(
-                    "deploy exited ({status}) before {point}:\n{}",
-                    paused.stderr()
-                );
-            }
-            assert!(Instant::now() < deadline, "deploy never reached {point}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        paused
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Wait for it to exit; its exit code.
-    fn finish(mut self) -> (i32, String) {
-        let status = self.child.wait().unwrap();
-        (status.code().unwrap_or(-1), self.stderr())
-    }
+    crate::harness::log_outcomes(repo, "edge")
 }
 
 #[test]
@@ -426,7 +355,13 @@ fn a_write_between_plan_and_apply_makes_the_deploy_stale_and_nothing_is_written(
 
     // The deployer has read the store and computed its plan; another tool writes meanwhile.
     let resume = scratch.path().join("go");
-    let paused = Paused::start(&repo, "after-lock", Some(&resume), scratch.path());
+    let paused = Paused::start(
+        repo.path(),
+        &["--target", "edge", "--yes"],
+        "after-lock",
+        Some(&resume),
+        &[],
+    );
     let other = r#"{"threads":2,"written_by":"another tool"}"#;
     etcd.put("/svc/edge/worker", other);
     std::fs::write(&resume, "").unwrap();
@@ -496,18 +431,22 @@ fn a_failed_health_check_restores_the_previous_generation_in_a_second_transactio
 #[test]
 fn a_second_deployer_exits_5_and_a_killed_deployers_lease_lapses() {
     let etcd = Cluster::start(1);
-    let scratch = tempfile::tempdir().unwrap();
     let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
 
-    let mut holder = Paused::start(&repo, "after-lock", None, scratch.path());
-    let pid = holder.child.id();
+    let holder = Paused::start(
+        repo.path(),
+        &["--target", "edge", "--yes"],
+        "after-lock",
+        None,
+        &[],
+    );
+    let pid = holder.pid();
     deploy_yes(&repo)
         .code(5)
         .stderr_has("locked by")
         .stderr_has(&format!("(pid {pid}, deploying `edge`)"));
 
-    holder.child.kill().unwrap(); // SIGKILL: no chance to release anything
-    holder.child.wait().unwrap();
+    holder.kill9();
     let lock = format!("{STATE}lock");
     let deadline = Instant::now() + Duration::from_secs(20);
     while etcd.value(&lock).is_some() {
@@ -566,13 +505,17 @@ fn the_lock_is_kept_alive_through_a_health_check_longer_than_its_ttl() {
 #[test]
 fn a_deployer_killed_after_its_transaction_is_recovered_and_recorded_by_the_next_run() {
     let etcd = Cluster::start(1);
-    let scratch = tempfile::tempdir().unwrap();
     let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
     deploy_yes(&repo).code(0);
     set_threads(&repo, 4, 8);
-    let mut killed = Paused::start(&repo, "after-switch", None, scratch.path());
-    killed.child.kill().unwrap();
-    killed.child.wait().unwrap();
+    let killed = Paused::start(
+        repo.path(),
+        &["--target", "edge", "--yes"],
+        "after-switch",
+        None,
+        &[],
+    );
+    killed.kill9();
     // Committed whole: the new values and the journal that says a health check was due.
     assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
     assert!(etcd.value(&format!("{STATE}journal")).is_some());
@@ -759,7 +702,13 @@ fn leader_killed_at(point: &str) -> (i32, String) {
     assert!(repo.read(ENV).matches("threads = 5").count() == 21);
 
     let resume = scratch.path().join("go");
-    let paused = Paused::start(&repo, point, Some(&resume), scratch.path());
+    let paused = Paused::start(
+        repo.path(),
+        &["--target", "edge", "--yes"],
+        point,
+        Some(&resume),
+        &[],
+    );
     let leader = etcd.leader();
     etcd.kill(leader);
     std::fs::write(&resume, "").unwrap();

@@ -8,12 +8,8 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::harness::{Repo, Run};
+use crate::harness::{Paused, Repo, Run};
 
 pub(crate) const ENV: &str = "cloud";
 const ACCOUNT: &str = "123456789012";
@@ -160,24 +156,7 @@ impl Cloud {
 
     /// `(outcome, reason)` of every record in the log, oldest first; the log verifies.
     fn outcomes(&self) -> Vec<(String, String)> {
-        self.run(&["log", "verify", "--target", ENV], &[]).code(0);
-        let run = self.run(&["log", "--target", ENV, "--format", "json"], &[]);
-        run.code(0);
-        let v: Value = serde_json::from_str(&run.stdout).unwrap();
-        let mut out: Vec<(u64, String, String)> = v["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["seq"].as_u64().unwrap(),
-                    r["outcome"].as_str().unwrap().to_owned(),
-                    r["reason"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        out.sort();
-        out.into_iter().map(|(_, o, r)| (o, r)).collect()
+        crate::harness::log_outcomes(&self.repo, ENV)
     }
 
     /// Start `deploy --target cloud --yes` stopped at failpoint `point` (going on once `resume`
@@ -207,75 +186,6 @@ fn all_stored(threads: u32) -> BTreeMap<String, String> {
         .iter()
         .map(|n| (n.to_string(), stored(threads)))
         .collect()
-}
-
-/// A `deploy` started in the background that stops at failpoint `point`; with `resume`, it
-/// goes on once that file exists. Its stderr goes to a file.
-pub(crate) struct Paused {
-    child: Child,
-    err: PathBuf,
-}
-
-impl Paused {
-    pub(crate) fn start(
-        repo: &Path,
-        args: &[&str],
-        point: &str,
-        resume: Option<&Path>,
-        env: &[(String, String)],
-    ) -> Paused {
-        let err = repo.join(format!("scratch/{point}.stderr"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
-        cmd.arg("-C")
-            .arg(repo)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("ENVLOCK_FAILPOINT", point)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap());
-        if let Some(r) = resume {
-            cmd.env("ENVLOCK_FAILPOINT_RESUME", r);
-        }
-        let mut paused = Paused {
-            child: cmd.spawn().unwrap(),
-            err,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !paused
-            .stderr()
-            .contains(&format!("failpoint {point} reached"))
-        {
-            if let Some(status) = paused.child.try_wait().unwrap() {
-                panic!(
-                    "deploy exited ({status}) before {point}:\n{}",
-                    paused.stderr()
-                );
-            }
-            assert!(Instant::now() < deadline, "deploy never reached {point}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        paused
-    }
-
-    pub(crate) fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// Wait for it to exit; its exit code and stderr.
-    pub(crate) fn finish(mut self) -> (i32, String) {
-        let status = self.child.wait().unwrap();
-        (status.code().unwrap_or(-1), self.stderr())
-    }
-
-    /// SIGKILL it (a real `kill -9`) and reap it.
-    pub(crate) fn kill9(mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-9", &pid]).status().unwrap();
-        assert!(status.success());
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::exec::Paused;
-use crate::harness::{Repo, Run};
+use crate::harness::{Paused, Repo, Run};
 use crate::moto::{Moto, REGION, provider_path};
 
 const ENV: &str = "cloud";
@@ -92,23 +91,10 @@ impl Ssm {
     }
 
     fn outcomes(&self) -> Vec<String> {
-        self.run(&["log", "verify", "--target", ENV], &[]).code(0);
-        let run = self.run(&["log", "--target", ENV, "--format", "json"], &[]);
-        run.code(0);
-        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        let mut out: Vec<(u64, String)> = v["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["seq"].as_u64().unwrap(),
-                    r["outcome"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        out.sort();
-        out.into_iter().map(|(_, o)| o).collect()
+        crate::harness::log_outcomes(&self.repo, ENV)
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect()
     }
 }
 

@@ -321,3 +321,98 @@ pub fn wait_for_file(child: &mut std::process::Child, path: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// A `deploy` started in the background that stops at failpoint `point` (test builds have the
+/// `failpoints` feature); with `resume`, it goes on once that file exists. Its stderr goes to a
+/// temporary file, read with [`Paused::stderr`].
+pub struct Paused {
+    child: std::process::Child,
+    err: tempfile::NamedTempFile,
+}
+
+impl Paused {
+    /// Start `deploy -C dir ARGS` with `env` added and wait until it reaches `point`.
+    pub fn start(
+        dir: &Path,
+        args: &[&str],
+        point: &str,
+        resume: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Paused {
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = deploy_command(dir, args, &[]);
+        cmd.env("ENVLOCK_FAILPOINT", point)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(err.reopen().unwrap());
+        if let Some(r) = resume {
+            cmd.env("ENVLOCK_FAILPOINT_RESUME", r);
+        }
+        let mut paused = Paused {
+            child: cmd.spawn().unwrap(),
+            err,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !paused
+            .stderr()
+            .contains(&format!("failpoint {point} reached"))
+        {
+            if let Some(status) = paused.child.try_wait().unwrap() {
+                panic!(
+                    "deploy exited ({status}) before {point}:\n{}",
+                    paused.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "deploy never reached {point}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        paused
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.err.path()).unwrap_or_default()
+    }
+
+    /// Wait for it to exit; its exit code and stderr.
+    pub fn finish(mut self) -> (i32, String) {
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), self.stderr())
+    }
+
+    /// SIGKILL it (no chance to release or clean up anything) and reap it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// `(outcome, reason)` of every record of `env`'s deployment log, oldest first, after checking
+/// that `deploy log verify` passes.
+#[track_caller]
+pub fn log_outcomes(repo: &Repo, env: &str) -> Vec<(String, String)> {
+    repo.deploy(&["log", "verify", "--target", env]).code(0);
+    let run = repo.deploy(&["log", "--target", env, "--format", "json"]);
+    run.code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut out: Vec<(u64, String, String)> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, o, r)| (o, r)).collect()
+}

@@ -555,11 +555,6 @@ impl ExecTarget {
         }
         Err(lines.join("\n"))
     }
-
-    /// The state directory, for `describe`.
-    pub fn state_display(&self) -> &str {
-        &self.state_display
-    }
 }
 
 impl Target for ExecTarget {
