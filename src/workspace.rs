@@ -4,7 +4,7 @@ use std::path::{Component, Path};
 
 use anyhow::{Context, Result};
 
-use crate::config::{self, Config, Environment};
+use crate::config::{self, Config, Environment, Keep};
 use crate::error::Failure;
 use crate::repo::{CommitInfo, Repo, RepoError};
 
@@ -19,7 +19,7 @@ pub fn open(dir: &Path) -> Result<Repo> {
 }
 
 /// Resolve `rev` and load every environment at it.
-pub fn load(repo: &Repo, rev: &str) -> Result<(CommitInfo, Config)> {
+pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> {
     let commit = repo.commit(rev).map_err(|e| match e {
         RepoError::BadRevision { .. } => anyhow::Error::new(
             Failure::error(e.to_string()).hint("name a commit, branch or tag, e.g. HEAD~1 or main"),
@@ -36,7 +36,7 @@ pub fn load(repo: &Repo, rev: &str) -> Result<(CommitInfo, Config)> {
         ),
         other => anyhow::Error::new(other),
     })?;
-    let config = config::load(input);
+    let config = config::load_keeping(input, keep);
     Ok((commit, config))
 }
 

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use envlock::config::Keep;
 use envlock::diagnostic::DiagnosticJson;
 use envlock::error::{Exit, Failure};
 use envlock::output::{Printer, style};
@@ -30,7 +31,7 @@ struct EnvStatus {
 pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
     let CheckArgs { rev } = args;
     let repo = workspace::open(dir)?;
-    let (commit, config) = workspace::load(&repo, &rev)?;
+    let (commit, config) = workspace::load(&repo, &rev, Keep::Nothing)?;
     let ok = config.diagnostics.is_empty();
     let names = config.names();
     let invalid: Vec<&String> = names

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
+use envlock::config::Keep;
 use envlock::error::{Exit, Failure};
 use envlock::output::{Printer, style};
 use envlock::render;
@@ -32,8 +33,8 @@ struct EnvDiff {
 pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
     let DiffArgs { from, to } = args;
     let repo = workspace::open(dir)?;
-    let (c1, old) = workspace::load(&repo, &from)?;
-    let (c2, new) = workspace::load(&repo, &to)?;
+    let (c1, old) = workspace::load(&repo, &from, Keep::All)?;
+    let (c2, new) = workspace::load(&repo, &to, Keep::All)?;
     let render_all = |config: &envlock::config::Config| -> BTreeMap<String, Option<String>> {
         let mut m: BTreeMap<String, Option<String>> = config
             .environments

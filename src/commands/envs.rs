@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use envlock::config::Environment;
+use envlock::config::{Environment, Keep};
 use envlock::deploy::open_target;
 use envlock::error::{Exit, Failure};
 use envlock::log;
@@ -60,7 +60,7 @@ fn last_deployment(env: &Environment) -> Option<LastDeployment> {
 pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
     let RevArgs { rev } = args;
     let repo = workspace::open(dir)?;
-    let (_commit, config) = workspace::load(&repo, &rev)?;
+    let (_commit, config) = workspace::load(&repo, &rev, Keep::Nothing)?;
     let rows: Vec<EnvRow> = config
         .environments
         .iter()
@@ -73,7 +73,7 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             protected: e.protected,
             branch: e.branch.as_ref().map(|b| b.value.clone()),
             after: e.after.iter().map(|a| a.value.clone()).collect(),
-            resources: e.settings.len(),
+            resources: e.resource_count,
             last_deployment: last_deployment(e),
         })
         .collect();

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use envlock::config::Environment;
+use envlock::config::{Environment, Keep};
 use envlock::deploy::open_target;
 use envlock::error::{Exit, Failure};
 use envlock::log::{self, Problem, Record};
@@ -60,7 +60,7 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         None => target,
     };
     let repo = workspace::open(dir)?;
-    let (_commit, config) = workspace::load(&repo, "HEAD")?;
+    let (_commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
     let envs: Vec<&Environment> = match &target {
         Some(name) => vec![workspace::environment(&config, name)?],
         None => config.environments.iter().collect(),

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use envlock::config::Config;
+use envlock::config::{Config, Keep};
 use envlock::deploy::saved::SavedPlan;
 use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
@@ -122,7 +122,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     // with its own handle on the repository (a handle is not shared between threads).
     let (loaded, status) = std::thread::scope(|s| {
         let status = s.spawn(|| Repo::discover(dir).map(|r| r.dirty_config_files()));
-        (workspace::load(&repo, &rev), status.join())
+        (
+            workspace::load(&repo, &rev, Keep::Only(name)),
+            status.join(),
+        )
     });
     let (commit, config) = loaded?;
     let status = match status {

@@ -93,10 +93,68 @@ pub struct Environment {
     pub target: Target,
     pub health: Option<Health>,
     pub notify: Option<Notify>,
-    /// Resource name -> its table (as a [`Node`] of kind table).
-    pub settings: BTreeMap<String, Resource>,
+    /// Resource name -> its table (as a [`Node`] of kind table); absent when the configuration
+    /// was loaded without this environment's resources (see [`Keep`]).
+    pub settings: Settings,
+    /// How many resources the environment has (also when `settings` was not kept).
+    pub resource_count: usize,
     /// What checking secret values at deploy time needs (filled by [`load`]).
     pub secret_checks: SecretChecks,
+}
+
+/// An environment's resources, or nothing when the configuration was loaded for another
+/// environment ([`Keep`]): validated, then let go, so that `check` of hundreds of environments
+/// holds one environment's tree at a time.
+///
+/// Reading resources that were not kept is a bug in the caller: it panics rather than give an
+/// empty set, which would plan to remove every resource.
+#[derive(Debug, Clone, Default)]
+pub struct Settings(Option<BTreeMap<String, Resource>>);
+
+impl Settings {
+    /// Whether the resources are here (see [`Keep`]).
+    pub fn is_kept(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::ops::Deref for Settings {
+    type Target = BTreeMap<String, Resource>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect(
+            "an environment's resources are read only when the loader was told to keep them",
+        )
+    }
+}
+
+impl<'a> IntoIterator for &'a Settings {
+    type Item = (&'a String, &'a Resource);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Resource>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// Which environments' resources [`load_keeping`] keeps after validating them. Every
+/// environment is always loaded, validated and checked against every other; what is not kept
+/// is only the tree of its resources.
+#[derive(Debug, Clone, Copy)]
+pub enum Keep<'a> {
+    All,
+    /// The one environment a command works on.
+    Only(&'a str),
+    /// None (`deploy check`, `deploy envs`, `deploy log`).
+    Nothing,
+}
+
+impl Keep<'_> {
+    fn keeps(&self, name: &str) -> bool {
+        match self {
+            Keep::All => true,
+            Keep::Only(n) => *n == name,
+            Keep::Nothing => false,
+        }
+    }
 }
 
 /// The schema and the identities of every environment, kept with an environment so that
@@ -458,10 +516,45 @@ struct Loader<'a> {
     root: Option<&'a Path>,
 }
 
-/// Load and validate every environment of `input`.
+/// Load and validate every environment of `input`, keeping every environment's resources.
 pub fn load(input: Input) -> Config {
+    load_keeping(input, Keep::All)
+}
+
+/// What one input file is, by its path.
+enum FileKind {
+    Layer(String),
+    Env(String),
+    /// Not a valid name: reported after the file is parsed (`is_layer`, the file stem).
+    Misnamed(String, bool),
+}
+
+fn file_kind(path: &str) -> Option<FileKind> {
+    let stem = path.strip_prefix("environments/")?.strip_suffix(".toml")?;
+    let (is_layer, name) = match stem.strip_prefix('_') {
+        Some(rest) => (true, rest),
+        None => (false, stem),
+    };
+    Some(if !valid_name(name) {
+        FileKind::Misnamed(stem.to_owned(), is_layer)
+    } else if is_layer {
+        FileKind::Layer(stem.to_owned())
+    } else {
+        FileKind::Env(stem.to_owned())
+    })
+}
+
+/// Load and validate every environment of `input`; keep the resources of those `keep` names.
+///
+/// Environments stream through in batches: a batch is parsed (on every core), resolved against
+/// its layers, validated against its schema (on every core), and its strings are kept for the
+/// cross-environment lock; then the resources of environments not kept are let go. So memory
+/// holds one batch of trees at a time, not the whole repository. Diagnostics come out in the
+/// same order as if every file had been parsed first: parse problems in file order, then
+/// each environment's, then schema problems, then the cross-environment lock's.
+pub fn load_keeping(input: Input, keep: Keep) -> Config {
     let Input {
-        environments,
+        environments: mut files,
         schemas,
         root,
     } = input;
@@ -473,88 +566,113 @@ pub fn load(input: Input) -> Config {
         schemas: schema::Schemas::default(),
         root: root.as_deref(),
     };
-    // Parse every file first, so that layers are available whatever the order. The schemas
-    // compile meanwhile on another core (one large environment file is parsed on one), into
+    let mut kinds: Vec<Option<FileKind>> = files.iter().map(|f| file_kind(&f.path)).collect();
+    // Layers (and misnamed files) first, so that layers are there whatever the order; then the
+    // environments in batches of a few per core.
+    let (first, envs_idx): (Vec<usize>, Vec<usize>) = (0..files.len())
+        .filter(|&i| kinds[i].is_some())
+        .partition(|&i| !matches!(kinds[i], Some(FileKind::Env(_))));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let batch = (4 * threads).max(1);
+    let mut batches = envs_idx.chunks(batch);
+    let first_batch = batches.next().unwrap_or(&[]);
+
+    // The schemas compile on another core while the layers and the first batch parse, into
     // sources and diagnostics of their own that come first, as when compiled before.
-    let (pre, compiled) = std::thread::scope(|s| {
+    let (pre_first, pre_batch, compiled) = std::thread::scope(|s| {
         let compiled = s.spawn(|| {
             let (mut sources, mut diagnostics) = (Sources::default(), Vec::new());
             let schemas = schema::Schemas::load(schemas, &mut sources, &mut diagnostics);
             (schemas, sources, diagnostics)
         });
-        let pre = crate::parallel::map(&environments, pre_parse);
+        let parse = |idx: &[usize]| {
+            let batch: Vec<&InputFile> = idx.iter().map(|&i| &files[i]).collect();
+            crate::parallel::map(&batch, |f| pre_parse(f))
+        };
+        let pre_first = parse(&first);
+        let pre_batch = parse(first_batch);
         (
-            pre,
+            pre_first,
+            pre_batch,
             compiled.join().expect("compiling schemas does not panic"),
         )
     });
     (loader.schemas, loader.sources, loader.diagnostics) = compiled;
-    let mut envs: Vec<(String, Parsed)> = Vec::new();
+    let compile_diags = std::mem::take(&mut loader.diagnostics);
+
+    // Problems found while parsing (and naming) each file, by input index.
+    let mut file_diags: Vec<Vec<Diagnostic>> = (0..files.len()).map(|_| Vec::new()).collect();
+    let mut resolve_diags = Vec::new();
+    let mut schema_diags = Vec::new();
     let mut broken = Vec::new();
-    for (mut file, mut pre) in environments.into_iter().zip(pre) {
-        // The sources keep the text: move it there instead of copying it (it is UTF-8).
-        if let (
-            Ok(bytes),
-            PreParsed::Empty(text) | PreParsed::Parsed(text, _) | PreParsed::Invalid(text, _),
-        ) = (&mut file.content, &mut pre)
-        {
-            *text = String::from_utf8(std::mem::take(bytes)).unwrap_or_default();
-        }
-        let Some(file_name) = file.path.strip_prefix("environments/") else {
-            continue;
-        };
-        let Some(stem) = file_name.strip_suffix(".toml") else {
-            continue;
-        };
-        let stem = stem.to_owned();
-        let (is_layer, name) = match stem.strip_prefix('_') {
-            Some(rest) => (true, rest),
-            None => (false, stem.as_str()),
-        };
-        let parsed = loader.parse_file(&file, pre);
-        if !valid_name(name) {
-            let id = parsed
-                .as_ref()
-                .map(|p| p.file)
-                .unwrap_or_else(|| loader.sources.add(file.path.clone(), ""));
-            loader.diagnostics.push(
-                Diagnostic::new(
-                    "invalid-name",
-                    format!(
-                        "`{}` is not a valid {} name",
-                        stem,
-                        if is_layer { "layer" } else { "environment" }
-                    ),
-                )
-                .env(stem.clone())
-                .at(Loc::file(id), "file name")
-                .hint(
-                    "names are lowercase letters, digits and `-`, starting with a letter or digit \
-                     (layers add a leading `_`); rename the file",
-                ),
-            );
-            if !is_layer {
-                broken.push(stem);
+    let mut environments: Vec<Environment> = Vec::new();
+    // The strings of each environment whose resources were let go, for the lock's scan.
+    let mut strings: Vec<Option<crate::safety::Strings>> = Vec::new();
+
+    for (&i, pre) in first.iter().zip(pre_first) {
+        let parsed = loader.register(&mut files[i], pre);
+        match kinds[i].take() {
+            Some(FileKind::Layer(stem)) => {
+                loader.layers.insert(stem, parsed);
             }
-            continue;
+            Some(FileKind::Misnamed(stem, is_layer)) => {
+                loader.misnamed(&files[i], parsed.as_ref(), &stem, is_layer);
+                if !is_layer {
+                    broken.push(stem);
+                }
+            }
+            Some(FileKind::Env(_)) | None => {}
         }
-        if is_layer {
-            loader.layers.insert(stem, parsed);
-        } else {
+        file_diags[i] = std::mem::take(&mut loader.diagnostics);
+    }
+
+    let mut batch_idx = first_batch;
+    let mut pre_batch = pre_batch;
+    loop {
+        let mut parsed_envs = Vec::new();
+        for (&i, pre) in batch_idx.iter().zip(pre_batch) {
+            let parsed = loader.register(&mut files[i], pre);
+            file_diags[i] = std::mem::take(&mut loader.diagnostics);
+            let Some(FileKind::Env(stem)) = kinds[i].take() else {
+                continue;
+            };
             match parsed {
-                Some(p) => envs.push((stem, p)),
+                Some(p) => parsed_envs.push((stem, p)),
                 None => broken.push(stem),
             }
         }
+        let mut resolved = Vec::new();
+        for (name, parsed) in parsed_envs {
+            match loader.resolve_env(&name, parsed) {
+                Some(env) => resolved.push(env),
+                None => broken.push(name),
+            }
+        }
+        resolve_diags.append(&mut loader.diagnostics);
+        // Validate the batch against its schemas, and keep the strings of what is let go.
+        let schemas = &loader.schemas;
+        let checked = crate::parallel::map(&resolved, |env| {
+            let mut diags = Vec::new();
+            schemas.validate(env, &mut diags);
+            let kept = keep.keeps(&env.name);
+            (diags, (!kept).then(|| crate::safety::strings(env)))
+        });
+        for (mut env, (diags, env_strings)) in resolved.into_iter().zip(checked) {
+            schema_diags.extend(diags);
+            if env_strings.is_some() {
+                env.settings = Settings(None);
+            }
+            strings.push(env_strings);
+            environments.push(env);
+        }
+        let Some(next) = batches.next() else {
+            break;
+        };
+        batch_idx = next;
+        let batch: Vec<&InputFile> = next.iter().map(|&i| &files[i]).collect();
+        pre_batch = crate::parallel::map(&batch, |f| pre_parse(f));
     }
 
-    let mut environments = Vec::new();
-    for (name, parsed) in envs {
-        match loader.resolve_env(&name, parsed) {
-            Some(env) => environments.push(env),
-            None => broken.push(name),
-        }
-    }
     // Layers no environment uses are still checked (a cycle or a forbidden key is a bug waiting).
     let mut unused: Vec<String> = loader
         .layers
@@ -569,36 +687,25 @@ pub fn load(input: Input) -> Config {
             loader.resolve_layer(&layer, &at, &mut Vec::new());
         }
     }
+    let unused_diags = std::mem::take(&mut loader.diagnostics);
     broken.sort();
 
-    let mut config = Config {
-        sources: loader.sources,
-        environments,
-        broken,
-        diagnostics: loader.diagnostics,
-    };
-    // Schema validation of every resolved environment.
-    // Environments validate independently: spread them over the cores. The cross-environment
-    // lock reads neither the validation's results nor what is set below: it runs beside it.
-    let schemas = &loader.schemas;
-    let (schema_diags, safety) = std::thread::scope(|s| {
-        let safety = s.spawn(|| crate::safety::scan(&config));
-        let schema_diags = crate::parallel::map(&config.environments, |env| {
-            let mut diags = Vec::new();
-            schemas.validate(env, &mut diags);
-            diags
-        });
-        (
-            schema_diags,
-            safety.join().expect("the scan does not panic"),
-        )
-    });
-    config
-        .diagnostics
-        .extend(schema_diags.into_iter().flatten());
+    // The cross-environment lock works on everything that resolved, schema-valid or not. An
+    // environment whose resources were let go is loaded again only when its strings hold a
+    // foreign identity, to report where.
+    let mut names: Vec<String> = environments
+        .iter()
+        .map(|e| e.name.clone())
+        .chain(broken.iter().cloned())
+        .collect();
+    names.sort();
+    let reloaded: HashMap<usize, Environment> = crate::safety::suspects(&environments, &strings)
+        .into_iter()
+        .filter_map(|i| Some((i, loader.reload(&environments[i])?)))
+        .collect();
+    let safety = crate::safety::scan(&environments, &names, &loader.sources, &reloaded);
     let identities: Arc<Vec<(String, String, bool)>> = Arc::new(
-        config
-            .environments
+        environments
             .iter()
             .flat_map(|e| {
                 std::iter::once((e.name.clone(), e.account.value.clone(), true)).chain(
@@ -609,18 +716,81 @@ pub fn load(input: Input) -> Config {
             })
             .collect(),
     );
-    for env in &mut config.environments {
+    for env in &mut environments {
         env.secret_checks = SecretChecks {
-            validator: schemas.get(&env.schema.value),
+            validator: loader.schemas.get(&env.schema.value),
             identities: identities.clone(),
         };
     }
-    // The cross-environment lock works on everything that resolved, schema-valid or not.
-    config.diagnostics.extend(safety);
-    config
+    let mut diagnostics = compile_diags;
+    diagnostics.extend(file_diags.into_iter().flatten());
+    diagnostics.extend(resolve_diags);
+    diagnostics.extend(unused_diags);
+    diagnostics.extend(schema_diags);
+    diagnostics.extend(safety);
+    Config {
+        sources: loader.sources,
+        environments,
+        broken,
+        diagnostics,
+    }
 }
 
 impl Loader<'_> {
+    /// Register one pre-parsed input file, its text moved (not copied) into the sources.
+    fn register(&mut self, file: &mut InputFile, mut pre: PreParsed) -> Option<Parsed> {
+        if let (
+            Ok(bytes),
+            PreParsed::Empty(text) | PreParsed::Parsed(text, _) | PreParsed::Invalid(text, _),
+        ) = (&mut file.content, &mut pre)
+        {
+            // It is UTF-8: `pre_parse` said so.
+            *text = String::from_utf8(std::mem::take(bytes)).unwrap_or_default();
+        }
+        self.parse_file(file, pre)
+    }
+
+    /// Report a file whose name is not a valid environment or layer name.
+    fn misnamed(&mut self, file: &InputFile, parsed: Option<&Parsed>, stem: &str, is_layer: bool) {
+        let id = parsed
+            .map(|p| p.file)
+            .unwrap_or_else(|| self.sources.add(file.path.clone(), ""));
+        self.diagnostics.push(
+            Diagnostic::new(
+                "invalid-name",
+                format!(
+                    "`{}` is not a valid {} name",
+                    stem,
+                    if is_layer { "layer" } else { "environment" }
+                ),
+            )
+            .env(stem.to_owned())
+            .at(Loc::file(id), "file name")
+            .hint(
+                "names are lowercase letters, digits and `-`, starting with a letter or digit \
+                 (layers add a leading `_`); rename the file",
+            ),
+        );
+    }
+
+    /// Load an environment again from its registered text, resources included, for a report
+    /// that needs them after they were let go. Its problems were reported the first time.
+    fn reload(&mut self, env: &Environment) -> Option<Environment> {
+        let source = self.sources.get(env.file);
+        let file = InputFile {
+            path: source.path.clone(),
+            content: Ok(source.text.as_bytes().to_vec()),
+        };
+        let reported = self.diagnostics.len();
+        let parsed = match pre_parse(&file) {
+            PreParsed::Parsed(_, raw) => Some(self.parsed(env.file, &file.path, *raw)),
+            _ => None,
+        };
+        let env = parsed.and_then(|p| self.resolve_env(&env.name, p));
+        self.diagnostics.truncate(reported);
+        env
+    }
+
     /// Register one pre-parsed file; every problem becomes a diagnostic.
     fn parse_file(&mut self, file: &InputFile, pre: PreParsed) -> Option<Parsed> {
         match pre {
@@ -675,33 +845,9 @@ impl Loader<'_> {
                 );
                 None
             }
-            PreParsed::Parsed(text, mut raw) => {
+            PreParsed::Parsed(text, raw) => {
                 let id = self.sources.add(file.path.clone(), text);
-                let mut secrets_ok = true;
-                if let Some(settings) = raw.settings.as_mut() {
-                    let sources = &self.sources;
-                    let at = |offset: usize| {
-                        let (l, c) = sources.line_col(&Loc::new(id, offset..offset));
-                        format!("{}:{l}:{c}", file.path)
-                    };
-                    for p in settings.lift_secrets(&at) {
-                        secrets_ok = false;
-                        self.diagnostics.push(
-                            Diagnostic::new("invalid-secret", p.message)
-                                .env(stem_of(&file.path))
-                                .at(Loc::new(id, p.span), p.label)
-                                .hint(
-                                    "write `{ secret = \"env:NAME\" }` or `{ secret = \"file:PATH\" }`; \
-                                     the value is read when deploying and never shown",
-                                ),
-                        );
-                    }
-                }
-                Some(Parsed {
-                    file: id,
-                    raw: *raw,
-                    secrets_ok,
-                })
+                Some(self.parsed(id, &file.path, *raw))
             }
             PreParsed::Invalid(text, e) => {
                 let id = self.sources.add(file.path.clone(), text);
@@ -716,6 +862,35 @@ impl Loader<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// A file that parsed, registered as `id`: its secret references checked.
+    fn parsed(&mut self, id: FileId, path: &str, mut raw: RawFile) -> Parsed {
+        let mut secrets_ok = true;
+        if let Some(settings) = raw.settings.as_mut() {
+            let sources = &self.sources;
+            let at = |offset: usize| {
+                let (l, c) = sources.line_col(&Loc::new(id, offset..offset));
+                format!("{path}:{l}:{c}")
+            };
+            for p in settings.lift_secrets(&at) {
+                secrets_ok = false;
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-secret", p.message)
+                        .env(stem_of(path))
+                        .at(Loc::new(id, p.span), p.label)
+                        .hint(
+                            "write `{ secret = \"env:NAME\" }` or `{ secret = \"file:PATH\" }`; \
+                             the value is read when deploying and never shown",
+                        ),
+                );
+            }
+        }
+        Parsed {
+            file: id,
+            raw,
+            secrets_ok,
         }
     }
 
@@ -982,7 +1157,8 @@ impl Loader<'_> {
             target: target?,
             health: health?,
             notify: notify?,
-            settings: settings?,
+            resource_count: settings.as_ref().map_or(0, BTreeMap::len),
+            settings: Settings(Some(settings?)),
             secret_checks: SecretChecks::default(),
         })
     }
@@ -1709,3 +1885,6 @@ pub fn normalize(root: Option<&Path>, path: &Path) -> PathBuf {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

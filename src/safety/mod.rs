@@ -9,19 +9,148 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::config::node::{Node, Value};
-use crate::config::{Config, Environment, TargetKind};
+use crate::config::{Environment, TargetKind};
 use crate::diagnostic::Diagnostic;
 use crate::source::{Loc, Sources};
 
-/// Every cross-environment problem of `config`.
-pub fn scan(config: &Config) -> Vec<Diagnostic> {
+/// Every cross-environment problem of `envs` (`names`: every environment, resolved or not).
+/// An environment whose resources were not kept is scanned for foreign identities through
+/// `reloaded`, which holds it again with its resources when [`suspects`] named it.
+pub fn scan(
+    envs: &[Environment],
+    names: &[String],
+    sources: &Sources,
+    reloaded: &HashMap<usize, Environment>,
+) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    identity_clashes(&config.environments, &mut diags);
-    leaks(&config.environments, &config.sources, &mut diags);
-    targets(&config.environments, &mut diags);
-    exec_targets(&config.environments, &mut diags);
-    after(config, &mut diags);
+    identity_clashes(envs, &mut diags);
+    leaks(envs, sources, reloaded, &mut diags);
+    targets(envs, &mut diags);
+    exec_targets(envs, &mut diags);
+    after(envs, names, &mut diags);
     diags
+}
+
+/// The strings of one environment that the foreign-identity scan reads (settings, target,
+/// commands), without where they are written: what the lock keeps of an environment whose
+/// resources are let go, a fraction of its tree.
+#[derive(Debug, Default)]
+pub struct Strings {
+    text: String,
+    /// Where each string ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Strings {
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = &self.text[start..end];
+            start = end;
+            s
+        })
+    }
+}
+
+/// The scanned strings of `env` (see [`Strings`]).
+pub fn strings(env: &Environment) -> Strings {
+    let mut out = Strings::default();
+    visit_strings(env, &mut |text, _, _| {
+        out.text.push_str(text);
+        out.ends.push(out.text.len());
+    });
+    out.text.shrink_to_fit();
+    out.ends.shrink_to_fit();
+    out
+}
+
+/// The environments whose strings hold a foreign identity: exactly those [`scan`] reports a
+/// leak in. `strings[i]` is `None` for an environment whose resources are kept (scanned there).
+pub fn suspects(envs: &[Environment], strings: &[Option<Strings>]) -> Vec<usize> {
+    let Some(idents) = Identities::new(envs) else {
+        return Vec::new();
+    };
+    let listed: Vec<(usize, &Strings)> = strings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_ref()?)))
+        .collect();
+    let hit = crate::parallel::map(&listed, |&(a, strings)| {
+        let (mut own, mut foreign) = (Vec::new(), Vec::new());
+        strings.iter().any(|text| {
+            idents.foreign(a, text, &mut own, &mut foreign);
+            !foreign.is_empty()
+        })
+    });
+    listed
+        .iter()
+        .zip(hit)
+        .filter_map(|(&(a, _), hit)| hit.then_some(a))
+        .collect()
+}
+
+/// Every environment's account and markers, searched for in one pass.
+struct Identities<'a> {
+    ac: AhoCorasick,
+    patterns: Vec<&'a str>,
+    owners: Vec<Owner>,
+}
+
+impl<'a> Identities<'a> {
+    fn new(envs: &'a [Environment]) -> Option<Self> {
+        let mut patterns: Vec<&str> = Vec::new();
+        let mut owners: Vec<Owner> = Vec::new();
+        for (i, env) in envs.iter().enumerate() {
+            patterns.push(&env.account.value);
+            owners.push(Owner {
+                env: i,
+                is_account: true,
+            });
+            for m in &env.markers {
+                patterns.push(&m.value);
+                owners.push(Owner {
+                    env: i,
+                    is_account: false,
+                });
+            }
+        }
+        if patterns.is_empty() {
+            return None;
+        }
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .expect("identity patterns are bounded in size");
+        Some(Identities {
+            ac,
+            patterns,
+            owners,
+        })
+    }
+
+    /// The identities of environments other than `a` in `text` (start, end, pattern), except
+    /// those inside one of `a`'s own: a foreign marker inside one of this environment's own
+    /// identifiers (prod's `asr.example.com` within validation's `validation.asr.example.com`)
+    /// is not a leak.
+    fn foreign(
+        &self,
+        a: usize,
+        text: &str,
+        own: &mut Vec<(usize, usize)>,
+        foreign: &mut Vec<(usize, usize, usize)>,
+    ) {
+        own.clear();
+        foreign.clear();
+        for m in self.ac.find_overlapping_iter(text) {
+            let owner = self.owners[m.pattern().as_usize()];
+            if owner.env == a {
+                own.push((m.start(), m.end()));
+            } else {
+                foreign.push((m.start(), m.end(), m.pattern().as_usize()));
+            }
+        }
+        foreign.retain(|&(start, end, _)| !own.iter().any(|&(s, e)| s <= start && end <= e));
+    }
 }
 
 /// What an identity string is: an account or a marker of some environment.
@@ -188,53 +317,29 @@ fn sub_span(sources: &Sources, loc: &Loc, text: &str, start: usize, end: usize) 
     loc.clone()
 }
 
-fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
-    let mut patterns: Vec<&str> = Vec::new();
-    let mut owners: Vec<Owner> = Vec::new();
-    for (i, env) in envs.iter().enumerate() {
-        patterns.push(&env.account.value);
-        owners.push(Owner {
-            env: i,
-            is_account: true,
-        });
-        for m in &env.markers {
-            patterns.push(&m.value);
-            owners.push(Owner {
-                env: i,
-                is_account: false,
-            });
-        }
-    }
-    if patterns.is_empty() {
+fn leaks(
+    envs: &[Environment],
+    sources: &Sources,
+    reloaded: &HashMap<usize, Environment>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let Some(idents) = Identities::new(envs) else {
         return;
-    }
-    let ac = AhoCorasick::builder()
-        .match_kind(MatchKind::Standard)
-        .build(&patterns)
-        .expect("identity patterns are bounded in size");
-
+    };
     for (a, env) in envs.iter().enumerate() {
+        let env = match reloaded.get(&a) {
+            Some(full) => full,
+            None if env.settings.is_kept() => env,
+            // Let go, and not a suspect: no string of it holds a foreign identity.
+            None => continue,
+        };
         let mut reported: HashSet<(usize, usize, usize)> = HashSet::new();
         let mut own: Vec<(usize, usize)> = Vec::new();
         let mut foreign: Vec<(usize, usize, usize)> = Vec::new();
         visit_strings(env, &mut |text, loc, path| {
-            own.clear();
-            foreign.clear();
-            for m in ac.find_overlapping_iter(text) {
-                let owner = owners[m.pattern().as_usize()];
-                if owner.env == a {
-                    own.push((m.start(), m.end()));
-                } else {
-                    foreign.push((m.start(), m.end(), m.pattern().as_usize()));
-                }
-            }
+            idents.foreign(a, text, &mut own, &mut foreign);
             for &(start, end, pid) in &foreign {
-                // A foreign marker inside one of this environment's own identifiers (prod's
-                // `asr.example.com` within validation's `validation.asr.example.com`) is not a leak.
-                if own.iter().any(|&(s, e)| s <= start && end <= e) {
-                    continue;
-                }
-                let owner = owners[pid];
+                let owner = idents.owners[pid];
                 if !reported.insert((loc.span.start, loc.file, owner.env)) {
                     continue;
                 }
@@ -244,7 +349,7 @@ fn leaks(envs: &[Environment], sources: &Sources, diags: &mut Vec<Diagnostic>) {
                 } else {
                     "marker"
                 };
-                let ident = patterns[pid];
+                let ident = idents.patterns[pid];
                 let mut d = Diagnostic::new(
                     if owner.is_account { "foreign-account" } else { "foreign-marker" },
                     format!(
@@ -427,15 +532,13 @@ fn target_clash(first: &Environment, second: &Environment, same: bool, place: &s
 }
 
 /// `after` must name existing environments and must not form a cycle.
-fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
-    let names = config.names();
-    let index: HashMap<&str, usize> = config
-        .environments
+fn after(envs: &[Environment], names: &[String], diags: &mut Vec<Diagnostic>) {
+    let index: HashMap<&str, usize> = envs
         .iter()
         .enumerate()
         .map(|(i, e)| (e.name.as_str(), i))
         .collect();
-    for env in &config.environments {
+    for env in envs {
         for a in &env.after {
             if a.value == env.name {
                 diags.push(
@@ -464,7 +567,6 @@ fn after(config: &Config, diags: &mut Vec<Diagnostic>) {
         Active,
         Done,
     }
-    let envs = &config.environments;
     let mut marks = vec![Mark::New; envs.len()];
     fn dfs(
         i: usize,
