@@ -13,11 +13,27 @@ use toml::de::{DeTable, DeValue};
 use super::node::{DATETIME_KEY, Member, Node, Table, Value};
 use super::raw::RawFile;
 
+/// From this size on, a file is parsed in pieces of about [`PIECE`] bytes.
+const PIECES_FROM: usize = 256 * 1024;
+const PIECE: usize = 64 * 1024;
+
 /// `toml::from_str::<RawFile>(text)` when it succeeds, with `settings` converted directly;
 /// `None` when the text does not parse, anything else in it does not deserialize, or the
 /// settings hold something that the serde path treats specially (a datetime, an integer
 /// beyond `i64`, a float that overflows, the key toml uses for datetimes).
+///
+/// A large file is parsed in pieces when it can be (see [`in_pieces`]): toml keeps every token
+/// and parser event of a document before building it, about 16 times the text.
 pub fn from_str(text: &str) -> Option<RawFile> {
+    if text.len() >= PIECES_FROM
+        && let Some(raw) = in_pieces(text, PIECE)
+    {
+        return Some(raw);
+    }
+    whole(text)
+}
+
+fn whole(text: &str) -> Option<RawFile> {
     let mut doc = DeTable::parse(text).ok()?;
     let settings = doc.get_mut().remove("settings");
     let mut raw = RawFile::deserialize(toml::de::Deserializer::from(doc)).ok()?;
@@ -25,14 +41,171 @@ pub fn from_str(text: &str) -> Option<RawFile> {
         return None;
     }
     raw.settings = match settings {
-        Some(value) => Some(node(value)?),
+        Some(value) => Some(node(value, 0)?),
         None => None,
     };
     Some(raw)
 }
 
-/// One value as `Node::deserialize` makes it from toml's deserializer (file 0, the value's span).
-fn node(value: Spanned<DeValue<'_>>) -> Option<Node> {
+/// Where the text may be cut: the start of a line that opens a resource's table
+/// ([`opens_resource`]), at least `piece` bytes after the previous cut. The first cut is 0.
+fn cuts(text: &str, piece: usize) -> Vec<usize> {
+    let mut cuts = vec![0];
+    let mut from = piece;
+    while from < text.len() {
+        let Some(i) = text.as_bytes()[from - 1..]
+            .windows(2)
+            .position(|w| w == b"\n[")
+        else {
+            break;
+        };
+        let at = from + i;
+        if !opens_resource(&text[at..]) {
+            from = at + 1;
+            continue;
+        }
+        cuts.push(at);
+        from = at + piece;
+    }
+    cuts
+}
+
+/// Whether `text` starts with the header of a resource's own table, `[settings.NAME]` with a
+/// bare key `NAME`: where one resource's tables end and the next one's begin.
+fn opens_resource(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("[settings.") else {
+        return false;
+    };
+    let name = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .unwrap_or(rest.len());
+    name > 0
+        && rest[name..]
+            .trim_start_matches([' ', '\t'])
+            .starts_with(']')
+}
+
+/// Whether every line of `piece` that starts with `[` (after blanks) opens a header
+/// `[settings.…]`, spelled with the bare key `settings`.
+fn only_resource_headers(piece: &str) -> bool {
+    piece.lines().all(|line| {
+        let line = line.trim_start_matches([' ', '\t']);
+        let Some(rest) = line.strip_prefix('[') else {
+            return true;
+        };
+        rest.trim_start_matches([' ', '\t'])
+            .strip_prefix("settings")
+            .is_some_and(|r| r.trim_start_matches([' ', '\t']).starts_with('.'))
+    })
+}
+
+/// `whole(text)`, parsed in pieces cut at table headers, or `None` when that cannot be shown
+/// to mean the same (the caller then parses the whole text).
+///
+/// Why the pieces mean what the whole does, when this returns a result:
+/// - every piece parses: a cut inside a multi-line string, array or inline table would leave
+///   the piece before it unterminated, which does not parse; so every cut is at the start of a
+///   line that opens a table header in the whole document too;
+/// - the first piece holds everything but resources; every other piece holds only headers
+///   `[settings.NAME…]` (checked on its text) and so only tables of resources;
+/// - in the first piece, `settings` was made by a header, not by an inline table or a dotted
+///   key, which later headers could not extend;
+/// - no resource is in two pieces, so no table is defined twice across pieces.
+///
+/// Spans are shifted by each piece's offset, so the result is the whole parse's, span for span.
+fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
+    let cuts = cuts(text, piece);
+    if cuts.len() < 2 {
+        return None;
+    }
+    let mut bounds = cuts.iter().copied().zip(cuts.iter().skip(1).copied());
+    let (_, head_end) = bounds.next()?;
+    let head = &text[..head_end];
+    let mut doc = DeTable::parse(head).ok()?;
+    let settings = doc.get_mut().remove_entry("settings");
+    let mut raw = RawFile::deserialize(toml::de::Deserializer::from(doc)).ok()?;
+    if raw.settings.is_some() {
+        return None;
+    }
+    let mut span = None;
+    let mut members = Vec::new();
+    let mut add = |value: Spanned<DeValue<'_>>, offset: usize| -> Option<()> {
+        let value_span = value.span();
+        let DeValue::Table(t) = value.into_inner() else {
+            return None;
+        };
+        span.get_or_insert(value_span.start + offset..value_span.end + offset);
+        for (key, value) in t {
+            members.push(member(key, value, offset)?);
+        }
+        Some(())
+    };
+    if let Some((key, value)) = settings {
+        let line_start = head[..key.span().start].rfind('\n').map_or(0, |i| i + 1);
+        if !head[line_start..]
+            .trim_start_matches([' ', '\t'])
+            .starts_with('[')
+        {
+            return None;
+        }
+        add(value, 0)?;
+    }
+    for (start, end) in bounds.chain(std::iter::once((*cuts.last()?, text.len()))) {
+        let piece = &text[start..end];
+        if !only_resource_headers(piece) {
+            return None;
+        }
+        let doc = DeTable::parse(piece).ok()?.into_inner();
+        if doc.len() != 1 {
+            return None;
+        }
+        let (key, value) = doc.into_iter().next()?;
+        if key.get_ref() != "settings" {
+            return None;
+        }
+        add(value, start)?;
+    }
+    let span = span?;
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    if members.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let mut table = Table::with_capacity(members.len());
+    for (key, member) in members {
+        table.push(key, member);
+    }
+    table.finish();
+    raw.settings = Some(Node {
+        file: 0,
+        span,
+        value: Value::Table(table),
+    });
+    Some(raw)
+}
+
+/// One table member, its spans shifted by `offset`.
+fn member(
+    key: Spanned<toml::de::DeString<'_>>,
+    value: Spanned<DeValue<'_>>,
+    offset: usize,
+) -> Option<(String, Member)> {
+    if key.get_ref() == DATETIME_KEY {
+        return None;
+    }
+    let key_span = key.span();
+    Some((
+        key.into_inner().into_owned(),
+        Member {
+            key_span: key_span.start + offset..key_span.end + offset,
+            key_file: 0,
+            node: node(value, offset)?,
+        },
+    ))
+}
+
+/// One value as `Node::deserialize` makes it from toml's deserializer (file 0, the value's span
+/// shifted by `offset`).
+fn node(value: Spanned<DeValue<'_>>, offset: usize) -> Option<Node> {
     let span = value.span();
     let value = match value.into_inner() {
         DeValue::String(s) => Value::String(s.into_owned()),
@@ -47,22 +220,17 @@ fn node(value: Spanned<DeValue<'_>>) -> Option<Node> {
         }
         DeValue::Boolean(b) => Value::Boolean(b),
         DeValue::Datetime(_) => return None,
-        DeValue::Array(items) => Value::Array(items.into_iter().map(node).collect::<Option<_>>()?),
+        DeValue::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| node(v, offset))
+                .collect::<Option<_>>()?,
+        ),
         DeValue::Table(t) => {
             let mut table = Table::with_capacity(t.len());
             for (key, value) in t {
-                if key.get_ref() == DATETIME_KEY {
-                    return None;
-                }
-                let key_span = key.span();
-                table.push(
-                    key.into_inner().into_owned(),
-                    Member {
-                        key_span,
-                        key_file: 0,
-                        node: node(value)?,
-                    },
-                );
+                let (key, member) = member(key, value, offset)?;
+                table.push(key, member);
             }
             table.finish();
             Value::Table(table)
@@ -70,7 +238,7 @@ fn node(value: Spanned<DeValue<'_>>) -> Option<Node> {
     };
     Some(Node {
         file: 0,
-        span,
+        span: span.start + offset..span.end + offset,
         value,
     })
 }
@@ -162,6 +330,95 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// A file of `n` resources after an `[environment]` and a `[target]`, each resource with
+    /// nested tables, arrays, dotted keys, comments, escapes and multi-line strings.
+    fn large(n: usize) -> String {
+        let mut text = String::from(
+            "# comment\n[environment]\naccount = \"123456789012\"\nschema = \"s\"\n\
+             [target]\nkind = \"dir\"\npath = \"/srv/t\"\n",
+        );
+        for i in 0..n {
+            text.push_str(&format!(
+                "\n[settings.r-{i:04}]  # resource {i}\nname = \"caf\\u00e9 {i}\"\n\
+                 list = [\n  1,\n  \"[not a header]\",\n]\nml = \"\"\"\nnot [settings.fake]\n\"\"\"\n\
+                 a.b.c = {i}\ninline = {{ k = \"v\", n = [1, 2] }}\n\
+                 [settings.r-{i:04}.sub]\nx = 0x{i:x}\n[ settings . \"r-{i:04}\" . sub2 ]\ny = 'lit'\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn pieces_are_what_the_whole_parse_makes() {
+        let text = large(300);
+        let serde = toml::from_str::<RawFile>(&text).expect("serde reads it");
+        for piece in [1, 100, 700, 4096, PIECE] {
+            let cut = cuts(&text, piece);
+            let pieces = in_pieces(&text, piece).expect("the pieces are accepted");
+            assert_eq!(
+                format!("{serde:?}"),
+                format!("{pieces:?}"),
+                "pieces of {piece}: {cut:?}"
+            );
+        }
+        // Really in pieces, through the public entry too.
+        assert!(cuts(&text, 4096).len() > 5);
+        let big = large(2000);
+        assert!(big.len() > PIECES_FROM);
+        assert_eq!(
+            format!("{:?}", toml::from_str::<RawFile>(&big).unwrap()),
+            format!("{:?}", from_str(&big).unwrap())
+        );
+    }
+
+    #[test]
+    fn pieces_decline_what_they_cannot_show_to_mean_the_same() {
+        let base = large(3);
+        let head = "[environment]\naccount = \"1\"\n";
+        for (text, why) in [
+            // Errors only the whole sees: a table defined twice in two pieces.
+            (
+                format!("{base}[settings.r-0000]\nz = 1\n"),
+                "resource in two pieces",
+            ),
+            (
+                format!("[settings]\nq = 1\n{base}[settings]\nz = 1\n"),
+                "[settings] twice",
+            ),
+            (
+                format!("settings = {{ a = {{}} }}\n{base}"),
+                "inline settings extended",
+            ),
+            (
+                format!("\"\\u0073ettings\" = {{ a = {{}} }}\n{base}"),
+                "escaped key",
+            ),
+            (format!("settings.a.x = 1\n{base}"), "dotted settings"),
+            // Not only resources after the cut.
+            (format!("{base}[target2]\nx = 1\n"), "another table"),
+            (
+                format!("{base}[[settings.arr]]\nx = 1\n"),
+                "array of tables",
+            ),
+            // A cut inside a multi-line string or array.
+            (
+                format!("{head}s = \"\"\"\n[settings.a]\n\"\"\"\n{base}"),
+                "in a string",
+            ),
+            (format!("{head}s = [\n[1]\n]\n{base}"), "in an array"),
+            // Errors in a piece.
+            (format!("{base}[settings.bad]\nx = \n"), "bad value"),
+        ] {
+            assert!(in_pieces(&text, 1).is_none(), "{why}: {text}");
+            // The whole parse has the last word (an error, or what it means).
+            assert_eq!(
+                format!("{:?}", toml::from_str::<RawFile>(&text).ok()),
+                format!("{:?}", from_str(&text)),
+                "{why}"
+            );
+        }
     }
 
     #[test]
