@@ -650,12 +650,12 @@ pub fn load_keeping(input: Input, keep: Keep) -> Config {
         }
         resolve_diags.append(&mut loader.diagnostics);
         // Validate the batch against its schemas, and keep the strings of what is let go.
-        let schemas = &loader.schemas;
+        let (schemas, sources) = (&loader.schemas, &loader.sources);
         let checked = crate::parallel::map(&resolved, |env| {
             let mut diags = Vec::new();
             schemas.validate(env, &mut diags);
             let kept = keep.keeps(&env.name);
-            (diags, (!kept).then(|| crate::safety::strings(env)))
+            (diags, (!kept).then(|| crate::safety::strings(env, sources)))
         });
         for (mut env, (diags, env_strings)) in resolved.into_iter().zip(checked) {
             schema_diags.extend(diags);
@@ -699,10 +699,11 @@ pub fn load_keeping(input: Input, keep: Keep) -> Config {
         .chain(broken.iter().cloned())
         .collect();
     names.sort();
-    let reloaded: HashMap<usize, Environment> = crate::safety::suspects(&environments, &strings)
-        .into_iter()
-        .filter_map(|i| Some((i, loader.reload(&environments[i])?)))
-        .collect();
+    let reloaded: HashMap<usize, Environment> =
+        crate::safety::suspects(&environments, &strings, &loader.sources)
+            .into_iter()
+            .filter_map(|i| Some((i, loader.reload(&environments[i])?)))
+            .collect();
     let safety = crate::safety::scan(&environments, &names, &loader.sources, &reloaded);
     let identities: Arc<Vec<(String, String, bool)>> = Arc::new(
         environments

@@ -11,7 +11,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use crate::config::node::{Node, Value};
 use crate::config::{Environment, TargetKind};
 use crate::diagnostic::Diagnostic;
-use crate::source::{Loc, Sources};
+use crate::source::{FileId, Loc, Sources};
 
 /// Every cross-environment problem of `envs` (`names`: every environment, resolved or not).
 /// An environment whose resources were not kept is scanned for foreign identities through
@@ -31,13 +31,16 @@ pub fn scan(
     diags
 }
 
-/// The strings of one environment that the foreign-identity scan reads (settings, target,
-/// commands), without where they are written: what the lock keeps of an environment whose
-/// resources are let go, a fraction of its tree.
+/// What the foreign-identity scan needs of an environment whose resources are let go, a
+/// fraction of its tree: the files its strings are written in, for every string written there
+/// as it is (a literal without escapes, a decimal integer), and the other strings themselves.
+/// An identity inside a string written as it is, is in the file's text too.
 #[derive(Debug, Default)]
 pub struct Strings {
+    files: Vec<FileId>,
+    /// The strings not written as they are, one after the other.
     text: String,
-    /// Where each string ends in `text`.
+    /// Where each of them ends in `text`.
     ends: Vec<usize>,
 }
 
@@ -52,35 +55,83 @@ impl Strings {
     }
 }
 
-/// The scanned strings of `env` (see [`Strings`]).
-pub fn strings(env: &Environment) -> Strings {
+/// Whether `text` is written as it is at `loc`: a quoted literal without escapes, or the very
+/// text (a decimal integer, a datetime).
+fn written_as_is(sources: &Sources, loc: &Loc, text: &str) -> bool {
+    sources
+        .get(loc.file)
+        .text
+        .get(loc.span.clone())
+        .is_some_and(|lit| {
+            lit == text || (lit.len() == text.len() + 2 && lit.get(1..lit.len() - 1) == Some(text))
+        })
+}
+
+/// What the scan keeps of `env` (see [`Strings`]).
+pub fn strings(env: &Environment, sources: &Sources) -> Strings {
     let mut out = Strings::default();
-    visit_strings(env, &mut |text, _, _| {
-        out.text.push_str(text);
-        out.ends.push(out.text.len());
+    visit_strings(env, &mut |text, loc, _| {
+        if written_as_is(sources, loc, text) {
+            if !out.files.contains(&loc.file) {
+                out.files.push(loc.file);
+            }
+        } else {
+            out.text.push_str(text);
+            out.ends.push(out.text.len());
+        }
     });
     out.text.shrink_to_fit();
     out.ends.shrink_to_fit();
     out
 }
 
-/// The environments whose strings hold a foreign identity: exactly those [`scan`] reports a
-/// leak in. `strings[i]` is `None` for an environment whose resources are kept (scanned there).
-pub fn suspects(envs: &[Environment], strings: &[Option<Strings>]) -> Vec<usize> {
+/// The environments whose resources were let go and that may hold a foreign identity: every
+/// one [`scan`] would report a leak in, and some more (an identity in a comment or a key, or
+/// in a file's text but inside one of the environment's own). `strings[i]` is `None` for an
+/// environment whose resources are kept (scanned in full there). Each file is searched once.
+pub fn suspects(
+    envs: &[Environment],
+    strings: &[Option<Strings>],
+    sources: &Sources,
+) -> Vec<usize> {
     let Some(idents) = Identities::new(envs) else {
         return Vec::new();
     };
+    let mut files: Vec<FileId> = strings
+        .iter()
+        .flatten()
+        .flat_map(|s| s.files.iter().copied())
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    // The environments whose identities each file's text holds.
+    let holds: Vec<Vec<usize>> = crate::parallel::map(&files, |&file| {
+        let mut owners: Vec<usize> = idents
+            .ac
+            .find_overlapping_iter(&sources.get(file).text)
+            .map(|m| idents.owners[m.pattern().as_usize()].env)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+    });
+    let holds: HashMap<FileId, Vec<usize>> = files.into_iter().zip(holds).collect();
     let listed: Vec<(usize, &Strings)> = strings
         .iter()
         .enumerate()
         .filter_map(|(i, s)| Some((i, s.as_ref()?)))
         .collect();
     let hit = crate::parallel::map(&listed, |&(a, strings)| {
+        let in_files = strings
+            .files
+            .iter()
+            .any(|f| holds.get(f).is_some_and(|o| o.iter().any(|&e| e != a)));
         let (mut own, mut foreign) = (Vec::new(), Vec::new());
-        strings.iter().any(|text| {
-            idents.foreign(a, text, &mut own, &mut foreign);
-            !foreign.is_empty()
-        })
+        in_files
+            || strings.iter().any(|text| {
+                idents.foreign(a, text, &mut own, &mut foreign);
+                !foreign.is_empty()
+            })
     });
     listed
         .iter()
