@@ -59,6 +59,15 @@ fn envs_json_parses_back_strictly() {
     assert!(rows[0].protected);
     assert_eq!(rows[1].target_kind, "dir");
     assert!(rows[1].last_deployment.is_none());
+    // `envs` lets go of every environment's resources but still counts them.
+    for row in &rows {
+        let text =
+            std::fs::read_to_string(repo.path().join(format!("environments/{}.toml", row.name)))
+                .unwrap();
+        let written = text.lines().filter(|l| l.starts_with("[settings.")).count();
+        assert!(written > 0);
+        assert_eq!(row.resources, written, "{}", row.name);
+    }
 
     // After a deployment, its last log record.
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
