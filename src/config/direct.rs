@@ -34,17 +34,23 @@ pub fn from_str(text: &str) -> Option<RawFile> {
 }
 
 fn whole(text: &str) -> Option<RawFile> {
-    let mut doc = DeTable::parse(text).ok()?;
-    let settings = doc.get_mut().remove("settings");
-    let mut raw = RawFile::deserialize(toml::de::Deserializer::from(doc)).ok()?;
-    if raw.settings.is_some() {
-        return None;
-    }
+    let (mut raw, settings) = without_settings(text)?;
     raw.settings = match settings {
-        Some(value) => Some(node(value, 0)?),
+        Some((_, value)) => Some(node(value, 0)?),
         None => None,
     };
     Some(raw)
+}
+
+/// A parsed `settings` entry: its key and its value.
+type Entry<'a> = (Spanned<toml::de::DeString<'a>>, Spanned<DeValue<'a>>);
+
+/// `text` deserialized into a `RawFile` without its `[settings]`, which comes back as parsed.
+fn without_settings(text: &str) -> Option<(RawFile, Option<Entry<'_>>)> {
+    let mut doc = DeTable::parse(text).ok()?;
+    let settings = doc.get_mut().remove_entry("settings");
+    let raw = RawFile::deserialize(toml::de::Deserializer::from(doc)).ok()?;
+    raw.settings.is_none().then_some((raw, settings))
 }
 
 /// Where the text may be cut: the start of a line that opens a resource's table
@@ -121,12 +127,7 @@ fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
     let mut bounds = cuts.iter().copied().zip(cuts.iter().skip(1).copied());
     let (_, head_end) = bounds.next()?;
     let head = &text[..head_end];
-    let mut doc = DeTable::parse(head).ok()?;
-    let settings = doc.get_mut().remove_entry("settings");
-    let mut raw = RawFile::deserialize(toml::de::Deserializer::from(doc)).ok()?;
-    if raw.settings.is_some() {
-        return None;
-    }
+    let (mut raw, settings) = without_settings(head)?;
     let mut span = None;
     let mut members = Vec::new();
     let mut add = |value: Spanned<DeValue<'_>>, offset: usize| -> Option<()> {
@@ -135,8 +136,8 @@ fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
             return None;
         };
         span.get_or_insert(value_span.start + offset..value_span.end + offset);
-        for (key, value) in t {
-            members.push(member(key, value, offset)?);
+        for entry in t {
+            members.push(member(entry, offset)?);
         }
         Some(())
     };
@@ -184,11 +185,7 @@ fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
 }
 
 /// One table member, its spans shifted by `offset`.
-fn member(
-    key: Spanned<toml::de::DeString<'_>>,
-    value: Spanned<DeValue<'_>>,
-    offset: usize,
-) -> Option<(String, Member)> {
+fn member((key, value): Entry<'_>, offset: usize) -> Option<(String, Member)> {
     if key.get_ref() == DATETIME_KEY {
         return None;
     }
@@ -228,8 +225,8 @@ fn node(value: Spanned<DeValue<'_>>, offset: usize) -> Option<Node> {
         ),
         DeValue::Table(t) => {
             let mut table = Table::with_capacity(t.len());
-            for (key, value) in t {
-                let (key, member) = member(key, value, offset)?;
+            for entry in t {
+                let (key, member) = member(entry, offset)?;
                 table.push(key, member);
             }
             table.finish();

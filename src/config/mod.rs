@@ -66,15 +66,18 @@ impl Config {
 
     /// Every environment name defined by a file, resolved or not, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .environments
-            .iter()
-            .map(|e| e.name.clone())
-            .chain(self.broken.iter().cloned())
-            .collect();
-        names.sort();
-        names
+        sorted_names(&self.environments, &self.broken)
     }
+}
+
+fn sorted_names(environments: &[Environment], broken: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = environments
+        .iter()
+        .map(|e| e.name.clone())
+        .chain(broken.iter().cloned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// One deployable environment, fully resolved.
@@ -479,6 +482,12 @@ enum PreParsed {
     Invalid(String, toml::de::Error),
 }
 
+/// [`pre_parse`] of the files at `idx`, on every core.
+fn pre_parse_each(files: &[InputFile], idx: &[usize]) -> Vec<PreParsed> {
+    let batch: Vec<&InputFile> = idx.iter().map(|&i| &files[i]).collect();
+    crate::parallel::map(&batch, |f| pre_parse(f))
+}
+
 fn pre_parse(file: &InputFile) -> PreParsed {
     let bytes = match &file.content {
         Ok(b) => b,
@@ -585,12 +594,8 @@ pub fn load_keeping(input: Input, keep: Keep) -> Config {
             let schemas = schema::Schemas::load(schemas, &mut sources, &mut diagnostics);
             (schemas, sources, diagnostics)
         });
-        let parse = |idx: &[usize]| {
-            let batch: Vec<&InputFile> = idx.iter().map(|&i| &files[i]).collect();
-            crate::parallel::map(&batch, |f| pre_parse(f))
-        };
-        let pre_first = parse(&first);
-        let pre_batch = parse(first_batch);
+        let pre_first = pre_parse_each(&files, &first);
+        let pre_batch = pre_parse_each(&files, first_batch);
         (
             pre_first,
             pre_batch,
@@ -669,8 +674,7 @@ pub fn load_keeping(input: Input, keep: Keep) -> Config {
             break;
         };
         batch_idx = next;
-        let batch: Vec<&InputFile> = next.iter().map(|&i| &files[i]).collect();
-        pre_batch = crate::parallel::map(&batch, |f| pre_parse(f));
+        pre_batch = pre_parse_each(&files, next);
     }
 
     // Layers no environment uses are still checked (a cycle or a forbidden key is a bug waiting).
@@ -693,12 +697,7 @@ pub fn load_keeping(input: Input, keep: Keep) -> Config {
     // The cross-environment lock works on everything that resolved, schema-valid or not. An
     // environment whose resources were let go is loaded again only when its strings hold a
     // foreign identity, to report where.
-    let mut names: Vec<String> = environments
-        .iter()
-        .map(|e| e.name.clone())
-        .chain(broken.iter().cloned())
-        .collect();
-    names.sort();
+    let names = sorted_names(&environments, &broken);
     let reloaded: HashMap<usize, Environment> =
         crate::safety::suspects(&environments, &strings, &loader.sources)
             .into_iter()

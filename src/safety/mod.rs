@@ -1,8 +1,10 @@
 //! The environment lock, repository side: no environment may mention another's identity, share
 //! its account or target, or be gated on an environment that does not exist.
 //!
-//! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string, so its cost is
-//! linear in the total size of all settings, whatever the number of environments.
+//! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string (of an
+//! environment whose resources are let go: over each file's text once, and over its few strings
+//! not written as they are), so its cost is linear in the total size of all settings, whatever
+//! the number of environments.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -58,13 +60,13 @@ impl Strings {
 /// Whether `text` is written as it is at `loc`: a quoted literal without escapes, or the very
 /// text (a decimal integer, a datetime).
 fn written_as_is(sources: &Sources, loc: &Loc, text: &str) -> bool {
-    sources
-        .get(loc.file)
-        .text
-        .get(loc.span.clone())
-        .is_some_and(|lit| {
-            lit == text || (lit.len() == text.len() + 2 && lit.get(1..lit.len() - 1) == Some(text))
-        })
+    let lit = sources.get(loc.file).text.get(loc.span.clone());
+    lit == Some(text) || lit.is_some_and(|lit| quoted_as_is(lit, text))
+}
+
+/// Whether the literal `lit` is `text` between quotes, without escapes.
+fn quoted_as_is(lit: &str, text: &str) -> bool {
+    lit.len() == text.len() + 2 && lit.get(1..lit.len() - 1) == Some(text)
 }
 
 /// What the scan keeps of `env` (see [`Strings`]).
@@ -359,8 +361,7 @@ fn visit_strings(env: &Environment, f: &mut Visitor<'_>) {
 fn sub_span(sources: &Sources, loc: &Loc, text: &str, start: usize, end: usize) -> Loc {
     let src = &sources.get(loc.file).text;
     if let Some(lit) = src.get(loc.span.clone())
-        && lit.len() == text.len() + 2
-        && lit.get(1..lit.len() - 1) == Some(text)
+        && quoted_as_is(lit, text)
     {
         let base = loc.span.start + 1;
         return Loc::new(loc.file, base + start..base + end);
