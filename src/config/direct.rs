@@ -119,54 +119,41 @@ fn only_resource_headers(piece: &str) -> bool {
 /// - no resource is in two pieces, so no table is defined twice across pieces.
 ///
 /// Spans are shifted by each piece's offset, so the result is the whole parse's, span for span.
+/// The pieces parse on all cores (a large file is most of a single-environment command's
+/// load); the result does not depend on how they were spread.
 fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
     let cuts = cuts(text, piece);
     if cuts.len() < 2 {
         return None;
     }
-    let mut bounds = cuts.iter().copied().zip(cuts.iter().skip(1).copied());
-    let (_, head_end) = bounds.next()?;
-    let head = &text[..head_end];
-    let (mut raw, settings) = without_settings(head)?;
+    let ends = cuts
+        .iter()
+        .skip(1)
+        .copied()
+        .chain(std::iter::once(text.len()));
+    let bounds: Vec<(usize, usize)> = cuts.iter().copied().zip(ends).collect();
+    let parsed = crate::parallel::map(&bounds, |&(start, end)| {
+        let piece = &text[start..end];
+        if start == 0 {
+            head_piece(piece).map(|(raw, settings)| (Some(raw), settings))
+        } else {
+            resource_piece(piece, start).map(|settings| (None, Some(settings)))
+        }
+    });
+    let mut raw = None;
     let mut span = None;
     let mut members = Vec::new();
-    let mut add = |value: Spanned<DeValue<'_>>, offset: usize| -> Option<()> {
-        let value_span = value.span();
-        let DeValue::Table(t) = value.into_inner() else {
-            return None;
-        };
-        span.get_or_insert(value_span.start + offset..value_span.end + offset);
-        for entry in t {
-            members.push(member(entry, offset)?);
+    for part in parsed {
+        let (head, settings) = part?;
+        if head.is_some() {
+            raw = head;
         }
-        Some(())
-    };
-    if let Some((key, value)) = settings {
-        let line_start = head[..key.span().start].rfind('\n').map_or(0, |i| i + 1);
-        if !head[line_start..]
-            .trim_start_matches([' ', '\t'])
-            .starts_with('[')
-        {
-            return None;
+        if let Some((value_span, piece_members)) = settings {
+            span.get_or_insert(value_span);
+            members.extend(piece_members);
         }
-        add(value, 0)?;
     }
-    for (start, end) in bounds.chain(std::iter::once((*cuts.last()?, text.len()))) {
-        let piece = &text[start..end];
-        if !only_resource_headers(piece) {
-            return None;
-        }
-        let doc = DeTable::parse(piece).ok()?.into_inner();
-        if doc.len() != 1 {
-            return None;
-        }
-        let (key, value) = doc.into_iter().next()?;
-        if key.get_ref() != "settings" {
-            return None;
-        }
-        add(value, start)?;
-    }
-    let span = span?;
+    let (mut raw, span) = (raw?, span?);
     members.sort_by(|a, b| a.0.cmp(&b.0));
     if members.windows(2).any(|w| w[0].0 == w[1].0) {
         return None;
@@ -182,6 +169,54 @@ fn in_pieces(text: &str, piece: usize) -> Option<RawFile> {
         value: Value::Table(table),
     });
     Some(raw)
+}
+
+/// The members of one piece's `settings` table, and that table's span, shifted by `offset`.
+type PieceSettings = (std::ops::Range<usize>, Vec<(String, Member)>);
+
+/// The first piece: everything but resources, and the first resources if `settings` was made
+/// by a header (not by an inline table or a dotted key, which later headers could not extend).
+fn head_piece(head: &str) -> Option<(RawFile, Option<PieceSettings>)> {
+    let (raw, settings) = without_settings(head)?;
+    let Some((key, value)) = settings else {
+        return Some((raw, None));
+    };
+    let line_start = head[..key.span().start].rfind('\n').map_or(0, |i| i + 1);
+    if !head[line_start..]
+        .trim_start_matches([' ', '\t'])
+        .starts_with('[')
+    {
+        return None;
+    }
+    Some((raw, Some(settings_members(value, 0)?)))
+}
+
+/// A later piece, at `offset` in the text: only tables of resources.
+fn resource_piece(piece: &str, offset: usize) -> Option<PieceSettings> {
+    if !only_resource_headers(piece) {
+        return None;
+    }
+    let doc = DeTable::parse(piece).ok()?.into_inner();
+    if doc.len() != 1 {
+        return None;
+    }
+    let (key, value) = doc.into_iter().next()?;
+    if key.get_ref() != "settings" {
+        return None;
+    }
+    settings_members(value, offset)
+}
+
+fn settings_members(value: Spanned<DeValue<'_>>, offset: usize) -> Option<PieceSettings> {
+    let value_span = value.span();
+    let DeValue::Table(t) = value.into_inner() else {
+        return None;
+    };
+    let members = t
+        .into_iter()
+        .map(|entry| member(entry, offset))
+        .collect::<Option<Vec<_>>>()?;
+    Some((value_span.start + offset..value_span.end + offset, members))
 }
 
 /// One table member, its spans shifted by `offset`.

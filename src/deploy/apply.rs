@@ -245,6 +245,42 @@ pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>
     Ok((stored, key))
 }
 
+/// What a plan compares: the live state and the desired one.
+pub(super) struct Sides {
+    pub live: Live,
+    /// The target's secret key, `None` when it has none yet (see [`secret_key`]).
+    pub stored_key: Option<Vec<u8>>,
+    /// The key the desired state's secrets were hashed with.
+    pub key: Vec<u8>,
+    pub desired: plan::Desired,
+}
+
+/// Read the live state and render the desired one, on another core while the target is read;
+/// a failure to read the target is reported first, as when one followed the other.
+pub(super) fn live_and_desired(d: &Deployment<'_>, resolved: &Resolved) -> Result<Sides> {
+    let key = secret_key(d);
+    let env = d.env;
+    let (live, desired) = std::thread::scope(|s| {
+        let desired = key
+            .as_ref()
+            .ok()
+            .map(|(_, key)| s.spawn(move || plan::desired(env, resolved, key)));
+        let live = d.target.live();
+        (
+            live,
+            desired.map(|h| h.join().expect("rendering does not panic")),
+        )
+    });
+    let live = live.map_err(|e| d.target_failure(e))?;
+    let (stored_key, key) = key?;
+    Ok(Sides {
+        live,
+        stored_key,
+        key,
+        desired: desired.expect("rendered once the key was read"),
+    })
+}
+
 /// The secrets that the live generation's metadata lists (masked in diffs).
 pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<SecretUse>> {
     let mut out = Vec::new();
@@ -301,14 +337,13 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             "{err:#}; `deploy apply` will refuse this plan until then"
         ));
     }
-    let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let (stored_key, key) = secret_key(d)?;
-    let plan = plan::compute(
-        plan::desired(d.env, &resolved, &key),
-        &live.resources,
-        &live_secrets(d, &live)?,
-        &key,
-    );
+    let Sides {
+        live,
+        stored_key,
+        key,
+        desired,
+    } = live_and_desired(d, &resolved)?;
+    let plan = plan::compute(desired, &live.resources, &live_secrets(d, &live)?, &key);
     let mut report = Report::new(d, "planned", plan.desired.config_sha256.clone());
     // Secret values are bound by their keyed hashes, which only the target's own key makes
     // reproducible: a plan made before the target has one cannot bind them.
@@ -382,14 +417,13 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
     }
-    let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let (stored_key, key) = secret_key(d)?;
-    let mut plan = plan::compute(
-        plan::desired(d.env, &resolved, &key),
-        &live.resources,
-        &live_secrets(d, &live)?,
-        &key,
-    );
+    let Sides {
+        live,
+        stored_key,
+        key,
+        desired,
+    } = live_and_desired(d, &resolved)?;
+    let mut plan = plan::compute(desired, &live.resources, &live_secrets(d, &live)?, &key);
     report.config_sha256 = plan.desired.config_sha256.clone();
     if let Some(saved) = expected
         && let Err(err) = matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key)

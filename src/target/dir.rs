@@ -23,9 +23,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rustix::fs::{FlockOperation, OFlags, flock};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, flock};
 use rustix::io::Errno;
 
 use super::{
@@ -184,13 +185,6 @@ fn write_new_synced_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Tar
     file.sync_all().map_err(io_err("fsync", path))
 }
 
-/// Create `path` (which must not exist) and write `bytes`, without fsync: the caller makes the
-/// whole batch durable at once with [`sync_filesystem`].
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TargetError> {
-    let mut file = create_new(path, mode)?;
-    file.write_all(bytes).map_err(io_err("write", path))
-}
-
 /// Create a new file with `mode` from the start (never widened, never chmod'ed afterwards).
 fn create_new(path: &Path, mode: u32) -> Result<File, TargetError> {
     OpenOptions::new()
@@ -199,14 +193,6 @@ fn create_new(path: &Path, mode: u32) -> Result<File, TargetError> {
         .mode(mode)
         .open(path)
         .map_err(io_err("create", path))
-}
-
-/// `syncfs(2)` on the filesystem holding `dir`: every file written there so far, its data and
-/// its directory entries, is durable when it returns (Linux reports writeback errors here).
-/// Far cheaper than one fsync per file for a large generation, and what `sync` does.
-fn sync_filesystem(dir: &Path) -> Result<(), TargetError> {
-    let f = File::open(dir).map_err(io_err("open", dir))?;
-    rustix::fs::syncfs(&f).map_err(|e| io_err("syncfs", dir)(e.into()))
 }
 
 /// Up to this many files, a generation is made durable file by file (fsync each, then the
@@ -222,30 +208,114 @@ fn symlinked_resource(file: &Path) -> TargetError {
     ))
 }
 
-/// One resource file's bytes; never follows a symlink or blocks on a FIFO.
-fn read_resource(file: &Path) -> Result<Vec<u8>, TargetError> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
-        .open(file);
-    let mut f = match opened {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
-            return Err(symlinked_resource(file));
+/// A directory of the target, opened to create or read files by name in it: one path lookup
+/// for the directory instead of one per file, and the same directory for every file even if
+/// its path were swapped meanwhile. Never through a symlink.
+struct OpenDir {
+    fd: rustix::fd::OwnedFd,
+    path: PathBuf,
+    /// Whether reads still ask for O_NOATIME (until the kernel refuses it once).
+    noatime: AtomicBool,
+}
+
+impl OpenDir {
+    fn open(path: &Path) -> Result<OpenDir, TargetError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::open(path, flags, Mode::empty()) {
+            Ok(fd) => Ok(OpenDir {
+                fd,
+                path: path.to_owned(),
+                noatime: AtomicBool::new(true),
+            }),
+            Err(Errno::LOOP | Errno::NOTDIR) => Err(TargetError::Corrupt(format!(
+                "{} is not a directory",
+                path.display()
+            ))),
+            Err(e) => Err(io_err("open", path)(e.into())),
         }
-        Err(e) => return Err(io_err("read", file)(e)),
-    };
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(|e| {
-        if e.raw_os_error() == Some(Errno::ISDIR.raw_os_error())
-            || e.kind() == io::ErrorKind::WouldBlock
-        {
-            TargetError::Corrupt(format!("{} is not a file", file.display()))
+    }
+
+    /// Create the file `name` (which must not exist) with `mode` from the start (never
+    /// widened, never chmod'ed afterwards) and write `bytes`, without fsync: the caller
+    /// fsyncs the file it returns, or makes a whole batch durable at once with
+    /// [`OpenDir::sync_filesystem`].
+    fn write_new(&self, name: &str, bytes: &[u8], mode: u32) -> Result<File, TargetError> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut file = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode))
+            .map(File::from)
+            .map_err(|e| io_err("create", &self.path.join(name))(e.into()))?;
+        file.write_all(bytes)
+            .map_err(io_err("write", &self.path.join(name)))?;
+        Ok(file)
+    }
+
+    /// `syncfs(2)` on the filesystem holding the directory: every file written there so far,
+    /// its data and its directory entries, is durable when it returns (Linux reports writeback
+    /// errors here). Far cheaper than one fsync per file for a large generation, and what
+    /// `sync` does.
+    fn sync_filesystem(&self) -> Result<(), TargetError> {
+        rustix::fs::syncfs(&self.fd).map_err(|e| io_err("syncfs", &self.path)(e.into()))
+    }
+
+    /// `fsync(2)` of the directory itself: the entries made in it are durable.
+    fn sync(&self) -> Result<(), TargetError> {
+        rustix::fs::fsync(&self.fd).map_err(|e| io_err("fsync directory", &self.path)(e.into()))
+    }
+
+    /// The bytes of the file `name`; never follows a symlink or blocks on a FIFO. Read with one
+    /// `read(2)` of a byte more than the size `fstat` gives: a regular file's read returns
+    /// less than asked only at its end.
+    fn read_resource(&self, name: &str) -> Result<Vec<u8>, TargetError> {
+        let file = || self.path.join(name);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        // Reading for a plan is not an access by whoever uses the files: without O_NOATIME,
+        // the first read after a write dirties every inode. Only the files' owner may ask for
+        // it; anyone else reads them as usual.
+        let open = |flags| rustix::fs::openat(&self.fd, name, flags, Mode::empty());
+        let opened = if self.noatime.load(Ordering::Relaxed) {
+            open(flags | OFlags::NOATIME).or_else(|e| {
+                if e != Errno::PERM {
+                    return Err(e);
+                }
+                self.noatime.store(false, Ordering::Relaxed);
+                open(flags)
+            })
         } else {
-            io_err("read", file)(e)
+            open(flags)
+        };
+        let mut f = match opened {
+            Ok(fd) => File::from(fd),
+            Err(Errno::LOOP) => return Err(symlinked_resource(&file())),
+            Err(e) => return Err(io_err("read", &file())(e.into())),
+        };
+        let not_a_file = || TargetError::Corrupt(format!("{} is not a file", file().display()));
+        let meta = f.metadata().map_err(|e| io_err("read", &file())(e))?;
+        if !meta.is_file() {
+            return Err(not_a_file());
         }
-    })?;
-    Ok(bytes)
+        let mut bytes = vec![0; usize::try_from(meta.len()).unwrap_or(0) + 1];
+        let mut len = 0;
+        loop {
+            match f.read(&mut bytes[len..]) {
+                Ok(n) => {
+                    len += n;
+                    if len < bytes.len() {
+                        break;
+                    }
+                    // Grew since the fstat.
+                    bytes.resize(2 * len, 0);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(Errno::ISDIR.raw_os_error()) => {
+                    return Err(not_a_file());
+                }
+                Err(e) => return Err(io_err("read", &file())(e)),
+            }
+        }
+        bytes.truncate(len);
+        Ok(bytes)
+    }
 }
 
 /// From this many resources on, a generation is read on all cores.
@@ -501,41 +571,54 @@ impl DirTarget {
                 )));
             }
         }
+        let open = OpenDir::open(&dir)?;
         let mut files = Vec::new();
-        let entries = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("list", &dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let list_err = |e: Errno| io_err("list", &dir)(e.into());
+        for entry in rustix::fs::Dir::read_from(&open.fd).map_err(list_err)? {
+            let entry = entry.map_err(list_err)?;
+            let bytes = entry.file_name().to_bytes();
+            if matches!(bytes, b"." | b"..") {
+                continue;
+            }
+            let name = String::from_utf8_lossy(bytes).into_owned();
             if name == META_FILE || name == FAILED_FILE || name == SUMS_FILE {
                 continue;
             }
-            let file = dir.join(&name);
-            let Some(stem) = name
+            if name
                 .strip_suffix(".toml")
-                .filter(|s| resource_name_problem(s).is_none())
-            else {
+                .is_none_or(|s| resource_name_problem(s).is_some())
+            {
                 return Err(TargetError::Corrupt(format!(
                     "unexpected entry {}: generations are written only by envlock and never \
                      changed",
-                    file.display()
+                    dir.join(&name).display()
                 )));
-            };
-            // The entry's type comes with the directory listing (no stat per file); O_NOFOLLOW
-            // and O_NONBLOCK in `read_resource` cover an entry swapped for a symlink or a FIFO.
-            let kind = entry.file_type().map_err(io_err("inspect", &file))?;
-            if kind.is_symlink() {
-                return Err(symlinked_resource(&file));
             }
-            if !kind.is_file() {
+            // The entry's type comes with the directory listing (no stat per file, unless the
+            // filesystem does not say); O_NOFOLLOW, O_NONBLOCK and fstat in `read_resource`
+            // cover an entry swapped for a symlink or a FIFO since.
+            let kind = match entry.file_type() {
+                FileType::Unknown => {
+                    rustix::fs::statat(&open.fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                        .map(|st| FileType::from_raw_mode(st.st_mode))
+                        .map_err(|e| io_err("inspect", &dir.join(&name))(e.into()))?
+                }
+                kind => kind,
+            };
+            if kind == FileType::Symlink {
+                return Err(symlinked_resource(&dir.join(&name)));
+            }
+            if kind != FileType::RegularFile {
                 return Err(TargetError::Corrupt(format!(
                     "{} is not a file",
-                    file.display()
+                    dir.join(&name).display()
                 )));
             }
-            files.push((stem.to_owned(), file));
+            files.push(name);
         }
-        let read = |(stem, file): &(String, PathBuf)| {
-            read_resource(file).map(|bytes| (stem.clone(), bytes))
+        let read = |name: &String| {
+            let stem = name.strip_suffix(".toml").unwrap_or(name).to_owned();
+            open.read_resource(name).map(|bytes| (stem, bytes))
         };
         let read: Vec<Result<(String, Vec<u8>), TargetError>> = if files.len() >= PARALLEL_MIN {
             crate::parallel::map(&files, read)
@@ -784,52 +867,66 @@ impl Target for DirTarget {
         let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
         remove_any(&tmp)?;
         fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
+        let dir = OpenDir::open(&tmp)?;
         let each = resources.len() <= FSYNC_EACH_MAX;
-        let items: Vec<(usize, (&String, &Vec<u8>))> = resources.iter().enumerate().collect();
-        let half = items.len() / 2;
-        let write = |(i, (name, bytes)): &(usize, (&String, &Vec<u8>))| {
-            if *i == half {
+        let half = resources.len() / 2;
+        let write = |(i, (name, bytes)): (usize, (&String, &Vec<u8>))| {
+            if i == half {
                 crate::failpoint::hit("dir-write-half");
             }
-            let file = tmp.join(format!("{name}.toml"));
-            let mode = if private.contains(*name) {
+            let mode = if private.contains(name) {
                 PRIVATE_MODE
             } else {
                 DEFAULT_MODE
             };
+            let name = format!("{name}.toml");
+            let file = dir.write_new(&name, bytes, mode)?;
             if each {
-                write_new_synced_mode(&file, bytes, mode)
-            } else {
-                write_new(&file, bytes, mode)
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(&name)))?;
             }
+            Ok::<(), TargetError>(())
         };
-        // One thread: creating files in one directory serialises on the directory's lock in
-        // the kernel, and two writers spent most of their time spinning on it (perf).
-        items.iter().try_for_each(write)?;
+        let sums = || {
+            let sums: serde_json::Map<String, serde_json::Value> = resources
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
+                .collect();
+            serde_json::to_vec(&sums)
+        };
+        // One thread writes: creating files in one directory serialises on the directory's
+        // lock in the kernel, and two writers spent most of their time spinning on it (perf).
+        // The checksums are computed on another core meanwhile.
+        let (written, sums_bytes) = std::thread::scope(|s| {
+            let sums = s.spawn(sums);
+            (
+                resources.iter().enumerate().try_for_each(write),
+                sums.join().expect("hashing does not panic"),
+            )
+        });
+        written?;
+        let mut sums_bytes = sums_bytes
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
+        sums_bytes.push(b'\n');
         let mut meta_bytes = serde_json::to_vec_pretty(meta)
             .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
         meta_bytes.push(b'\n');
-        let sums: serde_json::Map<String, serde_json::Value> = resources
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
-            .collect();
-        let mut sums_bytes = serde_json::to_vec(&sums)
-            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
-        sums_bytes.push(b'\n');
         // Plain checksums of files with secrets would let a weak secret be guessed offline.
         let sums_mode = if private.is_empty() {
             DEFAULT_MODE
         } else {
             PRIVATE_MODE
         };
+        let meta_file = dir.write_new(META_FILE, &meta_bytes, DEFAULT_MODE)?;
+        let sums_file = dir.write_new(SUMS_FILE, &sums_bytes, sums_mode)?;
         if each {
-            write_new_synced(&tmp.join(META_FILE), &meta_bytes)?;
-            write_new_synced_mode(&tmp.join(SUMS_FILE), &sums_bytes, sums_mode)?;
-            sync_dir(&tmp)?;
+            for (file, name) in [(meta_file, META_FILE), (sums_file, SUMS_FILE)] {
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(name)))?;
+            }
+            dir.sync()?;
         } else {
-            write_new(&tmp.join(META_FILE), &meta_bytes, DEFAULT_MODE)?;
-            write_new(&tmp.join(SUMS_FILE), &sums_bytes, sums_mode)?;
-            sync_filesystem(&tmp)?;
+            dir.sync_filesystem()?;
         }
         let dest = self.generation_dir(id);
         if lstat(&dest)?.is_some() {
@@ -1215,6 +1312,7 @@ impl DirTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
 
@@ -1421,6 +1519,84 @@ mod tests {
         assert_eq!(drift.edited, ["r0001"]);
         assert_eq!(drift.removed, ["r0002"]);
         assert_eq!(drift.added, ["extra"]);
+    }
+
+    #[test]
+    fn a_generation_is_read_back_byte_for_byte_on_all_cores() {
+        let (_tmp, target) = stamped();
+        // Above PARALLEL_MIN, with empty, small and large files (a large one is read in more
+        // than one call when the kernel returns less).
+        let many: BTreeMap<String, Vec<u8>> = (0..PARALLEL_MIN + 44)
+            .map(|i| {
+                let bytes = match i % 3 {
+                    0 => Vec::new(),
+                    1 => format!("n = {i}\n").into_bytes(),
+                    _ => format!("s = \"{}\"\n", "x".repeat(i * 700)).into_bytes(),
+                };
+                (format!("r{i:04}"), bytes)
+            })
+            .collect();
+        let private: BTreeSet<String> = ["r0001".to_owned()].into();
+        let id = target.apply(&many, &private, &json!({})).unwrap();
+        assert_eq!(target.live().unwrap().resources, many);
+        let dir = target.generation_dir(id);
+        let mode = |name: &str| fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("r0001.toml"), PRIVATE_MODE & !umask());
+        assert_eq!(mode("r0002.toml"), DEFAULT_MODE & !umask());
+    }
+
+    fn umask() -> u32 {
+        let old = rustix::process::umask(Mode::from_raw_mode(0o022));
+        rustix::process::umask(old);
+        old.bits()
+    }
+
+    #[test]
+    fn a_generation_holding_anything_but_resource_files_is_refused() {
+        let (tmp, target) = stamped();
+        let one: BTreeMap<String, Vec<u8>> = [("app".to_owned(), b"n = 1\n".to_vec())].into();
+        let id = target.apply(&one, &BTreeSet::new(), &json!({})).unwrap();
+        let dir = target.generation_dir(id);
+        let corrupt = |what: &str| match target.live() {
+            Err(TargetError::Corrupt(msg)) => {
+                assert!(msg.contains(what), "{msg}");
+                msg
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        };
+
+        // A resource swapped for a symlink to a file outside the target.
+        let outside = tmp.path().join("outside.toml");
+        fs::write(&outside, "secret = 1\n").unwrap();
+        fs::remove_file(dir.join("app.toml")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("app.toml")).unwrap();
+        let msg = refused(target.live());
+        assert!(msg.contains("is a symlink to"), "{msg}");
+        fs::remove_file(dir.join("app.toml")).unwrap();
+
+        // A FIFO is not waited on, a directory is not a file.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("app.toml"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        corrupt("app.toml is not a file");
+        fs::remove_file(dir.join("app.toml")).unwrap();
+        fs::create_dir(dir.join("app.toml")).unwrap();
+        corrupt("app.toml is not a file");
+        fs::remove_dir(dir.join("app.toml")).unwrap();
+
+        // Anything that is not `<resource>.toml`.
+        fs::write(dir.join("app.toml"), "n = 1\n").unwrap();
+        for name in ["README", ".hidden.toml", "bad name.toml"] {
+            fs::write(dir.join(name), "x").unwrap();
+            corrupt("unexpected entry");
+            fs::remove_file(dir.join(name)).unwrap();
+        }
+        assert_eq!(target.live().unwrap().resources, one);
     }
 
     #[test]
