@@ -166,21 +166,18 @@ fn generation_commit(d: &Deployment<'_>, id: Option<GenerationId>) -> String {
         return String::new();
     };
     d.target
-        .generations()
+        .generation(id)
         .ok()
-        .and_then(|gens| gens.into_iter().find(|g| g.id == id))
+        .flatten()
         .map(|g| g.commit)
         .unwrap_or_default()
 }
 
 /// The highest generation id the target keeps.
 fn newest_generation(d: &Deployment<'_>) -> Result<Option<GenerationId>> {
-    Ok(d.target
-        .generations()
-        .map_err(|e| d.target_failure(e))?
-        .iter()
-        .map(|g| g.id)
-        .max())
+    d.target
+        .newest_generation()
+        .map_err(|e| d.target_failure(e))
 }
 
 /// The first 12 hex digits of a commit id, as `CommitInfo::short` shows them.
@@ -284,11 +281,11 @@ pub(super) fn live_and_desired(d: &Deployment<'_>, resolved: &Resolved) -> Resul
 /// The secrets that the live generation's metadata lists (masked in diffs).
 pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<SecretUse>> {
     let mut out = Vec::new();
-    if live.generation.is_some() {
-        let gens = d.target.generations().map_err(|e| d.target_failure(e))?;
-        out = gens
-            .iter()
-            .find(|g| Some(g.id) == live.generation)
+    if let Some(id) = live.generation {
+        out = d
+            .target
+            .generation(id)
+            .map_err(|e| d.target_failure(e))?
             .map(|g| SecretUse::from_meta(&g.meta))
             .unwrap_or_default();
     }

@@ -558,6 +558,48 @@ impl DirTarget {
         Ok(ids)
     }
 
+    /// What generation `id`'s metadata and failure mark say; `current` is the live one.
+    fn generation_info(
+        &self,
+        id: GenerationId,
+        current: Option<GenerationId>,
+    ) -> Result<GenerationInfo, TargetError> {
+        let dir = self.generation_dir(id);
+        let file = dir.join(META_FILE);
+        let bytes = fs::read(&file).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                TargetError::Corrupt(format!("{} is missing", file.display()))
+            } else {
+                io_err("read", &file)(e)
+            }
+        })?;
+        let meta: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            TargetError::Corrupt(format!("{} is not valid JSON: {e}", file.display()))
+        })?;
+        let text = |key: &str| meta.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        let created = match text("created") {
+            Some(c) => c,
+            None => fs::symlink_metadata(&dir)
+                .and_then(|m| m.modified())
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                .map_err(io_err("inspect", &dir))?,
+        };
+        let failed_file = dir.join(FAILED_FILE);
+        let failed = match fs::read(&failed_file) {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_owned()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err("read", &failed_file)(e)),
+        };
+        Ok(GenerationInfo {
+            id,
+            commit: text("commit").unwrap_or_default(),
+            created,
+            live: current == Some(id),
+            failed,
+            meta,
+        })
+    }
+
     /// Every resource of one generation, checked to be exactly what `apply` writes.
     fn read_generation(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
         let dir = self.generation_dir(id);
@@ -986,44 +1028,23 @@ impl Target for DirTarget {
 
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
         let layout = self.check_layout()?;
-        let mut out = Vec::new();
-        for id in self.generation_ids()? {
-            let dir = self.generation_dir(id);
-            let file = dir.join(META_FILE);
-            let bytes = fs::read(&file).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    TargetError::Corrupt(format!("{} is missing", file.display()))
-                } else {
-                    io_err("read", &file)(e)
-                }
-            })?;
-            let meta: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                TargetError::Corrupt(format!("{} is not valid JSON: {e}", file.display()))
-            })?;
-            let text = |key: &str| meta.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-            let created = match text("created") {
-                Some(c) => c,
-                None => fs::symlink_metadata(&dir)
-                    .and_then(|m| m.modified())
-                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                    .map_err(io_err("inspect", &dir))?,
-            };
-            let failed_file = dir.join(FAILED_FILE);
-            let failed = match fs::read(&failed_file) {
-                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("read", &failed_file)(e)),
-            };
-            out.push(GenerationInfo {
-                id,
-                commit: text("commit").unwrap_or_default(),
-                created,
-                live: layout.current == Some(id),
-                failed,
-                meta,
-            });
+        self.generation_ids()?
+            .into_iter()
+            .map(|id| self.generation_info(id, layout.current))
+            .collect()
+    }
+
+    fn generation(&self, id: GenerationId) -> Result<Option<GenerationInfo>, TargetError> {
+        let layout = self.check_layout()?;
+        if !self.generation_ids()?.contains(&id) {
+            return Ok(None);
         }
-        Ok(out)
+        self.generation_info(id, layout.current).map(Some)
+    }
+
+    fn newest_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        self.check_layout()?;
+        Ok(self.generation_ids()?.last().copied())
     }
 
     fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
@@ -1697,6 +1718,19 @@ mod tests {
         );
         assert!(gens[1].created.ends_with('Z'), "{}", gens[1].created);
         assert_eq!(gens[1].meta, json!({"commit": "bbb"}));
+        // One generation alone, read without the others.
+        assert_eq!(target.generation(2).unwrap().as_ref(), Some(&gens[1]));
+        assert_eq!(target.generation(3).unwrap(), None);
+        assert_eq!(target.newest_generation().unwrap(), Some(2));
+        fs::remove_file(target.path().join("generations/00000001/.meta.json")).unwrap();
+        assert_eq!(target.generation(2).unwrap().as_ref(), Some(&gens[1]));
+        assert!(matches!(target.generation(1), Err(TargetError::Corrupt(_))));
+        fs::write(
+            target.path().join("generations/00000001/.meta.json"),
+            "{\"commit\": \"aaa\", \"created\": \"2026-01-01T00:00:00Z\"}",
+        )
+        .unwrap();
+        assert_eq!(target.generations().unwrap(), gens);
 
         target.activate(1).unwrap();
         let live = target.live().unwrap();

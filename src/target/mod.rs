@@ -356,6 +356,15 @@ pub trait Target {
     fn drift(&self) -> Result<Drift, TargetError>;
     /// Every generation kept, oldest first.
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
+    /// The generation `id`, `None` when it is not kept. A target that can read one generation
+    /// alone says so; by default, from all of them.
+    fn generation(&self, id: GenerationId) -> Result<Option<GenerationInfo>, TargetError> {
+        Ok(self.generations()?.into_iter().find(|g| g.id == id))
+    }
+    /// The highest generation id kept. By default, from all the generations.
+    fn newest_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        Ok(self.generations()?.iter().map(|g| g.id).max())
+    }
     /// Make an existing generation live atomically.
     fn activate(&self, id: GenerationId) -> Result<(), TargetError>;
     /// Keep the newest `keep` generations plus the live one, delete the rest and any leftovers.
