@@ -1566,6 +1566,24 @@ mod tests {
         assert_eq!(mode("r0002.toml"), DEFAULT_MODE & !umask());
     }
 
+    #[test]
+    fn reading_a_generation_leaves_its_access_times_alone() {
+        let (_tmp, target) = stamped();
+        let one: BTreeMap<String, Vec<u8>> = [("app".to_owned(), b"n = 1\n".to_vec())].into();
+        let id = target.apply(&one, &BTreeSet::new(), &json!({})).unwrap();
+        let file = target.generation_dir(id).join("app.toml");
+        // Older than the modification: any plain read would update it (relatime).
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        assert_eq!(target.live().unwrap().resources, one);
+        assert_eq!(fs::metadata(&file).unwrap().accessed().unwrap(), old);
+    }
+
     fn umask() -> u32 {
         let old = rustix::process::umask(Mode::from_raw_mode(0o022));
         rustix::process::umask(old);
