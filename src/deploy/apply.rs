@@ -242,19 +242,20 @@ pub(super) fn secret_key(d: &Deployment<'_>) -> Result<(Option<Vec<u8>>, Vec<u8>
     Ok((stored, key))
 }
 
-/// What a plan compares: the live state and the desired one.
-pub(super) struct Sides {
+/// A plan against the live state, with what it was made from.
+pub(super) struct Planned {
     pub live: Live,
     /// The target's secret key, `None` when it has none yet (see [`secret_key`]).
     pub stored_key: Option<Vec<u8>>,
     /// The key the desired state's secrets were hashed with.
     pub key: Vec<u8>,
-    pub desired: plan::Desired,
+    pub plan: plan::Plan,
 }
 
-/// Read the live state and render the desired one, on another core while the target is read;
-/// a failure to read the target is reported first, as when one followed the other.
-pub(super) fn live_and_desired(d: &Deployment<'_>, resolved: &Resolved) -> Result<Sides> {
+/// Read the live state and plan the desired one against it. The desired files are rendered on
+/// another core while the target is read; a failure to read the target is reported first, as
+/// when one followed the other.
+pub(super) fn plan_against_live(d: &Deployment<'_>, resolved: &Resolved) -> Result<Planned> {
     let key = secret_key(d);
     let env = d.env;
     let (live, desired) = std::thread::scope(|s| {
@@ -270,11 +271,13 @@ pub(super) fn live_and_desired(d: &Deployment<'_>, resolved: &Resolved) -> Resul
     });
     let live = live.map_err(|e| d.target_failure(e))?;
     let (stored_key, key) = key?;
-    Ok(Sides {
+    let desired = desired.expect("rendered once the key was read");
+    let plan = plan::compute(desired, &live.resources, &live_secrets(d, &live)?, &key);
+    Ok(Planned {
         live,
         stored_key,
         key,
-        desired: desired.expect("rendered once the key was read"),
+        plan,
     })
 }
 
@@ -334,13 +337,12 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             "{err:#}; `deploy apply` will refuse this plan until then"
         ));
     }
-    let Sides {
+    let Planned {
         live,
         stored_key,
         key,
-        desired,
-    } = live_and_desired(d, &resolved)?;
-    let plan = plan::compute(desired, &live.resources, &live_secrets(d, &live)?, &key);
+        plan,
+    } = plan_against_live(d, &resolved)?;
     let mut report = Report::new(d, "planned", plan.desired.config_sha256.clone());
     // Secret values are bound by their keyed hashes, which only the target's own key makes
     // reproducible: a plan made before the target has one cannot bind them.
@@ -414,13 +416,12 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
     }
-    let Sides {
+    let Planned {
         live,
         stored_key,
         key,
-        desired,
-    } = live_and_desired(d, &resolved)?;
-    let mut plan = plan::compute(desired, &live.resources, &live_secrets(d, &live)?, &key);
+        mut plan,
+    } = plan_against_live(d, &resolved)?;
     report.config_sha256 = plan.desired.config_sha256.clone();
     if let Some(saved) = expected
         && let Err(err) = matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key)
