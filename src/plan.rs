@@ -240,6 +240,38 @@ pub fn desired(env: &Environment, resolved: &Resolved, key: &[u8]) -> Desired {
     out
 }
 
+/// The `config_sha256` that [`desired`] gives `env`, with each secret's keyed hash taken from
+/// `known` (a live generation's metadata: same resource, path and reference) instead of
+/// hashing a value read now. `None` when a secret of `env` is not in `known`: then its
+/// configuration is not the one `known` describes. Used by the promotion gate, which compares
+/// another environment's configuration at a commit with what is live there.
+pub fn config_sha256_with(env: &Environment, known: &[SecretUse]) -> Option<String> {
+    let mut complete = true;
+    let mut hashed = Vec::with_capacity(env.settings.len());
+    for (name, res) in &env.settings {
+        if !has_secret(&res.node) {
+            hashed.push((name, Hashed::Plain(Json(&res.node))));
+            continue;
+        }
+        let masked = res.node.replace_secrets(&mut |path, r| {
+            let at = path_text(path);
+            match known
+                .iter()
+                .find(|s| s.resource == *name && s.path == at && s.reference == r.text)
+            {
+                Some(s) => Value::String(format!("(secret hmac-sha256:{})", s.hmac)),
+                None => {
+                    complete = false;
+                    Value::String(String::new())
+                }
+            }
+        });
+        hashed.push((name, Hashed::Masked(masked.to_json())));
+    }
+    let hash = crate::hash::json_sha256_hex(&Canonical(hashed)).expect("JSON of settings");
+    complete.then_some(hash)
+}
+
 /// Every resource as it is written, secrets as their references: the JSON of
 /// [`Environment::settings_json`], serialized without making that copy.
 struct Settings<'a>(&'a Environment);
@@ -674,6 +706,50 @@ mod tests {
         assert_eq!(env.settings.len(), 3);
         let copy = serde_json::to_vec(&env.settings_json()).unwrap();
         assert_eq!(settings_sha256(env), crate::target::sha256_hex(&copy));
+    }
+
+    #[test]
+    fn the_gate_s_hash_from_known_secret_hashes_is_the_desired_one() {
+        use crate::config::{Input, InputFile};
+        let env_file = r#"
+            [environment]
+            account = "123456789012"
+            schema = "s"
+            [target]
+            kind = "dir"
+            path = "/srv/t"
+            [settings.b]
+            pw = { secret = "env:X" }
+            [settings.a]
+            x = 1
+        "#;
+        let config = crate::config::load(Input {
+            environments: vec![InputFile {
+                path: "environments/t.toml".into(),
+                content: Ok(env_file.as_bytes().to_vec()),
+            }],
+            schemas: vec![InputFile {
+                path: "schemas/s.schema.json".into(),
+                content: Ok(br#"{"type": "object"}"#.to_vec()),
+            }],
+            root: None,
+        });
+        let env = config.get("t").expect("loads");
+        let desired = desired(env, &Resolved::default(), KEY);
+        assert_eq!(desired.secrets.len(), 1);
+        assert_eq!(
+            config_sha256_with(env, &desired.secrets).as_deref(),
+            Some(desired.config_sha256.as_str())
+        );
+        // Another value (another keyed hash): another configuration.
+        let mut other = desired.secrets.clone();
+        other[0].hmac = secret::hmac_hex(KEY, b"another value");
+        let got = config_sha256_with(env, &other).expect("complete");
+        assert_ne!(got, desired.config_sha256);
+        // Another reference, or no record of the secret: not the live configuration.
+        other[0].reference = "env:Y".into();
+        assert_eq!(config_sha256_with(env, &other), None);
+        assert_eq!(config_sha256_with(env, &[]), None);
     }
 
     #[test]

@@ -40,6 +40,20 @@ pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> 
     Ok((commit, config))
 }
 
+/// The environments `names` at `commit` with their resources (the promotion gate hashes them):
+/// loaded from their own files and the layers only, so the cost does not grow with the other
+/// environments.
+pub fn load_only(repo: &Repo, commit: &CommitInfo, names: &[String]) -> Result<Config> {
+    let mut input = repo.read_config(commit)?;
+    input.environments.retain(|f| {
+        f.path
+            .strip_prefix("environments/")
+            .and_then(|p| p.strip_suffix(".toml"))
+            .is_some_and(|stem| stem.starts_with('_') || names.iter().any(|n| n == stem))
+    });
+    Ok(config::load_keeping(input, Keep::All))
+}
+
 /// Refuse (exit 3) when `environments/` or `schemas/` have uncommitted or untracked changes.
 pub fn require_clean(repo: &Repo) -> Result<()> {
     refuse_dirty(repo.dirty_config_files())

@@ -153,12 +153,32 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             )),
             (_, Err(e)) => return Err(e),
         }
+        if let (Job::Plan { .. }, Some(b), Ok(Some(r))) =
+            (&job, &env.branch, deploy::reviewed_ref(&repo, env))
+        {
+            printer.err(&format!(
+                "Branch: `branch = \"{}\"` is checked against `{}` ({}).\n",
+                b.value,
+                r.short(),
+                r.why()
+            ));
+        }
+        // The gate hashes the `after` environments' resources, which the load above let go.
+        let after_config = match &job {
+            Job::Plan { .. } | Job::Apply { .. } if !env.after.is_empty() => {
+                let names: Vec<String> = env.after.iter().map(|a| a.value.clone()).collect();
+                Some(workspace::load_only(&repo, &commit, &names)?)
+            }
+            _ => None,
+        };
         let mut d = Deployment::new(&repo, env, &commit, printer)?;
-        d.after = env
-            .after
-            .iter()
-            .filter_map(|a| config.get(&a.value))
-            .collect();
+        if let Some(after) = &after_config {
+            d.after = env
+                .after
+                .iter()
+                .filter_map(|a| after.get(&a.value))
+                .collect();
+        }
         if let Job::Apply {
             saved: Some(saved), ..
         } = &job

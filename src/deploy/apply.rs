@@ -21,7 +21,9 @@ use crate::failpoint;
 use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
 use crate::plan::{self, Action, Change, Plan, SecretUse};
 use crate::secret::{self, Resolved};
-use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState, TargetError};
+use crate::target::{
+    GenerationId, GenerationInfo, Holder, Live, LockGuard, Stamp, StampState, TargetError,
+};
 
 /// What a deployment did, for people (stderr) and `--format json` (stdout).
 #[derive(Debug, Serialize)]
@@ -332,6 +334,13 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             d.env.name
         ));
     }
+    if let Some(b) = super::forward::finding(d)? {
+        d.warn(&format!(
+            "{}; `deploy apply` will refuse this plan\nhint: {}",
+            b.message(&d.env.name),
+            b.hint(&d.env.name)
+        ));
+    }
     if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
         d.warn(&format!(
             "{err:#}; `deploy apply` will refuse this plan until then"
@@ -412,7 +421,10 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         }
         return Ok(report);
     };
-    if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
+    // Forward only, then the promotion gate: both before the live state is read.
+    if let Err(err) =
+        super::forward::check(d).and_then(|()| super::gate::check(d, &d.commit.id.to_string()))
+    {
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
     }
@@ -1053,6 +1065,17 @@ pub(super) fn record_refusal(
     holding_lock: bool,
     err: &anyhow::Error,
 ) {
+    record_refusal_as(d, stamp, holding_lock, err, log::Action::Apply);
+}
+
+/// [`record_refusal`] of an attempt of `action`.
+fn record_refusal_as(
+    d: &Deployment<'_>,
+    stamp: &StampState,
+    holding_lock: bool,
+    err: &anyhow::Error,
+    action: log::Action,
+) {
     if !matches!(stamp, StampState::Stamped(_)) {
         return;
     }
@@ -1066,6 +1089,7 @@ pub(super) fn record_refusal(
     };
     let live = d.target.live_generation().ok().flatten();
     let entry = Entry {
+        action,
         reason: Some(format!("{err:#}")),
         ..entry(d, live)
     };
@@ -1305,6 +1329,100 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
     }
 }
 
+/// Why generation `g` must not be made live again: it failed its health check when it was
+/// deployed, or its commit is not on the environment's reviewed `branch` ([`super::reviewed_ref`]).
+fn unfit(d: &Deployment<'_>, g: &GenerationInfo) -> Option<String> {
+    if let Some(why) = &g.failed {
+        return Some(format!(
+            "it FAILED its health check when it was deployed ({why})"
+        ));
+    }
+    let reviewed = super::reviewed_ref(d.repo, d.env).ok().flatten()?;
+    let Ok(id) = git2::Oid::from_str(&g.commit) else {
+        return Some(format!(
+            "it does not record its commit, so it cannot be shown to be on `{}`",
+            reviewed.short()
+        ));
+    };
+    match d.repo.reachable_from(id, reviewed.rev()) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "its commit {} is not on `{}`, so it was never reviewed for `{}`",
+            short(&g.commit),
+            reviewed.short(),
+            d.env.name
+        )),
+        Err(_) => Some(format!(
+            "its commit {} is not in this clone, so it cannot be shown to be on `{}` (`git fetch` first)",
+            short(&g.commit),
+            reviewed.short()
+        )),
+    }
+}
+
+fn exit_for_is_refusal(err: &anyhow::Error) -> bool {
+    crate::error::exit_for(err) == Exit::Refused
+}
+
+/// The generation a rollback makes live: `--to ID` if it is kept and fit ([`unfit`]), else the
+/// newest fit one older than the live one (each unfit one skipped is said).
+fn choose<'g>(
+    d: &Deployment<'_>,
+    gens: &'g [GenerationInfo],
+    current: &GenerationInfo,
+    to: Option<GenerationId>,
+) -> Result<&'g GenerationInfo> {
+    let kept: Vec<String> = gens.iter().map(|g| g.id.to_string()).collect();
+    let hint = format!(
+        "`deploy status --target {}` lists the kept generations; to fix forward, deploy a reviewed commit (`deploy --target {}`); nothing was changed",
+        d.env.name, d.env.name
+    );
+    if let Some(id) = to {
+        let g = gens.iter().find(|g| g.id == id).ok_or_else(|| {
+            Failure::error(format!("generation {id} is not kept on this target"))
+                .hint(format!("kept generations: {}", kept.join(", ")))
+        })?;
+        if let Some(why) = (g.id != current.id).then(|| unfit(d, g)).flatten() {
+            return Err(Failure::refused(format!(
+                "generation {id} of `{}` may not be made live again: {why}",
+                d.env.name
+            ))
+            .hint(hint)
+            .into());
+        }
+        return Ok(g);
+    }
+    let mut skipped = Vec::new();
+    for g in gens.iter().rev().filter(|g| g.id < current.id) {
+        match unfit(d, g) {
+            None => return Ok(g),
+            Some(why) => {
+                d.say(&format!("Skipping generation {}: {why}.", g.id));
+                skipped.push(format!("generation {}: {why}", g.id));
+            }
+        }
+    }
+    if skipped.is_empty() {
+        return Err(Failure::error(format!(
+            "no generation older than the live one ({}) is kept; there is nothing to roll back to",
+            current.id
+        ))
+        .hint(format!(
+            "kept generations: {}; `--to ID` names one explicitly",
+            kept.join(", ")
+        ))
+        .into());
+    }
+    let mut f = Failure::refused(format!(
+        "no generation older than the live one ({}) is fit to be made live again; there is nothing to roll back to",
+        current.id
+    ));
+    for s in skipped {
+        f = f.detail(s);
+    }
+    Err(f.hint(hint).into())
+}
+
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
@@ -1329,25 +1447,14 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         .hint(format!("`deploy --target {}` deploys HEAD", d.env.name))
         .into());
     };
-    let kept: Vec<String> = gens.iter().map(|g| g.id.to_string()).collect();
-    let wanted = match to {
-        Some(id) => gens.iter().find(|g| g.id == id).ok_or_else(|| {
-            Failure::error(format!("generation {id} is not kept on this target"))
-                .hint(format!("kept generations: {}", kept.join(", ")))
-        })?,
-        None => gens
-            .iter()
-            .rfind(|g| g.id < current.id && g.failed.is_none())
-            .ok_or_else(|| {
-                Failure::error(format!(
-                    "no generation older than the live one ({}) is kept and passed its health check; there is nothing to roll back to",
-                    current.id
-                ))
-                .hint(format!(
-                    "kept generations: {}; `--to ID` names one explicitly",
-                    kept.join(", ")
-                ))
-            })?,
+    let wanted = match choose(d, &gens, current, to) {
+        Ok(g) => g,
+        Err(err) => {
+            if exit_for_is_refusal(&err) {
+                record_refusal_as(d, &stamp, lock.is_some(), &err, log::Action::Rollback);
+            }
+            return Err(err);
+        }
     };
     report.previous_generation = Some(current.id);
     report.generation = Some(current.id);

@@ -1,19 +1,33 @@
-//! The promotion gate: `after = ["validation"]` lets a commit reach this environment only once
-//! the deployment log of each environment named there holds a successful record of it
-//! (applied, or a verified no-change run) and that log verifies.
+//! The promotion gate: `after = ["validation"]` lets a commit reach this environment only while
+//! the configuration that commit gives `validation` is live and healthy there now: the
+//! `config_sha256` of `validation` at the commit equals the live generation's, and the latest
+//! record of that generation in `validation`'s log (which must verify) is a passed one.
+//! Commit ids are not compared: a commit that changes only this environment needs no new
+//! verification of `validation`, and a rollback of `validation` closes the gate.
 
 use anyhow::Result;
 
 use super::{Deployment, open_target};
 use crate::config::Environment;
 use crate::error::Failure;
-use crate::log;
-use crate::target::StampState;
+use crate::log::{self, Outcome};
+use crate::plan::{self, SecretUse};
+use crate::target::{StampState, Target};
 
 /// Why `commit` may not reach `d.env` yet, as a refusal (exit 3); `Ok` when every environment
 /// of `after` has proven it.
 pub fn check(d: &Deployment<'_>, commit: &str) -> Result<()> {
-    for before in &d.after {
+    for name in &d.env.after {
+        let Some(before) = d.after.iter().find(|e| e.name == name.value) else {
+            return Err(Failure::refused(format!(
+                "promotion gate: `{}` deploys only what is live and healthy on `{}`, whose configuration does not resolve at commit {}",
+                d.env.name,
+                name.value,
+                super::apply::short(commit)
+            ))
+            .hint("`deploy check` shows the problem; nothing was changed")
+            .into());
+        };
         proven_on(d, before, commit)?;
     }
     Ok(())
@@ -24,7 +38,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
     let short = &commit[..commit.len().min(12)];
     let refuse = |why: String| -> anyhow::Error {
         Failure::refused(format!(
-            "promotion gate: `{}` deploys only commits already live and healthy on `{name}`, and {why}",
+            "promotion gate: `{}` deploys a commit only while the configuration it gives `{name}` is live and healthy there, and {why}",
             d.env.name
         ))
         .detail(format!(
@@ -73,16 +87,63 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         ))
         .into());
     }
-    let proven = log::records(&bytes).into_iter().any(|r| {
-        r.commit == commit
-            && r.environment == *name
-            && r.account == before.account.value
-            && r.outcome.proves_healthy()
-    });
-    if proven {
-        return Ok(());
+    let live = live_config(&*target, before).map_err(&refuse)?;
+    let want = plan::config_sha256_with(before, &live.secrets);
+    if want.as_deref() != Some(live.config_sha256.as_str()) {
+        return Err(refuse(format!(
+            "`{name}` runs another configuration: generation {} (commit {}) is live there, not what commit {short} gives `{name}`",
+            live.id,
+            super::apply::short(&live.commit)
+        )));
     }
-    Err(refuse(format!(
-        "`{name}`'s deployment log has no successful deployment of commit {short}"
-    )))
+    let last = log::records(&bytes).into_iter().rev().find(|r| {
+        r.environment == *name
+            && r.account == before.account.value
+            && r.generation == Some(live.id)
+            && r.outcome != Outcome::Refused
+    });
+    match last {
+        Some(r) if r.outcome.proves_healthy() => Ok(()),
+        Some(r) => Err(refuse(format!(
+            "the latest check of `{name}`'s live generation {} did not pass (log record {}: {})",
+            live.id,
+            r.seq,
+            r.outcome.as_str()
+        ))),
+        None => Err(refuse(format!(
+            "`{name}`'s deployment log has no passed health check of its live generation {}",
+            live.id
+        ))),
+    }
+}
+
+/// What is live on an `after` environment's target now.
+struct LiveConfig {
+    id: crate::target::GenerationId,
+    commit: String,
+    config_sha256: String,
+    secrets: Vec<SecretUse>,
+}
+
+fn live_config(target: &dyn Target, before: &Environment) -> Result<LiveConfig, String> {
+    let name = &before.name;
+    let id = target
+        .live_generation()
+        .map_err(|e| format!("`{name}`'s live generation cannot be read: {e}"))?
+        .ok_or_else(|| format!("nothing is live on `{name}`"))?;
+    let g = target
+        .generation(id)
+        .map_err(|e| format!("`{name}`'s generation {id} cannot be read: {e}"))?
+        .ok_or_else(|| format!("`{name}`'s live generation {id} is not kept"))?;
+    Ok(LiveConfig {
+        id,
+        config_sha256: g
+            .meta
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        secrets: SecretUse::from_meta(&g.meta),
+        commit: g.commit,
+    })
 }

@@ -11,6 +11,7 @@
 //!   again and the command exits 4.
 
 pub mod apply;
+pub mod forward;
 pub mod gate;
 pub mod journal;
 pub mod saved;
@@ -30,13 +31,15 @@ use crate::error::Failure;
 use crate::output::{Printer, style};
 use crate::plan::{Action, Plan};
 use crate::process::{self, Spec};
-use crate::repo::{CommitInfo, Repo};
+use crate::repo::{CommitInfo, Repo, RepoError, Reviewed};
 use crate::target::{
     DirTarget, GenerationId, Holder, LockGuard, Stamp, StampState, Target, TargetError,
 };
 
 /// One deployment's context: the environment at one commit and its target.
 pub struct Deployment<'a> {
+    /// The configuration repository (commit ancestry for the forward-only rule and rollbacks).
+    pub repo: &'a Repo,
     pub env: &'a Environment,
     pub commit: &'a CommitInfo,
     /// The repository's working tree: commands run here, relative paths start here.
@@ -156,36 +159,95 @@ fn open_etcd(env: &Environment) -> Result<Box<dyn Target>> {
     Ok(Box::new(target))
 }
 
-/// When `branch` is set, the commit must be reachable from it (exit 3 otherwise).
-pub fn check_branch(repo: &Repo, env: &Environment, commit: &CommitInfo) -> Result<()> {
+/// The ref `env`'s `branch` is checked against ([`Repo::reviewed_ref`]); `None` without
+/// `branch`. A remote without the tracking branch is a refusal (exit 3) that says what to fetch.
+pub fn reviewed_ref(repo: &Repo, env: &Environment) -> Result<Option<Reviewed>> {
     let Some(branch) = &env.branch else {
+        return Ok(None);
+    };
+    match repo.reviewed_ref(&branch.value) {
+        Ok(r) => Ok(Some(r)),
+        Err(RepoError::NoTrackingBranch {
+            remote,
+            tracking,
+            known,
+            ..
+        }) => {
+            let b = &branch.value;
+            let f = Failure::refused(format!(
+                "`{}` deploys only commits reachable from `branch = \"{b}\"`, which in a clone with a remote means the pushed (reviewed) branch `{}`, and this clone has no such branch",
+                env.name,
+                tracking.trim_start_matches("refs/remotes/")
+            ))
+            .detail(format!("`branch = \"{b}\"` in environments/{}.toml", env.name));
+            let hint = if known {
+                format!(
+                    "fetch it (`git fetch {remote}`); if the remote has no branch `{b}`, fix `branch` in the configuration; nothing was changed"
+                )
+            } else {
+                format!(
+                    "this clone has no remote `{remote}`: set the upstream of `{b}` (`git branch --set-upstream-to=<remote>/{b} {b}`) or add `{remote}`, then fetch; nothing was changed"
+                )
+            };
+            Err(f.hint(hint).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// When `branch` is set, the commit must be reachable from it, meaning its remote-tracking
+/// branch when the clone has a remote (exit 3 otherwise).
+pub fn check_branch(repo: &Repo, env: &Environment, commit: &CommitInfo) -> Result<()> {
+    let Some(reviewed) = reviewed_ref(repo, env)? else {
         return Ok(());
     };
-    let branch = branch.value.as_str();
-    match repo.reachable_from(commit.id, branch) {
+    let branch = reviewed.short();
+    let named = env.branch.as_ref().map_or(branch, |b| b.value.as_str());
+    match repo.reachable_from(commit.id, reviewed.rev()) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Failure::refused(format!(
-            "commit {} is not on `{branch}`: `{}` deploys only commits reachable from `{branch}`",
-            commit.short(),
-            env.name
-        ))
-        .detail(format!(
-            "{} is {} {}",
-            if commit.rev == "HEAD" { "HEAD" } else { "the commit" },
-            commit.short(),
-            commit.summary
-        ))
-        .hint(format!(
-            "merge the change into `{branch}` through review, check out `{branch}`, and run again; nothing was changed"
-        ))
-        .into()),
+        Ok(false) => {
+            let local_only = matches!(reviewed, Reviewed::Remote(_))
+                && repo.reachable_from(commit.id, named).unwrap_or(false);
+            let detail = format!(
+                "{} is {} {}",
+                if commit.rev == "HEAD" {
+                    "HEAD"
+                } else {
+                    "the commit"
+                },
+                commit.short(),
+                commit.summary
+            );
+            if local_only {
+                return Err(Failure::refused(format!(
+                    "commit {} is on the local `{named}` but not on `{branch}`: it was never pushed, so never reviewed, and `{}` deploys only commits reachable from `{branch}`",
+                    commit.short(),
+                    env.name
+                ))
+                .detail(detail)
+                .hint(
+                    "`git push` it (through review), then `git pull` and run again; nothing was changed",
+                )
+                .into());
+            }
+            Err(Failure::refused(format!(
+                "commit {} is not on `{branch}`: `{}` deploys only commits reachable from `{branch}`",
+                commit.short(),
+                env.name
+            ))
+            .detail(detail)
+            .hint(format!(
+                "merge the change into `{named}` through review, check out `{named}`, and run again; nothing was changed"
+            ))
+            .into())
+        }
         Err(e) => Err(Failure::refused(format!(
             "cannot check that commit {} is on `{branch}`, which `{}` requires: {e}",
             commit.short(),
             env.name
         ))
         .hint(format!(
-            "fetch or create `{branch}` in this clone (e.g. `git fetch origin {branch}:{branch}`)"
+            "fetch or create `{branch}` in this clone (e.g. `git fetch origin {named}:{named}`)"
         ))
         .into()),
     }
@@ -251,7 +313,7 @@ pub fn operator() -> String {
 
 impl<'a> Deployment<'a> {
     pub fn new(
-        repo: &Repo,
+        repo: &'a Repo,
         env: &'a Environment,
         commit: &'a CommitInfo,
         printer: &'a Printer,
@@ -261,6 +323,7 @@ impl<'a> Deployment<'a> {
             .map(Path::to_path_buf)
             .ok_or_else(|| Failure::error("deploy needs a repository with a working tree"))?;
         Ok(Deployment {
+            repo,
             env,
             commit,
             root,

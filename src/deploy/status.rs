@@ -27,6 +27,8 @@ pub struct Status {
     /// The resources deploying HEAD would touch.
     pub pending_resources: Vec<String>,
     pub drift: Drift,
+    /// HEAD is behind, or diverged from, the live commit (a deployment of HEAD is refused).
+    pub backwards: Option<super::forward::Backwards>,
     pub generations: Vec<GenerationRow>,
     /// An interrupted deployment that the next deploy will resolve.
     pub interrupted: Option<String>,
@@ -107,6 +109,7 @@ pub fn status(d: &Deployment<'_>) -> Result<Status> {
         pending: super::apply::Counts::of(&plan),
         pending_resources: plan.changes.iter().map(|c| c.resource.clone()).collect(),
         drift,
+        backwards: super::forward::finding(d)?,
         generations: gens
             .iter()
             .map(|g| GenerationRow {
@@ -172,6 +175,14 @@ fn render(d: &Deployment<'_>, s: &Status, plan: &plan::Plan) -> String {
         out.push_str(&format!(
             "               run `deploy plan --target {}` to see the diff\n",
             s.environment
+        ));
+    }
+    if let Some(b) = &s.backwards {
+        out.push_str(&format!(
+            "  {}      {}\n               {}\n",
+            p.paint_out(style::ERROR, "BEHIND:"),
+            b.message(&s.environment),
+            b.hint(&s.environment)
         ));
     }
     let d_ = &s.drift;

@@ -3,11 +3,12 @@
 //!
 //! Invariant: reading configuration touches one commit's tree and the blobs under
 //! `environments/` and `schemas/` only; it never walks history, so its cost does not depend on
-//! the number of commits.
+//! the number of commits. The two questions about history ([`Repo::ancestry`] and
+//! [`Repo::reachable_from`]) walk only between the two commits asked about and their merge base.
 
 use std::path::{Path, PathBuf};
 
-use git2::{ObjectType, Oid, Repository, Status, StatusOptions};
+use git2::{BranchType, ObjectType, Oid, Repository, Status, StatusOptions};
 
 use crate::config::{Input, InputFile, MAX_FILE_BYTES};
 
@@ -24,8 +25,71 @@ pub enum RepoError {
     NoCommits,
     #[error("commit {commit} has no `environments/` directory")]
     NoEnvironments { commit: String },
+    #[error(
+        "`{branch}` means the remote-tracking branch `{tracking}`, which this clone does not have{}",
+        if *known { "" } else { " (there is no remote of that name)" }
+    )]
+    NoTrackingBranch {
+        branch: String,
+        remote: String,
+        tracking: String,
+        known: bool,
+    },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
+}
+
+/// How the commit being deployed relates to the one live on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ancestry {
+    /// The same commit.
+    Same,
+    /// The live commit is an ancestor: this many commits forward.
+    Ahead(usize),
+    /// The new commit is an ancestor of the live one: this many commits behind it.
+    Behind(usize),
+    /// Each has commits the other lacks.
+    Diverged { ahead: usize, behind: usize },
+    /// This clone does not have the live commit.
+    Missing,
+}
+
+/// What `branch = "main"` is checked against: with a remote, the remote-tracking branch (what
+/// was pushed, and so could be reviewed), not a local branch anyone can move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reviewed {
+    /// `refs/remotes/<remote>/<branch>`: the branch's upstream, else `origin`'s.
+    Remote(String),
+    /// A repository without remotes: the revision itself, as before remotes mattered.
+    Local(String),
+    /// A tag, a commit id or a full ref: the same in every clone.
+    Exact(String),
+}
+
+impl Reviewed {
+    /// The revision to resolve.
+    pub fn rev(&self) -> &str {
+        match self {
+            Reviewed::Remote(r) | Reviewed::Local(r) | Reviewed::Exact(r) => r,
+        }
+    }
+
+    /// How people write it: `origin/main`.
+    pub fn short(&self) -> &str {
+        match self {
+            Reviewed::Remote(r) => r.strip_prefix("refs/remotes/").unwrap_or(r),
+            Reviewed::Local(r) | Reviewed::Exact(r) => r,
+        }
+    }
+
+    /// Why this ref, for `plan`.
+    pub fn why(&self) -> &'static str {
+        match self {
+            Reviewed::Remote(_) => "the remote-tracking branch: what was pushed",
+            Reviewed::Local(_) => "this clone has no remote",
+            Reviewed::Exact(_) => "a tag, commit or full ref, the same in every clone",
+        }
+    }
 }
 
 /// An opened configuration repository.
@@ -99,6 +163,86 @@ impl Repo {
     pub fn reachable_from(&self, id: Oid, rev: &str) -> Result<bool, RepoError> {
         let tip = self.commit(rev)?;
         Ok(tip.id == id || self.repo.graph_descendant_of(tip.id, id)?)
+    }
+
+    /// How commit `new` relates to commit `live` (hex id, as recorded by a generation).
+    pub fn ancestry(&self, new: Oid, live: &str) -> Result<Ancestry, RepoError> {
+        let Some(live) = Oid::from_str(live)
+            .ok()
+            .filter(|id| self.repo.find_commit(*id).is_ok())
+        else {
+            return Ok(Ancestry::Missing);
+        };
+        if live == new {
+            return Ok(Ancestry::Same);
+        }
+        let (ahead, behind) = self.repo.graph_ahead_behind(new, live)?;
+        Ok(match (ahead, behind) {
+            (_, 0) => Ancestry::Ahead(ahead),
+            (0, _) => Ancestry::Behind(behind),
+            _ => Ancestry::Diverged { ahead, behind },
+        })
+    }
+
+    /// The ref that `branch = "<branch>"` is checked against (see [`Reviewed`]).
+    pub fn reviewed_ref(&self, branch: &str) -> Result<Reviewed, RepoError> {
+        let remotes: Vec<String> = self
+            .repo
+            .remotes()?
+            .iter()
+            .filter_map(|r| r.ok().flatten())
+            .map(str::to_owned)
+            .collect();
+        let has = |name: &str| self.repo.find_reference(name).is_ok();
+        if remotes.is_empty() {
+            return Ok(Reviewed::Local(branch.to_owned()));
+        }
+        if branch.starts_with("refs/") {
+            return Ok(Reviewed::Exact(branch.to_owned()));
+        }
+        // Already a remote-tracking branch (`origin/main`).
+        if has(&format!("refs/remotes/{branch}")) {
+            return Ok(Reviewed::Remote(format!("refs/remotes/{branch}")));
+        }
+        if let Some(remote) = remotes.iter().find(|r| {
+            branch
+                .strip_prefix(r.as_str())
+                .is_some_and(|b| b.starts_with('/'))
+        }) {
+            return Err(RepoError::NoTrackingBranch {
+                branch: branch.to_owned(),
+                remote: remote.clone(),
+                tracking: format!("refs/remotes/{branch}"),
+                known: true,
+            });
+        }
+        let local = self.repo.find_branch(branch, BranchType::Local).ok();
+        if let Some(up) = local.as_ref().and_then(|b| b.upstream().ok())
+            && let Ok(name) = up.get().name()
+            && name.starts_with("refs/remotes/")
+        {
+            return Ok(Reviewed::Remote(name.to_owned()));
+        }
+        let remote = self
+            .repo
+            .branch_upstream_remote(&format!("refs/heads/{branch}"))
+            .ok()
+            .and_then(|r| r.as_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| "origin".to_owned());
+        let tracking = format!("refs/remotes/{remote}/{branch}");
+        if has(&tracking) {
+            return Ok(Reviewed::Remote(tracking));
+        }
+        // A tag or a commit id is the same in every clone.
+        if local.is_none() && self.repo.revparse_single(branch).is_ok() {
+            return Ok(Reviewed::Exact(branch.to_owned()));
+        }
+        Err(RepoError::NoTrackingBranch {
+            branch: branch.to_owned(),
+            remote: remote.clone(),
+            tracking,
+            known: remotes.contains(&remote),
+        })
     }
 
     /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.

@@ -756,3 +756,36 @@ fn leader_killed_after_the_transaction_keeps_the_deployment() {
     let (code, stderr) = leader_killed_at("after-switch");
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn a_deployment_behind_the_live_commit_writes_nothing_but_its_refusal() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 8);
+    set_threads(&repo, 8, 12);
+    let live = repo.git(&["rev-parse", "HEAD"]);
+    deploy_yes(&repo).code(0);
+    // This clone goes back two commits, as a clone that did not pull is.
+    repo.git(&["reset", "-q", "--hard", "HEAD~2"]);
+    let before = etcd.keys("/svc/edge");
+    repo.deploy(&["plan", "--target", "edge"])
+        .code(0)
+        .stderr_has("2 commits behind");
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has(&format!("`edge` is live at {}", &live[..12]))
+        .stderr_has("this clone is 2 commits behind it")
+        .stderr_has("deploy rollback --target edge");
+    let after = etcd.keys("/svc/edge");
+    for (k, v) in &before {
+        assert_eq!(after.get(k), Some(v), "{k} changed");
+    }
+    let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    assert_eq!(added.len(), 1, "{added:?}");
+    assert!(added[0].starts_with(&format!("{STATE}log/")), "{added:?}");
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(12));
+    let (outcome, reason) = outcomes(&repo).pop().unwrap();
+    assert_eq!(outcome, "refused");
+    assert!(reason.contains("2 commits behind"), "{reason}");
+}

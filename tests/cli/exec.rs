@@ -562,3 +562,25 @@ fn an_exec_target_without_state_is_a_configuration_error_with_its_place() {
     cloud.deploy(&[]).code(1);
     assert!(cloud.take_calls().is_empty());
 }
+
+#[test]
+fn a_deployment_behind_the_live_commit_writes_nothing_to_the_provider() {
+    let cloud = Cloud::new(&all(4), "");
+    cloud.deploy(&[]).code(0);
+    cloud.set(&all(8), "");
+    cloud.deploy(&[]).code(0);
+    // This clone goes back one commit, as a clone that did not pull is.
+    cloud.repo.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    cloud.take_calls();
+    let state = cloud.repo.path().join("state");
+    crate::forward::refused_untouched(
+        &state,
+        &["`cloud` is live at", "1 commit behind", "pull, then deploy"],
+        || cloud.deploy(&[]),
+    );
+    assert_eq!(cloud.files(), all_stored(8));
+    assert!(
+        cloud.take_calls().iter().all(|c| !c.starts_with("apply")),
+        "nothing was written through the provider"
+    );
+}

@@ -128,6 +128,28 @@ impl Repo {
         repo
     }
 
+    /// A bare repository on branch `main`: a real "remote" to push to and clone from.
+    pub fn bare() -> Repo {
+        let dir = tempfile::Builder::new()
+            .prefix("envlock-remote")
+            .tempdir()
+            .unwrap();
+        let repo = Repo { dir };
+        repo.git(&["init", "-q", "--bare", "-b", "main"]);
+        repo
+    }
+
+    /// A clone of `remote` made with `git clone` (its `origin`), on `main`.
+    pub fn clone_of(remote: &Repo) -> Repo {
+        let dir = tempfile::Builder::new()
+            .prefix("envlock-clone")
+            .tempdir()
+            .unwrap();
+        let repo = Repo { dir };
+        repo.git(&["clone", "-q", remote.path().to_str().unwrap(), "."]);
+        repo
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

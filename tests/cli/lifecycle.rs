@@ -55,9 +55,23 @@ struct StatusJson {
     pending: CountsJson,
     pending_resources: Vec<String>,
     drift: DriftJson,
+    backwards: Option<BackwardsJson>,
     generations: Vec<GenerationJson>,
     interrupted: Option<String>,
     leftovers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct BackwardsJson {
+    relation: String,
+    live_commit: String,
+    live_by: Option<String>,
+    live_since: String,
+    commit: String,
+    behind: usize,
+    ahead: usize,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,10 @@ mod etcd;
 mod exec;
 #[cfg(feature = "failpoints")]
 mod exec_ssm;
+mod fitness;
 mod fixtures;
+mod forward;
+mod gate;
 mod hooks;
 mod interrupt;
 mod lifecycle;
@@ -20,5 +23,6 @@ mod log;
 mod moto;
 mod prompt;
 mod provider_ssm;
+mod reviewed;
 mod secrets;
 mod worktree;
