@@ -104,3 +104,30 @@ fn a_remote_without_that_branch_is_a_clear_refusal() {
         assert_eq!(snapshot(&t.target()), before);
     }
 }
+
+#[test]
+fn a_saved_plan_of_an_unpushed_commit_is_refused_until_pushed() {
+    let t = Team::new();
+    t.a.deploy(&["--target", "prod", "--yes"]).code(0);
+    let local = set_threads(&t.a, 17);
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("prod.json");
+    let plan = plan.to_str().unwrap();
+    t.a.deploy(&["plan", "--target", "prod", "--out", plan])
+        .code(0)
+        .stderr_has("not on `origin/main`");
+    let apply = || {
+        t.a.deploy(&["apply", "--target", "prod", "--plan", plan, "--yes"])
+    };
+    let before = snapshot(&t.target());
+    apply()
+        .code(3)
+        .stderr_has(&format!(
+            "commit {} is on the local `main` but not on `origin/main`",
+            &local[..12]
+        ))
+        .stderr_has("`git push` it");
+    assert_eq!(snapshot(&t.target()), before);
+    t.a.git(&["push", "-q"]);
+    apply().code(0).stderr_has("Deployed:");
+}
