@@ -96,6 +96,11 @@ pub fn resource_hashes(desired: &Desired, key: &[u8]) -> BTreeMap<String, String
         .collect()
 }
 
+/// The changes as a saved plan shows them, and as `apply --plan` recomputes them to compare.
+pub fn reviewed_changes(changes: &[Change]) -> Vec<Change> {
+    changes.to_vec()
+}
+
 impl SavedPlan {
     fn computed_checksum(&self) -> String {
         // Without `checksum` (an empty one is not serialized): no copy needed when it is empty.
