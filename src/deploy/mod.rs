@@ -140,7 +140,10 @@ fn open_etcd(env: &Environment) -> Result<Box<dyn Target>> {
                 )
             })
         };
-        security.credentials = Some((get(u)?, get(p)?));
+        let (user, pass) = (get(u)?, get(p)?);
+        // Read like any secret: no exit of the process may carry them.
+        crate::redact::register(vec![pass.clone()]);
+        security.credentials = Some((user, pass));
     }
     let target = crate::target::EtcdTarget::new(crate::target::etcd::EtcdSettings {
         endpoints: endpoints.iter().map(|e| e.value.clone()).collect(),
@@ -633,7 +636,8 @@ impl<'a> Deployment<'a> {
             time: crate::target::now_rfc3339(),
             operator: operator(),
         };
-        let mut stdin = serde_json::to_vec(&event).unwrap_or_default();
+        // The reason may quote a health check's output: scrubbed like every other exit.
+        let mut stdin = crate::redact::to_json_vec(&event).unwrap_or_default();
         stdin.push(b'\n');
         let spec = Spec {
             argv: &notify.command,

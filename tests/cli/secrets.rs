@@ -488,3 +488,50 @@ fn saved_plans_and_the_log_never_hold_a_secret_value() {
     }
     out.assert_no_value(&dir);
 }
+
+/// Every exit of the process is scrubbed, not only the terminal: a health check that prints a
+/// secret reaches the notifier's stdin and the log as `(secret)`, and a plain setting that holds
+/// the same value is `(secret)` in a saved plan.
+#[test]
+fn no_exit_of_the_process_carries_a_secret_value() {
+    let repo = repo();
+    std::fs::create_dir_all(repo.path().join("state")).unwrap();
+    let prod = prod_toml(16)
+        .replace(
+            "[target]",
+            "[health]\ncommand = [\"sh\", \"-c\", \"cat \\\"$DEPLOY_DIR/current/worker.toml\\\"; exit 1\"]\n\n\
+             [notify]\ncommand = [\"sh\", \"-c\", \"cat > state/event.json\"]\n\n[target]",
+        )
+        .replace(
+            "engine = \"conformer-ctc\"\n",
+            &format!("engine = \"conformer-ctc\"\nendpoint = \"{DB_1}\"\n"),
+        );
+    repo.write(PROD, prod);
+    repo.commit("prod: a health check that prints the secret");
+    let mut out = Outputs::default();
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("plan.json");
+    out.run(
+        &repo,
+        &["plan", "--target", "prod", "--out", plan.to_str().unwrap()],
+        Some(DB_1),
+    )
+    .code(0);
+    let saved = std::fs::read_to_string(&plan).unwrap();
+    assert!(saved.contains("(secret)"), "{saved}");
+    out.0.push(("the saved plan".into(), saved));
+
+    out.run(
+        &repo,
+        &["--target", "prod", "--yes", "--format", "json"],
+        Some(DB_1),
+    )
+    .code(4)
+    .stderr_has("(secret)");
+    let event = std::fs::read_to_string(repo.path().join("state/event.json")).unwrap();
+    assert!(event.contains("rolled-back"), "{event}");
+    assert!(event.contains("(secret)"), "{event}");
+    out.0.push(("the notifier's stdin".into(), event));
+    out.run(&repo, &["log", "--format", "json"], None).code(0);
+    out.assert_no_value(&target(&repo));
+}
