@@ -37,6 +37,13 @@ pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> 
         other => anyhow::Error::new(other),
     })?;
     let config = config::load_keeping(input, keep);
+    // Every environment's, not only the one deployed: no command sees any secret's variable.
+    crate::process::withhold(
+        config
+            .environments
+            .iter()
+            .flat_map(|e| e.secret_vars.clone()),
+    );
     Ok((commit, config))
 }
 

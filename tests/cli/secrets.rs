@@ -535,3 +535,37 @@ fn no_exit_of_the_process_carries_a_secret_value() {
     out.run(&repo, &["log", "--format", "json"], None).code(0);
     out.assert_no_value(&target(&repo));
 }
+
+/// The identity, health and notify commands do not inherit the variables that `env:` secret
+/// references name (there is no way to pass one through).
+#[test]
+fn commands_do_not_inherit_the_variables_secrets_are_read_from() {
+    let repo = repo();
+    std::fs::create_dir_all(repo.path().join("state")).unwrap();
+    let dump = |what: &str, then: &str| {
+        format!("command = [\"sh\", \"-c\", \"env > state/{what}.env; {then}\"]\n")
+    };
+    let prod = prod_toml(16).replace(
+        "[target]",
+        &format!(
+            "[identity]\n{}\n[health]\n{}\n[notify]\n{}\n[target]",
+            dump("identity", "echo 222222222222"),
+            dump("health", "exit 1"),
+            dump("notify", "cat > /dev/null"),
+        ),
+    );
+    repo.write(PROD, prod);
+    repo.commit("prod: commands that show their environment");
+    let mut out = Outputs::default();
+    out.run(&repo, &["--target", "prod", "--yes"], Some(DB_1))
+        .code(4);
+    for what in ["identity", "health", "notify"] {
+        let env = std::fs::read_to_string(repo.path().join(format!("state/{what}.env")))
+            .unwrap_or_else(|e| panic!("the {what} command did not run: {e}"));
+        assert!(env.contains("DEPLOY_ENVIRONMENT=prod"), "{what}: {env}");
+        assert!(
+            !env.contains(VAR) && !env.contains(DB_1),
+            "the {what} command inherited {VAR}:\n{env}"
+        );
+    }
+}
