@@ -29,6 +29,7 @@ use std::time::Duration;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, flock};
 use rustix::io::Errno;
 
+use super::perms;
 use super::{
     Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, STAMP_VERSION,
     Stamp, StampState, StateItem, Target, TargetError,
@@ -398,7 +399,7 @@ impl DirTarget {
                     path.display()
                 )));
             }
-            Some(_) => {}
+            Some(m) => perms::check(path, &m)?,
         }
         for name in [STATE_DIR, GENERATIONS] {
             let sub = path.join(name);
@@ -417,9 +418,11 @@ impl DirTarget {
                         sub.display()
                     )));
                 }
-                _ => {}
+                Some(m) => perms::check(&sub, &m)?,
+                None => {}
             }
         }
+        self.check_state_files()?;
         let current = path.join(CURRENT);
         let Some(meta) = lstat(&current)? else {
             return Ok(Layout {
@@ -471,6 +474,24 @@ impl DirTarget {
             exists: true,
             current: Some(id),
         })
+    }
+
+    /// Every file in `.envlock/` (stamp, lock, journal, log, key...) must be safe from other
+    /// users ([`perms::check`]); symlinks are refused where each file is read.
+    fn check_state_files(&self) -> Result<(), TargetError> {
+        let dir = self.state_dir();
+        if lstat(&dir)?.is_none() {
+            return Ok(());
+        }
+        for name in list_dir(&dir)? {
+            let file = dir.join(&name);
+            if let Some(m) = lstat(&file)?
+                && !m.file_type().is_symlink()
+            {
+                perms::check(&file, &m)?;
+            }
+        }
+        Ok(())
     }
 
     /// The stamp file, parsed; `None` when there is none.
