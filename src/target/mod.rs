@@ -11,6 +11,7 @@
 pub mod dir;
 pub mod etcd;
 pub mod exec;
+pub mod paths;
 pub mod perms;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -96,3 +96,104 @@ fn rustix_free_euid() -> u32 {
     let dir = tempfile::tempdir().unwrap();
     std::fs::metadata(dir.path()).unwrap().uid()
 }
+
+const PROD: &str = "environments/prod.toml";
+
+/// prod's `path` set to `path` (line 11, column 8 of prod.toml), committed.
+fn set_prod_path(repo: &Repo, path: &str) {
+    let text = repo.read(PROD);
+    let old = text
+        .lines()
+        .find(|l| l.starts_with("path = "))
+        .unwrap()
+        .to_owned();
+    repo.edit(PROD, &[(old.as_str(), &format!("path = \"{path}\""))]);
+    repo.commit("prod: another path");
+}
+
+/// A committed `links/x -> ../targets/validation/current` would make `prod` (at `links/x/b`)
+/// write its state into validation's live generation: `check` reports it where `path` is
+/// written, and the deployment is refused with validation's target untouched.
+#[test]
+fn a_target_path_through_a_committed_symlink_is_refused() {
+    let repo = Repo::ungated();
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    std::fs::create_dir_all(repo.path().join("links")).unwrap();
+    std::os::unix::fs::symlink("../targets/validation/current", repo.path().join("links/x"))
+        .unwrap();
+    repo.git(&["add", "links/x"]);
+    set_prod_path(&repo, "links/x/b");
+    repo.deploy(&["check"])
+        .code(1)
+        .stderr_has("environments/prod.toml:11:8")
+        .stderr_has("goes through `links/x`, a symlink committed in the repository")
+        .stderr_has("help: a target path must be made of real directories");
+    let validation = repo.path().join("targets/validation");
+    let before = snapshot(&validation);
+    repo.deploy(&["--target", "prod", "--yes"])
+        .code(3)
+        .stderr_has("goes through `links/x`");
+    assert_eq!(
+        snapshot(&validation),
+        before,
+        "validation's target was written"
+    );
+}
+
+/// The same through a symlink that is not in the repository (on this machine only): refused
+/// when the target is opened, whether the other target exists yet or not, and whether it is
+/// this repository's or another's.
+#[test]
+fn a_target_path_through_a_local_symlink_into_another_target_is_refused() {
+    let repo = Repo::ungated();
+    let other = Repo::ungated();
+    other.deploy(&["--target", "validation", "--yes"]).code(0);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let into_targets = elsewhere.path().join("y");
+    let into_live = elsewhere.path().join("x");
+    std::fs::create_dir_all(repo.path().join("targets")).unwrap();
+    std::os::unix::fs::symlink(repo.path().join("targets"), &into_targets).unwrap();
+    std::os::unix::fs::symlink(other.path().join("targets/validation/current"), &into_live)
+        .unwrap();
+
+    // Validation not deployed yet: prod's path is validation's target under another name, and
+    // neither may be deployed while the configuration says so.
+    set_prod_path(&repo, &format!("{}/validation", into_targets.display()));
+    for env in ["prod", "validation"] {
+        repo.deploy(&["--target", env, "--yes"])
+            .code(3)
+            .stderr_has("is the same directory as the target of")
+            .stderr_has("hint:");
+    }
+    assert!(!repo.path().join("targets/validation").exists());
+
+    // Into another repository's live generation.
+    let theirs = other.path().join("targets/validation");
+    let before = snapshot(&theirs);
+    set_prod_path(&repo, &format!("{}/b", into_live.display()));
+    repo.deploy(&["--target", "prod", "--yes"])
+        .code(3)
+        .stderr_has("inside the envlock target")
+        .stderr_has("hint:");
+    repo.deploy(&["plan", "--target", "prod"]).code(3);
+    assert_eq!(snapshot(&theirs), before, "the other target was written");
+}
+
+/// A symlink that leads to a place of its own (`/srv -> /data/srv` on an operator's machine) is
+/// fine: the target is used where it really is.
+#[test]
+fn a_target_path_through_a_harmless_symlink_is_used() {
+    let repo = Repo::ungated();
+    let machine = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(machine.path().join("data/srv")).unwrap();
+    std::os::unix::fs::symlink(machine.path().join("data/srv"), machine.path().join("srv"))
+        .unwrap();
+    set_prod_path(&repo, &format!("{}/srv/prod", machine.path().display()));
+    repo.deploy(&["--target", "prod", "--yes"]).code(0);
+    assert!(
+        machine
+            .path()
+            .join("data/srv/prod/current/worker.toml")
+            .exists()
+    );
+}
