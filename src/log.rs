@@ -303,7 +303,8 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         prev,
         hash: String::new(),
     };
-    let (line, record) = seal(record);
+    // A reason may quote what a command printed: no secret value enters the log.
+    let (line, record) = seal(crate::redact::scrubbed(record));
     if clear {
         target.log_append_clear_journal(&line)?;
     } else {

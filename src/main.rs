@@ -14,6 +14,8 @@ use envlock::output::{Format, Printer};
 use cli::{Cli, OutputFormat};
 
 fn main() -> ExitCode {
+    // Before anything is created: the modes envlock asks for are the modes it gets.
+    envlock::target::perms::fix_umask();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

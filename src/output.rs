@@ -5,7 +5,6 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{self, IsTerminal, Write};
-use std::sync::Mutex;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
@@ -26,14 +25,7 @@ pub struct Printer {
     pub format: Format,
     color_err: bool,
     color_out: bool,
-    /// Secret values never to print (see [`Printer::redact`]), longest first.
-    redacted: Mutex<Vec<String>>,
 }
-
-/// What a registered secret value is printed as.
-const REDACTED: &str = "(secret)";
-/// Shorter values are not redacted: they would mangle ordinary text and reveal nothing.
-const REDACT_MIN_LEN: usize = 4;
 
 /// ANSI styles used in text output.
 pub mod style {
@@ -56,29 +48,19 @@ impl Printer {
             format,
             color_err: !no_color && io::stderr().is_terminal(),
             color_out: !no_color && io::stdout().is_terminal(),
-            redacted: Mutex::new(Vec::new()),
         }
     }
 
-    /// Never print these values: every later output (stdout and stderr, text and JSON) shows
-    /// `(secret)` instead. A safety net; diffs and messages mask secrets by construction.
+    /// Never print these values: every later output (stdout and stderr, text and JSON), and
+    /// every other exit of the process, shows `(secret)` instead ([`crate::redact`]). A safety
+    /// net; diffs and messages mask secrets by construction.
     pub fn redact(&self, values: Vec<String>) {
-        let mut list = self.redacted.lock().unwrap_or_else(|e| e.into_inner());
-        list.extend(values.into_iter().filter(|v| v.len() >= REDACT_MIN_LEN));
-        list.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        list.dedup();
+        crate::redact::register(values);
     }
 
     /// `text` with every registered value replaced.
     fn scrub<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
-        let list = self.redacted.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = std::borrow::Cow::Borrowed(text);
-        for v in list.iter() {
-            if out.contains(v.as_str()) {
-                out = std::borrow::Cow::Owned(out.replace(v.as_str(), REDACTED));
-            }
-        }
-        out
+        crate::redact::scrub(text)
     }
 
     pub fn is_json(&self) -> bool {
@@ -122,21 +104,7 @@ impl Printer {
     }
 
     fn scrub_json(&self, value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::String(s) => {
-                if let std::borrow::Cow::Owned(clean) = self.scrub(s) {
-                    *s = clean;
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_json(v)),
-            serde_json::Value::Object(map) => {
-                for (k, mut v) in std::mem::take(map) {
-                    self.scrub_json(&mut v);
-                    map.insert(self.scrub(&k).into_owned(), v);
-                }
-            }
-            _ => {}
-        }
+        crate::redact::scrub_json(value);
     }
 
     /// A message for people, on stderr.

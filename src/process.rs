@@ -22,7 +22,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ pub struct Spec<'a> {
     /// The repository root: the child's working directory, and the base of a relative program
     /// path that contains `/` (a bare name is looked up on `PATH`).
     pub cwd: &'a Path,
-    /// Variables added to the inherited environment.
+    /// Variables added to the inherited environment (less those [`withhold`] names).
     pub env: Vec<(String, String)>,
     /// Bytes written to the child's stdin, which is then closed; `None` gives it `/dev/null`.
     pub stdin: Option<Vec<u8>>,
@@ -190,6 +190,23 @@ impl ProcessError {
     }
 }
 
+/// Variables no command inherits: those the configuration's `env:` secret references name.
+static WITHHELD: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// From now on, no command [`run`] starts inherits these variables (secret values read from the
+/// deployer's environment). There is no way to pass one through: a command that needs a secret
+/// reads it from where the deployment put it (e.g. the target's resource file).
+pub fn withhold(names: impl IntoIterator<Item = String>) {
+    let mut list = WITHHELD.write().unwrap_or_else(PoisonError::into_inner);
+    list.extend(names);
+    list.sort();
+    list.dedup();
+}
+
+fn withheld() -> std::sync::RwLockReadGuard<'static, Vec<String>> {
+    WITHHELD.read().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Run `spec` to completion, timeout or cancellation, and collect its output.
 ///
 /// An error means the command could not be run; a command that ran and failed is an
@@ -202,6 +219,9 @@ pub fn run(spec: &Spec<'_>) -> Result<Outcome, ProcessError> {
     };
 
     let mut command = Command::new(resolve(program, spec.cwd));
+    for name in withheld().iter() {
+        command.env_remove(name);
+    }
     command
         .args(args)
         .current_dir(spec.cwd)

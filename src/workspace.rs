@@ -5,6 +5,7 @@ use std::path::{Component, Path};
 use anyhow::{Context, Result};
 
 use crate::config::{self, Config, Environment, Keep};
+use crate::diagnostic::Diagnostic;
 use crate::error::Failure;
 use crate::repo::{CommitInfo, Repo, RepoError};
 
@@ -36,7 +37,16 @@ pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> 
         ),
         other => anyhow::Error::new(other),
     })?;
-    let config = config::load_keeping(input, keep);
+    let mut config = config::load_keeping(input, keep);
+    let symlinked = committed_symlinks(repo, &commit, &config);
+    config.diagnostics.extend(symlinked);
+    // Every environment's, not only the one deployed: no command sees any secret's variable.
+    crate::process::withhold(
+        config
+            .environments
+            .iter()
+            .flat_map(|e| e.secret_vars.clone()),
+    );
     Ok((commit, config))
 }
 
@@ -52,6 +62,54 @@ pub fn load_only(repo: &Repo, commit: &CommitInfo, names: &[String]) -> Result<C
             .is_some_and(|stem| stem.starts_with('_') || names.iter().any(|n| n == stem))
     });
     Ok(config::load_keeping(input, Keep::All))
+}
+
+/// A target path (a `dir` target's `path`, an `exec` target's `state`) inside the repository that
+/// goes through a symlink committed in the tree: a safety problem at `file:line:col` of the path,
+/// since the symlink can lead it into another environment's target or generation. (Symlinks
+/// outside the repository are resolved and re-checked when the target is opened.)
+fn committed_symlinks(repo: &Repo, commit: &CommitInfo, config: &Config) -> Vec<Diagnostic> {
+    let Some(root) = repo.workdir() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for env in &config.environments {
+        let (written, resolved) = match &env.target.kind {
+            config::TargetKind::Dir { path, resolved, .. } => (path, resolved),
+            config::TargetKind::Exec {
+                state,
+                state_resolved,
+                ..
+            } => (state, state_resolved),
+            config::TargetKind::Etcd { .. } => continue,
+        };
+        let Ok(rel) = resolved.strip_prefix(root) else {
+            continue;
+        };
+        let Ok(Some((link, dest))) = repo.committed_symlink(commit, rel) else {
+            continue;
+        };
+        out.push(
+            Diagnostic::new(
+                "symlinked-target",
+                format!(
+                    "the target path `{}` of `{}` goes through `{}`, a symlink committed in the \
+                     repository (to `{dest}`)",
+                    written.value,
+                    env.name,
+                    link.display()
+                ),
+            )
+            .safety()
+            .env(env.name.clone())
+            .at(written.loc.clone(), "through a committed symlink")
+            .hint(
+                "a target path must be made of real directories: a symlink can lead it into \
+                 another environment's target or generation; write the real path",
+            ),
+        );
+    }
+    out
 }
 
 /// Refuse (exit 3) when `environments/` or `schemas/` have uncommitted or untracked changes.

@@ -136,6 +136,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
     let result = prepare(&repo, status, &config, &commit, name, printer).and_then(|()| {
         let env = workspace::environment(&config, name)?;
+        deploy::check_target_paths(env, &config.environments)?;
         if let Job::Apply {
             saved: Some(saved), ..
         } = &job

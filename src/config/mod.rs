@@ -103,6 +103,9 @@ pub struct Environment {
     pub resource_count: usize,
     /// What checking secret values at deploy time needs (filled by [`load`]).
     pub secret_checks: SecretChecks,
+    /// The variables this environment's `env:` secret references name (settings and etcd
+    /// credentials), sorted: no command envlock runs inherits them (`process::withhold`).
+    pub secret_vars: Vec<String>,
 }
 
 /// An environment's resources, or nothing when the configuration was loaded for another
@@ -136,6 +139,38 @@ impl<'a> IntoIterator for &'a Settings {
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
+}
+
+/// The variables named by `env:` references in `settings` and an etcd target's credentials.
+fn secret_vars(
+    settings: Option<&BTreeMap<String, Resource>>,
+    target: Option<&Target>,
+) -> Vec<String> {
+    let mut refs: Vec<&SecretRef> = settings
+        .into_iter()
+        .flat_map(|s| s.values())
+        .filter(|r| schema::has_secret(&r.node))
+        .flat_map(|r| r.node.secrets().into_iter().map(|(_, _, r)| r))
+        .collect();
+    if let Some(Target {
+        kind: TargetKind::Etcd {
+            username, password, ..
+        },
+        ..
+    }) = target
+    {
+        refs.extend(username.iter().chain(password.iter()).map(|b| &**b));
+    }
+    let mut names: Vec<String> = refs
+        .into_iter()
+        .filter_map(|r| match &r.source {
+            node::SecretSource::Env(name) => Some(name.clone()),
+            node::SecretSource::File(_) => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Which environments' resources [`load_keeping`] keeps after validating them. Every
@@ -1143,6 +1178,7 @@ impl Loader<'_> {
         if self.diagnostics.len() > diags_before || !layers_ok || !secrets_ok {
             return None;
         }
+        let secret_vars = secret_vars(settings.as_ref(), target.as_ref());
         Some(Environment {
             name: name.to_owned(),
             file,
@@ -1158,6 +1194,7 @@ impl Loader<'_> {
             health: health?,
             notify: notify?,
             resource_count: settings.as_ref().map_or(0, BTreeMap::len),
+            secret_vars,
             settings: Settings(Some(settings?)),
             secret_checks: SecretChecks::default(),
         })

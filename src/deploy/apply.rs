@@ -376,7 +376,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             resources: saved::resource_hashes(&plan.desired, &key),
             secrets_bound,
             summary: report.summary,
-            changes: plan.changes.clone(),
+            changes: saved::reviewed_changes(&plan.changes),
             created: crate::target::now_rfc3339(),
             operator: operator(),
             checksum: String::new(),
@@ -746,8 +746,11 @@ fn verify_new(
     failure
 }
 
-/// A saved plan applies only to the live state it was computed from, and only if its commit
-/// still renders to exactly the files it hashed.
+/// A saved plan applies only to the live state it was computed from, only if its commit still
+/// renders to exactly the files it hashed, and only if everything else it claims (what a
+/// reviewer read: the changes with their diffs, the summary, `config_sha256`, whether secrets
+/// are bound) is what that commit produces against that live state now. The checksum alone
+/// binds nothing (anyone can recompute it), so every claim is recomputed here.
 fn matches_saved(
     d: &Deployment<'_>,
     saved: &SavedPlan,
@@ -756,6 +759,14 @@ fn matches_saved(
     key_stored: bool,
     key: &[u8],
 ) -> Result<()> {
+    check_live(d, saved, live)?;
+    check_secrets_bound(d, saved, plan, key_stored)?;
+    check_resources(d, saved, plan, key_stored, key)?;
+    check_claims(d, saved, plan, key_stored)
+}
+
+/// The live state hash must be the plan's (stale otherwise).
+fn check_live(d: &Deployment<'_>, saved: &SavedPlan, live: &Live) -> Result<()> {
     let now = saved::live_sha256(live);
     if now != saved.live.sha256 {
         let what = if live.generation != saved.live.generation {
@@ -782,9 +793,46 @@ fn matches_saved(
         ))
         .into());
     }
+    Ok(())
+}
+
+/// A plan binds secret values exactly when the target had a key or there are no secrets; a
+/// plan claiming otherwise was edited (`false` would let any value through).
+fn check_secrets_bound(
+    d: &Deployment<'_>,
+    saved: &SavedPlan,
+    plan: &Plan,
+    key_stored: bool,
+) -> Result<()> {
+    let bound = key_stored || plan.desired.secrets.is_empty();
+    if saved.secrets_bound == bound {
+        return Ok(());
+    }
+    let why = if plan.desired.secrets.is_empty() {
+        "the configuration has no secrets, so nothing can be unbound"
+    } else {
+        "the target has a secret key, so a plan made against this live state binds the secrets"
+    };
+    Err(claims_differ(
+        d,
+        vec![format!(
+            "secrets_bound: the plan says {}, but {why}",
+            saved.secrets_bound
+        )],
+    ))
+}
+
+/// The resource files the commit renders must be the ones the plan hashed.
+fn check_resources(
+    d: &Deployment<'_>,
+    saved: &SavedPlan,
+    plan: &Plan,
+    key_stored: bool,
+    key: &[u8],
+) -> Result<()> {
     let now = saved::resource_hashes(&plan.desired, key);
     let same = if saved.secrets_bound && key_stored {
-        now == saved.resources && plan.desired.config_sha256 == saved.config_sha256
+        now == saved.resources
     } else {
         // Planned before the target had a secret key: the files without secrets must be the
         // same; those with secrets take the values read now.
@@ -831,6 +879,110 @@ fn matches_saved(
         .into());
     }
     Ok(())
+}
+
+/// What a reviewer read in the plan must be what the commit produces against the live state,
+/// byte for byte: `config_sha256` (which hashes the secrets under the target's key, so only
+/// when they are bound), the summary, and every change with its diff.
+fn check_claims(
+    d: &Deployment<'_>,
+    saved: &SavedPlan,
+    plan: &Plan,
+    key_stored: bool,
+) -> Result<()> {
+    let mut differ = Vec::new();
+    let comparable = key_stored || plan.desired.secrets.is_empty();
+    if comparable && saved.config_sha256 != plan.desired.config_sha256 {
+        differ.push(format!(
+            "config_sha256: the plan says {}, the commit gives {}",
+            saved.config_sha256, plan.desired.config_sha256
+        ));
+    }
+    let summary = Counts::of(plan);
+    if saved.summary != summary {
+        let text = |c: &Counts| {
+            format!(
+                "{} to add, {} to change, {} to remove",
+                c.add, c.change, c.remove
+            )
+        };
+        differ.push(format!(
+            "summary: the plan says {}, the commit gives {}",
+            text(&saved.summary),
+            text(&summary)
+        ));
+    }
+    differ.extend(changes_differ(
+        &saved.changes,
+        &saved::reviewed_changes(&plan.changes),
+    ));
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(claims_differ(d, differ))
+}
+
+/// The most differing resources a refusal names one by one.
+const MAX_DIFFERING: usize = 10;
+
+/// One line per resource whose change the plan shows otherwise than the commit produces it.
+fn changes_differ(claimed: &[Change], now: &[Change]) -> Vec<String> {
+    if claimed == now {
+        return Vec::new();
+    }
+    let by_name = |cs: &'_ [Change]| -> BTreeMap<String, Change> {
+        cs.iter().map(|c| (c.resource.clone(), c.clone())).collect()
+    };
+    let (claimed_by, now_by) = (by_name(claimed), by_name(now));
+    let names: std::collections::BTreeSet<&String> =
+        claimed_by.keys().chain(now_by.keys()).collect();
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| match (claimed_by.get(name), now_by.get(name)) {
+            (Some(a), Some(b)) if a == b => None,
+            (Some(a), Some(b)) if a.action != b.action => Some(format!(
+                "changes: `{name}`: the plan shows `{}`, the commit gives `{}`",
+                a.action.sign(),
+                b.action.sign()
+            )),
+            (Some(_), Some(_)) => Some(format!(
+                "changes: `{name}`: the diff in the plan is not the one the commit gives"
+            )),
+            (Some(_), None) => Some(format!(
+                "changes: `{name}` is in the plan, but the commit leaves it as it is"
+            )),
+            (None, _) => Some(format!(
+                "changes: the commit changes `{name}`, which the plan does not show"
+            )),
+        })
+        .collect();
+    if out.is_empty() {
+        out.push("changes: listed in another order, or one resource more than once".to_owned());
+    }
+    if out.len() > MAX_DIFFERING {
+        let more = out.len() - MAX_DIFFERING;
+        out.truncate(MAX_DIFFERING);
+        out.push(format!("... and {more} more"));
+    }
+    out
+}
+
+/// The refusal of a plan whose claims are not what its commit produces (exit 3).
+fn claims_differ(d: &Deployment<'_>, differ: Vec<String>) -> anyhow::Error {
+    let mut f = Failure::refused(format!(
+        "the saved plan was edited: what it shows is not what commit {} does to the live state ({} difference{})",
+        d.commit.short(),
+        differ.len(),
+        if differ.len() == 1 { "" } else { "s" }
+    ));
+    for line in differ {
+        f = f.detail(line);
+    }
+    f.hint(format!(
+        "apply only a plan as `deploy plan` wrote it; plan again (`deploy plan --target {} --out FILE`) and review that; nothing was changed",
+        d.env.name
+    ))
+    .into()
 }
 
 /// Nothing is written, not even the lock file, until a plan is confirmed; an interrupted

@@ -33,7 +33,7 @@ use crate::plan::{Action, Plan};
 use crate::process::{self, Spec};
 use crate::repo::{CommitInfo, Repo, RepoError, Reviewed};
 use crate::target::{
-    DirTarget, GenerationId, Holder, LockGuard, Stamp, StampState, Target, TargetError,
+    DirTarget, GenerationId, Holder, LockGuard, Stamp, StampState, Target, TargetError, paths,
 };
 
 /// One deployment's context: the environment at one commit and its target.
@@ -57,7 +57,9 @@ pub struct Deployment<'a> {
 /// The target implementation for an environment's `[target]`.
 pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
     match &env.target.kind {
-        TargetKind::Dir { resolved, .. } => Ok(Box::new(DirTarget::new(resolved.clone()))),
+        TargetKind::Dir { resolved, .. } => {
+            Ok(Box::new(DirTarget::new(real_target_path(env, resolved)?)))
+        }
         TargetKind::Etcd { .. } => open_etcd(env),
         TargetKind::Exec {
             command,
@@ -76,10 +78,65 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
                 account: env.account.value.clone(),
                 timeout: *timeout,
             },
-            state_resolved.clone(),
+            real_target_path(env, state_resolved)?,
             state_display.clone(),
         ))),
     }
+}
+
+/// Where `path` (a `dir` target or an `exec` target's state) really leads, refused (exit 3)
+/// when that is inside an envlock target (`target::paths`).
+fn real_target_path(env: &Environment, path: &Path) -> Result<PathBuf> {
+    let fail = |e: TargetError| -> anyhow::Error {
+        Failure::from(e)
+            .detail(format!("target of `{}`: {}", env.name, env.target.describe()))
+            .hint(
+                "give the environment a path of real directories that no other target contains                  (in the repository or on this machine); nothing was read or written",
+            )
+            .into()
+    };
+    let real = paths::real_path(path).map_err(fail)?;
+    paths::refuse_inside_a_target(path, &real).map_err(fail)?;
+    Ok(real)
+}
+
+/// The resolved path where `env`'s target (or `exec` state) lies on this machine, if it has one.
+fn resolved_dir(env: &Environment) -> Option<&Path> {
+    match &env.target.kind {
+        TargetKind::Dir { resolved, .. } => Some(resolved),
+        TargetKind::Exec { state_resolved, .. } => Some(state_resolved),
+        TargetKind::Etcd { .. } => None,
+    }
+}
+
+/// `env`'s resolved target must not be, hold or lie inside another environment's resolved
+/// target (what the lexical check of `safety` cannot see through symlinks); exit 3 otherwise.
+pub fn check_target_paths(env: &Environment, all: &[Environment]) -> Result<()> {
+    let Some(mine) = resolved_dir(env) else {
+        return Ok(());
+    };
+    let real = paths::real_path(mine).map_err(Failure::from)?;
+    for other in all.iter().filter(|o| o.name != env.name) {
+        let Some(theirs) = resolved_dir(other).and_then(|p| paths::real_path(p).ok()) else {
+            continue;
+        };
+        if let Some(how) = paths::overlap(&real, &theirs) {
+            return Err(Failure::refused(format!(
+                "the target of `{}` ({}) leads to {}, which {how} the target of `{}` ({})",
+                env.name,
+                mine.display(),
+                real.display(),
+                other.name,
+                theirs.display()
+            ))
+            .hint(
+                "a symlink on the way joins two environments' targets; give each a path of its \
+                 own; nothing was read or written",
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// An `etcd` target: its TLS files and credentials are read here, before anything is sent.
@@ -143,7 +200,10 @@ fn open_etcd(env: &Environment) -> Result<Box<dyn Target>> {
                 )
             })
         };
-        security.credentials = Some((get(u)?, get(p)?));
+        let (user, pass) = (get(u)?, get(p)?);
+        // Read like any secret: no exit of the process may carry them.
+        crate::redact::register(vec![pass.clone()]);
+        security.credentials = Some((user, pass));
     }
     let target = crate::target::EtcdTarget::new(crate::target::etcd::EtcdSettings {
         endpoints: endpoints.iter().map(|e| e.value.clone()).collect(),
@@ -696,7 +756,8 @@ impl<'a> Deployment<'a> {
             time: crate::target::now_rfc3339(),
             operator: operator(),
         };
-        let mut stdin = serde_json::to_vec(&event).unwrap_or_default();
+        // The reason may quote a health check's output: scrubbed like every other exit.
+        let mut stdin = crate::redact::to_json_vec(&event).unwrap_or_default();
         stdin.push(b'\n');
         let spec = Spec {
             argv: &notify.command,

@@ -96,6 +96,12 @@ pub fn resource_hashes(desired: &Desired, key: &[u8]) -> BTreeMap<String, String
         .collect()
 }
 
+/// The changes as a saved plan shows them (scrubbed of secret values, as [`SavedPlan::seal`]
+/// writes them), and as `apply --plan` recomputes them to compare.
+pub fn reviewed_changes(changes: &[Change]) -> Vec<Change> {
+    crate::redact::scrubbed(changes.to_vec())
+}
+
 impl SavedPlan {
     fn computed_checksum(&self) -> String {
         // Without `checksum` (an empty one is not serialized): no copy needed when it is empty.
@@ -109,10 +115,11 @@ impl SavedPlan {
         sum.expect("a plan serializes")
     }
 
-    /// Fill in `checksum`.
-    pub fn seal(mut self) -> Self {
-        self.checksum = self.computed_checksum();
-        self
+    /// Scrub every registered secret value ([`crate::redact`]), then fill in `checksum`.
+    pub fn seal(self) -> Self {
+        let mut s = crate::redact::scrubbed(self);
+        s.checksum = s.computed_checksum();
+        s
     }
 
     /// The checksum recorded in the log when this plan is applied.

@@ -245,6 +245,32 @@ impl Repo {
         })
     }
 
+    /// The first directory of `rel` (a path relative to the repository root) that the commit's
+    /// tree holds as a symlink, with where it points: `(prefix, destination)`. `None` when no
+    /// component of `rel` is a committed symlink.
+    pub fn committed_symlink(
+        &self,
+        commit: &CommitInfo,
+        rel: &Path,
+    ) -> Result<Option<(PathBuf, String)>, RepoError> {
+        let tree = self.repo.find_commit(commit.id)?.tree()?;
+        let mut prefix = PathBuf::new();
+        for part in rel.components() {
+            prefix.push(part);
+            let entry = match tree.get_path(&prefix) {
+                Ok(e) => e,
+                Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if entry.filemode() == 0o120000 {
+                let blob = self.repo.find_blob(entry.id())?;
+                let dest = String::from_utf8_lossy(blob.content()).into_owned();
+                return Ok(Some((prefix, dest)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.
     pub fn read_config(&self, commit: &CommitInfo) -> Result<Input, RepoError> {
         let tree = self.repo.find_commit(commit.id)?.tree()?;

@@ -29,6 +29,7 @@ use std::time::Duration;
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, flock};
 use rustix::io::Errno;
 
+use super::perms;
 use super::{
     Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, STAMP_VERSION,
     Stamp, StampState, StateItem, Target, TargetError,
@@ -398,7 +399,7 @@ impl DirTarget {
                     path.display()
                 )));
             }
-            Some(_) => {}
+            Some(m) => perms::check_mode(path, &m)?,
         }
         for name in [STATE_DIR, GENERATIONS] {
             let sub = path.join(name);
@@ -417,9 +418,11 @@ impl DirTarget {
                         sub.display()
                     )));
                 }
-                _ => {}
+                Some(m) => perms::check_mode(&sub, &m)?,
+                None => {}
             }
         }
+        self.check_state(perms::check_mode)?;
         let current = path.join(CURRENT);
         let Some(meta) = lstat(&current)? else {
             return Ok(Layout {
@@ -471,6 +474,35 @@ impl DirTarget {
             exists: true,
             current: Some(id),
         })
+    }
+
+    /// Apply `check` to every file in `.envlock/` (stamp, lock, journal, log, key...); symlinks
+    /// are refused where each file is read.
+    fn check_state(
+        &self,
+        check: fn(&Path, &fs::Metadata) -> Result<(), TargetError>,
+    ) -> Result<(), TargetError> {
+        let dir = self.state_dir();
+        for name in list_dir(&dir)? {
+            let file = dir.join(&name);
+            if let Some(m) = lstat(&file)?
+                && !m.file_type().is_symlink()
+            {
+                check(&file, &m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the first write of a run: the target directory, `.envlock/`, `generations/` and
+    /// every file in `.envlock/` belong to this user or root ([`perms::check_owner`]).
+    fn check_owners(&self) -> Result<(), TargetError> {
+        for dir in [self.path.clone(), self.state_dir(), self.generations_dir()] {
+            if let Some(m) = lstat(&dir)? {
+                perms::check_owner(&dir, &m)?;
+            }
+        }
+        self.check_state(perms::check_owner)
     }
 
     /// The stamp file, parsed; `None` when there is none.
@@ -825,6 +857,7 @@ impl Target for DirTarget {
 
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
         self.check_layout()?;
+        self.check_owners()?;
         let state = self.state_dir();
         ensure_dir(&state)?;
         let path = state.join(LOCK_FILE);

@@ -11,6 +11,8 @@
 pub mod dir;
 pub mod etcd;
 pub mod exec;
+pub mod paths;
+pub mod perms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -208,6 +210,10 @@ pub enum TargetError {
     /// The target is in a state that is unsafe to read or write (exit 3).
     #[error("{0}")]
     Refused(String),
+    /// envlock's state could be changed by someone else: another owner, or writable by every
+    /// user (exit 3); `hint` says what to run.
+    #[error("{message}")]
+    Insecure { message: String, hint: String },
     /// An operating-system call failed.
     #[error("could not {what} {}", path.display())]
     Io {
@@ -242,7 +248,7 @@ impl TargetError {
     pub fn exit(&self) -> Exit {
         match self {
             TargetError::Locked(_) => Exit::Locked,
-            TargetError::Refused(_) => Exit::Refused,
+            TargetError::Refused(_) | TargetError::Insecure { .. } => Exit::Refused,
             TargetError::Io { .. }
             | TargetError::Corrupt(_)
             | TargetError::Remote(_)
@@ -262,6 +268,7 @@ impl From<TargetError> for Failure {
                 "wait for that deployment to finish; a holder that died releases the lock by itself",
             ),
             TargetError::Io { source, .. } => failure.detail(source.to_string()),
+            TargetError::Insecure { hint, .. } => failure.hint(hint.clone()),
             TargetError::Provider { log, .. } => {
                 log.iter().fold(failure, |f, line| f.detail(line.clone()))
             }

@@ -407,14 +407,15 @@ fn a_target_stamped_for_another_environment_is_refused() {
         )],
     );
     repo.commit("prod: a path that leads into validation's target");
+    // Refused once the path is resolved, before the stamp is even read.
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
     run.code(3)
-        .stderr_has("belongs to environment `validation`");
+        .stderr_has("is the same directory as the target of `validation`");
     let run = untouched(&targets(&repo), || {
         repo.deploy(&["plan", "--target", "prod"])
     });
     run.code(3)
-        .stderr_has("belongs to environment `validation`");
+        .stderr_has("is the same directory as the target of `validation`");
     assert_eq!(snapshot(&validation), validation_before);
 }
 

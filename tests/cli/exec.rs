@@ -18,6 +18,7 @@ const NAMES: [&str; 5] = ["r1", "r2", "r3", "r4", "r5"];
 /// Wraps the example provider. `FLAKY_LOG`: a file that gets `<operation> <resource>` per
 /// call. `FLAKY_FAIL`: comma-separated `<operation>#<n>` (the n-th call of that operation, in
 /// this log, fails). `FLAKY_MODE`: `garbage`, `hang`, `crash` or `proto2` for every call.
+/// `FLAKY_SEEN`: a file that gets `<operation>` per call, and whether `DB_PASSWORD` was set.
 const FLAKY: &str = r#"#!/usr/bin/env python3
 import json, os, subprocess, sys, time
 req = sys.stdin.read()
@@ -31,6 +32,10 @@ if log:
             n += sum(1 for line in f if line.split(" ")[0] == op["operation"])
     with open(log, "a") as f:
         f.write(name + "\n")
+seen = os.environ.get("FLAKY_SEEN")
+if seen:
+    with open(seen, "a") as f:
+        f.write(op["operation"] + (" inherited DB_PASSWORD" if "DB_PASSWORD" in os.environ else "") + "\n")
 mode = os.environ.get("FLAKY_MODE", "")
 if mode == "garbage":
     print("Traceback: this is not JSON")
@@ -508,9 +513,17 @@ fn secret_values_are_sent_as_secret_and_never_printed() {
     env.push_str("\n[settings.db]\npassword = { secret = \"env:DB_PASSWORD\" }\n");
     cloud.repo.write(&format!("environments/{ENV}.toml"), env);
     cloud.repo.commit("db");
-    let run = cloud.deploy(&[("DB_PASSWORD", "hunter2-very-secret")]);
+    let seen = cloud.repo.path().join("scratch/seen");
+    let run = cloud.deploy(&[
+        ("DB_PASSWORD", "hunter2-very-secret"),
+        ("FLAKY_SEEN", seen.to_str().unwrap()),
+    ]);
     run.code(0);
     assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
+    // The provider gets the value in the `apply` of its resource, never from the environment.
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    assert!(seen.contains("apply"), "{seen}");
+    assert!(!seen.contains("inherited"), "{seen}");
     let db = cloud.store().join("db.json");
     assert_eq!(
         std::fs::read_to_string(&db).unwrap(),

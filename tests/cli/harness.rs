@@ -242,6 +242,24 @@ impl Repo {
         Run::from(out)
     }
 
+    /// Run `deploy` under `umask` (set by `sh`, which then execs the real binary).
+    pub fn deploy_umask(&self, umask: u32, args: &[&str]) -> Run {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_deploy"))
+            .arg("-C")
+            .arg(self.path())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("CLICOLOR_FORCE")
+            .env_remove("ENVLOCK_FAILPOINT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("deploy runs");
+        Run::from(out)
+    }
+
     /// Start `deploy` in the background with stderr piped (read it with [`wait_for_line`]).
     pub fn spawn_deploy(&self, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
         deploy_command(self.path(), args, envs)

@@ -699,3 +699,101 @@ fn saved_plan_refusals_leave_the_target_unchanged() {
     let doc: LogDoc = parse(&repo.deploy(&["log", "--target", "prod", "--format", "json"]));
     assert_eq!(doc.records[0].outcome, "refused");
 }
+
+/// Edit a saved plan with `edit` and seal it again, as anyone can: the checksum is a plain
+/// SHA-256 of the compact JSON without it.
+fn edit_and_reseal(path: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut doc);
+    let map = doc.as_object_mut().unwrap();
+    map.remove("checksum");
+    let sum = sha256_hex(&serde_json::to_vec(&doc).unwrap());
+    doc.as_object_mut()
+        .unwrap()
+        .insert("checksum".into(), sum.into());
+    std::fs::write(path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+/// What a reviewer reads in a plan (its changes and summary) is bound: an edited and resealed
+/// plan is refused, naming what differs, and the target is left as it was.
+#[test]
+fn a_resealed_plan_whose_claims_were_edited_is_refused() {
+    let repo = Repo::base();
+    deploy_yes(&repo, "validation").code(0);
+    set_threads(&repo, 8);
+    let plans = tempfile::tempdir().unwrap();
+    let reviewed = plans.path().join("reviewed.json");
+    repo.deploy(&[
+        "plan",
+        "--target",
+        "validation",
+        "--out",
+        reviewed.to_str().unwrap(),
+    ])
+    .code(0);
+    let targets = repo.path().join("targets");
+    let refused = |edit: &dyn Fn(&mut serde_json::Value), says: &str| {
+        let path = plans.path().join("edited.json");
+        std::fs::copy(&reviewed, &path).unwrap();
+        edit_and_reseal(path.to_str().unwrap(), edit);
+        let before = snapshot(&targets);
+        let run = repo.deploy(&[
+            "apply",
+            "--target",
+            "validation",
+            "--plan",
+            path.to_str().unwrap(),
+            "--yes",
+        ]);
+        run.code(3)
+            .stderr_has("the saved plan was edited")
+            .stderr_has(says)
+            .stderr_has("nothing was changed");
+        let after = snapshot(&targets);
+        for (k, v) in &before {
+            if !k.ends_with("log.jsonl") {
+                assert_eq!(after.get(k), Some(v), "{k} changed\n{}", run.stderr);
+            }
+        }
+    };
+    // The diff a reviewer reads says 9 threads; the commit deploys 8.
+    refused(
+        &|doc| {
+            let diff = doc["changes"][0]["diff"].as_str().unwrap().to_owned();
+            assert!(diff.contains("threads = 8"), "{diff}");
+            doc["changes"][0]["diff"] = diff.replace("threads = 8", "threads = 9").into();
+        },
+        "changes: `worker`: the diff in the plan is not the one the commit gives",
+    );
+    // The change is hidden from the reviewer altogether.
+    refused(
+        &|doc| {
+            doc["changes"] = serde_json::json!([]);
+            doc["summary"] = serde_json::json!({"add": 0, "change": 0, "remove": 0});
+        },
+        "the commit changes `worker`, which the plan does not show",
+    );
+    refused(
+        &|doc| doc["summary"]["change"] = 0.into(),
+        "summary: the plan says 0 to add, 0 to change, 0 to remove",
+    );
+    refused(
+        &|doc| doc["config_sha256"] = "0".repeat(64).into(),
+        "config_sha256: the plan says 0000",
+    );
+    // Claiming the secrets unbound would let any secret value through.
+    refused(
+        &|doc| doc["secrets_bound"] = false.into(),
+        "secrets_bound: the plan says false",
+    );
+    // The plan as written still applies.
+    repo.deploy(&[
+        "apply",
+        "--target",
+        "validation",
+        "--plan",
+        reviewed.to_str().unwrap(),
+        "--yes",
+    ])
+    .code(0);
+}

@@ -25,4 +25,5 @@ mod prompt;
 mod provider_ssm;
 mod reviewed;
 mod secrets;
+mod state;
 mod worktree;

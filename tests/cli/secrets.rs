@@ -488,3 +488,84 @@ fn saved_plans_and_the_log_never_hold_a_secret_value() {
     }
     out.assert_no_value(&dir);
 }
+
+/// Every exit of the process is scrubbed, not only the terminal: a health check that prints a
+/// secret reaches the notifier's stdin and the log as `(secret)`, and a plain setting that holds
+/// the same value is `(secret)` in a saved plan.
+#[test]
+fn no_exit_of_the_process_carries_a_secret_value() {
+    let repo = repo();
+    std::fs::create_dir_all(repo.path().join("state")).unwrap();
+    let prod = prod_toml(16)
+        .replace(
+            "[target]",
+            "[health]\ncommand = [\"sh\", \"-c\", \"cat \\\"$DEPLOY_DIR/current/worker.toml\\\"; exit 1\"]\n\n\
+             [notify]\ncommand = [\"sh\", \"-c\", \"cat > state/event.json\"]\n\n[target]",
+        )
+        .replace(
+            "engine = \"conformer-ctc\"\n",
+            &format!("engine = \"conformer-ctc\"\nendpoint = \"{DB_1}\"\n"),
+        );
+    repo.write(PROD, prod);
+    repo.commit("prod: a health check that prints the secret");
+    let mut out = Outputs::default();
+    let plans = tempfile::tempdir().unwrap();
+    let plan = plans.path().join("plan.json");
+    out.run(
+        &repo,
+        &["plan", "--target", "prod", "--out", plan.to_str().unwrap()],
+        Some(DB_1),
+    )
+    .code(0);
+    let saved = std::fs::read_to_string(&plan).unwrap();
+    assert!(saved.contains("(secret)"), "{saved}");
+    out.0.push(("the saved plan".into(), saved));
+
+    out.run(
+        &repo,
+        &["--target", "prod", "--yes", "--format", "json"],
+        Some(DB_1),
+    )
+    .code(4)
+    .stderr_has("(secret)");
+    let event = std::fs::read_to_string(repo.path().join("state/event.json")).unwrap();
+    assert!(event.contains("rolled-back"), "{event}");
+    assert!(event.contains("(secret)"), "{event}");
+    out.0.push(("the notifier's stdin".into(), event));
+    out.run(&repo, &["log", "--format", "json"], None).code(0);
+    out.assert_no_value(&target(&repo));
+}
+
+/// The identity, health and notify commands do not inherit the variables that `env:` secret
+/// references name (there is no way to pass one through).
+#[test]
+fn commands_do_not_inherit_the_variables_secrets_are_read_from() {
+    let repo = repo();
+    std::fs::create_dir_all(repo.path().join("state")).unwrap();
+    let dump = |what: &str, then: &str| {
+        format!("command = [\"sh\", \"-c\", \"env > state/{what}.env; {then}\"]\n")
+    };
+    let prod = prod_toml(16).replace(
+        "[target]",
+        &format!(
+            "[identity]\n{}\n[health]\n{}\n[notify]\n{}\n[target]",
+            dump("identity", "echo 222222222222"),
+            dump("health", "exit 1"),
+            dump("notify", "cat > /dev/null"),
+        ),
+    );
+    repo.write(PROD, prod);
+    repo.commit("prod: commands that show their environment");
+    let mut out = Outputs::default();
+    out.run(&repo, &["--target", "prod", "--yes"], Some(DB_1))
+        .code(4);
+    for what in ["identity", "health", "notify"] {
+        let env = std::fs::read_to_string(repo.path().join(format!("state/{what}.env")))
+            .unwrap_or_else(|e| panic!("the {what} command did not run: {e}"));
+        assert!(env.contains("DEPLOY_ENVIRONMENT=prod"), "{what}: {env}");
+        assert!(
+            !env.contains(VAR) && !env.contains(DB_1),
+            "the {what} command inherited {VAR}:\n{env}"
+        );
+    }
+}

@@ -176,7 +176,15 @@ impl Provider {
         request.insert("account".into(), self.account.clone().into());
         request.insert("options".into(), self.options.clone());
         request.extend(extra);
-        let stdin = serde_json::to_vec(&Value::Object(request)).unwrap_or_default();
+        // Only an `apply` carries values, and its value is the resource itself (a secret's own
+        // apply must carry the secret); every other request is scrubbed like any exit.
+        let request = Value::Object(request);
+        let stdin = if operation == "apply" {
+            serde_json::to_vec(&request)
+        } else {
+            crate::redact::to_json_vec(&request)
+        }
+        .unwrap_or_default();
         let what = self.what(operation, resource);
         let spec = Spec {
             argv: &self.argv,
