@@ -6,6 +6,7 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
@@ -28,6 +29,8 @@ pub struct Printer {
     color_out: bool,
     /// Secret values never to print (see [`Printer::redact`]), longest first.
     redacted: Mutex<Vec<String>>,
+    /// Set when a write to stdout found its reader gone (see [`Printer::out`]).
+    stdout_closed: AtomicBool,
 }
 
 /// What a registered secret value is printed as.
@@ -57,6 +60,7 @@ impl Printer {
             color_err: !no_color && io::stderr().is_terminal(),
             color_out: !no_color && io::stdout().is_terminal(),
             redacted: Mutex::new(Vec::new()),
+            stdout_closed: AtomicBool::new(false),
         }
     }
 
@@ -103,12 +107,27 @@ impl Printer {
         }
     }
 
-    /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe`.
+    /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe` once;
+    /// after that stdout is gone and later writes do nothing (a deployment that goes on
+    /// without its reader reports on stderr and by its exit code).
     pub fn out(&self, text: &str) -> io::Result<()> {
+        if self.stdout_closed() {
+            return Ok(());
+        }
         let text = self.scrub(text);
         let mut out = io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()
+        let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        if let Err(e) = &written
+            && e.kind() == io::ErrorKind::BrokenPipe
+        {
+            self.stdout_closed.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// True once a write found stdout's reader gone (`| head` exited, a pager was quit).
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed.load(Ordering::Relaxed)
     }
 
     /// Write one JSON document to stdout.

@@ -213,6 +213,40 @@ fn show_plan(d: &Deployment<'_>, heading: &str, target_line: &str, plan: &Plan) 
     Ok(())
 }
 
+/// Show the plan of a run that changes the target. A reader of stdout that went away (`| head`
+/// exited, a pager was quit) did not see all of it: where a confirmation follows, that is a
+/// refusal; `--yes` confirmed up front, so the run goes on, reporting on stderr only, and exits
+/// by what happened. A run with nothing to change needs no confirmation and goes on too.
+fn show_plan_to_confirm(
+    d: &Deployment<'_>,
+    yes: bool,
+    heading: &str,
+    target_line: &str,
+    plan: &Plan,
+) -> Result<()> {
+    match show_plan(d, heading, target_line, plan) {
+        Err(_) if d.printer.stdout_closed() && (yes || plan.is_empty()) => {
+            d.warn(
+                "stdout was closed before the whole plan was written (its reader exited); \
+                 going on without it: what happens is reported here and by the exit code",
+            );
+            Ok(())
+        }
+        Err(_) if d.printer.stdout_closed() => Err(Failure::error(
+            "not applying: stdout was closed before the whole plan was written (its reader \
+             exited), so nobody can have reviewed it; nothing was changed",
+        )
+        .not_notified()
+        .hint(format!(
+            "read the whole plan (`deploy plan --target {} | less`), then deploy without cutting \
+             stdout short, or with --yes to confirm up front",
+            d.env.name
+        ))
+        .into()),
+        other => other,
+    }
+}
+
 fn heading(d: &Deployment<'_>) -> String {
     let summary = if d.commit.summary.is_empty() {
         String::new()
@@ -432,8 +466,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
-    show_plan(
+    show_plan_to_confirm(
         d,
+        yes,
         &format!("Deploying {}", heading(d)),
         &describe_live(d, &live, &stamp),
         &plan,
@@ -1383,8 +1418,9 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         &key,
     );
     report.set_plan(&plan);
-    show_plan(
+    show_plan_to_confirm(
         d,
+        yes,
         &format!(
             "Rolling back {} from generation {} (commit {}) to generation {} (commit {}, applied {})",
             d.who(),

@@ -18,6 +18,7 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod moto;
+mod pipes;
 mod prompt;
 mod provider_ssm;
 mod secrets;
