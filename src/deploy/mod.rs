@@ -701,7 +701,15 @@ impl<'a> Deployment<'a> {
         self.printer.err(&self.printer.paint(style::BOLD, &prompt));
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
-        stdin.lock().read_line(&mut answer)?;
+        if stdin.lock().read_line(&mut answer)? == 0 {
+            // Ctrl-D: the cursor is still on the prompt line.
+            self.printer.err("\n");
+            return Err(Failure::error(
+                "cancelled: no answer (end of input at the prompt); nothing was changed",
+            )
+            .not_notified()
+            .into());
+        }
         let answer = answer.trim();
         let ok = if self.env.protected {
             answer == name

@@ -124,3 +124,17 @@ fn a_plan_cut_short_before_the_prompt_is_not_confirmed() {
         "the target was written"
     );
 }
+
+#[test]
+fn ctrl_d_at_the_prompt_cancels_on_a_line_of_its_own() {
+    let repo = Repo::ungated();
+    // No answer at all: the terminal sees end of input (Ctrl-D).
+    let run = deploy_on_terminal(&repo, "--target validation", "");
+    run.code(1).stdout_has(
+        "[y/N] \r\nerror: cancelled: no answer (end of input at the prompt); nothing was changed",
+    );
+    assert!(
+        !repo.path().join("targets").exists(),
+        "the target was written"
+    );
+}
