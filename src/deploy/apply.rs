@@ -57,6 +57,10 @@ pub struct Report {
     /// What `deploy plan --out FILE` writes.
     #[serde(skip)]
     pub saved: Option<SavedPlan>,
+    /// True when the operator's Ctrl-C (or SIGTERM) stopped the run before its verdict and
+    /// caused the rollback: not a failure of the configuration.
+    #[serde(skip)]
+    pub cancelled: bool,
 }
 
 /// Resources added, changed and removed (the same shape as in the log).
@@ -102,6 +106,7 @@ impl Report {
             log: None,
             action: "apply",
             saved: None,
+            cancelled: false,
         }
     }
 
@@ -112,6 +117,9 @@ impl Report {
 
     /// The failure to exit with when the deployment was rolled back (exit 4).
     pub fn rolled_back_failure(&self) -> Failure {
+        if self.cancelled {
+            return self.cancelled_failure();
+        }
         let mut f = Failure::new(
             Exit::RolledBack,
             if self.action == "rollback" {
@@ -150,6 +158,47 @@ impl Report {
         }
         f.hint("the failed generation is kept for inspection; fix the configuration (or the service) and deploy again")
     }
+}
+
+impl Report {
+    /// The operator cancelled (Ctrl-C) before the health check passed: say so, what is live
+    /// now, and that it was not checked again, rather than call it a failure.
+    fn cancelled_failure(&self) -> Failure {
+        let (what, undone) = if self.action == "rollback" {
+            ("the rollback of", "undone")
+        } else {
+            ("the deployment of", "rolled back")
+        };
+        let mut f = Failure::new(
+            Exit::RolledBack,
+            format!(
+                "you cancelled {what} `{}` (Ctrl-C) before its health check passed, so it was {undone}",
+                self.environment
+            ),
+        );
+        if let Some(h) = &self.health {
+            f = f.detail(h.line());
+        }
+        f = f.detail(match self.generation {
+            Some(id) => format!(
+                "live now: generation {id}, as before this run; not health-checked again after the cancel"
+            ),
+            None => "live now: nothing (the target is as before its first deployment)".to_owned(),
+        });
+        f.hint(cancelled_hint(&self.environment, self.action))
+    }
+}
+
+/// The hint of a cancelled run: nothing says the configuration is wrong.
+fn cancelled_hint(env: &str, action: &str) -> String {
+    let again = if action == "rollback" {
+        format!("deploy rollback --target {env}")
+    } else {
+        format!("deploy --target {env}")
+    };
+    format!(
+        "the check was stopped, not failed: nothing says the configuration is wrong; to go ahead, run `{again}` again and let the health check finish; `deploy status --target {env}` shows what is live"
+    )
 }
 
 /// How many generations a target keeps.
@@ -759,9 +808,12 @@ fn verify_new(
         d.say(&h.line());
     }
     let failure = match &health {
-        _ if d.is_interrupted() => Some(format!(
-            "interrupted (Ctrl-C) before the {what} was verified"
-        )),
+        _ if d.is_interrupted() => {
+            report.cancelled = true;
+            Some(format!(
+                "cancelled by the operator (Ctrl-C) before the health check of generation {id} passed, so the {what} was not verified"
+            ))
+        }
         Some(h) if !h.passed => Some(h.line()),
         _ => None,
     };
@@ -960,13 +1012,19 @@ fn roll_back(
         ));
     }
     let commit = generation_commit(d, previous);
-    report.rollback_health = if previous.is_some() {
+    // After a Ctrl-C the operator wants out: the generation made live again is not checked
+    // (the check would be cancelled at once anyway), and the report says so.
+    report.rollback_health = if previous.is_some() && !d.is_interrupted() {
         d.health(previous, &commit, Some(1))
     } else {
         None
     };
     if let Some(h) = &report.rollback_health {
         d.say(&format!("After the rollback: {}", h.line()));
+    } else if let (Some(p), true) = (previous, d.is_interrupted()) {
+        d.say(&format!(
+            "Generation {p} is live again; not health-checked after the cancel."
+        ));
     }
     let mut reason = why.to_owned();
     if let Some(h) = report.rollback_health.as_ref().filter(|h| !h.passed) {

@@ -216,7 +216,10 @@ impl HealthReport {
         if self.passed {
             format!("health check passed on {at} (attempt {})", self.attempts)
         } else if self.interrupted {
-            format!("health check on {at} was interrupted (Ctrl-C)")
+            format!(
+                "health check on {at} was stopped by Ctrl-C at attempt {} before it passed",
+                self.attempts.max(1)
+            )
         } else {
             format!(
                 "health check failed on {at} after {} attempt{}: {}",
