@@ -20,6 +20,7 @@ use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
 use crate::plan::{self, Action, Change, Plan, SecretUse};
+use crate::progress;
 use crate::secret::{self, Resolved};
 use crate::target::{GenerationId, Holder, Live, LockGuard, Stamp, StampState, TargetError};
 
@@ -346,7 +347,8 @@ pub(super) fn plan_against_live(d: &Deployment<'_>, resolved: &Resolved) -> Resu
             .as_ref()
             .ok()
             .map(|(_, key)| s.spawn(move || plan::desired(env, resolved, key)));
-        let live = d.target.live();
+        let task = d.wait_task(format!("the live state of {}", d.target.describe()), None);
+        let live = progress::during(d.progress, task, || d.target.live());
         (
             live,
             desired.map(|h| h.join().expect("rendering does not panic")),
@@ -656,6 +658,16 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         "config_sha256": plan.desired.config_sha256,
         "secrets": plan.desired.secrets,
     });
+    let mut task = d.wait_task(
+        format!(
+            "{} to take the new generation ({} resources)",
+            d.target.describe(),
+            plan.desired.files.len()
+        ),
+        None,
+    );
+    task.ctrl_c = "Ctrl-C rolls back once it is written".to_owned();
+    d.progress.start(task);
     let applied = if atomic {
         let journal_for = |id: GenerationId| {
             let mut j = journal.clone();
@@ -673,6 +685,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         d.target
             .apply(&plan.desired.files, &plan.desired.private, &meta)
     };
+    d.progress.finish();
     let id = match applied {
         Ok(id) => id,
         Err(err) => {

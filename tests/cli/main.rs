@@ -19,6 +19,7 @@ mod lifecycle;
 mod log;
 mod moto;
 mod pipes;
+mod progress;
 mod prompt;
 mod provider_ssm;
 mod secrets;

@@ -17,7 +17,7 @@ fn deploy_on_terminal(repo: &Repo, args: &str, answer: &str) -> Run {
 }
 
 /// Run the shell command `cmd` on a pseudo-terminal, typing `answer`.
-fn on_terminal(cmd: &str, answer: &str) -> Run {
+pub(crate) fn on_terminal(cmd: &str, answer: &str) -> Run {
     let mut child = Command::new("script")
         .args(["-qec", cmd, "/dev/null"])
         .env("NO_COLOR", "1")
