@@ -339,6 +339,14 @@ fn json_format_prints_one_document_for_usage_errors_too() {
     let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(doc["ok"], true);
     assert!(doc["text"].as_str().unwrap().starts_with("deploy "));
+    // Commands whose product is text put it inside the document.
+    let run = repo.deploy(&["--format", "json", "completions", "bash"]);
+    run.code(0);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc["text"].as_str().unwrap().contains("--target"));
+    let run = repo.deploy(&["man", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc["text"].as_str().unwrap().contains(".TH deploy"));
 }
 
 #[test]
