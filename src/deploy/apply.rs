@@ -287,11 +287,10 @@ fn show_plan_to_confirm(
              exited), so nobody can have reviewed it; nothing was changed",
         )
         .not_notified()
-        .hint(format!(
-            "read the whole plan (`deploy plan --target {} | less`), then deploy without cutting \
-             stdout short, or with --yes to confirm up front",
-            d.env.name
-        ))
+        .hint(
+            "run again with stdout to a terminal or a pager read to the end (`deploy plan` shows \
+             the same plan and writes nothing), or with --yes to confirm up front",
+        )
         .into()),
         other => other,
     }
