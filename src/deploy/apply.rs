@@ -458,12 +458,20 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         }
         .seal()
     });
-    show_plan(
+    let shown = show_plan(
         d,
         &format!("Plan for {}", heading(d)),
         &describe_live(d, &live, &stamp),
         &plan,
-    )?;
+    );
+    // A closed stdout ends a plan quietly, unless `--out FILE` still has its file to write.
+    match shown {
+        Err(_) if save && d.printer.stdout_closed() => d.warn(
+            "stdout was closed before the whole plan was written (its reader exited); the plan \
+             file is still written",
+        ),
+        other => other?,
+    }
     if !plan.is_empty() {
         check_fits(d, &plan)?;
     }

@@ -58,6 +58,30 @@ fn a_read_only_command_treats_a_closed_stdout_as_success() {
 }
 
 #[test]
+fn a_saved_plan_is_written_even_when_stdout_closes() {
+    let repo = repo_with_a_large_plan();
+    let out = repo.path().join("validation.plan.json");
+    let out_arg = out.display().to_string();
+    let run = deploy_into_short_reader(
+        repo.path(),
+        &["plan", "--target", "validation", "--out", &out_arg],
+        100,
+    );
+    run.code(0).stderr_has("the plan file is still written");
+    assert!(out.is_file(), "exit 0 without the plan file");
+    // And it is a plan that applies.
+    repo.deploy(&[
+        "apply",
+        "--target",
+        "validation",
+        "--plan",
+        &out_arg,
+        "--yes",
+    ])
+    .code(0);
+}
+
+#[test]
 fn a_json_report_nobody_reads_keeps_the_exit_code_of_a_rollback() {
     let repo = Repo::ungated();
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
