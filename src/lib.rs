@@ -15,6 +15,7 @@ pub mod output;
 pub mod parallel;
 pub mod plan;
 pub mod process;
+pub mod progress;
 pub mod redact;
 pub mod render;
 pub mod repo;

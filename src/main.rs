@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 
+use std::ffi::OsString;
 use std::io;
 use std::process::ExitCode;
 
@@ -16,16 +17,10 @@ use cli::{Cli, OutputFormat};
 fn main() -> ExitCode {
     // Before anything is created: the modes envlock asks for are the modes it gets.
     envlock::target::perms::fix_umask();
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => Exit::Usage as u8,
-            };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return usage_error(suggest_target(e), json_requested(&args)),
     };
     let printer = Printer::new(match cli.format {
         OutputFormat::Text => Format::Text,
@@ -54,6 +49,101 @@ fn main() -> ExitCode {
             ExitCode::from(exit as u8)
         }
     }
+}
+
+/// Whether the command line asks for `--format json` (`--format json` or `--format=json`, the
+/// last one wins, nothing after `--`), read before clap has parsed it: a usage error must be
+/// one JSON document too.
+fn json_requested(args: &[OsString]) -> bool {
+    let mut json = false;
+    let mut words = args.iter().skip(1).map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        match word {
+            Some("--") => break,
+            Some("--format") => json = words.next().flatten() == Some("json"),
+            Some(w) if w.starts_with("--format=") => json = w == "--format=json",
+            _ => {}
+        }
+    }
+    json
+}
+
+/// `deploy prod`: a word that is not a command but could be an environment's name gets a tip
+/// naming `--target`, unless clap already suggests a similar command.
+fn suggest_target(mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::InvalidSubcommand || e.get(ContextKind::SuggestedSubcommand).is_some()
+    {
+        return e;
+    }
+    let Some(ContextValue::String(word)) = e.get(ContextKind::InvalidSubcommand) else {
+        return e;
+    };
+    let name_like = word.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name_like {
+        let tip =
+            format!("to deploy an environment, name it with --target: `deploy --target {word}`");
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    e
+}
+
+/// A command line clap refused (exit 64), or `--help`/`--version` (exit 0): clap's text on
+/// stderr (help and version on stdout), and with `--format json` one document on stdout.
+fn usage_error(e: clap::Error, json: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    let code = if shown { 0 } else { Exit::Usage as u8 };
+    if !json {
+        let _ = e.print();
+        return ExitCode::from(code);
+    }
+    let text = e.render().to_string();
+    let printer = Printer::new(Format::Json);
+    if shown {
+        printer.err(&text);
+        let _ = printer.json(&ShownJson {
+            ok: true,
+            exit_code: 0,
+            text,
+        });
+    } else {
+        let _ = e.print();
+        let _ = printer.json(&clap_error_json(&text, code));
+    }
+    ExitCode::from(code)
+}
+
+/// clap's rendered error as the failure document: its `error:` line, its tips as the hint.
+fn clap_error_json(text: &str, code: u8) -> ErrorJson {
+    let mut lines = text.lines().map(str::trim);
+    let first = lines.next().unwrap_or_default();
+    let error = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    let tips: Vec<&str> = lines.filter_map(|l| l.strip_prefix("tip: ")).collect();
+    ErrorJson {
+        ok: false,
+        exit_code: code,
+        error,
+        hint: Some(if tips.is_empty() {
+            "`deploy --help` lists the commands and their flags".to_owned()
+        } else {
+            tips.join("; ")
+        }),
+    }
+}
+
+/// What `--format json` prints for `--help` and `--version`: clap's text.
+#[derive(serde::Serialize)]
+struct ShownJson {
+    ok: bool,
+    exit_code: u8,
+    text: String,
 }
 
 /// The document `--format json` prints when a command fails before producing its own.

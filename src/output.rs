@@ -5,11 +5,17 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use serde::Serialize;
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
 use crate::diagnostic::Diagnostic;
+use crate::progress::{self, Progress, Task};
 use crate::source::{Loc, Sources};
 
 /// `--format`.
@@ -25,7 +31,27 @@ pub struct Printer {
     pub format: Format,
     color_err: bool,
     color_out: bool,
+    /// Set when a write to stdout found its reader gone (see [`Printer::out`]).
+    stdout_closed: AtomicBool,
+    /// A spinner on a terminal, plain lines otherwise (see [`crate::progress::Progress`]).
+    progress: Mutex<Option<Shown>>,
+    /// Whether progress is drawn as a spinner: stderr is a terminal and the format is text.
+    spinner: bool,
 }
+
+/// The long wait being shown.
+struct Shown {
+    task: Task,
+    bar: Option<ProgressBar>,
+    /// Plain mode, a wait without attempts: a thread that says "still waiting" now and then.
+    ticker: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// Plain mode: the first "still waiting" line after this long, then one every `TICK_EVERY`.
+const TICK_FIRST: Duration = Duration::from_secs(5);
+const TICK_EVERY: Duration = Duration::from_secs(15);
+/// On a terminal, a single wait's spinner appears after this long.
+const SPINNER_DELAY: Duration = Duration::from_millis(300);
 
 /// ANSI styles used in text output.
 pub mod style {
@@ -48,6 +74,9 @@ impl Printer {
             format,
             color_err: !no_color && io::stderr().is_terminal(),
             color_out: !no_color && io::stdout().is_terminal(),
+            stdout_closed: AtomicBool::new(false),
+            progress: Mutex::new(None),
+            spinner: format == Format::Text && io::stderr().is_terminal(),
         }
     }
 
@@ -85,12 +114,27 @@ impl Printer {
         }
     }
 
-    /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe`.
+    /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe` once;
+    /// after that stdout is gone and later writes do nothing (a deployment that goes on
+    /// without its reader reports on stderr and by its exit code).
     pub fn out(&self, text: &str) -> io::Result<()> {
+        if self.stdout_closed() {
+            return Ok(());
+        }
         let text = self.scrub(text);
         let mut out = io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()
+        let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        if let Err(e) = &written
+            && e.kind() == io::ErrorKind::BrokenPipe
+        {
+            self.stdout_closed.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// True once a write found stdout's reader gone (`| head` exited, a pager was quit).
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed.load(Ordering::Relaxed)
     }
 
     /// Write one JSON document to stdout.
@@ -107,10 +151,73 @@ impl Printer {
         crate::redact::scrub_json(value);
     }
 
-    /// A message for people, on stderr.
+    /// A message for people, on stderr (above a spinner, if one is shown).
     pub fn err(&self, text: &str) {
         let text = self.scrub(text);
-        let _ = io::stderr().lock().write_all(text.as_bytes());
+        let write = || {
+            let _ = io::stderr().lock().write_all(text.as_bytes());
+        };
+        let shown = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        match shown.as_ref().and_then(|s| s.bar.as_ref()) {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+
+    /// One plain progress line on stderr (no spinner: logs, JSON mode).
+    fn progress_line(&self, text: &str) {
+        let text = self.scrub(text);
+        let _ = io::stderr()
+            .lock()
+            .write_all(format!("{text}\n").as_bytes());
+    }
+
+    /// A spinner line cut to the terminal's width. A single wait appears only once it has
+    /// lasted [`SPINNER_DELAY`] (most are over at once); attempts show at once.
+    fn spinner_for(&self, task: &Task) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(self.scrub(&waiting_line(task, Duration::ZERO)).into_owned());
+        if task.attempts > 0 {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    }
+
+    /// Show a hidden spinner after [`SPINNER_DELAY`], unless told to stop first.
+    fn reveal_later(bar: &ProgressBar) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let bar = bar.clone();
+        let handle = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SPINNER_DELAY) {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+        });
+        (stop, handle)
+    }
+
+    /// Plain mode: say "still waiting" after [`TICK_FIRST`], then every [`TICK_EVERY`], until
+    /// told to stop.
+    fn ticker_for(&self, task: &Task) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let task = task.clone();
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || {
+            let mut wait = TICK_FIRST;
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+                let line = format!("still {}", waiting_line(&task, started.elapsed()));
+                let line = crate::redact::scrub(&line);
+                let _ = io::stderr()
+                    .lock()
+                    .write_all(format!("{line}\n").as_bytes());
+                wait = TICK_EVERY;
+            }
+        });
+        (stop, handle)
     }
 
     /// `error: message`, with detail lines and a hint.
@@ -138,6 +245,104 @@ impl Printer {
             s.push_str("\n\n");
         }
         self.err(&s);
+    }
+}
+
+/// `waiting for X (12s so far, up to 1m left); Ctrl-C …: `command``
+fn waiting_line(task: &Task, elapsed: Duration) -> String {
+    let mut line = format!("waiting for {}", task.what);
+    let mut when = Vec::new();
+    if !elapsed.is_zero() {
+        when.push(format!("{} so far", progress::short(elapsed)));
+    }
+    if let Some(limit) = task.limit {
+        when.push(format!(
+            "up to {} left",
+            progress::short(limit.saturating_sub(elapsed))
+        ));
+    }
+    if !when.is_empty() {
+        line.push_str(&format!(" ({})", when.join(", ")));
+    }
+    with_tail(line, task)
+}
+
+/// `health check of generation 3: attempt 2 of 4, up to 1m8s left; Ctrl-C … (attempt 1:
+/// exited with status 1): command`, most important first (a narrow terminal cuts the end)
+fn attempt_line(task: &Task, n: u32, left: Duration, previous: Option<&str>) -> String {
+    let mut line = format!(
+        "{}: attempt {n} of {}, up to {} left",
+        task.what,
+        task.attempts,
+        progress::short(left)
+    );
+    if !task.ctrl_c.is_empty() {
+        line.push_str(&format!("; {}", task.ctrl_c));
+    }
+    if let Some(p) = previous {
+        line.push_str(&format!(" (attempt {}: {p})", n.saturating_sub(1)));
+    }
+    if let Some(d) = &task.detail {
+        line.push_str(&format!(": {d}"));
+    }
+    line
+}
+
+/// What Ctrl-C does, then the detail (the command), which a narrow terminal may cut.
+fn with_tail(mut line: String, task: &Task) -> String {
+    if !task.ctrl_c.is_empty() {
+        line.push_str(&format!("; {}", task.ctrl_c));
+    }
+    if let Some(d) = &task.detail {
+        line.push_str(&format!(": {d}"));
+    }
+    line
+}
+
+impl Progress for Printer {
+    fn start(&self, task: Task) {
+        self.finish();
+        let (bar, ticker) = if self.spinner {
+            let bar = self.spinner_for(&task);
+            let ticker = (task.attempts == 0).then(|| Self::reveal_later(&bar));
+            (Some(bar), ticker)
+        } else if task.attempts == 0 {
+            (None, Some(self.ticker_for(&task)))
+        } else {
+            (None, None)
+        };
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Shown { task, bar, ticker });
+    }
+
+    fn attempt(&self, n: u32, left: Duration, previous: Option<&str>) {
+        let shown = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shown) = shown.as_ref() else {
+            return;
+        };
+        let line = attempt_line(&shown.task, n, left, previous);
+        match &shown.bar {
+            Some(bar) => bar.set_message(self.scrub(&line).into_owned()),
+            None => self.progress_line(&line),
+        }
+    }
+
+    fn finish(&self) {
+        let shown = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(shown) = shown else {
+            return;
+        };
+        if let Some((stop, handle)) = shown.ticker {
+            drop(stop);
+            let _ = handle.join();
+        }
+        if let Some(bar) = shown.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

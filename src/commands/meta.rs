@@ -18,13 +18,22 @@ pub fn schema(printer: &Printer) -> Result<Exit> {
 pub fn completions(shell: clap_complete::Shell, printer: &Printer) -> Result<Exit> {
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "deploy", &mut buf);
-    printer.out(&String::from_utf8_lossy(&buf))?;
-    Ok(Exit::Success)
+    text_product(printer, &String::from_utf8_lossy(&buf))
 }
 
 pub fn man(printer: &Printer) -> Result<Exit> {
     let mut buf = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-    printer.out(&String::from_utf8_lossy(&buf))?;
+    text_product(printer, &String::from_utf8_lossy(&buf))
+}
+
+/// A product that is text (a script, roff): as is, or with `--format json` inside the one
+/// document stdout holds.
+fn text_product(printer: &Printer, text: &str) -> Result<Exit> {
+    if printer.is_json() {
+        printer.json(&serde_json::json!({ "ok": true, "text": text }))?;
+    } else {
+        printer.out(text)?;
+    }
     Ok(Exit::Success)
 }

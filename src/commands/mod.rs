@@ -7,7 +7,7 @@ mod log;
 mod meta;
 mod plan;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use envlock::error::{Exit, Failure};
@@ -23,6 +23,9 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         deploy,
         command,
     } = cli;
+    if let Some(dir) = &directory {
+        require_directory(dir)?;
+    }
     let dir = directory.unwrap_or_else(|| PathBuf::from("."));
     if command.is_some() && (deploy.target.is_some() || deploy.yes || deploy.plan.is_some()) {
         return Err(Failure::usage(
@@ -50,6 +53,22 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
                 .into()),
         },
     }
+}
+
+/// `-C DIR` must name a directory that exists (as `git -C` requires), before anything looks
+/// for a repository there.
+fn require_directory(dir: &Path) -> Result<()> {
+    let problem = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "is not a directory".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(
+        Failure::usage(format!("cannot run in {}: it {problem}", dir.display()))
+            .hint("-C DIR names the directory to run in (the configuration repository or a directory inside it), as `git -C` does")
+            .into(),
+    )
 }
 
 /// A plain-text table: a header row and aligned columns, two spaces apart.

@@ -267,10 +267,14 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
     }
 }
 
-/// Print the JSON report; a rollback becomes exit 4.
+/// Print the JSON report; a rollback becomes exit 4. The run happened whether or not stdout
+/// still has a reader, so a closed stdout does not change the exit code.
 fn finish(report: deploy::apply::Report, printer: &Printer) -> Result<Exit> {
-    if printer.is_json() {
-        printer.json(&report)?;
+    if printer.is_json()
+        && let Err(e) = printer.json(&report)
+        && !printer.stdout_closed()
+    {
+        return Err(e.into());
     }
     if report.outcome == "rolled-back" {
         return Err(report

@@ -20,6 +20,7 @@ use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::log::{self, AppendError, Changes, Entry, Operator, Outcome};
 use crate::plan::{self, Action, Change, Plan, SecretUse};
+use crate::progress;
 use crate::secret::{self, Resolved};
 use crate::target::{
     GenerationId, GenerationInfo, Holder, Live, LockGuard, Stamp, StampState, TargetError,
@@ -59,6 +60,10 @@ pub struct Report {
     /// What `deploy plan --out FILE` writes.
     #[serde(skip)]
     pub saved: Option<SavedPlan>,
+    /// True when the operator's Ctrl-C (or SIGTERM) stopped the run before its verdict and
+    /// caused the rollback: not a failure of the configuration.
+    #[serde(skip)]
+    pub cancelled: bool,
 }
 
 /// Resources added, changed and removed (the same shape as in the log).
@@ -104,6 +109,7 @@ impl Report {
             log: None,
             action: "apply",
             saved: None,
+            cancelled: false,
         }
     }
 
@@ -114,6 +120,9 @@ impl Report {
 
     /// The failure to exit with when the deployment was rolled back (exit 4).
     pub fn rolled_back_failure(&self) -> Failure {
+        if self.cancelled {
+            return self.cancelled_failure();
+        }
         let mut f = Failure::new(
             Exit::RolledBack,
             if self.action == "rollback" {
@@ -152,6 +161,47 @@ impl Report {
         }
         f.hint("the failed generation is kept for inspection; fix the configuration (or the service) and deploy again")
     }
+}
+
+impl Report {
+    /// The operator cancelled (Ctrl-C) before the health check passed: say so, what is live
+    /// now, and that it was not checked again, rather than call it a failure.
+    fn cancelled_failure(&self) -> Failure {
+        let (what, undone) = if self.action == "rollback" {
+            ("the rollback of", "undone")
+        } else {
+            ("the deployment of", "rolled back")
+        };
+        let mut f = Failure::new(
+            Exit::RolledBack,
+            format!(
+                "you cancelled {what} `{}` (Ctrl-C) before its health check passed, so it was {undone}",
+                self.environment
+            ),
+        );
+        if let Some(h) = &self.health {
+            f = f.detail(h.line());
+        }
+        f = f.detail(match self.generation {
+            Some(id) => format!(
+                "live now: generation {id}, as before this run; not health-checked again after the cancel"
+            ),
+            None => "live now: nothing (the target is as before its first deployment)".to_owned(),
+        });
+        f.hint(cancelled_hint(&self.environment, self.action))
+    }
+}
+
+/// The hint of a cancelled run: nothing says the configuration is wrong.
+fn cancelled_hint(env: &str, action: &str) -> String {
+    let again = if action == "rollback" {
+        format!("deploy rollback --target {env}")
+    } else {
+        format!("deploy --target {env}")
+    };
+    format!(
+        "the check was stopped, not failed: nothing says the configuration is wrong; to go ahead, run `{again}` again and let the health check finish; `deploy status --target {env}` shows what is live"
+    )
 }
 
 /// How many generations a target keeps.
@@ -215,6 +265,39 @@ fn show_plan(d: &Deployment<'_>, heading: &str, target_line: &str, plan: &Plan) 
     Ok(())
 }
 
+/// Show the plan of a run that changes the target. A reader of stdout that went away (`| head`
+/// exited, a pager was quit) did not see all of it: where a confirmation follows, that is a
+/// refusal; `--yes` confirmed up front, so the run goes on, reporting on stderr only, and exits
+/// by what happened. A run with nothing to change needs no confirmation and goes on too.
+fn show_plan_to_confirm(
+    d: &Deployment<'_>,
+    yes: bool,
+    heading: &str,
+    target_line: &str,
+    plan: &Plan,
+) -> Result<()> {
+    match show_plan(d, heading, target_line, plan) {
+        Err(_) if d.printer.stdout_closed() && (yes || plan.is_empty()) => {
+            d.warn(
+                "stdout was closed before the whole plan was written (its reader exited); \
+                 going on without it: what happens is reported here and by the exit code",
+            );
+            Ok(())
+        }
+        Err(_) if d.printer.stdout_closed() => Err(Failure::error(
+            "not applying: stdout was closed before the whole plan was written (its reader \
+             exited), so nobody can have reviewed it; nothing was changed",
+        )
+        .not_notified()
+        .hint(
+            "run again with stdout to a terminal or a pager read to the end (`deploy plan` shows \
+             the same plan and writes nothing), or with --yes to confirm up front",
+        )
+        .into()),
+        other => other,
+    }
+}
+
 fn heading(d: &Deployment<'_>) -> String {
     let summary = if d.commit.summary.is_empty() {
         String::new()
@@ -265,7 +348,8 @@ pub(super) fn plan_against_live(d: &Deployment<'_>, resolved: &Resolved) -> Resu
             .as_ref()
             .ok()
             .map(|(_, key)| s.spawn(move || plan::desired(env, resolved, key)));
-        let live = d.target.live();
+        let task = d.wait_task(format!("the live state of {}", d.target.describe()), None);
+        let live = progress::during(d.progress, task, || d.target.live());
         (
             live,
             desired.map(|h| h.join().expect("rendering does not panic")),
@@ -383,12 +467,20 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         }
         .seal()
     });
-    show_plan(
+    let shown = show_plan(
         d,
         &format!("Plan for {}", heading(d)),
         &describe_live(d, &live, &stamp),
         &plan,
-    )?;
+    );
+    // A closed stdout ends a plan quietly, unless `--out FILE` still has its file to write.
+    match shown {
+        Err(_) if save && d.printer.stdout_closed() => d.warn(
+            "stdout was closed before the whole plan was written (its reader exited); the plan \
+             file is still written",
+        ),
+        other => other?,
+    }
     if !plan.is_empty() {
         check_fits(d, &plan)?;
     }
@@ -444,8 +536,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
-    show_plan(
+    show_plan_to_confirm(
         d,
+        yes,
         &format!("Deploying {}", heading(d)),
         &describe_live(d, &live, &stamp),
         &plan,
@@ -584,6 +677,16 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         "config_sha256": plan.desired.config_sha256,
         "secrets": plan.desired.secrets,
     });
+    let mut task = d.wait_task(
+        format!(
+            "{} to take the new generation ({} resources)",
+            d.target.describe(),
+            plan.desired.files.len()
+        ),
+        None,
+    );
+    task.ctrl_c = "Ctrl-C rolls back once it is written".to_owned();
+    d.progress.start(task);
     let applied = if atomic {
         let journal_for = |id: GenerationId| {
             let mut j = journal.clone();
@@ -601,6 +704,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         d.target
             .apply(&plan.desired.files, &plan.desired.private, &meta)
     };
+    d.progress.finish();
     let id = match applied {
         Ok(id) => id,
         Err(err) => {
@@ -736,9 +840,12 @@ fn verify_new(
         d.say(&h.line());
     }
     let failure = match &health {
-        _ if d.is_interrupted() => Some(format!(
-            "interrupted (Ctrl-C) before the {what} was verified"
-        )),
+        _ if d.is_interrupted() => {
+            report.cancelled = true;
+            Some(format!(
+                "cancelled by the operator (Ctrl-C) before the health check of generation {id} passed, so the {what} was not verified"
+            ))
+        }
         Some(h) if !h.passed => Some(h.line()),
         _ => None,
     };
@@ -1089,13 +1196,19 @@ fn roll_back(
         ));
     }
     let commit = generation_commit(d, previous);
-    report.rollback_health = if previous.is_some() {
+    // After a Ctrl-C the operator wants out: the generation made live again is not checked
+    // (the check would be cancelled at once anyway), and the report says so.
+    report.rollback_health = if previous.is_some() && !d.is_interrupted() {
         d.health(previous, &commit, Some(1))
     } else {
         None
     };
     if let Some(h) = &report.rollback_health {
         d.say(&format!("After the rollback: {}", h.line()));
+    } else if let (Some(p), true) = (previous, d.is_interrupted()) {
+        d.say(&format!(
+            "Generation {p} is live again; not health-checked after the cancel."
+        ));
     }
     let mut reason = why.to_owned();
     if let Some(h) = report.rollback_health.as_ref().filter(|h| !h.passed) {
@@ -1642,8 +1755,9 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         &key,
     );
     report.set_plan(&plan);
-    show_plan(
+    show_plan_to_confirm(
         d,
+        yes,
         &format!(
             "Rolling back {} from generation {} (commit {}) to generation {} (commit {}, applied {})",
             d.who(),

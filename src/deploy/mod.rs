@@ -31,6 +31,7 @@ use crate::error::Failure;
 use crate::output::{Printer, style};
 use crate::plan::{Action, Plan};
 use crate::process::{self, Spec};
+use crate::progress::{self as progress_mod, Progress, Task};
 use crate::repo::{CommitInfo, Repo, RepoError, Reviewed};
 use crate::target::{
     DirTarget, GenerationId, Holder, LockGuard, Stamp, StampState, Target, TargetError, paths,
@@ -52,6 +53,10 @@ pub struct Deployment<'a> {
     pub after: Vec<&'a Environment>,
     /// The checksum of the saved plan being applied (`deploy apply --plan`), for the log.
     pub plan_sha256: Option<String>,
+    /// Told about long waits (health check attempts, the target, commands); never prints itself.
+    pub progress: &'a dyn Progress,
+    /// Set once Ctrl-C rolls back instead of killing ([`Self::arm_interrupts`]).
+    armed: AtomicBool,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -338,7 +343,10 @@ impl HealthReport {
         if self.passed {
             format!("health check passed on {at} (attempt {})", self.attempts)
         } else if self.interrupted {
-            format!("health check on {at} was interrupted (Ctrl-C)")
+            format!(
+                "health check on {at} was stopped by Ctrl-C at attempt {} before it passed",
+                self.attempts.max(1)
+            )
         } else {
             format!(
                 "health check failed on {at} after {} attempt{}: {}",
@@ -392,6 +400,8 @@ impl<'a> Deployment<'a> {
             interrupted: Arc::new(AtomicBool::new(false)),
             after: Vec::new(),
             plan_sha256: None,
+            progress: printer,
+            armed: AtomicBool::new(false),
         })
     }
 
@@ -410,8 +420,8 @@ impl<'a> Deployment<'a> {
     /// Take the deployment lock (exit 5 when another deployment holds it).
     pub fn lock(&self) -> Result<Box<dyn LockGuard>> {
         let holder = Holder::this_process(&self.env.name);
-        self.target
-            .lock(&holder)
+        let task = self.wait_task(format!("the lock of {}", self.target.describe()), None);
+        progress_mod::during(self.progress, task, || self.target.lock(&holder))
             .map_err(|e| self.target_failure(e))
     }
 
@@ -499,7 +509,12 @@ impl<'a> Deployment<'a> {
     /// The account the target's own credentials reach (an `exec` provider's `identity`) must be
     /// this environment's, before anything is read from the target.
     fn check_target_account(&self) -> Result<()> {
-        let found = self.target.account().map_err(|e| {
+        let task = self.wait_task(
+            format!("the account {} reaches", self.target.describe()),
+            None,
+        );
+        let found = progress_mod::during(self.progress, task, || self.target.account());
+        let found = found.map_err(|e| {
             let mut f = Failure::from(e);
             f.exit = crate::error::Exit::Refused;
             f.message = format!(
@@ -586,7 +601,12 @@ impl<'a> Deployment<'a> {
             cancel: None,
             stdout_limit: process::OUTPUT_LIMIT,
         };
-        let outcome = process::run(&spec).map_err(|e| {
+        let task = self.wait_task(
+            format!("the identity command `{shown}`"),
+            Some(identity.timeout),
+        );
+        let outcome = progress_mod::during(self.progress, task, || process::run(&spec));
+        let outcome = outcome.map_err(|e| {
             Failure::refused(format!(
                 "cannot prove that these credentials belong to {}: {e}",
                 self.who()
@@ -635,7 +655,8 @@ impl<'a> Deployment<'a> {
     }
 
     /// Run the health check against `generation`: up to `1 + retries` attempts, `interval`
-    /// apart. `None` when the environment has no `[health]`.
+    /// apart, each attempt told to [`Self::progress`]. `None` when the environment has no
+    /// `[health]`.
     pub fn health(
         &self,
         generation: Option<GenerationId>,
@@ -643,7 +664,27 @@ impl<'a> Deployment<'a> {
         attempts_override: Option<u32>,
     ) -> Option<HealthReport> {
         let health = self.env.health.as_ref()?;
-        let attempts = attempts_override.unwrap_or(health.retries.saturating_add(1));
+        let attempts = attempts_override
+            .unwrap_or(health.retries.saturating_add(1))
+            .max(1);
+        let at = generation.map_or("no generation".to_owned(), |g| format!("generation {g}"));
+        let limit =
+            health.timeout.saturating_mul(attempts) + health.interval.saturating_mul(attempts - 1);
+        let task = Task {
+            what: format!("health check of {at}"),
+            attempts,
+            limit: Some(limit),
+            ctrl_c: self.ctrl_c_meaning(attempts_override.is_none()),
+            detail: Some(process::display_argv(&health.command)),
+        };
+        let env = self.health_env(generation, commit);
+        Some(progress_mod::during(self.progress, task, || {
+            self.health_attempts(health, &env, generation, attempts, limit)
+        }))
+    }
+
+    /// What the health check's command finds in its environment.
+    fn health_env(&self, generation: Option<GenerationId>, commit: &str) -> Vec<(String, String)> {
         let mut env = vec![
             ("DEPLOY_ENVIRONMENT".to_owned(), self.env.name.clone()),
             (
@@ -664,6 +705,19 @@ impl<'a> Deployment<'a> {
         if let TargetKind::Dir { resolved, .. } = &self.env.target.kind {
             env.push(("DEPLOY_DIR".to_owned(), resolved.display().to_string()));
         }
+        env
+    }
+
+    /// The attempts of one health check, until one passes, Ctrl-C, or none is left.
+    fn health_attempts(
+        &self,
+        health: &crate::config::Health,
+        env: &[(String, String)],
+        generation: Option<GenerationId>,
+        attempts: u32,
+        limit: Duration,
+    ) -> HealthReport {
+        let started = std::time::Instant::now();
         let mut report = HealthReport {
             passed: false,
             generation,
@@ -672,16 +726,19 @@ impl<'a> Deployment<'a> {
             output: Vec::new(),
             interrupted: false,
         };
-        for attempt in 1..=attempts.max(1) {
+        for attempt in 1..=attempts {
             if attempt > 1 && self.sleep_unless_interrupted(health.interval) {
                 report.interrupted = true;
                 break;
             }
             report.attempts = attempt;
+            let previous = (attempt > 1).then_some(report.result.as_str());
+            self.progress
+                .attempt(attempt, limit.saturating_sub(started.elapsed()), previous);
             let spec = Spec {
                 argv: &health.command,
                 cwd: &self.root,
-                env: env.clone(),
+                env: env.to_vec(),
                 stdin: None,
                 timeout: health.timeout,
                 cancel: Some(&self.interrupted),
@@ -706,7 +763,33 @@ impl<'a> Deployment<'a> {
                 }
             }
         }
-        Some(report)
+        report
+    }
+
+    /// What Ctrl-C does at this point, for progress lines. `verdict`: this check decides
+    /// whether the new generation stays (not the one-off check after a rollback).
+    fn ctrl_c_meaning(&self, verdict: bool) -> String {
+        match (self.armed.load(Ordering::Relaxed), verdict) {
+            (true, true) => "Ctrl-C rolls back".to_owned(),
+            (true, false) => "Ctrl-C stops the check".to_owned(),
+            (false, _) => "Ctrl-C stops deploy".to_owned(),
+        }
+    }
+
+    /// A single wait (a command, the target) for [`Self::progress`].
+    pub fn wait_task(&self, what: String, limit: Option<Duration>) -> Task {
+        Task {
+            what,
+            attempts: 0,
+            limit,
+            // Once armed, Ctrl-C is noted and acted on after this wait.
+            ctrl_c: if self.armed.load(Ordering::Relaxed) {
+                String::new()
+            } else {
+                self.ctrl_c_meaning(false)
+            },
+            detail: None,
+        }
     }
 
     /// Sleep, waking early on Ctrl-C; true when interrupted.
@@ -728,6 +811,7 @@ impl<'a> Deployment<'a> {
     /// the process, so that a started deployment finishes or rolls back; a second Ctrl-C kills
     /// it (the journal then lets the next run resolve it).
     pub fn arm_interrupts(&self) {
+        self.armed.store(true, Ordering::Relaxed);
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ =
                 signal_hook::flag::register_conditional_default(sig, Arc::clone(&self.interrupted));
@@ -769,7 +853,8 @@ impl<'a> Deployment<'a> {
             stdout_limit: process::OUTPUT_LIMIT,
         };
         let shown = process::display_argv(&notify.command);
-        let problem = match process::run(&spec) {
+        let task = self.wait_task(format!("the notifier `{shown}`"), Some(notify.timeout));
+        let problem = match progress_mod::during(self.progress, task, || process::run(&spec)) {
             Ok(o) if o.success() => None,
             Ok(o) => Some(format!("{} {}", shown, o.describe())),
             Err(e) => Some(e.to_string()),
@@ -825,7 +910,15 @@ impl<'a> Deployment<'a> {
         self.printer.err(&self.printer.paint(style::BOLD, &prompt));
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
-        stdin.lock().read_line(&mut answer)?;
+        if stdin.lock().read_line(&mut answer)? == 0 {
+            // Ctrl-D: the cursor is still on the prompt line.
+            self.printer.err("\n");
+            return Err(Failure::error(
+                "cancelled: no answer (end of input at the prompt); nothing was changed",
+            )
+            .not_notified()
+            .into());
+        }
         let answer = answer.trim();
         let ok = if self.env.protected {
             answer == name

@@ -288,3 +288,100 @@ fn json_format_prints_one_error_document_on_failure() {
     let doc: ErrorJson = serde_json::from_str(&run.stdout).expect("one JSON document");
     assert_eq!(doc.exit_code, 3);
 }
+
+/// `--format json` asks for one document on stdout on every way out, a command line clap
+/// refuses included.
+#[test]
+fn json_format_prints_one_document_for_usage_errors_too() {
+    let repo = Repo::base();
+    let cases: &[&[&str]] = &[
+        &["--format", "json", "--target"],
+        &["--format", "json", "--tagret", "prod"],
+        &["--format=json", "plan"],
+        &["log", "--bogus", "--format", "json"],
+        &["--format", "json", "prod"],
+        &["--format", "json", "--target", "prod", "status"],
+        &["--format", "json"],
+    ];
+    for args in cases {
+        let run = repo.deploy(args);
+        run.code(64);
+        let doc: ErrorJson = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}):\n{}", run.stdout));
+        assert!(!doc.ok);
+        assert_eq!(doc.exit_code, 64, "{args:?}");
+        assert!(
+            !doc.error.is_empty() && doc.hint.is_some(),
+            "{args:?}: {doc:?}"
+        );
+        assert!(
+            run.stderr.contains("error:"),
+            "{args:?}: stderr:\n{}",
+            run.stderr
+        );
+    }
+    let run = repo.deploy(&["--format", "json", "--tagret", "prod"]);
+    let doc: ErrorJson = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc.error, "unexpected argument '--tagret' found");
+    assert_eq!(
+        doc.hint.as_deref(),
+        Some("a similar argument exists: '--target'")
+    );
+    // Text mode keeps stdout empty; a value that is not `json` is not JSON mode.
+    for args in [&["--tagret", "prod"][..], &["--format", "jsn", "check"][..]] {
+        let run = repo.deploy(args);
+        run.code(64);
+        assert_eq!(run.stdout, "", "{args:?}");
+    }
+    // --help and --version exit 0 with their text in the document.
+    let run = repo.deploy(&["--format", "json", "--version"]);
+    run.code(0);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert!(doc["text"].as_str().unwrap().starts_with("deploy "));
+    // Commands whose product is text put it inside the document.
+    let run = repo.deploy(&["--format", "json", "completions", "bash"]);
+    run.code(0);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc["text"].as_str().unwrap().contains("--target"));
+    let run = repo.deploy(&["man", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc["text"].as_str().unwrap().contains(".TH deploy"));
+}
+
+#[test]
+fn a_missing_directory_after_dash_c_is_named() {
+    let repo = Repo::base();
+    let missing = repo.path().join("no-such-dir");
+    deploy_in(&missing, &["check"])
+        .code(64)
+        .stderr_has(&format!(
+            "cannot run in {}: it does not exist",
+            missing.display()
+        ))
+        .stderr_has("hint: -C DIR names the directory to run in");
+    let file = repo.path().join("environments/prod.toml");
+    let run = deploy_in(&file, &["envs", "--format", "json"]);
+    run.code(64);
+    let doc: ErrorJson = serde_json::from_str(&run.stdout).unwrap();
+    assert!(doc.error.ends_with("it is not a directory"), "{doc:?}");
+    // A directory that is not in a repository still says so.
+    let outside = tempfile::tempdir().unwrap();
+    deploy_in(outside.path(), &["check"])
+        .code(1)
+        .stderr_has("not inside a git repository");
+}
+
+#[test]
+fn an_environment_named_as_a_command_suggests_target() {
+    let repo = Repo::base();
+    repo.deploy(&["prod"])
+        .code(64)
+        .stderr_has("unrecognized subcommand 'prod'")
+        .stderr_has("tip: to deploy an environment, name it with --target: `deploy --target prod`");
+    // A misspelt command keeps clap's own suggestion, without ours.
+    let run = repo.deploy(&["stats"]);
+    run.code(64)
+        .stderr_has("a similar subcommand exists: 'status'");
+    assert!(!run.stderr.contains("--target"), "{}", run.stderr);
+}

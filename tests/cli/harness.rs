@@ -270,6 +270,34 @@ impl Repo {
     }
 }
 
+/// Run `deploy -C dir ARGS` with its stdout a real pipe whose reader reads at most `keep`
+/// bytes and then closes it, as `deploy ... | head -c KEEP` does. Returns what was read in
+/// `stdout`.
+pub fn deploy_into_short_reader(dir: &Path, args: &[&str], keep: usize) -> Run {
+    use std::io::Read;
+    let mut child = deploy_command(dir, args, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("deploy starts");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut read = vec![0u8; keep];
+    let mut got = 0;
+    while got < keep {
+        match stdout.read(&mut read[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    drop(stdout);
+    let out = child.wait_with_output().expect("deploy ends");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&read[..got]).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn deploy_command(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deploy"));
     cmd.arg("-C")

@@ -21,6 +21,8 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod moto;
+mod pipes;
+mod progress;
 mod prompt;
 mod provider_ssm;
 mod reviewed;

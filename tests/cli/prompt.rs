@@ -13,8 +13,13 @@ fn deploy_on_terminal(repo: &Repo, args: &str, answer: &str) -> Run {
         env!("CARGO_BIN_EXE_deploy"),
         repo.path().display()
     );
+    on_terminal(&cmd, answer)
+}
+
+/// Run the shell command `cmd` on a pseudo-terminal, typing `answer`.
+pub(crate) fn on_terminal(cmd: &str, answer: &str) -> Run {
     let mut child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
+        .args(["-qec", cmd, "/dev/null"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -89,4 +94,47 @@ fn yes_skips_the_prompt_but_not_a_refusal() {
     // The repository side catches the shared path first; either way, exit 3 and untouched.
     run.code(3);
     assert_eq!(before, snapshot(&repo.path().join("targets/validation")));
+}
+
+#[test]
+fn a_plan_cut_short_before_the_prompt_is_not_confirmed() {
+    let repo = Repo::ungated();
+    let mut text = repo.read("environments/validation.toml");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "\n[settings.r{i:04}]\nqueue = \"arn:aws:sqs:eu-west-1:111111111111:jobs\"\n\
+             engine = \"conformer-ctc\"\nthreads = 4\n"
+        ));
+    }
+    repo.write("environments/validation.toml", text);
+    repo.commit("validation: 3000 resources");
+    // On a terminal (stdin and stderr), stdout a pipe into a reader that stops early; the
+    // operator would answer `y` to a prompt.
+    let cmd = format!(
+        "{{ {} -C {} --target validation; echo \"deploy exited $?\" >&2; }} | head -c 100",
+        env!("CARGO_BIN_EXE_deploy"),
+        repo.path().display()
+    );
+    let run = on_terminal(&cmd, "y\n");
+    run.stdout_has("not applying: stdout was closed before the whole plan was written")
+        .stdout_has("deploy exited 1");
+    assert!(!run.stdout.contains("[y/N]"), "prompted:\n{}", run.stdout);
+    assert!(
+        !repo.path().join("targets").exists(),
+        "the target was written"
+    );
+}
+
+#[test]
+fn ctrl_d_at_the_prompt_cancels_on_a_line_of_its_own() {
+    let repo = Repo::ungated();
+    // No answer at all: the terminal sees end of input (Ctrl-D).
+    let run = deploy_on_terminal(&repo, "--target validation", "");
+    run.code(1).stdout_has(
+        "[y/N] \r\nerror: cancelled: no answer (end of input at the prompt); nothing was changed",
+    );
+    assert!(
+        !repo.path().join("targets").exists(),
+        "the target was written"
+    );
 }
