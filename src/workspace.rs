@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{self, Config, Environment, Keep};
 use crate::error::Failure;
+use crate::output::{Printer, style};
 use crate::repo::{CommitInfo, Repo, RepoError};
 
 /// Open the repository containing `dir`.
@@ -63,6 +64,36 @@ pub fn refuse_dirty(status: Result<Vec<(String, &'static str)>, RepoError>) -> R
     Err(f
         .hint("deploy reads configuration from commits only; commit (and review) these changes, or stash them, then run again")
         .into())
+}
+
+/// The uncommitted files under `environments/` and `schemas/`, for a command that only reads
+/// (it shows the commit and says the tree is dirty); a status that cannot be read is an error.
+pub fn dirty_or_refuse(
+    status: Result<Vec<(String, &'static str)>, RepoError>,
+) -> Result<Vec<(String, &'static str)>> {
+    status.context("cannot read the working tree's status")
+}
+
+/// `warning: uncommitted changes ... are not shown`, on stderr, for a read-only command.
+pub fn warn_dirty(printer: &Printer, dirty: &[(String, &'static str)], commit: &CommitInfo) {
+    if dirty.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "{} the configuration has uncommitted changes ({} file{}); this shows commit {} ({}), not them:\n",
+        printer.paint(style::WARN, "warning:"),
+        dirty.len(),
+        if dirty.len() == 1 { "" } else { "s" },
+        commit.short(),
+        commit.rev
+    );
+    for (path, what) in dirty {
+        text.push_str(&format!("  {what}: {path}\n"));
+    }
+    text.push_str(
+        "  deploy reads configuration from commits only; commit (and review) them to deploy them\n",
+    );
+    printer.err(&text);
 }
 
 /// Refuse (exit 3) when a command the environment runs from inside the repository (a relative

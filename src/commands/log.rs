@@ -60,7 +60,13 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         None => target,
     };
     let repo = workspace::open(dir)?;
-    let (_commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
+    let (commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
+    // Read-only: it runs on a dirty tree and says what it does not show.
+    workspace::warn_dirty(
+        printer,
+        &repo.dirty_config_files().unwrap_or_default(),
+        &commit,
+    );
     let envs: Vec<&Environment> = match &target {
         Some(name) => vec![workspace::environment(&config, name)?],
         None => config.environments.iter().collect(),

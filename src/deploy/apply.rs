@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::journal::{JOURNAL_VERSION, Journal, Phase};
 use super::saved::{self, LiveState, SavedPlan};
-use super::{Deployment, HealthReport, operator, render_plan};
+use super::{Deployment, HealthReport, Overwritten, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
@@ -31,6 +31,8 @@ pub struct Report {
     pub account: String,
     pub commit: String,
     pub target: String,
+    /// Where the repository is: its working tree and `origin`'s URL.
+    pub repository: crate::repo::Location,
     /// `applied`, `unchanged`, `rolled-back`, `planned`.
     pub outcome: String,
     /// True when this run adopted (stamped) an empty target.
@@ -40,6 +42,9 @@ pub struct Report {
     pub generation: Option<GenerationId>,
     pub summary: Counts,
     pub changes: Vec<Change>,
+    /// The changed resources that were changed outside envlock since the live generation was
+    /// written: applying reverts those edits.
+    pub overwrites_drift: Vec<Overwritten>,
     pub health: Option<HealthReport>,
     /// The health check of the generation made live again by a rollback.
     pub rollback_health: Option<HealthReport>,
@@ -88,12 +93,14 @@ impl Report {
             account: d.env.account.value.clone(),
             commit: d.commit.id.to_string(),
             target: d.target.describe(),
+            repository: d.location.clone(),
             outcome: outcome.to_owned(),
             adopted: false,
             previous_generation: None,
             generation: None,
             summary: Counts::default(),
             changes: Vec::new(),
+            overwrites_drift: Vec::new(),
             health: None,
             rollback_health: None,
             recovered: Vec::new(),
@@ -199,18 +206,33 @@ fn describe_live(d: &Deployment<'_>, live: &Live, stamp: &StampState) -> String 
     }
 }
 
-/// Print the plan's header and body (stdout, text mode only).
-fn show_plan(d: &Deployment<'_>, heading: &str, target_line: &str, plan: &Plan) -> Result<()> {
+/// Print the plan's header and body (stdout, text mode only). Returns the resources it
+/// changes that were changed outside envlock since the live generation was written (marked).
+fn show_plan(
+    d: &Deployment<'_>,
+    heading: &str,
+    target_line: &str,
+    live: &Live,
+    plan: &Plan,
+) -> Result<Vec<Overwritten>> {
+    let over = super::overwritten(&*d.target, plan, live.generation).unwrap_or_else(|e| {
+        d.warn(&format!(
+            "cannot tell whether the live state was changed outside envlock: {e}"
+        ));
+        Vec::new()
+    });
     if d.printer.is_json() {
-        return Ok(());
+        return Ok(over);
     }
     let mut s = format!(
-        "{heading}\n  target: {} — {target_line}\n\n",
+        "{heading}\n  repository: {}\n  target:     {} — {target_line}\n\n",
+        d.location,
         d.target.describe()
     );
-    s.push_str(&render_plan(d.printer, plan));
+    let local = matches!(d.env.target.kind, TargetKind::Dir { .. });
+    s.push_str(&render_plan(d.printer, plan, &over, local));
     d.printer.out(&s)?;
-    Ok(())
+    Ok(over)
 }
 
 fn heading(d: &Deployment<'_>) -> String {
@@ -322,15 +344,19 @@ pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<Secret
 pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let resolved = resolve_secrets(d)?;
-    if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
-        let what = Journal::from_bytes(&bytes)
-            .map(|j| j.describe())
-            .unwrap_or_else(|e| format!("an unreadable journal ({e})"));
-        d.warn(&format!(
+    match super::status::activity(d)? {
+        (Some(run), _) => d.warn(&format!(
+            "a deployment is in progress ({}; now {}): this plan is against the live state as \
+             it is at this moment",
+            run.who(),
+            run.doing()
+        )),
+        (None, Some(what)) => d.warn(&format!(
             "an interrupted deployment was found ({what}); the next `deploy --target {}` \
              resolves it before doing anything else",
             d.env.name
-        ));
+        )),
+        (None, None) => {}
     }
     if let Err(err) = super::gate::check(d, &d.commit.id.to_string()) {
         d.warn(&format!(
@@ -374,10 +400,11 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         }
         .seal()
     });
-    show_plan(
+    report.overwrites_drift = show_plan(
         d,
         &format!("Plan for {}", heading(d)),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     )?;
     if !plan.is_empty() {
@@ -432,10 +459,11 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
-    show_plan(
+    report.overwrites_drift = show_plan(
         d,
         &format!("Deploying {}", heading(d)),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     )?;
     if !plan.is_empty() {
@@ -1383,7 +1411,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         &key,
     );
     report.set_plan(&plan);
-    show_plan(
+    let over = show_plan(
         d,
         &format!(
             "Rolling back {} from generation {} (commit {}) to generation {} (commit {}, applied {})",
@@ -1395,8 +1423,10 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
             wanted.created
         ),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     )?;
+    report.overwrites_drift = over;
     d.confirm(yes, &format!("make generation {} live again", wanted.id))?;
     let _lock = match lock {
         Some(held) => held,

@@ -201,4 +201,56 @@ impl Repo {
         out.sort();
         Ok(out)
     }
+
+    /// Where this clone is, for headings: its working tree (else its git directory) and the
+    /// URL of `origin` (else of the only remote), so that a run from the wrong clone shows.
+    pub fn location(&self) -> Location {
+        let path = self.repo.workdir().unwrap_or(self.repo.path());
+        let path = path.to_string_lossy();
+        let path = path.strip_suffix('/').unwrap_or(&path).to_owned();
+        let names = self.repo.remotes().ok();
+        let names: Vec<&str> = names
+            .iter()
+            .flat_map(|r| r.iter().flatten().flatten())
+            .collect();
+        let name = match names.as_slice() {
+            [only] => Some(*only),
+            _ => names.iter().copied().find(|n| *n == "origin"),
+        };
+        let remote = name.and_then(|n| {
+            let r = self.repo.find_remote(n).ok()?;
+            Some(format!("{n} {}", without_userinfo(r.url().ok()?)))
+        });
+        Location { path, remote }
+    }
+}
+
+/// `https://token@host/x` as `https://host/x`: a URL's credentials are never shown.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Where a clone is (see [`Repo::location`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Location {
+    /// The working tree.
+    pub path: String,
+    /// `origin <url>`, when the clone has that remote (or only one).
+    pub remote: Option<String>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.remote {
+            Some(r) => write!(f, "{} ({r})", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
 }

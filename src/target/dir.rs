@@ -115,6 +115,19 @@ fn lstat(path: &Path) -> Result<Option<fs::Metadata>, TargetError> {
     }
 }
 
+/// False when `holder` ran on this host and its process is gone (killed: the kernel released
+/// its `flock`, but nothing emptied the lock file). A holder on another host counts as alive.
+fn holder_alive(holder: &Holder) -> bool {
+    let here = rustix::system::uname().nodename().to_string_lossy() == holder.host;
+    let Some(pid) = i32::try_from(holder.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return !here;
+    };
+    !here || rustix::process::test_kill_process(pid) != Err(Errno::SRCH)
+}
+
 /// Where a symlink points, for messages.
 fn link_text(path: &Path) -> String {
     fs::read_link(path)
@@ -875,6 +888,28 @@ impl Target for DirTarget {
             }
         }
         Err(TargetError::Locked(Holder::unknown()))
+    }
+
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.check_layout()?;
+        let path = self.state_dir().join(LOCK_FILE);
+        if !lstat(&path)?.is_some_and(|m| m.is_file()) {
+            return Ok(None);
+        }
+        // Read only, never `flock`: even a moment's shared lock could make a deployer's
+        // `lock` fail. A released lock is emptied before it is unlocked.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
+            return Ok(Some(Holder::unknown()));
+        };
+        Ok(holder_alive(&holder).then_some(holder))
     }
 
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {

@@ -299,6 +299,10 @@ pub trait Target {
     }
     /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
+    /// Who holds the deployment lock now (`None`: nobody), found without taking it, so that a
+    /// deployer's [`Target::lock`] is never made to wait or fail by the one who asks. A holder
+    /// that died no longer counts.
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
     /// The live generation and its resources.
     fn live(&self) -> Result<Live, TargetError>;
     /// Resources of the last [`Target::live`] that the target itself stores as secret (an

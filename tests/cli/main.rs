@@ -21,4 +21,5 @@ mod moto;
 mod prompt;
 mod provider_ssm;
 mod secrets;
+mod status;
 mod worktree;

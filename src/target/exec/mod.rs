@@ -590,6 +590,10 @@ impl Target for ExecTarget {
         self.state.lock(holder)
     }
 
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.state.lock_holder()
+    }
+
     fn live(&self) -> Result<Live, TargetError> {
         let read = self.read()?;
         let resources = read
