@@ -37,8 +37,23 @@ pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> 
         ),
         other => anyhow::Error::new(other),
     })?;
-    let config = config::load_keeping(input, keep);
+    let mut config = config::load_keeping(input, keep);
+    blame_changed(repo, &commit, &mut config);
     Ok((commit, config))
+}
+
+/// Tell a clash between two files (two environments with one target) from the side of the
+/// file this commit changed, so the marker lands on the new copy, not on the file it copied.
+fn blame_changed(repo: &Repo, commit: &CommitInfo, config: &mut Config) {
+    if config.diagnostics.iter().all(|d| d.other_side.is_none()) {
+        return;
+    }
+    let Ok(changed) = repo.changed_config_files(commit) else {
+        return;
+    };
+    crate::diagnostic::prefer_changed(&mut config.diagnostics, &config.sources, &|path| {
+        changed.iter().any(|c| c == path)
+    });
 }
 
 /// Refuse (exit 3) when `environments/` or `schemas/` have uncommitted or untracked changes.

@@ -202,6 +202,32 @@ impl Repo {
         Ok(out)
     }
 
+    /// The files under `environments/` and `schemas/` that `commit` added or changed against
+    /// its first parent (all of them for a root commit).
+    pub fn changed_config_files(&self, commit: &CommitInfo) -> Result<Vec<String>, RepoError> {
+        let c = self.repo.find_commit(commit.id)?;
+        let tree = c.tree()?;
+        let parent = match c.parent(0) {
+            Ok(p) => Some(p.tree()?),
+            Err(_) => None,
+        };
+        let mut opts = git2::DiffOptions::new();
+        for d in CONFIG_DIRS {
+            opts.pathspec(format!("{d}/"));
+        }
+        let diff = self
+            .repo
+            .diff_tree_to_tree(parent.as_ref(), Some(&tree), Some(&mut opts))?;
+        Ok(diff
+            .deltas()
+            .filter_map(|d| {
+                d.new_file()
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .collect())
+    }
+
     /// Where this clone is, for headings: its working tree (else its git directory) and the
     /// URL of `origin` (else of the only remote), so that a run from the wrong clone shows.
     pub fn location(&self) -> Location {

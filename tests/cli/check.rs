@@ -223,3 +223,33 @@ fn check_names_the_uncommitted_files_it_did_not_check() {
     let doc: CheckJson = serde_json::from_str(&json.stdout).unwrap();
     assert!(doc.unchecked.is_empty());
 }
+
+#[test]
+fn a_target_clash_is_marked_on_the_file_the_commit_changed() {
+    let repo = Repo::base();
+    repo.edit(
+        "environments/prod.toml",
+        &[("path = \"targets/prod\"", "path = \"targets/blue\"")],
+    );
+    repo.commit("prod moves to the blue directory");
+    // A new environment copies prod's target. It sorts first, and its path names neither
+    // environment: only the commit tells which file is the copy.
+    repo.write(
+        "environments/alpha.toml",
+        "[environment]\naccount = \"333333333333\"\nextends = [\"_common\"]\n\n[target]\nkind = \"dir\"\npath = \"targets/blue\"\n\n[settings.worker]\nqueue = \"arn:aws:sqs:eu-west-1:333333333333:jobs\"\nendpoint = \"https://alpha.example.com/healthz\"\n",
+    );
+    repo.commit("add alpha");
+    let run = repo.deploy(&["check"]);
+    run.code(1)
+        .stderr_has("error[duplicate-target]: environments `alpha` and `prod` have the same target `targets/blue`\n  --> environments/alpha.toml:7:8\n")
+        .stderr_has("^^^^^^^^^^^^^^ also the target of `prod`")
+        .stderr_has("  ::: environments/prod.toml:11:8")
+        .stderr_has("invalid: alpha\n");
+    let json = repo.deploy(&["check", "--format", "json"]);
+    let doc: CheckJson = serde_json::from_str(&json.stdout).unwrap();
+    let e = &doc.errors[0];
+    assert_eq!(
+        (e.file.as_deref(), e.line, e.environment.as_deref()),
+        (Some("environments/alpha.toml"), Some(7), Some("alpha"))
+    );
+}
