@@ -557,6 +557,20 @@ fn identity_of_another_account_is_refused() {
 }
 
 #[test]
+fn a_stamp_with_another_environments_account_says_whose_it_is() {
+    let repo = Repo::ungated();
+    deploy_yes(&repo, "prod").code(0);
+    // prod's stamp now says validation's account (a restored backup of the wrong target?).
+    let stamp = target(&repo, "prod").join(".envlock/stamp.json");
+    let text = read(&stamp);
+    std::fs::write(&stamp, text.replace("222222222222", "111111111111")).unwrap();
+    let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
+    run.code(3)
+        .stderr_has("is stamped for `prod` with account 111111111111")
+        .stderr_has("111111111111 is `validation`'s account");
+}
+
+#[test]
 fn identity_of_the_right_account_deploys() {
     let repo = Repo::ungated();
     set_prod(&repo, IDENTITY_FROM_ENV, 16);

@@ -74,6 +74,23 @@ fn status_during_a_deploy_held_in_its_health_check_says_it_is_in_progress() {
     assert!(s.in_progress.is_none());
     assert_eq!(s.interrupted, None);
     assert_eq!(s.live.map(|l| l.id), Some(2));
+
+    // A rollback held in its health check is in progress too, and says so.
+    std::fs::remove_file(scratch.path().join("started")).unwrap();
+    std::fs::remove_file(scratch.path().join("release")).unwrap();
+    let mut child = repo.spawn_deploy(&["rollback", "--target", "prod", "--yes"], &[]);
+    wait_for_file(&mut child, &scratch.path().join("started"));
+    repo.deploy(&["status", "--target", "prod"])
+        .code(0)
+        .stdout_has("a deployment is in progress: rollback of commit ")
+        .stdout_has("now: health-checking generation 1, which is live but not verified yet");
+    let running = status_json(&repo, "prod")
+        .in_progress
+        .expect("a rollback in progress");
+    assert_eq!(running.action.as_deref(), Some("rollback"));
+    assert_eq!((running.previous, running.next), (Some(2), Some(1)));
+    std::fs::write(scratch.path().join("release"), "").unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]
