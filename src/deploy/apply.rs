@@ -215,7 +215,7 @@ fn show_plan(
     live: &Live,
     plan: &Plan,
 ) -> Result<Vec<Overwritten>> {
-    let over = super::overwritten(&*d.target, plan, live.generation).unwrap_or_else(|e| {
+    let over = super::overwritten(&*d.target, plan, live).unwrap_or_else(|e| {
         d.warn(&format!(
             "cannot tell whether the live state was changed outside envlock: {e}"
         ));

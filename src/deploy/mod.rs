@@ -795,16 +795,17 @@ pub struct Overwritten {
 }
 
 /// The resources `plan` changes that drifted from the live generation (`status`'s drift),
-/// or why that could not be told.
+/// or why that could not be told. `live`: what the plan was computed against.
 pub fn overwritten(
     target: &dyn Target,
     plan: &Plan,
-    generation: Option<GenerationId>,
+    live: &crate::target::Live,
 ) -> Result<Vec<Overwritten>, TargetError> {
-    let Some(generation) = generation.filter(|_| !plan.is_empty()) else {
+    let Some(generation) = live.generation.filter(|_| !plan.is_empty()) else {
         return Ok(Vec::new());
     };
-    let drift = target.drift()?;
+    let names = plan.changes.iter().map(|c| c.resource.clone()).collect();
+    let drift = target.drift_of(live, &names)?;
     let mut out = Vec::new();
     for (kind, names) in [
         ("edited", &drift.edited),

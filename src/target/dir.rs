@@ -369,6 +369,20 @@ impl DirTarget {
         &self.path
     }
 
+    /// The SHA-256 of every resource file of generation `id` as written (`None`: written
+    /// without checksums).
+    fn sums(&self, id: GenerationId) -> Result<Option<BTreeMap<String, String>>, TargetError> {
+        let file = self.generation_dir(id).join(SUMS_FILE);
+        let bytes = match fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &file)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TargetError::Corrupt(format!("{} is not valid: {e}", file.display())))
+    }
+
     /// The directory where envlock keeps its state for this target (stamp, journal, log).
     pub fn state_dir(&self) -> PathBuf {
         self.path.join(STATE_DIR)
@@ -1028,19 +1042,32 @@ impl Target for DirTarget {
         self.read_generation(id)
     }
 
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        // `live` is the generation's files as just read: only its checksums are read here.
+        let Some(sums) = live
+            .generation
+            .map(|id| self.sums(id))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Drift::default());
+        };
+        Ok(Drift::between(
+            &sums,
+            &live.resources,
+            names,
+            |sum, bytes| super::sha256_hex(bytes) == *sum,
+        ))
+    }
+
     fn drift(&self) -> Result<Drift, TargetError> {
         let layout = self.check_layout()?;
         let Some(id) = layout.current else {
             return Ok(Drift::default());
         };
-        let file = self.generation_dir(id).join(SUMS_FILE);
-        let bytes = match fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Drift::default()),
-            Err(e) => return Err(io_err("read", &file)(e)),
+        let Some(sums) = self.sums(id)? else {
+            return Ok(Drift::default());
         };
-        let sums: BTreeMap<String, String> = serde_json::from_slice(&bytes)
-            .map_err(|e| TargetError::Corrupt(format!("{} is not valid: {e}", file.display())))?;
         let live = self.read_generation(id)?;
         let mut drift = Drift {
             checked: true,

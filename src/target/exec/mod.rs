@@ -638,6 +638,20 @@ impl Target for ExecTarget {
         self.state.resources(id)
     }
 
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        // `live` is the provider's answer just read: only the state's copy is read here.
+        let Some(id) = live.generation else {
+            return Ok(Drift::default());
+        };
+        let written = self.state.resources(id)?;
+        Ok(Drift::between(
+            &written,
+            &live.resources,
+            names,
+            |w, bytes| w.as_slice() == bytes,
+        ))
+    }
+
     fn drift(&self) -> Result<Drift, TargetError> {
         let Some(id) = self.state.live_generation()? else {
             return Ok(Drift::default());
