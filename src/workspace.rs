@@ -83,7 +83,7 @@ pub fn refuse_dirty(status: Result<Vec<(String, &'static str)>, RepoError>) -> R
 
 /// The uncommitted files under `environments/` and `schemas/`, for a command that only reads
 /// (it shows the commit and says the tree is dirty); a status that cannot be read is an error.
-pub fn dirty_or_refuse(
+pub fn read_dirty(
     status: Result<Vec<(String, &'static str)>, RepoError>,
 ) -> Result<Vec<(String, &'static str)>> {
     status.context("cannot read the working tree's status")

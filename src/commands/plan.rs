@@ -40,7 +40,7 @@ fn prepare(
         workspace::refuse_dirty(status)?;
         Vec::new()
     } else {
-        workspace::dirty_or_refuse(status)?
+        workspace::read_dirty(status)?
     };
     // The lock is a property of the whole repository: any cross-environment problem means
     // someone confused environments, so nothing is deployed from this commit.
