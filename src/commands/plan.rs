@@ -25,18 +25,18 @@ use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
 type ConfigStatus = Result<Vec<(String, &'static str)>, RepoError>;
 
 /// Everything that must hold before a target is even looked at. `status`: the working tree's,
-/// read while the configuration loaded. A command that `writes` refuses uncommitted
+/// read while the configuration loaded. A `job` that writes refuses uncommitted
 /// configuration; the others (they show the commit) get the dirty files back, to say so.
 fn prepare(
     repo: &Repo,
     status: ConfigStatus,
-    writes: bool,
+    job: &Job,
     config: &Config,
     commit: &CommitInfo,
     name: &str,
     printer: &Printer,
 ) -> Result<Vec<(String, &'static str)>> {
-    let dirty = if writes {
+    let dirty = if matches!(job, Job::Apply { .. } | Job::Rollback { .. }) {
         workspace::refuse_dirty(status)?;
         Vec::new()
     } else {
@@ -141,43 +141,42 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
-    let result =
-        prepare(&repo, status, notifies, &config, &commit, name, printer).and_then(|dirty| {
-            let env = workspace::environment(&config, name)?;
-            if let Job::Apply {
-                saved: Some(saved), ..
-            } = &job
-            {
-                let (path, plan) = &**saved;
-                plan.check_owner(env, path)?;
-            }
-            // A plan may be made anywhere (a pull request is not on `branch` yet); only what
-            // writes must be on `branch`.
-            match (&job, deploy::check_branch(&repo, env, &commit)) {
-                (_, Ok(())) => {}
-                (Job::Plan { .. } | Job::Status, Err(e)) => printer.err(&format!(
-                    "{} {e:#}; `deploy apply` will refuse it until then\n",
-                    printer.paint(envlock::output::style::WARN, "warning:")
-                )),
-                (_, Err(e)) => return Err(e),
-            }
-            let mut d = Deployment::new(&repo, env, &commit, printer)?;
-            d.after = env
-                .after
-                .iter()
-                .filter_map(|a| config.get(&a.value))
-                .collect();
-            d.accounts = config.accounts();
-            workspace::warn_dirty(printer, &dirty, &commit);
-            d.dirty = dirty;
-            if let Job::Apply {
-                saved: Some(saved), ..
-            } = &job
-            {
-                d.plan_sha256 = Some(saved.1.id().to_owned());
-            }
-            run_job(&d, job, printer)
-        });
+    let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
+        let env = workspace::environment(&config, name)?;
+        if let Job::Apply {
+            saved: Some(saved), ..
+        } = &job
+        {
+            let (path, plan) = &**saved;
+            plan.check_owner(env, path)?;
+        }
+        // A plan may be made anywhere (a pull request is not on `branch` yet); only what
+        // writes must be on `branch`.
+        match (&job, deploy::check_branch(&repo, env, &commit)) {
+            (_, Ok(())) => {}
+            (Job::Plan { .. } | Job::Status, Err(e)) => printer.err(&format!(
+                "{} {e:#}; `deploy apply` will refuse it until then\n",
+                printer.paint(envlock::output::style::WARN, "warning:")
+            )),
+            (_, Err(e)) => return Err(e),
+        }
+        let mut d = Deployment::new(&repo, env, &commit, printer)?;
+        d.after = env
+            .after
+            .iter()
+            .filter_map(|a| config.get(&a.value))
+            .collect();
+        d.accounts = config.accounts();
+        workspace::warn_dirty(printer, &dirty, &commit);
+        d.dirty = dirty;
+        if let Job::Apply {
+            saved: Some(saved), ..
+        } = &job
+        {
+            d.plan_sha256 = Some(saved.1.id().to_owned());
+        }
+        run_job(&d, job, printer)
+    });
     // Tell the environment's notifier (from the reviewed commit) about every refusal, failure
     // and rollback, once the environment is known; not about a cancelled prompt.
     if notifies
