@@ -299,7 +299,7 @@ fn render_target(s: &Status) -> String {
 fn render_activity(p: &Printer, s: &Status) -> String {
     if let Some(run) = &s.in_progress {
         return format!(
-            "  {} a deployment is in progress: {}\n               now: {}\n               \
+            "  {}     a deployment is in progress: {}\n               now: {}\n               \
              what is live may still change; run `deploy status --target {}` again when it finishes\n",
             p.paint_out(style::WARN, "running:"),
             run.who(),
@@ -309,7 +309,7 @@ fn render_activity(p: &Printer, s: &Status) -> String {
     }
     match &s.interrupted {
         Some(i) => format!(
-            "  {}   an interrupted deployment ({i}); nobody holds the lock, and the next deploy \
+            "  {}     an interrupted deployment ({i}); nobody holds the lock, and the next deploy \
              resolves it\n",
             p.paint_out(style::WARN, "journal:")
         ),
