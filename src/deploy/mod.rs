@@ -857,11 +857,12 @@ fn overwritten_mark(o: &Overwritten, local: bool) -> String {
         "removed" => (DriftKind::Removed, "this puts it back"),
         _ => (DriftKind::Edited, "this reverts the edit"),
     };
-    format!(
-        "  <- {} since generation {}: {verb}",
-        drift_word(local, kind),
-        o.generation
-    )
+    let how = match (local, kind) {
+        // `status` says "not managed by envlock" of a key someone else added; here it was added.
+        (false, DriftKind::Added) => "added outside envlock",
+        _ => drift_word(local, kind),
+    };
+    format!("  <- {how} since generation {}: {verb}", o.generation)
 }
 
 /// The plan as text: one `+`/`~`/`-` line per resource with its diff, then the summary.
