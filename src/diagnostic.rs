@@ -31,6 +31,9 @@ pub struct Diagnostic {
     pub secondary: Vec<(Loc, String)>,
     /// What to do about it.
     pub hint: Option<String>,
+    /// The same problem told from the other file's side (a clash between two files): shown
+    /// instead when only that file changed in the commit (see [`prefer_changed`]).
+    pub other_side: Option<Box<Diagnostic>>,
 }
 
 impl Diagnostic {
@@ -43,6 +46,7 @@ impl Diagnostic {
             primary: None,
             secondary: Vec::new(),
             hint: None,
+            other_side: None,
         }
     }
 
@@ -106,4 +110,25 @@ pub struct DiagnosticJson {
     pub column: Option<usize>,
     pub label: Option<String>,
     pub hint: Option<String>,
+}
+
+/// Tell each clash between two files from the side of the file the commit changed: when
+/// `changed(file)` holds for the other side's primary file and not for this one's, the other
+/// side replaces it (a new environment copying a target is blamed, not the one it copied).
+pub fn prefer_changed(diags: &mut [Diagnostic], sources: &Sources, changed: &dyn Fn(&str) -> bool) {
+    let file_changed = |d: &Diagnostic| {
+        d.primary
+            .as_ref()
+            .is_some_and(|(loc, _)| changed(&sources.get(loc.file).path))
+    };
+    for d in diags.iter_mut() {
+        let Some(other) = d.other_side.take() else {
+            continue;
+        };
+        if file_changed(&other) && !file_changed(d) {
+            *d = *other;
+        } else {
+            d.other_side = Some(other);
+        }
+    }
 }

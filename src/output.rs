@@ -114,6 +114,17 @@ impl Printer {
         }
     }
 
+    /// The width of the terminal stdout is, in columns; `None` when stdout is not a terminal
+    /// (or the terminal does not say), where nothing should be cut to fit.
+    pub fn out_width(&self) -> Option<usize> {
+        let stdout = io::stdout();
+        if self.format == Format::Json || !stdout.is_terminal() {
+            return None;
+        }
+        let size = rustix::termios::tcgetwinsize(&stdout).ok()?;
+        (size.ws_col > 0).then_some(usize::from(size.ws_col))
+    }
+
     /// Write the command's product to stdout. A closed pipe is reported as `BrokenPipe` once;
     /// after that stdout is gone and later writes do nothing (a deployment that goes on
     /// without its reader reports on stderr and by its exit code).

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use crate::config::{self, Config, Environment, Keep};
 use crate::diagnostic::Diagnostic;
 use crate::error::Failure;
+use crate::output::{Printer, style};
 use crate::repo::{CommitInfo, Repo, RepoError};
 
 /// Open the repository containing `dir`.
@@ -47,6 +48,7 @@ pub fn load(repo: &Repo, rev: &str, keep: Keep) -> Result<(CommitInfo, Config)> 
             .iter()
             .flat_map(|e| e.secret_vars.clone()),
     );
+    blame_changed(repo, &commit, &mut config);
     Ok((commit, config))
 }
 
@@ -112,6 +114,20 @@ fn committed_symlinks(repo: &Repo, commit: &CommitInfo, config: &Config) -> Vec<
     out
 }
 
+/// Tell a clash between two files (two environments with one target) from the side of the
+/// file this commit changed, so the marker lands on the new copy, not on the file it copied.
+fn blame_changed(repo: &Repo, commit: &CommitInfo, config: &mut Config) {
+    if config.diagnostics.iter().all(|d| d.other_side.is_none()) {
+        return;
+    }
+    let Ok(changed) = repo.changed_config_files(commit) else {
+        return;
+    };
+    crate::diagnostic::prefer_changed(&mut config.diagnostics, &config.sources, &|path| {
+        changed.iter().any(|c| c == path)
+    });
+}
+
 /// Refuse (exit 3) when `environments/` or `schemas/` have uncommitted or untracked changes.
 pub fn require_clean(repo: &Repo) -> Result<()> {
     refuse_dirty(repo.dirty_config_files())
@@ -135,6 +151,36 @@ pub fn refuse_dirty(status: Result<Vec<(String, &'static str)>, RepoError>) -> R
     Err(f
         .hint("deploy reads configuration from commits only; commit (and review) these changes, or stash them, then run again")
         .into())
+}
+
+/// The uncommitted files under `environments/` and `schemas/`, for a command that only reads
+/// (it shows the commit and says the tree is dirty); a status that cannot be read is an error.
+pub fn read_dirty(
+    status: Result<Vec<(String, &'static str)>, RepoError>,
+) -> Result<Vec<(String, &'static str)>> {
+    status.context("cannot read the working tree's status")
+}
+
+/// `warning: uncommitted changes ... are not shown`, on stderr, for a read-only command.
+pub fn warn_dirty(printer: &Printer, dirty: &[(String, &'static str)], commit: &CommitInfo) {
+    if dirty.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "{} the configuration has uncommitted changes ({} file{}); this shows commit {} ({}), not them:\n",
+        printer.paint(style::WARN, "warning:"),
+        dirty.len(),
+        if dirty.len() == 1 { "" } else { "s" },
+        commit.short(),
+        commit.rev
+    );
+    for (path, what) in dirty {
+        text.push_str(&format!("  {what}: {path}\n"));
+    }
+    text.push_str(
+        "  deploy reads configuration from commits only; commit (and review) them to deploy them\n",
+    );
+    printer.err(&text);
 }
 
 /// Refuse (exit 3) when a command the environment runs from inside the repository (a relative

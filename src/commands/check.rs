@@ -20,6 +20,16 @@ struct CheckJson {
     rev: String,
     environments: Vec<EnvStatus>,
     errors: Vec<DiagnosticJson>,
+    /// Uncommitted files under `environments/` and `schemas/`: check reads the commit, so
+    /// these were not checked.
+    unchecked: Vec<Unchecked>,
+}
+
+#[derive(Serialize)]
+struct Unchecked {
+    path: String,
+    /// `modified`, `untracked`, `deleted`, `staged, not committed`.
+    status: &'static str,
 }
 
 #[derive(Serialize)]
@@ -31,7 +41,17 @@ struct EnvStatus {
 pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
     let CheckArgs { rev } = args;
     let repo = workspace::open(dir)?;
-    let (commit, config) = workspace::load(&repo, &rev, Keep::Nothing)?;
+    // The working tree's status (not checked, but named) is read on another core meanwhile.
+    let (loaded, dirty) = std::thread::scope(|s| {
+        let dirty = s.spawn(|| {
+            envlock::repo::Repo::discover(dir)
+                .and_then(|r| r.dirty_config_files())
+                .unwrap_or_default()
+        });
+        let loaded = workspace::load(&repo, &rev, Keep::Nothing);
+        (loaded, dirty.join().unwrap_or_default())
+    });
+    let (commit, config) = loaded?;
     let ok = config.diagnostics.is_empty();
     let names = config.names();
     let invalid: Vec<&String> = names
@@ -61,6 +81,13 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
                 .iter()
                 .map(|d| d.to_json(&config.sources))
                 .collect(),
+            unchecked: dirty
+                .iter()
+                .map(|(path, status)| Unchecked {
+                    path: path.clone(),
+                    status,
+                })
+                .collect(),
         })?;
     } else {
         printer.diagnostics(&config.sources, &config.diagnostics);
@@ -74,6 +101,9 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
                 rev,
                 names.join(", ")
             ))?;
+        }
+        if !dirty.is_empty() {
+            printer.out(&unchecked_line(printer, &dirty, &commit.short()))?;
         }
     }
     let n = config.diagnostics.len();
@@ -96,4 +126,18 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
     ))
     .json_printed(printer.is_json())
     .into())
+}
+
+/// `note: not checked (uncommitted): environments/prod.toml (modified)`: check reads a commit,
+/// so an edit not committed yet is neither valid nor invalid to it.
+fn unchecked_line(printer: &Printer, dirty: &[(String, &'static str)], commit: &str) -> String {
+    let files: Vec<String> = dirty
+        .iter()
+        .map(|(path, what)| format!("{path} ({what})"))
+        .collect();
+    format!(
+        "{} not checked, because not committed (check reads commit {commit}): {}\n",
+        printer.paint_out(style::WARN, "note:"),
+        files.join(", ")
+    )
 }

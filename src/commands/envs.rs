@@ -60,7 +60,13 @@ fn last_deployment(env: &Environment) -> Option<LastDeployment> {
 pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
     let RevArgs { rev } = args;
     let repo = workspace::open(dir)?;
-    let (_commit, config) = workspace::load(&repo, &rev, Keep::Nothing)?;
+    let (commit, config) = workspace::load(&repo, &rev, Keep::Nothing)?;
+    // Read-only: it runs on a dirty tree and says what it does not show.
+    workspace::warn_dirty(
+        printer,
+        &repo.dirty_config_files().unwrap_or_default(),
+        &commit,
+    );
     let rows: Vec<EnvRow> = config
         .environments
         .iter()

@@ -60,7 +60,13 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         None => target,
     };
     let repo = workspace::open(dir)?;
-    let (_commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
+    let (commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
+    // Read-only: it runs on a dirty tree and says what it does not show.
+    workspace::warn_dirty(
+        printer,
+        &repo.dirty_config_files().unwrap_or_default(),
+        &commit,
+    );
     let envs: Vec<&Environment> = match &target {
         Some(name) => vec![workspace::environment(&config, name)?],
         None => config.environments.iter().collect(),
@@ -217,6 +223,9 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         })
         .collect();
     let reasons: Vec<Option<String>> = records.iter().map(|r| r.reason.clone()).collect();
+    // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
+    // a pipe, CI logs) it is never cut.
+    let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
     if records.is_empty() {
         printer.err("No deployment has been recorded in the logs this machine can reach.\n");
     } else {
@@ -227,7 +236,7 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             if i > 0
                 && let Some(reason) = &reasons[i - 1]
             {
-                out.push_str(&format!("    ↳ {}\n", one_line(reason, 160)));
+                out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
             }
         }
         printer.out(&out)?;
@@ -310,11 +319,12 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
     .into())
 }
 
-fn one_line(s: &str, max: usize) -> String {
+/// `s` on one line; cut to `max` characters (and `…`) when `max` is given.
+fn one_line(s: &str, max: Option<usize>) -> String {
     let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
+    let Some(max) = max.filter(|m| flat.chars().count() > *m) else {
         return flat;
-    }
+    };
     let mut out: String = flat.chars().take(max).collect();
     out.push('…');
     out

@@ -25,16 +25,23 @@ use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
 type ConfigStatus = Result<Vec<(String, &'static str)>, RepoError>;
 
 /// Everything that must hold before a target is even looked at. `status`: the working tree's,
-/// read while the configuration loaded.
+/// read while the configuration loaded. A `job` that writes refuses uncommitted
+/// configuration; the others (they show the commit) get the dirty files back, to say so.
 fn prepare(
     repo: &Repo,
     status: ConfigStatus,
+    job: &Job,
     config: &Config,
     commit: &CommitInfo,
     name: &str,
     printer: &Printer,
-) -> Result<()> {
-    workspace::refuse_dirty(status)?;
+) -> Result<Vec<(String, &'static str)>> {
+    let dirty = if matches!(job, Job::Apply { .. } | Job::Rollback { .. }) {
+        workspace::refuse_dirty(status)?;
+        Vec::new()
+    } else {
+        workspace::read_dirty(status)?
+    };
     // The lock is a property of the whole repository: any cross-environment problem means
     // someone confused environments, so nothing is deployed from this commit.
     let safety: Vec<_> = config
@@ -73,7 +80,7 @@ fn prepare(
     }
     let env = workspace::environment(config, name)?;
     workspace::require_committed_commands(repo, env)?;
-    Ok(())
+    Ok(dirty)
 }
 
 /// Which command is running, for what happens after `prepare`.
@@ -134,7 +141,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
-    let result = prepare(&repo, status, &config, &commit, name, printer).and_then(|()| {
+    let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;
         deploy::check_target_paths(env, &config.environments)?;
         if let Job::Apply {
@@ -180,6 +187,9 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
                 .filter_map(|a| after.get(&a.value))
                 .collect();
         }
+        d.accounts = config.accounts();
+        workspace::warn_dirty(printer, &dirty, &commit);
+        d.dirty = dirty;
         if let Job::Apply {
             saved: Some(saved), ..
         } = &job

@@ -68,6 +68,17 @@ impl Config {
     pub fn names(&self) -> Vec<String> {
         sorted_names(&self.environments, &self.broken)
     }
+
+    /// Which environments name each account (for messages that meet an account).
+    pub fn accounts(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for e in &self.environments {
+            out.entry(e.account.value.clone())
+                .or_default()
+                .push(e.name.clone());
+        }
+        out
+    }
 }
 
 fn sorted_names(environments: &[Environment], broken: &[String]) -> Vec<String> {

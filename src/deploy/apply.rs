@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::journal::{JOURNAL_VERSION, Journal, Phase};
 use super::saved::{self, LiveState, SavedPlan};
-use super::{Deployment, HealthReport, operator, render_plan};
+use super::{Deployment, HealthReport, Overwritten, operator, render_plan};
 use crate::config::TargetKind;
 use crate::error::{Exit, Failure};
 use crate::failpoint;
@@ -34,6 +34,8 @@ pub struct Report {
     pub account: String,
     pub commit: String,
     pub target: String,
+    /// Where the repository is: its working tree and `origin`'s URL.
+    pub repository: crate::repo::Location,
     /// `applied`, `unchanged`, `rolled-back`, `planned`.
     pub outcome: String,
     /// True when this run adopted (stamped) an empty target.
@@ -43,6 +45,9 @@ pub struct Report {
     pub generation: Option<GenerationId>,
     pub summary: Counts,
     pub changes: Vec<Change>,
+    /// The changed resources that were changed outside envlock since the live generation was
+    /// written: applying reverts those edits.
+    pub overwrites_drift: Vec<Overwritten>,
     pub health: Option<HealthReport>,
     /// The health check of the generation made live again by a rollback.
     pub rollback_health: Option<HealthReport>,
@@ -95,12 +100,14 @@ impl Report {
             account: d.env.account.value.clone(),
             commit: d.commit.id.to_string(),
             target: d.target.describe(),
+            repository: d.location.clone(),
             outcome: outcome.to_owned(),
             adopted: false,
             previous_generation: None,
             generation: None,
             summary: Counts::default(),
             changes: Vec::new(),
+            overwrites_drift: Vec::new(),
             health: None,
             rollback_health: None,
             recovered: Vec::new(),
@@ -251,18 +258,33 @@ fn describe_live(d: &Deployment<'_>, live: &Live, stamp: &StampState) -> String 
     }
 }
 
-/// Print the plan's header and body (stdout, text mode only).
-fn show_plan(d: &Deployment<'_>, heading: &str, target_line: &str, plan: &Plan) -> Result<()> {
+/// Print the plan's header and body (stdout, text mode only). Returns the resources it
+/// changes that were changed outside envlock since the live generation was written (marked).
+fn show_plan(
+    d: &Deployment<'_>,
+    heading: &str,
+    target_line: &str,
+    live: &Live,
+    plan: &Plan,
+) -> Result<Vec<Overwritten>> {
+    let over = super::overwritten(&*d.target, plan, live).unwrap_or_else(|e| {
+        d.warn(&format!(
+            "cannot tell whether the live state was changed outside envlock: {e}"
+        ));
+        Vec::new()
+    });
     if d.printer.is_json() {
-        return Ok(());
+        return Ok(over);
     }
     let mut s = format!(
-        "{heading}\n  target: {} — {target_line}\n\n",
+        "{heading}\n  repository: {}\n  target:     {} — {target_line}\n\n",
+        d.location,
         d.target.describe()
     );
-    s.push_str(&render_plan(d.printer, plan));
+    let local = matches!(d.env.target.kind, TargetKind::Dir { .. });
+    s.push_str(&render_plan(d.printer, plan, &over, local));
     d.printer.out(&s)?;
-    Ok(())
+    Ok(over)
 }
 
 /// Show the plan of a run that changes the target. A reader of stdout that went away (`| head`
@@ -274,15 +296,16 @@ fn show_plan_to_confirm(
     yes: bool,
     heading: &str,
     target_line: &str,
+    live: &Live,
     plan: &Plan,
-) -> Result<()> {
-    match show_plan(d, heading, target_line, plan) {
+) -> Result<Vec<Overwritten>> {
+    match show_plan(d, heading, target_line, live, plan) {
         Err(_) if d.printer.stdout_closed() && (yes || plan.is_empty()) => {
             d.warn(
                 "stdout was closed before the whole plan was written (its reader exited); \
                  going on without it: what happens is reported here and by the exit code",
             );
-            Ok(())
+            Ok(Vec::new())
         }
         Err(_) if d.printer.stdout_closed() => Err(Failure::error(
             "not applying: stdout was closed before the whole plan was written (its reader \
@@ -408,15 +431,19 @@ pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<Secret
 pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     let resolved = resolve_secrets(d)?;
-    if let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? {
-        let what = Journal::from_bytes(&bytes)
-            .map(|j| j.describe())
-            .unwrap_or_else(|e| format!("an unreadable journal ({e})"));
-        d.warn(&format!(
+    match super::status::activity(d)? {
+        (Some(run), _) => d.warn(&format!(
+            "a deployment is in progress ({}; now {}): this plan is against the live state as \
+             it is at this moment",
+            run.who(),
+            run.doing()
+        )),
+        (None, Some(what)) => d.warn(&format!(
             "an interrupted deployment was found ({what}); the next `deploy --target {}` \
              resolves it before doing anything else",
             d.env.name
-        ));
+        )),
+        (None, None) => {}
     }
     if let Some(b) = super::forward::finding(d)? {
         d.warn(&format!(
@@ -471,6 +498,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         d,
         &format!("Plan for {}", heading(d)),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     );
     // A closed stdout ends a plan quietly, unless `--out FILE` still has its file to write.
@@ -479,7 +507,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             "stdout was closed before the whole plan was written (its reader exited); the plan \
              file is still written",
         ),
-        other => other?,
+        other => report.overwrites_drift = other?,
     }
     if !plan.is_empty() {
         check_fits(d, &plan)?;
@@ -536,11 +564,12 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
-    show_plan_to_confirm(
+    report.overwrites_drift = show_plan_to_confirm(
         d,
         yes,
         &format!("Deploying {}", heading(d)),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     )?;
     if !plan.is_empty() {
@@ -1755,7 +1784,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         &key,
     );
     report.set_plan(&plan);
-    show_plan_to_confirm(
+    let over = show_plan_to_confirm(
         d,
         yes,
         &format!(
@@ -1768,8 +1797,10 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
             wanted.created
         ),
         &describe_live(d, &live, &stamp),
+        &live,
         &plan,
     )?;
+    report.overwrites_drift = over;
     d.confirm(yes, &format!("make generation {} live again", wanted.id))?;
     let _lock = match lock {
         Some(held) => held,

@@ -57,6 +57,14 @@ pub struct Deployment<'a> {
     pub progress: &'a dyn Progress,
     /// Set once Ctrl-C rolls back instead of killing ([`Self::arm_interrupts`]).
     armed: AtomicBool,
+    /// Where the repository is (headings name it, so a run from the wrong clone shows).
+    pub location: crate::repo::Location,
+    /// Uncommitted files under `environments/` and `schemas/` (read-only commands run anyway
+    /// and say so); what is deployed always comes from the commit.
+    pub dirty: Vec<(String, &'static str)>,
+    /// Which environment owns each account the repository names (for refusals that meet
+    /// another environment's account).
+    pub accounts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -402,6 +410,9 @@ impl<'a> Deployment<'a> {
             plan_sha256: None,
             progress: printer,
             armed: AtomicBool::new(false),
+            location: repo.location(),
+            dirty: Vec::new(),
+            accounts: std::collections::BTreeMap::new(),
         })
     }
 
@@ -545,12 +556,32 @@ impl<'a> Deployment<'a> {
         if let Some(p) = principal {
             f = f.detail(format!("credentials: {p}"));
         }
+        if let Some(owner) = self.account_owner(&account) {
+            f = f.detail(owner);
+        }
         Err(f
             .hint(format!(
                 "these are another account's credentials: log in to account {} and run again; nothing was read or written",
                 self.env.account.value
             ))
             .into())
+    }
+
+    /// `111111111111 is `validation`'s account`, when the repository names `account` for
+    /// another environment: a refusal then says whose credentials or target these are.
+    fn account_owner(&self, account: &str) -> Option<String> {
+        let owners: Vec<String> = self
+            .accounts
+            .get(account)?
+            .iter()
+            .filter(|n| **n != self.env.name)
+            .map(|n| format!("`{n}`"))
+            .collect();
+        match owners.as_slice() {
+            [] => None,
+            [one] => Some(format!("{account} is {one}'s account")),
+            many => Some(format!("{account} is the account of {}", many.join(", "))),
+        }
     }
 
     fn check_stamp(&self, stamp: &Stamp) -> Result<()> {
@@ -580,9 +611,13 @@ impl<'a> Deployment<'a> {
                  nothing was read or written",
             )
         };
-        Err(f
-            .detail(format!("stamp: {}", stamp_path_hint(&*self.target)))
-            .into())
+        let f = f.detail(format!("stamp: {}", stamp_path_hint(&*self.target)));
+        // The stamp names this environment with another account: say whose account that is.
+        let f = match self.account_owner(&stamp.account) {
+            Some(owner) if stamp.environment == *env => f.detail(owner),
+            _ => f,
+        };
+        Err(f.into())
     }
 
     /// Run `[identity] command`; its trimmed stdout must be this environment's account.
@@ -642,6 +677,9 @@ impl<'a> Deployment<'a> {
             self.who()
         ))
         .detail(format!("identity command: {shown}"));
+        if let Some(owner) = self.account_owner(&got) {
+            f = f.detail(owner);
+        }
         for line in outcome.excerpt(10) {
             f = f.detail(line);
         }
@@ -962,9 +1000,93 @@ fn truncate(s: &str, max: usize) -> String {
     out
 }
 
+/// A resource that the plan changes and that was changed outside envlock since the live
+/// generation was written: applying the plan reverts that edit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overwritten {
+    pub resource: String,
+    /// `edited`, `added` or `removed` (outside envlock).
+    pub drift: &'static str,
+    /// The live generation it drifted from.
+    pub generation: GenerationId,
+}
+
+/// The resources `plan` changes that drifted from the live generation (`status`'s drift),
+/// or why that could not be told. `live`: what the plan was computed against.
+pub fn overwritten(
+    target: &dyn Target,
+    plan: &Plan,
+    live: &crate::target::Live,
+) -> Result<Vec<Overwritten>, TargetError> {
+    let Some(generation) = live.generation.filter(|_| !plan.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let names = plan.changes.iter().map(|c| c.resource.clone()).collect();
+    let drift = target.drift_of(live, &names)?;
+    let mut out = Vec::new();
+    for (kind, names) in [
+        ("edited", &drift.edited),
+        ("added", &drift.added),
+        ("removed", &drift.removed),
+    ] {
+        out.extend(
+            names
+                .iter()
+                .filter(|n| plan.changes.iter().any(|c| c.resource == **n))
+                .map(|n| Overwritten {
+                    resource: n.clone(),
+                    drift: kind,
+                    generation,
+                }),
+        );
+    }
+    out.sort_by(|a, b| a.resource.cmp(&b.resource));
+    Ok(out)
+}
+
+/// `Note: 2 resources were changed outside envlock ...`, before a plan that reverts them.
+fn overwritten_note(printer: &Printer, over: &[Overwritten], local: bool) -> String {
+    let Some(first) = over.first() else {
+        return String::new();
+    };
+    format!(
+        "{} {} resource{} changed {} since generation {} was deployed; this plan reverts \
+         {} (marked below)\n\n",
+        printer.paint_out(style::WARN, "Note:"),
+        over.len(),
+        if over.len() == 1 { " was" } else { "s were" },
+        if local { "by hand" } else { "outside envlock" },
+        first.generation,
+        if over.len() == 1 {
+            "that change"
+        } else {
+            "those changes"
+        }
+    )
+}
+
+/// The marker after a resource's plan line when the plan reverts a change made outside
+/// envlock.
+fn overwritten_mark(o: &Overwritten, local: bool) -> String {
+    use status::{DriftKind, drift_word};
+    let (kind, verb) = match o.drift {
+        "added" => (DriftKind::Added, "this removes it"),
+        "removed" => (DriftKind::Removed, "this puts it back"),
+        _ => (DriftKind::Edited, "this reverts the edit"),
+    };
+    let how = match (local, kind) {
+        // `status` says "not managed by envlock" of a key someone else added; here it was added.
+        (false, DriftKind::Added) => "added outside envlock",
+        _ => drift_word(local, kind),
+    };
+    format!("  <- {how} since generation {}: {verb}", o.generation)
+}
+
 /// The plan as text: one `+`/`~`/`-` line per resource with its diff, then the summary.
-pub fn render_plan(printer: &Printer, plan: &Plan) -> String {
-    let mut s = String::new();
+/// Resources in `over` (changed outside envlock, on a `local` dir target or elsewhere) are
+/// marked.
+pub fn render_plan(printer: &Printer, plan: &Plan, over: &[Overwritten], local: bool) -> String {
+    let mut s = overwritten_note(printer, over, local);
     for change in &plan.changes {
         let (sty, word) = match change.action {
             Action::Add => (style::ADD, "add"),
@@ -975,6 +1097,9 @@ pub fn render_plan(printer: &Printer, plan: &Plan) -> String {
             sty,
             &format!("{} {} ({word})", change.action.sign(), change.resource),
         ));
+        if let Some(o) = over.iter().find(|o| o.resource == change.resource) {
+            s.push_str(&printer.paint_out(style::WARN, &overwritten_mark(o, local)));
+        }
         s.push('\n');
         for line in change.diff.lines() {
             let painted = if line.starts_with("+++") || line.starts_with("---") {

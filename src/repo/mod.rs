@@ -371,4 +371,82 @@ impl Repo {
         out.sort();
         Ok(out)
     }
+
+    /// The files under `environments/` and `schemas/` that `commit` added or changed against
+    /// its first parent (all of them for a root commit).
+    pub fn changed_config_files(&self, commit: &CommitInfo) -> Result<Vec<String>, RepoError> {
+        let c = self.repo.find_commit(commit.id)?;
+        let tree = c.tree()?;
+        let parent = match c.parent(0) {
+            Ok(p) => Some(p.tree()?),
+            Err(_) => None,
+        };
+        let mut opts = git2::DiffOptions::new();
+        for d in CONFIG_DIRS {
+            opts.pathspec(format!("{d}/"));
+        }
+        let diff = self
+            .repo
+            .diff_tree_to_tree(parent.as_ref(), Some(&tree), Some(&mut opts))?;
+        Ok(diff
+            .deltas()
+            .filter_map(|d| {
+                d.new_file()
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .collect())
+    }
+
+    /// Where this clone is, for headings: its working tree (else its git directory) and the
+    /// URL of `origin` (else of the only remote), so that a run from the wrong clone shows.
+    pub fn location(&self) -> Location {
+        let path = self.repo.workdir().unwrap_or(self.repo.path());
+        let path = path.to_string_lossy();
+        let path = path.strip_suffix('/').unwrap_or(&path).to_owned();
+        let names = self.repo.remotes().ok();
+        let names: Vec<&str> = names
+            .iter()
+            .flat_map(|r| r.iter().flatten().flatten())
+            .collect();
+        let name = match names.as_slice() {
+            [only] => Some(*only),
+            _ => names.iter().copied().find(|n| *n == "origin"),
+        };
+        let remote = name.and_then(|n| {
+            let r = self.repo.find_remote(n).ok()?;
+            Some(format!("{n} {}", without_userinfo(r.url().ok()?)))
+        });
+        Location { path, remote }
+    }
+}
+
+/// `https://token@host/x` as `https://host/x`: a URL's credentials are never shown.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Where a clone is (see [`Repo::location`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Location {
+    /// The working tree.
+    pub path: String,
+    /// `origin <url>`, when the clone has that remote (or only one).
+    pub remote: Option<String>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.remote {
+            Some(r) => write!(f, "{} ({r})", self.path),
+            None => write!(f, "{}", self.path),
+        }
+    }
 }

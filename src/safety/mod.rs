@@ -562,6 +562,48 @@ fn target_clash(first: &Environment, second: &Environment, same: bool, place: &s
             second.name, first.name
         )
     };
+    // Blamed on the copy: the environment whose target names the other environment (a path
+    // copied from `prod` into `canary.toml` still says `prod`), else `second`. When the commit
+    // changed only one of the two files, that one is blamed instead (`Diagnostic::other_side`).
+    let first_copied = names(first, &second.name) && !names(second, &first.name);
+    let (mut told, other) = (
+        clash_told(second, first, same, &message, !same),
+        clash_told(first, second, same, &message, false),
+    );
+    if first_copied {
+        told.other_side = None;
+        let mut other = other;
+        other.other_side = Some(Box::new(told));
+        return other;
+    }
+    told.other_side = Some(Box::new(other));
+    told
+}
+
+/// True when the key that says where `env`'s target is mentions `name`.
+fn names(env: &Environment, name: &str) -> bool {
+    let place = match &env.target.kind {
+        TargetKind::Dir { path, .. } => &path.value,
+        TargetKind::Etcd { prefix, .. } => &prefix.value,
+        TargetKind::Exec { state, .. } => &state.value,
+    };
+    place.contains(name)
+}
+
+/// A target clash blamed on `blamed` (`inner`: its target is inside `other`'s): the primary
+/// marker on the key that says where its target is.
+fn clash_told(
+    blamed: &Environment,
+    other: &Environment,
+    same: bool,
+    message: &str,
+    inner: bool,
+) -> Diagnostic {
+    let label = match (same, inner) {
+        (true, _) => format!("also the target of `{}`", other.name),
+        (false, true) => format!("inside the target of `{}`", other.name),
+        (false, false) => format!("contains the target of `{}`", other.name),
+    };
     Diagnostic::new(
         if same {
             "duplicate-target"
@@ -571,16 +613,19 @@ fn target_clash(first: &Environment, second: &Environment, same: bool, place: &s
         message,
     )
     .safety()
-    .env(&second.name)
-    .at(
-        second.target.loc.clone(),
-        format!("also the target of `{}`", first.name),
-    )
-    .also(
-        first.target.loc.clone(),
-        format!("target of `{}`", first.name),
-    )
+    .env(&blamed.name)
+    .at(place_loc(blamed), label)
+    .also(place_loc(other), format!("target of `{}`", other.name))
     .hint("each environment needs a target of its own, apart from every other environment's")
+}
+
+/// The key that says where an environment's target is: `path`, `prefix`, or `state`.
+fn place_loc(env: &Environment) -> Loc {
+    match &env.target.kind {
+        TargetKind::Dir { path, .. } => path.loc.clone(),
+        TargetKind::Etcd { prefix, .. } => prefix.loc.clone(),
+        TargetKind::Exec { state, .. } => state.loc.clone(),
+    }
 }
 
 /// `after` must name existing environments and must not form a cycle.

@@ -116,6 +116,19 @@ fn lstat(path: &Path) -> Result<Option<fs::Metadata>, TargetError> {
     }
 }
 
+/// False when `holder` ran on this host and its process is gone (killed: the kernel released
+/// its `flock`, but nothing emptied the lock file). A holder on another host counts as alive.
+fn holder_alive(holder: &Holder) -> bool {
+    let here = rustix::system::uname().nodename().to_string_lossy() == holder.host;
+    let Some(pid) = i32::try_from(holder.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return !here;
+    };
+    !here || rustix::process::test_kill_process(pid) != Err(Errno::SRCH)
+}
+
 /// Where a symlink points, for messages.
 fn link_text(path: &Path) -> String {
     fs::read_link(path)
@@ -355,6 +368,20 @@ impl DirTarget {
     /// The target's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The SHA-256 of every resource file of generation `id` as written (`None`: written
+    /// without checksums).
+    fn sums(&self, id: GenerationId) -> Result<Option<BTreeMap<String, String>>, TargetError> {
+        let file = self.generation_dir(id).join(SUMS_FILE);
+        let bytes = match fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &file)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TargetError::Corrupt(format!("{} is not valid: {e}", file.display())))
     }
 
     /// The directory where envlock keeps its state for this target (stamp, journal, log).
@@ -910,6 +937,28 @@ impl Target for DirTarget {
         Err(TargetError::Locked(Holder::unknown()))
     }
 
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.check_layout()?;
+        let path = self.state_dir().join(LOCK_FILE);
+        if !lstat(&path)?.is_some_and(|m| m.is_file()) {
+            return Ok(None);
+        }
+        // Read only, never `flock`: even a moment's shared lock could make a deployer's
+        // `lock` fail. A released lock is emptied before it is unlocked.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
+            return Ok(Some(Holder::unknown()));
+        };
+        Ok(holder_alive(&holder).then_some(holder))
+    }
+
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
         Ok(self.check_layout()?.current)
     }
@@ -1026,19 +1075,32 @@ impl Target for DirTarget {
         self.read_generation(id)
     }
 
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        // `live` is the generation's files as just read: only its checksums are read here.
+        let Some(sums) = live
+            .generation
+            .map(|id| self.sums(id))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Drift::default());
+        };
+        Ok(Drift::between(
+            &sums,
+            &live.resources,
+            names,
+            |sum, bytes| super::sha256_hex(bytes) == *sum,
+        ))
+    }
+
     fn drift(&self) -> Result<Drift, TargetError> {
         let layout = self.check_layout()?;
         let Some(id) = layout.current else {
             return Ok(Drift::default());
         };
-        let file = self.generation_dir(id).join(SUMS_FILE);
-        let bytes = match fs::read(&file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Drift::default()),
-            Err(e) => return Err(io_err("read", &file)(e)),
+        let Some(sums) = self.sums(id)? else {
+            return Ok(Drift::default());
         };
-        let sums: BTreeMap<String, String> = serde_json::from_slice(&bytes)
-            .map_err(|e| TargetError::Corrupt(format!("{} is not valid: {e}", file.display())))?;
         let live = self.read_generation(id)?;
         let mut drift = Drift {
             checked: true,

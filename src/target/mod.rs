@@ -175,6 +175,36 @@ impl Drift {
     pub fn is_clean(&self) -> bool {
         self.edited.is_empty() && self.added.is_empty() && self.removed.is_empty()
     }
+
+    /// Keep only the resources in `names`.
+    pub fn retain(&mut self, names: &BTreeSet<String>) {
+        for list in [&mut self.edited, &mut self.added, &mut self.removed] {
+            list.retain(|n| names.contains(n));
+        }
+    }
+
+    /// The drift of `names` between what was written (`written`: resource -> what envlock
+    /// stored, as `same` compares it) and `live`.
+    pub fn between<W>(
+        written: &BTreeMap<String, W>,
+        live: &BTreeMap<String, Vec<u8>>,
+        names: &BTreeSet<String>,
+        same: impl Fn(&W, &[u8]) -> bool,
+    ) -> Drift {
+        let mut drift = Drift {
+            checked: true,
+            ..Drift::default()
+        };
+        for name in names {
+            match (written.get(name), live.get(name)) {
+                (Some(_), None) => drift.removed.push(name.clone()),
+                (None, Some(_)) => drift.added.push(name.clone()),
+                (Some(w), Some(bytes)) if !same(w, bytes) => drift.edited.push(name.clone()),
+                _ => {}
+            }
+        }
+        drift
+    }
 }
 
 /// SHA-256 of some bytes, as lowercase hex.
@@ -306,6 +336,10 @@ pub trait Target {
     }
     /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
+    /// Who holds the deployment lock now (`None`: nobody), found without taking it, so that a
+    /// deployer's [`Target::lock`] is never made to wait or fail by the one who asks. A holder
+    /// that died no longer counts.
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
     /// The live generation and its resources.
     fn live(&self) -> Result<Live, TargetError>;
     /// Resources of the last [`Target::live`] that the target itself stores as secret (an
@@ -361,6 +395,15 @@ pub trait Target {
     /// How the live resources differ from what was written into the live generation (hand
     /// edits, files added or removed behind envlock's back).
     fn drift(&self) -> Result<Drift, TargetError>;
+    /// [`Target::drift`] of the resources `names` only, given `live`, what [`Target::live`]
+    /// just read (a plan marks the changes that revert drift without reading the target again
+    /// where the target can tell from `live`).
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        let _ = live;
+        let mut drift = self.drift()?;
+        drift.retain(names);
+        Ok(drift)
+    }
     /// Every generation kept, oldest first.
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
     /// The generation `id`, `None` when it is not kept. A target that can read one generation

@@ -14,6 +14,14 @@ struct CheckJson {
     rev: String,
     environments: Vec<EnvStatus>,
     errors: Vec<ErrorJson>,
+    unchecked: Vec<UncheckedJson>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct UncheckedJson {
+    path: String,
+    status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,4 +181,75 @@ fn check_outside_a_repository() {
 fn repository_without_commits() {
     let repo = Repo::empty();
     repo.deploy(&["check"]).code(1).stderr_has("no commits");
+}
+
+#[test]
+fn check_names_the_uncommitted_files_it_did_not_check() {
+    let repo = Repo::base();
+    // An invalid edit nobody committed, and a new schema: check reads HEAD, where all is well.
+    repo.write("environments/prod.toml", "this is not toml");
+    repo.write("schemas/extra.schema.json", "{}");
+    repo.write("notes.txt", "not configuration");
+    let run = repo.deploy(&["check"]);
+    run.code(0)
+        .stdout_has("ok: 2 environments valid at ")
+        .stdout_has("note: not checked, because not committed (check reads commit ")
+        .stdout_has("environments/prod.toml (modified), schemas/extra.schema.json (untracked)\n");
+    assert!(!run.stdout.contains("notes.txt"), "{}", run.stdout);
+    let json = repo.deploy(&["check", "--format", "json"]);
+    json.code(0);
+    let doc: CheckJson = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        doc.unchecked,
+        [
+            UncheckedJson {
+                path: "environments/prod.toml".into(),
+                status: "modified".into()
+            },
+            UncheckedJson {
+                path: "schemas/extra.schema.json".into(),
+                status: "untracked".into()
+            }
+        ]
+    );
+
+    // A clean tree: no note, an empty list.
+    repo.git(&["checkout", "--", "environments"]);
+    std::fs::remove_file(repo.path().join("schemas/extra.schema.json")).unwrap();
+    let run = repo.deploy(&["check"]);
+    run.code(0);
+    assert!(!run.stdout.contains("not checked"), "{}", run.stdout);
+    let json = repo.deploy(&["check", "--format", "json"]);
+    let doc: CheckJson = serde_json::from_str(&json.stdout).unwrap();
+    assert!(doc.unchecked.is_empty());
+}
+
+#[test]
+fn a_target_clash_is_marked_on_the_file_the_commit_changed() {
+    let repo = Repo::base();
+    repo.edit(
+        "environments/prod.toml",
+        &[("path = \"targets/prod\"", "path = \"targets/blue\"")],
+    );
+    repo.commit("prod moves to the blue directory");
+    // A new environment copies prod's target. It sorts first, and its path names neither
+    // environment: only the commit tells which file is the copy.
+    repo.write(
+        "environments/alpha.toml",
+        "[environment]\naccount = \"333333333333\"\nextends = [\"_common\"]\n\n[target]\nkind = \"dir\"\npath = \"targets/blue\"\n\n[settings.worker]\nqueue = \"arn:aws:sqs:eu-west-1:333333333333:jobs\"\nendpoint = \"https://alpha.example.com/healthz\"\n",
+    );
+    repo.commit("add alpha");
+    let run = repo.deploy(&["check"]);
+    run.code(1)
+        .stderr_has("error[duplicate-target]: environments `alpha` and `prod` have the same target `targets/blue`\n  --> environments/alpha.toml:7:8\n")
+        .stderr_has("^^^^^^^^^^^^^^ also the target of `prod`")
+        .stderr_has("  ::: environments/prod.toml:11:8")
+        .stderr_has("invalid: alpha\n");
+    let json = repo.deploy(&["check", "--format", "json"]);
+    let doc: CheckJson = serde_json::from_str(&json.stdout).unwrap();
+    let e = &doc.errors[0];
+    assert_eq!(
+        (e.file.as_deref(), e.line, e.environment.as_deref()),
+        (Some("environments/alpha.toml"), Some(7), Some("alpha"))
+    );
 }

@@ -282,8 +282,9 @@ fn json_format_prints_one_error_document_on_failure() {
         Some("valid environments: prod, validation")
     );
 
+    // A refusal (a dirty tree refuses what writes; `plan` only warns, see status.rs).
     repo.write("environments/prod.toml", "edited");
-    let run = repo.deploy(&["plan", "--target", "prod", "--format", "json"]);
+    let run = repo.deploy(&["apply", "--target", "prod", "--yes", "--format", "json"]);
     run.code(3);
     let doc: ErrorJson = serde_json::from_str(&run.stdout).expect("one JSON document");
     assert_eq!(doc.exit_code, 3);

@@ -128,18 +128,28 @@ struct Report {
     account: String,
     commit: String,
     target: String,
+    repository: crate::lifecycle::RepositoryJson,
     outcome: String,
     adopted: bool,
     previous_generation: Option<u64>,
     generation: Option<u64>,
     summary: Counts,
     changes: Vec<ChangeJson>,
+    overwrites_drift: Vec<OverwrittenJson>,
     health: Option<HealthJson>,
     rollback_health: Option<HealthJson>,
     recovered: Vec<String>,
     reason: Option<String>,
     config_sha256: String,
     log: Option<LogRef>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct OverwrittenJson {
+    resource: String,
+    drift: String,
+    generation: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,7 +519,18 @@ fn identity_of_another_account_is_refused() {
     });
     run.code(3)
         .stderr_has("111111111111")
-        .stderr_has("not to `prod`");
+        .stderr_has("not to `prod`")
+        // The repository knows whose account that is, and says so.
+        .stderr_has("111111111111 is `validation`'s account");
+    // An account no environment names: nothing to say about its owner.
+    let run = untouched(&targets(&repo), || {
+        repo.deploy_env(
+            &["--target", "prod", "--yes"],
+            &[("TEST_ACCOUNT", "999999999999")],
+        )
+    });
+    run.code(3).stderr_has("999999999999");
+    assert!(!run.stderr.contains("'s account"), "{}", run.stderr);
     // Nothing was read for a diff either.
     assert!(!run.stdout.contains("worker"), "{}", run.stdout);
     let run = untouched(&targets(&repo), || {
@@ -534,6 +555,20 @@ fn identity_of_another_account_is_refused() {
     );
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
     run.code(3).stderr_has("111111111111");
+}
+
+#[test]
+fn a_stamp_with_another_environments_account_says_whose_it_is() {
+    let repo = Repo::ungated();
+    deploy_yes(&repo, "prod").code(0);
+    // prod's stamp now says validation's account (a restored backup of the wrong target?).
+    let stamp = target(&repo, "prod").join(".envlock/stamp.json");
+    let text = read(&stamp);
+    std::fs::write(&stamp, text.replace("222222222222", "111111111111")).unwrap();
+    let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
+    run.code(3)
+        .stderr_has("is stamped for `prod` with account 111111111111")
+        .stderr_has("111111111111 is `validation`'s account");
 }
 
 #[test]

@@ -789,3 +789,47 @@ fn a_deployment_behind_the_live_commit_writes_nothing_but_its_refusal() {
     assert_eq!(outcome, "refused");
     assert!(reason.contains("2 commits behind"), "{reason}");
 }
+
+#[test]
+fn status_during_a_deploy_held_in_its_health_check_says_it_is_in_progress() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let (started, release) = (
+        scratch.path().join("started"),
+        scratch.path().join("release"),
+    );
+    let health = format!(
+        "[health]\ncommand = [\"sh\", \"-c\", \"touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done\"]\ntimeout = \"120s\"\n",
+        started.display(),
+        release.display()
+    );
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    repo.write(ENV, edge_toml(&etcd.endpoints_toml(), "", &health, 5));
+    let commit = repo.commit("threads 5, a slow health check");
+    let mut child = repo.spawn_deploy(&["--target", "edge", "--yes"], &[]);
+    crate::harness::wait_for_file(&mut child, &started);
+
+    let run = repo.deploy(&["status", "--target", "edge"]);
+    run.code(0)
+        .stdout_has(&format!(
+            "a deployment is in progress: apply of commit {} by ",
+            &commit[..12]
+        ))
+        .stdout_has(&format!("(pid {})", child.id()))
+        .stdout_has("now: health-checking generation 2, which is live but not verified yet")
+        .stdout_has("NOT VERIFIED YET");
+    assert!(!run.stdout.contains("interrupted"), "{}", run.stdout);
+    let s = crate::lifecycle::status_json(&repo, "edge");
+    let running = s.in_progress.expect("a deployment in progress");
+    assert_eq!(
+        (running.pid, running.phase.as_str(), running.next),
+        (child.id(), "verifying", Some(2))
+    );
+    assert_eq!(s.interrupted, None);
+
+    std::fs::write(&release, "").unwrap();
+    assert!(child.wait().unwrap().success());
+    let s = crate::lifecycle::status_json(&repo, "edge");
+    assert!(s.in_progress.is_none() && s.interrupted.is_none());
+}

@@ -247,6 +247,12 @@ fn deploys_change_status_and_rollback_through_the_example_provider() {
         "{}",
         status.stdout
     );
+    // A plan that reverts them says so.
+    let plan = cloud.run(&["plan", "--target", ENV], &[]);
+    plan.code(0)
+        .stdout_has("Note: 2 resources were changed outside envlock since generation ")
+        .stdout_has("~ r2 (change)  <- edited outside envlock since generation ")
+        .stdout_has("- stray (remove)  <- added outside envlock since generation ");
 
     // Rollback to generation 1 puts back exactly what generation 1 wrote.
     std::fs::remove_file(cloud.store().join("stray.json")).unwrap();

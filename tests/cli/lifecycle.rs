@@ -44,40 +44,74 @@ fn head(repo: &Repo) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-struct StatusJson {
-    ok: bool,
-    environment: String,
-    account: String,
-    target: String,
-    stamp: Option<StampJson>,
-    live: Option<LiveJson>,
-    head: String,
-    pending: CountsJson,
-    pending_resources: Vec<String>,
-    drift: DriftJson,
-    backwards: Option<BackwardsJson>,
-    generations: Vec<GenerationJson>,
-    interrupted: Option<String>,
-    leftovers: Vec<String>,
+pub(crate) struct StatusJson {
+    pub ok: bool,
+    pub environment: String,
+    pub account: String,
+    pub target: String,
+    pub repository: RepositoryJson,
+    pub dirty: Vec<DirtyJson>,
+    pub stamp: Option<StampJson>,
+    pub live: Option<LiveJson>,
+    pub head: String,
+    pub head_is_live: bool,
+    pub pending: CountsJson,
+    pub pending_resources: Vec<String>,
+    pub drift: DriftJson,
+    pub backwards: Option<BackwardsJson>,
+    pub generations: Vec<GenerationJson>,
+    pub in_progress: Option<InProgressJson>,
+    pub interrupted: Option<String>,
+    pub leftovers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-struct BackwardsJson {
-    relation: String,
-    live_commit: String,
-    live_by: Option<String>,
-    live_since: String,
-    commit: String,
-    behind: usize,
-    ahead: usize,
+pub(crate) struct BackwardsJson {
+    pub relation: String,
+    pub live_commit: String,
+    pub live_by: Option<String>,
+    pub live_since: String,
+    pub commit: String,
+    pub behind: usize,
+    pub ahead: usize,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-struct StampJson {
+pub(crate) struct RepositoryJson {
+    pub path: String,
+    pub remote: Option<String>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirtyJson {
+    pub path: String,
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct InProgressJson {
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub since: String,
+    pub action: Option<String>,
+    pub phase: String,
+    pub commit: Option<String>,
+    pub next: Option<u64>,
+    pub previous: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct StampJson {
     environment: String,
     account: String,
     created: String,
@@ -87,34 +121,35 @@ struct StampJson {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-struct LiveJson {
-    id: u64,
-    commit: String,
-    created: String,
-    operator: Option<String>,
+pub(crate) struct LiveJson {
+    pub id: u64,
+    pub commit: String,
+    pub created: String,
+    pub operator: Option<String>,
+    pub config_sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-struct CountsJson {
-    add: usize,
-    change: usize,
-    remove: usize,
+pub(crate) struct CountsJson {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DriftJson {
-    checked: bool,
-    edited: Vec<String>,
-    added: Vec<String>,
-    removed: Vec<String>,
+pub(crate) struct DriftJson {
+    pub checked: bool,
+    pub edited: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-struct GenerationJson {
+pub(crate) struct GenerationJson {
     id: u64,
     commit: String,
     created: String,
@@ -123,7 +158,7 @@ struct GenerationJson {
 }
 
 #[track_caller]
-fn status_json(repo: &Repo, env: &str) -> StatusJson {
+pub(crate) fn status_json(repo: &Repo, env: &str) -> StatusJson {
     let run = repo.deploy(&["status", "--target", env, "--format", "json"]);
     run.code(0);
     serde_json::from_str(&run.stdout)

@@ -797,3 +797,58 @@ fn a_resealed_plan_whose_claims_were_edited_is_refused() {
     ])
     .code(0);
 }
+
+/// `deploy -C repo ARGS` on a pseudo-terminal `cols` wide (script(1) merges the streams).
+fn log_on_terminal(repo: &Repo, args: &str, cols: u16) -> String {
+    let cmd = format!(
+        "stty cols {cols}; {} -C {} {args}",
+        env!("CARGO_BIN_EXE_deploy"),
+        repo.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) runs (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+#[test]
+fn log_reasons_fit_the_terminal_and_are_never_cut_elsewhere() {
+    let repo = Repo::base();
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.deploy(&["--target", "prod", "--yes"]).code(0);
+    repo.edit(
+        "environments/prod.toml",
+        &[("threads = 16", "threads = 17")],
+    );
+    let commit = repo.commit("prod: 17 threads");
+    // Refused by the promotion gate, and recorded with a long reason ending in the commit.
+    repo.deploy(&["--target", "prod", "--yes"]).code(3);
+    let tail = format!("has no successful deployment of commit {}", &commit[..12]);
+
+    // Not a terminal (a file, a pipe, CI): the whole reason.
+    repo.deploy(&["log", "--target", "prod"])
+        .code(0)
+        .stdout_has(&format!("{tail}\n"));
+    let json = repo.deploy(&["log", "--target", "prod", "--format", "json"]);
+    json.code(0).stdout_has(&tail);
+
+    // A narrow terminal: cut to its width, marked with `…`.
+    let narrow = log_on_terminal(&repo, "log --target prod", 70);
+    let line = narrow
+        .lines()
+        .find(|l| l.contains("↳ promotion gate"))
+        .unwrap_or_else(|| panic!("no reason line:\n{narrow}"));
+    assert!(line.ends_with('…'), "{line}");
+    assert_eq!(line.chars().count(), 70, "{line}");
+    // A wide one: all of it.
+    let wide = log_on_terminal(&repo, "log --target prod", 250);
+    assert!(wide.contains(&format!("{tail}\n")), "{wide}");
+}

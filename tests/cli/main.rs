@@ -28,4 +28,5 @@ mod provider_ssm;
 mod reviewed;
 mod secrets;
 mod state;
+mod status;
 mod worktree;

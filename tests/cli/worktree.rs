@@ -1,9 +1,10 @@
-//! Configuration comes from commits only: dirty trees are refused, --rev reads old commits.
+//! Configuration comes from commits only: commands that write refuse a dirty tree (read-only
+//! ones run and say so, see status.rs), --rev reads old commits.
 
 use crate::harness::Repo;
 
 #[test]
-fn modified_tracked_file_is_refused_for_every_target_command() {
+fn modified_tracked_file_is_refused_for_every_command_that_writes() {
     let repo = Repo::base();
     repo.edit(
         "environments/prod.toml",
@@ -11,7 +12,7 @@ fn modified_tracked_file_is_refused_for_every_target_command() {
     );
     let prod = repo.read("environments/prod.toml");
     for args in [
-        &["plan", "--target", "prod"][..],
+        &["rollback", "--target", "prod", "--yes"][..],
         &["apply", "--target", "prod", "--yes"][..],
         &["--target", "prod"][..],
         &["--target", "validation", "--yes"][..],
@@ -33,7 +34,7 @@ fn untracked_staged_and_deleted_files_are_listed() {
     repo.write("schemas/extra.schema.json", "{}");
     repo.git(&["add", "schemas/extra.schema.json"]);
     repo.remove("environments/_common.toml");
-    repo.deploy(&["plan", "--target", "prod"])
+    repo.deploy(&["apply", "--target", "prod", "--yes"])
         .code(3)
         .stderr_has("(3 files)")
         .stderr_has("deleted: environments/_common.toml")

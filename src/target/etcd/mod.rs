@@ -884,6 +884,12 @@ impl Target for EtcdTarget {
         Ok(())
     }
 
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        // The key is bound to the holder's lease: it exists exactly while the lock is held.
+        let kv = self.get(&self.key("lock"), "read the deployment lock")?;
+        Ok(kv.map(|kv| serde_json::from_slice(&kv.value).unwrap_or_else(|_| Holder::unknown())))
+    }
+
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
         let ttl = self.settings.lock_ttl.as_secs().max(1) as i64;
         let lease = self

@@ -590,6 +590,10 @@ impl Target for ExecTarget {
         self.state.lock(holder)
     }
 
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.state.lock_holder()
+    }
+
     fn live(&self) -> Result<Live, TargetError> {
         let read = self.read()?;
         let resources = read
@@ -632,6 +636,20 @@ impl Target for ExecTarget {
 
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
         self.state.resources(id)
+    }
+
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        // `live` is the provider's answer just read: only the state's copy is read here.
+        let Some(id) = live.generation else {
+            return Ok(Drift::default());
+        };
+        let written = self.state.resources(id)?;
+        Ok(Drift::between(
+            &written,
+            &live.resources,
+            names,
+            |w, bytes| w.as_slice() == bytes,
+        ))
     }
 
     fn drift(&self) -> Result<Drift, TargetError> {
