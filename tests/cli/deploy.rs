@@ -1156,3 +1156,40 @@ fn a_hand_edit_to_a_live_file_shows_as_a_change_back() {
     assert_eq!(current_link(&dir).as_deref(), Some("generations/00000002"));
     assert_eq!(read(dir.join("current/worker.toml")), text);
 }
+
+/// Issue 16.3: another letter case of a marker, or an account in digit groups, is a leak that
+/// `deploy` refuses like the plain spelling, with the target left as it was.
+#[test]
+fn other_spellings_of_an_identity_are_refused_before_anything_is_written() {
+    let repo = Repo::base();
+    set_prod(&repo, "", 8);
+    deploy_yes(&repo, "prod").code(0);
+    let dir = target(&repo, "prod");
+    for (written, found) in [
+        (
+            "https://API.VALIDATION.EXAMPLE.COM/v1",
+            "`VALIDATION.EXAMPLE.COM`",
+        ),
+        (
+            "https://prod.example.com/?billing=1111-1111-1111",
+            "`1111-1111-1111`",
+        ),
+        (
+            "https://prod.example.com/?billing=1111\u{2013}1111\u{2013}1111",
+            "1111\u{2013}1111",
+        ),
+        (
+            "https://prod.example.com/?billing=1111 1111 1111",
+            "`1111 1111 1111`",
+        ),
+    ] {
+        let text = prod_toml("", 8).replace("https://prod.example.com/healthz", written);
+        repo.write(PROD, text);
+        repo.commit("a copy-pasted identity");
+        untouched(&dir, || deploy_yes(&repo, "prod"))
+            .code(3)
+            .stderr_has(found)
+            .stderr_has("of environment `validation`")
+            .stderr_has("environments/prod.toml:15:");
+    }
+}
