@@ -1193,3 +1193,55 @@ fn other_spellings_of_an_identity_are_refused_before_anything_is_written() {
             .stderr_has("environments/prod.toml:15:");
     }
 }
+
+/// Issue 16.5: a `[health]` or `[notify]` program that cannot start is found before anything is
+/// written (exit 3, at the command's `file:line:col`), not after the switch.
+#[test]
+fn health_and_notify_programs_that_cannot_start_are_refused_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::ungated();
+    deploy_yes(&repo, "prod").code(0);
+    repo.write("hooks/not-executable", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(
+        repo.path().join("hooks/not-executable"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    repo.commit("a hook without its x bit");
+    let cases = [
+        (
+            "[health]\ncommand = [\"curll\", \"-fsS\", \"http://127.0.0.1:1/\"]\n",
+            "[health] command cannot be started",
+            "`curll` is not on PATH",
+        ),
+        (
+            "[notify]\ncommand = [\"./hooks/page-oncall\"]\n",
+            "[notify] command cannot be started",
+            "does not exist",
+        ),
+        (
+            "[notify]\ncommand = [\"hooks/not-executable\"]\n",
+            "[notify] command cannot be started",
+            "is not executable",
+        ),
+    ];
+    for (sections, what, why) in cases {
+        set_prod(&repo, sections, 17);
+        for args in [
+            &["--target", "prod", "--yes"][..],
+            &["plan", "--target", "prod"],
+            &["rollback", "--target", "prod", "--yes"],
+        ] {
+            untouched(&targets(&repo), || repo.deploy(args))
+                .code(3)
+                .stderr_has(what)
+                .stderr_has(why)
+                .stderr_has("environments/prod.toml:13:11")
+                .stderr_has("nothing was written");
+        }
+    }
+    // A target never deployed stays absent.
+    std::fs::remove_dir_all(target(&repo, "prod")).unwrap();
+    untouched(&targets(&repo), || deploy_yes(&repo, "prod")).code(3);
+    assert!(target(&repo, "prod").symlink_metadata().is_err());
+}
