@@ -1245,3 +1245,33 @@ fn health_and_notify_programs_that_cannot_start_are_refused_before_anything_is_w
     untouched(&targets(&repo), || deploy_yes(&repo, "prod")).code(3);
     assert!(target(&repo, "prod").symlink_metadata().is_err());
 }
+
+/// Issue 16.9 on `dir`: an automatic rollback restores exactly the bytes that were live before
+/// the apply, a hand edit made after the last deploy included (the live generation's directory
+/// is what `current` shows, and switching back to it brings the edit back untouched).
+#[test]
+fn a_failed_health_check_restores_a_hand_edited_live_file_exactly() {
+    let repo = Repo::ungated();
+    repo.write("hooks/health.sh", HEALTH_SCRIPT);
+    set_prod(&repo, HEALTH, 16);
+    let dir = target(&repo, "prod");
+    deploy_yes(&repo, "prod").code(0);
+    let live = dir.join("current/worker.toml");
+    let mut edited = std::fs::read(&live).unwrap();
+    edited.extend_from_slice(b"# emergency fix by hand\n");
+    let mode = std::fs::metadata(&live).unwrap().permissions();
+    let mut writable = mode.clone();
+    #[allow(clippy::permissions_set_readonly_false)]
+    writable.set_readonly(false);
+    std::fs::set_permissions(&live, writable).unwrap();
+    std::fs::write(&live, &edited).unwrap();
+    std::fs::set_permissions(&live, mode).unwrap();
+
+    set_prod(&repo, HEALTH, 13);
+    deploy_yes(&repo, "prod")
+        .code(4)
+        .stderr_has("health check failed on generation 2")
+        .stderr_has("rolled back");
+    assert_eq!(current_link(&dir).as_deref(), Some("generations/00000001"));
+    assert_eq!(std::fs::read(&live).unwrap(), edited);
+}
