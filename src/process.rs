@@ -207,6 +207,50 @@ fn withheld() -> std::sync::RwLockReadGuard<'static, Vec<String>> {
     WITHHELD.read().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether the program of `argv` can be started, without starting it: it exists (looked up on
+/// `PATH` when it has no `/`, else from `cwd`) as a regular file this process may execute.
+/// The error is the one [`run`] would give, so that [`ProcessError::hint`] says what to do.
+pub fn check_program(argv: &[String], cwd: &Path) -> Result<PathBuf, ProcessError> {
+    let program = argv.first().ok_or(ProcessError::Empty)?;
+    let spawn = |kind: io::ErrorKind| ProcessError::Spawn {
+        program: program.clone(),
+        source: io::Error::from(kind),
+    };
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![resolve(program, cwd)]
+    } else {
+        let path = crate::sysenv::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|dir| {
+                if dir.as_os_str().is_empty() {
+                    cwd.to_path_buf()
+                } else {
+                    dir
+                }
+            })
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let mut found = false;
+    for candidate in candidates {
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        found = true;
+        if rustix::fs::access(&candidate, rustix::fs::Access::EXEC_OK).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    Err(spawn(if found {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::NotFound
+    }))
+}
+
 /// Run `spec` to completion, timeout or cancellation, and collect its output.
 ///
 /// An error means the command could not be run; a command that ran and failed is an

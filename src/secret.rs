@@ -7,7 +7,6 @@
 
 use std::path::Path;
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use anyhow::Result;
 
 use crate::config::Environment;
@@ -325,26 +324,25 @@ fn check_lock(env: &Environment, resolved: &Resolved) -> Result<()> {
     if resolved.is_empty() || ids.is_empty() {
         return Ok(());
     }
-    let ac = AhoCorasick::builder()
-        .match_kind(MatchKind::Standard)
-        .build(ids.iter().map(|(_, text, _)| text.as_str()))
-        .map_err(|e| Failure::error(format!("cannot build the identity scan: {e}")))?;
+    // The same spellings as the repository-side scan: any letter case, digit groups joined.
+    let matcher = crate::safety::spelling::Matcher::new(
+        ids.iter()
+            .map(|(_, text, is_account)| (text.as_str(), *is_account)),
+    )
+    .ok_or_else(|| Failure::error("cannot build the identity scan"))?;
     let mut f: Option<Failure> = None;
     for s in &resolved.secrets {
         let mut own = Vec::new();
         let mut foreign = Vec::new();
-        for m in ac.find_overlapping_iter(s.value()) {
-            let (owner, _, _) = &ids[m.pattern().as_usize()];
-            if *owner == env.name {
-                own.push((m.start(), m.end()));
+        matcher.find(s.value(), |start, end, p| {
+            if ids[p].0 == env.name {
+                own.push((start, end));
             } else {
-                foreign.push((m.start(), m.end(), m.pattern().as_usize()));
+                foreign.push((start, end, p));
             }
-        }
-        let hit = foreign
-            .iter()
-            .find(|&&(start, end, _)| !own.iter().any(|&(s, e)| s <= start && end <= e));
-        if let Some(&(_, _, pid)) = hit {
+        });
+        crate::safety::drop_inside(&mut own, &mut foreign);
+        if let Some(&(_, _, pid)) = foreign.first() {
             let (owner, text, is_account) = &ids[pid];
             let at = &s.at;
             let line = format!(

@@ -242,6 +242,8 @@ pub struct Identity {
 pub struct Health {
     pub command: Vec<String>,
     pub command_loc: Loc,
+    /// `file:line:col` of the command, for messages at deploy time.
+    pub command_at: String,
     pub timeout: Duration,
     pub retries: u32,
     pub interval: Duration,
@@ -251,6 +253,8 @@ pub struct Health {
 pub struct Notify {
     pub command: Vec<String>,
     pub command_loc: Loc,
+    /// `file:line:col` of the command, for messages at deploy time.
+    pub command_at: String,
     pub timeout: Duration,
 }
 
@@ -1442,11 +1446,18 @@ impl Loader<'_> {
         };
         Some(Some(Health {
             command: command?,
+            command_at: self.place(&command_loc),
             command_loc,
             timeout: timeout?,
             retries: retries?,
             interval: interval?,
         }))
+    }
+
+    /// `file:line:col` of `loc`.
+    fn place(&self, loc: &Loc) -> String {
+        let (l, c) = self.sources.line_col(loc);
+        format!("{}:{l}:{c}", self.sources.get(loc.file).path)
     }
 
     fn notify(&mut self, name: &str, p: &Partial) -> Option<Option<Notify>> {
@@ -1466,6 +1477,7 @@ impl Loader<'_> {
         );
         Some(Some(Notify {
             command: command?,
+            command_at: self.place(&command_loc),
             command_loc,
             timeout: timeout?,
         }))

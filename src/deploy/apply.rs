@@ -430,6 +430,7 @@ pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<Secret
 /// (its hashes of every live and desired file are computed only then).
 pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    d.check_programs()?;
     let resolved = resolve_secrets(d)?;
     match super::status::activity(d)? {
         (Some(run), _) => d.warn(&format!(
@@ -531,6 +532,7 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    d.check_programs()?;
     // A secret that cannot be read refuses before anything, even a recovery, is written.
     let resolved = resolve_secrets(d)?;
     // The plan's own hash replaces it below; only a run that ends in the recovery reports it.
@@ -1720,6 +1722,7 @@ fn choose<'g>(
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    d.check_programs()?;
     let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);

@@ -339,6 +339,10 @@ pub struct HealthReport {
     pub output: Vec<String>,
     /// True when a Ctrl-C ended it.
     pub interrupted: bool,
+    /// True when the last attempt's program could not be started: the command failed, not the
+    /// generation (which was not checked at all).
+    #[serde(skip)]
+    pub not_started: bool,
 }
 
 impl HealthReport {
@@ -350,6 +354,13 @@ impl HealthReport {
         };
         if self.passed {
             format!("health check passed on {at} (attempt {})", self.attempts)
+        } else if self.not_started {
+            format!(
+                "the health command {}, so {at} was not checked",
+                self.result
+                    .strip_prefix("could not start")
+                    .map_or(self.result.clone(), |r| format!("could not start:{r}"))
+            )
         } else if self.interrupted {
             format!(
                 "health check on {at} was stopped by Ctrl-C at attempt {} before it passed",
@@ -620,6 +631,41 @@ impl<'a> Deployment<'a> {
         Err(f.into())
     }
 
+    /// What runs after the switch must be able to start before anything is written: the
+    /// programs of `[health]` and `[notify]` exist and are executable (exit 3 otherwise, as
+    /// for an identity command that cannot start), named at their `file:line:col`.
+    pub fn check_programs(&self) -> Result<()> {
+        let health = self
+            .env
+            .health
+            .as_ref()
+            .map(|h| ("[health]", &h.command, &h.command_at));
+        let notify = self
+            .env
+            .notify
+            .as_ref()
+            .map(|n| ("[notify]", &n.command, &n.command_at));
+        for (section, argv, at) in [health, notify].into_iter().flatten() {
+            if let Err(e) = process::check_program(argv, &self.root) {
+                let mut f = Failure::refused(format!(
+                    "refusing to deploy {}: the {section} command cannot be started: {e}",
+                    self.who()
+                ))
+                .detail(format!("{at}: command = {}", process::display_argv(argv)));
+                if let Some(hint) = e.hint() {
+                    f = f.detail(hint);
+                }
+                return Err(f
+                    .hint(format!(
+                        "fix the {section} command at {at} (or install the program) and run again; \
+                         it would run after the switch, so nothing was written"
+                    ))
+                    .into());
+            }
+        }
+        Ok(())
+    }
+
     /// Run `[identity] command`; its trimmed stdout must be this environment's account.
     fn check_identity(&self) -> Result<()> {
         let Some(identity) = &self.env.identity else {
@@ -763,6 +809,7 @@ impl<'a> Deployment<'a> {
             result: String::new(),
             output: Vec::new(),
             interrupted: false,
+            not_started: false,
         };
         for attempt in 1..=attempts {
             if attempt > 1 && self.sleep_unless_interrupted(health.interval) {
@@ -784,6 +831,7 @@ impl<'a> Deployment<'a> {
             };
             match process::run(&spec) {
                 Ok(outcome) => {
+                    report.not_started = false;
                     report.result = outcome.describe();
                     report.output = outcome.excerpt(10);
                     if outcome.success() {
@@ -796,7 +844,11 @@ impl<'a> Deployment<'a> {
                     }
                 }
                 Err(e) => {
-                    report.result = e.to_string();
+                    report.not_started = true;
+                    report.result = match e.hint() {
+                        Some(hint) => format!("{e} ({hint})"),
+                        None => e.to_string(),
+                    };
                     report.output.clear();
                 }
             }

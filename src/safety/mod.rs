@@ -3,12 +3,13 @@
 //!
 //! Invariant: the foreign-identity scan is one Aho-Corasick pass over each string (of an
 //! environment whose resources are let go: over each file's text once, and over its few strings
-//! not written as they are), so its cost is linear in the total size of all settings, whatever
-//! the number of environments.
+//! not written as they are), plus one over the string with its digit groups joined when it has
+//! any ([`spelling`]), so its cost is linear in the total size of all settings and identities,
+//! whatever the number of environments. Identities match in any ASCII letter case.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+pub mod spelling;
 
 use crate::config::node::{Node, Value};
 use crate::config::{Environment, TargetKind};
@@ -108,11 +109,10 @@ pub fn suspects(
     files.dedup();
     // The environments whose identities each file's text holds.
     let holds: Vec<Vec<usize>> = crate::parallel::map(&files, |&file| {
-        let mut owners: Vec<usize> = idents
-            .ac
-            .find_overlapping_iter(&sources.get(file).text)
-            .map(|m| idents.owners[m.pattern().as_usize()].env)
-            .collect();
+        let mut owners: Vec<usize> = Vec::new();
+        idents.matcher.find(&sources.get(file).text, |_, _, p| {
+            owners.push(idents.owners[p].env)
+        });
         owners.sort_unstable();
         owners.dedup();
         owners
@@ -144,7 +144,7 @@ pub fn suspects(
 
 /// Every environment's account and markers, searched for in one pass.
 struct Identities<'a> {
-    ac: AhoCorasick,
+    matcher: spelling::Matcher,
     patterns: Vec<&'a str>,
     owners: Vec<Owner>,
 }
@@ -167,15 +167,14 @@ impl<'a> Identities<'a> {
                 });
             }
         }
-        if patterns.is_empty() {
-            return None;
-        }
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .expect("identity patterns are bounded in size");
+        let matcher = spelling::Matcher::new(
+            patterns
+                .iter()
+                .zip(&owners)
+                .map(|(p, o)| (*p, o.is_account)),
+        )?;
         Some(Identities {
-            ac,
+            matcher,
             patterns,
             owners,
         })
@@ -194,16 +193,36 @@ impl<'a> Identities<'a> {
     ) {
         own.clear();
         foreign.clear();
-        for m in self.ac.find_overlapping_iter(text) {
-            let owner = self.owners[m.pattern().as_usize()];
-            if owner.env == a {
-                own.push((m.start(), m.end()));
+        self.matcher.find(text, |start, end, p| {
+            if self.owners[p].env == a {
+                own.push((start, end));
             } else {
-                foreign.push((m.start(), m.end(), m.pattern().as_usize()));
+                foreign.push((start, end, p));
             }
-        }
-        foreign.retain(|&(start, end, _)| !own.iter().any(|&(s, e)| s <= start && end <= e));
+        });
+        drop_inside(own, foreign);
     }
+}
+
+/// Drop from `foreign` every match inside one of `own` (a span `s..e` with `s <= start` and
+/// `end <= e`), in O((own + foreign) log own): `own` sorted by start, with the furthest end
+/// reached so far.
+pub fn drop_inside<T>(own: &mut [(usize, usize)], foreign: &mut Vec<(usize, usize, T)>) {
+    if own.is_empty() {
+        return;
+    }
+    own.sort_unstable();
+    let mut reach = Vec::with_capacity(own.len());
+    let mut furthest = 0;
+    for &(_, e) in own.iter() {
+        furthest = furthest.max(e);
+        reach.push(furthest);
+    }
+    foreign.retain(|&(start, end, _)| {
+        // Own spans starting at or before `start`: the first `n` of them.
+        let n = own.partition_point(|&(s, _)| s <= start);
+        n == 0 || reach[n - 1] < end
+    });
 }
 
 /// What an identity string is: an account or a marker of some environment.
@@ -215,12 +234,20 @@ struct Owner {
 
 /// Two environments with the same account, or a marker that is also another's account or marker.
 fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<&str, (usize, &Loc, bool)> = HashMap::new();
+    // Spelled as the scan reads them: in any letter case, an account's digit groups joined.
+    let key = |value: &str, is_account: bool| {
+        let folded = is_account
+            .then(|| spelling::fold(value).map(|f| f.text))
+            .flatten();
+        folded.as_deref().unwrap_or(value).to_ascii_lowercase()
+    };
+    let mut seen: HashMap<String, (usize, &Loc, bool)> = HashMap::new();
     for (i, env) in envs.iter().enumerate() {
         let idents =
             std::iter::once((&env.account, true)).chain(env.markers.iter().map(|m| (m, false)));
         for (ident, is_account) in idents {
-            match seen.get(ident.value.as_str()) {
+            let k = key(&ident.value, is_account);
+            match seen.get(&k) {
                 Some(&(j, first_loc, first_is_account)) if j != i => {
                     let other = &envs[j];
                     let (code, message, hint) = if is_account && first_is_account {
@@ -259,7 +286,7 @@ fn identity_clashes(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                 }
                 Some(_) => {}
                 None => {
-                    seen.insert(&ident.value, (i, &ident.loc, is_account));
+                    seen.insert(k, (i, &ident.loc, is_account));
                 }
             }
         }
@@ -402,10 +429,17 @@ fn leaks(
                     "marker"
                 };
                 let ident = idents.patterns[pid];
+                // Another spelling (letter case, digit groups) names what is written too.
+                let written = text.get(start..end).unwrap_or(ident);
+                let shown = if written == ident {
+                    format!("`{ident}`")
+                } else {
+                    format!("`{written}` (`{ident}` spelled another way)")
+                };
                 let mut d = Diagnostic::new(
                     if owner.is_account { "foreign-account" } else { "foreign-marker" },
                     format!(
-                        "{} of `{}` contains `{ident}`, the {what} of environment `{}`",
+                        "{} of `{}` contains {shown}, the {what} of environment `{}`",
                         path(),
                         env.name,
                         other.name

@@ -1192,3 +1192,122 @@ fn a_hand_edit_to_a_live_file_shows_as_a_change_back() {
     assert_eq!(current_link(&dir).as_deref(), Some("generations/00000002"));
     assert_eq!(read(dir.join("current/worker.toml")), text);
 }
+
+/// Issue 16.3: another letter case of a marker, or an account in digit groups, is a leak that
+/// `deploy` refuses like the plain spelling, with the target left as it was.
+#[test]
+fn other_spellings_of_an_identity_are_refused_before_anything_is_written() {
+    let repo = Repo::base();
+    set_prod(&repo, "", 8);
+    deploy_yes(&repo, "prod").code(0);
+    let dir = target(&repo, "prod");
+    for (written, found) in [
+        (
+            "https://API.VALIDATION.EXAMPLE.COM/v1",
+            "`VALIDATION.EXAMPLE.COM`",
+        ),
+        (
+            "https://prod.example.com/?billing=1111-1111-1111",
+            "`1111-1111-1111`",
+        ),
+        (
+            "https://prod.example.com/?billing=1111\u{2013}1111\u{2013}1111",
+            "1111\u{2013}1111",
+        ),
+        (
+            "https://prod.example.com/?billing=1111 1111 1111",
+            "`1111 1111 1111`",
+        ),
+    ] {
+        let text = prod_toml("", 8).replace("https://prod.example.com/healthz", written);
+        repo.write(PROD, text);
+        repo.commit("a copy-pasted identity");
+        untouched(&dir, || deploy_yes(&repo, "prod"))
+            .code(3)
+            .stderr_has(found)
+            .stderr_has("of environment `validation`")
+            .stderr_has("environments/prod.toml:15:");
+    }
+}
+
+/// Issue 16.5: a `[health]` or `[notify]` program that cannot start is found before anything is
+/// written (exit 3, at the command's `file:line:col`), not after the switch.
+#[test]
+fn health_and_notify_programs_that_cannot_start_are_refused_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = Repo::ungated();
+    deploy_yes(&repo, "prod").code(0);
+    repo.write("hooks/not-executable", "#!/bin/sh\nexit 0\n");
+    std::fs::set_permissions(
+        repo.path().join("hooks/not-executable"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    repo.commit("a hook without its x bit");
+    let cases = [
+        (
+            "[health]\ncommand = [\"curll\", \"-fsS\", \"http://127.0.0.1:1/\"]\n",
+            "[health] command cannot be started",
+            "`curll` is not on PATH",
+        ),
+        (
+            "[notify]\ncommand = [\"./hooks/page-oncall\"]\n",
+            "[notify] command cannot be started",
+            "does not exist",
+        ),
+        (
+            "[notify]\ncommand = [\"hooks/not-executable\"]\n",
+            "[notify] command cannot be started",
+            "is not executable",
+        ),
+    ];
+    for (sections, what, why) in cases {
+        set_prod(&repo, sections, 17);
+        for args in [
+            &["--target", "prod", "--yes"][..],
+            &["plan", "--target", "prod"],
+            &["rollback", "--target", "prod", "--yes"],
+        ] {
+            untouched(&targets(&repo), || repo.deploy(args))
+                .code(3)
+                .stderr_has(what)
+                .stderr_has(why)
+                .stderr_has("environments/prod.toml:13:11")
+                .stderr_has("nothing was written");
+        }
+    }
+    // A target never deployed stays absent.
+    std::fs::remove_dir_all(target(&repo, "prod")).unwrap();
+    untouched(&targets(&repo), || deploy_yes(&repo, "prod")).code(3);
+    assert!(target(&repo, "prod").symlink_metadata().is_err());
+}
+
+/// Issue 16.9 on `dir`: an automatic rollback restores exactly the bytes that were live before
+/// the apply, a hand edit made after the last deploy included (the live generation's directory
+/// is what `current` shows, and switching back to it brings the edit back untouched).
+#[test]
+fn a_failed_health_check_restores_a_hand_edited_live_file_exactly() {
+    let repo = Repo::ungated();
+    repo.write("hooks/health.sh", HEALTH_SCRIPT);
+    set_prod(&repo, HEALTH, 16);
+    let dir = target(&repo, "prod");
+    deploy_yes(&repo, "prod").code(0);
+    let live = dir.join("current/worker.toml");
+    let mut edited = std::fs::read(&live).unwrap();
+    edited.extend_from_slice(b"# emergency fix by hand\n");
+    let mode = std::fs::metadata(&live).unwrap().permissions();
+    let mut writable = mode.clone();
+    #[allow(clippy::permissions_set_readonly_false)]
+    writable.set_readonly(false);
+    std::fs::set_permissions(&live, writable).unwrap();
+    std::fs::write(&live, &edited).unwrap();
+    std::fs::set_permissions(&live, mode).unwrap();
+
+    set_prod(&repo, HEALTH, 13);
+    deploy_yes(&repo, "prod")
+        .code(4)
+        .stderr_has("health check failed on generation 2")
+        .stderr_has("rolled back");
+    assert_eq!(current_link(&dir).as_deref(), Some("generations/00000001"));
+    assert_eq!(std::fs::read(&live).unwrap(), edited);
+}

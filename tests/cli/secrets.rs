@@ -569,3 +569,30 @@ fn commands_do_not_inherit_the_variables_secrets_are_read_from() {
         );
     }
 }
+
+#[test]
+fn a_secret_holding_another_spelling_of_an_identity_is_refused() {
+    let repo = repo();
+    let dir = target(&repo);
+    let mut out = Outputs::default();
+    for (value, what) in [
+        (
+            format!("{DB_1} acct 1111 1111 1111"),
+            "the account of environment `validation`",
+        ),
+        (
+            format!("{DB_1}@API.Validation.Example.COM"),
+            "the marker of environment `validation`",
+        ),
+    ] {
+        out.run(&repo, &["--target", "prod", "--yes"], Some(&value))
+            .code(3)
+            .stderr_has("secret `env:PROD_DB_PASSWORD` for settings.worker.db_password")
+            .stderr_has(what);
+        assert!(snapshot(&dir).is_empty());
+        for (_, text) in &out.0 {
+            assert!(!text.contains(&value), "{text}");
+        }
+    }
+    out.assert_no_value(&dir);
+}
