@@ -824,14 +824,16 @@ fn log_reasons_fit_the_terminal_and_are_never_cut_elsewhere() {
     let repo = Repo::base();
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
+    // A layer both environments extend: validation's configuration changes too.
+    repo.edit("environments/_common.toml", &[("threads = 4", "threads = 5")]);
     repo.edit(
         "environments/prod.toml",
         &[("threads = 16", "threads = 17")],
     );
-    let commit = repo.commit("prod: 17 threads");
+    let commit = repo.commit("threads 5 everywhere");
     // Refused by the promotion gate, and recorded with a long reason ending in the commit.
     repo.deploy(&["--target", "prod", "--yes"]).code(3);
-    let tail = format!("has no successful deployment of commit {}", &commit[..12]);
+    let tail = format!("not what commit {} gives `validation`", &commit[..12]);
 
     // Not a terminal (a file, a pipe, CI): the whole reason.
     repo.deploy(&["log", "--target", "prod"])
@@ -849,6 +851,6 @@ fn log_reasons_fit_the_terminal_and_are_never_cut_elsewhere() {
     assert!(line.ends_with('…'), "{line}");
     assert_eq!(line.chars().count(), 70, "{line}");
     // A wide one: all of it.
-    let wide = log_on_terminal(&repo, "log --target prod", 250);
+    let wide = log_on_terminal(&repo, "log --target prod", 500);
     assert!(wide.contains(&format!("{tail}\n")), "{wide}");
 }

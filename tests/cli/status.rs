@@ -220,6 +220,8 @@ fn the_heading_names_the_clone_and_its_remote_without_credentials() {
         "origin",
         "https://deployer:s3cr3t-token@git.example.com/acme/asr-config.git",
     ]);
+    // As if fetched: `branch = "main"` now means `origin/main` (the pushed branch).
+    repo.git(&["update-ref", "refs/remotes/origin/main", "HEAD"]);
     let clone = repo.path().canonicalize().unwrap();
     let want = format!(
         "{} (origin https://git.example.com/acme/asr-config.git)",
