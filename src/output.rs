@@ -178,13 +178,15 @@ fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Ra
     if text.is_empty() || loc.span == (0..0) {
         return None;
     }
-    let start = loc.span.start.min(text.len());
+    // Spans come from parsers and from arithmetic on them; never slice inside a character.
+    let start = crate::source::floor_char(text, loc.span.start);
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line_no = text[..line_start].bytes().filter(|&b| b == b'\n').count() + 1;
-    let end = loc.span.end.clamp(start, line_end);
+    let end = crate::source::ceil_char(text, loc.span.end.clamp(start, line_end));
     let end = if end == start {
-        (start + 1).min(line_end)
+        // An empty span marks the whole character at its start (if any on this line).
+        crate::source::ceil_char(text, (start + 1).min(line_end))
     } else {
         end
     };

@@ -13,6 +13,7 @@ mod exec;
 #[cfg(feature = "failpoints")]
 mod exec_ssm;
 mod fixtures;
+mod harden;
 mod hooks;
 mod interrupt;
 mod lifecycle;
