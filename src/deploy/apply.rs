@@ -1003,7 +1003,18 @@ fn journal_entry(
 
 /// Append a record to the deployment log (the caller holds the lock).
 fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
-    let r = log::append(&*d.target, entry).map_err(|e| log_failure(d, e))?;
+    let r = log::append(&*d.target, entry).map_err(|e| {
+        let io = matches!(e, AppendError::Target(TargetError::Io { .. }));
+        let err = log_failure(d, e);
+        if io {
+            err.context(format!(
+                "this run's record could not be written to the deployment log of `{}`",
+                d.env.name
+            ))
+        } else {
+            err
+        }
+    })?;
     report.log = Some(LogRef {
         seq: r.seq,
         hash: r.hash,

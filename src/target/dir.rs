@@ -1293,9 +1293,12 @@ impl Target for DirTarget {
             .open(&path)
             .map_err(io_err("open for appending", &path))?;
         // The whole line in one call (a line fits one write(2) in practice); an incomplete
-        // line left by a crash is found by the next run (see `crate::log`).
-        file.write_all(line).map_err(io_err("append to", &path))?;
-        file.sync_data().map_err(io_err("fsync", &path))?;
+        // line left by a crash is found by the next run (see `crate::log`). One cut short by
+        // an error (a full disk) is cut back here: the log stays as it was.
+        let before = file.metadata().map_err(io_err("inspect", &path))?.len();
+        if let Err(e) = write_line(&mut file, line).and_then(|()| file.sync_data()) {
+            return Err(cut_back(&file, before, &path, e));
+        }
         if created {
             sync_dir(&state)?;
         }
@@ -1312,6 +1315,34 @@ impl Target for DirTarget {
             .map_err(io_err("open", &path))?;
         file.set_len(len).map_err(io_err("truncate", &path))?;
         file.sync_all().map_err(io_err("fsync", &path))
+    }
+}
+
+/// Append `line` with one `write_all` (failpoint `log-append-enospc`: half of it, then the
+/// error a full disk gives).
+fn write_line(file: &mut File, line: &[u8]) -> io::Result<()> {
+    if crate::failpoint::active("log-append-enospc") {
+        file.write_all(&line[..line.len() / 2])?;
+        return Err(io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()));
+    }
+    file.write_all(line)
+}
+
+/// A failed append: truncate the log back to the `len` it had before, made durable, so no
+/// partial record stays. The error says whether that worked.
+fn cut_back(file: &File, len: u64, path: &Path, err: io::Error) -> TargetError {
+    let what = match file.set_len(len).and_then(|()| file.sync_all()) {
+        Ok(()) => format!(
+            "append a record ({err}; the log was cut back to its previous {len} bytes, as it was) to"
+        ),
+        Err(cut) => format!(
+            "append a record ({err}; cutting the partial record back to {len} bytes failed too: {cut}) to"
+        ),
+    };
+    TargetError::Io {
+        what,
+        path: path.to_path_buf(),
+        source: err,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Hardening: inputs and failures that once panicked, crashed or wedged a target (issue 17).
 
-use crate::harness::Repo;
+use crate::harness::{Repo, Tmpfs};
 
 #[test]
 fn a_syntax_error_at_a_multibyte_character_is_reported_not_a_panic() {
@@ -53,4 +53,72 @@ fn a_very_long_extends_chain_is_an_error_not_a_crash() {
         .stderr_has("error[extends-too-deep]")
         .stderr_has("stacks more than 64 layers")
         .stderr_has("environments/_l63.toml:2:12");
+}
+
+#[test]
+fn a_record_cut_by_a_full_disk_leaves_the_log_as_it_was() {
+    let Some(fs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let repo = Repo::base();
+    let target = fs.path().join("validation");
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "path = \"targets/validation\"",
+            &format!("path = \"{}\"", target.display()),
+        )],
+    );
+    repo.commit("validation on a small filesystem");
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    let log = target.join(".envlock/log.jsonl");
+    // One page is left for the lock file's holder line (cleared when the lock is released).
+    let filler = fs.fill(1);
+    // No-change runs append `verify` records (without a journal) until one no longer fits in
+    // the log's last page: that write stops part-way through the line.
+    let mut failed = None;
+    for _ in 0..20 {
+        let before = std::fs::read(&log).unwrap();
+        let run = repo.deploy(&["--target", "validation", "--yes"]);
+        if run.code != 0 {
+            failed = Some((before, run));
+            break;
+        }
+    }
+    let (before, run) = failed.expect("a full disk stops an append");
+    assert_ne!(
+        before.len() % 4096,
+        0,
+        "the failing write had room for part of its line"
+    );
+    run.code(1)
+        .stderr_has("this run's record could not be written to the deployment log of `validation`")
+        .stderr_has("No space left on device")
+        .stderr_has("cut back");
+    assert_eq!(std::fs::read(&log).unwrap(), before, "the log is as it was");
+    std::fs::remove_file(filler).unwrap();
+    // Nothing is wedged: the next run records, and the chain verifies.
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_failed_append_mid_line_is_cut_back() {
+    let repo = Repo::base();
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    let log = repo.path().join("targets/validation/.envlock/log.jsonl");
+    let before = std::fs::read(&log).unwrap();
+    let run = repo.deploy_env(
+        &["--target", "validation", "--yes"],
+        &[("ENVLOCK_FAILPOINT", "log-append-enospc")],
+    );
+    run.code(1)
+        .stderr_has("this run's record could not be written to the deployment log of `validation`")
+        .stderr_has("cut back");
+    assert_eq!(std::fs::read(&log).unwrap(), before);
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
 }
