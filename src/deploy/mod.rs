@@ -285,11 +285,25 @@ impl<'a> Deployment<'a> {
     }
 
     /// Take the deployment lock (exit 5 when another deployment holds it).
+    /// Take the target's lock, then remove what interrupted runs left behind (a generation
+    /// being written or pruned when they died): nobody else is writing now.
     pub fn lock(&self) -> Result<Box<dyn LockGuard>> {
         let holder = Holder::this_process(&self.env.name);
-        self.target
+        let guard = self
+            .target
             .lock(&holder)
-            .map_err(|e| self.target_failure(e))
+            .map_err(|e| self.target_failure(e))?;
+        match self.target.remove_leftovers() {
+            Ok(gone) if !gone.is_empty() => self.say(&format!(
+                "Removed what an interrupted run left behind: {}",
+                gone.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => self.warn(&format!(
+                "could not remove what an interrupted run left behind: {e}"
+            )),
+        }
+        Ok(guard)
     }
 
     /// A target error as a failure that names the target.

@@ -670,6 +670,91 @@ impl DirTarget {
         read.into_iter().collect()
     }
 
+    /// Write generation `id` into the new directory `tmp`, make it durable, and rename it into
+    /// place (not live yet).
+    fn complete_generation(
+        &self,
+        tmp: &Path,
+        id: GenerationId,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &serde_json::Value,
+    ) -> Result<(), TargetError> {
+        let generations = self.generations_dir();
+        let dir = OpenDir::open(tmp)?;
+        let each = resources.len() <= FSYNC_EACH_MAX;
+        let half = resources.len() / 2;
+        let write = |(i, (name, bytes)): (usize, (&String, &Vec<u8>))| {
+            if i == half {
+                crate::failpoint::hit("dir-write-half");
+            }
+            let mode = if private.contains(name) {
+                PRIVATE_MODE
+            } else {
+                DEFAULT_MODE
+            };
+            let name = format!("{name}.toml");
+            let file = dir.write_new(&name, bytes, mode)?;
+            if each {
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(&name)))?;
+            }
+            Ok::<(), TargetError>(())
+        };
+        let sums = || {
+            let sums: serde_json::Map<String, serde_json::Value> = resources
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
+                .collect();
+            serde_json::to_vec(&sums)
+        };
+        // One thread writes: creating files in one directory serialises on the directory's
+        // lock in the kernel, and two writers spent most of their time spinning on it (perf).
+        // The checksums are computed on another core meanwhile.
+        let (written, sums_bytes) = std::thread::scope(|s| {
+            let sums = s.spawn(sums);
+            (
+                resources.iter().enumerate().try_for_each(write),
+                sums.join().expect("hashing does not panic"),
+            )
+        });
+        written?;
+        let mut sums_bytes = sums_bytes
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
+        sums_bytes.push(b'\n');
+        let mut meta_bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
+        meta_bytes.push(b'\n');
+        // Plain checksums of files with secrets would let a weak secret be guessed offline.
+        let sums_mode = if private.is_empty() {
+            DEFAULT_MODE
+        } else {
+            PRIVATE_MODE
+        };
+        let meta_file = dir.write_new(META_FILE, &meta_bytes, DEFAULT_MODE)?;
+        let sums_file = dir.write_new(SUMS_FILE, &sums_bytes, sums_mode)?;
+        if each {
+            for (file, name) in [(meta_file, META_FILE), (sums_file, SUMS_FILE)] {
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(name)))?;
+            }
+            dir.sync()?;
+        } else {
+            dir.sync_filesystem()?;
+        }
+        let dest = self.generation_dir(id);
+        if lstat(&dest)?.is_some() {
+            return Err(TargetError::Corrupt(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        crate::failpoint::hit("dir-before-generation-rename");
+        fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        sync_dir(&generations)?;
+        Ok(())
+    }
+
     /// Point `current` at generation `id` with one `rename(2)`, durably.
     fn switch_current(&self, id: GenerationId) -> Result<(), TargetError> {
         let tmp = self
@@ -680,7 +765,10 @@ impl DirTarget {
         std::os::unix::fs::symlink(&dest, &tmp).map_err(io_err("create symlink", &tmp))?;
         let current = self.path.join(CURRENT);
         crate::failpoint::hit("dir-switch-before-rename");
-        fs::rename(&tmp, &current).map_err(io_err("rename into place", &current))?;
+        if let Err(e) = fs::rename(&tmp, &current) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("rename into place", &current)(e));
+        }
         sync_dir(&self.path)
     }
 
@@ -909,77 +997,12 @@ impl Target for DirTarget {
         let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
         remove_any(&tmp)?;
         fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-        let dir = OpenDir::open(&tmp)?;
-        let each = resources.len() <= FSYNC_EACH_MAX;
-        let half = resources.len() / 2;
-        let write = |(i, (name, bytes)): (usize, (&String, &Vec<u8>))| {
-            if i == half {
-                crate::failpoint::hit("dir-write-half");
-            }
-            let mode = if private.contains(name) {
-                PRIVATE_MODE
-            } else {
-                DEFAULT_MODE
-            };
-            let name = format!("{name}.toml");
-            let file = dir.write_new(&name, bytes, mode)?;
-            if each {
-                file.sync_all()
-                    .map_err(io_err("fsync", &dir.path.join(&name)))?;
-            }
-            Ok::<(), TargetError>(())
-        };
-        let sums = || {
-            let sums: serde_json::Map<String, serde_json::Value> = resources
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
-                .collect();
-            serde_json::to_vec(&sums)
-        };
-        // One thread writes: creating files in one directory serialises on the directory's
-        // lock in the kernel, and two writers spent most of their time spinning on it (perf).
-        // The checksums are computed on another core meanwhile.
-        let (written, sums_bytes) = std::thread::scope(|s| {
-            let sums = s.spawn(sums);
-            (
-                resources.iter().enumerate().try_for_each(write),
-                sums.join().expect("hashing does not panic"),
-            )
-        });
-        written?;
-        let mut sums_bytes = sums_bytes
-            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
-        sums_bytes.push(b'\n');
-        let mut meta_bytes = serde_json::to_vec_pretty(meta)
-            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
-        meta_bytes.push(b'\n');
-        // Plain checksums of files with secrets would let a weak secret be guessed offline.
-        let sums_mode = if private.is_empty() {
-            DEFAULT_MODE
-        } else {
-            PRIVATE_MODE
-        };
-        let meta_file = dir.write_new(META_FILE, &meta_bytes, DEFAULT_MODE)?;
-        let sums_file = dir.write_new(SUMS_FILE, &sums_bytes, sums_mode)?;
-        if each {
-            for (file, name) in [(meta_file, META_FILE), (sums_file, SUMS_FILE)] {
-                file.sync_all()
-                    .map_err(io_err("fsync", &dir.path.join(name)))?;
-            }
-            dir.sync()?;
-        } else {
-            dir.sync_filesystem()?;
+        // A failed attempt (a full disk) removes what it wrote before it reports the failure,
+        // so retries do not pile up partial generations.
+        if let Err(e) = self.complete_generation(&tmp, id, resources, private, meta) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        let dest = self.generation_dir(id);
-        if lstat(&dest)?.is_some() {
-            return Err(TargetError::Corrupt(format!(
-                "{} already exists",
-                dest.display()
-            )));
-        }
-        crate::failpoint::hit("dir-before-generation-rename");
-        fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
-        sync_dir(&generations)?;
         crate::failpoint::hit("dir-before-switch");
         self.switch_current(id)?;
         Ok(id)
@@ -1060,10 +1083,7 @@ impl Target for DirTarget {
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
         let layout = self.require_stamped()?;
         let generations = self.generations_dir();
-        let leftovers = self.leftover_paths()?;
-        for rel in &leftovers {
-            remove_any(&self.path.join(rel))?;
-        }
+        let leftovers = self.remove_leftovers()?;
         let ids = self.generation_ids()?;
         let mut kept: BTreeSet<GenerationId> = ids.iter().rev().take(keep).copied().collect();
         kept.extend(layout.current);
@@ -1095,6 +1115,25 @@ impl Target for DirTarget {
             return Ok(Vec::new());
         }
         self.leftover_paths()
+    }
+
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        if !self.check_layout()?.exists {
+            return Ok(Vec::new());
+        }
+        let found = self.leftover_paths()?;
+        for rel in &found {
+            remove_any(&self.path.join(rel))?;
+        }
+        if !found.is_empty() {
+            for dir in [self.generations_dir(), self.state_dir()] {
+                if lstat(&dir)?.is_some_and(|m| m.is_dir()) {
+                    sync_dir(&dir)?;
+                }
+            }
+            sync_dir(&self.path)?;
+        }
+        Ok(found)
     }
 
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {

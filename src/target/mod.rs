@@ -372,6 +372,11 @@ pub trait Target {
     /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
     /// next run to report. [`Target::prune`] removes them.
     fn leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// Remove those leftovers now; every run that takes the lock does, so work in progress of
+    /// a run that was killed (a generation being pruned) never stays on disk. Returns them.
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        Ok(Vec::new())
+    }
     /// Record that a generation failed its health check, so that a rollback never picks it
     /// by default. Its resources stay as they were.
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError>;

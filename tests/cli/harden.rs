@@ -122,3 +122,108 @@ fn a_failed_append_mid_line_is_cut_back() {
     repo.deploy(&["log", "verify", "--target", "validation"])
         .code(0);
 }
+
+/// The names in `dir` that start with `.tmp-` (work in progress of a run).
+fn tmp_entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_apply_that_fills_the_disk_removes_its_partial_generation() {
+    let Some(fs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let repo = Repo::base();
+    let target = fs.path().join("validation");
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "path = \"targets/validation\"",
+            &format!("path = \"{}\"", target.display()),
+        )],
+    );
+    repo.commit("validation on a small filesystem");
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    // Pages for the lock's holder line and the journal; none for the new generation.
+    let filler = fs.fill(2);
+    let long = format!("https://validation.example.com/{}", "x".repeat(40_000));
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "endpoint = \"https://validation.example.com/healthz\"",
+            &format!("endpoint = \"{long}\""),
+        )],
+    );
+    repo.commit("a resource larger than the space left");
+    for attempt in 0..3 {
+        let run = repo.deploy(&["--target", "validation", "--yes"]);
+        assert_ne!(run.code, 0, "attempt {attempt}: {}", run.stderr);
+        run.stderr_has("No space left on device");
+        assert_eq!(
+            tmp_entries(&target.join("generations")),
+            Vec::<String>::new(),
+            "attempt {attempt} left its partial generation"
+        );
+    }
+    std::fs::remove_file(filler).unwrap();
+    repo.deploy(&["--target", "validation", "--yes"])
+        .code(0)
+        .stderr_has("is live at generation 2");
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_prune_killed_midway_is_cleaned_up_by_the_next_run_of_any_kind() {
+    use crate::harness::Paused;
+    let repo = Repo::base();
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "path = \"targets/validation\"",
+            "path = \"targets/validation\"\nkeep = 2",
+        )],
+    );
+    repo.commit("keep two generations");
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.edit(
+        "environments/validation.toml",
+        &[(
+            "endpoint = \"https://validation.example.com/healthz\"",
+            "endpoint = \"https://validation.example.com/ready\"",
+        )],
+    );
+    repo.commit("a change");
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.edit(
+        "environments/validation.toml",
+        &[("[settings.worker]\n", "[settings.worker]\nthreads = 8\n")],
+    );
+    repo.commit("another change");
+    // Generation 3 is live and recorded; pruning generation 1 is killed half-way.
+    Paused::start(
+        repo.path(),
+        &["--target", "validation", "--yes"],
+        "dir-prune-mid",
+        None,
+        &[],
+    )
+    .kill9();
+    let generations = repo.path().join("targets/validation/generations");
+    let left = tmp_entries(&generations);
+    assert!(
+        left.len() == 1 && left[0].starts_with(".tmp-prune-1-"),
+        "{left:?}"
+    );
+    // A run with nothing to change (no new generation, nothing to prune) removes it.
+    repo.deploy(&["--target", "validation", "--yes"])
+        .code(0)
+        .stderr_has("No changes")
+        .stderr_has("Removed what an interrupted run left behind: generations/.tmp-prune-1-");
+    assert_eq!(tmp_entries(&generations), Vec::<String>::new());
+}

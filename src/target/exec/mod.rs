@@ -686,6 +686,10 @@ impl Target for ExecTarget {
         self.state.leftovers()
     }
 
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.remove_leftovers()
+    }
+
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
         self.state.mark_failed(id, reason)
     }
