@@ -337,6 +337,21 @@ pub fn cut_incomplete_tail(target: &dyn Target) -> Result<usize, TargetError> {
     Ok(tail.incomplete)
 }
 
+/// Before a deployment appends: the log's first problem, if it does not verify. Cheap when the
+/// target can tell that nobody wrote the log since its last append (`Target::log_untouched`:
+/// a `dir` log's `fstat` against the checkpoint of that append); otherwise the whole log is
+/// read and verified once.
+pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
+    if target.log_untouched()? {
+        return Ok(None);
+    }
+    let Some(bytes) = target.log_read()? else {
+        return Ok(None);
+    };
+    let v = verify(&bytes);
+    Ok(v.problem.is_some().then_some(v))
+}
+
 /// The parts of a line that verification needs, found without parsing JSON.
 struct Parts<'a> {
     seq: Option<u64>,

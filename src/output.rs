@@ -159,18 +159,23 @@ impl Printer {
 
     /// Render diagnostics with the offending source lines, to stderr.
     pub fn diagnostics(&self, sources: &Sources, diags: &[Diagnostic]) {
-        let renderer = if self.color_err {
-            Renderer::styled()
-        } else {
-            Renderer::plain()
-        };
-        let mut s = String::new();
-        for d in diags {
-            s.push_str(&render_diagnostic(&renderer, sources, d, self.color_err));
-            s.push_str("\n\n");
-        }
-        self.err(&s);
+        self.err(&render_diagnostics(sources, diags, self.color_err));
     }
+}
+
+/// The text [`Printer::diagnostics`] prints (also what the fuzz targets render).
+pub fn render_diagnostics(sources: &Sources, diags: &[Diagnostic], color: bool) -> String {
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
+    let mut s = String::new();
+    for d in diags {
+        s.push_str(&render_diagnostic(&renderer, sources, d, color));
+        s.push_str("\n\n");
+    }
+    s
 }
 
 /// The lines of a file that `span` covers, clipped to the first line, and the span rebased.

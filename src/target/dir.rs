@@ -57,6 +57,8 @@ const JOURNAL_FILE: &str = "journal.json";
 const JOURNAL_TMP_PREFIX: &str = "journal.json.tmp-";
 /// The deployment log (JSON Lines, see `crate::log`).
 const LOG_FILE: &str = "log.jsonl";
+/// What the log's `fstat` said after this target's last append (see `log_untouched`).
+const LOG_CHECKPOINT_FILE: &str = "log.checkpoint";
 /// The key secrets are hashed with (64 hex digits), mode 0600.
 const SECRET_KEY_FILE: &str = "secret.key";
 /// Prefix of a new secret key before it is linked into place.
@@ -1341,7 +1343,17 @@ impl Target for DirTarget {
         if created {
             sync_dir(&state)?;
         }
+        self.write_log_checkpoint(&file);
         Ok(())
+    }
+
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        let path = self.state_dir().join(LOG_FILE);
+        let Some(meta) = lstat(&path)? else {
+            return Ok(false);
+        };
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        Ok(fs::read_to_string(checkpoint).is_ok_and(|c| c == log_fingerprint(&meta)))
     }
 
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
@@ -1352,9 +1364,26 @@ impl Target for DirTarget {
             .custom_flags(OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(io_err("open", &path))?;
+        let _ = fs::remove_file(self.state_dir().join(LOG_CHECKPOINT_FILE));
         file.set_len(len).map_err(io_err("truncate", &path))?;
         file.sync_all().map_err(io_err("fsync", &path))
     }
+}
+
+/// The log file's identity and last change as `fstat` tells them: any write, truncation,
+/// replacement or `chmod` by anyone changes the inode's ctime, which no user can set back.
+fn log_fingerprint(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "dev {} ino {} size {} mtime {}.{} ctime {}.{}\n",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 /// Append `line` with one `write_all` (failpoint `log-append-enospc`: half of it, then the
@@ -1386,6 +1415,18 @@ fn cut_back(file: &File, len: u64, path: &Path, err: io::Error) -> TargetError {
 }
 
 impl DirTarget {
+    /// Remember the log's `fstat` after our own append. Best effort: without a checkpoint (or
+    /// with a torn one) the next append verifies the whole log, which is safe, only slower.
+    fn write_log_checkpoint(&self, file: &File) {
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        let written = file
+            .metadata()
+            .and_then(|m| fs::write(&checkpoint, log_fingerprint(&m)));
+        if written.is_err() {
+            let _ = fs::remove_file(&checkpoint);
+        }
+    }
+
     /// Open the log for reading; `None` when there is none. Refuses a symlink.
     fn open_log(&self, path: &Path) -> Result<Option<File>, TargetError> {
         self.check_layout()?;

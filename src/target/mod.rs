@@ -409,6 +409,12 @@ pub trait Target {
     /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
     /// during crash recovery).
     fn log_cut(&self, len: u64) -> Result<(), TargetError>;
+    /// True when the log is exactly as this target's last append left it (nobody wrote it
+    /// since), so only its tail needs reading before the next append; false when that cannot
+    /// be told cheaply, and the whole log must be verified.
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        Ok(false)
+    }
 }
 
 /// The items of state every target keeps (see [`Target::state_location`]).

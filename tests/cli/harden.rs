@@ -227,3 +227,30 @@ fn a_prune_killed_midway_is_cleaned_up_by_the_next_run_of_any_kind() {
         .stderr_has("Removed what an interrupted run left behind: generations/.tmp-prune-1-");
     assert_eq!(tmp_entries(&generations), Vec::<String>::new());
 }
+
+#[test]
+fn a_deployment_refuses_to_append_to_a_damaged_log() {
+    let repo = Repo::base();
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    let target = repo.path().join("targets/validation");
+    let log = target.join(".envlock/log.jsonl");
+    // One byte of the first record, edited by hand.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"adopt\"", "\"apply\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, &edited).unwrap();
+    let before = crate::harness::snapshot(&target);
+    for args in [
+        &["--target", "validation", "--yes"][..],
+        &["rollback", "--target", "validation", "--yes"][..],
+    ] {
+        repo.deploy(args)
+            .code(3)
+            .stderr_has(
+                "the deployment log of `validation` does not verify, so nothing is appended to it",
+            )
+            .stderr_has("record 1 (line 1) was edited");
+        assert_eq!(crate::harness::snapshot(&target), before, "{args:?}");
+    }
+}

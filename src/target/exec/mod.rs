@@ -788,6 +788,10 @@ impl Target for ExecTarget {
         self.state.log_append(line)
     }
 
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        self.state.log_untouched()
+    }
+
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
         self.state.log_cut(len)
     }
