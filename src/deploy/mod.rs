@@ -295,12 +295,12 @@ impl<'a> Deployment<'a> {
             .map_err(|e| self.target_failure(e))?;
         match self.target.remove_leftovers() {
             Ok(gone) if !gone.is_empty() => self.say(&format!(
-                "Removed what an interrupted run left behind: {}",
+                "Removed leftover work files of an earlier run: {}",
                 gone.join(", ")
             )),
             Ok(_) => {}
             Err(e) => self.warn(&format!(
-                "could not remove what an interrupted run left behind: {e}"
+                "could not remove leftover work files of an earlier run: {e}"
             )),
         }
         Ok(guard)

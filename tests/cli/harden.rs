@@ -224,7 +224,7 @@ fn a_prune_killed_midway_is_cleaned_up_by_the_next_run_of_any_kind() {
     repo.deploy(&["--target", "validation", "--yes"])
         .code(0)
         .stderr_has("No changes")
-        .stderr_has("Removed what an interrupted run left behind: generations/.tmp-prune-1-");
+        .stderr_has("Removed leftover work files of an earlier run: generations/.tmp-prune-1-");
     assert_eq!(tmp_entries(&generations), Vec::<String>::new());
 }
 
