@@ -34,3 +34,17 @@ pub fn hit(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_name: &str) {}
+
+/// True if `ENVLOCK_FAILPOINT` names this point: the caller simulates a failure there (a full
+/// disk mid-write) instead of stopping (feature `failpoints` only).
+#[cfg(feature = "failpoints")]
+pub fn active(name: &str) -> bool {
+    crate::sysenv::var("ENVLOCK_FAILPOINT").as_deref() == Some(name)
+}
+
+/// True if `ENVLOCK_FAILPOINT` names this point (feature `failpoints` only).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn active(_name: &str) -> bool {
+    false
+}

@@ -338,6 +338,21 @@ pub fn cut_incomplete_tail(target: &dyn Target) -> Result<usize, TargetError> {
     Ok(tail.incomplete)
 }
 
+/// Before a deployment appends: the log's first problem, if it does not verify. Cheap when the
+/// target can tell that nobody wrote the log since its last append (`Target::log_untouched`:
+/// a `dir` log's `fstat` against the checkpoint of that append); otherwise the whole log is
+/// read and verified once.
+pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
+    if target.log_untouched()? {
+        return Ok(None);
+    }
+    let Some(bytes) = target.log_read()? else {
+        return Ok(None);
+    };
+    let v = verify(&bytes);
+    Ok(v.problem.is_some().then_some(v))
+}
+
 /// The parts of a line that verification needs, found without parsing JSON.
 struct Parts<'a> {
     seq: Option<u64>,
@@ -464,7 +479,13 @@ pub fn verify(bytes: &[u8]) -> Verified {
                 let mut h = Sha256::new();
                 h.update(parts.body);
                 h.update(b"}");
-                Ok((parts.seq, hex_eq(&h.finalize(), parts.hash)))
+                let hash_ok = hex_eq(&h.finalize(), parts.hash);
+                // A line that verifies is a whole record, as `deploy log` reads it: chain
+                // fields at the right offsets around anything else are not enough.
+                if hash_ok && !is_record(line, parts.seq) {
+                    return Err("it is not a well-formed record (its JSON does not parse into the fields of a record)");
+                }
+                Ok((parts.seq, hash_ok))
             })
             .collect()
     });
@@ -577,6 +598,11 @@ pub fn verify(bytes: &[u8]) -> Verified {
     }
 }
 
+/// True when `line` parses into a [`Record`] whose `seq` is the one it starts with.
+fn is_record(line: &[u8], seq: Option<u64>) -> bool {
+    serde_json::from_slice::<Record>(line).is_ok_and(|r| Some(r.seq) == seq)
+}
+
 fn hex_eq(digest: &[u8], hex: &[u8]) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     digest.len() * 2 == hex.len()
@@ -656,6 +682,42 @@ mod tests {
         assert_eq!(v.problem, None);
         assert_eq!(v.records, 10_000);
         assert_eq!(verify(b"").records, 0);
+    }
+
+    /// A line with a correct hash over its own bytes and the chain fields where `verify`
+    /// finds them, but not a record: the hash is recomputed, as a forger would.
+    fn forged_line(body: &str, prev: &str) -> Vec<u8> {
+        let canonical = format!("{body},\"prev\":\"{prev}\"}}");
+        let hash = crate::target::sha256_hex(canonical.as_bytes());
+        format!("{body},\"prev\":\"{prev}\",\"hash\":\"{hash}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_whole_record_does_not_verify() {
+        let good = log(2);
+        let head = verify(&good).head;
+        for body in [
+            // Not JSON at all.
+            "{\"seq\":3, this is not json",
+            // JSON, but the record's fields were removed.
+            "{\"seq\":3",
+            // An unknown field.
+            "{\"seq\":3,\"nope\":1",
+        ] {
+            let mut bytes = good.clone();
+            bytes.extend(forged_line(body, &head));
+            let v = verify(&bytes);
+            let p = v
+                .problem
+                .as_ref()
+                .unwrap_or_else(|| panic!("{body} verified"));
+            assert_eq!(
+                (p.kind.clone(), p.line, v.records),
+                (Broken::Malformed, 3, 2),
+                "{body}"
+            );
+            assert_eq!(records(&bytes).len(), 2);
+        }
     }
 
     #[test]

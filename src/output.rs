@@ -245,17 +245,7 @@ impl Printer {
 
     /// Render diagnostics with the offending source lines, to stderr.
     pub fn diagnostics(&self, sources: &Sources, diags: &[Diagnostic]) {
-        let renderer = if self.color_err {
-            Renderer::styled()
-        } else {
-            Renderer::plain()
-        };
-        let mut s = String::new();
-        for d in diags {
-            s.push_str(&render_diagnostic(&renderer, sources, d, self.color_err));
-            s.push_str("\n\n");
-        }
-        self.err(&s);
+        self.err(&render_diagnostics(sources, diags, self.color_err));
     }
 }
 
@@ -357,18 +347,35 @@ impl Progress for Printer {
     }
 }
 
+/// The text [`Printer::diagnostics`] prints (also what the fuzz targets render).
+pub fn render_diagnostics(sources: &Sources, diags: &[Diagnostic], color: bool) -> String {
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
+    let mut s = String::new();
+    for d in diags {
+        s.push_str(&render_diagnostic(&renderer, sources, d, color));
+        s.push_str("\n\n");
+    }
+    s
+}
+
 /// The lines of a file that `span` covers, clipped to the first line, and the span rebased.
 fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Range<usize>)> {
     if text.is_empty() || loc.span == (0..0) {
         return None;
     }
-    let start = loc.span.start.min(text.len());
+    // Spans come from parsers and from arithmetic on them; never slice inside a character.
+    let start = crate::source::floor_char(text, loc.span.start);
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line_no = text[..line_start].bytes().filter(|&b| b == b'\n').count() + 1;
-    let end = loc.span.end.clamp(start, line_end);
+    let end = crate::source::ceil_char(text, loc.span.end.clamp(start, line_end));
     let end = if end == start {
-        (start + 1).min(line_end)
+        // An empty span marks the whole character at its start (if any on this line).
+        crate::source::ceil_char(text, (start + 1).min(line_end))
     } else {
         end
     };

@@ -42,20 +42,35 @@ impl Sources {
     }
 }
 
-/// 1-based line and column of byte `offset` in `text`.
+/// 1-based line and column of byte `offset` in `text` (an offset inside a character counts as
+/// that character).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let offset = floor_char(text, offset);
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let line_start = before
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let col = text
-        .get(line_start..offset)
-        .map_or(offset - line_start, |s| s.chars().count())
-        + 1;
-    (line, col)
+    (line, text[line_start..offset].chars().count() + 1)
+}
+
+/// The largest character boundary of `text` at or before `offset` (at most `text.len()`).
+pub fn floor_char(text: &str, offset: usize) -> usize {
+    let mut i = offset.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// The smallest character boundary of `text` at or after `offset` (at most `text.len()`).
+pub fn ceil_char(text: &str, offset: usize) -> usize {
+    let mut i = offset.min(text.len());
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 /// A place in a source file.
@@ -93,5 +108,21 @@ impl<T> std::ops::Deref for Located<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_inside_a_character_count_as_that_character() {
+        let text = "a\nmix é = 1";
+        // `é` is bytes 6..8 of the text; byte 7 is inside it.
+        assert_eq!(line_col(text, 6), (2, 5));
+        assert_eq!(line_col(text, 7), (2, 5));
+        assert_eq!(line_col(text, 8), (2, 6));
+        assert_eq!((floor_char(text, 7), ceil_char(text, 7)), (6, 8));
+        assert_eq!(ceil_char(text, 99), text.len());
     }
 }

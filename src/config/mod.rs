@@ -944,7 +944,8 @@ impl Loader<'_> {
         }
     }
 
-    /// Merge a layer with the layers it extends. `stack` detects cycles.
+    /// Merge a layer with the layers it extends. `stack` detects cycles and bounds the depth
+    /// (the walk recurses once per layer).
     fn resolve_layer(
         &mut self,
         name: &str,
@@ -953,6 +954,10 @@ impl Loader<'_> {
     ) -> Option<Partial> {
         if let Some(done) = self.resolved_layers.get(name) {
             return done.clone();
+        }
+        if stack.len() > MAX_EXTENDS_DEPTH {
+            self.diagnostics.push(extends_too_deep(stack, from));
+            return None;
         }
         if let Some(pos) = stack.iter().position(|s| s == name) {
             let mut cycle: Vec<&str> = stack[pos..].iter().map(String::as_str).collect();
@@ -1852,6 +1857,32 @@ impl Loader<'_> {
         }
         ok.then(|| out.into_iter().collect())
     }
+}
+
+/// How many layers an `extends` chain may stack: far more than any real repository uses, and
+/// far fewer than would exhaust the stack of the recursive walk.
+pub const MAX_EXTENDS_DEPTH: usize = 64;
+
+/// The diagnostic for a chain deeper than [`MAX_EXTENDS_DEPTH`], at the entry that goes too deep.
+fn extends_too_deep(stack: &[String], from: &Loc) -> Diagnostic {
+    let shown = if stack.len() > 6 {
+        format!(
+            "{} -> ... -> {}",
+            stack[..3].join(" -> "),
+            stack[stack.len() - 2..].join(" -> ")
+        )
+    } else {
+        stack.join(" -> ")
+    };
+    Diagnostic::new(
+        "extends-too-deep",
+        format!("`extends` stacks more than {MAX_EXTENDS_DEPTH} layers: {shown} -> ..."),
+    )
+    .env(stack[0].clone())
+    .at(from.clone(), "this layer is one too many")
+    .hint(format!(
+        "flatten the chain: a layer may extend several layers side by side, and at most {MAX_EXTENDS_DEPTH} may stack"
+    ))
 }
 
 fn layer_forbidden(

@@ -14,6 +14,14 @@ use crate::source::{Loc, Sources};
 
 use super::{Environment, InputFile, Resource};
 
+/// Schema violations listed per environment; the rest are counted in one more diagnostic, so
+/// that a rule every resource breaks does not flood the output.
+pub const MAX_SCHEMA_ERRORS: usize = 100;
+/// How much of an instance (values, plus the bytes of its strings) a violation may copy as the
+/// instance it reports; a larger one is reported by a summary (`(a table of 5000 keys)`), so no
+/// error holds a copy of a whole large table and memory stays linear in the settings.
+const REPORT_BUDGET: usize = 1024;
+
 /// One schema compiled for the two representations it validates.
 struct Compiled {
     /// For `serde_json` values (secret values checked at deploy time).
@@ -175,96 +183,124 @@ impl Schemas {
         };
         // Where the secrets are matters only for an error; most environments have none.
         let mut secrets = None;
+        let mut more = 0usize;
+        let mut diags_of_env = 0usize;
         for error in validator.iter_errors(Instance::Settings(&env.settings)) {
-            let path = error.instance_path();
-            let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-            if let Some((loc, text)) = secrets
-                .get_or_insert_with(|| secret_pointers(env))
-                .iter()
-                .find_map(|(p, l, t)| (*p == segments).then_some((l, t)))
-            {
-                // The value is unknown until deploy time; only a schema that rejects every
-                // string can be known to reject it now.
-                if rejects_every_string(error.kind()) {
-                    diags.push(
-                        Diagnostic::new(
-                            "schema",
-                            format!(
-                                "settings.{}: a secret is always a string, but the schema does not accept a string here (`{}`)",
-                                segments.join("."),
-                                error.kind().keyword()
-                            ),
-                        )
-                        .env(&env.name)
-                        .at(loc.clone(), format!("secret `{text}`"))
-                        .hint(format!(
-                            "the schema rule is at {} in schemas/{}.schema.json; use a plain value, or allow a string",
-                            error.schema_path().as_str(),
-                            env.schema.value
-                        )),
-                    );
-                }
+            if diags_of_env >= MAX_SCHEMA_ERRORS {
+                more += 1;
                 continue;
             }
-            let (resource, rest) = match segments.split_first() {
-                Some((r, rest)) => (Some(r.as_str()), rest),
-                None => (None, &[][..]),
-            };
-            let (loc, key_path) = match resource
-                .and_then(|r| env.settings.get(r).map(|res| (r, res)))
-            {
-                Some((r, res)) => {
-                    let node = res
-                        .node
-                        .find(rest.iter().map(String::as_str))
-                        .unwrap_or(&res.node);
-                    let mut key = r.to_owned();
-                    for seg in rest {
-                        key.push('.');
-                        key.push_str(seg);
-                    }
-                    let mut loc = if rest.is_empty() {
-                        res.name_loc.clone()
-                    } else {
-                        node.loc()
-                    };
-                    // An unexpected key is best shown at the key itself.
-                    if let jsonschema::error::ValidationErrorKind::AdditionalProperties {
-                        unexpected,
-                    } = error.kind()
-                        && let (Some(first), Some(table)) = (unexpected.first(), node.as_table())
-                        && let Some(m) = table.get(first)
-                    {
-                        loc = Loc::new(m.key_file, m.key_span.clone());
-                    }
-                    (loc, key)
-                }
-                None => (Loc::new(env.file, 0..0), String::new()),
-            };
-            let where_ = if key_path.is_empty() {
-                "settings".to_owned()
-            } else {
-                format!("settings.{key_path}")
-            };
+            if let Some(d) = error_diagnostic(env, &error, &mut secrets) {
+                diags.push(d);
+                diags_of_env += 1;
+            }
+        }
+        if more > 0 {
             diags.push(
-                Diagnostic::new("schema", format!("{where_}: {error}"))
-                    .env(&env.name)
-                    .at(
-                        loc,
-                        format!("violates schemas/{}.schema.json", env.schema.value),
-                    )
-                    .hint(format!(
-                        "the schema rule is at {} in schemas/{}.schema.json",
-                        error.schema_path().as_str(),
-                        env.schema.value
-                    )),
+                Diagnostic::new(
+                    "schema",
+                    format!(
+                        "settings: {more} more schema violations in `{}` are not listed (the first {MAX_SCHEMA_ERRORS} are)",
+                        env.name
+                    ),
+                )
+                .env(&env.name)
+                .at(env.schema.loc.clone(), format!("validated by schemas/{}.schema.json", env.schema.value))
+                .hint("fix the violations listed, then run `deploy check` again to see the rest"),
             );
         }
     }
 }
 
-/// The JSON pointer segments of every secret of an environment, where it is written, and its
-/// reference.
+/// The diagnostic for one schema violation; `None` for a violation at a secret that its value
+/// (unknown until deploy time) may satisfy. `secrets`: the secrets' places, found once.
+fn error_diagnostic(
+    env: &Environment,
+    error: &jsonschema::ValidationError<'_>,
+    secrets: &mut Option<Vec<(Vec<String>, Loc, String)>>,
+) -> Option<Diagnostic> {
+    let path = error.instance_path();
+    let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    if let Some((loc, text)) = secrets
+        .get_or_insert_with(|| secret_pointers(env))
+        .iter()
+        .find_map(|(p, l, t)| (*p == segments).then_some((l, t)))
+    {
+        // The value is unknown until deploy time; only a schema that rejects every
+        // string can be known to reject it now.
+        if !rejects_every_string(error.kind()) {
+            return None;
+        }
+        return Some(
+            Diagnostic::new(
+                    "schema",
+                    format!(
+                        "settings.{}: a secret is always a string, but the schema does not accept a string here (`{}`)",
+                        segments.join("."),
+                        error.kind().keyword()
+                    ),
+                )
+                .env(&env.name)
+                .at(loc.clone(), format!("secret `{text}`"))
+                .hint(format!(
+                    "the schema rule is at {} in schemas/{}.schema.json; use a plain value, or allow a string",
+                    error.schema_path().as_str(),
+                    env.schema.value
+                )),
+        );
+    }
+    let (resource, rest) = match segments.split_first() {
+        Some((r, rest)) => (Some(r.as_str()), rest),
+        None => (None, &[][..]),
+    };
+    let (loc, key_path) = match resource.and_then(|r| env.settings.get(r).map(|res| (r, res))) {
+        Some((r, res)) => {
+            let node = res
+                .node
+                .find(rest.iter().map(String::as_str))
+                .unwrap_or(&res.node);
+            let mut key = r.to_owned();
+            for seg in rest {
+                key.push('.');
+                key.push_str(seg);
+            }
+            let mut loc = if rest.is_empty() {
+                res.name_loc.clone()
+            } else {
+                node.loc()
+            };
+            // An unexpected key is best shown at the key itself.
+            if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                error.kind()
+                && let (Some(first), Some(table)) = (unexpected.first(), node.as_table())
+                && let Some(m) = table.get(first)
+            {
+                loc = Loc::new(m.key_file, m.key_span.clone());
+            }
+            (loc, key)
+        }
+        None => (Loc::new(env.file, 0..0), String::new()),
+    };
+    let where_ = if key_path.is_empty() {
+        "settings".to_owned()
+    } else {
+        format!("settings.{key_path}")
+    };
+    Some(
+        Diagnostic::new("schema", format!("{where_}: {error}"))
+            .env(&env.name)
+            .at(
+                loc,
+                format!("violates schemas/{}.schema.json", env.schema.value),
+            )
+            .hint(format!(
+                "the schema rule is at {} in schemas/{}.schema.json",
+                error.schema_path().as_str(),
+                env.schema.value
+            )),
+    )
+}
+
 pub(crate) fn secret_pointers(env: &Environment) -> Vec<(Vec<String>, Loc, String)> {
     let mut out = Vec::new();
     // `Node::secrets` copies every key on its way; most resources have no secret to find.
@@ -304,6 +340,42 @@ fn rejects_every_string(kind: &ValidationErrorKind) -> bool {
         ValidationErrorKind::Constant { expected_value } => !expected_value.is_string(),
         ValidationErrorKind::FalseSchema => true,
         _ => false,
+    }
+}
+
+/// True when `node` costs at most `budget` (one per value, plus the bytes of strings); spends it.
+fn fits(node: &Node, budget: &mut usize) -> bool {
+    let cost = match &node.value {
+        Value::String(s) | Value::Datetime(s) => 1 + s.len(),
+        _ => 1,
+    };
+    if cost > *budget {
+        return false;
+    }
+    *budget -= cost;
+    match &node.value {
+        Value::Array(items) => items.iter().all(|n| fits(n, budget)),
+        Value::Table(t) => t.iter().all(|(k, m)| {
+            *budget = budget.saturating_sub(k.len());
+            fits(&m.node, budget)
+        }),
+        _ => true,
+    }
+}
+
+impl Instance<'_> {
+    /// What a violation reports instead of a large instance.
+    fn summary(&self) -> String {
+        match *self {
+            Instance::Settings(s) => format!("(the settings: {} resources)", s.len()),
+            Instance::Node(n) => match &n.value {
+                Value::Table(t) => format!("(a table of {} keys)", t.len()),
+                Value::Array(items) => format!("(an array of {} items)", items.len()),
+                Value::String(s) | Value::Datetime(s) => format!("(a string of {} bytes)", s.len()),
+                _ => "(a value)".to_owned(),
+            },
+            Instance::Name(s) => format!("(a name of {} bytes)", s.len()),
+        }
     }
 }
 
@@ -478,6 +550,22 @@ impl<'a> JsonNode<'a, SettingsJson> for Instance<'a> {
         })
     }
 
+    /// The instance a violation reports: a copy when it is small, else a summary (see
+    /// [`REPORT_BUDGET`]); jsonschema's default copies the whole instance for every error.
+    fn lazy_value(&self) -> jsonschema_value::LazyInstance<'a> {
+        let mut budget = REPORT_BUDGET;
+        let small = match *self {
+            Instance::Settings(s) => s.values().all(|r| fits(&r.node, &mut budget)),
+            Instance::Node(n) => fits(n, &mut budget),
+            Instance::Name(s) => s.len() <= REPORT_BUDGET,
+        };
+        jsonschema_value::LazyInstance::Ready(if small {
+            self.to_value()
+        } else {
+            Cow::Owned(serde_json::Value::String(self.summary()))
+        })
+    }
+
     fn identity(&self) -> Option<NodeIdentity> {
         match *self {
             Instance::Settings(s) => Some(NodeIdentity::new(std::ptr::from_ref(s) as usize)),
@@ -537,6 +625,62 @@ mod tests {
         errors
             .map(|e| format!("{} | {} | {e}", e.instance_path(), e.schema_path().as_str()))
             .collect()
+    }
+
+    #[test]
+    fn a_violation_reports_a_large_instance_by_a_summary_not_a_copy() {
+        let schema =
+            serde_json::json!({"propertyNames": {"pattern": "^zz"}, "minProperties": 9999});
+        let mut env_file = "[environment]\naccount = \"123456789012\"\nschema = \"s\"\n\
+                            [target]\nkind = \"dir\"\npath = \"/srv/t\"\n"
+            .to_owned();
+        for i in 0..500 {
+            env_file.push_str(&format!("[settings.res-{i}]\nkey = {i}\n"));
+        }
+        let config = crate::config::load(Input {
+            environments: vec![InputFile {
+                path: "environments/t.toml".into(),
+                content: Ok(env_file.into_bytes()),
+            }],
+            schemas: vec![InputFile {
+                path: "schemas/s.schema.json".into(),
+                content: Ok(schema.to_string().into_bytes()),
+            }],
+            root: None,
+        });
+        // Listed up to the cap, the rest counted.
+        let listed = config
+            .diagnostics
+            .iter()
+            .filter(|d| d.code == "schema")
+            .count();
+        assert_eq!(listed, MAX_SCHEMA_ERRORS + 1);
+        assert!(
+            config
+                .diagnostics
+                .iter()
+                .any(|d| d.message.contains("401 more schema violations")),
+            "{:?}",
+            config.diagnostics.last()
+        );
+        // Each error of the 501 holds a summary of the settings, not a copy of them.
+        let env = config.get("t").expect("the environment resolves");
+        let tree = jsonschema::options_for::<SettingsJson>()
+            .with_draft(Draft::Draft202012)
+            .build(&schema)
+            .unwrap();
+        let errors: Vec<_> = tree
+            .iter_errors(Instance::Settings(&env.settings))
+            .collect();
+        assert_eq!(errors.len(), 501);
+        for e in &errors {
+            assert!(e.instance().to_string().len() < 100, "{}", e.instance());
+        }
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("(the settings: 500 resources)"))
+        );
     }
 
     #[test]

@@ -1139,13 +1139,41 @@ fn resolve_interrupted(
         // Without a journal nobody was writing the log, so an incomplete last record is
         // damage for a person to look at, not something to repair silently.
         log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
+        require_intact_log(d)?;
         return Ok(Some(None));
     }
     let lock = d.lock()?;
     if recover(d, report)? {
         return Ok(None);
     }
+    require_intact_log(d)?;
     Ok(Some(Some(lock)))
+}
+
+/// A log that does not verify is never appended to: refuse (exit 3) before anything is
+/// written, naming its first problem.
+fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
+    let Some(v) = log::damage(&*d.target).map_err(|e| d.target_failure(e))? else {
+        return Ok(());
+    };
+    let problem = v.problem.expect("damage has a problem");
+    Err(Failure::refused(format!(
+        "the deployment log of `{}` does not verify, so nothing is appended to it: {}",
+        d.env.name, problem.message
+    ))
+    .detail(format!(
+        "log: {}",
+        d.target.state_location(crate::target::StateItem::Log)
+    ))
+    .detail(format!(
+        "{} records verify before it; head {}",
+        v.records, v.head
+    ))
+    .hint(format!(
+        "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`)",
+        d.env.name
+    ))
+    .into())
 }
 
 /// Under the lock: the target must still be what the confirmed plan was computed from.
@@ -1311,7 +1339,18 @@ fn journal_entry(
 
 /// Append a record to the deployment log (the caller holds the lock).
 fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
-    let r = log::append(&*d.target, entry).map_err(|e| log_failure(d, e))?;
+    let r = log::append(&*d.target, entry).map_err(|e| {
+        let io = matches!(e, AppendError::Target(TargetError::Io { .. }));
+        let err = log_failure(d, e);
+        if io {
+            err.context(format!(
+                "this run's record could not be written to the deployment log of `{}`",
+                d.env.name
+            ))
+        } else {
+            err
+        }
+    })?;
     report.log = Some(LogRef {
         seq: r.seq,
         hash: r.hash,

@@ -439,12 +439,24 @@ impl<'a> Deployment<'a> {
         format!("`{}` (account {})", self.env.name, self.env.account.value)
     }
 
-    /// Take the deployment lock (exit 5 when another deployment holds it).
+    /// Take the target's lock (exit 5 when another deployment holds it), then remove what interrupted runs left behind (a generation
+    /// being written or pruned when they died): nobody else is writing now.
     pub fn lock(&self) -> Result<Box<dyn LockGuard>> {
         let holder = Holder::this_process(&self.env.name);
         let task = self.wait_task(format!("the lock of {}", self.target.describe()), None);
-        progress_mod::during(self.progress, task, || self.target.lock(&holder))
-            .map_err(|e| self.target_failure(e))
+        let guard = progress_mod::during(self.progress, task, || self.target.lock(&holder))
+            .map_err(|e| self.target_failure(e))?;
+        match self.target.remove_leftovers() {
+            Ok(gone) if !gone.is_empty() => self.say(&format!(
+                "Removed leftover work files of an earlier run: {}",
+                gone.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => self.warn(&format!(
+                "could not remove leftover work files of an earlier run: {e}"
+            )),
+        }
+        Ok(guard)
     }
 
     /// A target error as a failure that names the target.

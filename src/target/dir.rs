@@ -58,6 +58,8 @@ const JOURNAL_FILE: &str = "journal.json";
 const JOURNAL_TMP_PREFIX: &str = "journal.json.tmp-";
 /// The deployment log (JSON Lines, see `crate::log`).
 const LOG_FILE: &str = "log.jsonl";
+/// What the log's `fstat` said after this target's last append (see `log_untouched`).
+const LOG_CHECKPOINT_FILE: &str = "log.checkpoint";
 /// The key secrets are hashed with (64 hex digits), mode 0600.
 const SECRET_KEY_FILE: &str = "secret.key";
 /// Prefix of a new secret key before it is linked into place.
@@ -729,6 +731,91 @@ impl DirTarget {
         read.into_iter().collect()
     }
 
+    /// Write generation `id` into the new directory `tmp`, make it durable, and rename it into
+    /// place (not live yet).
+    fn complete_generation(
+        &self,
+        tmp: &Path,
+        id: GenerationId,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &serde_json::Value,
+    ) -> Result<(), TargetError> {
+        let generations = self.generations_dir();
+        let dir = OpenDir::open(tmp)?;
+        let each = resources.len() <= FSYNC_EACH_MAX;
+        let half = resources.len() / 2;
+        let write = |(i, (name, bytes)): (usize, (&String, &Vec<u8>))| {
+            if i == half {
+                crate::failpoint::hit("dir-write-half");
+            }
+            let mode = if private.contains(name) {
+                PRIVATE_MODE
+            } else {
+                DEFAULT_MODE
+            };
+            let name = format!("{name}.toml");
+            let file = dir.write_new(&name, bytes, mode)?;
+            if each {
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(&name)))?;
+            }
+            Ok::<(), TargetError>(())
+        };
+        let sums = || {
+            let sums: serde_json::Map<String, serde_json::Value> = resources
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
+                .collect();
+            serde_json::to_vec(&sums)
+        };
+        // One thread writes: creating files in one directory serialises on the directory's
+        // lock in the kernel, and two writers spent most of their time spinning on it (perf).
+        // The checksums are computed on another core meanwhile.
+        let (written, sums_bytes) = std::thread::scope(|s| {
+            let sums = s.spawn(sums);
+            (
+                resources.iter().enumerate().try_for_each(write),
+                sums.join().expect("hashing does not panic"),
+            )
+        });
+        written?;
+        let mut sums_bytes = sums_bytes
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
+        sums_bytes.push(b'\n');
+        let mut meta_bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
+        meta_bytes.push(b'\n');
+        // Plain checksums of files with secrets would let a weak secret be guessed offline.
+        let sums_mode = if private.is_empty() {
+            DEFAULT_MODE
+        } else {
+            PRIVATE_MODE
+        };
+        let meta_file = dir.write_new(META_FILE, &meta_bytes, DEFAULT_MODE)?;
+        let sums_file = dir.write_new(SUMS_FILE, &sums_bytes, sums_mode)?;
+        if each {
+            for (file, name) in [(meta_file, META_FILE), (sums_file, SUMS_FILE)] {
+                file.sync_all()
+                    .map_err(io_err("fsync", &dir.path.join(name)))?;
+            }
+            dir.sync()?;
+        } else {
+            dir.sync_filesystem()?;
+        }
+        let dest = self.generation_dir(id);
+        if lstat(&dest)?.is_some() {
+            return Err(TargetError::Corrupt(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        crate::failpoint::hit("dir-before-generation-rename");
+        fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        sync_dir(&generations)?;
+        Ok(())
+    }
+
     /// Point `current` at generation `id` with one `rename(2)`, durably.
     fn switch_current(&self, id: GenerationId) -> Result<(), TargetError> {
         let tmp = self
@@ -739,7 +826,10 @@ impl DirTarget {
         std::os::unix::fs::symlink(&dest, &tmp).map_err(io_err("create symlink", &tmp))?;
         let current = self.path.join(CURRENT);
         crate::failpoint::hit("dir-switch-before-rename");
-        fs::rename(&tmp, &current).map_err(io_err("rename into place", &current))?;
+        if let Err(e) = fs::rename(&tmp, &current) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("rename into place", &current)(e));
+        }
         sync_dir(&self.path)
     }
 
@@ -991,77 +1081,12 @@ impl Target for DirTarget {
         let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
         remove_any(&tmp)?;
         fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-        let dir = OpenDir::open(&tmp)?;
-        let each = resources.len() <= FSYNC_EACH_MAX;
-        let half = resources.len() / 2;
-        let write = |(i, (name, bytes)): (usize, (&String, &Vec<u8>))| {
-            if i == half {
-                crate::failpoint::hit("dir-write-half");
-            }
-            let mode = if private.contains(name) {
-                PRIVATE_MODE
-            } else {
-                DEFAULT_MODE
-            };
-            let name = format!("{name}.toml");
-            let file = dir.write_new(&name, bytes, mode)?;
-            if each {
-                file.sync_all()
-                    .map_err(io_err("fsync", &dir.path.join(&name)))?;
-            }
-            Ok::<(), TargetError>(())
-        };
-        let sums = || {
-            let sums: serde_json::Map<String, serde_json::Value> = resources
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(super::sha256_hex(v))))
-                .collect();
-            serde_json::to_vec(&sums)
-        };
-        // One thread writes: creating files in one directory serialises on the directory's
-        // lock in the kernel, and two writers spent most of their time spinning on it (perf).
-        // The checksums are computed on another core meanwhile.
-        let (written, sums_bytes) = std::thread::scope(|s| {
-            let sums = s.spawn(sums);
-            (
-                resources.iter().enumerate().try_for_each(write),
-                sums.join().expect("hashing does not panic"),
-            )
-        });
-        written?;
-        let mut sums_bytes = sums_bytes
-            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the checksums: {e}")))?;
-        sums_bytes.push(b'\n');
-        let mut meta_bytes = serde_json::to_vec_pretty(meta)
-            .map_err(|e| TargetError::Corrupt(format!("cannot serialise the metadata: {e}")))?;
-        meta_bytes.push(b'\n');
-        // Plain checksums of files with secrets would let a weak secret be guessed offline.
-        let sums_mode = if private.is_empty() {
-            DEFAULT_MODE
-        } else {
-            PRIVATE_MODE
-        };
-        let meta_file = dir.write_new(META_FILE, &meta_bytes, DEFAULT_MODE)?;
-        let sums_file = dir.write_new(SUMS_FILE, &sums_bytes, sums_mode)?;
-        if each {
-            for (file, name) in [(meta_file, META_FILE), (sums_file, SUMS_FILE)] {
-                file.sync_all()
-                    .map_err(io_err("fsync", &dir.path.join(name)))?;
-            }
-            dir.sync()?;
-        } else {
-            dir.sync_filesystem()?;
+        // A failed attempt (a full disk) removes what it wrote before it reports the failure,
+        // so retries do not pile up partial generations.
+        if let Err(e) = self.complete_generation(&tmp, id, resources, private, meta) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        let dest = self.generation_dir(id);
-        if lstat(&dest)?.is_some() {
-            return Err(TargetError::Corrupt(format!(
-                "{} already exists",
-                dest.display()
-            )));
-        }
-        crate::failpoint::hit("dir-before-generation-rename");
-        fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
-        sync_dir(&generations)?;
         crate::failpoint::hit("dir-before-switch");
         self.switch_current(id)?;
         Ok(id)
@@ -1155,10 +1180,7 @@ impl Target for DirTarget {
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
         let layout = self.require_stamped()?;
         let generations = self.generations_dir();
-        let leftovers = self.leftover_paths()?;
-        for rel in &leftovers {
-            remove_any(&self.path.join(rel))?;
-        }
+        let leftovers = self.remove_leftovers()?;
         let ids = self.generation_ids()?;
         let mut kept: BTreeSet<GenerationId> = ids.iter().rev().take(keep).copied().collect();
         kept.extend(layout.current);
@@ -1190,6 +1212,25 @@ impl Target for DirTarget {
             return Ok(Vec::new());
         }
         self.leftover_paths()
+    }
+
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        if !self.check_layout()?.exists {
+            return Ok(Vec::new());
+        }
+        let found = self.leftover_paths()?;
+        for rel in &found {
+            remove_any(&self.path.join(rel))?;
+        }
+        if !found.is_empty() {
+            for dir in [self.generations_dir(), self.state_dir()] {
+                if lstat(&dir)?.is_some_and(|m| m.is_dir()) {
+                    sync_dir(&dir)?;
+                }
+            }
+            sync_dir(&self.path)?;
+        }
+        Ok(found)
     }
 
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
@@ -1388,13 +1429,26 @@ impl Target for DirTarget {
             .open(&path)
             .map_err(io_err("open for appending", &path))?;
         // The whole line in one call (a line fits one write(2) in practice); an incomplete
-        // line left by a crash is found by the next run (see `crate::log`).
-        file.write_all(line).map_err(io_err("append to", &path))?;
-        file.sync_data().map_err(io_err("fsync", &path))?;
+        // line left by a crash is found by the next run (see `crate::log`). One cut short by
+        // an error (a full disk) is cut back here: the log stays as it was.
+        let before = file.metadata().map_err(io_err("inspect", &path))?.len();
+        if let Err(e) = write_line(&mut file, line).and_then(|()| file.sync_data()) {
+            return Err(cut_back(&file, before, &path, e));
+        }
         if created {
             sync_dir(&state)?;
         }
+        self.write_log_checkpoint(&file);
         Ok(())
+    }
+
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        let path = self.state_dir().join(LOG_FILE);
+        let Some(meta) = lstat(&path)? else {
+            return Ok(false);
+        };
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        Ok(fs::read_to_string(checkpoint).is_ok_and(|c| c == log_fingerprint(&meta)))
     }
 
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
@@ -1405,12 +1459,69 @@ impl Target for DirTarget {
             .custom_flags(OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(io_err("open", &path))?;
+        let _ = fs::remove_file(self.state_dir().join(LOG_CHECKPOINT_FILE));
         file.set_len(len).map_err(io_err("truncate", &path))?;
         file.sync_all().map_err(io_err("fsync", &path))
     }
 }
 
+/// The log file's identity and last change as `fstat` tells them: any write, truncation,
+/// replacement or `chmod` by anyone changes the inode's ctime, which no user can set back.
+fn log_fingerprint(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "dev {} ino {} size {} mtime {}.{} ctime {}.{}\n",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
+}
+
+/// Append `line` with one `write_all` (failpoint `log-append-enospc`: half of it, then the
+/// error a full disk gives).
+fn write_line(file: &mut File, line: &[u8]) -> io::Result<()> {
+    if crate::failpoint::active("log-append-enospc") {
+        file.write_all(&line[..line.len() / 2])?;
+        return Err(io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()));
+    }
+    file.write_all(line)
+}
+
+/// A failed append: truncate the log back to the `len` it had before, made durable, so no
+/// partial record stays. The error says whether that worked.
+fn cut_back(file: &File, len: u64, path: &Path, err: io::Error) -> TargetError {
+    let what = match file.set_len(len).and_then(|()| file.sync_all()) {
+        Ok(()) => format!(
+            "append a record ({err}; the log was cut back to its previous {len} bytes, as it was) to"
+        ),
+        Err(cut) => format!(
+            "append a record ({err}; cutting the partial record back to {len} bytes failed too: {cut}) to"
+        ),
+    };
+    TargetError::Io {
+        what,
+        path: path.to_path_buf(),
+        source: err,
+    }
+}
+
 impl DirTarget {
+    /// Remember the log's `fstat` after our own append. Best effort: without a checkpoint (or
+    /// with a torn one) the next append verifies the whole log, which is safe, only slower.
+    fn write_log_checkpoint(&self, file: &File) {
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        let written = file
+            .metadata()
+            .and_then(|m| fs::write(&checkpoint, log_fingerprint(&m)));
+        if written.is_err() {
+            let _ = fs::remove_file(&checkpoint);
+        }
+    }
+
     /// Open the log for reading; `None` when there is none. Refuses a symlink.
     fn open_log(&self, path: &Path) -> Result<Option<File>, TargetError> {
         self.check_layout()?;

@@ -422,6 +422,11 @@ pub trait Target {
     /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
     /// next run to report. [`Target::prune`] removes them.
     fn leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// Remove those leftovers now; every run that takes the lock does, so work in progress of
+    /// a run that was killed (a generation being pruned) never stays on disk. Returns them.
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        Ok(Vec::new())
+    }
     /// Record that a generation failed its health check, so that a rollback never picks it
     /// by default. Its resources stay as they were.
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError>;
@@ -454,6 +459,12 @@ pub trait Target {
     /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
     /// during crash recovery).
     fn log_cut(&self, len: u64) -> Result<(), TargetError>;
+    /// True when the log is exactly as this target's last append left it (nobody wrote it
+    /// since), so only its tail needs reading before the next append; false when that cannot
+    /// be told cheaply, and the whole log must be verified.
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        Ok(false)
+    }
 }
 
 /// The items of state every target keeps (see [`Target::state_location`]).

@@ -484,3 +484,62 @@ pub fn log_outcomes(repo: &Repo, env: &str) -> Vec<(String, String)> {
     out.sort();
     out.into_iter().map(|(_, o, r)| (o, r)).collect()
 }
+
+/// A small tmpfs mounted on a temporary directory (unmounted on drop), to fill a disk for
+/// real. `None` (with the reason printed) where mounting is not allowed.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("envlock-tmpfs")
+            .tempdir()
+            .unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (root is needed): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write a file of zeros until the filesystem is full, then give back `pages` pages of
+    /// 4 KiB; returns its path.
+    pub fn fill(&self, pages: u64) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        // Whatever is left below one page.
+        while f.write_all(&chunk[..1]).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len((len / 4096).saturating_sub(pages) * 4096)
+            .unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

@@ -16,6 +16,7 @@ mod fitness;
 mod fixtures;
 mod forward;
 mod gate;
+mod harden;
 mod hooks;
 mod interrupt;
 mod lifecycle;

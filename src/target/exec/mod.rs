@@ -704,6 +704,10 @@ impl Target for ExecTarget {
         self.state.leftovers()
     }
 
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.remove_leftovers()
+    }
+
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
         self.state.mark_failed(id, reason)
     }
@@ -800,6 +804,10 @@ impl Target for ExecTarget {
 
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
         self.state.log_append(line)
+    }
+
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        self.state.log_untouched()
     }
 
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
