@@ -825,7 +825,10 @@ fn log_reasons_fit_the_terminal_and_are_never_cut_elsewhere() {
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     // A layer both environments extend: validation's configuration changes too.
-    repo.edit("environments/_common.toml", &[("threads = 4", "threads = 5")]);
+    repo.edit(
+        "environments/_common.toml",
+        &[("threads = 4", "threads = 5")],
+    );
     repo.edit(
         "environments/prod.toml",
         &[("threads = 16", "threads = 17")],
