@@ -96,6 +96,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             super::apply::short(&live.commit)
         )));
     }
+    untouched(&*target, name, live.id).map_err(&refuse)?;
     let last = log::records(&bytes).into_iter().rev().find(|r| {
         r.environment == *name
             && r.account == before.account.value
@@ -115,6 +116,30 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             live.id
         ))),
     }
+}
+
+/// The live generation's files (keys, values) are still what envlock wrote: a hand edit on
+/// `name` means what runs there is not what the commit gives it, whatever its health says.
+fn untouched(
+    target: &dyn Target,
+    name: &str,
+    id: crate::target::GenerationId,
+) -> Result<(), String> {
+    let drift = target.drift().map_err(|e| {
+        format!("`{name}`'s live generation {id} cannot be checked for hand edits: {e}")
+    })?;
+    if drift.is_clean() {
+        return Ok(());
+    }
+    let changed: Vec<&str> = (drift.edited.iter())
+        .chain(&drift.added)
+        .chain(&drift.removed)
+        .map(String::as_str)
+        .collect();
+    Err(format!(
+        "`{name}`'s live generation {id} was changed by hand since it was deployed ({}), so what runs there is not what the commit gives it",
+        changed.join(", ")
+    ))
 }
 
 /// What is live on an `after` environment's target now.
