@@ -51,27 +51,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         .into()
     };
     let target = open_target(before).map_err(|e| refuse(format!("its log cannot be read: {e}")))?;
-    let where_ = target.describe();
-    match target.stamp() {
-        Ok(StampState::Stamped(s))
-            if s.environment == *name && s.account == before.account.value => {}
-        Ok(StampState::Stamped(s)) => {
-            return Err(refuse(format!(
-                "`{name}`'s target {where_} is stamped for `{}` (account {}), so its log proves nothing about `{name}`",
-                s.environment, s.account
-            )));
-        }
-        Ok(_) => {
-            return Err(refuse(format!(
-                "`{name}` has never been deployed to ({where_} holds no stamp), so commit {short} is not proven there"
-            )));
-        }
-        Err(e) => {
-            return Err(refuse(format!(
-                "`{name}`'s target {where_} cannot be read from here: {e}"
-            )));
-        }
-    }
+    stamped_for(&*target, before, short).map_err(&refuse)?;
     let bytes = target
         .log_read()
         .map_err(|e| refuse(format!("`{name}`'s deployment log cannot be read: {e}")))?
@@ -116,6 +96,33 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             live.id
         ))),
     }
+}
+
+/// The `after` environment's target is stamped for it and its account.
+fn stamped_for(target: &dyn Target, before: &Environment, short: &str) -> Result<(), String> {
+    let name = &before.name;
+    let where_ = target.describe();
+    match target.stamp() {
+        Ok(StampState::Stamped(s))
+            if s.environment == *name && s.account == before.account.value => {}
+        Ok(StampState::Stamped(s)) => {
+            return Err(format!(
+                "`{name}`'s target {where_} is stamped for `{}` (account {}), so its log proves nothing about `{name}`",
+                s.environment, s.account
+            ));
+        }
+        Ok(_) => {
+            return Err(format!(
+                "`{name}` has never been deployed to ({where_} holds no stamp), so commit {short} is not proven there"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "`{name}`'s target {where_} cannot be read from here: {e}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The live generation's files (keys, values) are still what envlock wrote: a hand edit on
