@@ -26,6 +26,8 @@ pub struct Backwards {
     pub behind: usize,
     /// Commits this one has that the live one lacks.
     pub ahead: usize,
+    /// The clone is shallow (`unknown`: `git fetch --unshallow` brings the history).
+    pub shallow: bool,
 }
 
 /// The finding for `d.commit` against what is live on `d.target`; `None` when it moves
@@ -60,6 +62,7 @@ pub fn finding(d: &Deployment<'_>) -> Result<Option<Backwards>> {
             commit: d.commit.id.to_string(),
             behind,
             ahead,
+            shallow: d.repo.is_shallow(),
         })
     };
     Ok(match relation(d.repo, d.commit.id, &live.commit)? {
@@ -116,7 +119,12 @@ impl Backwards {
                 short(&self.live_commit)
             ),
             _ => format!(
-                "fetch (`git fetch`), then merge or pull so that this clone has {} and builds on it, then deploy",
+                "fetch ({}), then merge or pull so that this clone has {} and builds on it, then deploy",
+                if self.shallow {
+                    "`git fetch --unshallow`: this clone is shallow, and a plain `git fetch` does not bring older commits"
+                } else {
+                    "`git fetch`"
+                },
                 short(&self.live_commit)
             ),
         };

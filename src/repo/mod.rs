@@ -158,6 +158,12 @@ impl Repo {
         })
     }
 
+    /// A shallow clone (`git clone --depth`): its history stops short, so `git fetch` alone
+    /// does not bring older commits.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
     /// Whether commit `id` is `rev`'s commit or one of its ancestors. A revision that does not
     /// resolve is [`RepoError::BadRevision`].
     pub fn reachable_from(&self, id: Oid, rev: &str) -> Result<bool, RepoError> {

@@ -324,3 +324,31 @@ fn a_live_generation_without_a_commit_id_is_warned_about_not_refused() {
         .stderr_has("live generation 2 records no commit")
         .stderr_has("Deployed:");
 }
+
+#[test]
+fn a_shallow_clone_without_the_live_commit_is_told_to_unshallow() {
+    let t = Team::new();
+    deploy(&t.a).code(0);
+    set_threads(&t.a, 17);
+    t.a.git(&["push", "-q"]);
+    // A CI checkout of depth 1: HEAD is ahead of the live commit, which it does not have.
+    let ci = Repo::empty();
+    let url = format!("file://{}", t._remote.path().display());
+    ci.git(&["fetch", "-q", "--depth", "1", &url, "main:refs/remotes/origin/main"]);
+    ci.git(&["remote", "add", "origin", &url]);
+    ci.git(&["checkout", "-q", "origin/main"]);
+    refused_untouched(
+        &t.target(),
+        &[
+            "a commit this clone does not have",
+            "`git fetch --unshallow`: this clone is shallow",
+        ],
+        || deploy(&ci),
+    );
+    let run = ci.deploy(&["status", "--target", "prod", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["backwards"]["relation"], "unknown");
+    assert_eq!(v["backwards"]["shallow"], true);
+    ci.git(&["fetch", "-q", "--unshallow", "origin"]);
+    deploy(&ci).code(0).stderr_has("Deployed:");
+}
