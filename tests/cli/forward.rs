@@ -334,7 +334,14 @@ fn a_shallow_clone_without_the_live_commit_is_told_to_unshallow() {
     // A CI checkout of depth 1: HEAD is ahead of the live commit, which it does not have.
     let ci = Repo::empty();
     let url = format!("file://{}", t._remote.path().display());
-    ci.git(&["fetch", "-q", "--depth", "1", &url, "main:refs/remotes/origin/main"]);
+    ci.git(&[
+        "fetch",
+        "-q",
+        "--depth",
+        "1",
+        &url,
+        "main:refs/remotes/origin/main",
+    ]);
     ci.git(&["remote", "add", "origin", &url]);
     ci.git(&["checkout", "-q", "origin/main"]);
     refused_untouched(
