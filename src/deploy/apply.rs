@@ -1682,7 +1682,7 @@ fn unfit(d: &Deployment<'_>, g: &GenerationInfo) -> Option<String> {
     match d.repo.reachable_from(id, reviewed.rev()) {
         Ok(true) => None,
         Ok(false) => Some(format!(
-            "its commit {} is not on `{}`, so it was never reviewed for `{}`",
+            "its commit {} is not on `{}`, so it is not reviewed for `{}` (it was never pushed there, or was removed from it since)",
             short(&g.commit),
             reviewed.short(),
             d.env.name
@@ -1748,14 +1748,14 @@ fn choose<'g>(
         ))
         .into());
     }
-    let mut f = Failure::refused(format!(
-        "no generation older than the live one ({}) is fit to be made live again; there is nothing to roll back to",
-        current.id
-    ));
-    for s in skipped {
-        f = f.detail(s);
-    }
-    Err(f.hint(hint).into())
+    // The reasons are in the message itself, so the log record and `--format json` say why.
+    Err(Failure::refused(format!(
+        "no generation older than the live one ({}) is fit to be made live again ({}); there is nothing to roll back to",
+        current.id,
+        skipped.join("; ")
+    ))
+    .hint(hint)
+    .into())
 }
 
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.

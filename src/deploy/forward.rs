@@ -26,10 +26,12 @@ pub struct Backwards {
     pub behind: usize,
     /// Commits this one has that the live one lacks.
     pub ahead: usize,
+    /// The clone is shallow (`unknown`: `git fetch --unshallow` brings the history).
+    pub shallow: bool,
 }
 
 /// The finding for `d.commit` against what is live on `d.target`; `None` when it moves
-/// forward (or nothing, or an unknown commit, is live).
+/// forward, or nothing is live, or the live generation records no commit id (a warning).
 pub fn finding(d: &Deployment<'_>) -> Result<Option<Backwards>> {
     let Some(id) = d
         .target
@@ -41,9 +43,10 @@ pub fn finding(d: &Deployment<'_>) -> Result<Option<Backwards>> {
     let Some(live) = d.target.generation(id).map_err(|e| d.target_failure(e))? else {
         return Ok(None);
     };
-    // A generation that does not say its commit (written by hand or by an old envlock) gives
-    // nothing to compare with.
-    if live.commit.is_empty() {
+    // A generation that does not record a commit id (written by hand or by another tool) gives
+    // nothing to compare with: no fetch could find it, so a refusal would have no way out.
+    if !is_commit_id(&live.commit) {
+        d.warn(&unrecorded(&d.env.name, id, &live.commit));
         return Ok(None);
     }
     let found = |relation, behind, ahead| {
@@ -59,6 +62,7 @@ pub fn finding(d: &Deployment<'_>) -> Result<Option<Backwards>> {
             commit: d.commit.id.to_string(),
             behind,
             ahead,
+            shallow: d.repo.is_shallow(),
         })
     };
     Ok(match relation(d.repo, d.commit.id, &live.commit)? {
@@ -115,7 +119,12 @@ impl Backwards {
                 short(&self.live_commit)
             ),
             _ => format!(
-                "fetch (`git fetch`), then merge or pull so that this clone has {} and builds on it, then deploy",
+                "fetch ({}), then merge or pull so that this clone has {} and builds on it, then deploy",
+                if self.shallow {
+                    "`git fetch --unshallow`: this clone is shallow, and a plain `git fetch` does not bring older commits"
+                } else {
+                    "`git fetch`"
+                },
                 short(&self.live_commit)
             ),
         };
@@ -132,6 +141,23 @@ impl Backwards {
             .hint(format!("{}; nothing was changed", self.hint(env)))
             .into()
     }
+}
+
+/// A full hexadecimal commit id, as envlock records it.
+fn is_commit_id(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The warning for a live generation that records no commit id.
+fn unrecorded(env: &str, id: crate::target::GenerationId, commit: &str) -> String {
+    let recorded = if commit.is_empty() {
+        "no commit".to_owned()
+    } else {
+        format!("`{commit}`, not a commit id")
+    };
+    format!(
+        "`{env}`'s live generation {id} records {recorded}, so this deployment cannot be shown to move `{env}` forward: read the diff before going on"
+    )
 }
 
 /// "1 commit", "3 commits".

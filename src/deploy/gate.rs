@@ -51,27 +51,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         .into()
     };
     let target = open_target(before).map_err(|e| refuse(format!("its log cannot be read: {e}")))?;
-    let where_ = target.describe();
-    match target.stamp() {
-        Ok(StampState::Stamped(s))
-            if s.environment == *name && s.account == before.account.value => {}
-        Ok(StampState::Stamped(s)) => {
-            return Err(refuse(format!(
-                "`{name}`'s target {where_} is stamped for `{}` (account {}), so its log proves nothing about `{name}`",
-                s.environment, s.account
-            )));
-        }
-        Ok(_) => {
-            return Err(refuse(format!(
-                "`{name}` has never been deployed to ({where_} holds no stamp), so commit {short} is not proven there"
-            )));
-        }
-        Err(e) => {
-            return Err(refuse(format!(
-                "`{name}`'s target {where_} cannot be read from here: {e}"
-            )));
-        }
-    }
+    stamped_for(&*target, before, short).map_err(&refuse)?;
     let bytes = target
         .log_read()
         .map_err(|e| refuse(format!("`{name}`'s deployment log cannot be read: {e}")))?
@@ -96,6 +76,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             super::apply::short(&live.commit)
         )));
     }
+    untouched(&*target, name, live.id).map_err(&refuse)?;
     let last = log::records(&bytes).into_iter().rev().find(|r| {
         r.environment == *name
             && r.account == before.account.value
@@ -115,6 +96,57 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             live.id
         ))),
     }
+}
+
+/// The `after` environment's target is stamped for it and its account.
+fn stamped_for(target: &dyn Target, before: &Environment, short: &str) -> Result<(), String> {
+    let name = &before.name;
+    let where_ = target.describe();
+    match target.stamp() {
+        Ok(StampState::Stamped(s))
+            if s.environment == *name && s.account == before.account.value => {}
+        Ok(StampState::Stamped(s)) => {
+            return Err(format!(
+                "`{name}`'s target {where_} is stamped for `{}` (account {}), so its log proves nothing about `{name}`",
+                s.environment, s.account
+            ));
+        }
+        Ok(_) => {
+            return Err(format!(
+                "`{name}` has never been deployed to ({where_} holds no stamp), so commit {short} is not proven there"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "`{name}`'s target {where_} cannot be read from here: {e}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The live generation's files (keys, values) are still what envlock wrote: a hand edit on
+/// `name` means what runs there is not what the commit gives it, whatever its health says.
+fn untouched(
+    target: &dyn Target,
+    name: &str,
+    id: crate::target::GenerationId,
+) -> Result<(), String> {
+    let drift = target.drift().map_err(|e| {
+        format!("`{name}`'s live generation {id} cannot be checked for hand edits: {e}")
+    })?;
+    if drift.is_clean() {
+        return Ok(());
+    }
+    let changed: Vec<&str> = (drift.edited.iter())
+        .chain(&drift.added)
+        .chain(&drift.removed)
+        .map(String::as_str)
+        .collect();
+    Err(format!(
+        "`{name}`'s live generation {id} was changed by hand since it was deployed ({}), so what runs there is not what the commit gives it",
+        changed.join(", ")
+    ))
 }
 
 /// What is live on an `after` environment's target now.

@@ -158,6 +158,12 @@ impl Repo {
         })
     }
 
+    /// A shallow clone (`git clone --depth`): its history stops short, so `git fetch` alone
+    /// does not bring older commits.
+    pub fn is_shallow(&self) -> bool {
+        self.repo.is_shallow()
+    }
+
     /// Whether commit `id` is `rev`'s commit or one of its ancestors. A revision that does not
     /// resolve is [`RepoError::BadRevision`].
     pub fn reachable_from(&self, id: Oid, rev: &str) -> Result<bool, RepoError> {
@@ -217,18 +223,25 @@ impl Repo {
             });
         }
         let local = self.repo.find_branch(branch, BranchType::Local).ok();
-        if let Some(up) = local.as_ref().and_then(|b| b.upstream().ok())
-            && let Ok(name) = up.get().name()
-            && name.starts_with("refs/remotes/")
-        {
-            return Ok(Reviewed::Remote(name.to_owned()));
-        }
         let remote = self
             .repo
             .branch_upstream_remote(&format!("refs/heads/{branch}"))
             .ok()
             .and_then(|r| r.as_str().ok().map(str::to_owned))
             .unwrap_or_else(|| "origin".to_owned());
+        // The configured upstream, even when its ref is gone (`git remote prune`): falling back
+        // to another remote branch would check against a branch nobody chose.
+        if let Some(up) = self.configured_upstream(branch) {
+            if has(&up) {
+                return Ok(Reviewed::Remote(up));
+            }
+            return Err(RepoError::NoTrackingBranch {
+                branch: branch.to_owned(),
+                known: remotes.contains(&remote),
+                remote,
+                tracking: up,
+            });
+        }
         let tracking = format!("refs/remotes/{remote}/{branch}");
         if has(&tracking) {
             return Ok(Reviewed::Remote(tracking));
@@ -269,6 +282,17 @@ impl Repo {
             }
         }
         Ok(None)
+    }
+
+    /// The remote-tracking ref local branch `branch`'s upstream is configured to
+    /// (`branch.<name>.merge` on a remote), whether or not that ref exists in this clone.
+    fn configured_upstream(&self, branch: &str) -> Option<String> {
+        let name = self
+            .repo
+            .branch_upstream_name(&format!("refs/heads/{branch}"))
+            .ok()?;
+        let name = name.as_str().ok()?;
+        name.starts_with("refs/remotes/").then(|| name.to_owned())
     }
 
     /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.

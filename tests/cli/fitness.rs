@@ -3,7 +3,7 @@
 //! `--to` such a generation is refused (exit 3), and the default choice skips it.
 
 use crate::forward::{Team, refused_untouched, set_threads};
-use crate::harness::Repo;
+use crate::harness::{Repo, log_outcomes};
 
 const VALIDATION: &str = "environments/validation.toml";
 
@@ -49,6 +49,28 @@ fn failed_generations_are_never_rolled_back_to() {
         ],
         || rollback(None),
     );
+    // The why is in the record and in `--format json` too, not only on the terminal.
+    let (outcome, reason) = log_outcomes(&repo, "validation").pop().unwrap();
+    assert_eq!(outcome, "refused");
+    assert!(
+        reason.contains("generation 1: it FAILED its health check"),
+        "{reason}"
+    );
+    let run = repo.deploy(&[
+        "rollback",
+        "--target",
+        "validation",
+        "--yes",
+        "--format",
+        "json",
+    ]);
+    run.code(3);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("generation 1: it FAILED its health check"),
+        "{error}"
+    );
 
     validation_threads(&repo, 4, 8);
     repo.write("unhealthy", "");
@@ -91,7 +113,7 @@ fn generations_of_commits_not_on_the_reviewed_branch_are_never_rolled_back_to() 
     deploy().code(0); // generation 3
 
     let why = format!(
-        "its commit {} is not on `origin/main`, so it was never reviewed for `prod`",
+        "its commit {} is not on `origin/main`, so it is not reviewed for `prod` (it was never pushed there, or was removed from it since)",
         &dropped[..12]
     );
     refused_untouched(

@@ -293,3 +293,69 @@ fn rollback_is_the_way_back_and_deploying_forward_again_works() {
     deploy(&t.b).code(0).stderr_has("No changes");
     deploy(&t.a).code(0).stderr_has("Deployed:");
 }
+
+#[test]
+fn a_live_generation_without_a_commit_id_is_warned_about_not_refused() {
+    let t = Team::new();
+    deploy(&t.a).code(0);
+    let meta = t.target().join("generations/00000001/.meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let commit = head(&t.a);
+    // Written by another tool: no fetch can bring `v1.2-legacy`, so a refusal has no way out.
+    std::fs::write(&meta, text.replace(&commit, "v1.2-legacy")).unwrap();
+    set_threads(&t.a, 17);
+    t.a.git(&["push", "-q"]);
+    t.a.deploy(&["plan", "--target", "prod"])
+        .code(0)
+        .stderr_has("live generation 1 records `v1.2-legacy`, not a commit id");
+    deploy(&t.a)
+        .code(0)
+        .stderr_has("cannot be shown to move `prod` forward")
+        .stderr_has("Deployed:");
+    // No commit at all: the same warning, not silence.
+    let meta = t.target().join("generations/00000002/.meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let commit = head(&t.a);
+    std::fs::write(&meta, text.replace(&commit, "")).unwrap();
+    set_threads(&t.a, 18);
+    t.a.git(&["push", "-q"]);
+    deploy(&t.a)
+        .code(0)
+        .stderr_has("live generation 2 records no commit")
+        .stderr_has("Deployed:");
+}
+
+#[test]
+fn a_shallow_clone_without_the_live_commit_is_told_to_unshallow() {
+    let t = Team::new();
+    deploy(&t.a).code(0);
+    set_threads(&t.a, 17);
+    t.a.git(&["push", "-q"]);
+    // A CI checkout of depth 1: HEAD is ahead of the live commit, which it does not have.
+    let ci = Repo::empty();
+    let url = format!("file://{}", t._remote.path().display());
+    ci.git(&[
+        "fetch",
+        "-q",
+        "--depth",
+        "1",
+        &url,
+        "main:refs/remotes/origin/main",
+    ]);
+    ci.git(&["remote", "add", "origin", &url]);
+    ci.git(&["checkout", "-q", "origin/main"]);
+    refused_untouched(
+        &t.target(),
+        &[
+            "a commit this clone does not have",
+            "`git fetch --unshallow`: this clone is shallow",
+        ],
+        || deploy(&ci),
+    );
+    let run = ci.deploy(&["status", "--target", "prod", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["backwards"]["relation"], "unknown");
+    assert_eq!(v["backwards"]["shallow"], true);
+    ci.git(&["fetch", "-q", "--unshallow", "origin"]);
+    deploy(&ci).code(0).stderr_has("Deployed:");
+}

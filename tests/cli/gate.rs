@@ -95,3 +95,32 @@ fn an_unhealthy_validation_closes_the_gate_until_it_passes_again() {
     deploy(&repo, "validation").code(0).stderr_has("No changes");
     deploy(&repo, "prod").code(0).stderr_has("Deployed:");
 }
+
+#[test]
+fn a_hand_edited_validation_closes_the_gate_until_it_is_deployed_again() {
+    let repo = Repo::base();
+    deploy(&repo, "validation").code(0);
+    deploy(&repo, "prod").code(0);
+    // An emergency fix on validation, by hand: what runs there is no longer what any commit
+    // gives it, so its health proves nothing about the commit.
+    let live = repo.path().join("targets/validation/current/worker.toml");
+    let text = std::fs::read_to_string(&live).unwrap();
+    std::fs::write(&live, format!("{text}threads = 99\n")).unwrap();
+    repo.edit(PROD, &[("threads = 16", "threads = 17")]);
+    repo.commit("prod: 17 threads");
+    refused_untouched(
+        &prod_target(&repo),
+        &[
+            "promotion gate",
+            "`validation`'s live generation 1 was changed by hand since it was deployed (worker)",
+            "deploy commit",
+        ],
+        || deploy(&repo, "prod"),
+    );
+    repo.deploy(&["plan", "--target", "prod"])
+        .code(0)
+        .stderr_has("changed by hand");
+    // Deploying validation puts back what the commit gives it (and verifies it).
+    deploy(&repo, "validation").code(0);
+    deploy(&repo, "prod").code(0).stderr_has("Deployed:");
+}

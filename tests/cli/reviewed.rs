@@ -131,3 +131,30 @@ fn a_saved_plan_of_an_unpushed_commit_is_refused_until_pushed() {
     t.a.git(&["push", "-q"]);
     apply().code(0).stderr_has("Deployed:");
 }
+
+#[test]
+fn a_pruned_upstream_is_refused_not_replaced_by_another_remote_branch() {
+    let t = Team::new();
+    // main's upstream is the reviewed `release` branch, not `origin/main`.
+    t.b.git(&["push", "-q", "origin", "main:release"]);
+    t.b.git(&["branch", "-q", "--set-upstream-to=origin/release", "main"]);
+    let local = set_threads(&t.b, 17);
+    t.b.git(&["push", "-q", "origin", "main"]); // pushed, but not to `release`
+    let before = snapshot(&t.target());
+    t.b.deploy(&["--target", "prod", "--yes"])
+        .code(3)
+        .stderr_has(&format!(
+            "commit {} is on the local `main` but not on `origin/release`",
+            &local[..12]
+        ));
+    // `release` deleted on the remote and pruned here: not silently `origin/main` instead.
+    t.b.git(&["push", "-q", "origin", "--delete", "release"]);
+    t.b.git(&["remote", "prune", "origin"]);
+    t.b.deploy(&["--target", "prod", "--yes"])
+        .code(3)
+        .stderr_has(
+            "the pushed (reviewed) branch `origin/release`, and this clone has no such branch",
+        )
+        .stderr_has("hint: fetch it");
+    assert_eq!(snapshot(&t.target()), before);
+}
