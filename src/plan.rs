@@ -662,9 +662,24 @@ mod tests {
         );
     }
 
+    /// The configuration of one environment file `environments/t.toml` with an open schema.
+    fn load_one(env_file: &str) -> crate::config::Config {
+        use crate::config::{Input, InputFile};
+        crate::config::load(Input {
+            environments: vec![InputFile {
+                path: "environments/t.toml".into(),
+                content: Ok(env_file.as_bytes().to_vec()),
+            }],
+            schemas: vec![InputFile {
+                path: "schemas/s.schema.json".into(),
+                content: Ok(br#"{"type": "object"}"#.to_vec()),
+            }],
+            root: None,
+        })
+    }
+
     #[test]
     fn the_settings_hash_is_the_hash_of_the_settings_json_copy() {
-        use crate::config::{Input, InputFile};
         let env_file = r#"
             [environment]
             account = "123456789012"
@@ -684,17 +699,7 @@ mod tests {
             z = ""
             [settings.c]
         "#;
-        let config = crate::config::load(Input {
-            environments: vec![InputFile {
-                path: "environments/t.toml".into(),
-                content: Ok(env_file.as_bytes().to_vec()),
-            }],
-            schemas: vec![InputFile {
-                path: "schemas/s.schema.json".into(),
-                content: Ok(br#"{"type": "object"}"#.to_vec()),
-            }],
-            root: None,
-        });
+        let config = load_one(env_file);
         let Some(env) = config.get("t") else {
             let messages: Vec<&str> = config
                 .diagnostics
@@ -710,7 +715,6 @@ mod tests {
 
     #[test]
     fn the_gate_s_hash_from_known_secret_hashes_is_the_desired_one() {
-        use crate::config::{Input, InputFile};
         let env_file = r#"
             [environment]
             account = "123456789012"
@@ -723,17 +727,7 @@ mod tests {
             [settings.a]
             x = 1
         "#;
-        let config = crate::config::load(Input {
-            environments: vec![InputFile {
-                path: "environments/t.toml".into(),
-                content: Ok(env_file.as_bytes().to_vec()),
-            }],
-            schemas: vec![InputFile {
-                path: "schemas/s.schema.json".into(),
-                content: Ok(br#"{"type": "object"}"#.to_vec()),
-            }],
-            root: None,
-        });
+        let config = load_one(env_file);
         let env = config.get("t").expect("loads");
         let desired = desired(env, &Resolved::default(), KEY);
         assert_eq!(desired.secrets.len(), 1);
