@@ -490,10 +490,11 @@ fn a_failed_health_check_restores_every_resource() {
 
 #[test]
 fn a_provider_that_misbehaves_is_named_and_nothing_is_written() {
-    let cloud = Cloud::new(&all(4), "timeout = \"1s\"\n");
+    // Long enough for a Python provider to answer on a loaded 2-core CI machine (1s was not).
+    let cloud = Cloud::new(&all(4), "timeout = \"5s\"\n");
     for (mode, code, needle) in [
         ("garbage", 3, "printed output that is not one JSON object"),
-        ("hang", 3, "no answer within 1s"),
+        ("hang", 3, "no answer within 5s"),
         ("crash", 3, "exited with status 2 without an error response"),
         (
             "proto2",
