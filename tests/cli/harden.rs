@@ -55,11 +55,8 @@ fn a_very_long_extends_chain_is_an_error_not_a_crash() {
         .stderr_has("environments/_l63.toml:2:12");
 }
 
-#[test]
-fn a_record_cut_by_a_full_disk_leaves_the_log_as_it_was() {
-    let Some(fs) = Tmpfs::mount("512k") else {
-        return;
-    };
+/// The base repository with `validation`'s target on `fs`, deployed once.
+fn validation_deployed_on(fs: &Tmpfs) -> (Repo, std::path::PathBuf) {
     let repo = Repo::base();
     let target = fs.path().join("validation");
     repo.edit(
@@ -71,6 +68,15 @@ fn a_record_cut_by_a_full_disk_leaves_the_log_as_it_was() {
     );
     repo.commit("validation on a small filesystem");
     repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    (repo, target)
+}
+
+#[test]
+fn a_record_cut_by_a_full_disk_leaves_the_log_as_it_was() {
+    let Some(fs) = Tmpfs::mount("512k") else {
+        return;
+    };
+    let (repo, target) = validation_deployed_on(&fs);
     let log = target.join(".envlock/log.jsonl");
     // One page is left for the lock file's holder line (cleared when the lock is released).
     let filler = fs.fill(1);
@@ -139,17 +145,7 @@ fn an_apply_that_fills_the_disk_removes_its_partial_generation() {
     let Some(fs) = Tmpfs::mount("512k") else {
         return;
     };
-    let repo = Repo::base();
-    let target = fs.path().join("validation");
-    repo.edit(
-        "environments/validation.toml",
-        &[(
-            "path = \"targets/validation\"",
-            &format!("path = \"{}\"", target.display()),
-        )],
-    );
-    repo.commit("validation on a small filesystem");
-    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    let (repo, target) = validation_deployed_on(&fs);
     // Pages for the lock's holder line and the journal; none for the new generation.
     let filler = fs.fill(2);
     let long = format!("https://validation.example.com/{}", "x".repeat(40_000));
