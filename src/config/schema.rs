@@ -219,68 +219,19 @@ fn error_diagnostic(
     error: &jsonschema::ValidationError<'_>,
     secrets: &mut Option<Vec<(Vec<String>, Loc, String)>>,
 ) -> Option<Diagnostic> {
-    let path = error.instance_path();
-    let segments: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    let segments: Vec<String> = error
+        .instance_path()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if let Some((loc, text)) = secrets
         .get_or_insert_with(|| secret_pointers(env))
         .iter()
         .find_map(|(p, l, t)| (*p == segments).then_some((l, t)))
     {
-        // The value is unknown until deploy time; only a schema that rejects every
-        // string can be known to reject it now.
-        if !rejects_every_string(error.kind()) {
-            return None;
-        }
-        return Some(
-            Diagnostic::new(
-                    "schema",
-                    format!(
-                        "settings.{}: a secret is always a string, but the schema does not accept a string here (`{}`)",
-                        segments.join("."),
-                        error.kind().keyword()
-                    ),
-                )
-                .env(&env.name)
-                .at(loc.clone(), format!("secret `{text}`"))
-                .hint(format!(
-                    "the schema rule is at {} in schemas/{}.schema.json; use a plain value, or allow a string",
-                    error.schema_path().as_str(),
-                    env.schema.value
-                )),
-        );
+        return secret_diagnostic(env, error, &segments, loc, text);
     }
-    let (resource, rest) = match segments.split_first() {
-        Some((r, rest)) => (Some(r.as_str()), rest),
-        None => (None, &[][..]),
-    };
-    let (loc, key_path) = match resource.and_then(|r| env.settings.get(r).map(|res| (r, res))) {
-        Some((r, res)) => {
-            let node = res
-                .node
-                .find(rest.iter().map(String::as_str))
-                .unwrap_or(&res.node);
-            let mut key = r.to_owned();
-            for seg in rest {
-                key.push('.');
-                key.push_str(seg);
-            }
-            let mut loc = if rest.is_empty() {
-                res.name_loc.clone()
-            } else {
-                node.loc()
-            };
-            // An unexpected key is best shown at the key itself.
-            if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
-                error.kind()
-                && let (Some(first), Some(table)) = (unexpected.first(), node.as_table())
-                && let Some(m) = table.get(first)
-            {
-                loc = Loc::new(m.key_file, m.key_span.clone());
-            }
-            (loc, key)
-        }
-        None => (Loc::new(env.file, 0..0), String::new()),
-    };
+    let (loc, key_path) = violation_location(env, error, &segments);
     let where_ = if key_path.is_empty() {
         "settings".to_owned()
     } else {
@@ -299,6 +250,75 @@ fn error_diagnostic(
                 env.schema.value
             )),
     )
+}
+
+/// A violation at a secret reference: its value is unknown until deploy time, so only a schema
+/// that rejects every string can be known to reject it now.
+fn secret_diagnostic(
+    env: &Environment,
+    error: &jsonschema::ValidationError<'_>,
+    segments: &[String],
+    loc: &Loc,
+    text: &str,
+) -> Option<Diagnostic> {
+    if !rejects_every_string(error.kind()) {
+        return None;
+    }
+    Some(
+        Diagnostic::new(
+            "schema",
+            format!(
+                "settings.{}: a secret is always a string, but the schema does not accept a string here (`{}`)",
+                segments.join("."),
+                error.kind().keyword()
+            ),
+        )
+        .env(&env.name)
+        .at(loc.clone(), format!("secret `{text}`"))
+        .hint(format!(
+            "the schema rule is at {} in schemas/{}.schema.json; use a plain value, or allow a string",
+            error.schema_path().as_str(),
+            env.schema.value
+        )),
+    )
+}
+
+/// Where in the environment's files a violation at `segments` (resource, then keys) is shown,
+/// and its dotted key path.
+fn violation_location(
+    env: &Environment,
+    error: &jsonschema::ValidationError<'_>,
+    segments: &[String],
+) -> (Loc, String) {
+    let Some((r, rest)) = segments.split_first() else {
+        return (Loc::new(env.file, 0..0), String::new());
+    };
+    let Some(res) = env.settings.get(r.as_str()) else {
+        return (Loc::new(env.file, 0..0), String::new());
+    };
+    let node = res
+        .node
+        .find(rest.iter().map(String::as_str))
+        .unwrap_or(&res.node);
+    let mut key = r.clone();
+    for seg in rest {
+        key.push('.');
+        key.push_str(seg);
+    }
+    let mut loc = if rest.is_empty() {
+        res.name_loc.clone()
+    } else {
+        node.loc()
+    };
+    // An unexpected key is best shown at the key itself.
+    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+        error.kind()
+        && let (Some(first), Some(table)) = (unexpected.first(), node.as_table())
+        && let Some(m) = table.get(first)
+    {
+        loc = Loc::new(m.key_file, m.key_span.clone());
+    }
+    (loc, key)
 }
 
 pub(crate) fn secret_pointers(env: &Environment) -> Vec<(Vec<String>, Loc, String)> {
