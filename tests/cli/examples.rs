@@ -284,6 +284,17 @@ fn plan_then_apply_deploys_validation_then_prod_only_with_the_approved_plan() {
     .stdout_has("prod: 1 record, chain intact");
     let worker = std::fs::read_to_string(p.target("prod").join("current/worker.toml")).unwrap();
     assert!(worker.contains("222222222222"), "{worker}");
+
+    // The next push with nothing new for validation: its plan passes, and applying it records
+    // the verification.
+    let next = p.job();
+    run_step(&next, "plan.sh", &["validation"], &[])
+        .code(0)
+        .stdout_has("validation: no changes");
+    let sha = handed_on(&next, "validation");
+    run_step(&next, "apply.sh", &["validation"], &[("PLAN_SHA256", &sha)])
+        .code(0)
+        .stdout_has("validation: 2 records, chain intact");
 }
 
 #[test]
