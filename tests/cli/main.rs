@@ -28,6 +28,7 @@ mod progress;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
+mod sarif;
 mod secrets;
 mod state;
 mod status;
