@@ -200,6 +200,55 @@ impl Pipeline {
     }
 }
 
+/// The SARIF file a check step wrote: JSON, valid against the official SARIF 2.1.0 schema
+/// (vendored in tests/sarif/).
+#[track_caller]
+fn sarif_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is not readable: {e}", path.display()));
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", path.display()));
+    let schema = root().join("tests/sarif/sarif-schema-2.1.0.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schema).unwrap()).unwrap();
+    let validator = jsonschema::draft4::options().build(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "invalid SARIF: {errors:?}\n{text}");
+    assert_eq!(doc["version"], "2.1.0");
+    doc
+}
+
+#[test]
+fn the_check_step_writes_sarif_with_the_problems_and_fails() {
+    let p = Pipeline::new();
+    let job = p.job();
+    run_step(&job, "check.sh", &[], &[]).code(0);
+    let clean = sarif_file(&job.path().join("envlock.sarif"));
+    assert_eq!(clean["runs"][0]["results"], serde_json::json!([]));
+
+    // A pull request that puts prod's account into validation's settings.
+    p.dev.edit(
+        "environments/validation.toml",
+        &[("eu-west-1:111111111111:jobs", "eu-west-1:222222222222:jobs")],
+    );
+    p.dev.commit("validation: prod's queue");
+    p.dev.git(&["push", "-q", "origin", "main:pr"]);
+    let job = p.job();
+    job.git(&["checkout", "-q", "pr"]);
+    let run = run_step(&job, "check.sh", &["out.sarif"], &[]);
+    run.code(1).stdout_has("SARIF written to out.sarif");
+    let sarif = sarif_file(&job.path().join("out.sarif"));
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    assert!(
+        results.iter().any(|r| {
+            r["ruleId"] == "envlock/foreign-account"
+                && r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+                    == "environments/validation.toml"
+        }),
+        "no foreign-account result in environments/validation.toml: {sarif:#}"
+    );
+}
+
 /// The sha256 a plan job handed on (its `.plan.env`).
 fn handed_on(job: &Repo, env: &str) -> String {
     let dotenv = job.read(&format!("{env}.plan.env"));
