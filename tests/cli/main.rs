@@ -21,6 +21,7 @@ mod hooks;
 mod interrupt;
 mod lifecycle;
 mod log;
+mod markdown;
 mod moto;
 mod pipes;
 mod progress;
