@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod hash;
 pub mod log;
+pub mod markdown;
 pub mod output;
 pub mod parallel;
 pub mod plan;

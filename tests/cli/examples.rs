@@ -249,6 +249,29 @@ fn the_check_step_writes_sarif_with_the_problems_and_fails() {
     );
 }
 
+#[test]
+fn the_diff_step_writes_the_markdown_comment_of_the_change() {
+    let p = Pipeline::new();
+    p.dev.git(&["checkout", "-q", "-b", "pr"]);
+    crate::forward::set_threads(&p.dev, 24);
+    p.dev.git(&["push", "-q", "origin", "pr"]);
+    let job = p.job();
+    job.git(&["checkout", "-q", "pr"]);
+    run_step(&job, "diff.sh", &["origin/main"], &[]).code(0);
+    let md = job.read("envlock-diff.md");
+    for line in [
+        "| <code>prod</code> | changed | 0 | 1 | 0 |",
+        "-threads = 16",
+        "+threads = 24",
+    ] {
+        assert!(md.lines().any(|l| l == line), "no line {line:?}:\n{md}");
+    }
+    assert!(md.contains("Unchanged: <code>validation</code>"), "{md}");
+    run_step(&job, "diff.sh", &[], &[])
+        .code(64)
+        .stderr_has("usage: diff.sh BASE");
+}
+
 /// The sha256 a plan job handed on (its `.plan.env`).
 fn handed_on(job: &Repo, env: &str) -> String {
     let dotenv = job.read(&format!("{env}.plan.env"));
@@ -276,6 +299,16 @@ fn plan_then_apply_deploys_validation_then_prod_only_with_the_approved_plan() {
         .stdout_has("prod: changes pending");
     let validation_sha = handed_on(&plan_job, "validation");
     let prod_sha = handed_on(&plan_job, "prod");
+    // What the approver reads: the plan as Markdown, ending with the hash handed on.
+    let shown = plan_job.read("prod.plan.md");
+    assert!(
+        shown.contains("| <code>prod</code> |")
+            && shown.contains("+queue = \"arn:aws:sqs:eu-west-1:222222222222:jobs\"")
+            && shown.ends_with(&format!(
+                "Saved plan `prod.plan.json`: sha256 `{prod_sha}`\n"
+            )),
+        "{shown}"
+    );
     assert!(!p.target("validation").exists() && !p.target("prod").exists());
 
     // apply-validation, in its own checkout, from the artifact.

@@ -22,6 +22,7 @@ mod hooks;
 mod interrupt;
 mod lifecycle;
 mod log;
+mod markdown;
 mod moto;
 mod pipes;
 mod progress;
