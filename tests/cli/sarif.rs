@@ -351,3 +351,11 @@ fn the_schema_check_rejects_what_it_should() {
     ));
     assert!(broken(&|d| d["version"] = "2.0.0".into()));
 }
+
+#[test]
+fn a_check_that_cannot_run_prints_no_log_that_would_close_alerts() {
+    let repo = Repo::base();
+    let run = repo.deploy(&["check", "--rev", "no-such-rev", "--format", "sarif"]);
+    run.code(1).stderr_has("no-such-rev");
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
