@@ -140,9 +140,13 @@ fn step(name: &str) -> PathBuf {
 /// Run a step script as a pipeline does: in the checkout, with `DEPLOY` naming the binary under
 /// test and `envs` (what the pipeline hands the job) added.
 fn run_step(checkout: &Repo, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    run_step_in(checkout.path(), name, args, envs)
+}
+
+fn run_step_in(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
     let out = Command::new(step(name))
         .args(args)
-        .current_dir(checkout.path())
+        .current_dir(dir)
         .env("DEPLOY", env!("CARGO_BIN_EXE_deploy"))
         .env("NO_COLOR", "1")
         .env_remove("PLAN_SHA256")
@@ -247,6 +251,14 @@ fn the_check_step_writes_sarif_with_the_problems_and_fails() {
         }),
         "no foreign-account result in environments/validation.toml: {sarif:#}"
     );
+
+    // A check that cannot run (not a repository) leaves no log to upload, not an empty one.
+    let elsewhere = tempfile::tempdir().unwrap();
+    run_step_in(elsewhere.path(), "check.sh", &[], &[])
+        .code(1)
+        .stderr_has("not inside a git repository")
+        .stderr_has("there is no SARIF log");
+    assert!(!elsewhere.path().join("envlock.sarif").exists());
 }
 
 #[test]
