@@ -109,6 +109,51 @@ fn the_gitlab_pipeline_passes_the_gitlab_ci_schema() {
     );
 }
 
+/// The approval is wired as the README says (checked with a schema of our own per pipeline,
+/// tests/examples/*-approval.schema.json): `prod` is applied only by the job behind the approval,
+/// after validation, with plan-prod's hash; a pull request's job is not on the deploy runner.
+#[test]
+fn the_pipelines_apply_prod_only_behind_the_approval() {
+    let policy = |pipeline: &str| {
+        let mut cmd = linter("check-jsonschema", PIP);
+        cmd.arg("--schemafile")
+            .arg(root().join(format!("tests/examples/{pipeline}-approval.schema.json")));
+        cmd
+    };
+    passes(&mut policy("github"), Path::new(GITHUB));
+    passes(&mut policy("gitlab"), Path::new(GITLAB));
+    catches(
+        &mut policy("github"),
+        GITHUB,
+        (
+            "environment: prod # required",
+            "environment: production # required",
+        ),
+        "'prod' was expected",
+    );
+    catches(
+        &mut policy("github"),
+        GITHUB,
+        (
+            "runs-on: ubuntu-latest",
+            "runs-on: [self-hosted, asr-deploy]",
+        ),
+        "'ubuntu-latest' was expected",
+    );
+    catches(
+        &mut policy("gitlab"),
+        GITLAB,
+        ("when: manual", "when: on_success"),
+        "'manual' was expected",
+    );
+    catches(
+        &mut policy("gitlab"),
+        GITLAB,
+        ("allow_failure: false", "allow_failure: true"),
+        "False was expected",
+    );
+}
+
 #[test]
 fn the_step_scripts_pass_shellcheck_and_both_pipelines_call_each_of_them() {
     let mut cmd = linter(
