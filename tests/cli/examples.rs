@@ -457,3 +457,46 @@ fn a_plan_step_that_is_refused_fails_the_job_and_hands_nothing_on() {
     assert!(![0, 2].contains(&run.code), "{run:?}");
     assert!(!job.path().join("staging.plan.env").exists());
 }
+
+#[test]
+fn an_approved_plan_that_went_stale_is_refused_and_the_pipeline_runs_again() {
+    let p = Pipeline::new();
+    // Two pipelines plan validation; the later one deploys first.
+    let first = p.job();
+    run_step(&first, "plan.sh", &["validation"], &[]).code(0);
+    let second = p.job();
+    run_step(&second, "plan.sh", &["validation"], &[]).code(0);
+    let sha = handed_on(&second, "validation");
+    run_step(
+        &second,
+        "apply.sh",
+        &["validation"],
+        &[("PLAN_SHA256", &sha)],
+    )
+    .code(0);
+    // The first pipeline's plan is its own approved one, but no longer what is live: refused,
+    // and only the log changes (it records the refusal).
+    let deployed = || {
+        let mut files = snapshot(&p.target("validation"));
+        files.retain(|path, _| !path.starts_with(".envlock/log"));
+        files
+    };
+    let before = deployed();
+    let sha = handed_on(&first, "validation");
+    run_step(
+        &first,
+        "apply.sh",
+        &["validation"],
+        &[("PLAN_SHA256", &sha)],
+    )
+    .code(3)
+    .stderr_has("the saved plan is stale");
+    assert_eq!(deployed(), before);
+    let outcomes = crate::harness::log_outcomes(&second, "validation");
+    assert_eq!(outcomes.last().unwrap().0, "refused", "{outcomes:?}");
+    // Running the pipeline again plans from what is live.
+    let again = p.job();
+    run_step(&again, "plan.sh", &["validation"], &[])
+        .code(0)
+        .stdout_has("validation: no changes");
+}
