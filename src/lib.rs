@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod hash;
 pub mod log;
 pub mod output;
+pub mod page;
 pub mod parallel;
 pub mod plan;
 pub mod process;

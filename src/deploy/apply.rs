@@ -835,7 +835,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     failpoint::hit("before-record");
     let entry = journal_entry(&journal, d, Outcome::Applied, Some(id), None);
     if atomic {
-        let r = log::append_clearing_journal(&*d.target, entry)
+        let r = log::append_clearing_journal(&*d.target, d.page(entry))
             .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
         report.log = Some(LogRef {
             seq: r.seq,
@@ -1303,6 +1303,7 @@ fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
         previous_generation: generation,
         reason: None,
         plan_sha256: d.plan_sha256.clone(),
+        notify: None,
     }
 }
 
@@ -1334,12 +1335,14 @@ fn journal_entry(
         previous_generation: journal.previous,
         reason,
         plan_sha256: journal.plan_sha256.clone(),
+        notify: None,
     }
 }
 
 /// Append a record to the deployment log (the caller holds the lock).
+/// The record tells what became of the `[notify] url` notification, which is delivered first.
 fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
-    let r = log::append(&*d.target, entry).map_err(|e| {
+    let r = log::append(&*d.target, d.page(entry)).map_err(|e| {
         let io = matches!(e, AppendError::Target(TargetError::Io { .. }));
         let err = log_failure(d, e);
         if io {
