@@ -73,6 +73,19 @@ impl Happening {
         }
     }
 
+    /// The same, with every registered secret value masked in its texts (a reason may quote a
+    /// health check's output).
+    pub fn scrubbed(mut self) -> Self {
+        let clean = |s: &mut String| *s = crate::redact::scrub(s).into_owned();
+        clean(&mut self.target);
+        clean(&mut self.commit);
+        clean(&mut self.operator);
+        if let Some(r) = &mut self.reason {
+            clean(r);
+        }
+        self
+    }
+
     /// True when something was made live (a deployment or a rollback that succeeded).
     fn deployed(&self) -> bool {
         self.outcome == "applied"
@@ -492,7 +505,9 @@ fn send(
     } else {
         url
     };
-    let body = crate::redact::to_json_vec(&request.body).map_err(|e| e.to_string())?;
+    // Not scrubbed here: PagerDuty's body carries the routing key, itself a registered secret.
+    // The texts that may quote a secret were scrubbed in the `Happening` (`Happening::scrubbed`).
+    let body = serde_json::to_vec(&request.body).map_err(|e| e.to_string())?;
     let mut pause = Duration::from_millis(200);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

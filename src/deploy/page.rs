@@ -44,7 +44,8 @@ impl Deployment<'_> {
         let h = Happening {
             environment: entry.environment.clone(),
             account: entry.account.clone(),
-            target: entry.target.clone(),
+            // As configured (not as resolved): the same in every run, so is the key built on it.
+            target: self.env.target.describe(),
             protected: self.env.protected,
             action: entry.action.as_str().to_owned(),
             outcome: entry.outcome.as_str().to_owned(),
@@ -93,7 +94,8 @@ impl Deployment<'_> {
                 return Some(self.page_failed(format, &shown, 0, f.message));
             }
         };
-        let requests = page::requests(page, h, token.as_deref());
+        let h = h.clone().scrubbed();
+        let requests = page::requests(page, &h, token.as_deref());
         if requests.is_empty() {
             return None;
         }
@@ -102,11 +104,11 @@ impl Deployment<'_> {
             page::deliver(page, token.as_deref(), &requests, notify.timeout)
         });
         if result.delivered {
-            let what = h.severity().map_or("", |s| s.as_str());
-            self.say(&format!(
-                "notified: {format} at {shown} ({} {what})",
-                h.outcome
-            ));
+            let what = match h.severity() {
+                Some(s) => format!("{}, {}", h.outcome, s.as_str()),
+                None => h.outcome.clone(),
+            };
+            self.say(&format!("notified: {format} at {shown} ({what})"));
             return Some(result);
         }
         let why = result.error.clone().unwrap_or_default();

@@ -22,6 +22,7 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod moto;
+mod paging;
 mod pipes;
 mod progress;
 mod prompt;
