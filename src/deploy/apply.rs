@@ -533,6 +533,8 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
     d.check_programs()?;
+    // Without its token a failure would page nobody (`plan` sends nothing, so needs none).
+    d.page_token()?;
     // A secret that cannot be read refuses before anything, even a recovery, is written.
     let resolved = resolve_secrets(d)?;
     // The plan's own hash replaces it below; only a run that ends in the recovery reports it.
@@ -1765,6 +1767,7 @@ fn choose<'g>(
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     d.check_programs()?;
+    d.page_token()?;
     let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);

@@ -680,7 +680,6 @@ impl<'a> Deployment<'a> {
                     .into());
             }
         }
-        self.page_token()?;
         Ok(())
     }
 
