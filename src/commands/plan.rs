@@ -146,7 +146,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     } else {
         "apply"
     };
-    // Whether this run delivered a `[notify] url` notification already (with a log record).
+    // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
     let paged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;

@@ -66,8 +66,8 @@ pub struct Deployment<'a> {
     /// Which environment owns each account the repository names (for refusals that meet
     /// another environment's account).
     pub accounts: std::collections::BTreeMap<String, Vec<String>>,
-    /// Set once a `[notify] url` notification was sent (or tried) by this run; shared with the
-    /// command, which then does not send the same failure again when it ends.
+    /// True when this run's last `[notify] url` notification (sent or tried) told of trouble;
+    /// shared with the command, which then does not send the same failure again when it ends.
     pub paged: Arc<AtomicBool>,
 }
 

@@ -1,7 +1,7 @@
 //! `[notify] url`: the deployment's side of [`crate::page`]. Every log record is preceded by its
 //! notification, so the record says whether it was delivered (`notify`); a failure that leaves no
-//! record (refused before the target was proven, a configuration error) is delivered when the
-//! command ends, unless this run already delivered one. Nothing here changes an outcome.
+//! record (refused before the target was proven) is delivered when the command ends, unless
+//! this run's last notification already told of trouble. Nothing here changes an outcome.
 
 use std::sync::atomic::Ordering;
 
@@ -59,8 +59,9 @@ impl Deployment<'_> {
         entry
     }
 
-    /// At the end of a command that failed without a record telling of it: deliver the failure
-    /// unless this run already delivered a notification.
+    /// At the end of a command that failed: deliver the failure unless the last notification of
+    /// this run already told of trouble (a recorded failure, refusal or rollback). A failure
+    /// after a recorded success (the record of a healthy apply could not be written) is sent.
     pub fn page_unrecorded(&self, action: &str, outcome: &str, reason: &str) {
         if self.paged.load(Ordering::Relaxed) {
             return;
@@ -85,7 +86,8 @@ impl Deployment<'_> {
     fn deliver_page(&self, h: &Happening) -> Option<Notified> {
         let notify = self.env.notify.as_ref()?;
         let page = notify.page.as_ref()?;
-        self.paged.store(true, Ordering::Relaxed);
+        // What the command's end needs to know: whether on-call last heard of trouble.
+        self.paged.store(h.severity().is_some(), Ordering::Relaxed);
         let shown = page::shown_url(&page.url.value).to_owned();
         let format = page.format.as_str();
         let token = match self.page_token() {

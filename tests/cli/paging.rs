@@ -115,6 +115,19 @@ fn answer(stream: TcpStream, status: u16) -> Option<Received> {
     })
 }
 
+/// A loopback port that accepts connections and never answers (held open until the test ends).
+fn silent_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
 /// A loopback port nothing listens on.
 fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -727,6 +740,25 @@ fn a_receiver_that_fails_or_is_down_changes_no_outcome_but_is_reported_and_recor
     ]
     .concat();
     assert!(!all.contains(token));
+}
+
+#[test]
+fn a_receiver_that_never_answers_is_given_up_at_the_timeout() {
+    let url = format!("http://127.0.0.1:{}", silent_port());
+    let repo = repo_with(&format!(
+        "[notify]\nurl = \"{url}\"\nformat = \"alertmanager\"\ntimeout = \"2s\"\n"
+    ));
+    let started = Instant::now();
+    let run = deploy(&repo, "validation", &[]);
+    let took = started.elapsed();
+    run.code(0)
+        .stderr_has("NOT DELIVERED")
+        .stderr_has("timed out");
+    // Two attempts of at most 1s each (a third of the timeout, at least 1s), then given up.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    let record = last_record(&repo, "validation");
+    assert_eq!(record["outcome"], "applied");
+    assert_eq!(record["notify"]["delivered"], false);
 }
 
 #[test]
