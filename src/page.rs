@@ -450,6 +450,9 @@ pub fn shown_url(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
 }
 
+/// The least time left worth one more attempt.
+const LAST_ATTEMPT: Duration = Duration::from_millis(250);
+
 enum Attempt {
     Retry(String),
     Fatal(String),
@@ -527,13 +530,15 @@ fn send(
             Ok(()) => return Ok(()),
             Err(Attempt::Fatal(why)) => return Err(why),
             Err(Attempt::Retry(why)) => {
-                if Instant::now() + pause >= deadline {
+                // The last pause is cut short so that one more attempt fits in the timeout.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left < LAST_ATTEMPT {
                     return Err(format!(
                         "{why} (gave up at the timeout after {} attempts)",
                         attempts
                     ));
                 }
-                std::thread::sleep(pause);
+                std::thread::sleep(pause.min(left - LAST_ATTEMPT));
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
         }

@@ -119,7 +119,7 @@ impl Deployment<'_> {
 
     fn page_failed(&self, format: &str, shown: &str, attempts: u32, why: String) -> Notified {
         self.warn(&format!(
-            "{} the {format} notification to {shown} was NOT delivered ({attempts} attempt{}), so nobody may have been paged: {why}",
+            "{} the {format} notification to {shown} failed ({attempts} attempt{}), so nobody may have been paged: {why}",
             self.printer.paint(crate::output::style::ERROR, "NOT DELIVERED:"),
             if attempts == 1 { "" } else { "s" },
         ));

@@ -837,6 +837,10 @@ fn notify_urls_are_https_or_loopback_and_complete() {
             "needs a `token`",
         ),
         ("timeout = \"5s\"\n", "[notify] has no `command`"),
+        (
+            "url = \"https://alerts.prod.example.com/hook\"\nformat = \"cloudevents\"\n",
+            "foreign-marker",
+        ),
     ] {
         let repo = repo_with(&format!("[notify]\n{notify}"));
         let run = repo.deploy(&["check"]);
