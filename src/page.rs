@@ -430,12 +430,39 @@ pub fn url_problem(url: &str) -> Option<String> {
     if host.is_empty() {
         return Some("names no host".into());
     }
+    if let Some(name) = credential_in_query(rest) {
+        return Some(format!("holds a credential in its query (`{name}=`)"));
+    }
     match scheme.to_ascii_lowercase().as_str() {
         "https" => None,
         "http" if is_loopback(&host) => None,
         "http" => Some("is plain http to a host that is not this machine".into()),
         other => Some(format!("has scheme `{other}`, not https")),
     }
+}
+
+/// A query parameter whose name says it is a credential (`?token=`, `?api_key=`...).
+fn credential_in_query(rest: &str) -> Option<String> {
+    let query = rest.split('#').next()?.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|p| p.split('=').next())
+        .find(|name| {
+            let n = name.to_ascii_lowercase();
+            [
+                "token",
+                "key",
+                "secret",
+                "password",
+                "passwd",
+                "auth",
+                "signature",
+                "sig",
+            ]
+            .iter()
+            .any(|c| n == *c || n.ends_with(&format!("_{c}")) || n.ends_with(&format!("-{c}")))
+        })
+        .map(str::to_owned)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -605,5 +632,70 @@ mod tests {
         assert!(url_problem("ftp://example.com").is_some());
         assert!(url_problem("https://").is_some());
         assert!(url_problem("example.com").is_some());
+        assert!(url_problem("https://hooks.example.com/x?token=abc").is_some());
+        assert!(url_problem("https://hooks.example.com/x?a=1&api_key=abc").is_some());
+        assert_eq!(url_problem("https://hooks.example.com/x?channel=ops"), None);
+    }
+
+    fn happening(outcome: &str, reason: Option<String>) -> Happening {
+        Happening {
+            environment: "prod".into(),
+            account: "222222222222".into(),
+            target: "dir /srv/asr".into(),
+            protected: true,
+            action: "apply".into(),
+            outcome: outcome.into(),
+            commit: "c0ffee".into(),
+            reason,
+            generation: Some(3),
+            operator: "ana@box".into(),
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        }
+    }
+
+    #[test]
+    fn a_summary_fits_pagerduty_and_is_cut_on_a_character_boundary() {
+        let h = happening("failed", Some("é".repeat(2000)));
+        let s = h.summary();
+        assert!(s.len() <= 1024, "{}", s.len());
+        assert!(s.ends_with("..."));
+    }
+
+    #[test]
+    fn the_key_depends_on_environment_account_and_target_only() {
+        let a = happening("failed", Some("x".into()));
+        let mut b = happening("applied", None);
+        b.commit = "other".into();
+        assert_eq!(a.key(), b.key());
+        b.target = "dir /srv/other".into();
+        assert_ne!(a.key(), b.key());
+        assert!(a.key().starts_with("envlock/prod/"));
+    }
+
+    #[test]
+    fn severity_follows_the_outcome() {
+        let mut h = happening("refused", None);
+        assert_eq!(h.severity(), Some(Severity::Critical));
+        h.protected = false;
+        assert_eq!(h.severity(), Some(Severity::Warning));
+        h.outcome = "rolled-back".into();
+        assert_eq!(h.severity(), Some(Severity::Critical));
+        h.outcome = "failed".into();
+        assert_eq!(h.severity(), Some(Severity::Error));
+        for ok in ["applied", "unchanged"] {
+            h.outcome = ok.into();
+            assert_eq!(h.severity(), None);
+        }
+    }
+
+    #[test]
+    fn a_success_resolves_alertmanager_alerts_at_every_severity() {
+        let alerts = alertmanager(&happening("applied", None));
+        assert_eq!(alerts.len(), 3);
+        assert!(alerts.iter().all(|a| a.starts_at == a.ends_at));
+        let fired = alertmanager(&happening("rolled-back", None));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].labels["severity"], "critical");
+        assert!(fired[0].ends_at > fired[0].starts_at);
     }
 }

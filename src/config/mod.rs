@@ -1637,7 +1637,7 @@ impl Loader<'_> {
             .env(name)
             .at(url.loc.clone(), "not an address envlock delivers to")
             .hint("write https://HOST[:PORT]/PATH (http only to 127.0.0.1, localhost or [::1]); credentials go in `token`, as a secret reference");
-        if url.value.contains('@') {
+        if url.value.contains('@') || url.value.contains('?') {
             // It may hold credentials: the line is not shown.
             d = d.concealed();
         }

@@ -59,6 +59,9 @@ pub struct Report {
     pub config_sha256: String,
     /// The deployment log record this run appended, if any.
     pub log: Option<LogRef>,
+    /// What became of that record's `[notify] url` notification (only with a `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::log::Notified>,
     /// `apply` or `rollback`, for messages.
     #[serde(skip)]
     pub action: &'static str,
@@ -114,6 +117,7 @@ impl Report {
             reason: None,
             config_sha256,
             log: None,
+            notify: None,
             action: "apply",
             saved: None,
             cancelled: false,
@@ -839,6 +843,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     if atomic {
         let r = log::append_clearing_journal(&*d.target, d.page(entry))
             .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
+        report.notify = r.notify.clone();
         report.log = Some(LogRef {
             seq: r.seq,
             hash: r.hash,
@@ -1356,6 +1361,7 @@ fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
             err
         }
     })?;
+    report.notify = r.notify.clone();
     report.log = Some(LogRef {
         seq: r.seq,
         hash: r.hash,

@@ -511,8 +511,17 @@ fn pagerduty_events_trigger_and_resolve_one_dedup_key_and_send_change_events() {
     assert_eq!(got[0].body.get("payload"), None);
     assert_eq!(got[1].path, "/v2/change/enqueue");
 
-    // An unchanged verify pages nobody and is not a change: only a resolve.
-    deploy(&repo, "validation", &envs).code(0);
+    // An unchanged verify pages nobody and is not a change: only a resolve. The JSON report
+    // says what became of the notification, as the record does.
+    let run = repo.deploy_env(
+        &["--target", "validation", "--yes", "--format", "json"],
+        &envs,
+    );
+    run.code(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["notify"]["format"], "pagerduty");
+    assert_eq!(report["notify"]["delivered"], true);
+    assert_eq!(report["notify"]["attempts"], 1);
     let got = pd.take();
     assert_eq!(got.len(), 1, "{got:#?}");
     assert_eq!(got[0].body["event_action"], "resolve");
