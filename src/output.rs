@@ -24,6 +24,10 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// SARIF 2.1.0 on stdout (`check`); messages for people on stderr as in text mode.
+    Sarif,
+    /// A markdown document on stdout (`diff`, `plan`); messages on stderr as in text mode.
+    Markdown,
 }
 
 /// Writes command output (stdout) and messages for people (stderr).
@@ -96,6 +100,11 @@ impl Printer {
         self.format == Format::Json
     }
 
+    /// True for text output, the default: the commands' own stdout for people.
+    pub fn is_text(&self) -> bool {
+        self.format == Format::Text
+    }
+
     /// Apply a style to text for stderr (no-op without colour).
     pub fn paint(&self, s: anstyle::Style, text: &str) -> String {
         if self.color_err {
@@ -118,7 +127,7 @@ impl Printer {
     /// (or the terminal does not say), where nothing should be cut to fit.
     pub fn out_width(&self) -> Option<usize> {
         let stdout = io::stdout();
-        if self.format == Format::Json || !stdout.is_terminal() {
+        if self.format != Format::Text || !stdout.is_terminal() {
             return None;
         }
         let size = rustix::termios::tcgetwinsize(&stdout).ok()?;

@@ -14,7 +14,8 @@ use envlock::deploy::saved::SavedPlan;
 use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
 use envlock::error::{Exit, Failure, exit_for};
-use envlock::output::Printer;
+use envlock::markdown;
+use envlock::output::{Format, Printer};
 use envlock::repo::{CommitInfo, Repo, RepoError};
 use envlock::workspace;
 
@@ -266,6 +267,8 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             }
             if printer.is_json() {
                 printer.json(&report)?;
+            } else if printer.format == Format::Markdown {
+                printer.out(&plan_markdown(d, &report))?;
             }
             if detailed_exitcode && !report.changes.is_empty() {
                 return Ok(Exit::ChangesPending);
@@ -285,6 +288,29 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             Ok(Exit::Success)
         }
     }
+}
+
+/// `deploy plan --format markdown`: the report as a merge-request comment.
+fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
+    let local = matches!(d.env.target.kind, envlock::config::TargetKind::Dir { .. });
+    let drift: Vec<(String, String)> = report
+        .overwrites_drift
+        .iter()
+        .map(|o| (o.resource.clone(), deploy::overwritten_words(o, local)))
+        .collect();
+    markdown::plan(
+        &markdown::PlanInput {
+            environment: &report.environment,
+            account: &report.account,
+            target: &report.target,
+            commit: &report.commit,
+            live: report.generation,
+            adopts: report.adopted,
+            changes: &report.changes,
+            drift: &drift,
+        },
+        markdown::BUDGET,
+    )
 }
 
 /// Print the JSON report; a rollback becomes exit 4. The run happened whether or not stdout

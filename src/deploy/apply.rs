@@ -277,7 +277,7 @@ fn show_plan(
         ));
         Vec::new()
     });
-    if d.printer.is_json() {
+    if !d.printer.is_text() {
         return Ok(over);
     }
     let mut s = format!(

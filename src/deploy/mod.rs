@@ -1142,6 +1142,12 @@ fn overwritten_note(printer: &Printer, over: &[Overwritten], local: bool) -> Str
 /// The marker after a resource's plan line when the plan reverts a change made outside
 /// envlock.
 fn overwritten_mark(o: &Overwritten, local: bool) -> String {
+    format!("  <- {}", overwritten_words(o, local))
+}
+
+/// What a plan says of a resource it changes that was changed outside envlock: `edited by
+/// hand since generation 3: this reverts the edit`.
+pub fn overwritten_words(o: &Overwritten, local: bool) -> String {
     use status::{DriftKind, drift_word};
     let (kind, verb) = match o.drift {
         "added" => (DriftKind::Added, "this removes it"),
@@ -1153,7 +1159,7 @@ fn overwritten_mark(o: &Overwritten, local: bool) -> String {
         (false, DriftKind::Added) => "added outside envlock",
         _ => drift_word(local, kind),
     };
-    format!("  <- {how} since generation {}: {verb}", o.generation)
+    format!("{how} since generation {}: {verb}", o.generation)
 }
 
 /// The plan as text: one `+`/`~`/`-` line per resource with its diff, then the summary.
