@@ -13,6 +13,7 @@ pub mod hash;
 pub mod log;
 pub mod markdown;
 pub mod output;
+pub mod page;
 pub mod parallel;
 pub mod plan;
 pub mod process;

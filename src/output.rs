@@ -395,6 +395,17 @@ fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Ra
     ))
 }
 
+/// `line` with the text at `span` replaced by a mask of the same width, at most 8 stars: what a
+/// concealed diagnostic shows instead of a credential written in clear.
+fn mask(
+    line: &str,
+    span: std::ops::Range<usize>,
+) -> (std::borrow::Cow<'_, str>, std::ops::Range<usize>) {
+    let stars = "*".repeat(line[span.clone()].chars().count().clamp(1, 8));
+    let masked = format!("{}{stars}{}", &line[..span.start], &line[span.end..]);
+    (masked.into(), span.start..span.start + stars.len())
+}
+
 fn render_diagnostic(
     renderer: &Renderer,
     sources: &Sources,
@@ -440,13 +451,20 @@ fn render_diagnostic(
             AnnotationKind::Context
         };
         match excerpt(&file.text, loc) {
-            Some((line, line_no, span)) => elements.push(
-                Snippet::source(line)
-                    .line_start(line_no)
-                    .path(file.path.as_str())
-                    .annotation(kind.span(span).label(label.as_str()))
-                    .into(),
-            ),
+            Some((line, line_no, span)) => {
+                let (line, span) = if i == 0 && d.conceal {
+                    mask(line, span)
+                } else {
+                    (std::borrow::Cow::Borrowed(line), span)
+                };
+                elements.push(
+                    Snippet::source(line)
+                        .line_start(line_no)
+                        .path(file.path.as_str())
+                        .annotation(kind.span(span).label(label.as_str()))
+                        .into(),
+                )
+            }
             None => file_only.push(format!("{}: {label}", file.path)),
         }
     }

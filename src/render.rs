@@ -234,8 +234,19 @@ fn head_table(env: &Environment) -> toml::Table {
     }
     if let Some(n) = &env.notify {
         let mut t = Table::new();
-        t.insert("command".into(), strs(&n.command));
+        if let Some(c) = &n.command {
+            t.insert("command".into(), strs(c));
+        }
         t.insert("timeout".into(), duration::format(n.timeout).into());
+        if let Some(p) = &n.page {
+            t.insert("url".into(), p.url.value.clone().into());
+            t.insert("format".into(), p.format.as_str().into());
+            if let Some(r) = &p.token {
+                let mut s = Table::new();
+                s.insert("secret".into(), r.text.clone().into());
+                t.insert("token".into(), s.into());
+            }
+        }
         root.insert("notify".into(), t.into());
     }
     root

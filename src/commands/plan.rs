@@ -142,6 +142,13 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
+    let action = if matches!(job, Job::Rollback { .. }) {
+        "rollback"
+    } else {
+        "apply"
+    };
+    // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
+    let paged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;
         deploy::check_target_paths(env, &config.environments)?;
@@ -181,6 +188,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             _ => None,
         };
         let mut d = Deployment::new(&repo, env, &commit, printer)?;
+        d.paged = std::sync::Arc::clone(&paged);
         if let Some(after) = &after_config {
             d.after = env
                 .after
@@ -221,8 +229,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
                     reason.push_str(d);
                 }
             }
-            if let Ok(d) = Deployment::new(&repo, env, &commit, printer) {
+            if let Ok(mut d) = Deployment::new(&repo, env, &commit, printer) {
+                d.paged = paged;
                 d.notify(outcome, &reason, exit as u8);
+                d.page_unrecorded(action, outcome, &reason);
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod forward;
 pub mod gate;
 pub mod journal;
+mod page;
 pub mod saved;
 pub mod status;
 
@@ -65,6 +66,9 @@ pub struct Deployment<'a> {
     /// Which environment owns each account the repository names (for refusals that meet
     /// another environment's account).
     pub accounts: std::collections::BTreeMap<String, Vec<String>>,
+    /// True when this run's last `[notify] url` notification (sent or tried) told of trouble;
+    /// shared with the command, which then does not send the same failure again when it ends.
+    pub paged: Arc<AtomicBool>,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -424,6 +428,7 @@ impl<'a> Deployment<'a> {
             location: repo.location(),
             dirty: Vec::new(),
             accounts: std::collections::BTreeMap::new(),
+            paged: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -656,7 +661,7 @@ impl<'a> Deployment<'a> {
             .env
             .notify
             .as_ref()
-            .map(|n| ("[notify]", &n.command, &n.command_at));
+            .and_then(|n| n.command.as_ref().map(|c| ("[notify]", c, &n.command_at)));
         for (section, argv, at) in [health, notify].into_iter().flatten() {
             if let Err(e) = process::check_program(argv, &self.root) {
                 let mut f = Failure::refused(format!(
@@ -928,7 +933,12 @@ impl<'a> Deployment<'a> {
     /// Tell `[notify] command` about a refusal, failure or rollback. Its own failure is
     /// reported on stderr and changes nothing else.
     pub fn notify(&self, outcome: &str, reason: &str, exit_code: u8) {
-        let Some(notify) = &self.env.notify else {
+        let Some((notify, command)) = self
+            .env
+            .notify
+            .as_ref()
+            .and_then(|n| n.command.as_ref().map(|c| (n, c)))
+        else {
             return;
         };
         let event = Event {
@@ -946,7 +956,7 @@ impl<'a> Deployment<'a> {
         let mut stdin = crate::redact::to_json_vec(&event).unwrap_or_default();
         stdin.push(b'\n');
         let spec = Spec {
-            argv: &notify.command,
+            argv: command,
             cwd: &self.root,
             env: vec![("DEPLOY_ENVIRONMENT".into(), self.env.name.clone())],
             stdin: Some(stdin),
@@ -954,7 +964,7 @@ impl<'a> Deployment<'a> {
             cancel: None,
             stdout_limit: process::OUTPUT_LIMIT,
         };
-        let shown = process::display_argv(&notify.command);
+        let shown = process::display_argv(command);
         let task = self.wait_task(format!("the notifier `{shown}`"), Some(notify.timeout));
         let problem = match progress_mod::during(self.progress, task, || process::run(&spec)) {
             Ok(o) if o.success() => None,

@@ -24,6 +24,7 @@ mod lifecycle;
 mod log;
 mod markdown;
 mod moto;
+mod paging;
 mod pipes;
 mod progress;
 mod prompt;
