@@ -176,6 +176,16 @@ pub const RULES: &[Rule] = &[
         "Write commands as argv arrays, e.g. [\"curl\", \"-fsS\", \"http://...\"].",
     ),
     config(
+        "invalid-format",
+        "`[notify] format` is not one envlock delivers, or `url` and `format` are not given together.",
+        "Write `format = \"pagerduty\"`, `\"cloudevents\"` or `\"alertmanager\"` beside `url`.",
+    ),
+    config(
+        "invalid-url",
+        "`[notify] url` is not https (http only to loopback), or carries a credential.",
+        "Use an https URL without user:password or a token in the query; put the token in `token = { secret = ... }`.",
+    ),
+    config(
         "invalid-retries",
         "`retries` is out of range.",
         "Use a value within the range shown.",
