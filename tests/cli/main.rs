@@ -8,6 +8,7 @@ mod commands;
 mod crash;
 mod deploy;
 mod etcd;
+mod examples;
 #[cfg(feature = "failpoints")]
 mod exec;
 #[cfg(feature = "failpoints")]
