@@ -1,5 +1,6 @@
 //! One module per subcommand: arguments -> options -> library call -> output.
 
+mod adopt;
 mod check;
 mod diff;
 mod envs;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         Some(Command::Apply(args)) => plan::apply(&dir, args, printer),
         Some(Command::Status(args)) => plan::status(&dir, args, printer),
         Some(Command::Rollback(args)) => plan::rollback(&dir, args, printer),
+        Some(Command::Adopt(args)) => adopt::run(&dir, args, printer),
         Some(Command::Log(args)) => log::run(&dir, args, printer),
         Some(Command::Schema) => meta::schema(printer),
         Some(Command::Completions { shell }) => meta::completions(shell, printer),

@@ -1,5 +1,5 @@
-//! `deploy plan`, `deploy apply` / `deploy --target NAME`, `deploy status` and
-//! `deploy rollback`: everything that looks at a target.
+//! `deploy plan`, `deploy apply` / `deploy --target NAME`, `deploy status`,
+//! `deploy rollback` and (through `adopt.rs`) `deploy adopt`: everything that looks at a target.
 //!
 //! All start the same way: configuration from HEAD, a clean working tree, the named environment
 //! valid, the repository side of the environment lock intact, HEAD on `branch`. Then the
@@ -36,7 +36,10 @@ fn prepare(
     name: &str,
     printer: &Printer,
 ) -> Result<Vec<(String, &'static str)>> {
-    let dirty = if matches!(job, Job::Apply { .. } | Job::Rollback { .. }) {
+    let dirty = if matches!(
+        job,
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+    ) {
         workspace::refuse_dirty(status)?;
         Vec::new()
     } else {
@@ -84,7 +87,7 @@ fn prepare(
 }
 
 /// Which command is running, for what happens after `prepare`.
-enum Job {
+pub(super) enum Job {
     Plan {
         out: Option<PathBuf>,
         detailed_exitcode: bool,
@@ -99,9 +102,12 @@ enum Job {
         to: Option<u64>,
         yes: bool,
     },
+    Adopt {
+        yes: bool,
+    },
 }
 
-fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
+pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let repo = workspace::open(dir)?;
     // A saved plan is applied from its own commit, whatever HEAD is now.
     let rev = match &job {
@@ -140,7 +146,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         // Not expected (the same repository opened a moment ago): read it here after all.
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
-    let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
+    let notifies = matches!(
+        job,
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+    );
     let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;
         deploy::check_target_paths(env, &config.environments)?;
@@ -267,6 +276,13 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             printer,
         ),
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
+        Job::Adopt { yes } => {
+            let report = deploy::adopt::adopt(d, yes)?;
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
         Job::Status => {
             let status = deploy::status::status(d)?;
             if printer.is_json() {

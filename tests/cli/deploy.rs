@@ -131,6 +131,7 @@ struct Report {
     repository: crate::lifecycle::RepositoryJson,
     outcome: String,
     adopted: bool,
+    new_target: Option<String>,
     previous_generation: Option<u64>,
     generation: Option<u64>,
     summary: Counts,
