@@ -34,20 +34,40 @@ pub struct AdoptReport {
     pub log: Option<LogRef>,
 }
 
-/// How a target that has no stamp yet looks: `missing` (a `dir` target whose directory does
-/// not exist) or `empty` (a directory, prefix or scope that holds nothing).
-pub fn new_target_state(d: &Deployment<'_>) -> &'static str {
-    match &d.env.target.kind {
-        TargetKind::Dir { resolved, .. } if std::fs::metadata(resolved).is_err() => "missing",
-        _ => "empty",
+/// How a target that has no stamp yet looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewTarget {
+    /// A `dir` target whose directory does not exist (or cannot be reached).
+    Missing,
+    /// A directory, prefix or scope that holds nothing.
+    Empty,
+}
+
+impl NewTarget {
+    /// What `d`'s target, which has no stamp, looks like.
+    pub fn of(d: &Deployment<'_>) -> Self {
+        match &d.env.target.kind {
+            TargetKind::Dir { resolved, .. } if std::fs::metadata(resolved).is_err() => {
+                NewTarget::Missing
+            }
+            _ => NewTarget::Empty,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NewTarget::Missing => "missing",
+            NewTarget::Empty => "empty",
+        }
     }
 }
 
-/// `dir targets/local does not exist` / `etcd … is empty`.
+/// `dir targets/local does not exist` / `etcd … is empty and has no stamp`.
 fn found_words(d: &Deployment<'_>) -> String {
-    let what = match new_target_state(d) {
-        "missing" => "does not exist",
-        _ => "is empty and has no stamp",
+    let what = match NewTarget::of(d) {
+        NewTarget::Missing => "does not exist",
+        NewTarget::Empty => "is empty and has no stamp",
     };
     format!("{} {what}", d.target.describe())
 }
@@ -130,7 +150,7 @@ pub fn adopt(d: &Deployment<'_>, yes: bool) -> Result<AdoptReport> {
         ));
         return Ok(report);
     }
-    report.found = new_target_state(d);
+    report.found = NewTarget::of(d).as_str();
     d.say(&format!(
         "Adopting: {}.\nThis writes its stamp (environment `{}`, account {}) and an `adopt` record \
          in its log; nothing is deployed.\nCheck {} first: adopting starts a new, empty history.",
@@ -142,8 +162,14 @@ pub fn adopt(d: &Deployment<'_>, yes: bool) -> Result<AdoptReport> {
     let again = format!("deploy adopt --target {} --yes", d.env.name);
     d.ask(yes, &format!("adopt {}", d.target.describe()), true, &again)?;
     let _lock = d.lock()?;
+    // Under the lock, the target must still be what was shown: no stamp, and (`exec`) an
+    // empty scope.
     let now = d.target.stamp().map_err(|e| d.target_failure(e))?;
-    if now != StampState::Absent {
+    let filled = d
+        .target
+        .unadopted_contents()
+        .map_err(|e| d.target_failure(e))?;
+    if now != StampState::Absent || filled.is_some() {
         return Err(Failure::refused(format!(
             "{} changed while the adoption was being confirmed (a stamp or data appeared)",
             d.target.describe()

@@ -42,7 +42,7 @@ pub struct Report {
     pub adopted: bool,
     /// `missing` or `empty` when the target had no stamp when this run began (a new target:
     /// the run adopts it, or for a protected environment refuses); `null` otherwise.
-    pub new_target: Option<&'static str>,
+    pub new_target: Option<super::adopt::NewTarget>,
     pub previous_generation: Option<GenerationId>,
     /// The generation live at the end.
     pub generation: Option<GenerationId>,
@@ -256,7 +256,7 @@ fn describe_live(d: &Deployment<'_>, live: &Live, stamp: &StampState) -> String 
         }
         (None, StampState::Absent) => format!(
             "{}: not adopted yet (no stamp)",
-            super::adopt::new_target_state(d)
+            super::adopt::NewTarget::of(d).as_str()
         ),
         (None, _) => "stamped, nothing applied yet".to_owned(),
     }
@@ -524,8 +524,8 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
 }
 
 /// `missing`/`empty` for a target with no stamp yet ([`Report::new_target`]).
-fn new_target(d: &Deployment<'_>, stamp: &StampState) -> Option<&'static str> {
-    matches!(stamp, StampState::Absent).then(|| super::adopt::new_target_state(d))
+fn new_target(d: &Deployment<'_>, stamp: &StampState) -> Option<super::adopt::NewTarget> {
+    matches!(stamp, StampState::Absent).then(|| super::adopt::NewTarget::of(d))
 }
 
 /// On stderr, for a target with no stamp yet: the one line saying that deploying adopts it
@@ -564,7 +564,7 @@ fn check_adoption(d: &Deployment<'_>, saved: &SavedPlan, stamp: &StampState) -> 
             format!(
                 "{} is now {}",
                 d.target.describe(),
-                super::adopt::new_target_state(d)
+                super::adopt::NewTarget::of(d).as_str()
             ),
         )
     };
@@ -594,7 +594,7 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
-    // STEP1 super::adopt::refuse_unadopted_protected(d, &stamp)?;
+    super::adopt::refuse_unadopted_protected(d, &stamp)?;
     d.check_programs()?;
     say_new_target(d, &stamp, false);
     // A secret that cannot be read refuses before anything, even a recovery, is written.
@@ -1827,7 +1827,7 @@ fn choose<'g>(
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
-    // STEP1 super::adopt::refuse_unadopted_protected(d, &stamp)?;
+    super::adopt::refuse_unadopted_protected(d, &stamp)?;
     d.check_programs()?;
     let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));
     let Some(lock) = resolve_interrupted(d, &mut report)? else {

@@ -1008,16 +1008,11 @@ impl<'a> Deployment<'a> {
             .into());
         }
         let name = &self.env.name;
-        let prompt = if typed {
-            format!(
-                "{}Type its name to {what} on account {}: ",
-                if self.env.protected {
-                    format!("`{name}` is protected. ")
-                } else {
-                    String::new()
-                },
-                self.env.account.value
-            )
+        let account = &self.env.account.value;
+        let prompt = if typed && self.env.protected {
+            format!("`{name}` is protected. Type its name to {what} on account {account}: ")
+        } else if typed {
+            format!("Type the environment's name (`{name}`) to {what} on account {account}: ")
         } else {
             format!("{} on {}? [y/N] ", capitalise(what), self.who())
         };
