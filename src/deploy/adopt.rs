@@ -8,6 +8,8 @@
 //! before writing anything ([`refuse_unadopted_protected`]). Other environments are still
 //! adopted by their first deployment, which says so in one line ([`notice`]).
 
+use std::path::Path;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -63,13 +65,34 @@ impl NewTarget {
     }
 }
 
-/// `dir targets/local does not exist` / `etcd … is empty and has no stamp`.
+/// `dir targets/local does not exist` / `etcd … is empty and has no stamp`. A missing
+/// directory whose parent is missing too names the highest missing one (an unmounted volume
+/// shows as its mount point missing).
 fn found_words(d: &Deployment<'_>) -> String {
-    let what = match NewTarget::of(d) {
-        NewTarget::Missing => "does not exist",
-        NewTarget::Empty => "is empty and has no stamp",
+    let what = match (NewTarget::of(d), &d.env.target.kind) {
+        (NewTarget::Missing, TargetKind::Dir { resolved, .. }) => match highest_missing(resolved) {
+            Some(top) => format!(
+                "does not exist, nor does {} (adopting creates it)",
+                top.display()
+            ),
+            None => "does not exist".to_owned(),
+        },
+        (NewTarget::Missing, _) => "does not exist".to_owned(),
+        (NewTarget::Empty, _) => "is empty and has no stamp".to_owned(),
     };
     format!("{} {what}", d.target.describe())
+}
+
+/// The highest ancestor of `path` that does not exist, when that is not `path` itself.
+fn highest_missing(path: &Path) -> Option<&Path> {
+    let mut top = None;
+    for dir in path.ancestors().skip(1) {
+        if std::fs::metadata(dir).is_ok() {
+            break;
+        }
+        top = Some(dir);
+    }
+    top
 }
 
 /// The one line that says a deployment adopts a new, empty target (non-protected only).

@@ -58,7 +58,10 @@ fn a_protected_missing_directory_is_refused_on_every_writing_path_and_nothing_is
 
     refused_as_unadopted(
         &repo.deploy(&["--target", "prod", "--yes"]),
-        &format!("{shown} does not exist"),
+        &format!(
+            "{shown} does not exist, nor does {}",
+            repo.path().join("targets").display()
+        ),
     );
     refused_as_unadopted(
         &repo.deploy(&["apply", "--target", "prod", "--plan", &plan, "--yes"]),
@@ -188,9 +191,11 @@ fn a_foreign_or_non_empty_target_is_not_adopted() {
 fn an_unprotected_first_deploy_says_it_adopts_a_new_target() {
     let repo = Repo::ungated_unadopted();
     let dir = repo.path().join("targets/validation");
+    // `targets/` is missing too: the line names the highest missing directory.
     let line = format!(
-        "new target: dir {} does not exist; deploying adopts it for `validation` (account 111111111111) as a new, empty target",
-        dir.display()
+        "new target: dir {} does not exist, nor does {} (adopting creates it); deploying adopts it for `validation` (account 111111111111) as a new, empty target",
+        dir.display(),
+        repo.path().join("targets").display()
     );
     repo.deploy(&["plan", "--target", "validation"])
         .code(0)
