@@ -56,6 +56,9 @@ pub enum Command {
     /// Show which generation is live, its commit, drift from what was written, and what
     /// deploying HEAD would change. Writes nothing.
     Status(StatusArgs),
+    /// Adopt a missing or empty target for an environment: prove its owner, show what will be
+    /// stamped, and write the stamp (a protected environment's target is adopted only so).
+    Adopt(AdoptArgs),
     /// Make an earlier generation live again (same lock, stamp and identity checks), then
     /// health-check it.
     Rollback(RollbackArgs),
@@ -164,6 +167,17 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "ID")]
     pub to: Option<u64>,
     /// Roll back without asking (required without a terminal). Never skips a safety check.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The environment whose target to adopt.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+    /// Adopt without asking for the environment's name (required without a terminal).
+    /// Never skips a safety check.
     #[arg(long)]
     pub yes: bool,
 }

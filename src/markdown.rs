@@ -33,8 +33,9 @@ pub struct PlanInput<'a> {
     pub commit: &'a str,
     /// The live generation, `None` before the first apply.
     pub live: Option<u64>,
-    /// True when the target is empty and the first apply adopts it.
-    pub adopts: bool,
+    /// The target has no stamp yet: `Some(true)` when `deploy adopt` must adopt it first (a
+    /// protected environment), `Some(false)` when the first apply adopts it.
+    pub unadopted: Option<bool>,
     /// The changes, diffs masked as in the text plan.
     pub changes: &'a [Change],
     /// Resources changed outside envlock that applying reverts, with what to say about each.
@@ -61,10 +62,11 @@ pub struct DiffInput<'a> {
 pub fn plan(input: &PlanInput<'_>, budget: usize) -> String {
     let env = input.environment;
     let head = plan_head(input);
-    let live = match (input.live, input.adopts) {
+    let live = match (input.live, input.unadopted) {
         (Some(id), _) => id.to_string(),
-        (None, true) => "none (the first apply adopts the target)".to_owned(),
-        (None, false) => "none".to_owned(),
+        (None, Some(false)) => "none (a new target: the first apply adopts it)".to_owned(),
+        (None, Some(true)) => "none (a new target: deploy adopt first)".to_owned(),
+        (None, None) => "none".to_owned(),
     };
     let counts = count(input.changes);
     let row = format!(

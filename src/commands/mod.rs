@@ -1,5 +1,6 @@
 //! One module per subcommand: arguments -> options -> library call -> output.
 
+mod adopt;
 mod check;
 mod diff;
 mod envs;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
         Some(Command::Apply(args)) => plan::apply(&dir, args, printer),
         Some(Command::Status(args)) => plan::status(&dir, args, printer),
         Some(Command::Rollback(args)) => plan::rollback(&dir, args, printer),
+        Some(Command::Adopt(args)) => adopt::run(&dir, args, printer),
         Some(Command::Log(args)) => log::run(&dir, args, printer),
         Some(Command::Schema) => meta::schema(printer),
         Some(Command::Completions { shell }) => meta::completions(shell, printer),
@@ -75,6 +77,7 @@ fn require_format(command: Option<&Command>, format: OutputFormat) -> Result<()>
         Some(Command::Apply(_)) | None => (false, "apply"),
         Some(Command::Status(_)) => (false, "status"),
         Some(Command::Rollback(_)) => (false, "rollback"),
+        Some(Command::Adopt(_)) => (false, "adopt"),
         Some(Command::Log(_)) => (false, "log"),
         Some(Command::Schema) => (false, "schema"),
         Some(Command::Completions { .. }) => (false, "completions"),

@@ -1,5 +1,5 @@
-//! `deploy plan`, `deploy apply` / `deploy --target NAME`, `deploy status` and
-//! `deploy rollback`: everything that looks at a target.
+//! `deploy plan`, `deploy apply` / `deploy --target NAME`, `deploy status`,
+//! `deploy rollback` and (through `adopt.rs`) `deploy adopt`: everything that looks at a target.
 //!
 //! All start the same way: configuration from HEAD, a clean working tree, the named environment
 //! valid, the repository side of the environment lock intact, HEAD on `branch`. Then the
@@ -37,7 +37,10 @@ fn prepare(
     name: &str,
     printer: &Printer,
 ) -> Result<Vec<(String, &'static str)>> {
-    let dirty = if matches!(job, Job::Apply { .. } | Job::Rollback { .. }) {
+    let dirty = if matches!(
+        job,
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+    ) {
         workspace::refuse_dirty(status)?;
         Vec::new()
     } else {
@@ -85,7 +88,7 @@ fn prepare(
 }
 
 /// Which command is running, for what happens after `prepare`.
-enum Job {
+pub(super) enum Job {
     Plan {
         out: Option<PathBuf>,
         detailed_exitcode: bool,
@@ -100,9 +103,12 @@ enum Job {
         to: Option<u64>,
         yes: bool,
     },
+    Adopt {
+        yes: bool,
+    },
 }
 
-fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
+pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
     let repo = workspace::open(dir)?;
     // A saved plan is applied from its own commit, whatever HEAD is now.
     let rev = match &job {
@@ -141,11 +147,14 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         // Not expected (the same repository opened a moment ago): read it here after all.
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
-    let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
-    let action = if matches!(job, Job::Rollback { .. }) {
-        "rollback"
-    } else {
-        "apply"
+    let notifies = matches!(
+        job,
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+    );
+    let action = match job {
+        Job::Rollback { .. } => "rollback",
+        Job::Adopt { .. } => "adopt",
+        _ => "apply",
     };
     // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
     let paged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -280,6 +289,13 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             printer,
         ),
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
+        Job::Adopt { yes } => {
+            let report = deploy::adopt::adopt(d, yes)?;
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
         Job::Status => {
             let status = deploy::status::status(d)?;
             if printer.is_json() {
@@ -305,7 +321,7 @@ fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
             target: &report.target,
             commit: &report.commit,
             live: report.generation,
-            adopts: report.adopted,
+            unadopted: report.adopted.then_some(d.env.protected),
             changes: &report.changes,
             drift: &drift,
         },

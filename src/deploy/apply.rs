@@ -40,6 +40,9 @@ pub struct Report {
     pub outcome: String,
     /// True when this run adopted (stamped) an empty target.
     pub adopted: bool,
+    /// `missing` or `empty` when the target had no stamp when this run began (a new target:
+    /// the run adopts it, or for a protected environment refuses); `null` otherwise.
+    pub new_target: Option<super::adopt::NewTarget>,
     pub previous_generation: Option<GenerationId>,
     /// The generation live at the end.
     pub generation: Option<GenerationId>,
@@ -106,6 +109,7 @@ impl Report {
             repository: d.location.clone(),
             outcome: outcome.to_owned(),
             adopted: false,
+            new_target: None,
             previous_generation: None,
             generation: None,
             summary: Counts::default(),
@@ -255,8 +259,8 @@ fn describe_live(d: &Deployment<'_>, live: &Live, stamp: &StampState) -> String 
             format!("generation {id} live (commit {})", short(&commit))
         }
         (None, StampState::Absent) => format!(
-            "empty: the first apply adopts it for {} (writes its stamp)",
-            d.who()
+            "{}: not adopted yet (no stamp)",
+            super::adopt::NewTarget::of(d).as_str()
         ),
         (None, _) => "stamped, nothing applied yet".to_owned(),
     }
@@ -435,6 +439,7 @@ pub(super) fn live_secrets(d: &Deployment<'_>, live: &Live) -> Result<Vec<Secret
 pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     d.check_programs()?;
+    say_new_target(d, &stamp, true);
     let resolved = resolve_secrets(d)?;
     match super::status::activity(d)? {
         (Some(run), _) => d.warn(&format!(
@@ -473,6 +478,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     // reproducible: a plan made before the target has one cannot bind them.
     let secrets_bound = stored_key.is_some() || plan.desired.secrets.is_empty();
     report.adopted = matches!(stamp, StampState::Absent);
+    report.new_target = new_target(d, &stamp);
     report.previous_generation = live.generation;
     report.generation = live.generation;
     report.set_plan(&plan);
@@ -491,6 +497,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
             },
             resources: saved::resource_hashes(&plan.desired, &key),
             secrets_bound,
+            new_target: report.adopted,
             summary: report.summary,
             changes: saved::reviewed_changes(&plan.changes),
             created: crate::target::now_rfc3339(),
@@ -520,6 +527,61 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     Ok(report)
 }
 
+/// `missing`/`empty` for a target with no stamp yet ([`Report::new_target`]).
+fn new_target(d: &Deployment<'_>, stamp: &StampState) -> Option<super::adopt::NewTarget> {
+    matches!(stamp, StampState::Absent).then(|| super::adopt::NewTarget::of(d))
+}
+
+/// On stderr, for a target with no stamp yet: the one line saying that deploying adopts it
+/// as a new, empty target, or (`plan` of a protected environment) the refusal `deploy` will
+/// give.
+fn say_new_target(d: &Deployment<'_>, stamp: &StampState, planning: bool) {
+    if !matches!(stamp, StampState::Absent) {
+        return;
+    }
+    match super::adopt::unadopted_protected(d, stamp) {
+        Some(f) if planning => d.warn(&format!(
+            "{}; `deploy apply` will refuse to deploy until then\nhint: {}",
+            f.message,
+            f.hint.unwrap_or_default()
+        )),
+        Some(_) => {}
+        None => d.say(&super::adopt::notice(d)),
+    }
+}
+
+/// A saved plan binds whether the target was new (no stamp): a target adopted, or one that
+/// lost its stamp (another volume, another prefix), since the plan was made refuses it.
+fn check_adoption(d: &Deployment<'_>, saved: &SavedPlan, stamp: &StampState) -> Result<()> {
+    let new_now = matches!(stamp, StampState::Absent);
+    if saved.new_target == new_now {
+        return Ok(());
+    }
+    let (then, now) = if saved.new_target {
+        (
+            "a new target (no stamp)",
+            format!("{} is stamped now", d.target.describe()),
+        )
+    } else {
+        (
+            "an adopted target",
+            format!(
+                "{} is now {}",
+                d.target.describe(),
+                super::adopt::NewTarget::of(d).as_str()
+            ),
+        )
+    };
+    Err(Failure::refused(format!(
+        "the saved plan is stale: it was made against {then}, and {now}"
+    ))
+    .hint(format!(
+        "check that [target] leads where it should, then plan again (`deploy plan --target {} --out FILE`), review it, and apply the new plan; nothing was changed",
+        d.env.name
+    ))
+    .into())
+}
+
 /// The plan must be applicable in one step on this target (an etcd transaction has limits);
 /// otherwise it is refused before anything is written.
 fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
@@ -536,13 +598,16 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    super::adopt::refuse_unadopted_protected(d, &stamp)?;
     d.check_programs()?;
     // Without its token a failure would page nobody (`plan` sends nothing, so needs none).
     d.page_token()?;
+    say_new_target(d, &stamp, false);
     // A secret that cannot be read refuses before anything, even a recovery, is written.
     let resolved = resolve_secrets(d)?;
     // The plan's own hash replaces it below; only a run that ends in the recovery reports it.
     let mut report = Report::new(d, "applied", String::new());
+    report.new_target = new_target(d, &stamp);
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         if report.config_sha256.is_empty() {
             report.config_sha256 = plan::settings_sha256(d.env);
@@ -564,7 +629,8 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     } = plan_against_live(d, &resolved)?;
     report.config_sha256 = plan.desired.config_sha256.clone();
     if let Some(saved) = expected
-        && let Err(err) = matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key)
+        && let Err(err) = check_adoption(d, saved, &stamp)
+            .and_then(|()| matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key))
     {
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
@@ -1772,6 +1838,7 @@ fn choose<'g>(
 /// `deploy rollback --target NAME [--to ID]`: make an earlier generation live again.
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
+    super::adopt::refuse_unadopted_protected(d, &stamp)?;
     d.check_programs()?;
     d.page_token()?;
     let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));

@@ -10,6 +10,7 @@
 //! - a generation that fails its health check never stays live: the previous one is made live
 //!   again and the command exits 4.
 
+pub mod adopt;
 pub mod apply;
 pub mod forward;
 pub mod gate;
@@ -497,7 +498,7 @@ impl<'a> Deployment<'a> {
     /// The live side of the environment lock: the account the target's own credentials reach
     /// (an `exec` provider's `identity`), the stamp, the identity command, and for a target not
     /// adopted yet, that it holds nothing envlock did not write.
-    /// Returns the stamp state (`Absent` means the first apply adopts the target).
+    /// Returns the stamp state (`Absent`: not adopted yet, see [`adopt`]).
     pub fn verify_owner(&self) -> Result<StampState> {
         self.check_target_account()?;
         let mut state = self.target.stamp().map_err(|e| self.target_failure(e))?;
@@ -992,8 +993,16 @@ impl<'a> Deployment<'a> {
         ));
     }
 
-    /// Ask on the terminal before changing the target. `Ok(())` means go ahead.
+    /// Ask on the terminal before changing the target. `Ok(())` means go ahead. A protected
+    /// environment's name must be typed; others answer `y`.
     pub fn confirm(&self, yes: bool, what: &str) -> Result<()> {
+        let again = format!("deploy --target {} --yes", self.env.name);
+        self.ask(yes, what, self.env.protected, &again)
+    }
+
+    /// [`Self::confirm`], with the environment's name to type when `typed` (as for a protected
+    /// one), and `again`: the command that confirms up front, for the hint without a terminal.
+    pub fn ask(&self, yes: bool, what: &str, typed: bool, again: &str) -> Result<()> {
         if yes {
             return Ok(());
         }
@@ -1004,18 +1013,16 @@ impl<'a> Deployment<'a> {
             ))
             .not_notified()
             .hint(format!(
-                "review the plan above, then run `deploy --target {} --yes` (--yes never skips a \
-                 safety check)",
-                self.env.name
+                "review the above, then run `{again}` (--yes never skips a safety check)"
             ))
             .into());
         }
         let name = &self.env.name;
-        let prompt = if self.env.protected {
-            format!(
-                "`{name}` is protected. Type its name to {what} on account {}: ",
-                self.env.account.value
-            )
+        let account = &self.env.account.value;
+        let prompt = if typed && self.env.protected {
+            format!("`{name}` is protected. Type its name to {what} on account {account}: ")
+        } else if typed {
+            format!("Type the environment's name (`{name}`) to {what} on account {account}: ")
         } else {
             format!("{} on {}? [y/N] ", capitalise(what), self.who())
         };
@@ -1032,7 +1039,7 @@ impl<'a> Deployment<'a> {
             .into());
         }
         let answer = answer.trim();
-        let ok = if self.env.protected {
+        let ok = if typed {
             answer == name
         } else {
             matches!(answer, "y" | "Y" | "yes" | "YES" | "Yes")
@@ -1042,7 +1049,7 @@ impl<'a> Deployment<'a> {
         }
         Err(Failure::error("cancelled: nothing was changed")
             .not_notified()
-            .hint(if self.env.protected {
+            .hint(if typed {
                 format!("type `{name}` exactly to confirm")
             } else {
                 "answer `y` to apply".to_owned()

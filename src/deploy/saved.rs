@@ -44,6 +44,10 @@ pub struct SavedPlan {
     /// False when the plan was made before the target had a secret key: the secrets' values
     /// are then read when the plan is applied, not bound by it.
     pub secrets_bound: bool,
+    /// True when the target had no stamp when the plan was made (applying it adopts a new,
+    /// empty target); absent from plans of adopted targets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_target: bool,
     pub summary: Changes,
     pub changes: Vec<Change>,
     pub created: String,
@@ -286,6 +290,7 @@ mod tests {
             },
             resources: [("r".to_owned(), "d".repeat(64))].into(),
             secrets_bound: true,
+            new_target: false,
             summary: Changes::default(),
             changes: Vec::new(),
             created: "2026-11-22T00:00:00Z".into(),

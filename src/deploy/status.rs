@@ -307,7 +307,11 @@ fn render_target(s: &Status) -> String {
             " — stamped for `{}` (account {}) since {}",
             stamp.environment, stamp.account, stamp.created
         ),
-        None => " — empty: not adopted yet (the first deploy adopts it)".to_owned(),
+        None => format!(
+            " — empty: not adopted yet (`deploy adopt --target {}` adopts it; a protected \
+             environment is deployed only after that)",
+            s.environment
+        ),
     };
     format!("  target:      {}{stamp}\n", s.target)
 }

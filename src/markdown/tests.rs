@@ -15,7 +15,7 @@ fn input<'a>(changes: &'a [Change], drift: &'a [(String, String)]) -> PlanInput<
         target: "dir targets/prod",
         commit: "0123456789abcdef0123456789abcdef01234567",
         live: Some(3),
-        adopts: false,
+        unadopted: None,
         changes,
         drift,
     }

@@ -60,7 +60,8 @@ impl Stamp {
 /// What a target says about its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StampState {
-    /// The target is missing or empty: the first apply adopts it.
+    /// The target is missing or empty: `deploy adopt` (or, unless the environment is
+    /// protected, the first apply) adopts it.
     Absent,
     /// The target carries this stamp; the caller compares it with the environment.
     Stamped(Stamp),

@@ -6,7 +6,7 @@ use crate::harness::{Repo, deploy_in};
 
 #[test]
 fn envs_lists_every_environment() {
-    let repo = Repo::base();
+    let repo = Repo::base_unadopted();
     let run = repo.deploy(&["envs"]);
     run.code(0);
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -49,7 +49,7 @@ struct LastDeployment {
 
 #[test]
 fn envs_json_parses_back_strictly() {
-    let repo = Repo::base();
+    let repo = Repo::base_unadopted();
     let run = repo.deploy(&["envs", "--format", "json"]);
     run.code(0);
     let rows: Vec<EnvRow> = serde_json::from_str(&run.stdout).unwrap();

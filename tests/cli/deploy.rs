@@ -131,6 +131,7 @@ struct Report {
     repository: crate::lifecycle::RepositoryJson,
     outcome: String,
     adopted: bool,
+    new_target: Option<String>,
     previous_generation: Option<u64>,
     generation: Option<u64>,
     summary: Counts,
@@ -391,7 +392,7 @@ fn uncommitted_configuration_is_refused_and_listed() {
 
 #[test]
 fn a_target_stamped_for_another_environment_is_refused() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     deploy_yes(&repo, "validation").code(0);
     let validation = target(&repo, "validation");
     let validation_before = snapshot(&validation);
@@ -491,7 +492,7 @@ fn a_target_path_that_is_a_file_is_refused() {
 
 #[test]
 fn a_target_path_that_is_a_symlink_is_refused() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     deploy_yes(&repo, "validation").code(0);
     std::os::unix::fs::symlink("validation", target(&repo, "prod")).unwrap();
     let run = untouched(&targets(&repo), || deploy_yes(&repo, "prod"));
@@ -1014,19 +1015,22 @@ fn a_failing_notifier_warns_and_keeps_the_exit_code() {
 
 #[test]
 fn plan_writes_nothing() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     let dir = target(&repo, "prod");
 
-    // Absent target: planned as an adoption, and still absent afterwards.
+    // Absent target: planned (with the warning that the protected prod must be adopted
+    // first), and still absent afterwards.
     let run = untouched(&targets(&repo), || {
         repo.deploy(&["plan", "--target", "prod"])
     });
     run.code(0)
         .stdout_has("+ worker (add)")
-        .stdout_has("Plan: 1 to add, 0 to change, 0 to remove.");
+        .stdout_has("Plan: 1 to add, 0 to change, 0 to remove.")
+        .stderr_has("run `deploy adopt --target prod`");
     assert!(dir.symlink_metadata().is_err());
 
     // Deployed target with a pending change.
+    repo.adopt("prod");
     deploy_yes(&repo, "prod").code(0);
     set_prod(&repo, "[health]\ncommand = [\"true\"]\n", 17);
     let run = untouched(&targets(&repo), || {

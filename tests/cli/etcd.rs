@@ -17,8 +17,8 @@ use serde_json::Value;
 use crate::harness::{Paused, Repo, Run};
 
 const ENV: &str = "environments/edge.toml";
-const PREFIX: &str = "/svc/edge/";
-const STATE: &str = "/svc/edge.envlock/";
+pub(crate) const PREFIX: &str = "/svc/edge/";
+pub(crate) const STATE: &str = "/svc/edge.envlock/";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -50,7 +50,7 @@ struct Member {
 }
 
 /// etcd members on loopback, each with its own data directory; killed when dropped.
-struct Cluster {
+pub(crate) struct Cluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
     /// `user:password` for etcdctl once authentication is enabled.
@@ -58,7 +58,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(n: usize) -> Cluster {
+    pub(crate) fn start(n: usize) -> Cluster {
         require_tools();
         let dir = tempfile::Builder::new()
             .prefix("envlock-etcd")
@@ -141,7 +141,7 @@ impl Cluster {
     }
 
     /// Every member's client URL, as a TOML array.
-    fn endpoints_toml(&self) -> String {
+    pub(crate) fn endpoints_toml(&self) -> String {
         let eps: Vec<String> = self
             .members
             .iter()
@@ -177,7 +177,7 @@ impl Cluster {
     }
 
     /// Every key under `prefix`: key -> (value, mod_revision).
-    fn keys(&self, prefix: &str) -> BTreeMap<String, (String, i64)> {
+    pub(crate) fn keys(&self, prefix: &str) -> BTreeMap<String, (String, i64)> {
         let out = self.ctl(&["get", "--prefix", prefix, "-w", "json"]);
         let v: Value = serde_json::from_str(&out).unwrap();
         let text = |x: &Value| {
@@ -198,7 +198,7 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    fn value(&self, key: &str) -> Option<String> {
+    pub(crate) fn value(&self, key: &str) -> Option<String> {
         self.keys(key).remove(key).map(|(v, _)| v)
     }
 
@@ -235,7 +235,7 @@ impl Drop for Cluster {
 
 /// The `edge` environment on `endpoints` (a TOML array), with `extra` lines in [target] and
 /// `sections` after it; the worker runs `threads` threads.
-fn edge_toml(endpoints: &str, extra: &str, sections: &str, threads: u32) -> String {
+pub(crate) fn edge_toml(endpoints: &str, extra: &str, sections: &str, threads: u32) -> String {
     format!(
         r#"[environment]
 account = "444444444444"

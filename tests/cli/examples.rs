@@ -232,6 +232,9 @@ impl Pipeline {
         let remote = Repo::bare();
         dev.git(&["remote", "add", "origin", remote.path().to_str().unwrap()]);
         dev.git(&["push", "-q", "-u", "origin", "main"]);
+        // Whoever set up the deploy runner adopted prod's target once, outside the pipeline
+        // (README "In CI"): the pipeline never adopts a protected target.
+        dev.deploy(&["adopt", "--target", "prod", "--yes"]).code(0);
         Pipeline {
             remote,
             dev,
@@ -366,7 +369,7 @@ fn plan_then_apply_deploys_validation_then_prod_only_with_the_approved_plan() {
             )),
         "{shown}"
     );
-    assert!(!p.target("validation").exists() && !p.target("prod").exists());
+    assert!(!p.target("validation").exists() && !p.target("prod").join("current").exists());
 
     // apply-validation, in its own checkout, from the artifact.
     let apply_job = p.job();
@@ -420,7 +423,7 @@ fn plan_then_apply_deploys_validation_then_prod_only_with_the_approved_plan() {
     )
     .code(0)
     .stderr_has("Deployed:")
-    .stdout_has("prod: 1 record, chain intact");
+    .stdout_has("prod: 2 records, chain intact");
     let worker = std::fs::read_to_string(p.target("prod").join("current/worker.toml")).unwrap();
     assert!(worker.contains("222222222222"), "{worker}");
 

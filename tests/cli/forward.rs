@@ -24,7 +24,7 @@ impl Team {
             .prefix("envlock-shared")
             .tempdir()
             .unwrap();
-        let a = Repo::ungated();
+        let a = Repo::ungated_unadopted();
         let target = shared.path().join("prod");
         let notify = format!(
             "[notify]\ncommand = [\"sh\", \"-c\", \"cat > {}/event.json\"]\n\n[settings.worker]",
@@ -44,6 +44,8 @@ impl Team {
         let remote = Repo::bare();
         a.git(&["remote", "add", "origin", remote.path().to_str().unwrap()]);
         a.git(&["push", "-q", "-u", "origin", "main"]);
+        // The shared target is adopted once, as an operator does for a protected environment.
+        a.adopt("prod");
         let b = Repo::clone_of(&remote);
         Team {
             _remote: remote,

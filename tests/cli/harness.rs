@@ -92,17 +92,44 @@ impl Repo {
         repo
     }
 
-    /// A repository holding the base fixture (validation + prod + a layer + a schema), committed.
+    /// A repository holding the base fixture (validation + prod + a layer + a schema),
+    /// committed, with the protected `prod`'s target adopted (`deploy adopt --target prod
+    /// --yes`), as an operator does once before its first deployment (`adopt.rs`).
     pub fn base() -> Repo {
+        let repo = Repo::base_unadopted();
+        repo.adopt("prod");
+        repo
+    }
+
+    /// The base fixture, committed; no target adopted yet.
+    pub fn base_unadopted() -> Repo {
         let repo = Repo::empty();
         copy_tree(&fixtures().join("base"), repo.path(), &[]);
         repo.commit("base configuration");
         repo
     }
 
-    /// The base fixture without prod's promotion gate (`after = ["validation"]`), so that a
-    /// test can deploy prod directly; the gate has its own tests (`log.rs`).
+    /// [`Repo::ungated_unadopted`] with `prod`'s target adopted, as in [`Repo::base`].
     pub fn ungated() -> Repo {
+        let repo = Repo::ungated_unadopted();
+        repo.adopt("prod");
+        repo
+    }
+
+    /// Run the real `deploy adopt --target ENV --yes`, which must succeed: the explicit
+    /// adoption a protected environment needs before its first deployment.
+    #[track_caller]
+    pub fn adopt(&self, env: &str) -> &Self {
+        self.deploy(&["adopt", "--target", env, "--yes"])
+            .code(0)
+            .stderr_has("Adopted");
+        self
+    }
+
+    /// The base fixture without prod's promotion gate (`after = ["validation"]`), so that a
+    /// test can deploy prod directly; the gate has its own tests (`log.rs`). No target is
+    /// adopted yet.
+    pub fn ungated_unadopted() -> Repo {
         let repo = Repo::empty();
         copy_tree(&fixtures().join("base"), repo.path(), &[]);
         let prod = repo.read("environments/prod.toml");

@@ -170,7 +170,7 @@ pub(crate) fn status_json(repo: &Repo, env: &str) -> StatusJson {
 
 #[test]
 fn status_before_any_deploy_says_nothing_is_deployed_and_writes_nothing() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     let target = repo.path().join("targets/prod");
     let run = repo.deploy(&["status", "--target", "prod"]);
     run.code(0)

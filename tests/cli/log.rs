@@ -133,7 +133,8 @@ fn set_threads(repo: &Repo, threads: u32) -> String {
 
 /// A repository where validation was deployed three times (three records).
 fn three_records() -> Repo {
-    let repo = Repo::base();
+    // prod is never deployed to (nor adopted) in these tests.
+    let repo = Repo::base_unadopted();
     deploy_yes(&repo, "validation").code(0);
     for threads in [5, 6] {
         set_threads(&repo, threads);
@@ -412,15 +413,22 @@ fn prod_waits_for_validation_to_prove_the_commit() {
     let head = repo.git(&["rev-parse", "HEAD"]).trim().to_owned();
     let short = &head[..12];
 
-    // Nothing on validation yet: refused, nothing written anywhere.
-    let before = snapshot(&repo.path().join("targets"));
+    // Nothing on validation yet: refused; nothing written but the refusal in the log of prod
+    // (adopted by the fixture, so proven prod's target).
+    let validation = repo.path().join("targets/validation");
+    let before = snapshot(&validation);
     let run = deploy_yes(&repo, "prod");
     run.code(3)
         .stderr_has("promotion gate")
         .stderr_has("`validation` has never been deployed to")
         .stderr_has(&format!("deploy commit {short} to `validation` first"))
         .stderr_has("deploy --target validation");
-    assert_eq!(snapshot(&repo.path().join("targets")), before);
+    assert_eq!(snapshot(&validation), before);
+    assert!(!repo.path().join("targets/prod/current").exists());
+    let outcomes = crate::harness::log_outcomes(&repo, "prod");
+    let (outcome, reason) = outcomes.last().unwrap();
+    assert_eq!(outcome, "refused");
+    assert!(reason.contains("promotion gate"), "{reason}");
     // A plan warns but is not refused.
     repo.deploy(&["plan", "--target", "prod"])
         .code(0)

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod adopt;
 mod check;
 mod commands;
 #[cfg(feature = "failpoints")]

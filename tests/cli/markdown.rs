@@ -45,10 +45,13 @@ fn a_plan_is_a_comment_with_its_table_and_a_diff_per_resource() {
     );
     assert!(body.contains("| Environment | Target | Live generation | Add | Change | Remove |\n"));
     let target = repo.path().join("targets/prod");
-    assert!(body.contains(&format!(
-        "| <code>prod</code> | <code>dir {}</code> | none (the first apply adopts the target) | 1 | 0 | 0 |\n",
-        target.display()
-    )), "{body}");
+    assert!(
+        body.contains(&format!(
+            "| <code>prod</code> | <code>dir {}</code> | none | 1 | 0 | 0 |\n",
+            target.display()
+        )),
+        "{body}"
+    );
     assert!(body.contains("<details><summary><code>+ worker</code> (add)</summary>\n\n```diff\n--- live/worker.toml\n+++ desired/worker.toml\n"), "{body}");
     assert!(
         body.contains("+threads = 16\n```\n\n</details>\n"),
@@ -200,4 +203,25 @@ fn a_diff_between_commits_is_a_comment_with_fenced_resource_diffs() {
         "{body}"
     );
     assert_eq!(balanced(body), 2);
+}
+
+#[test]
+fn a_plan_says_when_its_target_has_not_been_adopted() {
+    let repo = Repo::ungated_unadopted();
+    let run = repo.deploy(&["plan", "--target", "prod", "--format", "markdown"]);
+    run.code(0);
+    assert!(
+        run.stdout
+            .contains("| none (a new target: deploy adopt first) | 1 | 0 | 0 |\n"),
+        "{}",
+        run.stdout
+    );
+    let run = repo.deploy(&["plan", "--target", "validation", "--format", "markdown"]);
+    run.code(0);
+    assert!(
+        run.stdout
+            .contains("| none (a new target: the first apply adopts it) |"),
+        "{}",
+        run.stdout
+    );
 }

@@ -64,12 +64,15 @@ fn unprotected_environment_asks_yes_or_no() {
 fn protected_environment_wants_its_name_typed() {
     let repo = Repo::ungated();
     let target = repo.path().join("targets/prod");
+    // Adopted by the fixture: its stamp and `adopt` record, nothing else.
+    let adopted = snapshot(&target);
     deploy_on_terminal(&repo, "--target prod", "y\n")
         .code(1)
         .stdout_has("`prod` is protected. Type its name")
         .stdout_has("type `prod` exactly to confirm");
-    assert!(
-        snapshot(&target).is_empty(),
+    assert_eq!(
+        snapshot(&target),
+        adopted,
         "a wrong answer wrote to the target"
     );
 
@@ -98,7 +101,7 @@ fn yes_skips_the_prompt_but_not_a_refusal() {
 
 #[test]
 fn a_plan_cut_short_before_the_prompt_is_not_confirmed() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     let mut text = repo.read("environments/validation.toml");
     for i in 0..3000 {
         text.push_str(&format!(
@@ -127,7 +130,7 @@ fn a_plan_cut_short_before_the_prompt_is_not_confirmed() {
 
 #[test]
 fn ctrl_d_at_the_prompt_cancels_on_a_line_of_its_own() {
-    let repo = Repo::ungated();
+    let repo = Repo::ungated_unadopted();
     // No answer at all: the terminal sees end of input (Ctrl-D).
     let run = deploy_on_terminal(&repo, "--target validation", "");
     run.code(1).stdout_has(

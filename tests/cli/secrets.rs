@@ -125,6 +125,8 @@ fn umask() -> u32 {
 fn secrets_are_deployed_with_mode_0600_compared_by_hash_and_never_shown() {
     let repo = repo();
     let dir = target(&repo);
+    // prod is adopted (its stamp and `adopt` record): nothing else may appear.
+    let adopted = snapshot(&dir);
     let mut out = Outputs::default();
 
     // CI has no secret values: `check` does not need them.
@@ -136,7 +138,7 @@ fn secrets_are_deployed_with_mode_0600_compared_by_hash_and_never_shown() {
     plan.code(0)
         .stdout_has("+db_password = \"(secret, new)\"")
         .stdout_has("+tls_key = \"(secret, new)\"");
-    assert!(snapshot(&dir).is_empty(), "plan wrote to the target");
+    assert!(snapshot(&dir) == adopted, "plan wrote to the target");
     out.run(
         &repo,
         &["plan", "--target", "prod", "--format", "json"],
@@ -294,6 +296,8 @@ fn a_missing_secret_refuses_before_anything_is_written() {
 fn a_secret_holding_another_environments_account_is_refused() {
     let repo = repo();
     let dir = target(&repo);
+    // prod is adopted (its stamp and `adopt` record): nothing else may appear.
+    let adopted = snapshot(&dir);
     let mut out = Outputs::default();
     let foreign = format!("{DB_1}-arn:aws:sqs:eu-west-1:111111111111:jobs");
     let run = out.run(&repo, &["--target", "prod", "--yes"], Some(&foreign));
@@ -304,7 +308,7 @@ fn a_secret_holding_another_environments_account_is_refused() {
     out.run(&repo, &["plan", "--target", "prod"], Some(&marker))
         .code(3)
         .stderr_has("the marker of environment `validation`");
-    assert!(snapshot(&dir).is_empty());
+    assert!(snapshot(&dir) == adopted);
     for (_, text) in &out.0 {
         assert!(
             !text.contains(&foreign) && !text.contains(&marker),
@@ -318,6 +322,8 @@ fn a_secret_holding_another_environments_account_is_refused() {
 fn a_secret_value_that_violates_the_schema_is_an_error_without_the_value() {
     let repo = repo();
     let dir = target(&repo);
+    // prod is adopted (its stamp and `adopt` record): nothing else may appear.
+    let adopted = snapshot(&dir);
     let mut out = Outputs::default();
     // Shorter than `minLength` 12; long enough to be searched for.
     let short = "sh0rt-pw";
@@ -326,7 +332,7 @@ fn a_secret_value_that_violates_the_schema_is_an_error_without_the_value() {
         .stderr_has("settings.worker.db_password (secret `env:PROD_DB_PASSWORD`")
         .stderr_has("violates `minLength`");
     assert!(!run.stderr.contains(short) && !run.stdout.contains(short));
-    assert!(snapshot(&dir).is_empty());
+    assert!(snapshot(&dir) == adopted);
     out.assert_no_value(&dir);
 }
 
@@ -574,6 +580,8 @@ fn commands_do_not_inherit_the_variables_secrets_are_read_from() {
 fn a_secret_holding_another_spelling_of_an_identity_is_refused() {
     let repo = repo();
     let dir = target(&repo);
+    // prod is adopted (its stamp and `adopt` record): nothing else may appear.
+    let adopted = snapshot(&dir);
     let mut out = Outputs::default();
     for (value, what) in [
         (
@@ -589,7 +597,7 @@ fn a_secret_holding_another_spelling_of_an_identity_is_refused() {
             .code(3)
             .stderr_has("secret `env:PROD_DB_PASSWORD` for settings.worker.db_password")
             .stderr_has(what);
-        assert!(snapshot(&dir).is_empty());
+        assert!(snapshot(&dir) == adopted);
         for (_, text) in &out.0 {
             assert!(!text.contains(&value), "{text}");
         }

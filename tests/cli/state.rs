@@ -189,6 +189,7 @@ fn a_target_path_through_a_harmless_symlink_is_used() {
     std::os::unix::fs::symlink(machine.path().join("data/srv"), machine.path().join("srv"))
         .unwrap();
     set_prod_path(&repo, &format!("{}/srv/prod", machine.path().display()));
+    repo.adopt("prod");
     repo.deploy(&["--target", "prod", "--yes"]).code(0);
     assert!(
         machine
