@@ -18,7 +18,7 @@ use envlock::output::Printer;
 use envlock::repo::{CommitInfo, Repo, RepoError};
 use envlock::workspace;
 
-use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
+use crate::cli::{ApplyArgs, LogSealArgs, PlanArgs, RollbackArgs, StatusArgs};
 
 /// The status of `environments/` and `schemas/` in the working tree
 /// ([`Repo::dirty_config_files`]).
@@ -99,6 +99,11 @@ enum Job {
         to: Option<u64>,
         yes: bool,
     },
+    /// `deploy log seal`.
+    Seal {
+        reason: Option<String>,
+        yes: bool,
+    },
 }
 
 fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
@@ -140,7 +145,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         // Not expected (the same repository opened a moment ago): read it here after all.
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
-    let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
+    let notifies = matches!(
+        job,
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Seal { .. }
+    );
     let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;
         deploy::check_target_paths(env, &config.environments)?;
@@ -155,6 +163,8 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         // writes must be on `branch`.
         match (&job, deploy::check_branch(&repo, env, &commit)) {
             (_, Ok(())) => {}
+            // A seal deploys nothing: the commit only names the environment.
+            (Job::Seal { .. }, Err(_)) => {}
             (Job::Plan { .. } | Job::Status, Err(e)) => printer.err(&format!(
                 "{} {e:#}; `deploy apply` will refuse it until then\n",
                 printer.paint(envlock::output::style::WARN, "warning:")
@@ -267,6 +277,17 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             printer,
         ),
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
+        Job::Seal { reason, yes } => {
+            let report = deploy::seal::seal(d, reason.as_deref(), yes)?;
+            d.say(&format!(
+                "Sealed: record {} of `{}`'s deployment log sets aside the damage at line {} and continues the chain from head {}; `deploy log verify` reports it as sealed.",
+                report.log.seq, report.environment, report.damage.line, report.old_head
+            ));
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
         Job::Status => {
             let status = deploy::status::status(d)?;
             if printer.is_json() {
@@ -336,4 +357,13 @@ pub fn status(dir: &Path, args: StatusArgs, printer: &Printer) -> Result<Exit> {
 pub fn rollback(dir: &Path, args: RollbackArgs, printer: &Printer) -> Result<Exit> {
     let RollbackArgs { target, to, yes } = args;
     run(dir, &target, Job::Rollback { to, yes }, printer)
+}
+
+pub fn seal(dir: &Path, args: LogSealArgs, printer: &Printer) -> Result<Exit> {
+    let LogSealArgs {
+        target,
+        reason,
+        yes,
+    } = args;
+    run(dir, &target, Job::Seal { reason, yes }, printer)
 }

@@ -1138,8 +1138,8 @@ fn resolve_interrupted(
     {
         // Without a journal nobody was writing the log, so an incomplete last record is
         // damage for a person to look at, not something to repair silently.
-        log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
         require_intact_log(d)?;
+        log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
         return Ok(Some(None));
     }
     let lock = d.lock()?;
@@ -1170,8 +1170,8 @@ fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
         v.records, v.head
     ))
     .hint(format!(
-        "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`)",
-        d.env.name
+        "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`); once you have, `deploy log seal --target {} --reason \"...\"` records that and lets deployments go on",
+        d.env.name, d.env.name
     ))
     .into())
 }

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod gate;
 pub mod journal;
 pub mod saved;
+pub mod seal;
 pub mod status;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -984,6 +985,12 @@ impl<'a> Deployment<'a> {
 
     /// Ask on the terminal before changing the target. `Ok(())` means go ahead.
     pub fn confirm(&self, yes: bool, what: &str) -> Result<()> {
+        self.confirm_typed(yes, what, self.env.protected)
+    }
+
+    /// [`Self::confirm`], asking for the environment's name to be typed when `typed` (as for a
+    /// protected environment) rather than `y`.
+    pub fn confirm_typed(&self, yes: bool, what: &str, typed: bool) -> Result<()> {
         if yes {
             return Ok(());
         }
@@ -1001,9 +1008,14 @@ impl<'a> Deployment<'a> {
             .into());
         }
         let name = &self.env.name;
-        let prompt = if self.env.protected {
+        let prompt = if typed && self.env.protected {
             format!(
                 "`{name}` is protected. Type its name to {what} on account {}: ",
+                self.env.account.value
+            )
+        } else if typed {
+            format!(
+                "Type `{name}` to {what} on account {}: ",
                 self.env.account.value
             )
         } else {
@@ -1022,7 +1034,7 @@ impl<'a> Deployment<'a> {
             .into());
         }
         let answer = answer.trim();
-        let ok = if self.env.protected {
+        let ok = if typed {
             answer == name
         } else {
             matches!(answer, "y" | "Y" | "yes" | "YES" | "Yes")
@@ -1032,7 +1044,7 @@ impl<'a> Deployment<'a> {
         }
         Err(Failure::error("cancelled: nothing was changed")
             .not_notified()
-            .hint(if self.env.protected {
+            .hint(if typed {
                 format!("type `{name}` exactly to confirm")
             } else {
                 "answer `y` to apply".to_owned()

@@ -833,3 +833,73 @@ fn status_during_a_deploy_held_in_its_health_check_says_it_is_in_progress() {
     let s = crate::lifecycle::status_json(&repo, "edge");
     assert!(s.in_progress.is_none() && s.interrupted.is_none());
 }
+
+/// Issue 16 item 7 on etcd: a log record edited by hand in the store refuses deployments
+/// until `deploy log seal` sets it aside; the edited key stays as it is.
+#[test]
+fn a_damaged_log_is_refused_then_sealed_and_the_damaged_key_is_kept() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    let first = format!("{STATE}log/00000000000000000001");
+    let record = etcd.value(&first).unwrap();
+    let edited = record.replacen("\"adopt\"", "\"adapt\"", 1);
+    assert_ne!(edited, record);
+    etcd.put(&first, &edited);
+    let before = etcd.keys(STATE);
+
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it")
+        .stderr_has("record 1 (line 1) was edited");
+    let mut now = etcd.keys(STATE);
+    now.remove(&format!("{STATE}lock"));
+    assert_eq!(now, before, "a refusal writes nothing");
+    repo.deploy(&["log", "seal", "--target", "edge", "--yes"])
+        .code(3)
+        .stderr_has("a seal needs a reason");
+
+    repo.deploy(&[
+        "log",
+        "seal",
+        "--target",
+        "edge",
+        "--reason",
+        "edited in a test",
+        "--yes",
+    ])
+    .code(0)
+    .stderr_has("Sealed: record 3 of `edge`'s deployment log");
+    let seal: Value = serde_json::from_str(
+        &etcd
+            .value(&format!("{STATE}log/00000000000000000003"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seal["action"], "seal");
+    assert_eq!(seal["sealed"]["line"], 1);
+    assert_eq!(
+        etcd.value(&first).unwrap(),
+        edited,
+        "the damaged key is kept"
+    );
+    let run = repo.deploy(&["log", "verify", "--target", "edge", "--format", "json"]);
+    run.code(0);
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["environments"][0]["status"], "sealed");
+    assert_eq!(doc["environments"][0]["sealed"][0]["seal_line"], 3);
+
+    deploy_yes(&repo).code(0);
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
+    repo.deploy(&["log", "verify", "--target", "edge"])
+        .code(0)
+        .stdout_has("SEALED DAMAGE:");
+    repo.deploy(&[
+        "log", "seal", "--target", "edge", "--reason", "again", "--yes",
+    ])
+    .code(3)
+    .stderr_has("nothing to seal");
+}

@@ -604,3 +604,50 @@ fn a_deployment_behind_the_live_commit_writes_nothing_to_the_provider() {
         "nothing was written through the provider"
     );
 }
+
+/// Issue 16 item 7 on `exec`: the log in the state directory is sealed like a `dir` target's,
+/// after the provider's identity; the provider's resources are not touched by the seal.
+#[test]
+fn a_damaged_log_in_the_state_directory_is_refused_then_sealed() {
+    let cloud = Cloud::new(&all(4), "");
+    cloud.deploy(&[]).code(0);
+    let log = cloud.repo.path().join("state/.envlock/log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"adopt\"", "\"adapt\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, &edited).unwrap();
+    let files = cloud.files();
+    cloud.set(&all(6), "");
+    cloud
+        .deploy(&[])
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it");
+    assert_eq!(cloud.files(), files);
+    cloud
+        .run(
+            &[
+                "log",
+                "seal",
+                "--target",
+                ENV,
+                "--reason",
+                "edited in a test",
+                "--yes",
+            ],
+            &[],
+        )
+        .code(0)
+        .stderr_has("Sealed: record 2");
+    assert_eq!(
+        cloud.files(),
+        files,
+        "a seal writes nothing to the provider"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().starts_with(&edited));
+    cloud.deploy(&[]).code(0);
+    assert_eq!(cloud.files(), all_stored(6));
+    cloud
+        .run(&["log", "verify", "--target", ENV], &[])
+        .code(0)
+        .stdout_has("SEALED DAMAGE:");
+}

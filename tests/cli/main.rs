@@ -27,6 +27,7 @@ mod progress;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
+mod seal;
 mod secrets;
 mod state;
 mod status;
