@@ -1232,9 +1232,12 @@ fn roll_back(
         previous.map_or("nothing".to_owned(), |p| format!("generation {p}"))
     ));
     failpoint::hit("rollback-before-switch");
-    let switched = match previous {
-        Some(p) => d.target.activate(p),
-        None => d.target.deactivate(),
+    // An apply's automatic rollback restores exactly what it replaced; a failed `deploy
+    // rollback` makes the generation it replaced live again.
+    let switched = match (journal.action == "rollback", previous) {
+        (false, _) => d.target.undo_apply(failed, previous),
+        (true, Some(p)) => d.target.activate(p),
+        (true, None) => d.target.deactivate(),
     };
     if let Err(err) = switched {
         // Keep the journal: the next run tries again. Never claim a rollback that did not happen.

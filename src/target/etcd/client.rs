@@ -95,6 +95,11 @@ pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// The bytes of a base64 string (`None` when it is not base64).
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok()
+}
+
 /// The end of the range of every key that starts with `prefix` (etcd's `range_end`).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -472,6 +472,30 @@ impl EtcdTarget {
         json!({ "resources": map })
     }
 
+    /// What an apply of `values` over `read` changes, as it was before: resource -> its exact
+    /// stored bytes (a string, or `{"base64": …}` when not UTF-8), `null` for a key it creates.
+    /// Kept in the generation record, so that an automatic rollback restores exactly these
+    /// ([`Target::undo_apply`]), hand edits included.
+    fn before(&self, read: &ReadSet, values: &BTreeMap<String, Vec<u8>>) -> Value {
+        let mut out = serde_json::Map::new();
+        for (key, was) in &read.values {
+            let name = self.resource_name(key);
+            if values.get(&name) != Some(was) {
+                let v = match std::str::from_utf8(was) {
+                    Ok(text) => Value::String(text.to_owned()),
+                    Err(_) => json!({ "base64": client::b64(was) }),
+                };
+                out.insert(name, v);
+            }
+        }
+        for name in values.keys() {
+            if !read.values.contains_key(&self.resource_key(name)) {
+                out.insert(name.clone(), Value::Null);
+            }
+        }
+        Value::Object(out)
+    }
+
     /// The apply transaction: compares (after `guards`), operations, and the keys it writes.
     fn build_apply(
         &self,
@@ -572,6 +596,7 @@ impl EtcdTarget {
             "txn": nonce,
             "private": private,
             "created": super::now_rfc3339(),
+            "before": self.before(&read, &values),
         });
         let stored = Self::stored_record(&values);
 
@@ -982,7 +1007,13 @@ impl Target for EtcdTarget {
         };
         let values = Self::stored_values(resources)?;
         // The real record's size: metadata is small next to the resources.
-        let record = json!({"meta": {}, "txn": "0000000000000000", "private": [], "created": ""});
+        let record = json!({
+            "meta": {},
+            "txn": "0000000000000000",
+            "private": [],
+            "created": "",
+            "before": self.before(&read, &values),
+        });
         let stored = Self::stored_record(&values);
         let placeholder = vec![
             cmp_value(&self.key("stamp"), &[b'x'; 128]),
@@ -1102,6 +1133,65 @@ impl Target for EtcdTarget {
             &format!("make generation {id} live"),
             &values,
             Some(id),
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    fn undo_apply(
+        &self,
+        failed: GenerationId,
+        previous: Option<GenerationId>,
+    ) -> Result<(), TargetError> {
+        let before = self
+            .generation_record(failed)?
+            .and_then(|(v, _)| v.get("before").and_then(Value::as_object).cloned());
+        // A generation written before `before` was recorded: its predecessor's values.
+        let Some(before) = before else {
+            return match previous {
+                Some(p) => self.activate(p),
+                None => self.deactivate(),
+            };
+        };
+        let wrote = self.generation_values(failed)?;
+        let (now, _) = self.read_prefix()?;
+        let mut values: BTreeMap<String, Vec<u8>> = now
+            .into_iter()
+            .map(|(k, kv)| (self.resource_name(&k), kv.value))
+            .collect();
+        for (name, was) in &before {
+            // Only over what that apply wrote: a key changed since is someone else's.
+            if values.get(name) != wrote.get(name) {
+                return Err(TargetError::Refused(format!(
+                    "`{}` was changed by someone else after generation {failed} wrote it;                      refusing to restore what was there before over it",
+                    self.show(&self.resource_key(name))
+                )));
+            }
+            match was {
+                Value::Null => {
+                    values.remove(name);
+                }
+                Value::String(text) => {
+                    values.insert(name.clone(), text.as_bytes().to_vec());
+                }
+                other => {
+                    let bytes = other
+                        .get("base64")
+                        .and_then(Value::as_str)
+                        .and_then(client::unb64)
+                        .ok_or_else(|| {
+                            TargetError::Corrupt(format!(
+                                "generation {failed}'s record keeps `{name}` in an unknown form"
+                            ))
+                        })?;
+                    values.insert(name.clone(), bytes);
+                }
+            }
+        }
+        self.switch_to(
+            &format!("restore what was live before generation {failed}"),
+            &values,
+            previous,
             vec![],
         )?;
         Ok(())
