@@ -1143,6 +1143,9 @@ fn resolve_interrupted(
         return Ok(Some(None));
     }
     let lock = d.lock()?;
+    // Recovery appends its record: the log must verify first, but for an incomplete last
+    // line, which the journal proves was being written (recovery cuts it).
+    require_intact_log_but_tail(d)?;
     if recover(d, report)? {
         return Ok(None);
     }
@@ -1156,8 +1159,28 @@ fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
     let Some(v) = log::damage(&*d.target).map_err(|e| d.target_failure(e))? else {
         return Ok(());
     };
+    Err(damaged_log(d, v))
+}
+
+/// [`require_intact_log`], allowing an incomplete last line (the only damage an interrupted
+/// append leaves, which recovery cuts).
+fn require_intact_log_but_tail(d: &Deployment<'_>) -> Result<()> {
+    let Some(v) = log::damage(&*d.target).map_err(|e| d.target_failure(e))? else {
+        return Ok(());
+    };
+    if v.problem
+        .as_ref()
+        .is_some_and(|p| p.kind == log::Broken::Truncated)
+    {
+        return Ok(());
+    }
+    Err(damaged_log(d, v))
+}
+
+/// The refusal of a deployment over a log that does not verify.
+fn damaged_log(d: &Deployment<'_>, v: log::Verified) -> anyhow::Error {
     let problem = v.problem.expect("damage has a problem");
-    Err(Failure::refused(format!(
+    Failure::refused(format!(
         "the deployment log of `{}` does not verify, so nothing is appended to it: {}",
         d.env.name, problem.message
     ))
@@ -1173,7 +1196,7 @@ fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
         "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`); once you have, `deploy log seal --target {} --reason \"...\"` records that and lets deployments go on",
         d.env.name, d.env.name
     ))
-    .into())
+    .into()
 }
 
 /// Under the lock: the target must still be what the confirmed plan was computed from.

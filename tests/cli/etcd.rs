@@ -778,9 +778,12 @@ fn a_deployment_behind_the_live_commit_writes_nothing_but_its_refusal() {
         .stderr_has("this clone is 2 commits behind it")
         .stderr_has("deploy rollback --target edge");
     let after = etcd.keys("/svc/edge");
-    for (k, v) in &before {
+    // The log's checkpoint follows the log (it counts the records after the refusal's).
+    let checkpoint = format!("{STATE}log-checkpoint");
+    for (k, v) in before.iter().filter(|(k, _)| **k != checkpoint) {
         assert_eq!(after.get(k), Some(v), "{k} changed");
     }
+    assert_ne!(after.get(&checkpoint), before.get(&checkpoint));
     let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
     assert_eq!(added.len(), 1, "{added:?}");
     assert!(added[0].starts_with(&format!("{STATE}log/")), "{added:?}");
@@ -1078,4 +1081,37 @@ fn the_replaced_bytes_count_in_the_transaction_size_check() {
             .stderr_has("the limit is 65536");
     }
     assert_eq!(etcd.keys("/svc/"), before);
+}
+
+/// The log checkpoint makes a deployment read only the log's summary, and any change to a
+/// record behind envlock's back (an edit, a deleted record, a rewritten checkpoint) still
+/// makes the next deployment verify the whole log and refuse.
+#[test]
+fn the_log_checkpoint_notices_a_deleted_record_and_a_rewritten_checkpoint() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo).code(0);
+    let checkpoint = format!("{STATE}log-checkpoint");
+    assert_eq!(etcd.value(&checkpoint).as_deref(), Some("3\n"));
+    let second = format!("{STATE}log/00000000000000000002");
+    let record = etcd.value(&second).unwrap();
+
+    // A record deleted, and the checkpoint rewritten to match the new count.
+    etcd.ctl(&["del", &second]);
+    etcd.put(&checkpoint, "2\n");
+    set_threads(&repo, 8, 10);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify")
+        .stderr_has("record 3 (line 2) follows record 1: a record is missing");
+    // Put back as it was (a new revision, but the same bytes): the chain verifies again, and
+    // since the checkpoint no longer matches, it is verified whole and passes.
+    etcd.put(&second, &record);
+    deploy_yes(&repo).code(0);
+    assert_eq!(etcd.value(&checkpoint).as_deref(), Some("4\n"));
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
 }

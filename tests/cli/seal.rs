@@ -371,3 +371,41 @@ fn the_readmes_python_verifier_agrees_on_a_sealed_log() {
         "{stdout}"
     );
 }
+
+/// A deployment killed after its switch leaves a journal; if the log is damaged meanwhile, the
+/// next run does not append its recovery record to it (and so never hides the damage behind a
+/// fresh checkpoint): it refuses, and once the damage is sealed, recovers.
+#[cfg(feature = "failpoints")]
+#[test]
+fn recovery_does_not_append_to_a_damaged_log() {
+    use crate::harness::Paused;
+    let (repo, _) = damaged();
+    // Sealed once, so that a deployment can run and be killed mid-way.
+    seal(&repo, REASON).code(0);
+    set_threads(&repo, 8);
+    Paused::start(
+        repo.path(),
+        &["--target", "validation", "--yes"],
+        "after-switch",
+        None,
+        &[],
+    )
+    .kill9();
+    assert!(target(&repo).join(".envlock/journal.json").exists());
+    // The seal record itself edited: the seal no longer counts, so the first damage is back.
+    let text = std::fs::read_to_string(log_file(&repo)).unwrap();
+    let last = text.lines().last().unwrap();
+    let damaged = text.replacen(last, &last.replacen("\"sealed\"", "\"applied\"", 1), 1);
+    assert_ne!(damaged, text);
+    std::fs::write(log_file(&repo), &damaged).unwrap();
+    let before = std::fs::read(log_file(&repo)).unwrap();
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it")
+        .stderr_has("record 1 (line 1) was edited");
+    assert_eq!(std::fs::read(log_file(&repo)).unwrap(), before);
+    assert!(target(&repo).join(".envlock/journal.json").exists());
+    seal(&repo, "the seal record edited in a test").code(0);
+    deploy_yes(&repo).code(0).stderr_has("interrupted");
+    verify_json(&repo);
+}

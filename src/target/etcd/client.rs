@@ -498,6 +498,44 @@ impl Client {
         Ok((out, result.revision))
     }
 
+    /// At one revision: the key `single` (if it exists), how many keys `[start, end)` holds,
+    /// and the highest `mod_revision` among them (0 when there are none). Two ranges in one
+    /// request; no value under `start` is read.
+    pub fn key_and_range_summary(
+        &self,
+        single: &[u8],
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(Option<Kv>, i64, i64), EtcdError> {
+        let newest = json!({
+            "key": b64(start),
+            "range_end": b64(end),
+            "limit": "1",
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+            "keys_only": true,
+        });
+        let ops = vec![
+            json!({ "request_range": { "key": b64(single) } }),
+            json!({ "request_range": newest }),
+        ];
+        let result = self.txn(vec![], ops, vec![])?;
+        let range = |i: usize| {
+            result
+                .responses
+                .get(i)
+                .and_then(|r| r.get("response_range"))
+        };
+        let one = range(0).map(kvs).unwrap_or_default().into_iter().next();
+        let count = int(range(1).and_then(|r| r.get("count")));
+        let max = range(1)
+            .map(kvs)
+            .unwrap_or_default()
+            .first()
+            .map_or(0, |kv| kv.mod_revision);
+        Ok((one, count, max))
+    }
+
     /// One key, if it exists.
     pub fn get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdError> {
         Ok(self.range(key, None, 0, false)?.0.into_iter().next())

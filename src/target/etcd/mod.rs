@@ -13,6 +13,8 @@
 //! /asr/prod.envlock/journal                   the crash journal of an unfinished deployment
 //! /asr/prod.envlock/secret-key                the HMAC key secrets are compared with (hex)
 //! /asr/prod.envlock/log/<seq, 20 digits>      one deployment-log record per key
+//! /asr/prod.envlock/log-checkpoint            how many log records there were after this
+//!                                             target's last append (written with it)
 //! ```
 //!
 //! Invariants: an apply or a rollback is one transaction whose compares assert the stamp, the
@@ -59,6 +61,9 @@ pub struct EtcdSettings {
     pub keep: usize,
     pub security: Security,
 }
+
+/// The key (under the state root) of the log's checkpoint (see `log_untouched`).
+const LOG_CHECKPOINT: &str = "log-checkpoint";
 
 /// etcd's defaults for `--max-txn-ops` and `--max-request-bytes`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -662,9 +667,15 @@ impl EtcdTarget {
             .ok_or_else(|| TargetError::Corrupt("a log record without `seq`".into()))?;
         let key = self.key(&format!("log/{seq:020}"));
         let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let (_, count, _) = self.log_summary()?;
         let mut compares = self.guards()?;
         compares.push(cmp_absent(&key));
-        let mut ops = vec![op_put(&key, line)];
+        // The checkpoint is written at the record's revision: see `log_untouched`.
+        let checkpoint = format!("{}\n", count + 1);
+        let mut ops = vec![
+            op_put(&key, line),
+            op_put(&self.key(LOG_CHECKPOINT), checkpoint.as_bytes()),
+        ];
         if clear_journal {
             ops.push(op_delete(&self.key("journal")));
         }
@@ -675,6 +686,15 @@ impl EtcdTarget {
             )));
         }
         Ok(())
+    }
+
+    /// The log checkpoint (if any), how many log records there are, and the highest
+    /// `mod_revision` among them, in one read that touches no record's value.
+    fn log_summary(&self) -> Result<(Option<Kv>, i64, i64), TargetError> {
+        let start = self.key("log/");
+        self.client
+            .key_and_range_summary(&self.key(LOG_CHECKPOINT), &start, &prefix_end(&start))
+            .map_err(|e| self.remote("read the deployment log's checkpoint", e))
     }
 
     /// Explain a failed apply compare: which key moved since the plan read it.
@@ -1407,6 +1427,22 @@ impl Target for EtcdTarget {
     fn log_cut(&self, _len: u64) -> Result<(), TargetError> {
         // Records are whole keys: there is never an incomplete one to cut.
         Ok(())
+    }
+
+    /// The log is as this target's last append left it when the checkpoint written with that
+    /// append still counts every record, and no record was written after it: the highest
+    /// `mod_revision` under `log/` is the checkpoint's own (one transaction wrote both). An
+    /// edit, a deletion or an insertion of any record, or a rewritten checkpoint, breaks one
+    /// of the two, and the whole log is verified.
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        let (checkpoint, count, newest) = self.log_summary()?;
+        let Some(cp) = checkpoint else {
+            return Ok(false);
+        };
+        let counted = std::str::from_utf8(&cp.value)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        Ok(counted == Some(count) && count > 0 && newest == cp.mod_revision)
     }
 }
 
