@@ -651,3 +651,38 @@ fn a_damaged_log_in_the_state_directory_is_refused_then_sealed() {
         .code(0)
         .stdout_has("SEALED DAMAGE:");
 }
+
+/// Issue 16 item 9 on `exec`: a value edited by hand after the last deployment (in the
+/// provider's store) comes back byte for byte when the next deployment's health check fails;
+/// a resource the apply created is deleted and one it deleted comes back.
+#[test]
+fn a_failed_health_check_restores_a_hand_edit_made_after_the_last_deployment() {
+    let cloud = Cloud::new(&all(4), "");
+    cloud.deploy(&[]).code(0);
+    let hand = r#"{"engine": "whisper-large-v3", "threads": 1}"#;
+    std::fs::write(cloud.store().join("r2.json"), hand).unwrap();
+    let before = cloud.files();
+    assert_eq!(before["r2"], hand);
+
+    // Every resource to 8 threads, r5 removed, r6 added, and a health check that fails.
+    let mut values: Vec<(&str, u32)> = NAMES[..4].iter().map(|n| (*n, 8)).collect();
+    values.push(("r6", 8));
+    cloud.set(&values, "");
+    let mut env = cloud.repo.read(&format!("environments/{ENV}.toml"));
+    env.push_str("\n[health]\ncommand = [\"false\"]\ntimeout = \"5s\"\n");
+    cloud.repo.write(&format!("environments/{ENV}.toml"), env);
+    cloud.repo.commit("unhealthy");
+    cloud.deploy(&[]).code(4).stderr_has("Rolling back");
+    assert_eq!(
+        cloud.files(),
+        before,
+        "exactly what was there before the apply"
+    );
+    assert_eq!(cloud.outcomes().last().unwrap().0, "rolled-back");
+    // The previous generation is live again in the state, and `status` shows the hand edit
+    // as drift from it.
+    cloud
+        .run(&["status", "--target", ENV], &[])
+        .code(0)
+        .stdout_has("r2");
+}
