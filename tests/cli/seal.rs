@@ -409,3 +409,28 @@ fn recovery_does_not_append_to_a_damaged_log() {
     deploy_yes(&repo).code(0).stderr_has("interrupted");
     verify_json(&repo);
 }
+
+/// On a terminal the environment's name must be typed (even for an unprotected one): `y`
+/// is not enough, and a declined seal writes nothing.
+#[test]
+fn on_a_terminal_the_environments_name_is_typed() {
+    let (repo, _) = damaged();
+    let before = snapshot(&target(&repo));
+    let cmd = |answer: &str| {
+        crate::prompt::on_terminal(
+            &format!(
+                "{} -C {} log seal --target validation --reason 'looked at it'",
+                env!("CARGO_BIN_EXE_deploy"),
+                repo.path().display()
+            ),
+            answer,
+        )
+    };
+    cmd("y\n")
+        .code(1)
+        .stdout_has("Type `validation` to seal the damage at line 1 of its deployment log")
+        .stdout_has("cancelled: nothing was changed");
+    assert_eq!(snapshot(&target(&repo)), before);
+    cmd("validation\n").code(0).stdout_has("Sealed: record 3");
+    verify_json(&repo);
+}
