@@ -594,14 +594,14 @@ pub fn verify(bytes: &[u8]) -> Verified {
         match check_chained(&lines, i, &chain) {
             Ok((seq, hash)) => {
                 chain.prev = hash;
-                chain.expected = seq + 1;
+                chain.expected = seq.saturating_add(1);
                 chain.records += 1;
                 i += 1;
             }
             Err(problem) => match find_seal(&lines, i, &chain) {
                 Some((j, seq, hash, damage)) => {
                     chain.prev = hash;
-                    chain.expected = seq + 1;
+                    chain.expected = seq.saturating_add(1);
                     chain.records += 1;
                     chain.sealed.push(damage);
                     i = j + 1;
@@ -782,7 +782,7 @@ pub fn seal_for(bytes: &[u8], entry: Entry) -> Option<(Vec<u8>, Record, Verified
         .filter_map(|l| leading_seq(l))
         .max()
         .unwrap_or(0);
-    let seq = highest.max(lines.lines.len() as u64) + 1;
+    let seq = highest.max(lines.lines.len() as u64).saturating_add(1);
     let record = Record {
         seq,
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
