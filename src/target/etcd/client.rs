@@ -536,6 +536,13 @@ impl Client {
         Ok((one, count, max))
     }
 
+    /// How many keys `[start, end)` holds (etcd counts its index; no value is read).
+    pub fn count(&self, start: &[u8], end: &[u8]) -> Result<i64, EtcdError> {
+        let body = json!({"key": b64(start), "range_end": b64(end), "count_only": true});
+        let answer = self.call("/v3/kv/range", &body)?;
+        Ok(int(answer.get("count")))
+    }
+
     /// One key, if it exists.
     pub fn get(&self, key: &[u8]) -> Result<Option<Kv>, EtcdError> {
         Ok(self.range(key, None, 0, false)?.0.into_iter().next())

@@ -667,7 +667,11 @@ impl EtcdTarget {
             .ok_or_else(|| TargetError::Corrupt("a log record without `seq`".into()))?;
         let key = self.key(&format!("log/{seq:020}"));
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let (_, count, _) = self.log_summary()?;
+        let start = self.key("log/");
+        let count = self
+            .client
+            .count(&start, &prefix_end(&start))
+            .map_err(|e| self.remote("count the deployment log's records", e))?;
         let mut compares = self.guards()?;
         compares.push(cmp_absent(&key));
         // The checkpoint is written at the record's revision: see `log_untouched`.
