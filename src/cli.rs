@@ -149,6 +149,23 @@ pub enum LogCommand {
     /// Recompute the hash chain; exit 1 naming the first record that does not verify (edited,
     /// dropped, reordered, truncated or forged).
     Verify(LogTargetArgs),
+    /// After a person has looked at a log that does not verify: append a `seal` record that
+    /// names the first damaged record and the old head, and continues the chain (nothing is
+    /// rewritten or removed). Same lock, stamp and identity checks as a deployment.
+    Seal(LogSealArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LogSealArgs {
+    /// The environment whose log to seal.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+    /// What was found and why the log may go on (required; kept in the seal record).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Seal without typing the environment's name (required without a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

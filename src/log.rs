@@ -38,6 +38,9 @@ pub enum Action {
     Rollback,
     /// A deployment that found nothing to change and health-checked what is live.
     Verify,
+    /// `deploy log seal`: damage a person looked at, set aside; the chain goes on from the
+    /// last record that verified (the record's `sealed` says what was set aside).
+    Seal,
 }
 
 impl Action {
@@ -47,6 +50,7 @@ impl Action {
             Action::Adopt => "adopt",
             Action::Rollback => "rollback",
             Action::Verify => "verify",
+            Action::Seal => "seal",
         }
     }
 }
@@ -66,6 +70,8 @@ pub enum Outcome {
     /// Refused for safety (stale, promotion gate, saved plan) after the target proved to be
     /// this environment's.
     Refused,
+    /// A `seal` record: damage set aside; nothing deployed.
+    Sealed,
 }
 
 impl Outcome {
@@ -76,6 +82,7 @@ impl Outcome {
             Outcome::RolledBack => "rolled-back",
             Outcome::Failed => "failed",
             Outcome::Refused => "refused",
+            Outcome::Sealed => "sealed",
         }
     }
 
@@ -210,9 +217,35 @@ pub struct Record {
     /// older records (and from records without one), never `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notified>,
+    /// Only in a `seal` record: the damage it sets aside. Absent from every other record, so
+    /// records written before seals existed hash and verify as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
     pub prev: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+}
+
+/// What a `seal` record says about the damage it sets aside: the lines from `line` up to the
+/// seal itself, which stay in the log byte for byte.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// 1-based line of the first record that did not verify.
+    pub line: usize,
+    /// That record's `seq` as written, when it could be read.
+    pub seq: Option<u64>,
+    pub kind: Broken,
+    /// Why it did not verify, as `deploy log verify` said.
+    pub problem: String,
+    /// Records that verified before it.
+    pub records: usize,
+    /// The hash of the last record that verified (the old head): the seal's `prev`.
+    pub head: String,
+    /// How many bytes are set aside (from the start of `line` to the seal's own line).
+    pub damaged_bytes: u64,
+    /// SHA-256 of those bytes: a later change to them is damage again.
+    pub damaged_sha256: String,
 }
 
 /// What the caller knows about an attempt; [`append`] adds the sequence, time and chain.
@@ -321,6 +354,7 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         reason: entry.reason,
         plan_sha256: entry.plan_sha256,
         notify: entry.notify,
+        sealed: None,
         prev,
         hash: String::new(),
     };
@@ -424,7 +458,7 @@ fn leading_seq(line: &[u8]) -> Option<u64> {
 }
 
 /// Why a log does not verify.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Broken {
     /// A record's content does not match its hash.
@@ -468,11 +502,32 @@ pub struct Problem {
 /// The result of verifying a whole log.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// Records that verify (all of them when `problem` is `None`).
+    /// Records that verify (all of them when `problem` is `None`), seals included.
     pub records: usize,
     /// The hash of the last record that verifies (`GENESIS` for an empty log).
     pub head: String,
     pub problem: Option<Problem>,
+    /// Damage set aside by `seal` records, oldest first: the log verifies around it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<SealedDamage>,
+}
+
+/// Damage that a `seal` record set aside: lines `line` to `seal_line - 1` stay in the log as
+/// they were and are not part of the chain.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct SealedDamage {
+    /// 1-based line of the first record that did not verify.
+    pub line: usize,
+    /// The line of the `seal` record, and its `seq`.
+    pub seal_line: usize,
+    pub seal_seq: u64,
+    pub kind: Broken,
+    /// Why the first record did not verify.
+    pub problem: String,
+    /// Who sealed it, when, and why.
+    pub operator: String,
+    pub time: String,
+    pub reason: String,
 }
 
 /// One line checked on its own: its `seq` and whether its hash matches, or why it is not a
@@ -482,141 +537,323 @@ type LineCheck = Result<(Option<u64>, bool), &'static str>;
 /// Records hashed per task when verifying on several cores.
 const VERIFY_CHUNK: usize = 4096;
 
-/// Check the whole chain. Reads every byte once; hashes lines on all cores.
-pub fn verify(bytes: &[u8]) -> Verified {
-    // Line boundaries first (memchr-speed), then hash chunks of lines in parallel.
-    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    let complete_last = bytes.last().is_none_or(|&b| b == b'\n');
-    if complete_last {
-        lines.pop(); // the empty string after the final newline
+/// The log split into lines, each checked on its own.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    lines: Vec<&'a [u8]>,
+    checks: Vec<LineCheck>,
+    /// False when the last line has no newline (a cut log).
+    complete_last: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        // Line boundaries first (memchr-speed), then hash chunks of lines in parallel.
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let complete_last = bytes.last().is_none_or(|&b| b == b'\n');
+        if complete_last {
+            lines.pop(); // the empty string after the final newline
+        }
+        let chunks: Vec<&[&[u8]]> = lines.chunks(VERIFY_CHUNK).collect();
+        let checked: Vec<Vec<LineCheck>> = crate::parallel::map(&chunks, |chunk| {
+            chunk.iter().map(|line| check_one(line)).collect()
+        });
+        Lines {
+            bytes,
+            lines,
+            checks: checked.into_iter().flatten().collect(),
+            complete_last,
+        }
     }
-    let chunks: Vec<&[&[u8]]> = lines.chunks(VERIFY_CHUNK).collect();
-    // Per line: the parts, or why it cannot be split; and whether its hash matches.
-    let checked: Vec<Vec<LineCheck>> = crate::parallel::map(&chunks, |chunk| {
-        chunk
-            .iter()
-            .map(|line| {
-                let parts = split_line(line)?;
-                let mut h = Sha256::new();
-                h.update(parts.body);
-                h.update(b"}");
-                let hash_ok = hex_eq(&h.finalize(), parts.hash);
-                // A line that verifies is a whole record, as `deploy log` reads it: chain
-                // fields at the right offsets around anything else are not enough.
-                if hash_ok && !is_record(line, parts.seq) {
-                    return Err("it is not a well-formed record (its JSON does not parse into the fields of a record)");
+
+    /// Where line `i` (0-based) starts in the log.
+    fn offset(&self, i: usize) -> usize {
+        self.lines.get(i).map_or(self.bytes.len(), |l| {
+            l.as_ptr() as usize - self.bytes.as_ptr() as usize
+        })
+    }
+}
+
+/// A line's `seq` and whether its hash matches.
+fn check_one(line: &[u8]) -> LineCheck {
+    let parts = split_line(line)?;
+    let mut h = Sha256::new();
+    h.update(parts.body);
+    h.update(b"}");
+    let hash_ok = hex_eq(&h.finalize(), parts.hash);
+    // A line that verifies is a whole record, as `deploy log` reads it: chain fields at the
+    // right offsets around anything else are not enough.
+    if hash_ok && !is_record(line, parts.seq) {
+        return Err(
+            "it is not a well-formed record (its JSON does not parse into the fields of a record)",
+        );
+    }
+    Ok((parts.seq, hash_ok))
+}
+
+/// Where the chain stands while verifying: the last good hash and the `seq` expected next.
+struct Chain<'a> {
+    prev: &'a [u8],
+    expected: u64,
+    records: usize,
+    sealed: Vec<SealedDamage>,
+}
+
+/// Check the whole chain. Reads every byte once; hashes lines on all cores. A record that does
+/// not verify is set aside only by a later `seal` record that names it, chains to the last
+/// good record and holds the SHA-256 of exactly the bytes in between.
+pub fn verify(bytes: &[u8]) -> Verified {
+    let lines = Lines::new(bytes);
+    let mut chain = Chain {
+        prev: GENESIS.as_bytes(),
+        expected: 1,
+        records: 0,
+        sealed: Vec::new(),
+    };
+    let mut i = 0;
+    while i < lines.lines.len() {
+        match check_chained(&lines, i, &chain) {
+            Ok((seq, hash)) => {
+                chain.prev = hash;
+                chain.expected = seq.saturating_add(1);
+                chain.records += 1;
+                i += 1;
+            }
+            Err(problem) => match find_seal(&lines, i, &chain) {
+                Some((j, seq, hash, damage)) => {
+                    chain.prev = hash;
+                    chain.expected = seq.saturating_add(1);
+                    chain.records += 1;
+                    chain.sealed.push(damage);
+                    i = j + 1;
                 }
-                Ok((parts.seq, hash_ok))
-            })
-            .collect()
-    });
-    let mut prev: &[u8] = GENESIS.as_bytes();
-    for (i, result) in checked.iter().flatten().enumerate() {
-        // Every earlier line verified, so this one must be the next record.
-        let expected = i as u64 + 1;
-        let line = lines[i];
-        let number = i + 1;
-        let last = i + 1 == lines.len();
-        let fail = |seq: Option<u64>, kind: Broken, message: String| Verified {
-            records: i,
-            head: String::from_utf8_lossy(prev).into_owned(),
-            problem: Some(Problem {
-                line: number,
-                seq,
-                kind,
-                message,
-            }),
-        };
-        if last && !complete_last {
-            return fail(
-                leading_seq(line),
-                Broken::Truncated,
-                format!(
-                    "the log ends in the middle of a record: line {number} has {} bytes and no end of line (the log was cut, or a write was interrupted)",
-                    line.len()
-                ),
-            );
+                None => {
+                    return Verified {
+                        records: chain.records,
+                        head: String::from_utf8_lossy(chain.prev).into_owned(),
+                        problem: Some(problem),
+                        sealed: chain.sealed,
+                    };
+                }
+            },
         }
-        let (seq, hash_ok) = match result {
-            Ok(r) => *r,
-            Err(why) => {
-                return fail(
-                    None,
-                    Broken::Malformed,
-                    format!("line {number} is not a log record: {why}"),
-                );
-            }
-        };
-        let parts = split_line(line).expect("split above");
-        let shown = seq.map_or_else(|| format!("line {number}"), |s| format!("record {s}"));
-        if !hash_ok {
-            return fail(
-                seq,
-                Broken::Edited,
-                format!("{shown} (line {number}) was edited: its content does not match its hash"),
-            );
-        }
-        match seq {
-            Some(s) if s == expected => {}
-            Some(s) if s > expected => {
-                let later = checked
-                    .iter()
-                    .flatten()
-                    .skip(i + 1)
-                    .any(|r| matches!(r, Ok((Some(x), _)) if *x == expected));
-                let (kind, what) = if later {
-                    (Broken::Reordered, "records are out of order")
-                } else {
-                    (Broken::Dropped, "a record is missing")
-                };
-                return fail(
-                    seq,
-                    kind,
-                    format!(
-                        "{shown} (line {number}) follows record {}: {what} (expected record {expected})",
-                        expected - 1
-                    ),
-                );
-            }
-            Some(_) => {
-                return fail(
-                    seq,
-                    Broken::Reordered,
-                    format!(
-                        "{shown} (line {number}) comes after record {}: records are out of order (expected record {expected})",
-                        expected - 1
-                    ),
-                );
-            }
-            None => {
-                return fail(
-                    None,
-                    Broken::Malformed,
-                    format!("line {number} has no sequence number"),
-                );
-            }
-        }
-        if parts.prev != prev {
-            return fail(
-                seq,
-                Broken::Forged,
-                format!(
-                    "{shown} (line {number}) does not chain to {}: its `prev` is not that record's hash (inserted or forged)",
-                    if expected == 1 {
-                        "the start of the log".to_owned()
-                    } else {
-                        format!("record {}", expected - 1)
-                    }
-                ),
-            );
-        }
-        prev = parts.hash;
     }
     Verified {
-        records: lines.len(),
-        head: String::from_utf8_lossy(prev).into_owned(),
+        records: chain.records,
+        head: String::from_utf8_lossy(chain.prev).into_owned(),
         problem: None,
+        sealed: chain.sealed,
     }
+}
+
+/// Line `i` as the next record of `chain`: its `seq` and hash, or why it is not.
+fn check_chained<'a>(
+    lines: &Lines<'a>,
+    i: usize,
+    chain: &Chain<'_>,
+) -> Result<(u64, &'a [u8]), Problem> {
+    let expected = chain.expected;
+    let line = lines.lines[i];
+    let number = i + 1;
+    let fail = |seq: Option<u64>, kind: Broken, message: String| Problem {
+        line: number,
+        seq,
+        kind,
+        message,
+    };
+    if number == lines.lines.len() && !lines.complete_last {
+        return Err(fail(
+            leading_seq(line),
+            Broken::Truncated,
+            format!(
+                "the log ends in the middle of a record: line {number} has {} bytes and no end of line (the log was cut, or a write was interrupted)",
+                line.len()
+            ),
+        ));
+    }
+    let (seq, hash_ok) = match &lines.checks[i] {
+        Ok(r) => *r,
+        Err(why) => {
+            return Err(fail(
+                None,
+                Broken::Malformed,
+                format!("line {number} is not a log record: {why}"),
+            ));
+        }
+    };
+    let parts = split_line(line).expect("split above");
+    let shown = seq.map_or_else(|| format!("line {number}"), |s| format!("record {s}"));
+    if !hash_ok {
+        return Err(fail(
+            seq,
+            Broken::Edited,
+            format!("{shown} (line {number}) was edited: its content does not match its hash"),
+        ));
+    }
+    let Some(s) = seq else {
+        return Err(fail(
+            None,
+            Broken::Malformed,
+            format!("line {number} has no sequence number"),
+        ));
+    };
+    if s != expected {
+        let later = s > expected
+            && lines.checks[i + 1..]
+                .iter()
+                .any(|r| matches!(r, Ok((Some(x), _)) if *x == expected));
+        let (kind, what) = if s < expected || later {
+            (Broken::Reordered, "records are out of order")
+        } else {
+            (Broken::Dropped, "a record is missing")
+        };
+        let verb = if s > expected {
+            "follows"
+        } else {
+            "comes after"
+        };
+        return Err(fail(
+            seq,
+            kind,
+            format!(
+                "{shown} (line {number}) {verb} record {}: {what} (expected record {expected})",
+                expected - 1
+            ),
+        ));
+    }
+    if parts.prev != chain.prev {
+        return Err(fail(
+            seq,
+            Broken::Forged,
+            format!(
+                "{shown} (line {number}) does not chain to {}: its `prev` is not that record's hash (inserted or forged)",
+                if chain.records == 0 {
+                    "the start of the log".to_owned()
+                } else {
+                    format!("record {}", expected - 1)
+                }
+            ),
+        ));
+    }
+    Ok((s, parts.hash))
+}
+
+/// The `seal` record that sets aside the damage starting at line `i` (0-based), if there is
+/// one: its index, `seq`, hash, and what it sealed.
+fn find_seal<'a>(
+    lines: &Lines<'a>,
+    i: usize,
+    chain: &Chain<'_>,
+) -> Option<(usize, u64, &'a [u8], SealedDamage)> {
+    const MARK: &[u8] = b"\"action\":\"seal\"";
+    let start = lines.offset(i);
+    (i + 1..lines.lines.len()).find_map(|j| {
+        let line = lines.lines[j];
+        let complete = j + 1 < lines.lines.len() || lines.complete_last;
+        let Ok((Some(seq), true)) = lines.checks[j] else {
+            return None;
+        };
+        if !complete || seq < chain.expected || !line.windows(MARK.len()).any(|w| w == MARK) {
+            return None;
+        }
+        let r: Record = serde_json::from_slice(line).ok()?;
+        let s = r.sealed.as_ref()?;
+        let damaged = &lines.bytes[start..lines.offset(j)];
+        let fits = r.action == Action::Seal
+            && s.line == i + 1
+            && r.prev.as_bytes() == chain.prev
+            && s.head.as_bytes() == chain.prev
+            && s.damaged_bytes == damaged.len() as u64
+            && s.damaged_sha256 == crate::target::sha256_hex(damaged);
+        if !fits {
+            return None;
+        }
+        let hash = split_line(line).ok()?.hash;
+        let damage = SealedDamage {
+            line: s.line,
+            seal_line: j + 1,
+            seal_seq: seq,
+            kind: s.kind.clone(),
+            problem: s.problem.clone(),
+            operator: r.operator.display(),
+            time: r.time.clone(),
+            reason: r.reason.clone().unwrap_or_default(),
+        };
+        Some((j, seq, hash, damage))
+    })
+}
+
+/// The `seal` record that sets aside a log's first damage, and the bytes to append (a newline
+/// first when the log ends in the middle of a line: no byte is rewritten or removed). `None`
+/// when the log verifies.
+pub fn seal_for(bytes: &[u8], entry: Entry) -> Option<(Vec<u8>, Record, Verified)> {
+    let v = verify(bytes);
+    let problem = v.problem.clone()?;
+    let lines = Lines::new(bytes);
+    let cut = !lines.complete_last;
+    let mut damaged = bytes[lines.offset(problem.line - 1)..].to_vec();
+    if cut {
+        damaged.push(b'\n');
+    }
+    // After every `seq` written so far and every line, so that the seal sorts last (an etcd
+    // log's keys are its `seq`s).
+    let highest = lines
+        .lines
+        .iter()
+        .filter_map(|l| leading_seq(l))
+        .max()
+        .unwrap_or(0);
+    let seq = highest.max(lines.lines.len() as u64).saturating_add(1);
+    let record = Record {
+        seq,
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        environment: entry.environment,
+        account: entry.account,
+        target: entry.target,
+        action: Action::Seal,
+        outcome: Outcome::Sealed,
+        commit: entry.commit,
+        config_sha256: entry.config_sha256,
+        operator: entry.operator,
+        changes: Changes::default(),
+        generation: entry.generation,
+        previous_generation: entry.previous_generation,
+        reason: entry.reason,
+        plan_sha256: None,
+        notify: None,
+        sealed: Some(Sealed {
+            line: problem.line,
+            seq: problem.seq,
+            kind: problem.kind,
+            problem: problem.message,
+            records: v.records,
+            head: v.head.clone(),
+            damaged_bytes: damaged.len() as u64,
+            damaged_sha256: crate::target::sha256_hex(&damaged),
+        }),
+        prev: v.head.clone(),
+        hash: String::new(),
+    };
+    let (line, record) = seal(crate::redact::scrubbed(record));
+    let mut out = if cut { b"\n".to_vec() } else { Vec::new() };
+    out.extend(line);
+    Some((out, record, v))
+}
+
+/// The records of a log that verified as `v` says, without the lines a seal set aside (the
+/// promotion gate trusts only these).
+pub fn trusted_records(bytes: &[u8], v: &Verified) -> Vec<Record> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(i, _)| {
+            !v.sealed
+                .iter()
+                .any(|s| (s.line..s.seal_line).contains(&(i + 1)))
+        })
+        .filter(|(_, l)| !l.is_empty())
+        .filter_map(|(_, l)| serde_json::from_slice(l).ok())
+        .collect()
 }
 
 /// True when `line` parses into a [`Record`] whose `seq` is the one it starts with.
@@ -668,6 +905,7 @@ mod tests {
             reason: None,
             plan_sha256: None,
             notify: None,
+            sealed: None,
             prev: prev.into(),
             hash: String::new(),
         }
@@ -755,5 +993,116 @@ mod tests {
         bytes[at + 1] = b'b';
         let p = verify(&bytes).problem.unwrap();
         assert_eq!((p.kind, p.seq, p.line), (Broken::Edited, Some(3), 3));
+    }
+
+    fn seal_entry() -> Entry {
+        Entry {
+            environment: "prod".into(),
+            account: "222222222222".into(),
+            target: "dir /srv/asr".into(),
+            action: Action::Seal,
+            outcome: Outcome::Sealed,
+            commit: String::new(),
+            config_sha256: String::new(),
+            operator: Operator::default(),
+            changes: Changes::default(),
+            generation: Some(5),
+            previous_generation: Some(5),
+            reason: Some("looked at it".into()),
+            notify: None,
+            plan_sha256: None,
+        }
+    }
+
+    /// `bytes` with a record appended after its head, as `append` would.
+    fn then_append(bytes: &[u8], seq: u64) -> Vec<u8> {
+        let v = verify(bytes);
+        let (line, _) = seal(record(seq, &v.head));
+        let mut out = bytes.to_vec();
+        out.extend(line);
+        out
+    }
+
+    #[test]
+    fn a_seal_sets_the_damage_aside_and_the_chain_goes_on() {
+        let mut bytes = log(5);
+        let at = bytes.windows(5).position(|w| w == b"\"ana\"").unwrap();
+        bytes[at + 1] = b'b'; // record 1 edited
+        assert!(seal_for(&log(5), seal_entry()).is_none(), "nothing to seal");
+        let (line, r, before) = seal_for(&bytes, seal_entry()).unwrap();
+        assert_eq!(before.records, 0);
+        assert_eq!((r.seq, r.prev.as_str()), (6, GENESIS));
+        let mut sealed = bytes.clone();
+        sealed.extend(&line);
+        let v = verify(&sealed);
+        assert_eq!(v.problem, None);
+        assert_eq!(v.records, 1);
+        assert_eq!(v.head, r.hash);
+        assert_eq!(
+            (
+                v.sealed[0].line,
+                v.sealed[0].seal_line,
+                v.sealed[0].seal_seq
+            ),
+            (1, 6, 6)
+        );
+        let next = then_append(&sealed, 7);
+        let v = verify(&next);
+        assert_eq!((v.problem.clone(), v.records), (None, 2));
+        assert_eq!(
+            trusted_records(&next, &v)
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [6, 7]
+        );
+
+        // Changing a sealed byte again breaks the seal; so does damage after it.
+        let mut again = next.clone();
+        again[at + 2] = b'x';
+        assert_eq!(verify(&again).problem.unwrap().line, 1);
+        let mut later = next.clone();
+        let last = later.windows(5).rposition(|w| w == b"\"ana\"").unwrap();
+        later[last + 1] = b'b';
+        let p = verify(&later).problem.unwrap();
+        assert_eq!((p.line, p.kind), (7, Broken::Edited));
+        // ...which a second seal sets aside in its turn.
+        let (line2, r2, _) = seal_for(&later, seal_entry()).unwrap();
+        assert_eq!((r2.seq, r2.prev.as_str()), (8, r.hash.as_str()));
+        later.extend(line2);
+        let v = verify(&later);
+        assert_eq!((v.problem, v.sealed.len()), (None, 2));
+    }
+
+    #[test]
+    fn a_seal_of_a_cut_log_ends_the_cut_line_first() {
+        let good = log(3);
+        let cut = &good[..good.len() - 30];
+        let (line, r, _) = seal_for(cut, seal_entry()).unwrap();
+        assert_eq!(line[0], b'\n');
+        let mut sealed = cut.to_vec();
+        sealed.extend(&line);
+        let v = verify(&sealed);
+        assert_eq!(v.problem, None, "{v:?}");
+        assert_eq!(v.sealed[0].kind, Broken::Truncated);
+        assert_eq!((v.records, r.seq), (3, 4));
+    }
+
+    #[test]
+    fn a_seal_that_does_not_name_the_damage_or_its_head_does_not_count() {
+        let mut bytes = log(4);
+        let at = bytes.windows(5).rposition(|w| w == b"\"ana\"").unwrap();
+        bytes[at + 1] = b'b'; // record 4 edited
+        let (line, r, _) = seal_for(&bytes, seal_entry()).unwrap();
+        // The same seal, re-hashed with another line named.
+        let mut wrong = r.clone();
+        wrong.sealed.as_mut().unwrap().line = 3;
+        let (wrong_line, _) = seal(wrong);
+        let mut forged = bytes.clone();
+        forged.extend(wrong_line);
+        assert_eq!(verify(&forged).problem.unwrap().line, 4);
+        let mut sealed = bytes.clone();
+        sealed.extend(line);
+        assert_eq!(verify(&sealed).problem, None);
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Result;
 use envlock::config::{Environment, Keep};
 use envlock::deploy::open_target;
 use envlock::error::{Exit, Failure};
-use envlock::log::{self, Problem, Record};
+use envlock::log::{self, Problem, Record, SealedDamage};
 use envlock::output::{Printer, style};
 use envlock::target::StampState;
 use envlock::workspace;
@@ -25,8 +25,9 @@ use crate::cli::{LogArgs, LogCommand};
 struct EnvLog {
     environment: String,
     target: String,
-    /// `ok`, `empty` (never deployed from here), `unreachable`, `foreign` (stamped for another
-    /// environment or account), `broken` (does not verify).
+    /// `ok`, `sealed` (verifies, around damage that `deploy log seal` set aside), `empty`
+    /// (never deployed from here), `unreachable`, `foreign` (stamped for another environment or
+    /// account), `broken` (does not verify).
     status: &'static str,
     /// Why it is unreachable, foreign or empty.
     reason: Option<String>,
@@ -35,6 +36,9 @@ struct EnvLog {
     /// The hash of the last record that verifies.
     head: Option<String>,
     problem: Option<Problem>,
+    /// Damage set aside by seal records, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sealed: Vec<SealedDamage>,
     #[serde(skip)]
     entries: Vec<Record>,
 }
@@ -55,8 +59,9 @@ struct VerifyDoc<'a> {
 
 pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     let LogArgs { target, command } = args;
-    let target = match &command {
-        Some(LogCommand::Verify(v)) => v.target.clone().or(target),
+    let target = match command {
+        Some(LogCommand::Verify(ref v)) => v.target.clone().or(target),
+        Some(LogCommand::Seal(seal)) => return super::plan::seal(dir, seal, printer),
         None => target,
     };
     let repo = workspace::open(dir)?;
@@ -81,7 +86,7 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     }
     match command {
         Some(LogCommand::Verify(_)) => verify(logs, printer),
-        None => show(logs, printer),
+        _ => show(logs, printer),
     }
 }
 
@@ -112,6 +117,7 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
         records: 0,
         head: None,
         problem: None,
+        sealed: Vec::new(),
         entries: Vec::new(),
     };
     let target = match open_target(env) {
@@ -164,7 +170,10 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
     if v.problem.is_some() {
         l.status = "broken";
         l.problem = v.problem;
+    } else if !v.sealed.is_empty() {
+        l.status = "sealed";
     }
+    l.sealed = v.sealed;
     if parse {
         l.entries = log::records(&bytes);
     }
@@ -261,8 +270,15 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         printer.out(&out)?;
     }
     for l in &logs {
+        for s in &l.sealed {
+            printer.err(&format!(
+                "{} {}\n",
+                printer.paint(style::WARN, "warning:"),
+                sealed_note(&l.environment, s)
+            ));
+        }
         let note = match l.status {
-            "ok" => continue,
+            "ok" | "sealed" => continue,
             "broken" => format!(
                 "{} the log of `{}` does not verify: {} (`deploy log verify --target {}`)",
                 printer.paint(style::WARN, "warning:"),
@@ -294,7 +310,7 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         let mut out = String::new();
         for l in &logs {
             let line = match l.status {
-                "ok" => format!(
+                "ok" | "sealed" => format!(
                     "{}: {} record{}, chain intact; head {}",
                     l.environment,
                     l.records,
@@ -315,6 +331,13 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             };
             out.push_str(&line);
             out.push('\n');
+            for s in &l.sealed {
+                out.push_str(&format!(
+                    "  {} {}\n",
+                    printer.paint_out(style::WARN, "SEALED DAMAGE:"),
+                    sealed_note(&l.environment, s)
+                ));
+            }
         }
         printer.out(&out)?;
     }
@@ -347,4 +370,24 @@ fn one_line(s: &str, max: Option<usize>) -> String {
     let mut out: String = flat.chars().take(max).collect();
     out.push('…');
     out
+}
+
+/// One sealed damage, for people: where it is, what it was, who sealed it and why.
+fn sealed_note(env: &str, s: &SealedDamage) -> String {
+    let end = if s.seal_line > s.line + 1 {
+        format!("lines {}-{}", s.line, s.seal_line - 1)
+    } else {
+        format!("line {}", s.line)
+    };
+    format!(
+        "the log of `{env}` has sealed damage at line {} ({}: {}); the bytes of {end} are set aside (kept as they were) by seal record {} (line {}), {} at {}: {}",
+        s.line,
+        s.kind.as_str(),
+        s.problem,
+        s.seal_seq,
+        s.seal_line,
+        s.operator,
+        s.time,
+        s.reason
+    )
 }

@@ -19,7 +19,7 @@ use envlock::output::{Format, Printer};
 use envlock::repo::{CommitInfo, Repo, RepoError};
 use envlock::workspace;
 
-use crate::cli::{ApplyArgs, PlanArgs, RollbackArgs, StatusArgs};
+use crate::cli::{ApplyArgs, LogSealArgs, PlanArgs, RollbackArgs, StatusArgs};
 
 /// The status of `environments/` and `schemas/` in the working tree
 /// ([`Repo::dirty_config_files`]).
@@ -106,6 +106,11 @@ pub(super) enum Job {
     Adopt {
         yes: bool,
     },
+    /// `deploy log seal`.
+    Seal {
+        reason: Option<String>,
+        yes: bool,
+    },
 }
 
 pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
@@ -149,11 +154,12 @@ pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result
     };
     let notifies = matches!(
         job,
-        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. } | Job::Seal { .. }
     );
     let action = match job {
         Job::Rollback { .. } => "rollback",
         Job::Adopt { .. } => "adopt",
+        Job::Seal { .. } => "seal",
         _ => "apply",
     };
     // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
@@ -172,6 +178,8 @@ pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result
         // writes must be on `branch`.
         match (&job, deploy::check_branch(&repo, env, &commit)) {
             (_, Ok(())) => {}
+            // A seal deploys nothing: the commit only names the environment.
+            (Job::Seal { .. }, Err(_)) => {}
             (Job::Plan { .. } | Job::Status, Err(e)) => printer.err(&format!(
                 "{} {e:#}; `deploy apply` will refuse it until then\n",
                 printer.paint(envlock::output::style::WARN, "warning:")
@@ -296,6 +304,17 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             }
             Ok(Exit::Success)
         }
+        Job::Seal { reason, yes } => {
+            let report = deploy::seal::seal(d, reason.as_deref(), yes)?;
+            d.say(&format!(
+                "Sealed: record {} of `{}`'s deployment log sets aside the damage at line {} and continues the chain from head {}; `deploy log verify` reports it as sealed.",
+                report.log.seq, report.environment, report.damage.line, report.old_head
+            ));
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
         Job::Status => {
             let status = deploy::status::status(d)?;
             if printer.is_json() {
@@ -388,4 +407,13 @@ pub fn status(dir: &Path, args: StatusArgs, printer: &Printer) -> Result<Exit> {
 pub fn rollback(dir: &Path, args: RollbackArgs, printer: &Printer) -> Result<Exit> {
     let RollbackArgs { target, to, yes } = args;
     run(dir, &target, Job::Rollback { to, yes }, printer)
+}
+
+pub fn seal(dir: &Path, args: LogSealArgs, printer: &Printer) -> Result<Exit> {
+    let LogSealArgs {
+        target,
+        reason,
+        yes,
+    } = args;
+    run(dir, &target, Job::Seal { reason, yes }, printer)
 }

@@ -1211,11 +1211,14 @@ fn resolve_interrupted(
     {
         // Without a journal nobody was writing the log, so an incomplete last record is
         // damage for a person to look at, not something to repair silently.
-        log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
         require_intact_log(d)?;
+        log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
         return Ok(Some(None));
     }
     let lock = d.lock()?;
+    // Recovery appends its record: the log must verify first, but for an incomplete last
+    // line, which the journal proves was being written (recovery cuts it).
+    require_intact_log_but_tail(d)?;
     if recover(d, report)? {
         return Ok(None);
     }
@@ -1229,8 +1232,28 @@ fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
     let Some(v) = log::damage(&*d.target).map_err(|e| d.target_failure(e))? else {
         return Ok(());
     };
+    Err(damaged_log(d, v))
+}
+
+/// [`require_intact_log`], allowing an incomplete last line (the only damage an interrupted
+/// append leaves, which recovery cuts).
+fn require_intact_log_but_tail(d: &Deployment<'_>) -> Result<()> {
+    let Some(v) = log::damage(&*d.target).map_err(|e| d.target_failure(e))? else {
+        return Ok(());
+    };
+    if v.problem
+        .as_ref()
+        .is_some_and(|p| p.kind == log::Broken::Truncated)
+    {
+        return Ok(());
+    }
+    Err(damaged_log(d, v))
+}
+
+/// The refusal of a deployment over a log that does not verify.
+fn damaged_log(d: &Deployment<'_>, v: log::Verified) -> anyhow::Error {
     let problem = v.problem.expect("damage has a problem");
-    Err(Failure::refused(format!(
+    Failure::refused(format!(
         "the deployment log of `{}` does not verify, so nothing is appended to it: {}",
         d.env.name, problem.message
     ))
@@ -1243,10 +1266,10 @@ fn require_intact_log(d: &Deployment<'_>) -> Result<()> {
         v.records, v.head
     ))
     .hint(format!(
-        "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`)",
-        d.env.name
+        "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`); once you have, `deploy log seal --target {} --reason \"...\"` records that and lets deployments go on",
+        d.env.name, d.env.name
     ))
-    .into())
+    .into()
 }
 
 /// Under the lock: the target must still be what the confirmed plan was computed from.
@@ -1305,9 +1328,12 @@ fn roll_back(
         previous.map_or("nothing".to_owned(), |p| format!("generation {p}"))
     ));
     failpoint::hit("rollback-before-switch");
-    let switched = match previous {
-        Some(p) => d.target.activate(p),
-        None => d.target.deactivate(),
+    // An apply's automatic rollback restores exactly what it replaced; a failed `deploy
+    // rollback` makes the generation it replaced live again.
+    let switched = match (journal.action == "rollback", previous) {
+        (false, _) => d.target.undo_apply(failed, previous),
+        (true, Some(p)) => d.target.activate(p),
+        (true, None) => d.target.deactivate(),
     };
     if let Err(err) = switched {
         // Keep the journal: the next run tries again. Never claim a rollback that did not happen.

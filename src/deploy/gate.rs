@@ -77,12 +77,15 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         )));
     }
     untouched(&*target, name, live.id).map_err(&refuse)?;
-    let last = log::records(&bytes).into_iter().rev().find(|r| {
-        r.environment == *name
-            && r.account == before.account.value
-            && r.generation == Some(live.id)
-            && r.outcome != Outcome::Refused
-    });
+    let last = log::trusted_records(&bytes, &verified)
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.environment == *name
+                && r.account == before.account.value
+                && r.generation == Some(live.id)
+                && r.outcome != Outcome::Refused
+        });
     match last {
         Some(r) if r.outcome.proves_healthy() => Ok(()),
         Some(r) => Err(refuse(format!(

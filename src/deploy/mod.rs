@@ -17,6 +17,7 @@ pub mod gate;
 pub mod journal;
 mod page;
 pub mod saved;
+pub mod seal;
 pub mod status;
 
 use std::io::{BufRead, IsTerminal, Write};

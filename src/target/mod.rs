@@ -418,6 +418,23 @@ pub trait Target {
     }
     /// Make an existing generation live atomically.
     fn activate(&self, id: GenerationId) -> Result<(), TargetError>;
+    /// Undo the apply that made `failed` live, for an automatic rollback (a failed apply or
+    /// health check, an interrupted run resolved by the next one): every resource that apply
+    /// touched gets back exactly the bytes that were live before it (a hand edit made since
+    /// the last deployment included, or its absence), and `previous` is live again (`None`: no
+    /// generation). An explicit `deploy rollback` uses [`Target::activate`] instead. By
+    /// default that is the same thing: a `dir` generation is its files, hand edits included.
+    fn undo_apply(
+        &self,
+        failed: GenerationId,
+        previous: Option<GenerationId>,
+    ) -> Result<(), TargetError> {
+        let _ = failed;
+        match previous {
+            Some(p) => self.activate(p),
+            None => self.deactivate(),
+        }
+    }
     /// Keep the newest `keep` generations plus the live one, delete the rest and any leftovers.
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError>;
     /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the

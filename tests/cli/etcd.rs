@@ -778,9 +778,12 @@ fn a_deployment_behind_the_live_commit_writes_nothing_but_its_refusal() {
         .stderr_has("this clone is 2 commits behind it")
         .stderr_has("deploy rollback --target edge");
     let after = etcd.keys("/svc/edge");
-    for (k, v) in &before {
+    // The log's checkpoint follows the log (it counts the records after the refusal's).
+    let checkpoint = format!("{STATE}log-checkpoint");
+    for (k, v) in before.iter().filter(|(k, _)| **k != checkpoint) {
         assert_eq!(after.get(k), Some(v), "{k} changed");
     }
+    assert_ne!(after.get(&checkpoint), before.get(&checkpoint));
     let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
     assert_eq!(added.len(), 1, "{added:?}");
     assert!(added[0].starts_with(&format!("{STATE}log/")), "{added:?}");
@@ -832,4 +835,283 @@ fn status_during_a_deploy_held_in_its_health_check_says_it_is_in_progress() {
     assert!(child.wait().unwrap().success());
     let s = crate::lifecycle::status_json(&repo, "edge");
     assert!(s.in_progress.is_none() && s.interrupted.is_none());
+}
+
+/// Issue 16 item 7 on etcd: a log record edited by hand in the store refuses deployments
+/// until `deploy log seal` sets it aside; the edited key stays as it is.
+#[test]
+fn a_damaged_log_is_refused_then_sealed_and_the_damaged_key_is_kept() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    let first = format!("{STATE}log/00000000000000000001");
+    let record = etcd.value(&first).unwrap();
+    let edited = record.replacen("\"adopt\"", "\"adapt\"", 1);
+    assert_ne!(edited, record);
+    etcd.put(&first, &edited);
+    let before = etcd.keys(STATE);
+
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it")
+        .stderr_has("record 1 (line 1) was edited");
+    let mut now = etcd.keys(STATE);
+    now.remove(&format!("{STATE}lock"));
+    assert_eq!(now, before, "a refusal writes nothing");
+    repo.deploy(&["log", "seal", "--target", "edge", "--yes"])
+        .code(3)
+        .stderr_has("a seal needs a reason");
+
+    repo.deploy(&[
+        "log",
+        "seal",
+        "--target",
+        "edge",
+        "--reason",
+        "edited in a test",
+        "--yes",
+    ])
+    .code(0)
+    .stderr_has("Sealed: record 3 of `edge`'s deployment log");
+    let seal: Value = serde_json::from_str(
+        &etcd
+            .value(&format!("{STATE}log/00000000000000000003"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seal["action"], "seal");
+    assert_eq!(seal["sealed"]["line"], 1);
+    assert_eq!(
+        etcd.value(&first).unwrap(),
+        edited,
+        "the damaged key is kept"
+    );
+    let run = repo.deploy(&["log", "verify", "--target", "edge", "--format", "json"]);
+    run.code(0);
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["environments"][0]["status"], "sealed");
+    assert_eq!(doc["environments"][0]["sealed"][0]["seal_line"], 3);
+
+    deploy_yes(&repo).code(0);
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
+    repo.deploy(&["log", "verify", "--target", "edge"])
+        .code(0)
+        .stdout_has("SEALED DAMAGE:");
+    repo.deploy(&[
+        "log", "seal", "--target", "edge", "--reason", "again", "--yes",
+    ])
+    .code(3)
+    .stderr_has("nothing to seal");
+}
+
+const EXTRA: &str = "\n[settings.extra]\nqueue = \"arn:aws:sqs:eu-west-1:444444444444:jobs\"\nengine = \"conformer-ctc\"\nthreads = 2\n";
+const CACHE: &str = "\n[settings.cache]\nqueue = \"arn:aws:sqs:eu-west-1:444444444444:jobs\"\nengine = \"whisper-large-v3\"\nthreads = 3\n";
+/// A hand edit of `worker` after the last deployment (an emergency fix), in bytes envlock
+/// never writes (spaces, another key order).
+const HAND_EDIT: &str = r#"{ "threads": 1, "engine": "conformer-ctc", "queue": "arn:aws:sqs:eu-west-1:444444444444:jobs", "endpoint": "https://edge.example.com/healthz" }"#;
+
+/// `edge` with `worker` and `extra` deployed (generation 1), `worker` then edited by hand, and
+/// a commit that changes `worker`, removes `extra` and adds `cache`; the health check fails
+/// while `unhealthy` exists.
+fn hand_edited_then_changed(etcd: &Cluster, unhealthy: &std::path::Path) -> Repo {
+    let health = format!(
+        "[health]\ncommand = [\"sh\", \"-c\", \"test ! -e '{}'\"]\ntimeout = \"10s\"\n",
+        unhealthy.display()
+    );
+    let toml = edge_toml(&etcd.endpoints_toml(), "", &health, 4);
+    let repo = repo_with(&format!("{toml}{EXTRA}"));
+    deploy_yes(&repo).code(0);
+    etcd.put("/svc/edge/worker", HAND_EDIT);
+    repo.write(
+        ENV,
+        format!("{}{CACHE}", toml.replace("threads = 4\n", "threads = 8\n")),
+    );
+    repo.commit("worker 8 threads, no extra, a cache");
+    repo
+}
+
+/// Every key under the prefix with its exact bytes.
+fn resources(etcd: &Cluster) -> BTreeMap<String, String> {
+    etcd.keys(PREFIX)
+        .into_iter()
+        .map(|(k, (v, _))| (k, v))
+        .collect()
+}
+
+/// Issue 16 item 9: a failed health check restores exactly the bytes that were live before the
+/// apply (the hand edit), removes the key it added and brings back the one it deleted.
+#[test]
+fn a_failed_health_check_restores_the_hand_edited_bytes_not_the_recorded_generation() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let unhealthy = scratch.path().join("unhealthy");
+    let repo = hand_edited_then_changed(&etcd, &unhealthy);
+    let before = resources(&etcd);
+    assert_eq!(before["/svc/edge/worker"], HAND_EDIT);
+    assert!(before.contains_key("/svc/edge/extra"));
+
+    std::fs::write(&unhealthy, "").unwrap();
+    deploy_yes(&repo).code(4).stderr_has("rolled back");
+    assert_eq!(
+        resources(&etcd),
+        before,
+        "exactly what was live before the apply"
+    );
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("1"));
+    assert!(etcd.value(&format!("{STATE}journal")).is_none());
+    // The generation record kept what the apply replaced.
+    let gen2: Value = serde_json::from_str(
+        &etcd
+            .value(&format!("{STATE}gen/00000000000000000002"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(gen2["before"]["worker"], HAND_EDIT, "{gen2}");
+    assert!(gen2["before"]["cache"].is_null(), "{gen2}");
+    assert!(gen2["before"]["extra"].is_string(), "{gen2}");
+    // `deploy status` tells the truth: generation 1 is live, with `worker` edited by hand.
+    repo.deploy(&["status", "--target", "edge"])
+        .code(0)
+        .stdout_has("worker");
+
+    // An explicit rollback still makes a recorded generation live: healthy again, deploy,
+    // then roll back to generation 1's recorded values.
+    std::fs::remove_file(&unhealthy).unwrap();
+    deploy_yes(&repo).code(0);
+    repo.deploy(&["rollback", "--target", "edge", "--to", "1", "--yes"])
+        .code(0);
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(4));
+    assert!(etcd.value("/svc/edge/cache").is_none());
+}
+
+/// Issue 16 item 9, interrupted: killed (`kill -9`) after its transaction, before the health
+/// check; the next run's health check fails and its rollback restores the hand edit.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_killed_deployers_rollback_by_the_next_run_restores_the_hand_edited_bytes() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let unhealthy = scratch.path().join("unhealthy");
+    let repo = hand_edited_then_changed(&etcd, &unhealthy);
+    let before = resources(&etcd);
+    Paused::start(
+        repo.path(),
+        &["--target", "edge", "--yes"],
+        "after-switch",
+        None,
+        &[],
+    )
+    .kill9();
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), worker_json(8));
+    let lock = format!("{STATE}lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while etcd.value(&lock).is_some() {
+        assert!(Instant::now() < deadline, "the lock never lapsed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&unhealthy, "").unwrap();
+    deploy_yes(&repo)
+        .code(4)
+        .stderr_has("interrupted")
+        .stderr_has("rolled back");
+    assert_eq!(resources(&etcd), before);
+    assert_eq!(etcd.value(&format!("{STATE}current")).as_deref(), Some("1"));
+    assert!(etcd.value(&format!("{STATE}journal")).is_none());
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+}
+
+/// A key changed by someone else between the apply and its rollback is not overwritten: the
+/// rollback refuses, says which key, and the journal stays for the next run.
+#[test]
+fn a_rollback_never_restores_over_a_key_changed_after_the_apply() {
+    let etcd = Cluster::start(1);
+    let scratch = tempfile::tempdir().unwrap();
+    let edit = scratch.path().join("edit.sh");
+    // The health check itself edits `worker` (someone else, mid-deployment), then fails.
+    std::fs::write(
+        &edit,
+        format!(
+            "etcdctl --endpoints={} put /svc/edge/worker '{{\"mid\":1}}' >/dev/null; exit 1\n",
+            etcd.live_endpoints().join(",")
+        ),
+    )
+    .unwrap();
+    let health = format!(
+        "[health]\ncommand = [\"sh\", \"{}\"]\ntimeout = \"10s\"\n",
+        edit.display()
+    );
+    let toml = edge_toml(&etcd.endpoints_toml(), "", "", 4);
+    let repo = repo_with(&toml);
+    deploy_yes(&repo).code(0);
+    repo.write(ENV, edge_toml(&etcd.endpoints_toml(), "", &health, 8));
+    repo.commit("8 threads, a health check");
+    deploy_yes(&repo)
+        .code(1)
+        .stderr_has("/svc/edge/worker")
+        .stderr_has("changed by someone else");
+    assert_eq!(etcd.value("/svc/edge/worker").unwrap(), "{\"mid\":1}");
+    assert!(etcd.value(&format!("{STATE}journal")).is_some());
+}
+
+/// The bytes an apply replaces are kept in its generation record, so they count against
+/// etcd's request limit, in `plan` as in the apply: a large hand edit can make a small change
+/// too large for one transaction, which is refused before anything is written.
+#[test]
+fn the_replaced_bytes_count_in_the_transaction_size_check() {
+    let etcd = Cluster::start(1);
+    let limit = "lock_ttl = \"1s\"\nmax_request_bytes = 65536\n";
+    let toml = edge_toml(&etcd.endpoints_toml(), "", "", 4).replace("lock_ttl = \"1s\"\n", limit);
+    let repo = repo_with(&toml);
+    deploy_yes(&repo).code(0);
+    let big = format!("{{\"note\":\"{}\"}}", "x".repeat(80_000));
+    etcd.put("/svc/edge/worker", &big);
+    repo.write(ENV, toml.replace("threads = 4\n", "threads = 8\n"));
+    repo.commit("8 threads");
+    let before = etcd.keys("/svc/");
+    for args in [
+        vec!["plan", "--target", "edge"],
+        vec!["--target", "edge", "--yes"],
+    ] {
+        repo.deploy(&args)
+            .code(1)
+            .stderr_has("does not fit in one etcd transaction")
+            .stderr_has("the limit is 65536");
+    }
+    assert_eq!(etcd.keys("/svc/"), before);
+}
+
+/// The log checkpoint makes a deployment read only the log's summary, and any change to a
+/// record behind envlock's back (an edit, a deleted record, a rewritten checkpoint) still
+/// makes the next deployment verify the whole log and refuse.
+#[test]
+fn the_log_checkpoint_notices_a_deleted_record_and_a_rewritten_checkpoint() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo).code(0);
+    let checkpoint = format!("{STATE}log-checkpoint");
+    assert_eq!(etcd.value(&checkpoint).as_deref(), Some("3\n"));
+    let second = format!("{STATE}log/00000000000000000002");
+    let record = etcd.value(&second).unwrap();
+
+    // A record deleted, and the checkpoint rewritten to match the new count.
+    etcd.ctl(&["del", &second]);
+    etcd.put(&checkpoint, "2\n");
+    set_threads(&repo, 8, 10);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify")
+        .stderr_has("record 3 (line 2) follows record 1: a record is missing");
+    // Put back as it was (a new revision, but the same bytes): the chain verifies again, and
+    // since the checkpoint no longer matches, it is verified whole and passes.
+    etcd.put(&second, &record);
+    deploy_yes(&repo).code(0);
+    assert_eq!(etcd.value(&checkpoint).as_deref(), Some("4\n"));
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
 }

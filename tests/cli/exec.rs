@@ -604,3 +604,85 @@ fn a_deployment_behind_the_live_commit_writes_nothing_to_the_provider() {
         "nothing was written through the provider"
     );
 }
+
+/// Issue 16 item 7 on `exec`: the log in the state directory is sealed like a `dir` target's,
+/// after the provider's identity; the provider's resources are not touched by the seal.
+#[test]
+fn a_damaged_log_in_the_state_directory_is_refused_then_sealed() {
+    let cloud = Cloud::new(&all(4), "");
+    cloud.deploy(&[]).code(0);
+    let log = cloud.repo.path().join("state/.envlock/log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"adopt\"", "\"adapt\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, &edited).unwrap();
+    let files = cloud.files();
+    cloud.set(&all(6), "");
+    cloud
+        .deploy(&[])
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it");
+    assert_eq!(cloud.files(), files);
+    cloud
+        .run(
+            &[
+                "log",
+                "seal",
+                "--target",
+                ENV,
+                "--reason",
+                "edited in a test",
+                "--yes",
+            ],
+            &[],
+        )
+        .code(0)
+        .stderr_has("Sealed: record 2");
+    assert_eq!(
+        cloud.files(),
+        files,
+        "a seal writes nothing to the provider"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().starts_with(&edited));
+    cloud.deploy(&[]).code(0);
+    assert_eq!(cloud.files(), all_stored(6));
+    cloud
+        .run(&["log", "verify", "--target", ENV], &[])
+        .code(0)
+        .stdout_has("SEALED DAMAGE:");
+}
+
+/// Issue 16 item 9 on `exec`: a value edited by hand after the last deployment (in the
+/// provider's store) comes back byte for byte when the next deployment's health check fails;
+/// a resource the apply created is deleted and one it deleted comes back.
+#[test]
+fn a_failed_health_check_restores_a_hand_edit_made_after_the_last_deployment() {
+    let cloud = Cloud::new(&all(4), "");
+    cloud.deploy(&[]).code(0);
+    let hand = r#"{"engine": "whisper-large-v3", "threads": 1}"#;
+    std::fs::write(cloud.store().join("r2.json"), hand).unwrap();
+    let before = cloud.files();
+    assert_eq!(before["r2"], hand);
+
+    // Every resource to 8 threads, r5 removed, r6 added, and a health check that fails.
+    let mut values: Vec<(&str, u32)> = NAMES[..4].iter().map(|n| (*n, 8)).collect();
+    values.push(("r6", 8));
+    cloud.set(&values, "");
+    let mut env = cloud.repo.read(&format!("environments/{ENV}.toml"));
+    env.push_str("\n[health]\ncommand = [\"false\"]\ntimeout = \"5s\"\n");
+    cloud.repo.write(&format!("environments/{ENV}.toml"), env);
+    cloud.repo.commit("unhealthy");
+    cloud.deploy(&[]).code(4).stderr_has("Rolling back");
+    assert_eq!(
+        cloud.files(),
+        before,
+        "exactly what was there before the apply"
+    );
+    assert_eq!(cloud.outcomes().last().unwrap().0, "rolled-back");
+    // The previous generation is live again in the state, and `status` shows the hand edit
+    // as drift from it.
+    cloud
+        .run(&["status", "--target", ENV], &[])
+        .code(0)
+        .stdout_has("r2");
+}

@@ -324,13 +324,15 @@ fn a_truncated_last_line_is_named_and_blocks_deploying() {
     );
 
     // No deployment was in flight (no journal), so nothing may "repair" it: deploying refuses
-    // with exit 1 and writes nothing.
+    // (exit 3: a damaged log is never appended to) and writes nothing.
     set_threads(&repo, 9);
     let before = snapshot(&target(&repo, "validation"));
     deploy_yes(&repo, "validation")
-        .code(1)
-        .stderr_has("incomplete record")
-        .stderr_has("deploy log verify --target validation");
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it")
+        .stderr_has("ends in the middle of a record")
+        .stderr_has("deploy log verify --target validation")
+        .stderr_has("deploy log seal --target validation");
     assert_eq!(snapshot(&target(&repo, "validation")), before);
 }
 

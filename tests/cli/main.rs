@@ -32,6 +32,7 @@ mod prompt;
 mod provider_ssm;
 mod reviewed;
 mod sarif;
+mod seal;
 mod secrets;
 mod state;
 mod status;

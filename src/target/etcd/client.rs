@@ -95,6 +95,11 @@ pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
 
+/// The bytes of a base64 string (`None` when it is not base64).
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok()
+}
+
 /// The end of the range of every key that starts with `prefix` (etcd's `range_end`).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -491,6 +496,51 @@ impl Client {
             .map(|r| r.get("response_range").map(kvs).unwrap_or_default())
             .collect();
         Ok((out, result.revision))
+    }
+
+    /// At one revision: the key `single` (if it exists), how many keys `[start, end)` holds,
+    /// and the highest `mod_revision` among them (0 when there are none). Two ranges in one
+    /// request; no value under `start` is read.
+    pub fn key_and_range_summary(
+        &self,
+        single: &[u8],
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<(Option<Kv>, i64, i64), EtcdError> {
+        let newest = json!({
+            "key": b64(start),
+            "range_end": b64(end),
+            "limit": "1",
+            "sort_order": "DESCEND",
+            "sort_target": "MOD",
+            "keys_only": true,
+        });
+        let ops = vec![
+            json!({ "request_range": { "key": b64(single) } }),
+            json!({ "request_range": newest }),
+        ];
+        let result = self.txn(vec![], ops, vec![])?;
+        let range = |i: usize| {
+            result
+                .responses
+                .get(i)
+                .and_then(|r| r.get("response_range"))
+        };
+        let one = range(0).map(kvs).unwrap_or_default().into_iter().next();
+        let count = int(range(1).and_then(|r| r.get("count")));
+        let max = range(1)
+            .map(kvs)
+            .unwrap_or_default()
+            .first()
+            .map_or(0, |kv| kv.mod_revision);
+        Ok((one, count, max))
+    }
+
+    /// How many keys `[start, end)` holds (etcd counts its index; no value is read).
+    pub fn count(&self, start: &[u8], end: &[u8]) -> Result<i64, EtcdError> {
+        let body = json!({"key": b64(start), "range_end": b64(end), "count_only": true});
+        let answer = self.call("/v3/kv/range", &body)?;
+        Ok(int(answer.get("count")))
     }
 
     /// One key, if it exists.

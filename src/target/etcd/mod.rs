@@ -13,6 +13,8 @@
 //! /asr/prod.envlock/journal                   the crash journal of an unfinished deployment
 //! /asr/prod.envlock/secret-key                the HMAC key secrets are compared with (hex)
 //! /asr/prod.envlock/log/<seq, 20 digits>      one deployment-log record per key
+//! /asr/prod.envlock/log-checkpoint            how many log records there were after this
+//!                                             target's last append (written with it)
 //! ```
 //!
 //! Invariants: an apply or a rollback is one transaction whose compares assert the stamp, the
@@ -59,6 +61,9 @@ pub struct EtcdSettings {
     pub keep: usize,
     pub security: Security,
 }
+
+/// The key (under the state root) of the log's checkpoint (see `log_untouched`).
+const LOG_CHECKPOINT: &str = "log-checkpoint";
 
 /// etcd's defaults for `--max-txn-ops` and `--max-request-bytes`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
@@ -472,6 +477,30 @@ impl EtcdTarget {
         json!({ "resources": map })
     }
 
+    /// What an apply of `values` over `read` changes, as it was before: resource -> its exact
+    /// stored bytes (a string, or `{"base64": …}` when not UTF-8), `null` for a key it creates.
+    /// Kept in the generation record, so that an automatic rollback restores exactly these
+    /// ([`Target::undo_apply`]), hand edits included.
+    fn before(&self, read: &ReadSet, values: &BTreeMap<String, Vec<u8>>) -> Value {
+        let mut out = serde_json::Map::new();
+        for (key, was) in &read.values {
+            let name = self.resource_name(key);
+            if values.get(&name) != Some(was) {
+                let v = match std::str::from_utf8(was) {
+                    Ok(text) => Value::String(text.to_owned()),
+                    Err(_) => json!({ "base64": client::b64(was) }),
+                };
+                out.insert(name, v);
+            }
+        }
+        for name in values.keys() {
+            if !read.values.contains_key(&self.resource_key(name)) {
+                out.insert(name.clone(), Value::Null);
+            }
+        }
+        Value::Object(out)
+    }
+
     /// The apply transaction: compares (after `guards`), operations, and the keys it writes.
     fn build_apply(
         &self,
@@ -572,6 +601,7 @@ impl EtcdTarget {
             "txn": nonce,
             "private": private,
             "created": super::now_rfc3339(),
+            "before": self.before(&read, &values),
         });
         let stored = Self::stored_record(&values);
 
@@ -637,9 +667,19 @@ impl EtcdTarget {
             .ok_or_else(|| TargetError::Corrupt("a log record without `seq`".into()))?;
         let key = self.key(&format!("log/{seq:020}"));
         let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let start = self.key("log/");
+        let count = self
+            .client
+            .count(&start, &prefix_end(&start))
+            .map_err(|e| self.remote("count the deployment log's records", e))?;
         let mut compares = self.guards()?;
         compares.push(cmp_absent(&key));
-        let mut ops = vec![op_put(&key, line)];
+        // The checkpoint is written at the record's revision: see `log_untouched`.
+        let checkpoint = format!("{}\n", count + 1);
+        let mut ops = vec![
+            op_put(&key, line),
+            op_put(&self.key(LOG_CHECKPOINT), checkpoint.as_bytes()),
+        ];
         if clear_journal {
             ops.push(op_delete(&self.key("journal")));
         }
@@ -650,6 +690,15 @@ impl EtcdTarget {
             )));
         }
         Ok(())
+    }
+
+    /// The log checkpoint (if any), how many log records there are, and the highest
+    /// `mod_revision` among them, in one read that touches no record's value.
+    fn log_summary(&self) -> Result<(Option<Kv>, i64, i64), TargetError> {
+        let start = self.key("log/");
+        self.client
+            .key_and_range_summary(&self.key(LOG_CHECKPOINT), &start, &prefix_end(&start))
+            .map_err(|e| self.remote("read the deployment log's checkpoint", e))
     }
 
     /// Explain a failed apply compare: which key moved since the plan read it.
@@ -982,7 +1031,13 @@ impl Target for EtcdTarget {
         };
         let values = Self::stored_values(resources)?;
         // The real record's size: metadata is small next to the resources.
-        let record = json!({"meta": {}, "txn": "0000000000000000", "private": [], "created": ""});
+        let record = json!({
+            "meta": {},
+            "txn": "0000000000000000",
+            "private": [],
+            "created": "",
+            "before": self.before(&read, &values),
+        });
         let stored = Self::stored_record(&values);
         let placeholder = vec![
             cmp_value(&self.key("stamp"), &[b'x'; 128]),
@@ -1102,6 +1157,65 @@ impl Target for EtcdTarget {
             &format!("make generation {id} live"),
             &values,
             Some(id),
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    fn undo_apply(
+        &self,
+        failed: GenerationId,
+        previous: Option<GenerationId>,
+    ) -> Result<(), TargetError> {
+        let before = self
+            .generation_record(failed)?
+            .and_then(|(v, _)| v.get("before").and_then(Value::as_object).cloned());
+        // A generation written before `before` was recorded: its predecessor's values.
+        let Some(before) = before else {
+            return match previous {
+                Some(p) => self.activate(p),
+                None => self.deactivate(),
+            };
+        };
+        let wrote = self.generation_values(failed)?;
+        let (now, _) = self.read_prefix()?;
+        let mut values: BTreeMap<String, Vec<u8>> = now
+            .into_iter()
+            .map(|(k, kv)| (self.resource_name(&k), kv.value))
+            .collect();
+        for (name, was) in &before {
+            // Only over what that apply wrote: a key changed since is someone else's.
+            if values.get(name) != wrote.get(name) {
+                return Err(TargetError::Refused(format!(
+                    "`{}` was changed by someone else after generation {failed} wrote it;                      refusing to restore what was there before over it",
+                    self.show(&self.resource_key(name))
+                )));
+            }
+            match was {
+                Value::Null => {
+                    values.remove(name);
+                }
+                Value::String(text) => {
+                    values.insert(name.clone(), text.as_bytes().to_vec());
+                }
+                other => {
+                    let bytes = other
+                        .get("base64")
+                        .and_then(Value::as_str)
+                        .and_then(client::unb64)
+                        .ok_or_else(|| {
+                            TargetError::Corrupt(format!(
+                                "generation {failed}'s record keeps `{name}` in an unknown form"
+                            ))
+                        })?;
+                    values.insert(name.clone(), bytes);
+                }
+            }
+        }
+        self.switch_to(
+            &format!("restore what was live before generation {failed}"),
+            &values,
+            previous,
             vec![],
         )?;
         Ok(())
@@ -1317,6 +1431,22 @@ impl Target for EtcdTarget {
     fn log_cut(&self, _len: u64) -> Result<(), TargetError> {
         // Records are whole keys: there is never an incomplete one to cut.
         Ok(())
+    }
+
+    /// The log is as this target's last append left it when the checkpoint written with that
+    /// append still counts every record, and no record was written after it: the highest
+    /// `mod_revision` under `log/` is the checkpoint's own (one transaction wrote both). An
+    /// edit, a deletion or an insertion of any record, or a rewritten checkpoint, breaks one
+    /// of the two, and the whole log is verified.
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        let (checkpoint, count, newest) = self.log_summary()?;
+        let Some(cp) = checkpoint else {
+            return Ok(false);
+        };
+        let counted = std::str::from_utf8(&cp.value)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok());
+        Ok(counted == Some(count) && count > 0 && newest == cp.mod_revision)
     }
 }
 

@@ -35,6 +35,9 @@ use super::{
 
 const EXEC_JOURNAL: &str = "exec-journal.json";
 const EXEC_JOURNAL_VERSION: u32 = 1;
+/// What the last convergence wrote, kept after it completed (mode 0600: it holds previous
+/// values), so that an automatic rollback restores exactly what an apply replaced.
+const EXEC_APPLIED: &str = "exec-applied.json";
 /// How many names an [`StampState::Unstamped`] lists.
 const MAX_LISTED: usize = 10;
 
@@ -210,15 +213,20 @@ impl ExecTarget {
 
     /// Replace the undo journal durably; mode 0600 from the start (it holds previous values).
     fn write_exec_journal(&self, journal: &ExecJournal) -> Result<(), TargetError> {
+        self.write_private(EXEC_JOURNAL, journal)
+    }
+
+    /// Replace `.envlock/<name>` with `value` as JSON durably, mode 0600 from the start.
+    fn write_private(&self, name: &str, value: &impl Serialize) -> Result<(), TargetError> {
         let dir = self.state.state_dir();
-        let path = self.journal_path();
-        let tmp = dir.join(format!("{EXEC_JOURNAL}.tmp-{}", std::process::id()));
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
         let io = |what: &str, path: &PathBuf| {
             let (what, path) = (what.to_owned(), path.clone());
             move |source| TargetError::Io { what, path, source }
         };
         let _ = fs::remove_file(&tmp);
-        let bytes = serde_json::to_vec(journal).unwrap_or_default();
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -432,6 +440,19 @@ impl ExecTarget {
                 }
             }
         }
+        // Before the switch: once the new generation is live, an automatic rollback finds what
+        // this convergence replaced.
+        if let Err(err) = self.write_private(EXEC_APPLIED, &journal) {
+            let why = format!("recording what was replaced failed: {err}");
+            return Err(self.abort(
+                &mut journal,
+                CallError::Failed {
+                    message: why,
+                    log: Vec::new(),
+                },
+                "",
+            ));
+        }
         crate::failpoint::hit("exec-before-switch");
         let id = match switch() {
             Ok(id) => id,
@@ -450,6 +471,68 @@ impl ExecTarget {
         *self.seen() = Some(after);
         self.clear_exec_journal()?;
         Ok(id)
+    }
+
+    /// What the last convergence wrote (see [`EXEC_APPLIED`]).
+    fn read_applied(&self) -> Result<Option<ExecJournal>, TargetError> {
+        let path = self.state.state_dir().join(EXEC_APPLIED);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TargetError::Io {
+                what: "read".into(),
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    /// Put back, in reverse order, the values `applied`'s steps replaced, each only over the
+    /// version that step wrote; a resource that already holds its previous value is left as
+    /// it is, so running it again after an interruption finishes the job. A resource someone
+    /// changed since the apply is not overwritten: refused, naming it.
+    fn restore(&self, applied: &ExecJournal, failed: GenerationId) -> Result<(), TargetError> {
+        let live = self.read()?;
+        for step in applied.steps.iter().rev().filter(|s| s.done) {
+            let now = live.get(&step.resource);
+            let back = match (&step.before, now) {
+                (Some(b), Some(r)) => r.value == b.value,
+                (None, None) => true,
+                _ => false,
+            };
+            if back {
+                continue;
+            }
+            let ours = match (now, &step.version) {
+                (Some(r), Some(v)) => r.version == *v,
+                (None, _) => step.op == StepOp::Delete,
+                _ => false,
+            };
+            if !ours {
+                return Err(TargetError::Refused(format!(
+                    "`{}` was changed by someone else after generation {failed} wrote it \
+                     (provider `{}`); refusing to restore what was there before over it",
+                    step.resource,
+                    self.provider.name()
+                )));
+            }
+            let version = step.version.as_deref();
+            let result = match &step.before {
+                Some(b) if now.is_some() => self
+                    .provider
+                    .put(&step.resource, &b.value, step.before_secret, version)
+                    .map(drop),
+                Some(b) => self
+                    .provider
+                    .put(&step.resource, &b.value, step.before_secret, None)
+                    .map(drop),
+                None => self
+                    .provider
+                    .delete(&step.resource, version.unwrap_or_default()),
+            };
+            result.map_err(call_error)?;
+        }
+        Ok(())
     }
 
     /// Undo the applied steps after `err` (on `failed`, empty for none) and describe the result.
@@ -694,6 +777,32 @@ impl Target for ExecTarget {
             self.state.activate(id).map(|()| id)
         })
         .map(drop)
+    }
+
+    fn undo_apply(
+        &self,
+        failed: GenerationId,
+        previous: Option<GenerationId>,
+    ) -> Result<(), TargetError> {
+        let applied = self
+            .read_applied()?
+            .filter(|a| a.action == "apply" && a.from == previous);
+        let Some(applied) =
+            applied.filter(|_| self.state.live_generation().ok() == Some(Some(failed)))
+        else {
+            // Not the apply that made `failed` live: its predecessor's values.
+            return match previous {
+                Some(p) => self.activate(p),
+                None => self.deactivate(),
+            };
+        };
+        self.settle()?;
+        *self.seen() = None;
+        self.restore(&applied, failed)?;
+        match previous {
+            Some(p) => self.state.activate(p),
+            None => self.state.deactivate(),
+        }
     }
 
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
