@@ -181,11 +181,18 @@ pub fn environment_toml(env: &Environment) -> String {
             options,
             state,
             timeout,
+            protocol,
             ..
         } => {
             t.insert("command".into(), strs(command));
             t.insert("state".into(), state.value.clone().into());
             t.insert("timeout".into(), duration::format(*timeout).into());
+            if *protocol != 1 {
+                t.insert(
+                    "protocol".into(),
+                    i64::try_from(*protocol).unwrap_or(2).into(),
+                );
+            }
             if let Ok(v) = toml::Value::try_from(options) {
                 t.insert("options".into(), v);
             }

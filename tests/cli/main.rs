@@ -11,6 +11,8 @@ mod etcd;
 #[cfg(feature = "failpoints")]
 mod exec;
 #[cfg(feature = "failpoints")]
+mod exec_session;
+#[cfg(feature = "failpoints")]
 mod exec_ssm;
 mod fitness;
 mod fixtures;
