@@ -9,7 +9,7 @@
 //! session is never reused: the next call starts a new process and says `hello` again.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{ChildStdin, ChildStdout};
+use std::process::ChildStdin;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
@@ -291,7 +291,7 @@ fn capabilities(answer: &Map<String, Value>) -> Result<Capabilities, String> {
 
 /// Read `stdout` line by line into `tx`, each line bounded by [`LINE_LIMIT`]; ends after the
 /// end of the stream, a line too long, or when nobody listens any more.
-fn read_lines(stdout: ChildStdout, tx: &SyncSender<LineMsg>) {
+fn read_lines(stdout: impl std::io::Read, tx: &SyncSender<LineMsg>) {
     let mut reader = BufReader::with_capacity(1 << 16, stdout);
     loop {
         let mut line = Vec::new();
@@ -324,5 +324,84 @@ fn read_lines(stdout: ChildStdout, tx: &SyncSender<LineMsg>) {
         if tx.send(LineMsg(msg)).is_err() || last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(v: Value) -> Result<Capabilities, String> {
+        capabilities(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn hello_capabilities_are_checked() {
+        let ok = caps(
+            serde_json::json!({"protocol": 2, "capabilities": {"batch": {"max": 50, "atomic": true}}}),
+        );
+        assert_eq!(
+            ok,
+            Ok(Capabilities {
+                max: 50,
+                atomic: true
+            })
+        );
+        // Absent: one item per request, not atomic.
+        let bare = caps(serde_json::json!({"protocol": 2}));
+        assert_eq!(
+            bare,
+            Ok(Capabilities {
+                max: 1,
+                atomic: false
+            })
+        );
+        for bad in [
+            serde_json::json!({"protocol": 1}),
+            serde_json::json!({"capabilities": {}}),
+            serde_json::json!({"protocol": 2, "capabilities": {"batch": {"max": 0}}}),
+            serde_json::json!({"protocol": 2, "capabilities": {"batch": {"max": 10001}}}),
+            serde_json::json!({"protocol": 2, "capabilities": {"batch": {"max": "9"}}}),
+            serde_json::json!({"protocol": 2, "capabilities": {"batch": {"atomic": "yes"}}}),
+            serde_json::json!({"protocol": 2, "capabilities": []}),
+        ] {
+            assert!(caps(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    /// Every message `read_lines` hands over for `input`.
+    fn lines_of(input: Vec<u8>) -> Vec<Line> {
+        let (tx, rx) = mpsc::sync_channel(0);
+        let reader = std::thread::spawn(move || read_lines(std::io::Cursor::new(input), &tx));
+        let out: Vec<Line> = rx.iter().map(|LineMsg(l)| l).collect();
+        reader.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn lines_are_split_blank_lines_skipped_and_the_end_reported() {
+        let out = lines_of(b"{\"id\":1}\n\n  \n{\"id\":2}\npartial".to_vec());
+        let texts: Vec<String> = out
+            .iter()
+            .map(|l| match l {
+                Line::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                Line::TooLong => "TOO LONG".into(),
+                Line::End => "END".into(),
+            })
+            .collect();
+        assert_eq!(texts, [r#"{"id":1}"#, r#"{"id":2}"#, "END"]);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_cut_off_not_kept() {
+        let mut input = vec![b'x'; LINE_LIMIT + 1];
+        input.push(b'\n');
+        let out = lines_of(input);
+        assert!(matches!(out.as_slice(), [Line::TooLong]));
+        // Exactly the limit is still a line.
+        let mut input = vec![b'x'; LINE_LIMIT];
+        input.push(b'\n');
+        let out = lines_of(input);
+        assert!(matches!(out.as_slice(), [Line::Text(t), Line::End] if t.len() == LINE_LIMIT));
     }
 }
