@@ -18,7 +18,8 @@ pub struct Cli {
     #[arg(short = 'C', value_name = "DIR", global = true)]
     pub directory: Option<PathBuf>,
 
-    /// Output format: text for people, json for programs (one document on stdout).
+    /// Output format: text for people, json for programs (one document on stdout); sarif for
+    /// code scanning (`check` only), markdown for a merge-request comment (`diff`, `plan`).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
     pub format: OutputFormat,
 
@@ -34,6 +35,10 @@ pub struct Cli {
 pub enum OutputFormat {
     Text,
     Json,
+    /// SARIF 2.1.0 (`deploy check` only).
+    Sarif,
+    /// A merge-request comment body (`deploy diff`, `deploy plan`).
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,6 +34,9 @@ pub struct Diagnostic {
     /// The same problem told from the other file's side (a clash between two files): shown
     /// instead when only that file changed in the commit (see [`prefer_changed`]).
     pub other_side: Option<Box<Diagnostic>>,
+    /// The primary location's text may be a credential: the source line is shown with it
+    /// masked (see [`Diagnostic::concealed`]).
+    pub conceal: bool,
 }
 
 impl Diagnostic {
@@ -47,7 +50,15 @@ impl Diagnostic {
             secondary: Vec::new(),
             hint: None,
             other_side: None,
+            conceal: false,
         }
+    }
+
+    /// Mask the primary location's text when the source line is shown: it may be a secret
+    /// written in clear (a token, a password), which no message may repeat.
+    pub fn concealed(mut self) -> Self {
+        self.conceal = true;
+        self
     }
 
     pub fn safety(mut self) -> Self {

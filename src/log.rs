@@ -205,6 +205,11 @@ pub struct Record {
     pub reason: Option<String>,
     /// The checksum of the saved plan applied (`deploy apply --plan`), if any.
     pub plan_sha256: Option<String>,
+    /// What became of the notification envlock delivers itself (`[notify] url`), when one is
+    /// configured and was sent for this record. Added after the first release: absent from
+    /// older records (and from records without one), never `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notified>,
     pub prev: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
@@ -226,6 +231,21 @@ pub struct Entry {
     pub previous_generation: Option<GenerationId>,
     pub reason: Option<String>,
     pub plan_sha256: Option<String>,
+    pub notify: Option<Notified>,
+}
+
+/// The delivery of one `[notify] url` notification, as the log records it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Notified {
+    /// `pagerduty`, `cloudevents` or `alertmanager`.
+    pub format: String,
+    pub delivered: bool,
+    /// HTTP requests tried, retries included.
+    pub attempts: u32,
+    /// Why it was not delivered (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why a record could not be appended.
@@ -300,6 +320,7 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         previous_generation: entry.previous_generation,
         reason: entry.reason,
         plan_sha256: entry.plan_sha256,
+        notify: entry.notify,
         prev,
         hash: String::new(),
     };
@@ -646,6 +667,7 @@ mod tests {
             previous_generation: None,
             reason: None,
             plan_sha256: None,
+            notify: None,
             prev: prev.into(),
             hash: String::new(),
         }

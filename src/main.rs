@@ -25,6 +25,8 @@ fn main() -> ExitCode {
     let printer = Printer::new(match cli.format {
         OutputFormat::Text => Format::Text,
         OutputFormat::Json => Format::Json,
+        OutputFormat::Sarif => Format::Sarif,
+        OutputFormat::Markdown => Format::Markdown,
     });
     match commands::run(cli, &printer) {
         Ok(exit) => ExitCode::from(exit as u8),

@@ -24,6 +24,10 @@ pub enum Format {
     #[default]
     Text,
     Json,
+    /// SARIF 2.1.0 on stdout (`check`); messages for people on stderr as in text mode.
+    Sarif,
+    /// A markdown document on stdout (`diff`, `plan`); messages on stderr as in text mode.
+    Markdown,
 }
 
 /// Writes command output (stdout) and messages for people (stderr).
@@ -96,6 +100,11 @@ impl Printer {
         self.format == Format::Json
     }
 
+    /// True for text output, the default: the commands' own stdout for people.
+    pub fn is_text(&self) -> bool {
+        self.format == Format::Text
+    }
+
     /// Apply a style to text for stderr (no-op without colour).
     pub fn paint(&self, s: anstyle::Style, text: &str) -> String {
         if self.color_err {
@@ -118,7 +127,7 @@ impl Printer {
     /// (or the terminal does not say), where nothing should be cut to fit.
     pub fn out_width(&self) -> Option<usize> {
         let stdout = io::stdout();
-        if self.format == Format::Json || !stdout.is_terminal() {
+        if self.format != Format::Text || !stdout.is_terminal() {
             return None;
         }
         let size = rustix::termios::tcgetwinsize(&stdout).ok()?;
@@ -386,6 +395,17 @@ fn excerpt<'a>(text: &'a str, loc: &Loc) -> Option<(&'a str, usize, std::ops::Ra
     ))
 }
 
+/// `line` with the text at `span` replaced by a mask of the same width, at most 8 stars: what a
+/// concealed diagnostic shows instead of a credential written in clear.
+fn mask(
+    line: &str,
+    span: std::ops::Range<usize>,
+) -> (std::borrow::Cow<'_, str>, std::ops::Range<usize>) {
+    let stars = "*".repeat(line[span.clone()].chars().count().clamp(1, 8));
+    let masked = format!("{}{stars}{}", &line[..span.start], &line[span.end..]);
+    (masked.into(), span.start..span.start + stars.len())
+}
+
 fn render_diagnostic(
     renderer: &Renderer,
     sources: &Sources,
@@ -431,13 +451,20 @@ fn render_diagnostic(
             AnnotationKind::Context
         };
         match excerpt(&file.text, loc) {
-            Some((line, line_no, span)) => elements.push(
-                Snippet::source(line)
-                    .line_start(line_no)
-                    .path(file.path.as_str())
-                    .annotation(kind.span(span).label(label.as_str()))
-                    .into(),
-            ),
+            Some((line, line_no, span)) => {
+                let (line, span) = if i == 0 && d.conceal {
+                    mask(line, span)
+                } else {
+                    (std::borrow::Cow::Borrowed(line), span)
+                };
+                elements.push(
+                    Snippet::source(line)
+                        .line_start(line_no)
+                        .path(file.path.as_str())
+                        .annotation(kind.span(span).label(label.as_str()))
+                        .into(),
+                )
+            }
             None => file_only.push(format!("{}: {label}", file.path)),
         }
     }

@@ -108,6 +108,38 @@ fn strs(v: &[impl AsRef<str>]) -> toml::Value {
 
 /// The whole resolved environment (identity, target, checks and settings) as canonical TOML.
 pub fn environment_toml(env: &Environment) -> String {
+    let mut root = head_table(env);
+    root.insert("settings".into(), settings_table(env).into());
+    toml::to_string(&root).unwrap_or_default()
+}
+
+/// The name [`environment_parts`] gives everything of an environment but its settings.
+pub const HEAD_PART: &str = "(environment, target and checks)";
+
+/// The environment as the parts a review shows one by one: [`HEAD_PART`] (identity, target
+/// and checks, as in [`environment_toml`]), then each resource (`[settings.NAME]`'s table as
+/// canonical TOML), in name order. Secrets are their references, as written.
+pub fn environment_parts(env: &Environment) -> Vec<(String, String)> {
+    let head = toml::to_string(&head_table(env)).unwrap_or_default();
+    std::iter::once((HEAD_PART.to_owned(), head))
+        .chain(
+            env.settings
+                .iter()
+                .map(|(name, res)| (name.clone(), resource_toml(&res.node))),
+        )
+        .collect()
+}
+
+fn settings_table(env: &Environment) -> toml::Table {
+    let mut s = toml::Table::new();
+    for (name, res) in &env.settings {
+        s.insert(name.clone(), to_toml(&res.node));
+    }
+    s
+}
+
+/// Everything of [`environment_toml`] but `settings`.
+fn head_table(env: &Environment) -> toml::Table {
     use toml::Table;
     let mut root = Table::new();
     let mut e = Table::new();
@@ -209,16 +241,22 @@ pub fn environment_toml(env: &Environment) -> String {
     }
     if let Some(n) = &env.notify {
         let mut t = Table::new();
-        t.insert("command".into(), strs(&n.command));
+        if let Some(c) = &n.command {
+            t.insert("command".into(), strs(c));
+        }
         t.insert("timeout".into(), duration::format(n.timeout).into());
+        if let Some(p) = &n.page {
+            t.insert("url".into(), p.url.value.clone().into());
+            t.insert("format".into(), p.format.as_str().into());
+            if let Some(r) = &p.token {
+                let mut s = Table::new();
+                s.insert("secret".into(), r.text.clone().into());
+                t.insert("token".into(), s.into());
+            }
+        }
         root.insert("notify".into(), t.into());
     }
-    let mut s = Table::new();
-    for (name, res) in &env.settings {
-        s.insert(name.clone(), to_toml(&res.node));
-    }
-    root.insert("settings".into(), s.into());
-    toml::to_string(&root).unwrap_or_default()
+    root
 }
 
 #[cfg(test)]

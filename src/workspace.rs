@@ -191,7 +191,10 @@ pub fn require_committed_commands(repo: &Repo, env: &Environment) -> Result<()> 
     let sections = [
         ("identity", env.identity.as_ref().map(|i| &i.command)),
         ("health", env.health.as_ref().map(|h| &h.command)),
-        ("notify", env.notify.as_ref().map(|n| &n.command)),
+        (
+            "notify",
+            env.notify.as_ref().and_then(|n| n.command.as_ref()),
+        ),
     ];
     for (section, argv) in sections {
         let Some(program) = argv.and_then(|a| a.first()) else {

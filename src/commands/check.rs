@@ -1,4 +1,5 @@
-//! `deploy check [--rev REV]`: validate every environment at one commit (the CI merge gate).
+//! `deploy check [--rev REV]`: validate every environment at one commit (the CI merge gate);
+//! `--format sarif` reports the problems for code scanning.
 
 use std::path::Path;
 
@@ -6,8 +7,8 @@ use anyhow::Result;
 use envlock::config::Keep;
 use envlock::diagnostic::DiagnosticJson;
 use envlock::error::{Exit, Failure};
-use envlock::output::{Printer, style};
-use envlock::workspace;
+use envlock::output::{Format, Printer, style};
+use envlock::{sarif, workspace};
 use serde::Serialize;
 
 use crate::cli::CheckArgs;
@@ -64,7 +65,18 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
                     .any(|d| d.environment.as_deref() == Some(n.as_str()))
         })
         .collect();
-    if printer.is_json() {
+    if printer.format == Format::Sarif {
+        // The problems for the CI log too; the document is for the code-scanning upload.
+        printer.diagnostics(&config.sources, &config.diagnostics);
+        printer.json(&sarif::log(&sarif::Input {
+            commit: &commit.id.to_string(),
+            repository: sarif::repository_uri(repo.remote_url().as_deref(), repo.root()),
+            root: repo.workdir().map(sarif::file_uri),
+            sources: &config.sources,
+            diagnostics: &config.diagnostics,
+            unchecked: &dirty,
+        }))?;
+    } else if printer.is_json() {
         printer.json(&CheckJson {
             ok,
             commit: commit.id.to_string(),

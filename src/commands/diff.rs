@@ -1,12 +1,15 @@
-//! `deploy diff REV1 REV2`: how each environment's resolved configuration changes (PR review).
+//! `deploy diff REV1 REV2`: how each environment's resolved configuration changes (PR review);
+//! `--format markdown` writes it as a merge-request comment, one diff per resource.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
+use envlock::config::Config;
 use envlock::config::Keep;
 use envlock::error::{Exit, Failure};
-use envlock::output::{Printer, style};
+use envlock::markdown;
+use envlock::output::{Format, Printer, style};
 use envlock::render;
 use envlock::workspace;
 use serde::Serialize;
@@ -83,7 +86,13 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
             diff,
         });
     }
-    if printer.is_json() {
+    if printer.format == Format::Markdown {
+        let revs = (
+            (from.as_str(), &c1.short()[..]),
+            (to.as_str(), &c2.short()[..]),
+        );
+        printer.out(&markdown_body(&old, &new, &envs, revs))?;
+    } else if printer.is_json() {
         printer.json(&DiffJson {
             from: c1.id.to_string(),
             to: c2.id.to_string(),
@@ -145,4 +154,45 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
         .json_printed(printer.is_json())
         .into())
     }
+}
+
+/// `--format markdown`: each environment's parts (`render::environment_parts`) diffed one by
+/// one between the two configurations. `revs`: (as given, short commit id) of each side.
+fn markdown_body(
+    old: &Config,
+    new: &Config,
+    envs: &[EnvDiff],
+    revs: ((&str, &str), (&str, &str)),
+) -> String {
+    let parts = |config: &Config, name: &str| {
+        config
+            .get(name)
+            .map(render::environment_parts)
+            .unwrap_or_default()
+    };
+    let (from, to) = revs;
+    let environments: Vec<markdown::EnvDiff> = envs
+        .iter()
+        .map(|e| markdown::EnvDiff {
+            name: e.name.clone(),
+            change: e.change,
+            changes: match e.change {
+                "unchanged" | "invalid" => Vec::new(),
+                _ => markdown::changes_between(
+                    &parts(old, &e.name),
+                    &parts(new, &e.name),
+                    from.1,
+                    to.1,
+                ),
+            },
+        })
+        .collect();
+    markdown::diff(
+        &markdown::DiffInput {
+            from,
+            to,
+            environments: &environments,
+        },
+        markdown::BUDGET,
+    )
 }

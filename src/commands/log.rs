@@ -171,6 +171,18 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
     l
 }
 
+/// The line shown under a record whose `[notify] url` notification was not delivered.
+fn undelivered(r: &Record) -> Option<String> {
+    r.notify.as_ref().filter(|n| !n.delivered).map(|n| {
+        format!(
+            "{} notification NOT delivered ({} attempts): {}",
+            n.format,
+            n.attempts,
+            n.error.as_deref().unwrap_or_default()
+        )
+    })
+}
+
 fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
     let mut logs = logs;
     let mut records: Vec<Record> = logs
@@ -223,6 +235,8 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         })
         .collect();
     let reasons: Vec<Option<String>> = records.iter().map(|r| r.reason.clone()).collect();
+    // A notification that was not delivered is shown under its record, like a reason.
+    let undelivered: Vec<Option<String>> = records.iter().map(undelivered).collect();
     // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
     // a pipe, CI logs) it is never cut.
     let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
@@ -237,6 +251,11 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
                 && let Some(reason) = &reasons[i - 1]
             {
                 out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
+            }
+            if i > 0
+                && let Some(note) = &undelivered[i - 1]
+            {
+                out.push_str(&format!("    ↳ {}\n", one_line(note, reason_width)));
             }
         }
         printer.out(&out)?;

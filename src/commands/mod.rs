@@ -13,16 +13,17 @@ use anyhow::Result;
 use envlock::error::{Exit, Failure};
 use envlock::output::Printer;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, OutputFormat};
 
 /// Run the command `cli` asks for.
 pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
     let Cli {
         directory,
-        format: _,
+        format,
         deploy,
         command,
     } = cli;
+    require_format(command.as_ref(), format)?;
     if let Some(dir) = &directory {
         require_directory(dir)?;
     }
@@ -53,6 +54,42 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
                 .into()),
         },
     }
+}
+
+/// `--format sarif` is for `check`, `--format markdown` for `diff` and `plan`: any other
+/// command refuses them (exit 64) rather than print something else.
+fn require_format(command: Option<&Command>, format: OutputFormat) -> Result<()> {
+    let (word, for_whom) = match format {
+        OutputFormat::Text | OutputFormat::Json => return Ok(()),
+        OutputFormat::Sarif => ("sarif", "`deploy check`"),
+        OutputFormat::Markdown => (
+            "markdown",
+            "`deploy diff REV1 REV2` and `deploy plan --target NAME`",
+        ),
+    };
+    let (supported, name) = match command {
+        Some(Command::Check(_)) => (format == OutputFormat::Sarif, "check"),
+        Some(Command::Diff(_)) => (format == OutputFormat::Markdown, "diff"),
+        Some(Command::Plan(_)) => (format == OutputFormat::Markdown, "plan"),
+        Some(Command::Envs(_)) => (false, "envs"),
+        Some(Command::Apply(_)) | None => (false, "apply"),
+        Some(Command::Status(_)) => (false, "status"),
+        Some(Command::Rollback(_)) => (false, "rollback"),
+        Some(Command::Log(_)) => (false, "log"),
+        Some(Command::Schema) => (false, "schema"),
+        Some(Command::Completions { .. }) => (false, "completions"),
+        Some(Command::Man) => (false, "man"),
+    };
+    if supported {
+        return Ok(());
+    }
+    Err(Failure::usage(format!(
+        "`deploy {name}` cannot write --format {word}: only {for_whom} can"
+    ))
+    .hint(format!(
+        "use --format text or --format json with `deploy {name}`"
+    ))
+    .into())
 }
 
 /// `-C DIR` must name a directory that exists (as `git -C` requires), before anything looks

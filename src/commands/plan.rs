@@ -14,7 +14,8 @@ use envlock::deploy::saved::SavedPlan;
 use envlock::deploy::{self, Deployment};
 use envlock::diagnostic::Class;
 use envlock::error::{Exit, Failure, exit_for};
-use envlock::output::Printer;
+use envlock::markdown;
+use envlock::output::{Format, Printer};
 use envlock::repo::{CommitInfo, Repo, RepoError};
 use envlock::workspace;
 
@@ -141,6 +142,13 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
         Ok(Err(_)) | Err(_) => repo.dirty_config_files(),
     };
     let notifies = matches!(job, Job::Apply { .. } | Job::Rollback { .. });
+    let action = if matches!(job, Job::Rollback { .. }) {
+        "rollback"
+    } else {
+        "apply"
+    };
+    // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
+    let paged = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = prepare(&repo, status, &job, &config, &commit, name, printer).and_then(|dirty| {
         let env = workspace::environment(&config, name)?;
         deploy::check_target_paths(env, &config.environments)?;
@@ -180,6 +188,7 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
             _ => None,
         };
         let mut d = Deployment::new(&repo, env, &commit, printer)?;
+        d.paged = std::sync::Arc::clone(&paged);
         if let Some(after) = &after_config {
             d.after = env
                 .after
@@ -220,8 +229,10 @@ fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result<Exit> {
                     reason.push_str(d);
                 }
             }
-            if let Ok(d) = Deployment::new(&repo, env, &commit, printer) {
+            if let Ok(mut d) = Deployment::new(&repo, env, &commit, printer) {
+                d.paged = paged;
                 d.notify(outcome, &reason, exit as u8);
+                d.page_unrecorded(action, outcome, &reason);
             }
         }
     }
@@ -256,6 +267,8 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             }
             if printer.is_json() {
                 printer.json(&report)?;
+            } else if printer.format == Format::Markdown {
+                printer.out(&plan_markdown(d, &report))?;
             }
             if detailed_exitcode && !report.changes.is_empty() {
                 return Ok(Exit::ChangesPending);
@@ -275,6 +288,29 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             Ok(Exit::Success)
         }
     }
+}
+
+/// `deploy plan --format markdown`: the report as a merge-request comment.
+fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
+    let local = matches!(d.env.target.kind, envlock::config::TargetKind::Dir { .. });
+    let drift: Vec<(String, String)> = report
+        .overwrites_drift
+        .iter()
+        .map(|o| (o.resource.clone(), deploy::overwritten_words(o, local)))
+        .collect();
+    markdown::plan(
+        &markdown::PlanInput {
+            environment: &report.environment,
+            account: &report.account,
+            target: &report.target,
+            commit: &report.commit,
+            live: report.generation,
+            adopts: report.adopted,
+            changes: &report.changes,
+            drift: &drift,
+        },
+        markdown::BUDGET,
+    )
 }
 
 /// Print the JSON report; a rollback becomes exit 4. The run happened whether or not stdout

@@ -152,10 +152,12 @@ impl<'a> IntoIterator for &'a Settings {
     }
 }
 
-/// The variables named by `env:` references in `settings` and an etcd target's credentials.
+/// The variables named by `env:` references in `settings`, an etcd target's credentials and
+/// the `[notify] token`.
 fn secret_vars(
     settings: Option<&BTreeMap<String, Resource>>,
     target: Option<&Target>,
+    page_token: Option<&SecretRef>,
 ) -> Vec<String> {
     let mut refs: Vec<&SecretRef> = settings
         .into_iter()
@@ -172,6 +174,7 @@ fn secret_vars(
     {
         refs.extend(username.iter().chain(password.iter()).map(|b| &**b));
     }
+    refs.extend(page_token);
     let mut names: Vec<String> = refs
         .into_iter()
         .filter_map(|r| match &r.source {
@@ -251,11 +254,43 @@ pub struct Health {
 
 #[derive(Debug, Clone)]
 pub struct Notify {
-    pub command: Vec<String>,
+    /// Receives the raw JSON event on stdin; `None` when only `url` is set.
+    pub command: Option<Vec<String>>,
     pub command_loc: Loc,
     /// `file:line:col` of the command, for messages at deploy time.
     pub command_at: String,
+    /// For `command`, the most it may run; for `url`, every attempt and retry together.
     pub timeout: Duration,
+    /// Delivered by envlock itself (`url`, `format`, `token`); see `crate::page`.
+    pub page: Option<Page>,
+}
+
+/// `[notify] url`: where envlock itself delivers events, and in which format.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// https, or http to a loopback address.
+    pub url: Located<String>,
+    pub format: PageFormat,
+    /// The routing key or bearer token, as a reference (never the value).
+    pub token: Option<SecretRef>,
+}
+
+/// The formats `[notify] format` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFormat {
+    PagerDuty,
+    CloudEvents,
+    Alertmanager,
+}
+
+impl PageFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageFormat::PagerDuty => "pagerduty",
+            PageFormat::CloudEvents => "cloudevents",
+            PageFormat::Alertmanager => "alertmanager",
+        }
+    }
 }
 
 /// Where an environment's settings land.
@@ -416,6 +451,10 @@ struct Partial {
     notify: Option<Loc>,
     notify_command: Option<Located<Vec<String>>>,
     notify_timeout: Option<Located<String>>,
+    notify_url: Option<Located<String>>,
+    notify_format: Option<Located<String>>,
+    /// Its `file` is the file that wrote it (set when parsed).
+    notify_token: Option<Node>,
     settings: Option<Node>,
 }
 
@@ -480,6 +519,12 @@ impl Partial {
             let n = n.into_inner();
             p.notify_command = n.command.map(|s| largv(file, s));
             p.notify_timeout = n.timeout.map(|s| lstr(file, s));
+            p.notify_url = n.url.map(|s| lstr(file, s));
+            p.notify_format = n.format.map(|s| lstr(file, s));
+            p.notify_token = n.token.map(|mut t| {
+                t.set_file(file);
+                t
+            });
         }
         if let Some(mut s) = raw.settings.take() {
             s.set_file(file);
@@ -510,7 +555,10 @@ impl Partial {
             health_interval,
             notify,
             notify_command,
-            notify_timeout
+            notify_timeout,
+            notify_url,
+            notify_format,
+            notify_token
         );
         match (&mut self.settings, over.settings) {
             (Some(base), Some(top)) => base.merge(top),
@@ -1200,7 +1248,12 @@ impl Loader<'_> {
         if self.diagnostics.len() > diags_before || !layers_ok || !secrets_ok {
             return None;
         }
-        let secret_vars = secret_vars(settings.as_ref(), target.as_ref());
+        let page_token = notify
+            .as_ref()
+            .and_then(|n| n.as_ref())
+            .and_then(|n| n.page.as_ref())
+            .and_then(|p| p.token.as_ref());
+        let secret_vars = secret_vars(settings.as_ref(), target.as_ref(), page_token);
         Some(Environment {
             name: name.to_owned(),
             file,
@@ -1285,6 +1338,7 @@ impl Loader<'_> {
         file: FileId,
         field: &str,
         node: Option<Node>,
+        variable: &str,
     ) -> Option<Option<SecretRef>> {
         let Some(node) = node else {
             return Some(None);
@@ -1315,9 +1369,10 @@ impl Loader<'_> {
             Diagnostic::new("invalid-secret", problem)
                 .env(name)
                 .at(Loc::new(file, node.span.clone()), "not a secret reference")
+                // The line may hold the credential itself: it is not shown.
+                .concealed()
                 .hint(format!(
-                    "write `{field} = {{ secret = \"env:ETCD_{}\" }}` or `{{ secret = \"file:PATH\" }}`",
-                    field.to_uppercase()
+                    "write `{field} = {{ secret = \"env:{variable}\" }}` or `{{ secret = \"file:PATH\" }}`"
                 )),
         );
         None
@@ -1494,7 +1549,13 @@ impl Loader<'_> {
         let Some(at) = &p.notify else {
             return Some(None);
         };
-        let command = self.argv(name, "notify", p.notify_command.as_ref(), at);
+        // `command`, `url`, or both (each is told; see README "Paging").
+        let command = match (&p.notify_command, &p.notify_url) {
+            (None, Some(_)) => Some(None),
+            _ => self
+                .argv(name, "notify", p.notify_command.as_ref(), at)
+                .map(Some),
+        };
         let command_loc = p
             .notify_command
             .as_ref()
@@ -1505,12 +1566,108 @@ impl Loader<'_> {
             p.notify_timeout.as_ref(),
             Duration::from_secs(10),
         );
+        let page = self.page(name, p, at);
         Some(Some(Notify {
             command: command?,
             command_at: self.place(&command_loc),
             command_loc,
             timeout: timeout?,
+            page: page?,
         }))
+    }
+
+    /// `[notify] url`, `format` and `token`: all present together (token optional but for
+    /// pagerduty), the URL https or loopback http, the token a secret reference.
+    fn page(&mut self, name: &str, p: &Partial, at: &Loc) -> Option<Option<Page>> {
+        let token = match p.notify_token.clone() {
+            Some(node) => self.secret_field(name, node.file, "token", Some(node), "NOTIFY_TOKEN"),
+            None => Some(None),
+        };
+        let (url, format) = match (&p.notify_url, &p.notify_format) {
+            (None, None) => {
+                if let Some(t) = &p.notify_token {
+                    self.diagnostics.push(
+                        Diagnostic::new("missing-field", "[notify] `token` without a `url`")
+                            .env(name)
+                            .at(Loc::new(t.file, t.span.clone()), "used only with `url`")
+                            .concealed()
+                            .hint("add `url` and `format`, or remove `token`"),
+                    );
+                    return None;
+                }
+                return Some(None);
+            }
+            (Some(u), None) => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "[notify] `url` without a `format`")
+                        .env(name)
+                        .at(u.loc.clone(), "in which format?")
+                        .hint(
+                            "add `format = \"pagerduty\"`, `\"cloudevents\"` or `\"alertmanager\"`",
+                        ),
+                );
+                return None;
+            }
+            (None, Some(f)) => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "[notify] `format` without a `url`")
+                        .env(name)
+                        .at(f.loc.clone(), "delivered where?")
+                        .hint("add the `url` envlock delivers the event to"),
+                );
+                return None;
+            }
+            (Some(u), Some(f)) => (u, f),
+        };
+        let format = match format.value.as_str() {
+            "pagerduty" => Some(PageFormat::PagerDuty),
+            "cloudevents" => Some(PageFormat::CloudEvents),
+            "alertmanager" => Some(PageFormat::Alertmanager),
+            other => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-format", format!("unknown notify format `{other}`"))
+                        .env(name)
+                        .at(format.loc.clone(), "unknown format")
+                        .hint("format is one of \"pagerduty\", \"cloudevents\", \"alertmanager\""),
+                );
+                None
+            }
+        };
+        let url_ok = self.page_url(name, url);
+        if format == Some(PageFormat::PagerDuty) && p.notify_token.is_none() {
+            self.diagnostics.push(
+                Diagnostic::new("missing-field", "[notify] `format = \"pagerduty\"` needs a `token`")
+                    .env(name)
+                    .at(at.clone(), "no routing key")
+                    .hint("add `token = { secret = \"env:PAGERDUTY_ROUTING_KEY\" }`: the integration key of the PagerDuty service, read when deploying"),
+            );
+            return None;
+        }
+        let (format, token) = (format?, token?);
+        url_ok.then(|| {
+            Some(Page {
+                url: url.clone(),
+                format,
+                token,
+            })
+        })
+    }
+
+    /// Whether `[notify] url` is one envlock delivers to (a diagnostic when not).
+    fn page_url(&mut self, name: &str, url: &Located<String>) -> bool {
+        let Some(problem) = crate::page::url_problem(&url.value) else {
+            return true;
+        };
+        let mut d = Diagnostic::new("invalid-url", format!("[notify] `url` {problem}"))
+            .env(name)
+            .at(url.loc.clone(), "not an address envlock delivers to")
+            .hint("write https://HOST[:PORT]/PATH (http only to 127.0.0.1, localhost or [::1]); credentials go in `token`, as a secret reference");
+        if url.value.contains('@') || url.value.contains('?') {
+            // It may hold credentials: the line is not shown.
+            d = d.concealed();
+        }
+        self.diagnostics.push(d);
+        false
     }
 
     fn target(&mut self, name: &str, file: FileId, t: Spanned<raw::RawTarget>) -> Option<Target> {
@@ -1723,8 +1880,10 @@ impl Loader<'_> {
                     1536 * 1024,
                     1024..=(1 << 31),
                 );
-                let username = self.secret_field(name, file, "username", t.username);
-                let password = self.secret_field(name, file, "password", t.password);
+                let username =
+                    self.secret_field(name, file, "username", t.username, "ETCD_USERNAME");
+                let password =
+                    self.secret_field(name, file, "password", t.password, "ETCD_PASSWORD");
                 if let (Some(u), Some(p)) = (&username, &password)
                     && u.is_some() != p.is_some()
                 {

@@ -53,6 +53,9 @@ pub struct RawHealth {
 pub struct RawNotify {
     pub command: Option<SList>,
     pub timeout: Option<SString>,
+    pub url: Option<SString>,
+    pub format: Option<SString>,
+    pub token: Option<Node>,
 }
 
 /// `[target]`: one flat table for every kind, checked per kind afterwards so that a key of the

@@ -59,6 +59,9 @@ pub struct Report {
     pub config_sha256: String,
     /// The deployment log record this run appended, if any.
     pub log: Option<LogRef>,
+    /// What became of that record's `[notify] url` notification (only with a `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::log::Notified>,
     /// `apply` or `rollback`, for messages.
     #[serde(skip)]
     pub action: &'static str,
@@ -114,6 +117,7 @@ impl Report {
             reason: None,
             config_sha256,
             log: None,
+            notify: None,
             action: "apply",
             saved: None,
             cancelled: false,
@@ -273,7 +277,7 @@ fn show_plan(
         ));
         Vec::new()
     });
-    if d.printer.is_json() {
+    if !d.printer.is_text() {
         return Ok(over);
     }
     let mut s = format!(
@@ -533,6 +537,8 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     let stamp = d.verify_owner()?;
     d.check_programs()?;
+    // Without its token a failure would page nobody (`plan` sends nothing, so needs none).
+    d.page_token()?;
     // A secret that cannot be read refuses before anything, even a recovery, is written.
     let resolved = resolve_secrets(d)?;
     // The plan's own hash replaces it below; only a run that ends in the recovery reports it.
@@ -835,8 +841,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     failpoint::hit("before-record");
     let entry = journal_entry(&journal, d, Outcome::Applied, Some(id), None);
     if atomic {
-        let r = log::append_clearing_journal(&*d.target, entry)
+        let r = log::append_clearing_journal(&*d.target, d.page(entry))
             .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
+        report.notify = r.notify.clone();
         report.log = Some(LogRef {
             seq: r.seq,
             hash: r.hash,
@@ -1303,6 +1310,7 @@ fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
         previous_generation: generation,
         reason: None,
         plan_sha256: d.plan_sha256.clone(),
+        notify: None,
     }
 }
 
@@ -1334,12 +1342,14 @@ fn journal_entry(
         previous_generation: journal.previous,
         reason,
         plan_sha256: journal.plan_sha256.clone(),
+        notify: None,
     }
 }
 
 /// Append a record to the deployment log (the caller holds the lock).
+/// The record tells what became of the `[notify] url` notification, which is delivered first.
 fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
-    let r = log::append(&*d.target, entry).map_err(|e| {
+    let r = log::append(&*d.target, d.page(entry)).map_err(|e| {
         let io = matches!(e, AppendError::Target(TargetError::Io { .. }));
         let err = log_failure(d, e);
         if io {
@@ -1351,6 +1361,7 @@ fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
             err
         }
     })?;
+    report.notify = r.notify.clone();
     report.log = Some(LogRef {
         seq: r.seq,
         hash: r.hash,
@@ -1762,6 +1773,7 @@ fn choose<'g>(
 pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Result<Report> {
     let stamp = d.verify_owner()?;
     d.check_programs()?;
+    d.page_token()?;
     let mut report = Report::new(d, "applied", plan::settings_sha256(d.env));
     let Some(lock) = resolve_interrupted(d, &mut report)? else {
         return Ok(report);

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod forward;
 pub mod gate;
 pub mod journal;
+mod page;
 pub mod saved;
 pub mod status;
 
@@ -65,6 +66,9 @@ pub struct Deployment<'a> {
     /// Which environment owns each account the repository names (for refusals that meet
     /// another environment's account).
     pub accounts: std::collections::BTreeMap<String, Vec<String>>,
+    /// True when this run's last `[notify] url` notification (sent or tried) told of trouble;
+    /// shared with the command, which then does not send the same failure again when it ends.
+    pub paged: Arc<AtomicBool>,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -427,6 +431,7 @@ impl<'a> Deployment<'a> {
             location: repo.location(),
             dirty: Vec::new(),
             accounts: std::collections::BTreeMap::new(),
+            paged: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -659,7 +664,7 @@ impl<'a> Deployment<'a> {
             .env
             .notify
             .as_ref()
-            .map(|n| ("[notify]", &n.command, &n.command_at));
+            .and_then(|n| n.command.as_ref().map(|c| ("[notify]", c, &n.command_at)));
         for (section, argv, at) in [health, notify].into_iter().flatten() {
             if let Err(e) = process::check_program(argv, &self.root) {
                 let mut f = Failure::refused(format!(
@@ -931,7 +936,12 @@ impl<'a> Deployment<'a> {
     /// Tell `[notify] command` about a refusal, failure or rollback. Its own failure is
     /// reported on stderr and changes nothing else.
     pub fn notify(&self, outcome: &str, reason: &str, exit_code: u8) {
-        let Some(notify) = &self.env.notify else {
+        let Some((notify, command)) = self
+            .env
+            .notify
+            .as_ref()
+            .and_then(|n| n.command.as_ref().map(|c| (n, c)))
+        else {
             return;
         };
         let event = Event {
@@ -949,7 +959,7 @@ impl<'a> Deployment<'a> {
         let mut stdin = crate::redact::to_json_vec(&event).unwrap_or_default();
         stdin.push(b'\n');
         let spec = Spec {
-            argv: &notify.command,
+            argv: command,
             cwd: &self.root,
             env: vec![("DEPLOY_ENVIRONMENT".into(), self.env.name.clone())],
             stdin: Some(stdin),
@@ -957,7 +967,7 @@ impl<'a> Deployment<'a> {
             cancel: None,
             stdout_limit: process::OUTPUT_LIMIT,
         };
-        let shown = process::display_argv(&notify.command);
+        let shown = process::display_argv(command);
         let task = self.wait_task(format!("the notifier `{shown}`"), Some(notify.timeout));
         let problem = match progress_mod::during(self.progress, task, || process::run(&spec)) {
             Ok(o) if o.success() => None,
@@ -1135,6 +1145,12 @@ fn overwritten_note(printer: &Printer, over: &[Overwritten], local: bool) -> Str
 /// The marker after a resource's plan line when the plan reverts a change made outside
 /// envlock.
 fn overwritten_mark(o: &Overwritten, local: bool) -> String {
+    format!("  <- {}", overwritten_words(o, local))
+}
+
+/// What a plan says of a resource it changes that was changed outside envlock: `edited by
+/// hand since generation 3: this reverts the edit`.
+pub fn overwritten_words(o: &Overwritten, local: bool) -> String {
     use status::{DriftKind, drift_word};
     let (kind, verb) = match o.drift {
         "added" => (DriftKind::Added, "this removes it"),
@@ -1146,7 +1162,7 @@ fn overwritten_mark(o: &Overwritten, local: bool) -> String {
         (false, DriftKind::Added) => "added outside envlock",
         _ => drift_word(local, kind),
     };
-    format!("  <- {how} since generation {}: {verb}", o.generation)
+    format!("{how} since generation {}: {verb}", o.generation)
 }
 
 /// The plan as text: one `+`/`~`/`-` line per resource with its diff, then the summary.

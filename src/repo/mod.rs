@@ -428,6 +428,15 @@ impl Repo {
         let path = self.repo.workdir().unwrap_or(self.repo.path());
         let path = path.to_string_lossy();
         let path = path.strip_suffix('/').unwrap_or(&path).to_owned();
+        let remote = self
+            .remote()
+            .map(|(name, url)| format!("{name} {}", without_userinfo(&url)));
+        Location { path, remote }
+    }
+
+    /// `origin` (else the only remote) and its URL as configured, credentials included: show
+    /// it only through [`without_userinfo`].
+    fn remote(&self) -> Option<(String, String)> {
         let names = self.repo.remotes().ok();
         let names: Vec<&str> = names
             .iter()
@@ -436,17 +445,24 @@ impl Repo {
         let name = match names.as_slice() {
             [only] => Some(*only),
             _ => names.iter().copied().find(|n| *n == "origin"),
-        };
-        let remote = name.and_then(|n| {
-            let r = self.repo.find_remote(n).ok()?;
-            Some(format!("{n} {}", without_userinfo(r.url().ok()?)))
-        });
-        Location { path, remote }
+        }?;
+        let r = self.repo.find_remote(name).ok()?;
+        Some((name.to_owned(), r.url().ok()?.to_owned()))
+    }
+
+    /// The URL of the remote [`Repo::location`] names, without credentials.
+    pub fn remote_url(&self) -> Option<String> {
+        self.remote().map(|(_, url)| without_userinfo(&url))
+    }
+
+    /// The working tree, or the git directory of a bare repository.
+    pub fn root(&self) -> &Path {
+        self.repo.workdir().unwrap_or(self.repo.path())
     }
 }
 
 /// `https://token@host/x` as `https://host/x`: a URL's credentials are never shown.
-fn without_userinfo(url: &str) -> String {
+pub fn without_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

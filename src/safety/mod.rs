@@ -373,10 +373,15 @@ fn visit_strings(env: &Environment, f: &mut Visitor<'_>) {
         env.health
             .as_ref()
             .map(|c| (&c.command, &c.command_loc, "health.command")),
-        env.notify
-            .as_ref()
-            .map(|c| (&c.command, &c.command_loc, "notify.command")),
+        env.notify.as_ref().and_then(|c| {
+            c.command
+                .as_ref()
+                .map(|a| (a, &c.command_loc, "notify.command"))
+        }),
     ];
+    if let Some(p) = env.notify.as_ref().and_then(|n| n.page.as_ref()) {
+        f(&p.url.value, &p.url.loc, &|| "notify.url".into());
+    }
     for (argv, loc, what) in commands.into_iter().flatten() {
         for arg in argv {
             f(arg, loc, &|| what.to_owned());

@@ -8,6 +8,7 @@ mod commands;
 mod crash;
 mod deploy;
 mod etcd;
+mod examples;
 #[cfg(feature = "failpoints")]
 mod exec;
 #[cfg(feature = "failpoints")]
@@ -23,12 +24,15 @@ mod hooks;
 mod interrupt;
 mod lifecycle;
 mod log;
+mod markdown;
 mod moto;
+mod paging;
 mod pipes;
 mod progress;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
+mod sarif;
 mod secrets;
 mod state;
 mod status;
