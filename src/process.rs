@@ -251,6 +251,24 @@ pub fn check_program(argv: &[String], cwd: &Path) -> Result<PathBuf, ProcessErro
     }))
 }
 
+/// The command of `spec`: never through a shell, withheld variables removed, its own process
+/// group, stdout and stderr piped.
+fn command(spec: &Spec<'_>, program: &str, args: &[String], stdin: Stdio) -> Command {
+    let mut command = Command::new(resolve(program, spec.cwd));
+    for name in withheld().iter() {
+        command.env_remove(name);
+    }
+    command
+        .args(args)
+        .current_dir(spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    command
+}
+
 /// Run `spec` to completion, timeout or cancellation, and collect its output.
 ///
 /// An error means the command could not be run; a command that ran and failed is an
@@ -261,22 +279,11 @@ pub fn run(spec: &Spec<'_>) -> Result<Outcome, ProcessError> {
         program: program.clone(),
         source,
     };
-
-    let mut command = Command::new(resolve(program, spec.cwd));
-    for name in withheld().iter() {
-        command.env_remove(name);
-    }
-    command
-        .args(args)
-        .current_dir(spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match spec.stdin {
-            Some(_) => Stdio::piped(),
-            None => Stdio::null(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let stdin = match spec.stdin {
+        Some(_) => Stdio::piped(),
+        None => Stdio::null(),
+    };
+    let mut command = command(spec, program, args, stdin);
 
     let start = Instant::now();
     let child = command.spawn().map_err(|source| ProcessError::Spawn {
@@ -404,6 +411,115 @@ fn drain(mut pipe: impl Read, buf: &Mutex<Vec<u8>>, limit: usize) {
                 let mut buf = lock(buf);
                 let room = limit.saturating_sub(buf.len());
                 buf.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A command that keeps running while the caller talks to it over its stdin and stdout (an
+/// `exec` provider's session). Its stderr is drained into a buffer that keeps the last
+/// [`OUTPUT_LIMIT`] bytes. Dropping it kills the whole process group and reaps the child.
+#[derive(Debug)]
+pub struct Session {
+    running: Running,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    /// Set once stderr reached its end.
+    stderr_done: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+/// Start `spec` (its `stdin`, `timeout` and `cancel` are ignored) for a conversation: the
+/// child's stdin and stdout, and the session that owns the child.
+pub fn start(
+    spec: &Spec<'_>,
+) -> Result<(Session, std::process::ChildStdin, std::process::ChildStdout), ProcessError> {
+    let (program, args) = spec.argv.split_first().ok_or(ProcessError::Empty)?;
+    let mut child = command(spec, program, args, Stdio::piped())
+        .spawn()
+        .map_err(|source| ProcessError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let (stdin, stdout, pipe) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let running = Running {
+        child,
+        reaped: false,
+    };
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let stderr_done = Arc::new(AtomicBool::new(false));
+    let io_error = |source| ProcessError::Io {
+        program: program.clone(),
+        source,
+    };
+    if let Some(pipe) = pipe {
+        let (buf, done) = (Arc::clone(&stderr), Arc::clone(&stderr_done));
+        spawn("stderr", move || {
+            drain_tail(pipe, &buf, OUTPUT_LIMIT);
+            done.store(true, Ordering::Release);
+        })
+        .map_err(io_error)?;
+    }
+    let missing = || io_error(io::Error::other("the child has no pipe"));
+    let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+        return Err(missing());
+    };
+    let session = Session {
+        running,
+        stderr,
+        stderr_done,
+    };
+    Ok((session, stdin, stdout))
+}
+
+impl Session {
+    /// The last bytes it wrote to stderr so far.
+    pub fn stderr(&self) -> Vec<u8> {
+        lock(&self.stderr).clone()
+    }
+
+    /// How it ended, if it has exited within `wait` (polled). Once it has, its group is killed
+    /// and its stderr read to the end (for at most [`READ_GRACE`]), so that its last words are
+    /// in [`Session::stderr`].
+    pub fn ended_within(&mut self, wait: Duration) -> Option<Ended> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.running.has_exited().unwrap_or(true) {
+                self.running.kill_group();
+                let ended = self.running.reap().ok().map(ended_by);
+                let read_by = Instant::now() + READ_GRACE;
+                while !self.stderr_done.load(Ordering::Acquire) && Instant::now() < read_by {
+                    thread::sleep(MAX_POLL);
+                }
+                return ended;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(MAX_POLL);
+        }
+    }
+}
+
+/// Read `pipe` to its end, keeping its last `limit` bytes in `buf`.
+fn drain_tail(mut pipe: impl Read, buf: &Mutex<Vec<u8>>, limit: usize) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut buf = lock(buf);
+                buf.extend_from_slice(&chunk[..n]);
+                let excess = buf.len().saturating_sub(limit);
+                buf.drain(..excess);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,

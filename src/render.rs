@@ -213,11 +213,18 @@ fn head_table(env: &Environment) -> toml::Table {
             options,
             state,
             timeout,
+            protocol,
             ..
         } => {
             t.insert("command".into(), strs(command));
             t.insert("state".into(), state.value.clone().into());
             t.insert("timeout".into(), duration::format(*timeout).into());
+            if *protocol != 1 {
+                t.insert(
+                    "protocol".into(),
+                    i64::try_from(*protocol).unwrap_or(2).into(),
+                );
+            }
             if let Ok(v) = toml::Value::try_from(options) {
                 t.insert("options".into(), v);
             }

@@ -221,6 +221,11 @@ pub const RULES: &[Rule] = &[
         "Write the provider's options as a table.",
     ),
     config(
+        "invalid-protocol",
+        "An exec target's `protocol` is not 1 or 2.",
+        "Use 1 (one provider process per call, the default) or 2 (one per run, batched writes; the provider must speak it).",
+    ),
+    config(
         "invalid-settings",
         "`settings` is not a table.",
         "Write one table per resource under [settings].",

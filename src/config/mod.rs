@@ -342,6 +342,8 @@ pub enum TargetKind {
         state_display: String,
         /// The longest one provider call may take.
         timeout: Duration,
+        /// The provider protocol: 1 (one process per call) or 2 (one session per run).
+        protocol: u64,
         /// The repository's working tree: the provider's working directory.
         root: PathBuf,
     },
@@ -1306,6 +1308,29 @@ impl Loader<'_> {
         None
     }
 
+    /// An `exec` target's `protocol`: 1 (the default) or 2.
+    fn protocol(&mut self, name: &str, file: FileId, v: Option<Spanned<i64>>) -> Option<u64> {
+        let Some(v) = v else {
+            return Some(1);
+        };
+        if let n @ (1 | 2) = *v.get_ref() {
+            return u64::try_from(n).ok();
+        }
+        self.diagnostics.push(
+            Diagnostic::new(
+                "invalid-protocol",
+                format!("`protocol = {}` is not a provider protocol", v.get_ref()),
+            )
+            .env(name)
+            .at(loc_of(file, &v), "must be 1 or 2")
+            .hint(
+                "1: one provider process per call (the default); 2: one process per run, \
+                 batched writes (the provider must speak it; see docs/providers.md)",
+            ),
+        );
+        None
+    }
+
     /// A field that must be a secret reference, `{ secret = "env:NAME" }`, never a value.
     fn secret_field(
         &mut self,
@@ -1659,7 +1684,7 @@ impl Loader<'_> {
         };
         let kind_name = kind.get_ref().as_str();
         // Keys that belong to another kind are errors pointing at the key's value.
-        let present: [(&str, Option<std::ops::Range<usize>>); 16] = [
+        let present: [(&str, Option<std::ops::Range<usize>>); 17] = [
             ("path", t.path.as_ref().map(Spanned::span)),
             ("keep", t.keep.as_ref().map(Spanned::span)),
             ("endpoints", t.endpoints.as_ref().map(Spanned::span)),
@@ -1679,6 +1704,7 @@ impl Loader<'_> {
             ("command", t.command.as_ref().map(Spanned::span)),
             ("options", t.options.as_ref().map(|n| n.span.clone())),
             ("state", t.state.as_ref().map(Spanned::span)),
+            ("protocol", t.protocol.as_ref().map(Spanned::span)),
         ];
         let allowed: &[&str] = match kind_name {
             "dir" => &["path", "keep"],
@@ -1695,7 +1721,7 @@ impl Loader<'_> {
                 "max_txn_ops",
                 "max_request_bytes",
             ],
-            "exec" => &["command", "options", "state", "timeout"],
+            "exec" => &["command", "options", "state", "timeout", "protocol"],
             other => {
                 self.diagnostics.push(
                     Diagnostic::new(
@@ -1941,6 +1967,7 @@ impl Loader<'_> {
                     t.timeout.map(|s| lstr(file, s)).as_ref(),
                     DEFAULT_PROVIDER_TIMEOUT,
                 );
+                let protocol = self.protocol(name, file, t.protocol);
                 if !ok {
                     return None;
                 }
@@ -1953,6 +1980,7 @@ impl Loader<'_> {
                     state_resolved,
                     state_display,
                     timeout: timeout?,
+                    protocol: protocol?,
                     root: self
                         .root
                         .map_or_else(|| PathBuf::from("/"), Path::to_path_buf),

@@ -83,4 +83,5 @@ pub struct RawTarget {
     pub command: Option<SList>,
     pub options: Option<Node>,
     pub state: Option<SString>,
+    pub protocol: Option<Spanned<i64>>,
 }

@@ -86,6 +86,7 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
             state_resolved,
             state_display,
             timeout,
+            protocol,
             root,
             ..
         } => Ok(Box::new(crate::target::ExecTarget::new(
@@ -96,6 +97,8 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
                 environment: env.name.clone(),
                 account: env.account.value.clone(),
                 timeout: *timeout,
+                protocol: *protocol,
+                session: std::sync::Mutex::new(None),
             },
             real_target_path(env, state_resolved)?,
             state_display.clone(),

@@ -18,17 +18,25 @@ const NAMES: [&str; 5] = ["r1", "r2", "r3", "r4", "r5"];
 struct Ssm {
     repo: Repo,
     moto: Moto,
+    /// Extra `[target]` lines (`protocol = 2`).
+    target: String,
 }
 
 impl Ssm {
     /// A repository whose `cloud` environment (account [`ACCOUNT`]) deploys five resources with
     /// `threads = <threads>` to `moto`.
     fn new(moto: Moto, threads: u32) -> Ssm {
+        Ssm::with_target(moto, threads, "")
+    }
+
+    /// [`Ssm::new`] with `target` added to `[target]`.
+    fn with_target(moto: Moto, threads: u32, target: &str) -> Ssm {
         let repo = Repo::empty();
         repo.write("schemas/svc.schema.json", r#"{"type": "object"}"#);
         repo.write(".gitignore", "state/\nscratch/\n");
         std::fs::create_dir_all(repo.path().join("scratch")).unwrap();
-        let ssm = Ssm { repo, moto };
+        let target = target.to_owned();
+        let ssm = Ssm { repo, moto, target };
         ssm.set(threads, "");
         ssm
     }
@@ -36,9 +44,10 @@ impl Ssm {
     fn set(&self, threads: u32, extra_settings: &str) {
         let mut s = format!(
             "[environment]\naccount = \"{ACCOUNT}\"\nschema = \"svc\"\n\n\
-             [target]\nkind = \"exec\"\ncommand = [\"{}\"]\nstate = \"state\"\n\n\
+             [target]\nkind = \"exec\"\ncommand = [\"{}\"]\nstate = \"state\"\n{}\n\
              [target.options]\npath = \"{PATH}\"\nregion = \"{REGION}\"\n",
-            provider_path().display()
+            provider_path().display(),
+            self.target
         );
         for name in NAMES {
             s.push_str(&format!(
@@ -279,4 +288,70 @@ fn secrets_are_secure_strings_and_never_printed() {
         ssm.params()["db"].0,
         format!(r#"{{"password":"{rotated}","user":"asr"}}"#)
     );
+}
+
+#[test]
+fn protocol_2_deploys_and_rolls_back_through_one_session() {
+    let ssm = Ssm::with_target(Moto::start(ACCOUNT), 4, "protocol = 2\n");
+    ssm.deploy()
+        .code(0)
+        .stderr_has("Deployed: `cloud` (account 123456789012)");
+    let params = ssm.params();
+    assert_eq!(ssm.values(), all_stored(4));
+    assert!(
+        params.values().all(|(_, v, t)| *v == 1 && t == "String"),
+        "{params:?}"
+    );
+    ssm.set(8, "\n[settings.r6]\nthreads = 1\n");
+    ssm.deploy().code(0);
+    let mut want = all_stored(8);
+    want.insert("r6".into(), r#"{"threads":1}"#.into());
+    assert_eq!(ssm.values(), want);
+    ssm.run(&["rollback", "--target", ENV, "--to", "1", "--yes"], &[])
+        .code(0);
+    assert_eq!(ssm.values(), all_stored(4));
+    assert_eq!(ssm.outcomes(), ["applied", "applied", "applied"]);
+}
+
+#[test]
+fn protocol_2_a_failure_on_the_third_item_of_the_batch_is_rolled_back() {
+    let ssm = Ssm::with_target(Moto::start(ACCOUNT), 4, "protocol = 2\n");
+    ssm.deploy().code(0);
+    ssm.moto.exhaust_versions(&format!("{PATH}r3"));
+    ssm.set(8, "");
+    ssm.deploy()
+        .code(4)
+        .stderr_has("operation `apply` of `r3`")
+        .stderr_has("ParameterMaxVersionLimitExceeded")
+        .stderr_has("the 2 changes already made were undone in reverse order");
+    assert_eq!(ssm.values(), all_stored(4));
+    let params = ssm.params();
+    assert_eq!(params["r1"].1, 3);
+    assert_eq!(params["r4"].1, 1);
+    assert_eq!(ssm.outcomes(), ["applied", "failed"]);
+}
+
+#[test]
+fn protocol_2_a_deploy_killed_after_its_batch_is_rolled_back_by_the_next_run() {
+    let ssm = Ssm::with_target(Moto::start(ACCOUNT), 4, "protocol = 2\n");
+    ssm.deploy().code(0);
+    ssm.set(8, "");
+    // The batch landed and was answered; the journal still says every step is pending.
+    ssm.paused("exec-after-batch-1", None).kill9();
+    assert_eq!(ssm.values(), all_stored(8));
+    let resume = ssm.repo.path().join("scratch/resume");
+    let paused = ssm.paused("exec-before-batch-1", Some(&resume));
+    assert_eq!(ssm.values(), all_stored(4));
+    assert!(
+        paused
+            .stderr()
+            .contains("had changed 5 of 5 resources (`r1`, `r2`, `r3`, `r4`, `r5`); undid them"),
+        "{}",
+        paused.stderr()
+    );
+    std::fs::write(&resume, "").unwrap();
+    let (code, stderr) = paused.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(ssm.values(), all_stored(8));
+    assert_eq!(ssm.outcomes().len(), 3);
 }

@@ -13,6 +13,8 @@ mod examples;
 #[cfg(feature = "failpoints")]
 mod exec;
 #[cfg(feature = "failpoints")]
+mod exec_session;
+#[cfg(feature = "failpoints")]
 mod exec_ssm;
 mod fitness;
 mod fixtures;

@@ -335,3 +335,38 @@ pub fn provider_call_env(
     });
     (out.status.code().unwrap_or(-1), parsed, stderr)
 }
+
+/// Run the aws-ssm provider as one protocol-2 session (`ENVLOCK_PROVIDER_PROTOCOL=2`): each of
+/// `requests` is written as one line, then stdin is closed. The response lines, parsed, and
+/// the exit code.
+#[track_caller]
+pub fn provider_session(moto: &Moto, requests: &[Value]) -> (i32, Vec<Value>) {
+    let mut child = moto
+        .command(provider_path())
+        .env("ENVLOCK_PROVIDER_PROTOCOL", "2")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} does not start: {e}", provider_path().display()));
+    let mut stdin = child.stdin.take().unwrap();
+    for r in requests {
+        stdin.write_all(format!("{r}\n").as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "a response line is not JSON ({e}): {l}\n--- stderr\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+        })
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}

@@ -1,10 +1,10 @@
-//! Protocol 1 conformance of `providers/aws-ssm/provider`, run directly (not through `deploy`)
+//! Protocol 1 (and protocol 2: the last test) conformance of `providers/aws-ssm/provider`, run directly (not through `deploy`)
 //! against a local moto server. Parameters are checked and changed with boto3, as another writer
 //! would. See docs/providers.md and providers/aws-ssm/README.md.
 
 use serde_json::{Value, json};
 
-use crate::moto::{Moto, REGION, provider_call, provider_call_env};
+use crate::moto::{Moto, REGION, provider_call, provider_call_env, provider_session};
 
 const PATH: &str = "/asr/test/";
 
@@ -416,4 +416,71 @@ fn credentials_the_server_refuses_are_denied() {
         let (code, message) = error(&moto, request(op, json!({})));
         assert_eq!(code, "denied", "{op}: {message}");
     }
+}
+
+#[test]
+fn protocol_2_is_one_session_with_batches_that_stop_at_the_first_failure() {
+    let moto = Moto::start("123456789012");
+    let hello = json!({"id": 1, "operation": "hello", "protocols": [2], "environment": "cloud-test",
+        "account": "000000000000", "options": {"path": PATH, "region": REGION}});
+    // Twelve creations: the version checks take two GetParameters calls (10 names each).
+    let items: Vec<Value> = (0..12)
+        .map(|i| json!({"op": "put", "resource": format!("p{i:02}"), "value": {"n": i}, "secret": false, "expect": null}))
+        .collect();
+    let (code, out) = provider_session(
+        &moto,
+        &[
+            hello.clone(),
+            json!({"id": 2, "operation": "identity"}),
+            json!({"id": 3, "operation": "apply", "items": items}),
+            json!({"id": 4, "operation": "read"}),
+        ],
+    );
+    assert_eq!(code, 0, "{out:?}");
+    assert_eq!(out[0]["id"], 1);
+    assert_eq!(out[0]["protocol"], 2);
+    assert_eq!(out[0]["capabilities"]["batch"]["atomic"], false);
+    assert_eq!(
+        out[1],
+        json!({"id": 2, "account": "123456789012", "principal": out[1]["principal"]})
+    );
+    let results = out[2]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 12, "{out:?}");
+    assert!(
+        results.iter().all(|r| r == &json!({"version": "1"})),
+        "{results:?}"
+    );
+    assert_eq!(out[3]["resources"].as_object().unwrap().len(), 12);
+    assert_eq!(out[3]["resources"]["p03"]["value"], json!({"n": 3}));
+
+    // The second item is stale: the first lands, the second is a conflict, the third is not
+    // tried.
+    moto.put_parameter(&param("p01"), r#"{"n":"theirs"}"#, false);
+    let batch = json!([
+        {"op": "put", "resource": "p00", "value": {"n": 100}, "secret": false, "expect": "1"},
+        {"op": "put", "resource": "p01", "value": {"n": 101}, "secret": false, "expect": "1"},
+        {"op": "delete", "resource": "p02", "expect": "1"},
+    ]);
+    let (_, out) = provider_session(
+        &moto,
+        &[
+            hello.clone(),
+            json!({"id": 2, "operation": "apply", "items": batch}),
+        ],
+    );
+    let results = out[1]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{out:?}");
+    assert_eq!(results[0], json!({"version": "2"}));
+    assert_eq!(results[1]["error"]["code"], "conflict");
+    assert!(moto.get_parameter(&param("p02")).is_some());
+    assert_eq!(moto.get_parameter(&param("p00")).unwrap().0, r#"{"n":100}"#);
+
+    // No hello, or a hello without protocol 2: refused.
+    let (_, out) = provider_session(&moto, &[json!({"id": 7, "operation": "read"})]);
+    assert_eq!(out[0]["id"], 7);
+    assert_eq!(out[0]["error"]["code"], "invalid");
+    let mut old = hello;
+    old["protocols"] = json!([1]);
+    let (_, out) = provider_session(&moto, &[old]);
+    assert_eq!(out[0]["error"]["code"], "unsupported");
 }

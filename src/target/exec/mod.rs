@@ -16,6 +16,7 @@
 //! succeeded, so "live generation" means "what the provider holds".
 
 pub mod provider;
+pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -27,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use self::provider::{CallError, Provider, Remote};
+use self::provider::{CallError, Item, Provider, Remote};
 use super::{
     DirTarget, Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned,
     Stamp, StampState, StateItem, Target, TargetError,
@@ -160,6 +161,50 @@ fn judge_in_flight(step: &mut Step, live: &BTreeMap<String, Remote>) {
     if happened {
         step.done = true;
         step.version = now.map(|r| r.version.clone());
+    }
+}
+
+/// Record step `i` as done at `version` (`None`: deleted), and what the provider now holds.
+fn mark_done(
+    journal: &mut ExecJournal,
+    i: usize,
+    version: Option<String>,
+    after: &mut BTreeMap<String, Remote>,
+) {
+    let step = &mut journal.steps[i];
+    step.done = true;
+    step.version.clone_from(&version);
+    match (version, &step.after) {
+        (Some(v), Some(value)) => {
+            after.insert(
+                step.resource.clone(),
+                Remote {
+                    value: value.clone(),
+                    version: v,
+                    secret: step.secret,
+                },
+            );
+        }
+        _ => {
+            after.remove(&step.resource);
+        }
+    }
+}
+
+/// The batch item that performs `step`.
+fn item_of(step: &Step) -> Item<'_> {
+    let expect = step.before.as_ref().map(|b| b.version.as_str());
+    match step.op {
+        StepOp::Put => Item::Put {
+            resource: &step.resource,
+            value: step.after.as_ref().unwrap_or(&Value::Null),
+            secret: step.secret,
+            expect,
+        },
+        StepOp::Delete => Item::Delete {
+            resource: &step.resource,
+            expect: expect.unwrap_or_default(),
+        },
     }
 }
 
@@ -354,8 +399,9 @@ impl ExecTarget {
             .unwrap_or_default())
     }
 
-    /// Make the provider hold exactly `want`, one step at a time under an undo journal, then
-    /// `switch` the state's live generation. Any failure undoes the steps done so far.
+    /// Make the provider hold exactly `want`, one step at a time (or one batch at a time, for a
+    /// protocol-2 provider) under an undo journal, then `switch` the state's live generation.
+    /// Any failure undoes the steps done so far.
     fn converge(
         &self,
         action: &str,
@@ -378,67 +424,11 @@ impl ExecTarget {
             self.write_exec_journal(&journal)?;
         }
         let mut after = now;
-        for i in 0..journal.steps.len() {
-            crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
-            let step = &journal.steps[i];
-            let expect = step.before.as_ref().map(|b| b.version.as_str());
-            let result = match step.op {
-                StepOp::Put => self
-                    .provider
-                    .put(
-                        &step.resource,
-                        step.after.as_ref().unwrap_or(&Value::Null),
-                        step.secret,
-                        expect,
-                    )
-                    .map(Some),
-                StepOp::Delete => self
-                    .provider
-                    .delete(&step.resource, expect.unwrap_or_default())
-                    .map(|()| None),
-            };
-            match result {
-                Ok(version) => {
-                    let step = &mut journal.steps[i];
-                    step.done = true;
-                    step.version.clone_from(&version);
-                    match (&version, &step.after) {
-                        (Some(v), Some(value)) => {
-                            after.insert(
-                                step.resource.clone(),
-                                Remote {
-                                    value: value.clone(),
-                                    version: v.clone(),
-                                    secret: step.secret,
-                                },
-                            );
-                        }
-                        _ => {
-                            after.remove(&step.resource);
-                        }
-                    }
-                    // A step the journal cannot record is undone now, while this process
-                    // still knows it happened.
-                    if let Err(e) = self.write_exec_journal(&journal) {
-                        let name = journal.steps[i].resource.clone();
-                        let failed = CallError::Failed {
-                            message: format!("recording the step of `{name}` failed: {e}"),
-                            log: Vec::new(),
-                        };
-                        return Err(self.abort(&mut journal, failed, &name));
-                    }
-                }
-                Err(err) => {
-                    // The write may have landed despite the answer (SSM has no conditional
-                    // put: a writer between its check and its put gets overwritten): look, so
-                    // that the undo covers it too.
-                    if let Ok(live) = self.provider.read() {
-                        judge_in_flight(&mut journal.steps[i], &live);
-                    }
-                    let name = journal.steps[i].resource.clone();
-                    return Err(self.abort(&mut journal, err, &name));
-                }
+        match self.provider.capabilities().map_err(call_error)? {
+            Some(caps) if !journal.steps.is_empty() => {
+                self.apply_in_batches(&mut journal, &mut after, caps.max)?;
             }
+            _ => self.apply_one_by_one(&mut journal, &mut after)?,
         }
         // Before the switch: once the new generation is live, an automatic rollback finds what
         // this convergence replaced.
@@ -471,6 +461,117 @@ impl ExecTarget {
         *self.seen() = Some(after);
         self.clear_exec_journal()?;
         Ok(id)
+    }
+
+    /// Protocol 1: one provider call per step, the journal written after each.
+    fn apply_one_by_one(
+        &self,
+        journal: &mut ExecJournal,
+        after: &mut BTreeMap<String, Remote>,
+    ) -> Result<(), TargetError> {
+        for i in 0..journal.steps.len() {
+            crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
+            let step = &journal.steps[i];
+            let expect = step.before.as_ref().map(|b| b.version.as_str());
+            let result = match step.op {
+                StepOp::Put => self
+                    .provider
+                    .put(
+                        &step.resource,
+                        step.after.as_ref().unwrap_or(&Value::Null),
+                        step.secret,
+                        expect,
+                    )
+                    .map(Some),
+                StepOp::Delete => self
+                    .provider
+                    .delete(&step.resource, expect.unwrap_or_default())
+                    .map(|()| None),
+            };
+            match result {
+                Ok(version) => {
+                    mark_done(journal, i, version, after);
+                    self.record_steps(journal, i)?;
+                }
+                Err(err) => {
+                    // The write may have landed despite the answer (SSM has no conditional
+                    // put: a writer between its check and its put gets overwritten): look, so
+                    // that the undo covers it too.
+                    return Err(self.fail_pending(journal, i..i + 1, err, Some(i)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Protocol 2: the steps in batches of at most `max` items, one `apply` request each, the
+    /// journal written before the first and after each batch. After a failed batch the scope
+    /// is read, and every step of the batch without a success answer is judged by what the
+    /// provider holds, so the undo covers whatever landed (atomic provider or not).
+    fn apply_in_batches(
+        &self,
+        journal: &mut ExecJournal,
+        after: &mut BTreeMap<String, Remote>,
+        max: usize,
+    ) -> Result<(), TargetError> {
+        let total = journal.steps.len();
+        for (b, start) in (0..total).step_by(max.max(1)).enumerate() {
+            let range = start..(start + max).min(total);
+            crate::failpoint::hit(&format!("exec-before-batch-{}", b + 1));
+            let items: Vec<Item<'_>> = journal.steps[range.clone()].iter().map(item_of).collect();
+            let answer = self.provider.apply_batch(&items);
+            crate::failpoint::hit(&format!("exec-after-batch-{}", b + 1));
+            let results = match answer {
+                Ok(results) => results,
+                Err(err) => return Err(self.fail_pending(journal, range, err, None)),
+            };
+            let mut failure = None;
+            for (i, result) in range.clone().zip(results) {
+                match result {
+                    Ok(version) => mark_done(journal, i, version, after),
+                    Err(err) => failure = Some((err, i)),
+                }
+            }
+            if let Some((err, i)) = failure {
+                return Err(self.fail_pending(journal, range, err, Some(i)));
+            }
+            self.record_steps(journal, range.end - 1)?;
+        }
+        Ok(())
+    }
+
+    /// Write the journal after step `i` succeeded; a step it cannot record is undone now, while
+    /// this process still knows it happened.
+    fn record_steps(&self, journal: &mut ExecJournal, i: usize) -> Result<(), TargetError> {
+        if let Err(e) = self.write_exec_journal(journal) {
+            let name = journal.steps[i].resource.clone();
+            let failed = CallError::Failed {
+                message: format!("recording the step of `{name}` failed: {e}"),
+                log: Vec::new(),
+            };
+            return Err(self.abort(journal, failed, &name));
+        }
+        Ok(())
+    }
+
+    /// After `err` among the steps `range` (at step `failed`, when one item failed): judge each of them without an answer by a fresh
+    /// read (its write may have landed all the same), then undo everything done.
+    fn fail_pending(
+        &self,
+        journal: &mut ExecJournal,
+        range: std::ops::Range<usize>,
+        err: CallError,
+        failed: Option<usize>,
+    ) -> TargetError {
+        if let Ok(live) = self.provider.read() {
+            for step in &mut journal.steps[range.clone()] {
+                if !step.done {
+                    judge_in_flight(step, &live);
+                }
+            }
+        }
+        let name = failed.map_or_else(String::new, |i| journal.steps[i].resource.clone());
+        self.abort(journal, err, &name)
     }
 
     /// What the last convergence wrote (see [`EXEC_APPLIED`]).
@@ -845,9 +946,10 @@ impl Target for ExecTarget {
             )));
         }
         // A step whose answer never arrived may have happened: the live value tells.
+        // With batches, every step of the batch in flight may have happened, each on its own.
         let live = self.read()?;
-        if let Some(i) = journal.steps.iter().position(|s| !s.done && !s.undone) {
-            judge_in_flight(&mut journal.steps[i], &live);
+        for step in journal.steps.iter_mut().filter(|s| !s.done && !s.undone) {
+            judge_in_flight(step, &live);
         }
         let applied: Vec<String> = journal
             .steps

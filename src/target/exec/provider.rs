@@ -1,5 +1,7 @@
-//! The client side of the provider protocol (docs/providers.md): one process per operation, one
-//! JSON request on stdin, one JSON object on stdout, stderr as the provider's log.
+//! The client side of the provider protocol (docs/providers.md). Protocol 1: one process per
+//! operation, one JSON request on stdin, one JSON object on stdout, stderr as the provider's log.
+//! Protocol 2 (`[target] protocol = 2`): one process per run, requests and responses as JSON
+//! Lines through a [`Session`], writes in batches ([`Provider::apply_batch`]).
 //!
 //! Invariants: every failure names the provider, the operation and the resource; a provider that
 //! crashes, hangs, prints garbage or speaks another protocol version is an error, never a
@@ -7,10 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::session::{self, Capabilities, Session};
 use crate::process::{self, Ended, Spec};
 
 /// The protocol version this build speaks.
@@ -23,7 +27,7 @@ const RESPONSE_LIMIT: usize = 256 * 1024 * 1024;
 const LOG_LINES: usize = 8;
 
 /// A provider program and what every request carries.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Provider {
     pub argv: Vec<String>,
     /// The repository root: the provider's working directory.
@@ -32,7 +36,62 @@ pub struct Provider {
     pub environment: String,
     pub account: String,
     pub timeout: Duration,
+    /// 1: one process per call; 2: one session per run.
+    pub protocol: u64,
+    /// The running protocol-2 session, once started (a broken one is dropped: the next call
+    /// starts a new one).
+    pub session: Mutex<Option<Session>>,
 }
+
+/// One write of a batch (protocol 2 `apply`).
+#[derive(Debug, Clone, Copy)]
+pub enum Item<'a> {
+    /// Put `value` if the resource is at `expect` (`None`: absent).
+    Put {
+        resource: &'a str,
+        value: &'a Value,
+        secret: bool,
+        expect: Option<&'a str>,
+    },
+    /// Delete the resource if it is at `expect`.
+    Delete { resource: &'a str, expect: &'a str },
+}
+
+impl Item<'_> {
+    fn resource(&self) -> &str {
+        match self {
+            Item::Put { resource, .. } | Item::Delete { resource, .. } => resource,
+        }
+    }
+
+    fn to_json(self) -> Value {
+        let mut m = Map::new();
+        match self {
+            Item::Put {
+                resource,
+                value,
+                secret,
+                expect,
+            } => {
+                m.insert("op".into(), "put".into());
+                m.insert("resource".into(), resource.into());
+                m.insert("value".into(), value.clone());
+                m.insert("secret".into(), secret.into());
+                m.insert("expect".into(), expect.map_or(Value::Null, Value::from));
+            }
+            Item::Delete { resource, expect } => {
+                m.insert("op".into(), "delete".into());
+                m.insert("resource".into(), resource.into());
+                m.insert("expect".into(), expect.into());
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+/// What one item of a batch did: the version a put produced (`None` for a delete), or why it
+/// failed.
+pub type ItemResult = Result<Option<String>, CallError>;
 
 /// One live resource as `read` returned it.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +188,15 @@ impl Provider {
         extra.insert("value".into(), value.clone());
         extra.insert("secret".into(), secret.into());
         extra.insert("expect".into(), expect.map_or(Value::Null, Value::from));
+        if self.protocol == session::PROTOCOL {
+            let item = Item::Put {
+                resource,
+                value,
+                secret,
+                expect,
+            };
+            return self.apply_one(item).map(Option::unwrap_or_default);
+        }
         let answer = self.call("apply", Some(resource), extra)?;
         version_of(&Value::Object(answer))
             .ok_or_else(|| self.malformed("apply", Some(resource), "no string `version`"))
@@ -139,7 +207,166 @@ impl Provider {
         let mut extra = Map::new();
         extra.insert("resource".into(), resource.into());
         extra.insert("expect".into(), expect.into());
+        if self.protocol == session::PROTOCOL {
+            return self.apply_one(Item::Delete { resource, expect }).map(drop);
+        }
         self.call("delete", Some(resource), extra).map(drop)
+    }
+
+    /// A batch of one item, its result.
+    fn apply_one(&self, item: Item<'_>) -> ItemResult {
+        let mut results = self.apply_batch(&[item])?;
+        results.pop().unwrap_or_else(|| {
+            Err(self.malformed("apply", Some(item.resource()), "no result for the item"))
+        })
+    }
+
+    /// The batch capabilities of a protocol-2 provider (its session is started if needed);
+    /// `None` for protocol 1.
+    pub fn capabilities(&self) -> Result<Option<Capabilities>, CallError> {
+        if self.protocol != session::PROTOCOL {
+            return Ok(None);
+        }
+        let mut slot = self.session_slot();
+        let session = self.open_session(&mut slot)?;
+        Ok(Some(session.capabilities))
+    }
+
+    /// Protocol 2 `apply`: the items in order, all in one request. The results are in item
+    /// order and stop after the first failed item (the items after it were not tried). A
+    /// failure of the request as a whole is `Err`: then no item's fate is known.
+    pub fn apply_batch(&self, items: &[Item<'_>]) -> Result<Vec<ItemResult>, CallError> {
+        let what = match items {
+            [one] => self.what("apply", Some(one.resource())),
+            _ => format!(
+                "{} of {} resources (`{}` to `{}`)",
+                self.what("apply", None),
+                items.len(),
+                items.first().map_or("", Item::resource),
+                items.last().map_or("", Item::resource),
+            ),
+        };
+        let mut extra = Map::new();
+        extra.insert(
+            "items".into(),
+            Value::Array(items.iter().map(|i| i.to_json()).collect()),
+        );
+        let answer = self.call_session("apply", &what, extra)?;
+        let Some(Value::Array(results)) = answer.get("results") else {
+            return Err(self.malformed("apply", None, "no `results` array"));
+        };
+        if results.len() > items.len() {
+            return Err(self.malformed("apply", None, "more `results` than items"));
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for (item, result) in items.iter().zip(results) {
+            let failed = result.get("error").is_some();
+            out.push(self.item_result(item, result));
+            if failed {
+                return Ok(out);
+            }
+        }
+        if out.len() < items.len() {
+            return Err(self.malformed(
+                "apply",
+                None,
+                "fewer `results` than items, and the last one is not an error",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One entry of an `apply` response's `results`.
+    fn item_result(&self, item: &Item<'_>, result: &Value) -> ItemResult {
+        let resource = item.resource();
+        if let Some(error) = result.get("error") {
+            let what = self.what("apply", Some(resource));
+            return Err(answered_error(&what, error, Vec::new()));
+        }
+        match item {
+            Item::Delete { .. } => Ok(None),
+            Item::Put { .. } => version_of(result)
+                .map(Some)
+                .ok_or_else(|| self.malformed("apply", Some(resource), "no string `version`")),
+        }
+    }
+
+    fn session_slot(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The running session, started (with its `hello`) if there is none.
+    fn open_session<'s>(
+        &self,
+        slot: &'s mut Option<Session>,
+    ) -> Result<&'s mut Session, CallError> {
+        if slot.is_none() {
+            let mut common = Map::new();
+            common.insert("environment".into(), self.environment.clone().into());
+            common.insert("account".into(), self.account.clone().into());
+            common.insert("options".into(), self.options.clone());
+            let session = Session::open(&self.spec(None), &common).map_err(|(why, log)| {
+                CallError::Failed {
+                    message: format!(
+                        "{}: {why}; nothing was written (see docs/providers.md, protocol {})",
+                        self.what("hello", None),
+                        session::PROTOCOL
+                    ),
+                    log: stderr_tail(&log),
+                }
+            })?;
+            *slot = Some(session);
+        }
+        slot.as_mut().ok_or_else(|| CallError::Failed {
+            message: self.what("hello", None),
+            log: Vec::new(),
+        })
+    }
+
+    /// One request of the session; a broken exchange ends the session.
+    fn call_session(
+        &self,
+        operation: &str,
+        what: &str,
+        extra: Map<String, Value>,
+    ) -> Result<Map<String, Value>, CallError> {
+        let mut slot = self.session_slot();
+        let session = self.open_session(&mut slot)?;
+        match session.call(operation, extra, operation == "apply") {
+            Ok(answer) => Ok(answer),
+            Err(session::Failure::Answered(error)) => Err(answered_error(
+                what,
+                &Value::Object(error),
+                stderr_tail(&session.stderr()),
+            )),
+            Err(session::Failure::Broken(why)) => {
+                let log = stderr_tail(&session.stderr());
+                *slot = None;
+                Err(CallError::Failed {
+                    message: format!("{what}: {why}"),
+                    log,
+                })
+            }
+        }
+    }
+
+    /// The process of this provider, with `stdin` as its input (protocol 1) or none.
+    fn spec(&self, stdin: Option<Vec<u8>>) -> Spec<'_> {
+        Spec {
+            argv: &self.argv,
+            cwd: &self.root,
+            env: vec![
+                ("DEPLOY_ENVIRONMENT".into(), self.environment.clone()),
+                (
+                    "ENVLOCK_PROVIDER_PROTOCOL".into(),
+                    self.protocol.to_string(),
+                ),
+            ],
+            stdin,
+            timeout: self.timeout,
+            cancel: None,
+            stdout_limit: RESPONSE_LIMIT,
+        }
     }
 
     fn what(&self, operation: &str, resource: Option<&str>) -> String {
@@ -155,8 +382,9 @@ impl Provider {
     fn malformed(&self, operation: &str, resource: Option<&str>, why: &str) -> CallError {
         CallError::Failed {
             message: format!(
-                "{}: the response is not what protocol {PROTOCOL} requires: {why} (see docs/providers.md)",
-                self.what(operation, resource)
+                "{}: the response is not what protocol {} requires: {why} (see docs/providers.md)",
+                self.what(operation, resource),
+                self.protocol
             ),
             log: Vec::new(),
         }
@@ -169,6 +397,9 @@ impl Provider {
         resource: Option<&str>,
         extra: Map<String, Value>,
     ) -> Result<Map<String, Value>, CallError> {
+        if self.protocol == session::PROTOCOL {
+            return self.call_session(operation, &self.what(operation, resource), extra);
+        }
         let mut request = Map::new();
         request.insert("protocol".into(), PROTOCOL.into());
         request.insert("operation".into(), operation.into());
@@ -186,18 +417,7 @@ impl Provider {
         }
         .unwrap_or_default();
         let what = self.what(operation, resource);
-        let spec = Spec {
-            argv: &self.argv,
-            cwd: &self.root,
-            env: vec![
-                ("DEPLOY_ENVIRONMENT".into(), self.environment.clone()),
-                ("ENVLOCK_PROVIDER_PROTOCOL".into(), PROTOCOL.to_string()),
-            ],
-            stdin: Some(stdin),
-            timeout: self.timeout,
-            cancel: None,
-            stdout_limit: RESPONSE_LIMIT,
-        };
+        let spec = self.spec(Some(stdin));
         let outcome = process::run(&spec).map_err(|e| CallError::Failed {
             message: format!("{what}: {e}"),
             log: e.hint().into_iter().collect(),
@@ -264,19 +484,7 @@ impl Provider {
             }
         }
         if let Some(error) = answer.get("error") {
-            let code = error
-                .get("code")
-                .and_then(Value::as_str)
-                .unwrap_or("failed");
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("(no message)");
-            return Err(match code {
-                "conflict" => CallError::Conflict(format!("{what}: {message}")),
-                "unsupported" => fail(format!("the provider does not support it: {message}")),
-                _ => fail(format!("{code}: {message}")),
-            });
+            return Err(answered_error(&what, error, log));
         }
         if !outcome.success() {
             return Err(fail(format!(
@@ -286,6 +494,24 @@ impl Provider {
         }
         Ok(answer)
     }
+}
+
+/// The error a provider answered (`{"code", "message"}`) for the call `what`.
+fn answered_error(what: &str, error: &Value, log: Vec<String>) -> CallError {
+    let code = error
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("failed");
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("(no message)");
+    let message = match code {
+        "conflict" => return CallError::Conflict(format!("{what}: {message}")),
+        "unsupported" => format!("{what}: the provider does not support it: {message}"),
+        _ => format!("{what}: {code}: {message}"),
+    };
+    CallError::Failed { message, log }
 }
 
 /// A response's `version`: a string, or a number taken as its decimal text.
