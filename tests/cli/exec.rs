@@ -69,30 +69,52 @@ pub(crate) fn example_provider() -> PathBuf {
 /// `<repo>/state`.
 pub(crate) struct Cloud {
     pub repo: Repo,
+    /// The provider script's file name in the repository (it wraps `real`, logging each call).
+    provider: &'static str,
+    real: PathBuf,
+    /// Lines added to `[target]`, e.g. `protocol = 2`.
+    target_lines: &'static str,
 }
 
 impl Cloud {
     fn new(values: &[(&str, u32)], extra: &str) -> Cloud {
+        Cloud::with_provider(("flaky", FLAKY), example_provider(), "", values, extra)
+    }
+
+    /// A repository whose provider is the script `(name, text)` around the provider `real`.
+    pub(crate) fn with_provider(
+        (provider, script): (&'static str, &str),
+        real: PathBuf,
+        target_lines: &'static str,
+        values: &[(&str, u32)],
+        extra: &str,
+    ) -> Cloud {
         let repo = Repo::empty();
         repo.write("schemas/svc.schema.json", r#"{"type": "object"}"#);
-        repo.write("flaky", FLAKY);
-        let flaky = repo.path().join("flaky");
+        repo.write(provider, script);
+        let flaky = repo.path().join(provider);
         std::fs::set_permissions(&flaky, std::fs::Permissions::from_mode(0o755)).unwrap();
         repo.write(".gitignore", "store/\nstate/\nscratch/\n");
         std::fs::create_dir_all(repo.path().join("store")).unwrap();
         std::fs::create_dir_all(repo.path().join("scratch")).unwrap();
         std::fs::write(repo.path().join("store/.account"), format!("{ACCOUNT}\n")).unwrap();
-        let cloud = Cloud { repo };
+        let cloud = Cloud {
+            repo,
+            provider,
+            real,
+            target_lines,
+        };
         cloud.set(values, extra);
         cloud
     }
 
     /// Commit an environment file whose resources hold `threads = <n>`.
-    fn set(&self, values: &[(&str, u32)], extra: &str) {
+    pub(crate) fn set(&self, values: &[(&str, u32)], extra: &str) {
         let mut s = format!(
             "[environment]\naccount = \"{ACCOUNT}\"\nschema = \"svc\"\n\n\
-             [target]\nkind = \"exec\"\ncommand = [\"./flaky\"]\nstate = \"state\"\n{extra}\n\
-             [target.options]\ndir = \"store\"\n"
+             [target]\nkind = \"exec\"\ncommand = [\"./{}\"]\nstate = \"state\"\n{}{extra}\n\
+             [target.options]\ndir = \"store\"\n",
+            self.provider, self.target_lines
         );
         for (name, threads) in values {
             s.push_str(&format!(
@@ -103,16 +125,17 @@ impl Cloud {
         self.repo.commit("cloud");
     }
 
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.repo.path().join("store")
     }
 
-    fn log_file(&self) -> PathBuf {
-        self.repo.path().join("scratch/calls")
+    /// A file in the repository's git-ignored `scratch/`.
+    pub(crate) fn scratch(&self, name: &str) -> PathBuf {
+        self.repo.path().join("scratch").join(name)
     }
 
     /// The provider's directory: resource -> JSON text.
-    fn files(&self) -> BTreeMap<String, String> {
+    pub(crate) fn files(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for entry in std::fs::read_dir(self.store()).unwrap() {
             let entry = entry.unwrap();
@@ -128,45 +151,47 @@ impl Cloud {
     }
 
     /// The provider calls logged since the last [`Cloud::take_calls`].
-    fn take_calls(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
-        let _ = std::fs::remove_file(self.log_file());
+    pub(crate) fn take_calls(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.scratch("calls")).unwrap_or_default();
+        let _ = std::fs::remove_file(self.scratch("calls"));
         text.lines().map(str::to_owned).collect()
     }
 
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub(crate) fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = vec![
             (
                 "FLAKY_LOG".to_owned(),
-                self.log_file().display().to_string(),
+                self.scratch("calls").display().to_string(),
             ),
-            (
-                "FLAKY_REAL".to_owned(),
-                example_provider().display().to_string(),
-            ),
+            ("FLAKY_REAL".to_owned(), self.real.display().to_string()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env
     }
 
-    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+    pub(crate) fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
         let env = self.env(extra);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.repo.deploy_env(args, &env)
     }
 
-    fn deploy(&self, extra: &[(&str, &str)]) -> Run {
+    pub(crate) fn deploy(&self, extra: &[(&str, &str)]) -> Run {
         self.run(&["--target", ENV, "--yes"], extra)
     }
 
     /// `(outcome, reason)` of every record in the log, oldest first; the log verifies.
-    fn outcomes(&self) -> Vec<(String, String)> {
+    pub(crate) fn outcomes(&self) -> Vec<(String, String)> {
         crate::harness::log_outcomes(&self.repo, ENV)
     }
 
     /// Start `deploy --target cloud --yes` stopped at failpoint `point` (going on once `resume`
     /// exists, if given).
-    fn paused(&self, point: &str, resume: Option<&Path>, extra: &[(&str, &str)]) -> Paused {
+    pub(crate) fn paused(
+        &self,
+        point: &str,
+        resume: Option<&Path>,
+        extra: &[(&str, &str)],
+    ) -> Paused {
         Paused::start(
             self.repo.path(),
             &["--target", ENV, "--yes"],

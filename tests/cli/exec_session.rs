@@ -7,13 +7,11 @@
 //! What is checked is what lands in the provider's directory, byte for byte.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{Paused, Repo, Run};
+use crate::exec::Cloud;
 
 const ENV: &str = "cloud";
-const ACCOUNT: &str = "123456789012";
 const NAMES: [&str; 5] = ["r1", "r2", "r3", "r4", "r5"];
 
 /// A proxy in front of `FLAKY_REAL` (a protocol-2 provider). `FLAKY_LOG` gets `start` per
@@ -91,118 +89,31 @@ fn provider2() -> PathBuf {
 
 /// A repository with `environments/cloud.toml` on an exec target in protocol 2 through
 /// `flaky2`; the provider's directory is `<repo>/store`, the state `<repo>/state`.
-struct Cloud {
-    repo: Repo,
+fn cloud(values: &[(&str, u32)], extra: &str) -> Cloud {
+    Cloud::with_provider(
+        ("flaky2", FLAKY2),
+        provider2(),
+        "protocol = 2\n",
+        values,
+        extra,
+    )
 }
 
-impl Cloud {
-    fn new(values: &[(&str, u32)], extra: &str) -> Cloud {
-        let repo = Repo::empty();
-        repo.write("schemas/svc.schema.json", r#"{"type": "object"}"#);
-        repo.write("flaky2", FLAKY2);
-        let flaky = repo.path().join("flaky2");
-        std::fs::set_permissions(&flaky, std::fs::Permissions::from_mode(0o755)).unwrap();
-        repo.write(".gitignore", "store/\nstate/\nscratch/\n");
-        std::fs::create_dir_all(repo.path().join("store")).unwrap();
-        std::fs::create_dir_all(repo.path().join("scratch")).unwrap();
-        std::fs::write(repo.path().join("store/.account"), format!("{ACCOUNT}\n")).unwrap();
-        let cloud = Cloud { repo };
-        cloud.set(values, extra);
-        cloud
-    }
+/// The outcome of every record in the log, oldest first; the log verifies.
+fn outcomes(cloud: &Cloud) -> Vec<String> {
+    crate::harness::log_outcomes(&cloud.repo, ENV)
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect()
+}
 
-    /// Commit an environment file whose resources hold `threads = <n>`.
-    fn set(&self, values: &[(&str, u32)], extra: &str) {
-        let mut s = format!(
-            "[environment]\naccount = \"{ACCOUNT}\"\nschema = \"svc\"\n\n\
-             [target]\nkind = \"exec\"\ncommand = [\"./flaky2\"]\nstate = \"state\"\n\
-             protocol = 2\n{extra}\n[target.options]\ndir = \"store\"\n"
-        );
-        for (name, threads) in values {
-            s.push_str(&format!(
-                "\n[settings.{name}]\nengine = \"conformer-ctc\"\nthreads = {threads}\n"
-            ));
-        }
-        self.repo.write(&format!("environments/{ENV}.toml"), s);
-        self.repo.commit("cloud");
-    }
-
-    fn store(&self) -> PathBuf {
-        self.repo.path().join("store")
-    }
-
-    fn scratch(&self, name: &str) -> PathBuf {
-        self.repo.path().join("scratch").join(name)
-    }
-
-    fn files(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for entry in std::fs::read_dir(self.store()).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".json") {
-                out.insert(
-                    stem.to_owned(),
-                    std::fs::read_to_string(entry.path()).unwrap(),
-                );
-            }
-        }
-        out
-    }
-
-    /// The requests logged since the last call.
-    fn take_calls(&self) -> Vec<String> {
-        let log = self.scratch("calls");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let _ = std::fs::remove_file(&log);
-        text.lines().map(str::to_owned).collect()
-    }
-
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = vec![
-            (
-                "FLAKY_LOG".to_owned(),
-                self.scratch("calls").display().to_string(),
-            ),
-            ("FLAKY_REAL".to_owned(), provider2().display().to_string()),
-        ];
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        env
-    }
-
-    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
-        let env = self.env(extra);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.repo.deploy_env(args, &env)
-    }
-
-    fn deploy(&self, extra: &[(&str, &str)]) -> Run {
-        self.run(&["--target", ENV, "--yes"], extra)
-    }
-
-    fn paused(&self, point: &str, resume: Option<&Path>, extra: &[(&str, &str)]) -> Paused {
-        Paused::start(
-            self.repo.path(),
-            &["--target", ENV, "--yes"],
-            point,
-            resume,
-            &self.env(extra),
-        )
-    }
-
-    fn outcomes(&self) -> Vec<String> {
-        crate::harness::log_outcomes(&self.repo, ENV)
-            .into_iter()
-            .map(|(o, _)| o)
-            .collect()
-    }
-
-    fn journal_left(&self) -> bool {
-        self.repo
-            .path()
-            .join("state/.envlock/exec-journal.json")
-            .exists()
-    }
+/// Whether an undo journal was left for the next run.
+fn journal_left(cloud: &Cloud) -> bool {
+    cloud
+        .repo
+        .path()
+        .join("state/.envlock/exec-journal.json")
+        .exists()
 }
 
 fn stored(threads: u32) -> String {
@@ -222,7 +133,7 @@ fn all_stored(threads: u32) -> BTreeMap<String, String> {
 
 #[test]
 fn a_deployment_is_one_provider_process_and_one_batch() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud
         .deploy(&[])
         .code(0)
@@ -263,15 +174,15 @@ fn a_deployment_is_one_provider_process_and_one_batch() {
         .code(0);
     assert_eq!(cloud.files(), all_stored(4));
     assert_eq!(
-        cloud.outcomes(),
+        outcomes(&cloud),
         ["applied", "unchanged", "applied", "applied"]
     );
-    assert!(!cloud.journal_left());
+    assert!(!journal_left(&cloud));
 }
 
 #[test]
 fn writes_go_in_batches_of_at_most_the_announced_size() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud.deploy(&[("FLAKY_MAX", "2")]).code(0);
     assert_eq!(cloud.files(), all_stored(4));
     let calls = cloud.take_calls();
@@ -281,7 +192,7 @@ fn writes_go_in_batches_of_at_most_the_announced_size() {
 
 #[test]
 fn a_provider_that_does_not_answer_hello_in_protocol_2_is_refused_before_anything_is_written() {
-    let cloud = Cloud::new(&all(4), "timeout = \"5s\"\n");
+    let cloud = cloud(&all(4), "timeout = \"5s\"\n");
     let run = cloud.deploy(&[("FLAKY_MODE", "proto1")]);
     run.code(3)
         .stderr_has("provider `./flaky2`, operation `hello`")
@@ -305,7 +216,7 @@ fn a_provider_that_does_not_answer_hello_in_protocol_2_is_refused_before_anythin
 
 #[test]
 fn a_provider_dying_mid_batch_is_rolled_back_and_the_target_is_unchanged() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud.deploy(&[]).code(0);
     cloud.set(&all(8), "");
     cloud.take_calls();
@@ -325,15 +236,15 @@ fn a_provider_dying_mid_batch_is_rolled_back_and_the_target_is_unchanged() {
             "apply 1", "apply 1"
         ]
     );
-    assert!(!cloud.journal_left());
-    assert_eq!(cloud.outcomes(), ["applied", "failed"]);
+    assert!(!journal_left(&cloud));
+    assert_eq!(outcomes(&cloud), ["applied", "failed"]);
     cloud.deploy(&[]).code(0);
     assert_eq!(cloud.files(), all_stored(8));
 }
 
 #[test]
 fn a_conflict_on_one_item_stops_the_batch_and_the_earlier_items_are_undone() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud.deploy(&[]).code(0);
     cloud.set(&all(8), "");
     let resume = cloud.scratch("resume");
@@ -350,12 +261,12 @@ fn a_conflict_on_one_item_stops_the_batch_and_the_earlier_items_are_undone() {
     let mut want = all_stored(4);
     want.insert("r4".into(), stored(55));
     assert_eq!(cloud.files(), want);
-    assert_eq!(cloud.outcomes(), ["applied", "refused"]);
+    assert_eq!(outcomes(&cloud), ["applied", "refused"]);
 }
 
 #[test]
 fn a_runaway_line_another_id_or_garbage_is_a_bounded_failure() {
-    let cloud = Cloud::new(&all(4), "timeout = \"20s\"\n");
+    let cloud = cloud(&all(4), "timeout = \"20s\"\n");
     for (mode, needle) in [
         (
             "huge",
@@ -386,13 +297,13 @@ fn a_runaway_line_another_id_or_garbage_is_a_bounded_failure() {
 
 #[test]
 fn a_deployer_killed_after_the_batch_landed_is_undone_by_the_next_run() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud.deploy(&[]).code(0);
     cloud.set(&all(8), "");
     // The provider applied and answered the whole batch; the journal still says "pending".
     cloud.paused("exec-after-batch-1", None, &[]).kill9();
     assert_eq!(cloud.files(), all_stored(8));
-    assert!(cloud.journal_left());
+    assert!(journal_left(&cloud));
 
     let resume = cloud.scratch("resume");
     let paused = cloud.paused("exec-before-batch-1", Some(&resume), &[]);
@@ -408,13 +319,13 @@ fn a_deployer_killed_after_the_batch_landed_is_undone_by_the_next_run() {
     let (code, stderr) = paused.finish();
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(cloud.files(), all_stored(8));
-    let outcomes = cloud.outcomes();
+    let outcomes = outcomes(&cloud);
     assert_eq!(outcomes.len(), 3, "{outcomes:?}");
 }
 
 #[test]
 fn a_deployer_killed_mid_batch_is_undone_by_the_next_run_item_by_item() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     cloud.deploy(&[]).code(0);
     cloud.set(&all(8), "");
     cloud.take_calls();
@@ -438,13 +349,13 @@ fn a_deployer_killed_mid_batch_is_undone_by_the_next_run_item_by_item() {
     run.code(0)
         .stderr_has("had changed 3 of 5 resources (`r1`, `r2`, `r3`); undid them in reverse order");
     assert_eq!(cloud.files(), all_stored(8));
-    assert!(!cloud.journal_left());
-    assert_eq!(cloud.outcomes().len(), 3);
+    assert!(!journal_left(&cloud));
+    assert_eq!(outcomes(&cloud).len(), 3);
 }
 
 #[test]
 fn a_protocol_other_than_1_or_2_is_a_configuration_error_with_its_place() {
-    let cloud = Cloud::new(&all(4), "");
+    let cloud = cloud(&all(4), "");
     let path = format!("environments/{ENV}.toml");
     cloud
         .repo

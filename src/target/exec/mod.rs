@@ -432,30 +432,21 @@ impl ExecTarget {
         }
         // Before the switch: once the new generation is live, an automatic rollback finds what
         // this convergence replaced.
-        if let Err(err) = self.write_private(EXEC_APPLIED, &journal) {
-            let why = format!("recording what was replaced failed: {err}");
-            return Err(self.abort(
-                &mut journal,
-                CallError::Failed {
+        let switched = self
+            .write_private(EXEC_APPLIED, &journal)
+            .map_err(|e| format!("recording what was replaced failed: {e}"))
+            .and_then(|()| {
+                crate::failpoint::hit("exec-before-switch");
+                switch().map_err(|e| format!("recording the new state failed: {e}"))
+            });
+        let id = match switched {
+            Ok(id) => id,
+            Err(why) => {
+                let failed = CallError::Failed {
                     message: why,
                     log: Vec::new(),
-                },
-                "",
-            ));
-        }
-        crate::failpoint::hit("exec-before-switch");
-        let id = match switch() {
-            Ok(id) => id,
-            Err(err) => {
-                let why = format!("recording the new state failed: {err}");
-                return Err(self.abort(
-                    &mut journal,
-                    CallError::Failed {
-                        message: why,
-                        log: Vec::new(),
-                    },
-                    "",
-                ));
+                };
+                return Err(self.abort(&mut journal, failed, ""));
             }
         };
         *self.seen() = Some(after);
