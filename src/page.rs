@@ -460,7 +460,8 @@ fn credential_in_query(rest: &str) -> Option<String> {
                 "sig",
             ]
             .iter()
-            .any(|c| n == *c || n.ends_with(&format!("_{c}")) || n.ends_with(&format!("-{c}")))
+            // `apiKey`, `authToken`, `access-token`, `api%5Fkey`: a name that ends in one.
+            .any(|c| n.ends_with(c))
         })
         .map(str::to_owned)
 }
@@ -635,6 +636,16 @@ mod tests {
         assert!(url_problem("https://hooks.example.com/x?token=abc").is_some());
         assert!(url_problem("https://hooks.example.com/x?a=1&api_key=abc").is_some());
         assert_eq!(url_problem("https://hooks.example.com/x?channel=ops"), None);
+        for name in [
+            "apiKey",
+            "authToken",
+            "X-Amz-Signature",
+            "api%5Fkey",
+            "accesstoken",
+        ] {
+            let url = format!("https://hooks.example.com/x?a=1&{name}=abc");
+            assert!(url_problem(&url).is_some(), "{url}");
+        }
     }
 
     fn happening(outcome: &str, reason: Option<String>) -> Happening {

@@ -788,6 +788,42 @@ fn an_unreadable_token_refuses_before_anything_is_written() {
     assert_eq!(pd.take().len(), 0);
 }
 
+/// A token that reads but cannot be used (empty, too short to be masked, a stray newline) pages
+/// nobody: refused like an unreadable one, before anything is written, never quoted.
+#[test]
+fn an_empty_short_or_broken_token_refuses_before_anything_is_written() {
+    let pd = Receiver::start(202);
+    let repo = repo_with(&format!(
+        "[notify]\nurl = \"{}\"\nformat = \"pagerduty\"\ntoken = {{ secret = \"env:PD_ROUTING_KEY\" }}\n",
+        pd.url()
+    ));
+    for (value, why) in [
+        ("", "is empty"),
+        ("k3y", "is shorter than 4 bytes"),
+        (
+            "routing-key-0123456789\n",
+            "whitespace or a control character",
+        ),
+    ] {
+        let run = deploy(&repo, "validation", &[("PD_ROUTING_KEY", value)]);
+        run.code(3)
+            .stderr_has("[notify] token `env:PD_ROUTING_KEY`")
+            .stderr_has(why);
+        if !value.is_empty() {
+            assert!(!run.stderr.contains(value.trim()), "{}", run.stderr);
+        }
+        assert!(!repo.path().join("targets/validation").exists());
+        assert_eq!(pd.take().len(), 0, "{value:?}: nothing sent");
+    }
+    deploy(
+        &repo,
+        "validation",
+        &[("PD_ROUTING_KEY", "routing-key-0123456789")],
+    )
+    .code(0);
+    assert!(!pd.take().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -844,6 +880,14 @@ fn notify_urls_are_https_or_loopback_and_complete() {
         (
             "url = \"https://events.pagerduty.com\"\nformat = \"pagerduty\"\n",
             "needs a `token`",
+        ),
+        (
+            "url = \"https://alerts.example.com/hook?apiKey=hunter2pass\"\nformat = \"cloudevents\"\n",
+            "holds a credential in its query (`apiKey=`)",
+        ),
+        (
+            "url = \"https://alerts.example.com/hook?v=1&authToken=hunter2pass\"\nformat = \"cloudevents\"\n",
+            "holds a credential in its query (`authToken=`)",
         ),
         ("timeout = \"5s\"\n", "[notify] has no `command`"),
         (
