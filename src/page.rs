@@ -19,6 +19,8 @@ use crate::log::Notified;
 
 /// How long an alert fires in Alertmanager unless a later success resolves it first.
 pub const ALERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest key ([`Happening::key`]): PagerDuty's limit for a `dedup_key`.
+pub const MAX_KEY: usize = 255;
 /// The CDEvents specification version of the events sent (CloudEvents `data.context.version`).
 pub const CDEVENTS_VERSION: &str = "0.4.1";
 
@@ -92,11 +94,15 @@ impl Happening {
     }
 
     /// `envlock/<environment>/<12 hex of SHA-256(account, target)>`: one key per environment
-    /// and target, so a later success resolves what a failure opened.
+    /// and target, so a later success resolves what a failure opened. At most [`MAX_KEY`]
+    /// bytes (PagerDuty's limit for a `dedup_key`): a longer environment name is cut, which
+    /// keeps keys apart since no two environments share a target.
     pub fn key(&self) -> String {
         let hash =
             crate::target::sha256_hex(format!("{}\n{}", self.account, self.target).as_bytes());
-        format!("envlock/{}/{}", self.environment, &hash[..12])
+        let room = MAX_KEY - "envlock//".len() - 12;
+        let env = crate::source::floor_char(&self.environment, room.min(self.environment.len()));
+        format!("envlock/{}/{}", &self.environment[..env], &hash[..12])
     }
 
     /// One line for people: what happened where, and why.

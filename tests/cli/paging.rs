@@ -788,6 +788,45 @@ fn an_unreadable_token_refuses_before_anything_is_written() {
     assert_eq!(pd.take().len(), 0);
 }
 
+/// PagerDuty refuses a `dedup_key` over 255 characters: an environment whose name is near the
+/// file-name limit still gets one that fits, the same in every run, so a success resolves it.
+#[test]
+fn a_long_environment_name_still_makes_a_dedup_key_pagerduty_accepts() {
+    let pd = Receiver::start(202);
+    let repo = Repo::ungated();
+    let name = "v".repeat(240);
+    let text = repo
+        .read(VALIDATION)
+        .replace("111111111111", "333333333333")
+        .replace("validation.example.com", "long.example.com")
+        .replace("targets/validation", "targets/long");
+    repo.write(
+        &format!("environments/{name}.toml"),
+        format!(
+            "{text}\n[notify]\nurl = \"{}\"\nformat = \"pagerduty\"\ntoken = {{ secret = \"env:PD_ROUTING_KEY\" }}\n",
+            pd.url()
+        ),
+    );
+    repo.commit("an environment with a long name");
+    let key = [("PD_ROUTING_KEY", "routing-key-0123456789")];
+    deploy(&repo, &name, &key).code(0);
+    deploy(&repo, &name, &key).code(0);
+    let keys: Vec<String> = pd
+        .take()
+        .iter()
+        .filter(|r| r.path == "/v2/enqueue")
+        .map(|r| r.body["dedup_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(
+        keys[0].chars().count() <= 255,
+        "{} characters",
+        keys[0].len()
+    );
+    assert!(keys[0].starts_with("envlock/vvvv"), "{}", keys[0]);
+}
+
 /// A token that reads but cannot be used (empty, too short to be masked, a stray newline) pages
 /// nobody: refused like an unreadable one, before anything is written, never quoted.
 #[test]
