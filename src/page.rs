@@ -447,6 +447,30 @@ pub fn url_problem(url: &str) -> Option<String> {
     }
 }
 
+/// Why `url` cannot be the base URL of `format`, if it cannot: the API's own path written
+/// out (`https://events.pagerduty.com/v2/enqueue`), to which envlock would append it again, so
+/// that nothing would ever be delivered.
+pub fn endpoint_problem(format: PageFormat, url: &str) -> Option<String> {
+    let paths: &[&str] = match format {
+        PageFormat::PagerDuty => &["/v2/enqueue", "/v2/change/enqueue"],
+        PageFormat::Alertmanager => &["/api/v2/alerts", "/api/v1/alerts"],
+        PageFormat::CloudEvents => &[],
+    };
+    let path = shown_url(url).trim_end_matches('/');
+    let appended = match format {
+        PageFormat::PagerDuty => "/v2/enqueue",
+        _ => "/api/v2/alerts",
+    };
+    paths
+        .iter()
+        .find(|p| path.to_ascii_lowercase().ends_with(*p))
+        .map(|p| {
+            format!(
+                "ends in `{p}`: it is the base URL, to which envlock appends `{appended}` itself"
+            )
+        })
+}
+
 /// A query parameter whose name says it is a credential (`?token=`, `?api_key=`...).
 fn credential_in_query(rest: &str) -> Option<String> {
     let query = rest.split('#').next()?.split_once('?')?.1;

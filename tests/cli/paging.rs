@@ -928,6 +928,14 @@ fn notify_urls_are_https_or_loopback_and_complete() {
             "url = \"https://alerts.example.com/hook?v=1&authToken=hunter2pass\"\nformat = \"cloudevents\"\n",
             "holds a credential in its query (`authToken=`)",
         ),
+        (
+            "url = \"https://events.pagerduty.com/v2/enqueue\"\nformat = \"pagerduty\"\ntoken = { secret = \"env:PD_ROUTING_KEY\" }\n",
+            "ends in `/v2/enqueue`: it is the base URL",
+        ),
+        (
+            "url = \"https://am.example.net/api/v2/alerts/\"\nformat = \"alertmanager\"\n",
+            "ends in `/api/v2/alerts`: it is the base URL",
+        ),
         ("timeout = \"5s\"\n", "[notify] has no `command`"),
         (
             "url = \"https://alerts.prod.example.com/hook\"\nformat = \"cloudevents\"\n",
