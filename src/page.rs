@@ -19,6 +19,8 @@ use crate::log::Notified;
 
 /// How long an alert fires in Alertmanager unless a later success resolves it first.
 pub const ALERT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest key ([`Happening::key`]): PagerDuty's limit for a `dedup_key`.
+pub const MAX_KEY: usize = 255;
 /// The CDEvents specification version of the events sent (CloudEvents `data.context.version`).
 pub const CDEVENTS_VERSION: &str = "0.4.1";
 
@@ -92,11 +94,15 @@ impl Happening {
     }
 
     /// `envlock/<environment>/<12 hex of SHA-256(account, target)>`: one key per environment
-    /// and target, so a later success resolves what a failure opened.
+    /// and target, so a later success resolves what a failure opened. At most [`MAX_KEY`]
+    /// bytes (PagerDuty's limit for a `dedup_key`): a longer environment name is cut, which
+    /// keeps keys apart since no two environments share a target.
     pub fn key(&self) -> String {
         let hash =
             crate::target::sha256_hex(format!("{}\n{}", self.account, self.target).as_bytes());
-        format!("envlock/{}/{}", self.environment, &hash[..12])
+        let room = MAX_KEY - "envlock//".len() - 12;
+        let env = crate::source::floor_char(&self.environment, room.min(self.environment.len()));
+        format!("envlock/{}/{}", &self.environment[..env], &hash[..12])
     }
 
     /// One line for people: what happened where, and why.
@@ -441,6 +447,30 @@ pub fn url_problem(url: &str) -> Option<String> {
     }
 }
 
+/// Why `url` cannot be the base URL of `format`, if it cannot: the API's own path written
+/// out (`https://events.pagerduty.com/v2/enqueue`), to which envlock would append it again, so
+/// that nothing would ever be delivered.
+pub fn endpoint_problem(format: PageFormat, url: &str) -> Option<String> {
+    let paths: &[&str] = match format {
+        PageFormat::PagerDuty => &["/v2/enqueue", "/v2/change/enqueue"],
+        PageFormat::Alertmanager => &["/api/v2/alerts", "/api/v1/alerts"],
+        PageFormat::CloudEvents => &[],
+    };
+    let path = shown_url(url).trim_end_matches('/');
+    let appended = match format {
+        PageFormat::PagerDuty => "/v2/enqueue",
+        _ => "/api/v2/alerts",
+    };
+    paths
+        .iter()
+        .find(|p| path.to_ascii_lowercase().ends_with(*p))
+        .map(|p| {
+            format!(
+                "ends in `{p}`: it is the base URL, to which envlock appends `{appended}` itself"
+            )
+        })
+}
+
 /// A query parameter whose name says it is a credential (`?token=`, `?api_key=`...).
 fn credential_in_query(rest: &str) -> Option<String> {
     let query = rest.split('#').next()?.split_once('?')?.1;
@@ -460,7 +490,8 @@ fn credential_in_query(rest: &str) -> Option<String> {
                 "sig",
             ]
             .iter()
-            .any(|c| n == *c || n.ends_with(&format!("_{c}")) || n.ends_with(&format!("-{c}")))
+            // `apiKey`, `authToken`, `access-token`, `api%5Fkey`: a name that ends in one.
+            .any(|c| n.ends_with(c))
         })
         .map(str::to_owned)
 }
@@ -635,6 +666,16 @@ mod tests {
         assert!(url_problem("https://hooks.example.com/x?token=abc").is_some());
         assert!(url_problem("https://hooks.example.com/x?a=1&api_key=abc").is_some());
         assert_eq!(url_problem("https://hooks.example.com/x?channel=ops"), None);
+        for name in [
+            "apiKey",
+            "authToken",
+            "X-Amz-Signature",
+            "api%5Fkey",
+            "accesstoken",
+        ] {
+            let url = format!("https://hooks.example.com/x?a=1&{name}=abc");
+            assert!(url_problem(&url).is_some(), "{url}");
+        }
     }
 
     fn happening(outcome: &str, reason: Option<String>) -> Happening {

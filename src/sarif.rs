@@ -409,13 +409,16 @@ pub fn repository_uri(remote: Option<&str>, root: &Path) -> String {
         return file_uri(root);
     };
     let url = crate::repo::without_userinfo(url);
+    // A query or fragment may carry a credential (`?private_token=`, a signed URL); neither
+    // names the repository.
+    let cut = |s: &str| s.split(['?', '#']).next().unwrap_or_default().to_owned();
     if let Some((scheme, rest)) = url.split_once("://")
         && !scheme.is_empty()
         && scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
     {
-        return format!("{scheme}://{}", encode_uri_rest(rest));
+        return format!("{scheme}://{}", encode_uri_rest(&cut(rest)));
     }
     // scp-like `[user@]host:path`: a colon before any slash.
     if let Some((host, path)) = url.split_once(':')
@@ -423,8 +426,8 @@ pub fn repository_uri(remote: Option<&str>, root: &Path) -> String {
         && !host.is_empty()
     {
         let host = host.rsplit('@').next().unwrap_or(host);
-        let path = path.trim_start_matches('/');
-        return format!("ssh://{}/{}", encode_path(host), encode_path(path));
+        let path = cut(path.trim_start_matches('/'));
+        return format!("ssh://{}/{}", encode_path(host), encode_path(&path));
     }
     file_uri(&root.join(&url))
 }

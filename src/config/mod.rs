@@ -1644,6 +1644,15 @@ impl Loader<'_> {
             return None;
         }
         let (format, token) = (format?, token?);
+        if let (true, Some(problem)) = (url_ok, crate::page::endpoint_problem(format, &url.value)) {
+            self.diagnostics.push(
+                Diagnostic::new("invalid-url", format!("[notify] `url` {problem}"))
+                    .env(name)
+                    .at(url.loc.clone(), "the API's path is added by envlock")
+                    .hint("write the base URL only, e.g. `url = \"https://events.pagerduty.com\"` or `url = \"https://alertmanager.example.net\"`"),
+            );
+            return None;
+        }
         url_ok.then(|| {
             Some(Page {
                 url: url.clone(),

@@ -35,6 +35,18 @@ impl Deployment<'_> {
                 "{hint}; without it a failure would page nobody, so nothing was written"
             ))
         })?;
+        if let Some(why) = token_problem(&value) {
+            return Err(Failure::refused(format!(
+                "refusing to deploy {}: the [notify] token `{}` (written at {}) {why}",
+                self.who(),
+                r.text,
+                r.at
+            ))
+            .hint(
+                "set it to the routing key or token itself; without a usable one a failure \
+                 would page nobody, so nothing was written",
+            ));
+        }
         crate::redact::register(vec![value.clone()]);
         Ok(Some(value))
     }
@@ -130,4 +142,24 @@ impl Deployment<'_> {
             error: Some(crate::redact::scrub(&why).into_owned()),
         }
     }
+}
+
+/// Why a token read from its reference cannot be used, if it cannot: an empty one is refused
+/// by every receiver; one shorter than [`crate::redact::MIN_LEN`] could not be masked in what
+/// envlock prints; whitespace or a control character makes no valid HTTP header, and is most
+/// often a stray newline. Never quotes the value.
+fn token_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("is empty".into());
+    }
+    if value.len() < crate::redact::MIN_LEN {
+        return Some(format!(
+            "is shorter than {} bytes, too short to be a real key (and to be masked)",
+            crate::redact::MIN_LEN
+        ));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("holds whitespace or a control character (a stray newline?)".into());
+    }
+    None
 }

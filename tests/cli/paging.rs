@@ -788,6 +788,81 @@ fn an_unreadable_token_refuses_before_anything_is_written() {
     assert_eq!(pd.take().len(), 0);
 }
 
+/// PagerDuty refuses a `dedup_key` over 255 characters: an environment whose name is near the
+/// file-name limit still gets one that fits, the same in every run, so a success resolves it.
+#[test]
+fn a_long_environment_name_still_makes_a_dedup_key_pagerduty_accepts() {
+    let pd = Receiver::start(202);
+    let repo = Repo::ungated();
+    let name = "v".repeat(240);
+    let text = repo
+        .read(VALIDATION)
+        .replace("111111111111", "333333333333")
+        .replace("validation.example.com", "long.example.com")
+        .replace("targets/validation", "targets/long");
+    repo.write(
+        &format!("environments/{name}.toml"),
+        format!(
+            "{text}\n[notify]\nurl = \"{}\"\nformat = \"pagerduty\"\ntoken = {{ secret = \"env:PD_ROUTING_KEY\" }}\n",
+            pd.url()
+        ),
+    );
+    repo.commit("an environment with a long name");
+    let key = [("PD_ROUTING_KEY", "routing-key-0123456789")];
+    deploy(&repo, &name, &key).code(0);
+    deploy(&repo, &name, &key).code(0);
+    let keys: Vec<String> = pd
+        .take()
+        .iter()
+        .filter(|r| r.path == "/v2/enqueue")
+        .map(|r| r.body["dedup_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1]);
+    assert!(
+        keys[0].chars().count() <= 255,
+        "{} characters",
+        keys[0].len()
+    );
+    assert!(keys[0].starts_with("envlock/vvvv"), "{}", keys[0]);
+}
+
+/// A token that reads but cannot be used (empty, too short to be masked, a stray newline) pages
+/// nobody: refused like an unreadable one, before anything is written, never quoted.
+#[test]
+fn an_empty_short_or_broken_token_refuses_before_anything_is_written() {
+    let pd = Receiver::start(202);
+    let repo = repo_with(&format!(
+        "[notify]\nurl = \"{}\"\nformat = \"pagerduty\"\ntoken = {{ secret = \"env:PD_ROUTING_KEY\" }}\n",
+        pd.url()
+    ));
+    for (value, why) in [
+        ("", "is empty"),
+        ("k3y", "is shorter than 4 bytes"),
+        (
+            "routing-key-0123456789\n",
+            "whitespace or a control character",
+        ),
+    ] {
+        let run = deploy(&repo, "validation", &[("PD_ROUTING_KEY", value)]);
+        run.code(3)
+            .stderr_has("[notify] token `env:PD_ROUTING_KEY`")
+            .stderr_has(why);
+        if !value.is_empty() {
+            assert!(!run.stderr.contains(value.trim()), "{}", run.stderr);
+        }
+        assert!(!repo.path().join("targets/validation").exists());
+        assert_eq!(pd.take().len(), 0, "{value:?}: nothing sent");
+    }
+    deploy(
+        &repo,
+        "validation",
+        &[("PD_ROUTING_KEY", "routing-key-0123456789")],
+    )
+    .code(0);
+    assert!(!pd.take().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -844,6 +919,22 @@ fn notify_urls_are_https_or_loopback_and_complete() {
         (
             "url = \"https://events.pagerduty.com\"\nformat = \"pagerduty\"\n",
             "needs a `token`",
+        ),
+        (
+            "url = \"https://alerts.example.com/hook?apiKey=hunter2pass\"\nformat = \"cloudevents\"\n",
+            "holds a credential in its query (`apiKey=`)",
+        ),
+        (
+            "url = \"https://alerts.example.com/hook?v=1&authToken=hunter2pass\"\nformat = \"cloudevents\"\n",
+            "holds a credential in its query (`authToken=`)",
+        ),
+        (
+            "url = \"https://events.pagerduty.com/v2/enqueue\"\nformat = \"pagerduty\"\ntoken = { secret = \"env:PD_ROUTING_KEY\" }\n",
+            "ends in `/v2/enqueue`: it is the base URL",
+        ),
+        (
+            "url = \"https://am.example.net/api/v2/alerts/\"\nformat = \"alertmanager\"\n",
+            "ends in `/api/v2/alerts`: it is the base URL",
         ),
         ("timeout = \"5s\"\n", "[notify] has no `command`"),
         (

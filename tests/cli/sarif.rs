@@ -290,6 +290,35 @@ fn secret_values_and_remote_credentials_never_appear() {
     }
 }
 
+/// A remote whose query or fragment carries a credential (`?private_token=`, a signed URL):
+/// `repositoryUri` keeps the repository, not the query.
+#[test]
+fn a_remote_query_never_reaches_the_repository_uri() {
+    let repo = Repo::base();
+    repo.git(&["remote", "add", "origin", "https://git.example.com/x.git"]);
+    for (remote, expected) in [
+        (
+            "https://git.example.com/team/config.git?private_token=gl-t0ken-value#frag",
+            "https://git.example.com/team/config.git",
+        ),
+        (
+            "git@git.example.com:team/config.git?sig=gl-t0ken-value",
+            "ssh://git.example.com/team/config.git",
+        ),
+    ] {
+        repo.git(&["remote", "set-url", "origin", remote]);
+        let run = repo.deploy(&["check", "--format", "sarif"]);
+        run.code(0);
+        let doc = sarif(&run);
+        assert_eq!(
+            doc["runs"][0]["versionControlProvenance"][0]["repositoryUri"],
+            expected
+        );
+        assert!(!run.stdout.contains("gl-t0ken-value"), "{}", run.stdout);
+        assert!(!run.stderr.contains("gl-t0ken-value"), "{}", run.stderr);
+    }
+}
+
 #[test]
 fn uncommitted_files_are_notes_of_the_invocation() {
     let repo = Repo::base();
