@@ -592,8 +592,8 @@ fn send(
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left < LAST_ATTEMPT {
                     return Err(format!(
-                        "{why} (gave up at the timeout after {} attempts)",
-                        attempts
+                        "{why} (gave up at the timeout after {attempts} attempt{})",
+                        if *attempts == 1 { "" } else { "s" }
                     ));
                 }
                 std::thread::sleep(pause.min(left - LAST_ATTEMPT));

@@ -184,9 +184,10 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
 fn undelivered(r: &Record) -> Option<String> {
     r.notify.as_ref().filter(|n| !n.delivered).map(|n| {
         format!(
-            "{} notification NOT delivered ({} attempts): {}",
+            "{} notification NOT delivered ({} attempt{}): {}",
             n.format,
             n.attempts,
+            if n.attempts == 1 { "" } else { "s" },
             n.error.as_deref().unwrap_or_default()
         )
     })
