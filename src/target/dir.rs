@@ -1451,6 +1451,21 @@ impl Target for DirTarget {
         Ok(fs::read_to_string(checkpoint).is_ok_and(|c| c == log_fingerprint(&meta)))
     }
 
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        let Some(was) = fs::read_to_string(checkpoint)
+            .ok()
+            .and_then(|c| checkpoint_size(&c))
+        else {
+            return Ok(None);
+        };
+        let path = self.state_dir().join(LOG_FILE);
+        let now = lstat(&path)?.map_or(0, |m| m.len());
+        Ok((now < was).then(|| {
+            format!("the log file is {now} bytes, but it was {was} bytes after the last append")
+        }))
+    }
+
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
         self.require_stamped()?;
         let path = self.state_dir().join(LOG_FILE);
@@ -1479,6 +1494,13 @@ fn log_fingerprint(meta: &fs::Metadata) -> String {
         meta.ctime(),
         meta.ctime_nsec()
     )
+}
+
+/// The log's size that a checkpoint (see [`log_fingerprint`]) recorded.
+fn checkpoint_size(checkpoint: &str) -> Option<u64> {
+    let mut words = checkpoint.split_whitespace();
+    words.find(|w| *w == "size")?;
+    words.next()?.parse().ok()
 }
 
 /// Append `line` with one `write_all` (failpoint `log-append-enospc`: half of it, then the

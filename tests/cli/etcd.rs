@@ -1115,3 +1115,31 @@ fn the_log_checkpoint_notices_a_deleted_record_and_a_rewritten_checkpoint() {
     assert_eq!(etcd.value(&checkpoint).as_deref(), Some("4\n"));
     repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
 }
+
+/// A record deleted from the end of the log leaves a chain that verifies (a hash chain cannot
+/// show its own end cut off), but the checkpoint counted it: the next deployment refuses
+/// instead of reusing its `seq`, and a seal is the recorded way on.
+#[test]
+fn a_record_deleted_from_the_end_of_the_log_is_refused_then_sealed() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    let last = format!("{STATE}log/00000000000000000002");
+    etcd.ctl(&["del", &last]);
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify")
+        .stderr_has("records at the end of the log were removed")
+        .stderr_has("it had 2 after the last append");
+    assert_eq!(etcd.value(&last), None, "nothing was appended");
+    repo.deploy(&[
+        "log", "seal", "--target", "edge", "--reason", "looked", "--yes",
+    ])
+    .code(0);
+    assert!(etcd.value(&last).unwrap().contains("\"action\":\"seal\""));
+    deploy_yes(&repo).code(0);
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+}

@@ -435,3 +435,40 @@ fn on_a_terminal_the_environments_name_is_typed() {
     cmd("validation\n").code(0).stdout_has("Sealed: record 3");
     verify_json(&repo);
 }
+
+/// A log cut after a whole record (its last records removed, or emptied, or deleted) still
+/// verifies as a chain; the checkpoint of the last append knows it was longer. The next
+/// deployment refuses, writes nothing, and a seal is the recorded way on.
+#[test]
+fn records_removed_from_the_end_of_the_log_are_refused_then_sealed() {
+    let repo = Repo::base();
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 6);
+    deploy_yes(&repo).code(0);
+    let full = std::fs::read(log_file(&repo)).unwrap();
+    let first_line = full.iter().position(|&b| b == b'\n').unwrap() + 1;
+    set_threads(&repo, 8);
+    for cut in [&full[..first_line], &b""[..]] {
+        std::fs::write(log_file(&repo), cut).unwrap();
+        let before = snapshot(&target(&repo));
+        deploy_yes(&repo)
+            .code(3)
+            .stderr_has("records at the end of the log were removed")
+            .stderr_has(&format!(
+                "it was {} bytes after the last append",
+                full.len()
+            ));
+        assert_eq!(snapshot(&target(&repo)), before);
+    }
+    std::fs::remove_file(log_file(&repo)).unwrap();
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("the log file is 0 bytes");
+    assert!(!log_file(&repo).exists(), "nothing was appended");
+
+    std::fs::write(log_file(&repo), &full[..first_line]).unwrap();
+    seal(&repo, REASON).code(0).stderr_has("Sealed");
+    deploy_yes(&repo).code(0);
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
+}

@@ -1448,6 +1448,18 @@ impl Target for EtcdTarget {
             .and_then(|t| t.trim().parse::<i64>().ok());
         Ok(counted == Some(count) && count > 0 && newest == cp.mod_revision)
     }
+
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        let (checkpoint, count, _) = self.log_summary()?;
+        let was = checkpoint.and_then(|cp| {
+            std::str::from_utf8(&cp.value)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+        });
+        Ok(was.filter(|was| count < *was).map(|was| {
+            format!("the log has {count} record keys, but it had {was} after the last append")
+        }))
+    }
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
