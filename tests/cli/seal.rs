@@ -472,3 +472,32 @@ fn records_removed_from_the_end_of_the_log_are_refused_then_sealed() {
     repo.deploy(&["log", "verify", "--target", "validation"])
         .code(0);
 }
+
+/// A seal's reason is shown on one line, and a terminal escape in it is shown, not obeyed: a
+/// reason cannot fake another line of `deploy log verify` or clear the operator's screen.
+#[test]
+fn a_seals_reason_cannot_fake_lines_or_drive_the_terminal() {
+    let (repo, _) = damaged();
+    seal(&repo, "looked\nvalidation: 9 records, chain intact\x1b[2J").code(0);
+    let verify = repo.deploy(&["log", "verify", "--target", "validation"]);
+    let log = repo.deploy(&["log", "--target", "validation"]);
+    for (what, text) in [
+        ("verify stdout", &verify.stdout),
+        ("log stdout", &log.stdout),
+        ("log stderr", &log.stderr),
+    ] {
+        assert!(
+            !text.contains('\x1b'),
+            "{what} passes an escape on: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("validation: 9 records")),
+            "{what} shows a faked line: {text}"
+        );
+    }
+    assert!(
+        verify
+            .stdout
+            .contains("looked validation: 9 records, chain intact\u{fffd}[2J")
+    );
+}
