@@ -1051,7 +1051,8 @@ fn a_rollback_never_restores_over_a_key_changed_after_the_apply() {
     deploy_yes(&repo)
         .code(1)
         .stderr_has("/svc/edge/worker")
-        .stderr_has("changed by someone else");
+        .stderr_has("changed by someone else")
+        .stderr_has("wrote it; refusing to restore what was there before over it");
     assert_eq!(etcd.value("/svc/edge/worker").unwrap(), "{\"mid\":1}");
     assert!(etcd.value(&format!("{STATE}journal")).is_some());
 }

@@ -1187,7 +1187,7 @@ impl Target for EtcdTarget {
             // Only over what that apply wrote: a key changed since is someone else's.
             if values.get(name) != wrote.get(name) {
                 return Err(TargetError::Refused(format!(
-                    "`{}` was changed by someone else after generation {failed} wrote it;                      refusing to restore what was there before over it",
+                    "`{}` was changed by someone else after generation {failed} wrote it; refusing to restore what was there before over it",
                     self.show(&self.resource_key(name))
                 )));
             }
