@@ -501,3 +501,40 @@ fn a_seals_reason_cannot_fake_lines_or_drive_the_terminal() {
             .contains("looked validation: 9 records, chain intact\u{fffd}[2J")
     );
 }
+
+/// The promotion gate reads `validation`'s latest check from its log: a log whose last record
+/// (a failed check) was removed still verifies as a chain, but the checkpoint knows it was
+/// longer, so the gate stays closed instead of trusting the check before it.
+#[test]
+fn the_promotion_gate_does_not_trust_a_log_whose_latest_check_was_removed() {
+    let repo = Repo::base();
+    let scratch = tempfile::tempdir().unwrap();
+    let unhealthy = scratch.path().join("unhealthy");
+    let text = repo.read(VALIDATION);
+    repo.write(
+        VALIDATION,
+        format!(
+            "{text}\n[health]\ncommand = [\"sh\", \"-c\", \"test ! -e '{}'\"]\ntimeout = \"5s\"\n",
+            unhealthy.display()
+        ),
+    );
+    repo.commit("validation: a health check");
+    deploy_yes(&repo).code(0);
+    std::fs::write(&unhealthy, "").unwrap();
+    deploy_yes(&repo).stderr_has("fails its health check");
+    std::fs::remove_file(&unhealthy).unwrap();
+    let prod = ["--target", "prod", "--yes"];
+    repo.deploy(&prod).code(3).stderr_has("did not pass");
+
+    let full = std::fs::read(log_file(&repo)).unwrap();
+    let first_line = full.iter().position(|&b| b == b'\n').unwrap() + 1;
+    std::fs::write(log_file(&repo), &full[..first_line]).unwrap();
+    repo.deploy(&prod)
+        .code(3)
+        .stderr_has("promotion gate")
+        .stderr_has("records at the end of the log were removed");
+    assert!(
+        !repo.path().join("targets/prod/current").exists(),
+        "nothing was deployed to prod"
+    );
+}
