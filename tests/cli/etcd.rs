@@ -1136,6 +1136,9 @@ fn a_record_deleted_from_the_end_of_the_log_is_refused_then_sealed() {
         .stderr_has("records at the end of the log were removed")
         .stderr_has("it had 2 after the last append");
     assert_eq!(etcd.value(&last), None, "nothing was appended");
+    repo.deploy(&["log", "verify", "--target", "edge"])
+        .code(1)
+        .stdout_has("records at the end of the log were removed");
     repo.deploy(&[
         "log", "seal", "--target", "edge", "--reason", "looked", "--yes",
     ])

@@ -459,6 +459,11 @@ fn records_removed_from_the_end_of_the_log_are_refused_then_sealed() {
                 full.len()
             ));
         assert_eq!(snapshot(&target(&repo)), before);
+        // `deploy log verify`, which the refusal points to, says the same.
+        repo.deploy(&["log", "verify", "--target", "validation"])
+            .code(1)
+            .stdout_has("records at the end of the log were removed");
+        assert_eq!(snapshot(&target(&repo)), before);
     }
     std::fs::remove_file(log_file(&repo)).unwrap();
     deploy_yes(&repo)
