@@ -2,7 +2,7 @@
 //! item 7). A deployment refuses to append to a log that does not verify; once a person has
 //! looked, a seal record sets the damage aside (byte for byte kept) and deployments go on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness::{Repo, Run, snapshot};
 
@@ -542,4 +542,63 @@ fn the_promotion_gate_does_not_trust_a_log_whose_latest_check_was_removed() {
         !repo.path().join("targets/prod/current").exists(),
         "nothing was deployed to prod"
     );
+}
+
+/// `deploy --target validation --yes`, killed and failed if it has not ended within 30 s.
+fn deploy_within_30s(repo: &Repo) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--target", "validation", "--yes"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the deployment hung on the log checkpoint");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The log checkpoint is the target's own small file: one replaced by a FIFO or by a symlink
+/// to an endless device hangs nothing, and one replaced by a symlink is never written
+/// through (the checkpoint is written as a new file in its place).
+#[test]
+fn a_log_checkpoint_replaced_by_a_fifo_or_a_symlink_neither_hangs_nor_is_written_through() {
+    let repo = Repo::base();
+    deploy_yes(&repo).code(0);
+    let checkpoint = target(&repo).join(".envlock/log.checkpoint");
+    let scratch = tempfile::tempdir().unwrap();
+    let victim = scratch.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+
+    std::fs::remove_file(&checkpoint).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&checkpoint)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    set_threads(&repo, 6);
+    assert!(deploy_within_30s(&repo).success());
+
+    for (to, threads) in [(Path::new("/dev/zero"), 7), (victim.as_path(), 8)] {
+        std::fs::remove_file(&checkpoint).unwrap();
+        std::os::unix::fs::symlink(to, &checkpoint).unwrap();
+        set_threads(&repo, threads);
+        assert!(deploy_within_30s(&repo).success());
+        assert!(!checkpoint.is_symlink(), "the checkpoint is a file again");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
 }
