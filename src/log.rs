@@ -401,11 +401,30 @@ pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
     if target.log_untouched()? {
         return Ok(None);
     }
-    let Some(bytes) = target.log_read()? else {
+    let removed = target.log_removed()?;
+    let bytes = target.log_read()?;
+    if bytes.is_none() && removed.is_none() {
         return Ok(None);
-    };
-    let v = verify(&bytes);
+    }
+    let v = verify_removed(&bytes.unwrap_or_default(), removed);
     Ok(v.problem.is_some().then_some(v))
+}
+
+/// [`verify`], and when the chain verifies but the target knows that records at its end were
+/// removed (`Target::log_removed`: a log only grows, and a chain cut after a record still
+/// verifies), that is its problem: `dropped`, at the line after the last record.
+pub fn verify_removed(bytes: &[u8], removed: Option<String>) -> Verified {
+    let mut v = verify(bytes);
+    if let (None, Some(what)) = (&v.problem, removed) {
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        v.problem = Some(Problem {
+            line: lines + 1,
+            seq: None,
+            kind: Broken::Dropped,
+            message: format!("records at the end of the log were removed: {what}"),
+        });
+    }
+    v
 }
 
 /// The parts of a line that verification needs, found without parsing JSON.
@@ -785,9 +804,13 @@ fn find_seal<'a>(
 
 /// The `seal` record that sets aside a log's first damage, and the bytes to append (a newline
 /// first when the log ends in the middle of a line: no byte is rewritten or removed). `None`
-/// when the log verifies.
-pub fn seal_for(bytes: &[u8], entry: Entry) -> Option<(Vec<u8>, Record, Verified)> {
-    let v = verify(bytes);
+/// when the log verifies (and no record was removed from its end: `removed`).
+pub fn seal_for(
+    bytes: &[u8],
+    removed: Option<String>,
+    entry: Entry,
+) -> Option<(Vec<u8>, Record, Verified)> {
+    let v = verify_removed(bytes, removed);
     let problem = v.problem.clone()?;
     let lines = Lines::new(bytes);
     let cut = !lines.complete_last;
@@ -1028,8 +1051,11 @@ mod tests {
         let mut bytes = log(5);
         let at = bytes.windows(5).position(|w| w == b"\"ana\"").unwrap();
         bytes[at + 1] = b'b'; // record 1 edited
-        assert!(seal_for(&log(5), seal_entry()).is_none(), "nothing to seal");
-        let (line, r, before) = seal_for(&bytes, seal_entry()).unwrap();
+        assert!(
+            seal_for(&log(5), None, seal_entry()).is_none(),
+            "nothing to seal"
+        );
+        let (line, r, before) = seal_for(&bytes, None, seal_entry()).unwrap();
         assert_eq!(before.records, 0);
         assert_eq!((r.seq, r.prev.as_str()), (6, GENESIS));
         let mut sealed = bytes.clone();
@@ -1067,7 +1093,7 @@ mod tests {
         let p = verify(&later).problem.unwrap();
         assert_eq!((p.line, p.kind), (7, Broken::Edited));
         // ...which a second seal sets aside in its turn.
-        let (line2, r2, _) = seal_for(&later, seal_entry()).unwrap();
+        let (line2, r2, _) = seal_for(&later, None, seal_entry()).unwrap();
         assert_eq!((r2.seq, r2.prev.as_str()), (8, r.hash.as_str()));
         later.extend(line2);
         let v = verify(&later);
@@ -1078,7 +1104,7 @@ mod tests {
     fn a_seal_of_a_cut_log_ends_the_cut_line_first() {
         let good = log(3);
         let cut = &good[..good.len() - 30];
-        let (line, r, _) = seal_for(cut, seal_entry()).unwrap();
+        let (line, r, _) = seal_for(cut, None, seal_entry()).unwrap();
         assert_eq!(line[0], b'\n');
         let mut sealed = cut.to_vec();
         sealed.extend(&line);
@@ -1093,7 +1119,7 @@ mod tests {
         let mut bytes = log(4);
         let at = bytes.windows(5).rposition(|w| w == b"\"ana\"").unwrap();
         bytes[at + 1] = b'b'; // record 4 edited
-        let (line, r, _) = seal_for(&bytes, seal_entry()).unwrap();
+        let (line, r, _) = seal_for(&bytes, None, seal_entry()).unwrap();
         // The same seal, re-hashed with another line named.
         let mut wrong = r.clone();
         wrong.sealed.as_mut().unwrap().line = 3;

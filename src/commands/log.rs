@@ -164,7 +164,9 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
             return l;
         }
     };
-    let v = log::verify(&bytes);
+    // Records removed from the end leave a chain that verifies; the checkpoint knows.
+    let removed = target.log_removed().ok().flatten();
+    let v = log::verify_removed(&bytes, removed);
     l.records = v.records;
     l.head = Some(v.head);
     if v.problem.is_some() {
@@ -364,7 +366,12 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
 
 /// `s` on one line; cut to `max` characters (and `…`) when `max` is given.
 fn one_line(s: &str, max: Option<usize>) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Control characters (a terminal escape in a reason someone wrote) are shown, not obeyed.
+    let flat = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(|c: char| c.is_control(), "\u{fffd}");
     let Some(max) = max.filter(|m| flat.chars().count() > *m) else {
         return flat;
     };
@@ -384,11 +391,11 @@ fn sealed_note(env: &str, s: &SealedDamage) -> String {
         "the log of `{env}` has sealed damage at line {} ({}: {}); the bytes of {end} are set aside (kept as they were) by seal record {} (line {}), {} at {}: {}",
         s.line,
         s.kind.as_str(),
-        s.problem,
+        one_line(&s.problem, None),
         s.seal_seq,
         s.seal_line,
-        s.operator,
-        s.time,
-        s.reason
+        one_line(&s.operator, None),
+        one_line(&s.time, None),
+        one_line(&s.reason, None)
     )
 }

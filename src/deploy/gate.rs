@@ -56,7 +56,12 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         .log_read()
         .map_err(|e| refuse(format!("`{name}`'s deployment log cannot be read: {e}")))?
         .unwrap_or_default();
-    let verified = log::verify(&bytes);
+    // A log cut after a whole record (its latest checks removed) verifies as a chain; the
+    // target's checkpoint knows it was longer.
+    let removed = target
+        .log_removed()
+        .map_err(|e| refuse(format!("`{name}`'s deployment log cannot be read: {e}")))?;
+    let verified = log::verify_removed(&bytes, removed);
     if let Some(p) = verified.problem {
         return Err(Failure::refused(format!(
             "promotion gate: `{name}`'s deployment log does not verify, so it cannot prove commit {short}: {}",

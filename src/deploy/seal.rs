@@ -149,7 +149,7 @@ fn require_reason<'r>(d: &Deployment<'_>, reason: Option<&'r str>) -> Result<&'r
 /// The log's verification when it does not verify; a refusal (exit 3) when it does.
 fn damaged(d: &Deployment<'_>) -> Result<Verified> {
     let bytes = read(d)?;
-    let v = log::verify(&bytes);
+    let v = log::verify_removed(&bytes, removed(d)?);
     if v.problem.is_some() {
         return Ok(v);
     }
@@ -193,7 +193,7 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         plan_sha256: None,
         notify: None,
     };
-    log::seal_for(&bytes, entry).ok_or_else(|| {
+    log::seal_for(&bytes, removed(d)?, entry).ok_or_else(|| {
         Failure::refused(format!(
             "the deployment log of `{}` verifies now: there is nothing to seal",
             d.env.name
@@ -201,6 +201,11 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         .hint("another run changed it meanwhile; nothing was written")
         .into()
     })
+}
+
+/// Records removed from the end of the log, as the target's checkpoint tells.
+fn removed(d: &Deployment<'_>) -> Result<Option<String>> {
+    d.target.log_removed().map_err(|e| d.target_failure(e))
 }
 
 fn read(d: &Deployment<'_>) -> Result<Vec<u8>> {

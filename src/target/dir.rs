@@ -1448,7 +1448,19 @@ impl Target for DirTarget {
             return Ok(false);
         };
         let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
-        Ok(fs::read_to_string(checkpoint).is_ok_and(|c| c == log_fingerprint(&meta)))
+        Ok(read_log_checkpoint(&checkpoint).is_some_and(|c| c == log_fingerprint(&meta)))
+    }
+
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
+        let Some(was) = read_log_checkpoint(&checkpoint).and_then(|c| checkpoint_size(&c)) else {
+            return Ok(None);
+        };
+        let path = self.state_dir().join(LOG_FILE);
+        let now = lstat(&path)?.map_or(0, |m| m.len());
+        Ok((now < was).then(|| {
+            format!("the log file is {now} bytes, but it was {was} bytes after the last append")
+        }))
     }
 
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
@@ -1479,6 +1491,30 @@ fn log_fingerprint(meta: &fs::Metadata) -> String {
         meta.ctime(),
         meta.ctime_nsec()
     )
+}
+
+/// The log checkpoint's text when it is a regular file of the target's own: never follows a
+/// symlink, never blocks on a FIFO, reads at most 1 KiB (a checkpoint is one short line).
+/// Anything else is no checkpoint, and the whole log is verified: safe, only slower.
+fn read_log_checkpoint(path: &Path) -> Option<String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The log's size that a checkpoint (see [`log_fingerprint`]) recorded.
+fn checkpoint_size(checkpoint: &str) -> Option<u64> {
+    let mut words = checkpoint.split_whitespace();
+    words.find(|w| *w == "size")?;
+    words.next()?.parse().ok()
 }
 
 /// Append `line` with one `write_all` (failpoint `log-append-enospc`: half of it, then the
@@ -1514,9 +1550,20 @@ impl DirTarget {
     /// with a torn one) the next append verifies the whole log, which is safe, only slower.
     fn write_log_checkpoint(&self, file: &File) {
         let checkpoint = self.state_dir().join(LOG_CHECKPOINT_FILE);
-        let written = file
-            .metadata()
-            .and_then(|m| fs::write(&checkpoint, log_fingerprint(&m)));
+        // A new file in place of whatever is there: never written through a symlink (or into
+        // a FIFO) that someone put in its place.
+        let written = file.metadata().and_then(|m| {
+            match fs::remove_file(&checkpoint) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags((OFlags::NOFOLLOW | OFlags::CLOEXEC).bits() as i32)
+                .open(&checkpoint)?
+                .write_all(log_fingerprint(&m).as_bytes())
+        });
         if written.is_err() {
             let _ = fs::remove_file(&checkpoint);
         }

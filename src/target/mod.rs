@@ -483,6 +483,12 @@ pub trait Target {
     fn log_untouched(&self) -> Result<bool, TargetError> {
         Ok(false)
     }
+    /// When the log is shorter than this target's last append left it (a log only grows, so
+    /// records at its end were removed, which no hash chain can show): what was and what is.
+    /// `None` when it is not shorter, or when that cannot be told (no checkpoint).
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        Ok(None)
+    }
 }
 
 /// The items of state every target keeps (see [`Target::state_location`]).

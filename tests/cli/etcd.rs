@@ -1051,7 +1051,8 @@ fn a_rollback_never_restores_over_a_key_changed_after_the_apply() {
     deploy_yes(&repo)
         .code(1)
         .stderr_has("/svc/edge/worker")
-        .stderr_has("changed by someone else");
+        .stderr_has("changed by someone else")
+        .stderr_has("wrote it; refusing to restore what was there before over it");
     assert_eq!(etcd.value("/svc/edge/worker").unwrap(), "{\"mid\":1}");
     assert!(etcd.value(&format!("{STATE}journal")).is_some());
 }
@@ -1113,5 +1114,36 @@ fn the_log_checkpoint_notices_a_deleted_record_and_a_rewritten_checkpoint() {
     etcd.put(&second, &record);
     deploy_yes(&repo).code(0);
     assert_eq!(etcd.value(&checkpoint).as_deref(), Some("4\n"));
+    repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
+}
+
+/// A record deleted from the end of the log leaves a chain that verifies (a hash chain cannot
+/// show its own end cut off), but the checkpoint counted it: the next deployment refuses
+/// instead of reusing its `seq`, and a seal is the recorded way on.
+#[test]
+fn a_record_deleted_from_the_end_of_the_log_is_refused_then_sealed() {
+    let etcd = Cluster::start(1);
+    let repo = repo_with(&edge_toml(&etcd.endpoints_toml(), "", "", 4));
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 4, 6);
+    deploy_yes(&repo).code(0);
+    let last = format!("{STATE}log/00000000000000000002");
+    etcd.ctl(&["del", &last]);
+    set_threads(&repo, 6, 8);
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("does not verify")
+        .stderr_has("records at the end of the log were removed")
+        .stderr_has("it had 2 after the last append");
+    assert_eq!(etcd.value(&last), None, "nothing was appended");
+    repo.deploy(&["log", "verify", "--target", "edge"])
+        .code(1)
+        .stdout_has("records at the end of the log were removed");
+    repo.deploy(&[
+        "log", "seal", "--target", "edge", "--reason", "looked", "--yes",
+    ])
+    .code(0);
+    assert!(etcd.value(&last).unwrap().contains("\"action\":\"seal\""));
+    deploy_yes(&repo).code(0);
     repo.deploy(&["log", "verify", "--target", "edge"]).code(0);
 }

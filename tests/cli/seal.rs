@@ -2,7 +2,7 @@
 //! item 7). A deployment refuses to append to a log that does not verify; once a person has
 //! looked, a seal record sets the damage aside (byte for byte kept) and deployments go on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::harness::{Repo, Run, snapshot};
 
@@ -434,4 +434,171 @@ fn on_a_terminal_the_environments_name_is_typed() {
     assert_eq!(snapshot(&target(&repo)), before);
     cmd("validation\n").code(0).stdout_has("Sealed: record 3");
     verify_json(&repo);
+}
+
+/// A log cut after a whole record (its last records removed, or emptied, or deleted) still
+/// verifies as a chain; the checkpoint of the last append knows it was longer. The next
+/// deployment refuses, writes nothing, and a seal is the recorded way on.
+#[test]
+fn records_removed_from_the_end_of_the_log_are_refused_then_sealed() {
+    let repo = Repo::base();
+    deploy_yes(&repo).code(0);
+    set_threads(&repo, 6);
+    deploy_yes(&repo).code(0);
+    let full = std::fs::read(log_file(&repo)).unwrap();
+    let first_line = full.iter().position(|&b| b == b'\n').unwrap() + 1;
+    set_threads(&repo, 8);
+    for cut in [&full[..first_line], &b""[..]] {
+        std::fs::write(log_file(&repo), cut).unwrap();
+        let before = snapshot(&target(&repo));
+        deploy_yes(&repo)
+            .code(3)
+            .stderr_has("records at the end of the log were removed")
+            .stderr_has(&format!(
+                "it was {} bytes after the last append",
+                full.len()
+            ));
+        assert_eq!(snapshot(&target(&repo)), before);
+        // `deploy log verify`, which the refusal points to, says the same.
+        repo.deploy(&["log", "verify", "--target", "validation"])
+            .code(1)
+            .stdout_has("records at the end of the log were removed");
+        assert_eq!(snapshot(&target(&repo)), before);
+    }
+    std::fs::remove_file(log_file(&repo)).unwrap();
+    deploy_yes(&repo)
+        .code(3)
+        .stderr_has("the log file is 0 bytes");
+    assert!(!log_file(&repo).exists(), "nothing was appended");
+
+    std::fs::write(log_file(&repo), &full[..first_line]).unwrap();
+    seal(&repo, REASON).code(0).stderr_has("Sealed");
+    deploy_yes(&repo).code(0);
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
+}
+
+/// A seal's reason is shown on one line, and a terminal escape in it is shown, not obeyed: a
+/// reason cannot fake another line of `deploy log verify` or clear the operator's screen.
+#[test]
+fn a_seals_reason_cannot_fake_lines_or_drive_the_terminal() {
+    let (repo, _) = damaged();
+    seal(&repo, "looked\nvalidation: 9 records, chain intact\x1b[2J").code(0);
+    let verify = repo.deploy(&["log", "verify", "--target", "validation"]);
+    let log = repo.deploy(&["log", "--target", "validation"]);
+    for (what, text) in [
+        ("verify stdout", &verify.stdout),
+        ("log stdout", &log.stdout),
+        ("log stderr", &log.stderr),
+    ] {
+        assert!(
+            !text.contains('\x1b'),
+            "{what} passes an escape on: {text:?}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("validation: 9 records")),
+            "{what} shows a faked line: {text}"
+        );
+    }
+    assert!(
+        verify
+            .stdout
+            .contains("looked validation: 9 records, chain intact\u{fffd}[2J")
+    );
+}
+
+/// The promotion gate reads `validation`'s latest check from its log: a log whose last record
+/// (a failed check) was removed still verifies as a chain, but the checkpoint knows it was
+/// longer, so the gate stays closed instead of trusting the check before it.
+#[test]
+fn the_promotion_gate_does_not_trust_a_log_whose_latest_check_was_removed() {
+    let repo = Repo::base();
+    let scratch = tempfile::tempdir().unwrap();
+    let unhealthy = scratch.path().join("unhealthy");
+    let text = repo.read(VALIDATION);
+    repo.write(
+        VALIDATION,
+        format!(
+            "{text}\n[health]\ncommand = [\"sh\", \"-c\", \"test ! -e '{}'\"]\ntimeout = \"5s\"\n",
+            unhealthy.display()
+        ),
+    );
+    repo.commit("validation: a health check");
+    deploy_yes(&repo).code(0);
+    std::fs::write(&unhealthy, "").unwrap();
+    deploy_yes(&repo).stderr_has("fails its health check");
+    std::fs::remove_file(&unhealthy).unwrap();
+    let prod = ["--target", "prod", "--yes"];
+    repo.deploy(&prod).code(3).stderr_has("did not pass");
+
+    let full = std::fs::read(log_file(&repo)).unwrap();
+    let first_line = full.iter().position(|&b| b == b'\n').unwrap() + 1;
+    std::fs::write(log_file(&repo), &full[..first_line]).unwrap();
+    repo.deploy(&prod)
+        .code(3)
+        .stderr_has("promotion gate")
+        .stderr_has("records at the end of the log were removed");
+    assert!(
+        !repo.path().join("targets/prod/current").exists(),
+        "nothing was deployed to prod"
+    );
+}
+
+/// `deploy --target validation --yes`, killed and failed if it has not ended within 30 s.
+fn deploy_within_30s(repo: &Repo) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["--target", "validation", "--yes"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the deployment hung on the log checkpoint");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The log checkpoint is the target's own small file: one replaced by a FIFO or by a symlink
+/// to an endless device hangs nothing, and one replaced by a symlink is never written
+/// through (the checkpoint is written as a new file in its place).
+#[test]
+fn a_log_checkpoint_replaced_by_a_fifo_or_a_symlink_neither_hangs_nor_is_written_through() {
+    let repo = Repo::base();
+    deploy_yes(&repo).code(0);
+    let checkpoint = target(&repo).join(".envlock/log.checkpoint");
+    let scratch = tempfile::tempdir().unwrap();
+    let victim = scratch.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+
+    std::fs::remove_file(&checkpoint).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&checkpoint)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    set_threads(&repo, 6);
+    assert!(deploy_within_30s(&repo).success());
+
+    for (to, threads) in [(Path::new("/dev/zero"), 7), (victim.as_path(), 8)] {
+        std::fs::remove_file(&checkpoint).unwrap();
+        std::os::unix::fs::symlink(to, &checkpoint).unwrap();
+        set_threads(&repo, threads);
+        assert!(deploy_within_30s(&repo).success());
+        assert!(!checkpoint.is_symlink(), "the checkpoint is a file again");
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0);
 }

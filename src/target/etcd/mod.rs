@@ -1187,7 +1187,7 @@ impl Target for EtcdTarget {
             // Only over what that apply wrote: a key changed since is someone else's.
             if values.get(name) != wrote.get(name) {
                 return Err(TargetError::Refused(format!(
-                    "`{}` was changed by someone else after generation {failed} wrote it;                      refusing to restore what was there before over it",
+                    "`{}` was changed by someone else after generation {failed} wrote it; refusing to restore what was there before over it",
                     self.show(&self.resource_key(name))
                 )));
             }
@@ -1447,6 +1447,18 @@ impl Target for EtcdTarget {
             .ok()
             .and_then(|t| t.trim().parse::<i64>().ok());
         Ok(counted == Some(count) && count > 0 && newest == cp.mod_revision)
+    }
+
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        let (checkpoint, count, _) = self.log_summary()?;
+        let was = checkpoint.and_then(|cp| {
+            std::str::from_utf8(&cp.value)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+        });
+        Ok(was.filter(|was| count < *was).map(|was| {
+            format!("the log has {count} record keys, but it had {was} after the last append")
+        }))
     }
 }
 

@@ -1012,6 +1012,10 @@ impl Target for ExecTarget {
         self.state.log_untouched()
     }
 
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        self.state.log_removed()
+    }
+
     fn log_cut(&self, len: u64) -> Result<(), TargetError> {
         self.state.log_cut(len)
     }
