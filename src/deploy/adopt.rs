@@ -18,7 +18,7 @@ use super::apply::LogRef;
 use crate::config::TargetKind;
 use crate::error::Failure;
 use crate::log::{self, Changes, Entry, Operator, Outcome};
-use crate::target::{Stamp, StampState};
+use crate::target::{Live, Stamp, StampState};
 
 /// What `deploy adopt` found and did, for `--format json`.
 #[derive(Debug, Serialize)]
@@ -251,4 +251,43 @@ fn record(d: &Deployment<'_>, found: &str) -> Result<LogRef> {
         seq: r.seq,
         hash: r.hash,
     })
+}
+
+/// A stamped target that holds none of the resources its live generation wrote: the stamp is
+/// kept apart from the resources (an `exec` target's state directory, an `etcd` target's
+/// `.envlock/` beside its prefix), so a provider pointed at the wrong region, profile or scope,
+/// or an emptied prefix, looks adopted and empty. Deploying would silently write everything
+/// again into whatever it reaches. `None` when the target holds anything, or nothing was ever
+/// deployed there.
+pub(super) fn vanished(d: &Deployment<'_>, live: &Live) -> Result<Option<Failure>> {
+    let Some(id) = live.generation else {
+        return Ok(None);
+    };
+    if !live.resources.is_empty() {
+        return Ok(None);
+    }
+    let recorded = d.target.resources(id).map_err(|e| d.target_failure(e))?;
+    if recorded.is_empty() {
+        return Ok(None);
+    }
+    let n = recorded.len();
+    let f = Failure::refused(format!(
+        "{} holds none of the {n} resource{} that generation {id} of `{}` deployed there: \
+         the target may not be the one deployed to (a wrong region, profile, scope or prefix, \
+         a volume not mounted) or everything was deleted outside envlock",
+        d.target.describe(),
+        if n == 1 { "" } else { "s" },
+        d.env.name
+    ));
+    Ok(Some(if d.env.protected {
+        f.hint(format!(
+            "check what the target reaches (the credentials' region and profile, the \
+             provider's scope, the prefix); if everything really was deleted there, run \
+             `deploy --target {}` on a terminal without --yes, read the plan, and type the name \
+             to write it all again; nothing was written",
+            d.env.name
+        ))
+    } else {
+        f.hint("deploying writes every resource again into what the target reaches now")
+    }))
 }

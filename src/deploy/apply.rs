@@ -473,6 +473,13 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         key,
         plan,
     } = plan_against_live(d, &resolved)?;
+    if let Some(f) = super::adopt::vanished(d, &live)? {
+        d.warn(&format!(
+            "{}\nhint: {}",
+            f.message,
+            f.hint.unwrap_or_default()
+        ));
+    }
     let mut report = Report::new(d, "planned", plan.desired.config_sha256.clone());
     // Secret values are bound by their keyed hashes, which only the target's own key makes
     // reproducible: a plan made before the target has one cannot bind them.
@@ -627,6 +634,19 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         key,
         mut plan,
     } = plan_against_live(d, &resolved)?;
+    if let Some(f) = super::adopt::vanished(d, &live)? {
+        // A protected environment writes everything again only after the name is typed.
+        if d.env.protected && yes {
+            let err = anyhow::Error::from(f);
+            record_refusal(d, &stamp, lock.is_some(), &err);
+            return Err(err);
+        }
+        d.warn(&format!(
+            "{}\nhint: {}",
+            f.message,
+            f.hint.unwrap_or_default()
+        ));
+    }
     report.config_sha256 = plan.desired.config_sha256.clone();
     if let Some(saved) = expected
         && let Err(err) = check_adoption(d, saved, &stamp)

@@ -400,3 +400,60 @@ fn an_exec_scope_gets_the_same_refusal_and_adoption() {
         .stderr_has("Generation 1 is live.");
     assert_eq!(listing(&store), [".account", "r1.json"]);
 }
+
+/// The stamp of an exec target lives in its state directory, apart from the resources: a
+/// provider pointed at another, empty scope of the same account (another region or profile)
+/// looks adopted and empty. A protected environment does not write everything again there
+/// under --yes; an unprotected one says what it is doing.
+#[test]
+fn a_stamped_target_that_holds_nothing_it_deployed_is_not_refilled_under_yes() {
+    let repo = exec_repo();
+    repo.deploy(&["adopt", "--target", "cloud", "--yes"])
+        .code(0);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    // The scope the provider reaches now: the same account, none of the resources.
+    let elsewhere = repo.path().join("store-elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join(".account"), "123456789012\n").unwrap();
+    repo.write(".gitignore", "store/\nstate/\nstore-elsewhere/\n");
+    repo.edit(
+        "environments/cloud.toml",
+        &[("dir = \"store\"", "dir = \"store-elsewhere\"")],
+    );
+    repo.commit("the provider reaches another scope");
+    let state = repo.path().join("state");
+    let before = crate::harness::snapshot(&state);
+    repo.deploy(&["plan", "--target", "cloud"])
+        .code(0)
+        .stderr_has("holds none of the 1 resource that generation 1 of `cloud` deployed there");
+    let run = repo.deploy(&["--target", "cloud", "--yes"]);
+    run.code(3)
+        .stderr_has("holds none of the 1 resource that generation 1 of `cloud` deployed there")
+        .stderr_has("wrong region, profile, scope or prefix")
+        .stderr_has("nothing was written");
+    assert_eq!(
+        listing(&elsewhere),
+        [".account"],
+        "a refusal wrote to the provider"
+    );
+    // Only the refusal's own log record is added to the state.
+    let after = crate::harness::snapshot(&state);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        changed.iter().all(|k| k.contains("log")),
+        "a refusal changed {changed:?}"
+    );
+
+    // Unprotected: it goes on, and says so.
+    repo.edit("environments/cloud.toml", &[("protected = true\n", "")]);
+    repo.commit("cloud is not protected");
+    repo.deploy(&["--target", "cloud", "--yes"])
+        .code(0)
+        .stderr_has("holds none of the 1 resource")
+        .stderr_has("deploying writes every resource again");
+    assert_eq!(listing(&elsewhere), [".account", "r1.json"]);
+}
