@@ -203,15 +203,15 @@ impl Cloud {
 }
 
 /// The JSON the example provider stores for `{engine, threads}`.
-fn stored(threads: u32) -> String {
+pub(crate) fn stored(threads: u32) -> String {
     format!(r#"{{"engine": "conformer-ctc", "threads": {threads}}}"#)
 }
 
-fn all(threads: u32) -> Vec<(&'static str, u32)> {
+pub(crate) fn all(threads: u32) -> Vec<(&'static str, u32)> {
     NAMES.iter().map(|n| (*n, threads)).collect()
 }
 
-fn all_stored(threads: u32) -> BTreeMap<String, String> {
+pub(crate) fn all_stored(threads: u32) -> BTreeMap<String, String> {
     NAMES
         .iter()
         .map(|n| (n.to_string(), stored(threads)))

@@ -6,13 +6,11 @@
 //!
 //! What is checked is what lands in the provider's directory, byte for byte.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::exec::Cloud;
+use crate::exec::{Cloud, all, all_stored, stored};
 
 const ENV: &str = "cloud";
-const NAMES: [&str; 5] = ["r1", "r2", "r3", "r4", "r5"];
 
 /// A proxy in front of `FLAKY_REAL` (a protocol-2 provider). `FLAKY_LOG` gets `start` per
 /// process and `<operation>` per request (`apply <n items>`). `FLAKY_MODE`: `proto1` answers
@@ -114,21 +112,6 @@ fn journal_left(cloud: &Cloud) -> bool {
         .path()
         .join("state/.envlock/exec-journal.json")
         .exists()
-}
-
-fn stored(threads: u32) -> String {
-    format!(r#"{{"engine": "conformer-ctc", "threads": {threads}}}"#)
-}
-
-fn all(threads: u32) -> Vec<(&'static str, u32)> {
-    NAMES.iter().map(|n| (*n, threads)).collect()
-}
-
-fn all_stored(threads: u32) -> BTreeMap<String, String> {
-    NAMES
-        .iter()
-        .map(|n| (n.to_string(), stored(threads)))
-        .collect()
 }
 
 #[test]
