@@ -628,33 +628,15 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         record_refusal(d, &stamp, lock.is_some(), &err);
         return Err(err);
     }
+    let planned = plan_against_live(d, &resolved)?;
+    check_planned(d, yes, expected, &stamp, lock.is_some(), &planned)?;
     let Planned {
         live,
         stored_key,
-        key,
         mut plan,
-    } = plan_against_live(d, &resolved)?;
-    if let Some(f) = super::adopt::vanished(d, &live)? {
-        // A protected environment writes everything again only after the name is typed.
-        if d.env.protected && yes {
-            let err = anyhow::Error::from(f);
-            record_refusal(d, &stamp, lock.is_some(), &err);
-            return Err(err);
-        }
-        d.warn(&format!(
-            "{}\nhint: {}",
-            f.message,
-            f.hint.unwrap_or_default()
-        ));
-    }
+        ..
+    } = planned;
     report.config_sha256 = plan.desired.config_sha256.clone();
-    if let Some(saved) = expected
-        && let Err(err) = check_adoption(d, saved, &stamp)
-            .and_then(|()| matches_saved(d, saved, &live, &plan, stored_key.is_some(), &key))
-    {
-        record_refusal(d, &stamp, lock.is_some(), &err);
-        return Err(err);
-    }
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
@@ -671,102 +653,116 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     }
 
     if plan.is_empty() && live.generation.is_some() {
-        report.outcome = "unchanged".into();
-        d.say(&format!(
-            "No changes: generation {} already holds exactly this configuration.",
-            live.generation.unwrap_or_default()
-        ));
-        // The verification is recorded (the promotion gate accepts it), so it runs under the
-        // lock against the generation the plan saw.
-        let _lock = match lock {
-            Some(held) => held,
-            None => d.lock()?,
-        };
-        if let Err(err) = require_unchanged(d, &stamp, &live) {
-            record_refusal(d, &stamp, true, &err);
-            return Err(err);
-        }
-        let health = d.health(live.generation, &d.commit.id.to_string(), None);
-        let passed = health.as_ref().is_none_or(|h| h.passed);
-        let entry = Entry {
-            action: log::Action::Verify,
-            outcome: if passed {
-                Outcome::Unchanged
-            } else {
-                Outcome::Failed
-            },
-            reason: health
-                .as_ref()
-                .filter(|h| !h.passed)
-                .map(|h| format!("nothing to change, but {}", h.line())),
-            config_sha256: report.config_sha256.clone(),
-            ..entry(d, live.generation)
-        };
-        record(d, &mut report, entry)?;
-        if let Some(h) = health {
-            d.say(&h.line());
-            report.health = Some(h.clone());
-            if !passed {
-                let mut f = Failure::error(format!(
-                    "`{}` is unhealthy: generation {} is live and fails its health check (nothing was changed)",
-                    d.env.name,
-                    live.generation.unwrap_or_default()
-                ));
-                for line in &h.output {
-                    f = f.detail(line.clone());
-                }
-                return Err(f
-                    .hint(format!(
-                        "the configuration is already live, so the problem is elsewhere; `deploy rollback --target {}` makes an earlier generation live",
-                        d.env.name
-                    ))
-                    .into());
-            }
-        }
-        return Ok(report);
+        return verify_unchanged(d, lock, &stamp, &live, report);
     }
 
     let adopt = matches!(stamp, StampState::Absent);
-    let what = if adopt {
-        "adopt the target and apply this"
-    } else {
-        "apply these changes"
-    };
-    d.confirm(yes, what)?;
-    let _lock = match lock {
-        Some(held) => held,
-        None => d.lock()?,
-    };
-    failpoint::hit("after-lock");
-    if let Err(err) = require_unchanged(d, &stamp, &live) {
-        record_refusal(d, &stamp, true, &err);
-        return Err(err);
-    }
-    d.arm_interrupts();
-    failpoint::hit("after-confirm");
-    if d.is_interrupted() {
-        return Err(
-            Failure::error("interrupted before anything was written; nothing changed").into(),
-        );
-    }
-    if adopt {
-        d.target
-            .write_stamp(&Stamp::new(&d.env.name, &d.env.account.value))
-            .map_err(|e| d.target_failure(e))?;
-        report.adopted = true;
-        d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
-        failpoint::hit("after-adopt");
-    }
+    let _lock = take_over(d, yes, lock, &stamp, &live, &mut report)?;
     if !plan.desired.secrets.is_empty() && stored_key.is_none() {
         // The generation records hashes under the key that later runs compare with.
-        let key = d
-            .target
-            .create_secret_key()
-            .map_err(|e| d.target_failure(e))?;
-        plan.desired = plan::desired(d.env, &resolved, &key);
+        plan.desired = plan::desired(d.env, &resolved, &create_secret_key(d)?);
         report.config_sha256 = plan.desired.config_sha256.clone();
     }
-    let mut journal = Journal {
+    let mut journal = apply_journal(d, &live, &report, adopt)?;
+    // A target that journals atomically with its apply needs no journal before it: until its
+    // one transaction commits, nothing happened.
+    let atomic = d.target.atomic_bookkeeping();
+    if !atomic {
+        write_journal(d, &journal)?;
+    }
+    failpoint::hit("after-journal");
+    let applied = write_generation(d, &journal, &plan, atomic);
+    let id = match applied {
+        Ok(id) => id,
+        Err(err) => {
+            // The switch is the last step of an apply, so the old generation is live unless the
+            // switch itself happened; find out rather than assume.
+            let now = d.target.live_generation().ok().flatten();
+            if now == live.generation {
+                return Err(failed_before_switch(d, &journal, &live, err, &mut report));
+            }
+            let failed = now.unwrap_or_default();
+            journal.next = now;
+            report.generation = now;
+            roll_back(
+                d,
+                &mut journal,
+                failed,
+                &format!("the apply failed: {err}"),
+                &mut report,
+            )?;
+            return Ok(report);
+        }
+    };
+    failpoint::hit("after-switch");
+    journal.phase = Phase::Verifying;
+    journal.next = Some(id);
+    if !atomic {
+        write_journal(d, &journal)?;
+    }
+    report.generation = Some(id);
+    d.say(&format!("Generation {id} is live."));
+    failpoint::hit("after-journal-verifying");
+
+    if let Some(why) = verify_new(d, id, &d.commit.id.to_string(), "deployment", &mut report) {
+        failpoint::hit("before-rollback");
+        roll_back(d, &mut journal, id, &why, &mut report)?;
+        return Ok(report);
+    }
+    record_applied(d, &journal, id, atomic, &mut report)?;
+    Ok(report)
+}
+
+/// What the live state read says before the plan is shown: a stamped target that holds none of
+/// what it was given (refused under `--yes` for a protected environment), and, with `--plan`,
+/// whether the saved plan is still exactly this one. A refusal is recorded.
+fn check_planned(
+    d: &Deployment<'_>,
+    yes: bool,
+    expected: Option<&SavedPlan>,
+    stamp: &StampState,
+    holding_lock: bool,
+    planned: &Planned,
+) -> Result<()> {
+    let Planned {
+        live,
+        stored_key,
+        key,
+        plan,
+    } = planned;
+    if let Some(f) = super::adopt::vanished(d, live)? {
+        // A protected environment writes everything again only after the name is typed.
+        if d.env.protected && yes {
+            let err = anyhow::Error::from(f);
+            record_refusal(d, stamp, holding_lock, &err);
+            return Err(err);
+        }
+        d.warn(&format!(
+            "{}\nhint: {}",
+            f.message,
+            f.hint.unwrap_or_default()
+        ));
+    }
+    if let Some(saved) = expected
+        && let Err(err) = check_adoption(d, saved, stamp)
+            .and_then(|()| matches_saved(d, saved, live, plan, stored_key.is_some(), key))
+    {
+        record_refusal(d, stamp, holding_lock, &err);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// The target's first secret key, created under the lock.
+fn create_secret_key(d: &Deployment<'_>) -> Result<Vec<u8>> {
+    d.target
+        .create_secret_key()
+        .map_err(|e| d.target_failure(e))
+}
+
+/// The journal of an apply about to replace `live` (written before anything else).
+fn apply_journal(d: &Deployment<'_>, live: &Live, report: &Report, adopt: bool) -> Result<Journal> {
+    Ok(Journal {
         version: JOURNAL_VERSION,
         action: "apply".into(),
         phase: Phase::Switching,
@@ -782,14 +778,17 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         changes: report.summary,
         plan_sha256: d.plan_sha256.clone(),
         adopted: adopt,
-    };
-    // A target that journals atomically with its apply needs no journal before it: until its
-    // one transaction commits, nothing happened.
-    let atomic = d.target.atomic_bookkeeping();
-    if !atomic {
-        write_journal(d, &journal)?;
-    }
-    failpoint::hit("after-journal");
+    })
+}
+
+/// Write the new generation and make it live, in one transaction with its journal where the
+/// target can (`atomic`), with progress shown while the target takes it.
+fn write_generation(
+    d: &Deployment<'_>,
+    journal: &Journal,
+    plan: &Plan,
+    atomic: bool,
+) -> Result<GenerationId, TargetError> {
     let meta = serde_json::json!({
         "commit": d.commit.id.to_string(),
         "created": crate::target::now_rfc3339(),
@@ -828,104 +827,20 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
             .apply(&plan.desired.files, &plan.desired.private, &meta)
     };
     d.progress.finish();
-    let id = match applied {
-        Ok(id) => id,
-        Err(err) => {
-            // The switch is the last step of an apply, so the old generation is live unless the
-            // switch itself happened; find out rather than assume.
-            let now = d.target.live_generation().ok().flatten();
-            if now == live.generation {
-                // A generation it may have completed stays out of every later choice.
-                discard_unswitched(d, &journal);
-                // A stale plan (a compare of the target's own transaction failed) is a
-                // refusal; a change too large for one transaction is an error; anything else
-                // failed and left the previous generation live.
-                // A target that could not undo its own partial changes (exec) failed, and says
-                // which resources are in which state; its journals stay for the next run.
-                let partial = matches!(err, TargetError::Partial(_));
-                let (exit, outcome) = match &err {
-                    TargetError::Refused(_) => (Exit::Refused, Outcome::Refused),
-                    TargetError::TooLarge(_) | TargetError::Partial(_) => {
-                        (Exit::Error, Outcome::Failed)
-                    }
-                    _ => (Exit::RolledBack, Outcome::Failed),
-                };
-                let mut f = Failure::from(err);
-                f.exit = exit;
-                f.message = if partial {
-                    format!("the apply FAILED half-way: {}", f.message)
-                } else {
-                    format!(
-                        "{} before the switch, so {} is still live: {}",
-                        if exit == Exit::Refused {
-                            "the apply was refused"
-                        } else {
-                            "the apply failed"
-                        },
-                        live.generation
-                            .map_or("nothing".to_owned(), |g| format!("generation {g}")),
-                        f.message
-                    )
-                };
-                if partial {
-                    f = f.hint(format!(
-                        "fix what stopped the undo (the provider's words are above), then run `deploy --target {}`: it finishes the undo before anything else",
-                        d.env.name
-                    ));
-                }
-                if exit == Exit::Refused {
-                    f = f.hint(format!(
-                        "something else wrote to the target after the plan read it; run `deploy --target {}` again to see the new plan",
-                        d.env.name
-                    ));
-                }
-                let entry = journal_entry(
-                    &journal,
-                    d,
-                    outcome,
-                    live.generation,
-                    Some(f.message.clone()),
-                );
-                if let Err(e) = record(d, &mut report, entry) {
-                    d.warn(&format!(
-                        "the failure could not be recorded in the deployment log: {e}"
-                    ));
-                }
-                if !partial {
-                    let _ = d.target.clear_journal();
-                }
-                return Err(f.into());
-            }
-            let failed = now.unwrap_or_default();
-            journal.next = now;
-            report.generation = now;
-            roll_back(
-                d,
-                &mut journal,
-                failed,
-                &format!("the apply failed: {err}"),
-                &mut report,
-            )?;
-            return Ok(report);
-        }
-    };
-    failpoint::hit("after-switch");
-    journal.phase = Phase::Verifying;
-    journal.next = Some(id);
-    if !atomic {
-        write_journal(d, &journal)?;
-    }
-    report.generation = Some(id);
-    d.say(&format!("Generation {id} is live."));
-    failpoint::hit("after-journal-verifying");
+    applied
+}
 
-    if let Some(why) = verify_new(d, id, &d.commit.id.to_string(), "deployment", &mut report) {
-        failpoint::hit("before-rollback");
-        roll_back(d, &mut journal, id, &why, &mut report)?;
-        return Ok(report);
-    }
+/// The deployment is live and healthy: its `applied` record (with the journal cleared in the
+/// same write where the target can), old generations pruned, and the one line that says so.
+fn record_applied(
+    d: &Deployment<'_>,
+    journal: &Journal,
+    id: GenerationId,
+    atomic: bool,
+    report: &mut Report,
+) -> Result<()> {
     failpoint::hit("before-record");
-    let entry = journal_entry(&journal, d, Outcome::Applied, Some(id), None);
+    let entry = journal_entry(journal, d, Outcome::Applied, Some(id), None);
     if atomic {
         let r = log::append_clearing_journal(&*d.target, d.page(entry))
             .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
@@ -935,7 +850,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
             hash: r.hash,
         });
     } else {
-        record(d, &mut report, entry).map_err(|e| unrecorded(d, id, e))?;
+        record(d, report, entry).map_err(|e| unrecorded(d, id, e))?;
         failpoint::hit("before-clear-journal");
         clear_journal(d)?;
     }
@@ -947,7 +862,184 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         d.who(),
         d.commit.short()
     ));
+    Ok(())
+}
+
+/// From the plan to the first write: confirmation, the lock (unless recovery already holds
+/// it), a re-check under it that the target is what the plan saw, Ctrl-C armed, and, for a
+/// target without a stamp, its adoption. Returns the lock, held until the run ends.
+fn take_over(
+    d: &Deployment<'_>,
+    yes: bool,
+    lock: Option<Box<dyn LockGuard>>,
+    stamp: &StampState,
+    live: &Live,
+    report: &mut Report,
+) -> Result<Box<dyn LockGuard>> {
+    let adopt = matches!(stamp, StampState::Absent);
+    let what = if adopt {
+        "adopt the target and apply this"
+    } else {
+        "apply these changes"
+    };
+    d.confirm(yes, what)?;
+    let lock = match lock {
+        Some(held) => held,
+        None => d.lock()?,
+    };
+    failpoint::hit("after-lock");
+    if let Err(err) = require_unchanged(d, stamp, live) {
+        record_refusal(d, stamp, true, &err);
+        return Err(err);
+    }
+    d.arm_interrupts();
+    failpoint::hit("after-confirm");
+    if d.is_interrupted() {
+        return Err(
+            Failure::error("interrupted before anything was written; nothing changed").into(),
+        );
+    }
+    if adopt {
+        d.target
+            .write_stamp(&Stamp::new(&d.env.name, &d.env.account.value))
+            .map_err(|e| d.target_failure(e))?;
+        report.adopted = true;
+        d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
+        failpoint::hit("after-adopt");
+    }
+    Ok(lock)
+}
+
+/// Nothing to change: the live generation is health-checked under the lock, against the
+/// generation the plan saw, and the verification recorded (the promotion gate accepts it).
+fn verify_unchanged(
+    d: &Deployment<'_>,
+    lock: Option<Box<dyn LockGuard>>,
+    stamp: &StampState,
+    live: &Live,
+    mut report: Report,
+) -> Result<Report> {
+    report.outcome = "unchanged".into();
+    d.say(&format!(
+        "No changes: generation {} already holds exactly this configuration.",
+        live.generation.unwrap_or_default()
+    ));
+    // The verification is recorded (the promotion gate accepts it), so it runs under the
+    // lock against the generation the plan saw.
+    let _lock = match lock {
+        Some(held) => held,
+        None => d.lock()?,
+    };
+    if let Err(err) = require_unchanged(d, stamp, live) {
+        record_refusal(d, stamp, true, &err);
+        return Err(err);
+    }
+    let health = d.health(live.generation, &d.commit.id.to_string(), None);
+    let passed = health.as_ref().is_none_or(|h| h.passed);
+    let entry = Entry {
+        action: log::Action::Verify,
+        outcome: if passed {
+            Outcome::Unchanged
+        } else {
+            Outcome::Failed
+        },
+        reason: health
+            .as_ref()
+            .filter(|h| !h.passed)
+            .map(|h| format!("nothing to change, but {}", h.line())),
+        config_sha256: report.config_sha256.clone(),
+        ..entry(d, live.generation)
+    };
+    record(d, &mut report, entry)?;
+    if let Some(h) = health {
+        d.say(&h.line());
+        report.health = Some(h.clone());
+        if !passed {
+            let mut f = Failure::error(format!(
+                "`{}` is unhealthy: generation {} is live and fails its health check (nothing was changed)",
+                d.env.name,
+                live.generation.unwrap_or_default()
+            ));
+            for line in &h.output {
+                f = f.detail(line.clone());
+            }
+            return Err(f
+                .hint(format!(
+                    "the configuration is already live, so the problem is elsewhere; `deploy rollback --target {}` makes an earlier generation live",
+                    d.env.name
+                ))
+                .into());
+        }
+    }
     Ok(report)
+}
+
+/// The apply failed and the previous generation is still live (the switch is its last step):
+/// the failure, recorded, as the error to return. A stale plan (a compare of the target's own
+/// transaction failed) is a refusal; a change too large for one transaction is an error;
+/// anything else failed and left the previous generation live. A target that could not undo
+/// its own partial changes (exec) failed, and says which resources are in which state; its
+/// journals stay for the next run.
+fn failed_before_switch(
+    d: &Deployment<'_>,
+    journal: &Journal,
+    live: &Live,
+    err: TargetError,
+    report: &mut Report,
+) -> anyhow::Error {
+    // A generation it may have completed stays out of every later choice.
+    discard_unswitched(d, journal);
+    let partial = matches!(err, TargetError::Partial(_));
+    let (exit, outcome) = match &err {
+        TargetError::Refused(_) => (Exit::Refused, Outcome::Refused),
+        TargetError::TooLarge(_) | TargetError::Partial(_) => (Exit::Error, Outcome::Failed),
+        _ => (Exit::RolledBack, Outcome::Failed),
+    };
+    let mut f = Failure::from(err);
+    f.exit = exit;
+    f.message = if partial {
+        format!("the apply FAILED half-way: {}", f.message)
+    } else {
+        format!(
+            "{} before the switch, so {} is still live: {}",
+            if exit == Exit::Refused {
+                "the apply was refused"
+            } else {
+                "the apply failed"
+            },
+            live.generation
+                .map_or("nothing".to_owned(), |g| format!("generation {g}")),
+            f.message
+        )
+    };
+    if partial {
+        f = f.hint(format!(
+            "fix what stopped the undo (the provider's words are above), then run `deploy --target {}`: it finishes the undo before anything else",
+            d.env.name
+        ));
+    }
+    if exit == Exit::Refused {
+        f = f.hint(format!(
+            "something else wrote to the target after the plan read it; run `deploy --target {}` again to see the new plan",
+            d.env.name
+        ));
+    }
+    let entry = journal_entry(
+        journal,
+        d,
+        outcome,
+        live.generation,
+        Some(f.message.clone()),
+    );
+    if let Err(e) = record(d, report, entry) {
+        d.warn(&format!(
+            "the failure could not be recorded in the deployment log: {e}"
+        ));
+    }
+    if !partial {
+        let _ = d.target.clear_journal();
+    }
+    f.into()
 }
 
 /// Health-check the generation just made live (into `report.health`); why it must be rolled
