@@ -1695,27 +1695,9 @@ fn discard_unswitched(d: &Deployment<'_>, journal: &Journal) -> Vec<GenerationId
 /// Resolve a deployment that an earlier run left unfinished (see [`super::journal`]).
 /// Returns true when the resolution was a rollback, which ends this run (exit 4).
 fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
-    let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? else {
+    let Some(mut journal) = own_journal(d)? else {
         return Ok(false);
     };
-    let journal_path = d.target.state_location(crate::target::StateItem::Journal);
-    let mut journal = Journal::from_bytes(&bytes).map_err(|e| {
-        Failure::error(format!(
-            "an interrupted deployment left a journal that cannot be read: {e}"
-        ))
-        .detail(format!("journal: {journal_path}"))
-        .hint("inspect the target with `deploy status`; remove the journal only once you know which generation should be live")
-    })?;
-    if journal.environment != d.env.name || journal.account != d.env.account.value {
-        return Err(Failure::refused(format!(
-            "the target's journal belongs to `{}` (account {}), not to {}",
-            journal.environment,
-            journal.account,
-            d.who()
-        ))
-        .detail(format!("journal: {journal_path}"))
-        .into());
-    }
     let found = format!("Found an interrupted {}", journal.describe());
     // Half-done work inside the target itself (an exec target's steps) is undone first.
     if let Some(done) = d.target.settle().map_err(|e| d.target_failure(e))? {
@@ -1724,33 +1706,13 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
         report.recovered.push(note);
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?.generation;
-    // It may have died while appending its record: the journal proves a deployment was in
-    // flight, so an incomplete last line is that record, never acknowledged to anyone.
-    let cut = log::cut_incomplete_tail(&*d.target).map_err(|e| d.target_failure(e))?;
-    if cut > 0 {
-        let note = format!(
-            "{found}: it died while writing its log record; removed the {cut} bytes it had written."
-        );
-        d.say(&note);
-        report.recovered.push(note);
-    }
-    let last = log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
-    if journal.log_seq.is_some_and(|seq| last > seq) {
-        let note = format!(
-            "{found}: it had finished and recorded its outcome (log record {last}); only its clean-up was left."
-        );
-        d.say(&note);
-        report.recovered.push(note);
-        clear_journal(d)?;
-        prune(d);
+    if recorded_before_dying(d, &journal, &found, report)? {
         return Ok(false);
     }
     let interrupted_by = format!(
         "interrupted run of {}@{} (pid {}), resolved by the next run",
         journal.holder.user, journal.holder.host, journal.holder.pid
     );
-    let gen_name =
-        |g: Option<GenerationId>| g.map_or("nothing".to_owned(), |g| format!("generation {g}"));
     let mut phase = journal.phase;
     if phase == Phase::Switching && live != journal.previous {
         // It died between the switch and the journal update: the new generation is live.
@@ -1759,87 +1721,11 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
     }
     match phase {
         Phase::Switching => {
-            // A generation it wrote completely but never made live would otherwise look like
-            // one that was live once: a rollback could pick it, and pruning could keep it
-            // instead of one that really was.
-            let unswitched = discard_unswitched(d, &journal);
-            let note = format!(
-                "{found}: it stopped before switching, so {} stayed live and nothing changed{}.",
-                gen_name(live),
-                if unswitched.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " (deleted the generation it had written: {})",
-                        unswitched
-                            .iter()
-                            .map(|g| g.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            );
-            d.say(&note);
-            report.recovered.push(note);
-            let entry = journal_entry(
-                &journal,
-                d,
-                Outcome::Failed,
-                live,
-                Some(format!(
-                    "{interrupted_by}: it stopped before the switch; nothing changed"
-                )),
-            );
-            record(d, report, entry)?;
-            prune(d);
-            clear_journal(d)?;
+            resolve_before_switch(d, &journal, live, &found, &interrupted_by, report)?;
             Ok(false)
         }
         Phase::Verifying if live == journal.next && live.is_some() => {
-            let id = live.unwrap_or_default();
-            let health = d.health(live, &journal.commit, None);
-            match health {
-                Some(h) if !h.passed => {
-                    let note = format!(
-                        "{found}: generation {id} was live but never verified, and {}.",
-                        h.line()
-                    );
-                    d.say(&note);
-                    report.recovered.push(note);
-                    report.health = Some(h);
-                    report.generation = live;
-                    roll_back(
-                        d,
-                        &mut journal,
-                        id,
-                        &format!("interrupted deployment: generation {id} fails its health check"),
-                        report,
-                    )?;
-                    Ok(true)
-                }
-                other => {
-                    let how = match &other {
-                        Some(h) => format!("it passes its health check now ({})", h.line()),
-                        None => "no health check is configured".to_owned(),
-                    };
-                    let note = format!(
-                        "{found}: generation {id} was left live and unverified; {how}, so it stays live."
-                    );
-                    d.say(&note);
-                    report.recovered.push(note);
-                    let entry = journal_entry(
-                        &journal,
-                        d,
-                        Outcome::Applied,
-                        live,
-                        Some(format!("{interrupted_by}: verified after the interruption")),
-                    );
-                    record(d, report, entry)?;
-                    clear_journal(d)?;
-                    prune(d);
-                    Ok(false)
-                }
-            }
+            resolve_unverified(d, &mut journal, &found, &interrupted_by, report)
         }
         Phase::Verifying => {
             let note = format!("{found}: {} is live; nothing to resolve.", gen_name(live));
@@ -1877,6 +1763,171 @@ fn recover(d: &Deployment<'_>, report: &mut Report) -> Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The journal an interrupted run left, if any: readable, and this environment's.
+fn own_journal(d: &Deployment<'_>) -> Result<Option<Journal>> {
+    let Some(bytes) = d.target.read_journal().map_err(|e| d.target_failure(e))? else {
+        return Ok(None);
+    };
+    let journal_path = d.target.state_location(crate::target::StateItem::Journal);
+    let journal = Journal::from_bytes(&bytes).map_err(|e| {
+        Failure::error(format!(
+            "an interrupted deployment left a journal that cannot be read: {e}"
+        ))
+        .detail(format!("journal: {journal_path}"))
+        .hint("inspect the target with `deploy status`; remove the journal only once you know which generation should be live")
+    })?;
+    if journal.environment != d.env.name || journal.account != d.env.account.value {
+        return Err(Failure::refused(format!(
+            "the target's journal belongs to `{}` (account {}), not to {}",
+            journal.environment,
+            journal.account,
+            d.who()
+        ))
+        .detail(format!("journal: {journal_path}"))
+        .into());
+    }
+    Ok(Some(journal))
+}
+
+/// Whether the interrupted run had already recorded its outcome (a log record after the
+/// journal's `log_seq`), so only its clean-up was left, now done. An incomplete last log line
+/// is cut first: the journal proves a deployment was in flight, so that line is its record,
+/// never acknowledged to anyone.
+fn recorded_before_dying(
+    d: &Deployment<'_>,
+    journal: &Journal,
+    found: &str,
+    report: &mut Report,
+) -> Result<bool> {
+    let cut = log::cut_incomplete_tail(&*d.target).map_err(|e| d.target_failure(e))?;
+    if cut > 0 {
+        let note = format!(
+            "{found}: it died while writing its log record; removed the {cut} bytes it had written."
+        );
+        d.say(&note);
+        report.recovered.push(note);
+    }
+    let last = log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?;
+    if journal.log_seq.is_some_and(|seq| last > seq) {
+        let note = format!(
+            "{found}: it had finished and recorded its outcome (log record {last}); only its clean-up was left."
+        );
+        d.say(&note);
+        report.recovered.push(note);
+        clear_journal(d)?;
+        prune(d);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// It stopped before switching: the previous generation stayed live and nothing changed.
+fn resolve_before_switch(
+    d: &Deployment<'_>,
+    journal: &Journal,
+    live: Option<GenerationId>,
+    found: &str,
+    interrupted_by: &str,
+    report: &mut Report,
+) -> Result<()> {
+    // A generation it wrote completely but never made live would otherwise look like
+    // one that was live once: a rollback could pick it, and pruning could keep it
+    // instead of one that really was.
+    let unswitched = discard_unswitched(d, journal);
+    let note = format!(
+        "{found}: it stopped before switching, so {} stayed live and nothing changed{}.",
+        gen_name(live),
+        if unswitched.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (deleted the generation it had written: {})",
+                unswitched
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    d.say(&note);
+    report.recovered.push(note);
+    let entry = journal_entry(
+        journal,
+        d,
+        Outcome::Failed,
+        live,
+        Some(format!(
+            "{interrupted_by}: it stopped before the switch; nothing changed"
+        )),
+    );
+    record(d, report, entry)?;
+    prune(d);
+    clear_journal(d)?;
+    Ok(())
+}
+
+/// The new generation was live but never verified: health-check it now; keep it if it passes,
+/// roll back if not (`Ok(true)`: exit 4).
+fn resolve_unverified(
+    d: &Deployment<'_>,
+    journal: &mut Journal,
+    found: &str,
+    interrupted_by: &str,
+    report: &mut Report,
+) -> Result<bool> {
+    let live = journal.next;
+    let id = live.unwrap_or_default();
+    let health = d.health(live, &journal.commit, None);
+    match health {
+        Some(h) if !h.passed => {
+            let note = format!(
+                "{found}: generation {id} was live but never verified, and {}.",
+                h.line()
+            );
+            d.say(&note);
+            report.recovered.push(note);
+            report.health = Some(h);
+            report.generation = live;
+            roll_back(
+                d,
+                journal,
+                id,
+                &format!("interrupted deployment: generation {id} fails its health check"),
+                report,
+            )?;
+            Ok(true)
+        }
+        other => {
+            let how = match &other {
+                Some(h) => format!("it passes its health check now ({})", h.line()),
+                None => "no health check is configured".to_owned(),
+            };
+            let note = format!(
+                "{found}: generation {id} was left live and unverified; {how}, so it stays live."
+            );
+            d.say(&note);
+            report.recovered.push(note);
+            let entry = journal_entry(
+                journal,
+                d,
+                Outcome::Applied,
+                live,
+                Some(format!("{interrupted_by}: verified after the interruption")),
+            );
+            record(d, report, entry)?;
+            clear_journal(d)?;
+            prune(d);
+            Ok(false)
+        }
+    }
+}
+
+/// `generation N`, or `nothing` before the first.
+fn gen_name(g: Option<GenerationId>) -> String {
+    g.map_or("nothing".to_owned(), |g| format!("generation {g}"))
 }
 
 /// Why generation `g` must not be made live again: it failed its health check when it was
