@@ -2111,7 +2111,16 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         &plan,
     )?;
     report.overwrites_drift = over;
-    d.confirm(yes, &format!("make generation {} live again", wanted.id))?;
+    // Without a terminal, the hint names the rollback itself, with the generation chosen.
+    d.ask(
+        yes,
+        &format!("make generation {} live again", wanted.id),
+        d.env.protected,
+        &format!(
+            "deploy rollback --target {} --to {} --yes",
+            d.env.name, wanted.id
+        ),
+    )?;
     let _lock = match lock {
         Some(held) => held,
         None => d.lock()?,

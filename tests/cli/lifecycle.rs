@@ -574,7 +574,8 @@ fn rollback_without_yes_and_without_a_terminal_changes_nothing() {
         .deploy(&["rollback", "--target", "validation"])
         .code(1)
         .stderr_has("nobody can confirm")
-        .stderr_has("make generation 1 live again");
+        .stderr_has("make generation 1 live again")
+        .stderr_has("run `deploy rollback --target validation --to 1 --yes`");
     assert_eq!(snapshot(&target), before);
     assert_eq!(live_files(&target), t.gen2);
 }
