@@ -1374,8 +1374,13 @@ fn damaged_log(d: &Deployment<'_>, v: log::Verified) -> anyhow::Error {
         d.target.state_location(crate::target::StateItem::Log)
     ))
     .detail(format!(
-        "{} records verify before it; head {}",
-        v.records, v.head
+        "{} before it; head {}",
+        if v.records == 1 {
+            "1 record verifies".to_owned()
+        } else {
+            format!("{} records verify", v.records)
+        },
+        v.head
     ))
     .hint(format!(
         "nothing was written; keep a copy of the log for the audit and find out who changed it (`deploy log verify --target {}`); once you have, `deploy log seal --target {} --reason \"...\"` records that and lets deployments go on",

@@ -165,7 +165,12 @@ fn damaged(d: &Deployment<'_>) -> Result<Verified> {
         "the deployment log of `{}` verifies{sealed}: there is nothing to seal",
         d.env.name
     ))
-    .detail(format!("{} records; head {}", v.records, v.head))
+    .detail(format!(
+        "{} record{}; head {}",
+        v.records,
+        if v.records == 1 { "" } else { "s" },
+        v.head
+    ))
     .hint("a seal is only for a log that does not verify; nothing was written")
     .into())
 }
