@@ -1583,56 +1583,11 @@ impl Loader<'_> {
             Some(node) => self.secret_field(name, node.file, "token", Some(node), "NOTIFY_TOKEN"),
             None => Some(None),
         };
-        let (url, format) = match (&p.notify_url, &p.notify_format) {
-            (None, None) => {
-                if let Some(t) = &p.notify_token {
-                    self.diagnostics.push(
-                        Diagnostic::new("missing-field", "[notify] `token` without a `url`")
-                            .env(name)
-                            .at(Loc::new(t.file, t.span.clone()), "used only with `url`")
-                            .concealed()
-                            .hint("add `url` and `format`, or remove `token`"),
-                    );
-                    return None;
-                }
-                return Some(None);
-            }
-            (Some(u), None) => {
-                self.diagnostics.push(
-                    Diagnostic::new("missing-field", "[notify] `url` without a `format`")
-                        .env(name)
-                        .at(u.loc.clone(), "in which format?")
-                        .hint(
-                            "add `format = \"pagerduty\"`, `\"cloudevents\"` or `\"alertmanager\"`",
-                        ),
-                );
-                return None;
-            }
-            (None, Some(f)) => {
-                self.diagnostics.push(
-                    Diagnostic::new("missing-field", "[notify] `format` without a `url`")
-                        .env(name)
-                        .at(f.loc.clone(), "delivered where?")
-                        .hint("add the `url` envlock delivers the event to"),
-                );
-                return None;
-            }
-            (Some(u), Some(f)) => (u, f),
+        let (url, format) = match self.page_fields(name, p)? {
+            Some(pair) => pair,
+            None => return Some(None),
         };
-        let format = match format.value.as_str() {
-            "pagerduty" => Some(PageFormat::PagerDuty),
-            "cloudevents" => Some(PageFormat::CloudEvents),
-            "alertmanager" => Some(PageFormat::Alertmanager),
-            other => {
-                self.diagnostics.push(
-                    Diagnostic::new("invalid-format", format!("unknown notify format `{other}`"))
-                        .env(name)
-                        .at(format.loc.clone(), "unknown format")
-                        .hint("format is one of \"pagerduty\", \"cloudevents\", \"alertmanager\""),
-                );
-                None
-            }
-        };
+        let format = self.page_format(name, format);
         let url_ok = self.page_url(name, url);
         if format == Some(PageFormat::PagerDuty) && p.notify_token.is_none() {
             self.diagnostics.push(
@@ -1660,6 +1615,69 @@ impl Loader<'_> {
                 token,
             })
         })
+    }
+
+    /// `url` and `format` of `[notify]`, which come together: `Some(None)` when neither is
+    /// given (nor a `token`), `None` after a diagnostic.
+    fn page_fields<'p>(
+        &mut self,
+        name: &str,
+        p: &'p Partial,
+    ) -> Option<Option<(&'p Located<String>, &'p Located<String>)>> {
+        match (&p.notify_url, &p.notify_format) {
+            (None, None) => {
+                if let Some(t) = &p.notify_token {
+                    self.diagnostics.push(
+                        Diagnostic::new("missing-field", "[notify] `token` without a `url`")
+                            .env(name)
+                            .at(Loc::new(t.file, t.span.clone()), "used only with `url`")
+                            .concealed()
+                            .hint("add `url` and `format`, or remove `token`"),
+                    );
+                    return None;
+                }
+                Some(None)
+            }
+            (Some(u), None) => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "[notify] `url` without a `format`")
+                        .env(name)
+                        .at(u.loc.clone(), "in which format?")
+                        .hint(
+                            "add `format = \"pagerduty\"`, `\"cloudevents\"` or `\"alertmanager\"`",
+                        ),
+                );
+                None
+            }
+            (None, Some(f)) => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "[notify] `format` without a `url`")
+                        .env(name)
+                        .at(f.loc.clone(), "delivered where?")
+                        .hint("add the `url` envlock delivers the event to"),
+                );
+                None
+            }
+            (Some(u), Some(f)) => Some(Some((u, f))),
+        }
+    }
+
+    /// The `[notify] format`, or `None` after a diagnostic.
+    fn page_format(&mut self, name: &str, format: &Located<String>) -> Option<PageFormat> {
+        match format.value.as_str() {
+            "pagerduty" => Some(PageFormat::PagerDuty),
+            "cloudevents" => Some(PageFormat::CloudEvents),
+            "alertmanager" => Some(PageFormat::Alertmanager),
+            other => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-format", format!("unknown notify format `{other}`"))
+                        .env(name)
+                        .at(format.loc.clone(), "unknown format")
+                        .hint("format is one of \"pagerduty\", \"cloudevents\", \"alertmanager\""),
+                );
+                None
+            }
+        }
     }
 
     /// Whether `[notify] url` is one envlock delivers to (a diagnostic when not).

@@ -2076,28 +2076,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         return Ok(report);
     }
     let live = d.target.live().map_err(|e| d.target_failure(e))?;
-    let resources: BTreeMap<String, Vec<u8>> = d
-        .target
-        .resources(wanted.id)
-        .map_err(|e| d.target_failure(e))?;
-    let (_, key) = secret_key(d)?;
-    let desired = plan::Desired::stored(
-        resources,
-        SecretUse::from_meta(&wanted.meta),
-        &key,
-        wanted
-            .meta
-            .get("config_sha256")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned(),
-    );
-    let plan = plan::compute(
-        desired,
-        &live.resources,
-        &SecretUse::from_meta(&current.meta),
-        &key,
-    );
+    let plan = rollback_plan(d, current, wanted, &live)?;
     report.set_plan(&plan);
     let over = show_plan_to_confirm(
         d,
@@ -2135,28 +2114,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         return Err(err);
     }
     d.arm_interrupts();
-    let mut journal = Journal {
-        version: JOURNAL_VERSION,
-        action: "rollback".into(),
-        phase: Phase::Switching,
-        environment: d.env.name.clone(),
-        account: d.env.account.value.clone(),
-        commit: wanted.commit.clone(),
-        previous: Some(current.id),
-        next: Some(wanted.id),
-        newest: newest_generation(d)?,
-        holder: Holder::this_process(&d.env.name),
-        log_seq: Some(log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?),
-        config_sha256: wanted
-            .meta
-            .get("config_sha256")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned(),
-        changes: report.summary,
-        plan_sha256: None,
-        adopted: false,
-    };
+    let mut journal = rollback_journal(d, current, wanted, &report)?;
     write_journal(d, &journal)?;
     d.target
         .activate(wanted.id)
@@ -2181,4 +2139,56 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         short(&wanted.commit)
     ));
     Ok(report)
+}
+
+/// The plan of making `wanted` live again: its recorded files against what is live now.
+fn rollback_plan(
+    d: &Deployment<'_>,
+    current: &GenerationInfo,
+    wanted: &GenerationInfo,
+    live: &Live,
+) -> Result<Plan> {
+    let resources: BTreeMap<String, Vec<u8>> = d
+        .target
+        .resources(wanted.id)
+        .map_err(|e| d.target_failure(e))?;
+    let (_, key) = secret_key(d)?;
+    let desired = plan::Desired::stored(
+        resources,
+        SecretUse::from_meta(&wanted.meta),
+        &key,
+        wanted.config_sha256(),
+    );
+    Ok(plan::compute(
+        desired,
+        &live.resources,
+        &SecretUse::from_meta(&current.meta),
+        &key,
+    ))
+}
+
+/// The journal of a rollback from `current` to `wanted` (written before the switch).
+fn rollback_journal(
+    d: &Deployment<'_>,
+    current: &GenerationInfo,
+    wanted: &GenerationInfo,
+    report: &Report,
+) -> Result<Journal> {
+    Ok(Journal {
+        version: JOURNAL_VERSION,
+        action: "rollback".into(),
+        phase: Phase::Switching,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        commit: wanted.commit.clone(),
+        previous: Some(current.id),
+        next: Some(wanted.id),
+        newest: newest_generation(d)?,
+        holder: Holder::this_process(&d.env.name),
+        log_seq: Some(log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?),
+        config_sha256: wanted.config_sha256(),
+        changes: report.summary,
+        plan_sha256: None,
+        adopted: false,
+    })
 }

@@ -177,12 +177,7 @@ fn live_config(target: &dyn Target, before: &Environment) -> Result<LiveConfig, 
         .ok_or_else(|| format!("`{name}`'s live generation {id} is not kept"))?;
     Ok(LiveConfig {
         id,
-        config_sha256: g
-            .meta
-            .get("config_sha256")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned(),
+        config_sha256: g.config_sha256(),
         secrets: SecretUse::from_meta(&g.meta),
         commit: g.commit,
     })

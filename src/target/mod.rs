@@ -161,6 +161,17 @@ pub struct GenerationInfo {
     pub meta: serde_json::Value,
 }
 
+impl GenerationInfo {
+    /// The `config_sha256` its metadata records (empty when it has none).
+    pub fn config_sha256(&self) -> String {
+        self.meta
+            .get("config_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
 /// Differences between the live resources and what envlock wrote into the live generation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Drift {
