@@ -212,12 +212,13 @@ fn head_table(env: &Environment) -> toml::Table {
             command,
             options,
             state,
+            store,
             timeout,
             protocol,
             ..
         } => {
             t.insert("command".into(), strs(command));
-            t.insert("state".into(), state.value.clone().into());
+            t.insert("state".into(), state_table(&state.value, store));
             t.insert("timeout".into(), duration::format(*timeout).into());
             if *protocol != 1 {
                 t.insert(
@@ -257,6 +258,32 @@ fn head_table(env: &Environment) -> toml::Table {
         root.insert("notify".into(), t.into());
     }
     root
+}
+
+/// An `exec` target's `state` as the environment wrote it: a directory, or a table.
+fn state_table(written: &str, store: &crate::config::StateConfig) -> toml::Value {
+    use crate::config::StateConfig;
+    let mut t = toml::Table::new();
+    match store {
+        StateConfig::Dir { .. } => return written.to_owned().into(),
+        StateConfig::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+            lock_ttl,
+        } => {
+            t.insert("kind".into(), "etcd".into());
+            t.insert("endpoints".into(), strs(endpoints));
+            t.insert("prefix".into(), prefix.clone().into());
+            t.insert("timeout".into(), duration::format(*timeout).into());
+            t.insert("lock_ttl".into(), duration::format(*lock_ttl).into());
+        }
+        StateConfig::Provider { lock_ttl } => {
+            t.insert("kind".into(), "provider".into());
+            t.insert("lock_ttl".into(), duration::format(*lock_ttl).into());
+        }
+    }
+    t.into()
 }
 
 #[cfg(test)]

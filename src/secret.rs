@@ -388,6 +388,18 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The bytes of lowercase or uppercase hex (`None`: not hex).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// [`KEY_LEN`] random bytes from the kernel (`getrandom(2)`).
 pub fn random_key() -> std::io::Result<Vec<u8>> {
     let mut key = vec![0u8; KEY_LEN];

@@ -77,12 +77,11 @@ fn committed_symlinks(repo: &Repo, commit: &CommitInfo, config: &Config) -> Vec<
     let mut out = Vec::new();
     for env in &config.environments {
         let (written, resolved) = match &env.target.kind {
-            config::TargetKind::Dir { path, resolved, .. } => (path, resolved),
-            config::TargetKind::Exec {
-                state,
-                state_resolved,
-                ..
-            } => (state, state_resolved),
+            config::TargetKind::Dir { path, resolved, .. } => (path, resolved.as_path()),
+            config::TargetKind::Exec { state, store, .. } => match store.dir() {
+                Some((resolved, _)) => (state, resolved),
+                None => continue,
+            },
             config::TargetKind::Etcd { .. } => continue,
         };
         let Ok(rel) = resolved.strip_prefix(root) else {

@@ -335,11 +335,11 @@ pub enum TargetKind {
         command: Vec<String>,
         /// `[target.options]`, passed to the provider in every request.
         options: serde_json::Value,
-        /// Where envlock keeps the target's stamp, lock, generations, journal and log: as
-        /// written, absolute and normalised, and for messages (as for a `dir` target's path).
+        /// Where envlock keeps the target's stamp, lock, generations, journal and log: the
+        /// directory as written, or the `[target.state]` table's `kind` (for messages and
+        /// clashes), and the store itself.
         state: Located<String>,
-        state_resolved: PathBuf,
-        state_display: String,
+        store: StateConfig,
         /// The longest one provider call may take.
         timeout: Duration,
         /// The provider protocol: 1 (one process per call) or 2 (one session per run).
@@ -347,6 +347,32 @@ pub enum TargetKind {
         /// The repository's working tree: the provider's working directory.
         root: PathBuf,
     },
+}
+
+/// Where an `exec` target's state lives (`[target] state = "DIR"` or `[target.state]`).
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// A directory on this machine: absolute and normalised, and for messages.
+    Dir { resolved: PathBuf, display: String },
+    /// Keys under `prefix` in an etcd cluster.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        timeout: Duration,
+        lock_ttl: Duration,
+    },
+    /// The provider itself, in the account it reaches (protocol 2 `state-*` operations).
+    Provider { lock_ttl: Duration },
+}
+
+impl StateConfig {
+    /// The directory of a `dir` state.
+    pub fn dir(&self) -> Option<(&Path, &str)> {
+        match self {
+            StateConfig::Dir { resolved, display } => Some((resolved, display)),
+            _ => None,
+        }
+    }
 }
 
 impl Target {
@@ -1309,6 +1335,165 @@ impl Loader<'_> {
     }
 
     /// An `exec` target's `protocol`: 1 (the default) or 2.
+    /// An `exec` target's `state`: a directory (`state = "DIR"`), or a `[target.state]` table
+    /// naming a store (`kind = "dir" | "etcd" | "provider"`).
+    fn exec_state(
+        &mut self,
+        name: &str,
+        file: FileId,
+        node: Node,
+    ) -> Option<(Located<String>, StateConfig)> {
+        let at = Loc::new(file, node.span.clone());
+        let problem = |this: &mut Self, loc: Loc, message: String, label: &str, hint: &str| {
+            this.diagnostics.push(
+                Diagnostic::new("invalid-state", message)
+                    .env(name)
+                    .at(loc, label)
+                    .hint(hint),
+            );
+            None
+        };
+        let table = match node.value {
+            Value::String(dir) => return self.dir_state(name, Located::new(dir, at)),
+            Value::Table(table) => table,
+            other => {
+                let found = Node {
+                    file,
+                    span: node.span,
+                    value: other,
+                }
+                .type_name();
+                return problem(
+                    self,
+                    at,
+                    format!("`state` must be a directory or a table, not {found}"),
+                    "neither",
+                    "write `state = \"/var/lib/envlock/<environment>\"`, or a [target.state] table with `kind = \"dir\"`, `\"etcd\"` or `\"provider\"`",
+                );
+            }
+        };
+        let text = |key: &str| -> Option<Located<String>> {
+            let m = table.get(key)?;
+            match &m.node.value {
+                Value::String(v) => {
+                    Some(Located::new(v.clone(), Loc::new(file, m.node.span.clone())))
+                }
+                _ => None,
+            }
+        };
+        let kind = text("kind").map(|k| k.value).unwrap_or_default();
+        let allowed: &[&str] = match kind.as_str() {
+            "dir" => &["kind", "path"],
+            "etcd" => &["kind", "endpoints", "prefix", "timeout", "lock_ttl"],
+            "provider" => &["kind", "lock_ttl"],
+            _ => {
+                return problem(
+                    self,
+                    at,
+                    format!(
+                        "[target.state] `kind` is {kind:?}, not one of \"dir\", \"etcd\", \"provider\""
+                    ),
+                    "unknown store",
+                    "write `kind = \"dir\"` (with `path`), `kind = \"etcd\"` (with `endpoints` and `prefix`) or `kind = \"provider\"`",
+                );
+            }
+        };
+        for (key, m) in table.iter() {
+            if !allowed.contains(&key.as_str()) {
+                return problem(
+                    self,
+                    Loc::new(file, m.key_span.clone()),
+                    format!("[target.state] of kind `{kind}` has no `{key}`"),
+                    "unknown key",
+                    &format!("the keys of a `{kind}` state are: {}", allowed.join(", ")),
+                );
+            }
+        }
+        let written = Located::new(kind.clone(), at.clone());
+        let lock_ttl = |this: &mut Self| {
+            this.duration(
+                name,
+                "lock_ttl",
+                text("lock_ttl").as_ref(),
+                Duration::from_secs(30),
+            )
+        };
+        match kind.as_str() {
+            "dir" => match text("path") {
+                Some(path) => self.dir_state(name, path),
+                None => problem(
+                    self,
+                    at,
+                    "[target.state] of kind `dir` needs `path`".into(),
+                    "no `path`",
+                    "add `path = \"/var/lib/envlock/<environment>\"`",
+                ),
+            },
+            "provider" => Some((
+                written,
+                StateConfig::Provider {
+                    lock_ttl: lock_ttl(self)?,
+                },
+            )),
+            _ => {
+                let endpoints: Vec<String> = match table.get("endpoints").map(|m| &m.node.value) {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|n| match &n.value {
+                            Value::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let prefix = text("prefix").map(|p| p.value).unwrap_or_default();
+                if endpoints.is_empty() || !prefix.starts_with('/') || !prefix.ends_with('/') {
+                    return problem(
+                        self,
+                        at,
+                        "[target.state] of kind `etcd` needs `endpoints` (a list of URLs) and a `prefix` that starts and ends with `/`".into(),
+                        "incomplete etcd store",
+                        "e.g. `endpoints = [\"http://10.0.0.1:2379\"]` and `prefix = \"/envlock/prod/\"`",
+                    );
+                }
+                let timeout = self.duration(
+                    name,
+                    "timeout",
+                    text("timeout").as_ref(),
+                    Duration::from_secs(5),
+                );
+                Some((
+                    Located::new(format!("etcd {prefix}"), at),
+                    StateConfig::Etcd {
+                        endpoints,
+                        prefix,
+                        timeout: timeout?,
+                        lock_ttl: lock_ttl(self)?,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// A directory state: not empty, resolved like a `dir` target's path.
+    fn dir_state(
+        &mut self,
+        name: &str,
+        path: Located<String>,
+    ) -> Option<(Located<String>, StateConfig)> {
+        if path.value.trim().is_empty() {
+            self.diagnostics.push(
+                Diagnostic::new("invalid-path", "`state` is empty")
+                    .env(name)
+                    .at(path.loc.clone(), "empty path")
+                    .hint("name the directory where envlock keeps this target's stamp, lock, generations and log"),
+            );
+            return None;
+        }
+        let (resolved, display) = self.resolve_path(&path.value);
+        Some((path, StateConfig::Dir { resolved, display }))
+    }
+
     fn protocol(&mut self, name: &str, file: FileId, v: Option<Spanned<i64>>) -> Option<u64> {
         let Some(v) = v else {
             return Some(1);
@@ -1730,7 +1915,7 @@ impl Loader<'_> {
             ),
             ("command", t.command.as_ref().map(Spanned::span)),
             ("options", t.options.as_ref().map(|n| n.span.clone())),
-            ("state", t.state.as_ref().map(Spanned::span)),
+            ("state", t.state.as_ref().map(|n| n.span.clone())),
             ("protocol", t.protocol.as_ref().map(Spanned::span)),
         ];
         let allowed: &[&str] = match kind_name {
@@ -1973,16 +2158,7 @@ impl Loader<'_> {
                     }
                 };
                 let state = match t.state {
-                    Some(p) if p.get_ref().trim().is_empty() => {
-                        self.diagnostics.push(
-                            Diagnostic::new("invalid-path", "`state` is empty")
-                                .env(name)
-                                .at(loc_of(file, &p), "empty path")
-                                .hint("name the directory where envlock keeps this target's stamp, lock, generations and log"),
-                        );
-                        None
-                    }
-                    Some(p) => Some(lstr(file, p)),
+                    Some(node) => self.exec_state(name, file, node),
                     None => {
                         need(self, "state", "\"/var/lib/envlock/<environment>\"");
                         None
@@ -1998,14 +2174,24 @@ impl Loader<'_> {
                 if !ok {
                     return None;
                 }
-                let state = state?;
-                let (state_resolved, state_display) = self.resolve_path(&state.value);
+                let (state, store) = state?;
+                if matches!(store, StateConfig::Provider { .. }) && protocol? != 2 {
+                    self.diagnostics.push(
+                        Diagnostic::new(
+                            "invalid-state",
+                            "`[target.state] kind = \"provider\"` needs a protocol-2 provider",
+                        )
+                        .env(name)
+                        .at(state.loc.clone(), "the provider keeps the state")
+                        .hint("add `protocol = 2` to [target] (the state operations are part of protocol 2)"),
+                    );
+                    return None;
+                }
                 TargetKind::Exec {
                     command: command?,
                     options: options?,
                     state,
-                    state_resolved,
-                    state_display,
+                    store,
                     timeout: timeout?,
                     protocol: protocol?,
                     root: self

@@ -82,6 +82,6 @@ pub struct RawTarget {
     // exec
     pub command: Option<SList>,
     pub options: Option<Node>,
-    pub state: Option<SString>,
+    pub state: Option<Node>,
     pub protocol: Option<Spanned<i64>>,
 }

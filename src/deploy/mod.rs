@@ -80,30 +80,71 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
             Ok(Box::new(DirTarget::new(real_target_path(env, resolved)?)))
         }
         TargetKind::Etcd { .. } => open_etcd(env),
-        TargetKind::Exec {
-            command,
-            options,
-            state_resolved,
-            state_display,
-            timeout,
-            protocol,
-            root,
-            ..
-        } => Ok(Box::new(crate::target::ExecTarget::new(
-            crate::target::exec::provider::Provider {
-                argv: command.clone(),
-                root: root.clone(),
-                options: options.clone(),
-                environment: env.name.clone(),
-                account: env.account.value.clone(),
-                timeout: *timeout,
-                protocol: *protocol,
-                session: std::sync::Mutex::new(None),
-            },
-            real_target_path(env, state_resolved)?,
-            state_display.clone(),
-        ))),
+        TargetKind::Exec { .. } => open_exec(env),
     }
+}
+
+/// An `exec` target: its provider, and the store its state lives in.
+fn open_exec(env: &Environment) -> Result<Box<dyn Target>> {
+    use crate::config::StateConfig;
+    use crate::target::store::{Shared, Store, etcd::EtcdBackend, provider::ProviderBackend};
+    let TargetKind::Exec {
+        command,
+        options,
+        state,
+        store,
+        timeout,
+        protocol,
+        root,
+    } = &env.target.kind
+    else {
+        unreachable!("open_exec is called for exec targets");
+    };
+    let provider = std::sync::Arc::new(crate::target::exec::provider::Provider {
+        argv: command.clone(),
+        root: root.clone(),
+        options: options.clone(),
+        environment: env.name.clone(),
+        account: env.account.value.clone(),
+        timeout: *timeout,
+        protocol: *protocol,
+        session: std::sync::Mutex::new(None),
+    });
+    let (state, shown): (Box<dyn Store>, String) = match store {
+        StateConfig::Dir { resolved, display } => (
+            Box::new(DirTarget::new(real_target_path(env, resolved)?)),
+            display.clone(),
+        ),
+        StateConfig::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+            lock_ttl,
+        } => {
+            let backend = EtcdBackend::new(endpoints.clone(), prefix.clone(), *timeout)
+                .map_err(Failure::from)?;
+            (
+                Box::new(Shared::new(std::sync::Arc::new(backend), *lock_ttl)),
+                state.value.clone(),
+            )
+        }
+        StateConfig::Provider { lock_ttl } => {
+            let backend = ProviderBackend::new(std::sync::Arc::clone(&provider)).map_err(|e| {
+                Failure::from(e).detail(format!(
+                    "target of `{}`: {}",
+                    env.name,
+                    env.target.describe()
+                ))
+            })?;
+            (
+                Box::new(Shared::new(std::sync::Arc::new(backend), *lock_ttl)),
+                "the provider".to_owned(),
+            )
+        }
+    };
+    Ok(Box::new(crate::target::ExecTarget::new(
+        provider, state, shown,
+    )))
 }
 
 /// Where `path` (a `dir` target or an `exec` target's state) really leads, refused (exit 3)
@@ -126,7 +167,7 @@ fn real_target_path(env: &Environment, path: &Path) -> Result<PathBuf> {
 fn resolved_dir(env: &Environment) -> Option<&Path> {
     match &env.target.kind {
         TargetKind::Dir { resolved, .. } => Some(resolved),
-        TargetKind::Exec { state_resolved, .. } => Some(state_resolved),
+        TargetKind::Exec { store, .. } => store.dir().map(|(p, _)| p),
         TargetKind::Etcd { .. } => None,
     }
 }

@@ -488,11 +488,7 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                 resolved, display, ..
             } => Some((resolved.as_path(), i, display.as_str())),
             // An exec target's state holds its stamp: shared, two environments share a target.
-            TargetKind::Exec {
-                state_resolved,
-                state_display,
-                ..
-            } => Some((state_resolved.as_path(), i, state_display.as_str())),
+            TargetKind::Exec { store, .. } => store.dir().map(|(p, d)| (p, i, d)),
             TargetKind::Etcd { .. } => None,
         })
         .collect();

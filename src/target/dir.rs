@@ -391,6 +391,51 @@ impl DirTarget {
         self.path.join(STATE_DIR)
     }
 
+    /// `.envlock/<name>` (a private item of the target kind, e.g. an `exec` undo journal).
+    pub fn read_private(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
+        let path = self.state_dir().join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    /// Replace `.envlock/<name>` with `bytes` durably, mode 0600 from the start (it may hold
+    /// previous values of secrets).
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
+        let dir = self.state_dir();
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &dir))
+    }
+
+    /// Remove `.envlock/<name>` durably; absent is not an error.
+    pub fn remove_private(&self, name: &str) -> Result<(), TargetError> {
+        let path = self.state_dir().join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
+        let dir = self.state_dir();
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &dir))
+    }
+
     fn generations_dir(&self) -> PathBuf {
         self.path.join(GENERATIONS)
     }

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod exec;
 pub mod paths;
 pub mod perms;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

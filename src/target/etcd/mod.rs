@@ -1365,7 +1365,7 @@ impl Target for EtcdTarget {
         let Some(kv) = self.get(&key, "read the secret key")? else {
             return Ok(None);
         };
-        decode_hex(&String::from_utf8_lossy(&kv.value))
+        crate::secret::unhex(&String::from_utf8_lossy(&kv.value))
             .map(Some)
             .ok_or_else(|| TargetError::Corrupt(format!("{} is not hex", self.show(&key))))
     }
@@ -1460,17 +1460,6 @@ impl Target for EtcdTarget {
             format!("the log has {count} record keys, but it had {was} after the last append")
         }))
     }
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The `exec` target: resources live in a system only a provider program can reach (a cloud
 //! account's parameter store), one conditional write at a time; envlock's own state (stamp, lock,
-//! generations, journals, log, secret key) lives in a `dir` target at `[target] state`.
+//! generations, journals, log, secret key) lives in a [`Store`]: a directory, etcd, or the
+//! provider itself (`[target] state`, `[target.state]`).
 //!
 //! Atomic from the user's point of view: before the first write an undo journal
-//! (`<state>/.envlock/exec-journal.json`, mode 0600: it holds previous values) lists every step
+//! (the store's private item `exec-journal.json`; in a directory mode 0600: it holds previous
+//! values) lists every step
 //! with the value it replaces; each step records the version it produced; on the first failure,
 //! a conflict, a failed health check (through [`Target::activate`]) or in the next run after a
 //! crash ([`Target::settle`]), the applied steps are undone in reverse order, each guarded by the
@@ -19,19 +21,16 @@ pub mod provider;
 pub mod session;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use self::provider::{CallError, Item, Provider, Remote};
+use super::store::Store;
 use super::{
-    DirTarget, Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned,
-    Stamp, StampState, StateItem, Target, TargetError,
+    Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, Stamp,
+    StampState, StateItem, Target, TargetError,
 };
 
 const EXEC_JOURNAL: &str = "exec-journal.json";
@@ -42,11 +41,11 @@ const EXEC_APPLIED: &str = "exec-applied.json";
 /// How many names an [`StampState::Unstamped`] lists.
 const MAX_LISTED: usize = 10;
 
-/// An `exec` target: a provider for the resources, a `dir` target for envlock's state.
+/// An `exec` target: a provider for the resources, a [`Store`] for envlock's state.
 #[derive(Debug)]
 pub struct ExecTarget {
-    provider: Provider,
-    state: DirTarget,
+    provider: Arc<Provider>,
+    state: Box<dyn Store>,
     /// The state directory as written in the environment, for messages.
     state_display: String,
     /// What the last `read` (or this process's own writes) left: the versions the next write
@@ -141,7 +140,7 @@ fn wire_value(name: &str, toml_text: &[u8]) -> Result<Value, TargetError> {
 
 fn call_error(err: CallError) -> TargetError {
     match err {
-        CallError::Conflict(m) => TargetError::Refused(m),
+        CallError::Conflict(m) | CallError::LockLost(m) => TargetError::Refused(m),
         CallError::Failed { message, log } => TargetError::Provider { message, log },
     }
 }
@@ -220,10 +219,10 @@ fn secret_resources(meta: &Value) -> BTreeSet<String> {
 }
 
 impl ExecTarget {
-    pub fn new(provider: Provider, state: PathBuf, state_display: String) -> Self {
+    pub fn new(provider: Arc<Provider>, state: Box<dyn Store>, state_display: String) -> Self {
         ExecTarget {
             provider,
-            state: DirTarget::new(state),
+            state,
             state_display,
             seen: Mutex::new(None),
         }
@@ -237,76 +236,33 @@ impl ExecTarget {
         self.provider.read().map_err(call_error)
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.state.state_dir().join(EXEC_JOURNAL)
+    /// Where the undo journal is, for messages.
+    fn journal_location(&self) -> String {
+        format!("{} item {EXEC_JOURNAL}", self.state.describe())
     }
 
     fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
-        let path = self.journal_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                TargetError::Corrupt(format!("{} cannot be read: {e}", path.display()))
+        match self.state.read_blob(EXEC_JOURNAL)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                TargetError::Corrupt(format!("{} cannot be read: {e}", self.journal_location()))
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TargetError::Io {
-                what: "read".into(),
-                path,
-                source: e,
-            }),
+            None => Ok(None),
         }
     }
 
-    /// Replace the undo journal durably; mode 0600 from the start (it holds previous values).
+    /// Replace the undo journal durably (private: it holds previous values).
     fn write_exec_journal(&self, journal: &ExecJournal) -> Result<(), TargetError> {
         self.write_private(EXEC_JOURNAL, journal)
     }
 
-    /// Replace `.envlock/<name>` with `value` as JSON durably, mode 0600 from the start.
+    /// Replace the private item `name` with `value` as JSON.
     fn write_private(&self, name: &str, value: &impl Serialize) -> Result<(), TargetError> {
-        let dir = self.state.state_dir();
-        let path = dir.join(name);
-        let tmp = dir.join(format!("{name}.tmp-{}", std::process::id()));
-        let io = |what: &str, path: &PathBuf| {
-            let (what, path) = (what.to_owned(), path.clone());
-            move |source| TargetError::Io { what, path, source }
-        };
-        let _ = fs::remove_file(&tmp);
         let bytes = serde_json::to_vec(value).unwrap_or_default();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        file.write_all(&bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("fsync", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsync", &dir))
+        self.state.write_blob(name, &bytes)
     }
 
     fn clear_exec_journal(&self) -> Result<(), TargetError> {
-        let path = self.journal_path();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(TargetError::Io {
-                    what: "remove".into(),
-                    path,
-                    source: e,
-                });
-            }
-        }
-        let dir = self.state.state_dir();
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| TargetError::Io {
-                what: "fsync".into(),
-                path: dir,
-                source,
-            })
+        self.state.clear_blob(EXEC_JOURNAL)
     }
 
     /// Read the scope again; it must be exactly what this process saw last (the plan's read, or
@@ -567,16 +523,10 @@ impl ExecTarget {
 
     /// What the last convergence wrote (see [`EXEC_APPLIED`]).
     fn read_applied(&self) -> Result<Option<ExecJournal>, TargetError> {
-        let path = self.state.state_dir().join(EXEC_APPLIED);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TargetError::Io {
-                what: "read".into(),
-                path,
-                source: e,
-            }),
-        }
+        Ok(self
+            .state
+            .read_blob(EXEC_APPLIED)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Put back, in reverse order, the values `applied`'s steps replaced, each only over the
@@ -650,7 +600,9 @@ impl ExecTarget {
                     )
                 };
                 match err {
-                    CallError::Conflict(m) => TargetError::Refused(format!("{m}; {undone}")),
+                    CallError::Conflict(m) | CallError::LockLost(m) => {
+                        TargetError::Refused(format!("{m}; {undone}"))
+                    }
                     CallError::Failed { message, log } => TargetError::Provider {
                         message: format!("{message}; {undone}"),
                         log,
@@ -660,7 +612,7 @@ impl ExecTarget {
             Err(report) => TargetError::Partial(format!(
                 "{} (while applying{at}); the changes already made could NOT all be undone:\n{report}\nenvlock kept its undo journal ({}) and tries the undo again first on the next run",
                 err.message(),
-                self.journal_path().display()
+                self.journal_location()
             )),
         }
     }
@@ -742,6 +694,10 @@ impl Target for ExecTarget {
         )
     }
 
+    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
+        self.state.check_fits(resources)
+    }
+
     fn account(&self) -> Result<Option<(String, Option<String>)>, TargetError> {
         self.provider.identity().map(Some).map_err(call_error)
     }
@@ -805,7 +761,7 @@ impl Target for ExecTarget {
         meta: &Value,
     ) -> Result<GenerationId, TargetError> {
         self.converge("apply", resources, private, &|| {
-            self.state.apply(resources, private, meta)
+            self.state.record(resources, private, meta)
         })
     }
 
@@ -866,7 +822,7 @@ impl Target for ExecTarget {
             .map(|g| secret_resources(&g.meta))
             .unwrap_or_default();
         self.converge("activate", &want, &private, &|| {
-            self.state.activate(id).map(|()| id)
+            self.state.make_live(Some(id)).map(|()| id)
         })
         .map(drop)
     }
@@ -892,8 +848,8 @@ impl Target for ExecTarget {
         *self.seen() = None;
         self.restore(&applied, failed)?;
         match previous {
-            Some(p) => self.state.activate(p),
-            None => self.state.deactivate(),
+            Some(p) => self.state.make_live(Some(p)),
+            None => self.state.make_live(None),
         }
     }
 
@@ -919,7 +875,7 @@ impl Target for ExecTarget {
 
     fn deactivate(&self) -> Result<(), TargetError> {
         self.converge("deactivate", &BTreeMap::new(), &BTreeSet::new(), &|| {
-            self.state.deactivate().map(|()| 0)
+            self.state.make_live(None).map(|()| 0)
         })
         .map(drop)
     }
@@ -967,7 +923,7 @@ impl Target for ExecTarget {
             Err(report) => Err(TargetError::Partial(format!(
                 "an interrupted {} left changes that could NOT all be undone:\n{report}\nenvlock kept its undo journal ({}) and tries again on the next run",
                 journal.action,
-                self.journal_path().display()
+                self.journal_location()
             ))),
         }
     }

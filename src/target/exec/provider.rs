@@ -107,6 +107,8 @@ pub struct Remote {
 pub enum CallError {
     /// The provider answered `conflict`: the resource is not at the expected version.
     Conflict(String),
+    /// The provider answered `lock-lost` to a fenced `state-put`: the lock's lease ran out.
+    LockLost(String),
     /// Anything else; the message names the provider, operation and resource, and `log` holds
     /// the last lines of its stderr.
     Failed { message: String, log: Vec<String> },
@@ -115,7 +117,9 @@ pub enum CallError {
 impl CallError {
     pub fn message(&self) -> &str {
         match self {
-            CallError::Conflict(m) | CallError::Failed { message: m, .. } => m,
+            CallError::Conflict(m)
+            | CallError::LockLost(m)
+            | CallError::Failed { message: m, .. } => m,
         }
     }
 }
@@ -332,7 +336,9 @@ impl Provider {
     ) -> Result<Map<String, Value>, CallError> {
         let mut slot = self.session_slot();
         let session = self.open_session(&mut slot)?;
-        match session.call(operation, extra, operation == "apply") {
+        // A write carries values that must reach the provider as they are.
+        let plain = operation == "apply" || operation == "state-put";
+        match session.call(operation, extra, plain) {
             Ok(answer) => Ok(answer),
             Err(session::Failure::Answered(error)) => Err(answered_error(
                 what,
@@ -348,6 +354,17 @@ impl Provider {
                 })
             }
         }
+    }
+
+    /// A protocol-2 `state-*` request (see `target::store::provider`): its answer, or the
+    /// provider's error (`code`, `message`) as [`CallError::Failed`]/[`CallError::Conflict`].
+    pub fn state_call(
+        &self,
+        operation: &str,
+        members: Map<String, Value>,
+    ) -> Result<Map<String, Value>, CallError> {
+        let what = self.what(operation, None);
+        self.call_session(operation, &what, members)
     }
 
     /// The process of this provider, with `stdin` as its input (protocol 1) or none.
@@ -508,6 +525,7 @@ fn answered_error(what: &str, error: &Value, log: Vec<String>) -> CallError {
         .unwrap_or("(no message)");
     let message = match code {
         "conflict" => return CallError::Conflict(format!("{what}: {message}")),
+        "lock-lost" => return CallError::LockLost(format!("{what}: {message}")),
         "unsupported" => format!("{what}: the provider does not support it: {message}"),
         _ => format!("{what}: {code}: {message}"),
     };

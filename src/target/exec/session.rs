@@ -36,6 +36,9 @@ pub struct Capabilities {
     pub max: usize,
     /// Whether the provider applies a batch all or nothing.
     pub atomic: bool,
+    /// The provider keeps envlock's state (the `state-*` operations): the largest value one
+    /// state item may hold. `None`: it does not.
+    pub state: Option<usize>,
 }
 
 /// Why a session call failed: the provider answered an error for the request, or the
@@ -99,6 +102,7 @@ impl Session {
             capabilities: Capabilities {
                 max: 1,
                 atomic: false,
+                state: None,
             },
         };
         if let Err(e) = reader {
@@ -286,7 +290,27 @@ fn capabilities(answer: &Map<String, Value>) -> Result<Capabilities, String> {
     Ok(Capabilities {
         max: usize::try_from(max).unwrap_or(1),
         atomic,
+        state: state_capability(answer, &caps)?,
     })
+}
+
+/// `"state": true` (in `capabilities` or beside it) with `"state_max_value": N`: the provider
+/// keeps envlock's state.
+fn state_capability(
+    answer: &Map<String, Value>,
+    caps: &Map<String, Value>,
+) -> Result<Option<usize>, String> {
+    let member = |k: &str| caps.get(k).or_else(|| answer.get(k));
+    match member("state") {
+        None | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => {}
+        Some(v) => return Err(format!("its `state` is {v}, not a boolean")),
+    }
+    match member("state_max_value").map(Value::as_u64) {
+        None => Ok(Some(64 * 1024)),
+        Some(Some(n @ 1024..)) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Some(_) => Err("its `state_max_value` is not a whole number of at least 1024".into()),
+    }
 }
 
 /// Read `stdout` line by line into `tx`, each line bounded by [`LINE_LIMIT`]; ends after the
@@ -344,7 +368,8 @@ mod tests {
             ok,
             Ok(Capabilities {
                 max: 50,
-                atomic: true
+                atomic: true,
+                state: None,
             })
         );
         // Absent: one item per request, not atomic.
@@ -353,7 +378,8 @@ mod tests {
             bare,
             Ok(Capabilities {
                 max: 1,
-                atomic: false
+                atomic: false,
+                state: None,
             })
         );
         for bad in [
