@@ -506,6 +506,7 @@ impl LogStore for Shared {
     }
 
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
         let value = text(line, "the log record")?;
         // The record's own `seq` names its item: two appends after the same record collide.
         let seq = match serde_json::from_str::<Value>(&value)
