@@ -59,6 +59,10 @@ pub enum Command {
     /// Adopt a missing or empty target for an environment: prove its owner, show what will be
     /// stamped, and write the stamp (a protected environment's target is adopted only so).
     Adopt(AdoptArgs),
+    /// Move an `exec` target's state from a directory on this machine into the shared store its
+    /// configuration names ([target.state] of kind etcd or provider), keeping every generation
+    /// and the log's chain; refuses a store that already has a stamp.
+    Migrate(MigrateArgs),
     /// Make an earlier generation live again (same lock, stamp and identity checks), then
     /// health-check it.
     Rollback(RollbackArgs),
@@ -184,6 +188,19 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "ID")]
     pub to: Option<u64>,
     /// Roll back without asking (required without a terminal). Never skips a safety check.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The environment whose state to move.
+    #[arg(long, value_name = "NAME")]
+    pub target: String,
+    /// The directory that held its state (the `state = "DIR"` of its configuration before).
+    #[arg(long, value_name = "DIR")]
+    pub from: std::path::PathBuf,
+    /// Move without asking for the environment's name (required without a terminal).
     #[arg(long)]
     pub yes: bool,
 }

@@ -41,6 +41,9 @@ pub enum Action {
     /// `deploy log seal`: damage a person looked at, set aside; the chain goes on from the
     /// last record that verified (the record's `sealed` says what was set aside).
     Seal,
+    /// `deploy migrate`: the state was moved from a directory into a shared store (the
+    /// records before it were copied byte for byte).
+    Migrate,
 }
 
 impl Action {
@@ -51,6 +54,7 @@ impl Action {
             Action::Rollback => "rollback",
             Action::Verify => "verify",
             Action::Seal => "seal",
+            Action::Migrate => "migrate",
         }
     }
 }

@@ -39,7 +39,7 @@ fn prepare(
 ) -> Result<Vec<(String, &'static str)>> {
     let dirty = if matches!(
         job,
-        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. }
+        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. } | Job::Migrate { .. }
     ) {
         workspace::refuse_dirty(status)?;
         Vec::new()
@@ -106,6 +106,11 @@ pub(super) enum Job {
     Adopt {
         yes: bool,
     },
+    /// `deploy migrate --from DIR`.
+    Migrate {
+        from: PathBuf,
+        yes: bool,
+    },
     /// `deploy log seal`.
     Seal {
         reason: Option<String>,
@@ -154,12 +159,17 @@ pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result
     };
     let notifies = matches!(
         job,
-        Job::Apply { .. } | Job::Rollback { .. } | Job::Adopt { .. } | Job::Seal { .. }
+        Job::Apply { .. }
+            | Job::Rollback { .. }
+            | Job::Adopt { .. }
+            | Job::Seal { .. }
+            | Job::Migrate { .. }
     );
     let action = match job {
         Job::Rollback { .. } => "rollback",
         Job::Adopt { .. } => "adopt",
         Job::Seal { .. } => "seal",
+        Job::Migrate { .. } => "migrate",
         _ => "apply",
     };
     // Whether this run's last `[notify] url` notification (with a log record) told of trouble.
@@ -299,6 +309,13 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
         Job::Rollback { to, yes } => finish(deploy::apply::rollback(d, to, yes)?, printer),
         Job::Adopt { yes } => {
             let report = deploy::adopt::adopt(d, yes)?;
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            Ok(Exit::Success)
+        }
+        Job::Migrate { from, yes } => {
+            let report = deploy::migrate::migrate(d, &from, yes)?;
             if printer.is_json() {
                 printer.json(&report)?;
             }

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod forward;
 pub mod gate;
 pub mod journal;
+pub mod migrate;
 mod page;
 pub mod saved;
 pub mod seal;
@@ -86,21 +87,37 @@ pub fn open_target(env: &Environment) -> Result<Box<dyn Target>> {
 
 /// An `exec` target: its provider, and the store its state lives in.
 fn open_exec(env: &Environment) -> Result<Box<dyn Target>> {
-    use crate::config::StateConfig;
-    use crate::target::store::{Shared, Store, etcd::EtcdBackend, provider::ProviderBackend};
+    use crate::target::store::Store;
+    let TargetKind::Exec { state, store, .. } = &env.target.kind else {
+        unreachable!("open_exec is called for exec targets");
+    };
+    let provider = exec_provider(env);
+    let (state, shown): (Box<dyn Store>, String) = match store.dir() {
+        Some((resolved, display)) => (
+            Box::new(DirTarget::new(real_target_path(env, resolved)?)),
+            display.to_owned(),
+        ),
+        None => (Box::new(shared_store(env, &provider)?), state.value.clone()),
+    };
+    Ok(Box::new(crate::target::ExecTarget::new(
+        provider, state, shown,
+    )))
+}
+
+/// The provider of an `exec` environment.
+fn exec_provider(env: &Environment) -> std::sync::Arc<crate::target::exec::provider::Provider> {
     let TargetKind::Exec {
         command,
         options,
-        state,
-        store,
         timeout,
         protocol,
         root,
+        ..
     } = &env.target.kind
     else {
-        unreachable!("open_exec is called for exec targets");
+        unreachable!("exec_provider is called for exec targets");
     };
-    let provider = std::sync::Arc::new(crate::target::exec::provider::Provider {
+    std::sync::Arc::new(crate::target::exec::provider::Provider {
         argv: command.clone(),
         root: root.clone(),
         options: options.clone(),
@@ -109,42 +126,63 @@ fn open_exec(env: &Environment) -> Result<Box<dyn Target>> {
         timeout: *timeout,
         protocol: *protocol,
         session: std::sync::Mutex::new(None),
-    });
-    let (state, shown): (Box<dyn Store>, String) = match store {
-        StateConfig::Dir { resolved, display } => (
-            Box::new(DirTarget::new(real_target_path(env, resolved)?)),
-            display.clone(),
+    })
+}
+
+/// The shared store (`[target.state]` of kind `etcd` or `provider`) of an `exec` environment;
+/// refused for a directory state.
+fn shared_store(
+    env: &Environment,
+    provider: &std::sync::Arc<crate::target::exec::provider::Provider>,
+) -> Result<crate::target::store::Shared> {
+    use crate::config::StateConfig;
+    use crate::target::store::{Shared, etcd::EtcdBackend, provider::ProviderBackend};
+    let fail = |e: TargetError| -> anyhow::Error {
+        Failure::from(e)
+            .detail(format!(
+                "target of `{}`: {}",
+                env.name,
+                env.target.describe()
+            ))
+            .into()
+    };
+    let backend: std::sync::Arc<dyn crate::target::store::backend::Backend> = match &env.target.kind
+    {
+        TargetKind::Exec {
+            store:
+                StateConfig::Etcd {
+                    endpoints,
+                    prefix,
+                    timeout,
+                    ..
+                },
+            ..
+        } => std::sync::Arc::new(
+            EtcdBackend::new(endpoints.clone(), prefix.clone(), *timeout).map_err(fail)?,
         ),
-        StateConfig::Etcd {
-            endpoints,
-            prefix,
-            timeout,
-            lock_ttl,
-        } => {
-            let backend = EtcdBackend::new(endpoints.clone(), prefix.clone(), *timeout)
-                .map_err(Failure::from)?;
-            (
-                Box::new(Shared::new(std::sync::Arc::new(backend), *lock_ttl)),
-                state.value.clone(),
-            )
-        }
-        StateConfig::Provider { lock_ttl } => {
-            let backend = ProviderBackend::new(std::sync::Arc::clone(&provider)).map_err(|e| {
-                Failure::from(e).detail(format!(
-                    "target of `{}`: {}",
-                    env.name,
-                    env.target.describe()
-                ))
-            })?;
-            (
-                Box::new(Shared::new(std::sync::Arc::new(backend), *lock_ttl)),
-                "the provider".to_owned(),
-            )
+        TargetKind::Exec {
+            store: StateConfig::Provider { .. },
+            ..
+        } => std::sync::Arc::new(
+            ProviderBackend::new(std::sync::Arc::clone(provider)).map_err(fail)?,
+        ),
+        _ => {
+            return Err(Failure::refused(format!(
+                "`{}` keeps its state in a directory on this machine, not in a shared store",
+                env.name
+            ))
+            .hint("a shared store is named by a [target.state] table of kind \"etcd\" or \"provider\"")
+            .into());
         }
     };
-    Ok(Box::new(crate::target::ExecTarget::new(
-        provider, state, shown,
-    )))
+    let lock_ttl = match &env.target.kind {
+        TargetKind::Exec {
+            store: StateConfig::Etcd { lock_ttl, .. } | StateConfig::Provider { lock_ttl },
+            ..
+        } => *lock_ttl,
+        _ => std::time::Duration::from_secs(30),
+    };
+    Ok(Shared::new(backend, lock_ttl))
 }
 
 /// Where `path` (a `dir` target or an `exec` target's state) really leads, refused (exit 3)
@@ -570,11 +608,21 @@ impl<'a> Deployment<'a> {
                     "refusing to adopt {path}: it is not empty and has no envlock stamp"
                 ))
                 .detail(format!("it holds: {listed}"))
-                .hint(if matches!(self.env.target.kind, TargetKind::Exec { .. }) {
+                .hint(if let TargetKind::Exec { store, .. } = &self.env.target.kind {
+                    let moved = if store.dir().is_none() {
+                        format!(
+                            "; if `{0}` kept its state in a directory until now, move it here with \
+                             `deploy migrate --target {0} --from DIR`",
+                            self.env.name
+                        )
+                    } else {
+                        String::new()
+                    };
                     format!(
                         "envlock adopts only a scope that holds nothing yet, so that it never takes \
                          over resources it did not create: point [target.options] in \
-                         environments/{}.toml at an empty scope, or remove what is there (nothing was written)",
+                         environments/{}.toml at an empty scope, or remove what is there{moved} \
+                         (nothing was written)",
                         self.env.name
                     )
                 } else {
@@ -593,7 +641,7 @@ impl<'a> Deployment<'a> {
 
     /// The account the target's own credentials reach (an `exec` provider's `identity`) must be
     /// this environment's, before anything is read from the target.
-    fn check_target_account(&self) -> Result<()> {
+    pub(crate) fn check_target_account(&self) -> Result<()> {
         let task = self.wait_task(
             format!("the account {} reaches", self.target.describe()),
             None,
@@ -658,7 +706,7 @@ impl<'a> Deployment<'a> {
         }
     }
 
-    fn check_stamp(&self, stamp: &Stamp) -> Result<()> {
+    pub(crate) fn check_stamp(&self, stamp: &Stamp) -> Result<()> {
         let (env, account) = (&self.env.name, &self.env.account.value);
         if stamp.environment == *env && stamp.account == *account {
             return Ok(());
@@ -730,7 +778,7 @@ impl<'a> Deployment<'a> {
     }
 
     /// Run `[identity] command`; its trimmed stdout must be this environment's account.
-    fn check_identity(&self) -> Result<()> {
+    pub(crate) fn check_identity(&self) -> Result<()> {
         let Some(identity) = &self.env.identity else {
             return Ok(());
         };

@@ -38,6 +38,9 @@ use crate::config::resource_name_problem;
 
 const STATE_DIR: &str = ".envlock";
 const STAMP_FILE: &str = "stamp.json";
+/// Written by `deploy migrate` once the state was copied into another store: this directory's
+/// state is a record only from then on ([`Target::stamp`] refuses it).
+const MOVED_FILE: &str = "moved.json";
 const LOCK_FILE: &str = "lock";
 const GENERATIONS: &str = "generations";
 const CURRENT: &str = "current";
@@ -420,6 +423,12 @@ impl DirTarget {
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync", &dir))
+    }
+
+    /// Say, durably, that this state was moved to `to` (see [`MOVED_FILE`]).
+    pub fn mark_moved(&self, to: &str) -> Result<(), TargetError> {
+        let note = serde_json::json!({ "to": to, "time": super::now_rfc3339() });
+        self.write_private(MOVED_FILE, note.to_string().as_bytes())
     }
 
     /// Remove `.envlock/<name>` durably; absent is not an error.
@@ -965,6 +974,24 @@ impl Target for DirTarget {
         let layout = self.check_layout()?;
         if !layout.exists {
             return Ok(StampState::Absent);
+        }
+        if let Some(moved) = self.read_private(MOVED_FILE)? {
+            let moved: serde_json::Value = serde_json::from_slice(&moved).unwrap_or_default();
+            let field = |k: &str| {
+                moved
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            return Err(TargetError::Refused(format!(
+                "the state kept in {} was moved to {} on {} by `deploy migrate`; it is kept \
+                 only as a record and nothing is deployed through it any more: deploy from a \
+                 clone whose configuration names the new store",
+                self.state_dir().display(),
+                field("to"),
+                field("time")
+            )));
         }
         if let Some(stamp) = self.read_stamp()? {
             return Ok(StampState::Stamped(stamp));

@@ -207,6 +207,94 @@ impl Shared {
     }
 }
 
+/// What [`Shared::import`] copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub generations: usize,
+    pub records: usize,
+    pub live: Option<GenerationId>,
+}
+
+impl Shared {
+    /// Copy the state kept in `from` (a directory) into this store, which must hold no stamp:
+    /// the secret key, every generation with its id, metadata and failure, which one is live,
+    /// and every log record byte for byte under its own `seq`. Items a migration that died
+    /// half-way left are overwritten; the stamp is written last, by the caller, so a store is
+    /// never stamped with half a history. The caller holds both locks.
+    pub fn import(&self, from: &dyn super::Store) -> Result<Imported, TargetError> {
+        if let StampState::Stamped(s) = self.stamp()? {
+            return Err(TargetError::Refused(format!(
+                "{} already has a stamp (environment `{}`, account {}, since {}); refusing to \
+                 overwrite its state; nothing was written",
+                self.backend.describe(),
+                s.environment,
+                s.account,
+                s.created
+            )));
+        }
+        if let Some(key) = from.secret_key()? {
+            let hex = crate::secret::hex(&key);
+            self.put(&[Write::put(SECRET_KEY, hex, Expect::Any)])?;
+        }
+        let mut imported = Imported::default();
+        for g in from.generations()? {
+            let resources = from.resources(g.id)?;
+            let mut body: Value = serde_json::from_str(&Self::generation_json(
+                g.id,
+                &resources,
+                &BTreeSet::new(),
+                &g.meta,
+            )?)
+            .unwrap_or_default();
+            body["failed"] = g.failed.clone().map_or(Value::Null, Value::from);
+            body["written"] = g.created.clone().into();
+            self.put(&[Write::put(
+                generation_key(g.id),
+                body.to_string(),
+                Expect::Any,
+            )])?;
+            imported.generations += 1;
+        }
+        imported.live = from.live_generation()?;
+        let (_, version) = self.live()?;
+        let expect = version.map_or(Expect::Absent, Expect::Version);
+        self.put(&[Write::put(
+            LIVE,
+            json!({ "generation": imported.live }).to_string(),
+            expect,
+        )])?;
+        imported.records = self.import_log(&from.log_read()?.unwrap_or_default())?;
+        Ok(imported)
+    }
+
+    /// Every line of `log` as the record of its own `seq`, 25 per atomic put.
+    fn import_log(&self, log: &[u8]) -> Result<usize, TargetError> {
+        let mut writes = Vec::new();
+        let mut count = 0;
+        for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let value = text(line, "a log record")?;
+            let seq = serde_json::from_str::<Value>(&value)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(Value::as_u64))
+                .ok_or_else(|| {
+                    TargetError::Refused(format!(
+                        "line {} of the log has no `seq`; nothing more was copied",
+                        count + 1
+                    ))
+                })?;
+            writes.push(Write::put(log_key(seq), value, Expect::Any));
+            count += 1;
+            if writes.len() == MAX_WRITES {
+                self.put(&std::mem::take(&mut writes))?;
+            }
+        }
+        if !writes.is_empty() {
+            self.put(&writes)?;
+        }
+        Ok(count)
+    }
+}
+
 impl StateStore for Shared {
     fn describe(&self) -> String {
         self.backend.describe()

@@ -1,0 +1,223 @@
+//! `deploy migrate --target NAME --from DIR`: move an `exec` target's state from a directory on
+//! one machine into the shared store its reviewed configuration now names (`[target.state]`
+//! of kind `etcd` or `provider`), keeping every generation (ids, metadata, failures, which one
+//! is live), the secret key and the log's chain byte for byte.
+//!
+//! Order, so that a run that dies half-way can simply be run again: prove the owner (the
+//! provider's account, the directory's stamp, the identity command); refuse a store that
+//! already has a stamp, a directory whose log does not verify or that holds an interrupted
+//! deployment; confirm; take both locks; copy; check the copied log is the same bytes; write
+//! the stamp (the commit point); mark the directory moved (it then refuses every deployment
+//! through it); append a `migrate` record to the new log.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Deployment;
+use super::apply::LogRef;
+use crate::error::Failure;
+use crate::log::{self, Changes, Entry, Operator, Outcome};
+use crate::target::store::{GenerationStore, LogStore, Shared, StateStore};
+use crate::target::{DirTarget, Holder, Stamp, StampState, Target};
+
+/// What `deploy migrate` did, for `--format json`.
+#[derive(Debug, Serialize)]
+pub struct MigrateReport {
+    pub ok: bool,
+    pub environment: String,
+    pub account: String,
+    pub from: String,
+    pub to: String,
+    pub generations: usize,
+    pub live: Option<u64>,
+    pub records: usize,
+    /// The `migrate` record appended to the new log.
+    pub log: Option<LogRef>,
+}
+
+/// The interrupted-deployment items a directory state may hold.
+const EXEC_JOURNAL: &str = "exec-journal.json";
+
+pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateReport> {
+    let to = super::shared_store(d.env, &super::exec_provider(d.env))?;
+    d.check_target_account()?;
+    refuse_stamped(d, &to)?;
+    let old = DirTarget::new(super::real_target_path(d.env, from)?);
+    let stamp = old_stamp(d, &old)?;
+    d.check_identity()?;
+    refuse_unfinished(d, &old)?;
+    let (generations, live) = (
+        GenerationStore::generations(&old).map_err(|e| d.target_failure(e))?,
+        GenerationStore::live_generation(&old).map_err(|e| d.target_failure(e))?,
+    );
+    d.say(&format!(
+        "Moving the state of {} from {} into {}:\n  {} generation{} (live: {}), the deployment \
+         log, the secret key, then the stamp.\nThe directory keeps its copy as a record and \
+         refuses deployments through it from then on.",
+        d.who(),
+        Target::describe(&old),
+        to.describe(),
+        generations.len(),
+        if generations.len() == 1 { "" } else { "s" },
+        live.map_or("none".to_owned(), |g| g.to_string()),
+    ));
+    let again = format!(
+        "deploy migrate --target {} --from {} --yes",
+        d.env.name,
+        from.display()
+    );
+    d.ask(
+        yes,
+        &format!("move the state into {}", to.describe()),
+        true,
+        &again,
+    )?;
+    let holder = Holder::this_process(&d.env.name);
+    let _old_lock = Target::lock(&old, &holder).map_err(|e| d.target_failure(e))?;
+    let _new_lock = StateStore::lock(&to, &holder).map_err(|e| d.target_failure(e))?;
+    let imported = to.import(&old).map_err(|e| d.target_failure(e))?;
+    same_log(d, &old, &to)?;
+    to.write_stamp(&stamp).map_err(|e| d.target_failure(e))?;
+    old.mark_moved(&to.describe())
+        .map_err(|e| d.target_failure(e))?;
+    let mut report = MigrateReport {
+        ok: true,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        from: Target::describe(&old),
+        to: to.describe(),
+        generations: imported.generations,
+        live: imported.live,
+        records: imported.records,
+        log: None,
+    };
+    report.log = Some(record(d, &report)?);
+    d.say(&format!(
+        "Moved: {} generations and {} log records of {} are in {}; deploy from any machine with `deploy --target {}`.",
+        report.generations,
+        report.records,
+        d.who(),
+        report.to,
+        d.env.name
+    ));
+    Ok(report)
+}
+
+/// A store that already has a stamp is never overwritten.
+fn refuse_stamped(d: &Deployment<'_>, to: &Shared) -> Result<()> {
+    let StampState::Stamped(s) = to.stamp().map_err(|e| d.target_failure(e))? else {
+        return Ok(());
+    };
+    Err(Failure::refused(format!(
+        "{} already has a stamp (environment `{}`, account {}, since {}); refusing to overwrite \
+         its state with the directory's",
+        to.describe(),
+        s.environment,
+        s.account,
+        s.created
+    ))
+    .hint(format!(
+        "the state of `{}` was already moved, or another history lives there: `deploy log \
+         --target {}` shows it; nothing was written",
+        d.env.name, d.env.name
+    ))
+    .into())
+}
+
+/// The directory's stamp: it must be this environment's.
+fn old_stamp(d: &Deployment<'_>, old: &DirTarget) -> Result<Stamp> {
+    match Target::stamp(old).map_err(|e| d.target_failure(e))? {
+        StampState::Stamped(stamp) => {
+            d.check_stamp(&stamp)?;
+            Ok(stamp)
+        }
+        _ => Err(Failure::refused(format!(
+            "{} holds no envlock stamp: there is no state of `{}` to move",
+            Target::describe(old),
+            d.env.name
+        ))
+        .hint("name the directory the environment's `state` used to be (`--from DIR`); nothing was written")
+        .into()),
+    }
+}
+
+/// The directory's log must verify, and no deployment may be half-done in it.
+fn refuse_unfinished(d: &Deployment<'_>, old: &DirTarget) -> Result<()> {
+    let bytes = Target::log_read(old)
+        .map_err(|e| d.target_failure(e))?
+        .unwrap_or_default();
+    let verified = log::verify(&bytes);
+    if let Some(problem) = &verified.problem {
+        return Err(Failure::refused(format!(
+            "the deployment log in {} does not verify: line {}: {}",
+            Target::describe(old),
+            problem.line,
+            problem.message
+        ))
+        .hint("a damaged log is not carried into a shared store; nothing was written")
+        .into());
+    }
+    let journal = Target::read_journal(old).map_err(|e| d.target_failure(e))?;
+    let undo = old
+        .read_private(EXEC_JOURNAL)
+        .map_err(|e| d.target_failure(e))?;
+    if journal.is_some() || undo.is_some() {
+        return Err(Failure::refused(format!(
+            "{} holds an interrupted deployment of `{}`",
+            Target::describe(old),
+            d.env.name
+        ))
+        .hint("finish it first: run `deploy --target NAME` once more from the machine and configuration that use this directory, then migrate; nothing was written")
+        .into());
+    }
+    Ok(())
+}
+
+/// The copied log must be the directory's, byte for byte (one line per record).
+fn same_log(d: &Deployment<'_>, old: &DirTarget, to: &Shared) -> Result<()> {
+    let was = Target::log_read(old).map_err(|e| d.target_failure(e))?;
+    let now = LogStore::log_read(to).map_err(|e| d.target_failure(e))?;
+    if was.unwrap_or_default() == now.unwrap_or_default() {
+        return Ok(());
+    }
+    Err(Failure::error(format!(
+        "the log copied into {} is not the directory's, byte for byte; the store was not stamped",
+        to.describe()
+    ))
+    .hint("run the migration again (it overwrites what it copied); the directory is unchanged")
+    .into())
+}
+
+/// The `migrate` record, appended to the new log.
+fn record(d: &Deployment<'_>, report: &MigrateReport) -> Result<LogRef> {
+    let entry = Entry {
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        target: d.target.describe(),
+        action: log::Action::Migrate,
+        outcome: Outcome::Applied,
+        commit: d.commit.id.to_string(),
+        config_sha256: crate::plan::settings_sha256(d.env),
+        operator: Operator::current(),
+        changes: Changes::default(),
+        generation: report.live,
+        previous_generation: None,
+        reason: Some(format!(
+            "deploy migrate: state moved from {} into {} ({} generations, {} records)",
+            report.from, report.to, report.generations, report.records
+        )),
+        plan_sha256: None,
+        notify: None,
+    };
+    let r = log::append(&*d.target, entry).map_err(|e| {
+        Failure::error(format!(
+            "the state was moved, but the `migrate` record could not be appended: {e}"
+        ))
+    })?;
+    Ok(LogRef {
+        seq: r.seq,
+        hash: r.hash,
+    })
+}
