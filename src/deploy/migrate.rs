@@ -44,7 +44,9 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     let to = super::shared_store(d.env, &super::exec_provider(d.env))?;
     d.check_target_account()?;
     refuse_stamped(d, &to)?;
-    let old = DirTarget::new(super::real_target_path(d.env, from)?);
+    // Relative to where the command runs, as any path on the command line.
+    let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
+    let old = DirTarget::new(super::real_target_path(d.env, &from)?);
     let stamp = old_stamp(d, &old)?;
     d.check_identity()?;
     refuse_unfinished(d, &old)?;

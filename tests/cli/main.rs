@@ -26,6 +26,8 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod markdown;
+#[cfg(feature = "failpoints")]
+mod migrate;
 mod moto;
 mod paging;
 mod pipes;
