@@ -167,3 +167,43 @@ fn another_environments_directory_is_refused() {
         .stderr_has("belongs to environment `validation`");
     assert!(state_keys(&etcd).is_empty(), "nothing was written");
 }
+
+#[test]
+fn a_state_store_that_cannot_work_is_a_configuration_error_at_its_place() {
+    let repo = repo();
+    let cases = [
+        (
+            "\n[target.state]\nkind = \"provider\"\n",
+            "needs a protocol-2 provider",
+        ),
+        (
+            "\n[target.state]\nkind = \"s3\"\n",
+            "not one of \"dir\", \"etcd\", \"provider\"",
+        ),
+        (
+            "\n[target.state]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:1\"]\n",
+            "needs `endpoints` (a list of URLs) and a `prefix`",
+        ),
+        (
+            "\n[target.state]\nkind = \"provider\"\npath = \"x\"\n",
+            "has no `path`",
+        ),
+        ("state = 7", "must be a directory or a table"),
+    ];
+    for (state, message) in cases {
+        set(&repo, state, 1);
+        repo.deploy(&["check"])
+            .code(1)
+            .stderr_has(message)
+            .stderr_has("environments/cloud.toml:");
+    }
+    // A table of kind `dir` is the same as `state = "DIR"`.
+    set(
+        &repo,
+        "\n[target.state]\nkind = \"dir\"\npath = \"state\"\n",
+        1,
+    );
+    repo.deploy(&["check"]).code(0);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    assert!(repo.path().join("state/.envlock/stamp.json").exists());
+}
