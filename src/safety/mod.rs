@@ -523,6 +523,19 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
                     .collect(),
                 prefix.value.as_str(),
             )),
+            // An exec target's state in etcd holds its stamp and lock: the same keys are the
+            // same target.
+            TargetKind::Exec {
+                store:
+                    crate::config::StateConfig::Etcd {
+                        endpoints, prefix, ..
+                    },
+                ..
+            } => Some((
+                i,
+                endpoints.iter().map(|e| normalize_endpoint(e)).collect(),
+                prefix.as_str(),
+            )),
             _ => None,
         })
         .collect();

@@ -207,3 +207,19 @@ fn a_state_store_that_cannot_work_is_a_configuration_error_at_its_place() {
     repo.deploy(&["--target", "cloud", "--yes"]).code(0);
     assert!(repo.path().join("state/.envlock/stamp.json").exists());
 }
+
+#[test]
+fn two_environments_with_one_etcd_state_prefix_are_refused_by_check() {
+    let repo = repo();
+    let state = "\n[target.state]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/envlock/shared/\"\n";
+    set(&repo, state, 1);
+    let other = repo
+        .read(ENV)
+        .replace(ACCOUNT, "210987654321")
+        .replace("dir = \"store\"", "dir = \"store-b\"");
+    repo.write("environments/other.toml", other);
+    repo.commit("a second environment on the same state keys");
+    repo.deploy(&["check"])
+        .code(1)
+        .stderr_has("duplicate-target");
+}
