@@ -38,6 +38,8 @@ mod reviewed;
 mod sarif;
 mod seal;
 mod secrets;
+#[cfg(feature = "failpoints")]
+mod shared_state;
 mod state;
 mod status;
 mod worktree;
