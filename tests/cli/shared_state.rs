@@ -854,3 +854,96 @@ fn etcd_another_environment_pointed_at_prods_state_meets_its_stamp() {
 fn provider_another_environment_pointed_at_prods_state_meets_its_stamp() {
     another_environment_pointed_at_prods_state_meets_its_stamp(Kind::Provider);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. A deployer frozen past its lease (a laptop gone to sleep) writes nothing more: README, "a
+// deployer whose lease lapsed while someone else took the lock writes nothing more", and "a
+// writer that changed a resource meanwhile gets a conflict, never an overwrite".
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A stops mid-apply (r1 and r2 written) and is frozen (SIGSTOP: its lease is no longer
+/// renewed); B waits out the lease, resolves A's half-done apply and deploys `b_threads`
+/// (B's own commit, or A's when 8); then A wakes up. Whatever A does then, it must not touch
+/// what B deployed, nor the store.
+fn a_deployer_frozen_past_its_lease_writes_nothing_more(kind: Kind, b_threads: u32) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    a.deploy(PROD).code(0);
+    a.push_threads(&world, 8);
+    let resume = a.home.path().join("resume");
+    let paused = a.paused(world.mid_apply(), Some(&resume));
+    let pid = paused.pid();
+    signal(pid, "-STOP");
+    assert_eq!(world.resources(), world.half(4, 8));
+
+    let b = world.machine("bob", PROD);
+    if b_threads != 8 {
+        b.push_threads(&world, b_threads);
+    }
+    let holder = format!("alice@{} (pid {pid}", this_host());
+    let (run, _) = b.deploy_once_unlocked(&world, &holder);
+    run.code(0)
+        .stderr_has("had changed 2 of 5 resources (`r1`, `r2`); undid them in reverse order")
+        .stderr_has("Deployed: `prod`");
+    assert_eq!(world.resources(), world.all_stored(b_threads));
+    let deployed_by_b = world.everything();
+
+    std::fs::write(&resume, "").unwrap();
+    signal(pid, "-CONT");
+    let (code, stderr) = paused.finish();
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("the deployment lock on ") && stderr.contains(" was lost ("),
+        "{stderr}"
+    );
+    assert_eq!(
+        world.resources(),
+        world.all_stored(b_threads),
+        "A, woken after its lease, changed what B deployed:\n{stderr}"
+    );
+    assert_eq!(world.everything(), deployed_by_b, "{stderr}");
+    let records = b.records();
+    assert_eq!(
+        who_did_what(&records),
+        own(&[
+            ("alice", "adopt", "applied"),
+            // A's interrupted apply, as B resolved and recorded it.
+            ("bob", "apply", "failed"),
+            ("bob", "apply", "applied"),
+        ]),
+        "{records:#?}"
+    );
+    b.run(&["status", "--target", PROD])
+        .code(0)
+        .stdout_has("generation 2");
+}
+
+#[test]
+fn etcd_a_deployer_frozen_past_its_lease_writes_nothing_over_a_newer_deployment() {
+    a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Etcd, 16);
+}
+
+#[test]
+fn provider_a_deployer_frozen_past_its_lease_writes_nothing_over_a_newer_deployment() {
+    a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Provider, 16);
+}
+
+#[test]
+#[ignore = "BUG: a deployer woken after its lease lapsed judges the next deployer's identical writes as its own in-flight steps and undoes them (no lease check before resource writes)"]
+fn etcd_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_by_another() {
+    a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Etcd, 8);
+}
+
+#[test]
+#[ignore = "BUG: a deployer woken after its lease lapsed judges the next deployer's identical writes as its own in-flight steps and undoes them (no lease check before resource writes)"]
+fn provider_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_by_another() {
+    a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Provider, 8);
+}
