@@ -567,6 +567,20 @@ fn a_fresh_machine_continues_another_machines_history(kind: Kind) {
     b.run(&["log", "verify", "--target", PROD])
         .code(0)
         .stdout_has("3 records, chain intact");
+    let logged: Vec<String> = world
+        .state_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("log/"))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            "log/00000000000000000001",
+            "log/00000000000000000002",
+            "log/00000000000000000003"
+        ],
+        "one store item per record"
+    );
     a.run(&["log", "--target", PROD])
         .code(0)
         .stdout_has("alice")
@@ -721,6 +735,94 @@ fn etcd_a_deployer_killed_mid_apply_is_undone_by_another_machine() {
 #[test]
 fn provider_a_deployer_killed_mid_apply_is_undone_by_another_machine() {
     a_deployer_killed_mid_apply_is_undone_by_another_machine(Kind::Provider);
+}
+
+/// A killed after its new generation went live but before its log record (`before-record`), or
+/// after its record but before clearing its journal (`before-clear-journal`): B, from its own
+/// clone, finds the journal in the store and records A's deployment exactly once.
+fn a_deployer_killed_after_its_switch_is_recorded_once_by_another_machine(kind: Kind, point: &str) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    a.deploy(PROD).code(0);
+    a.push_threads(&world, 8);
+    let paused = a.paused(point, None);
+    let pid = paused.pid();
+    paused.kill9();
+    assert_eq!(world.resources(), world.all_stored(8));
+    assert!(world.state_keys().contains(&"journal".to_owned()));
+
+    let b = world.machine("bob", PROD);
+    let holder = format!("alice@{} (pid {pid}", this_host());
+    let (run, _) = b.deploy_once_unlocked(&world, &holder);
+    run.code(0)
+        .stderr_has("Found an interrupted")
+        .stderr_has("No changes");
+    assert_eq!(world.resources(), world.all_stored(8));
+    assert!(!world.state_keys().contains(&"journal".to_owned()));
+    let records = b.records();
+    let got = who_did_what(&records);
+    if point == "before-record" {
+        run.stderr_has("generation 2 was left live and unverified");
+        // A's apply, recorded by B for A; then B's verification.
+        assert_eq!(
+            got,
+            own(&[
+                ("alice", "adopt", "applied"),
+                ("bob", "apply", "applied"),
+                ("bob", "verify", "unchanged"),
+            ]),
+            "{records:#?}"
+        );
+        let reason = records[1]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("interrupted run of {holder}")),
+            "{records:#?}"
+        );
+    } else {
+        run.stderr_has("it had finished and recorded its outcome (log record 2)");
+        assert_eq!(
+            got,
+            own(&[
+                ("alice", "adopt", "applied"),
+                ("alice", "apply", "applied"),
+                ("bob", "verify", "unchanged"),
+            ]),
+            "{records:#?}"
+        );
+    }
+    assert_eq!(records[1]["generation"], 2, "{records:#?}");
+}
+
+#[test]
+fn etcd_a_deployer_killed_before_its_record_is_recorded_by_another_machine() {
+    a_deployer_killed_after_its_switch_is_recorded_once_by_another_machine(
+        Kind::Etcd,
+        "before-record",
+    );
+}
+
+#[test]
+fn provider_a_deployer_killed_before_its_record_is_recorded_by_another_machine() {
+    a_deployer_killed_after_its_switch_is_recorded_once_by_another_machine(
+        Kind::Provider,
+        "before-record",
+    );
+}
+
+#[test]
+fn etcd_a_deployer_killed_after_its_record_is_not_recorded_twice() {
+    a_deployer_killed_after_its_switch_is_recorded_once_by_another_machine(
+        Kind::Etcd,
+        "before-clear-journal",
+    );
+}
+
+#[test]
+fn provider_a_deployer_killed_after_its_record_is_not_recorded_twice() {
+    a_deployer_killed_after_its_switch_is_recorded_once_by_another_machine(
+        Kind::Provider,
+        "before-clear-journal",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
