@@ -452,11 +452,16 @@ impl Machine {
 
     /// Commit prod at `threads` and push it.
     fn push_threads(&self, world: &World, threads: u32) {
-        self.repo.write(
-            &format!("environments/{PROD}.toml"),
+        self.push_toml(
             world.env_toml(PROD_ACCOUNT, threads),
+            &format!("prod, threads {threads}"),
         );
-        self.repo.commit(&format!("prod, threads {threads}"));
+    }
+
+    /// Commit `toml` as prod's environment file and push it.
+    fn push_toml(&self, toml: String, message: &str) {
+        self.repo.write(&format!("environments/{PROD}.toml"), toml);
+        self.repo.commit(message);
         self.repo.git(&["push", "-q", "origin", "main"]);
     }
 
@@ -736,6 +741,8 @@ fn etcd_a_deployer_killed_mid_apply_is_undone_by_another_machine() {
 fn provider_a_deployer_killed_mid_apply_is_undone_by_another_machine() {
     a_deployer_killed_mid_apply_is_undone_by_another_machine(Kind::Provider);
 }
+
+// 3b. A deployer killed after its switch is recorded exactly once, by another machine.
 
 /// A killed after its new generation went live but before its log record (`before-record`), or
 /// after its record but before clearing its journal (`before-clear-journal`): B, from its own
@@ -1048,4 +1055,120 @@ fn etcd_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_
 #[ignore = "BUG: a deployer woken after its lease lapsed judges the next deployer's identical writes as its own in-flight steps and undoes them (no lease check before resource writes)"]
 fn provider_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_by_another() {
     a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Provider, 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Secrets: the key that decides whether a secret changed is in the store, so a fresh machine
+// sees A's secret as unchanged, and no output shows a value.
+
+fn a_fresh_machine_compares_secrets_with_the_shared_key(kind: Kind) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    let with_secret = format!(
+        "{}\n[settings.db]\npassword = {{ secret = \"env:DB_PASSWORD\" }}\n",
+        world.env_toml(PROD_ACCOUNT, 4)
+    );
+    a.push_toml(with_secret, "prod with a secret");
+    let first = "Hunter2-first-SECRET";
+    let rotated = "Rotated-second-SECRET";
+    let mut seen = String::new();
+    let mut run = |m: &Machine, args: &[&str], password: &str| -> Run {
+        let env = m.env();
+        let mut env: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("DB_PASSWORD", password));
+        let r = m.repo.deploy_env(args, &env);
+        seen.push_str(&r.stdout);
+        seen.push_str(&r.stderr);
+        r
+    };
+    run(&a, &["--target", PROD, "--yes"], first).code(0);
+    assert!(world.state_keys().contains(&"secret-key".to_owned()));
+
+    let b = world.machine("bob", PROD);
+    run(&b, &["plan", "--target", PROD], first)
+        .code(0)
+        .stdout_has("Plan: 0 to add, 0 to change, 0 to remove.");
+    run(&b, &["--target", PROD, "--yes"], first)
+        .code(0)
+        .stderr_has("No changes");
+    run(&b, &["plan", "--target", PROD], rotated)
+        .code(0)
+        .stdout_has("(secret, changed)");
+    run(&b, &["--target", PROD, "--yes"], rotated).code(0);
+    run(&b, &["status", "--target", PROD], rotated).code(0);
+    run(&b, &["log", "--target", PROD, "--format", "json"], rotated).code(0);
+    // A, with the old value, sees it changed: one key for both machines.
+    a.pull();
+    run(&a, &["plan", "--target", PROD], first)
+        .code(0)
+        .stdout_has("(secret, changed)");
+    assert!(!seen.contains(first) && !seen.contains(rotated), "{seen}");
+    let db = world.resources().remove("db").unwrap();
+    assert!(db.contains(rotated), "{db}");
+    assert_eq!(b.records().len(), 3);
+}
+
+#[test]
+fn etcd_a_fresh_machine_compares_secrets_with_the_shared_key() {
+    a_fresh_machine_compares_secrets_with_the_shared_key(Kind::Etcd);
+}
+
+#[test]
+fn provider_a_fresh_machine_compares_secrets_with_the_shared_key() {
+    a_fresh_machine_compares_secrets_with_the_shared_key(Kind::Provider);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. A plan saved on one machine is stale once another machine deployed (README: "if he made a
+// plan before her deployment and applies it after (`apply --plan`), it is refused as stale").
+
+fn a_plan_saved_before_another_machines_deployment_is_stale(kind: Kind) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    a.deploy(PROD).code(0);
+    a.push_threads(&world, 8);
+    let b = world.machine("bob", PROD);
+    let plan = b.home.path().join("plan.json");
+    let plan = plan.to_str().unwrap();
+    b.run(&["plan", "--target", PROD, "--out", plan])
+        .code(0)
+        .stdout_has("~ r1");
+    a.deploy(PROD).code(0);
+    let before = world.everything();
+    b.run(&["apply", "--target", PROD, "--plan", plan, "--yes"])
+        .code(3)
+        .stderr_has("the saved plan is stale");
+    // Nothing written but the refusal's own log record.
+    let mut after = world.everything();
+    let refusal: Vec<String> = after
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .cloned()
+        .collect();
+    assert_eq!(refusal.len(), 1, "{refusal:?}");
+    assert!(
+        refusal[0].ends_with("log/00000000000000000003"),
+        "{refusal:?}"
+    );
+    after.remove(&refusal[0]);
+    assert!(
+        after == before,
+        "the refused apply wrote more than its log record"
+    );
+    assert_eq!(world.resources(), world.all_stored(8));
+    let records = b.records();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert_eq!(records[2]["operator"]["user"], "bob");
+    assert_eq!(records[2]["outcome"], "refused");
+}
+
+#[test]
+fn etcd_a_plan_saved_before_another_machines_deployment_is_stale() {
+    a_plan_saved_before_another_machines_deployment_is_stale(Kind::Etcd);
+}
+
+#[test]
+fn provider_a_plan_saved_before_another_machines_deployment_is_stale() {
+    a_plan_saved_before_another_machines_deployment_is_stale(Kind::Provider);
 }
