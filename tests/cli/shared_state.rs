@@ -1172,3 +1172,130 @@ fn etcd_a_plan_saved_before_another_machines_deployment_is_stale() {
 fn provider_a_plan_saved_before_another_machines_deployment_is_stale() {
     a_plan_saved_before_another_machines_deployment_is_stale(Kind::Provider);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. A rollback killed half-way is resolved by another machine, from the shared journal.
+
+fn a_rollback_killed_half_way_is_resolved_by_another_machine(kind: Kind) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    a.deploy(PROD).code(0);
+    a.push_threads(&world, 8);
+    a.deploy(PROD).code(0);
+    let b = world.machine("bob", PROD);
+    let args = ["rollback", "--target", PROD, "--to", "1", "--yes"];
+    let env = a.env();
+    let paused = Paused::start(a.repo.path(), &args, world.mid_apply(), None, &env);
+    let pid = paused.pid();
+    paused.kill9();
+    assert_eq!(world.resources(), world.half(8, 4));
+
+    let holder = format!("alice@{} (pid {pid}", this_host());
+    let (run, _) = b.deploy_once_unlocked(&world, &holder);
+    // Its two writes undone: generation 2 (threads 8) is live and whole again.
+    run.code(0)
+        .stderr_has("Found an interrupted rollback")
+        .stderr_has("its activate had changed 2 of 5 resources (`r1`, `r2`); undid them")
+        .stderr_has("No changes: generation 2");
+    assert_eq!(world.resources(), world.all_stored(8));
+    let records = b.records();
+    assert_eq!(
+        who_did_what(&records),
+        own(&[
+            ("alice", "adopt", "applied"),
+            ("alice", "apply", "applied"),
+            ("bob", "rollback", "failed"),
+            ("bob", "verify", "unchanged"),
+        ]),
+        "{records:#?}"
+    );
+    let reason = records[2]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("interrupted run of {holder}")),
+        "{records:#?}"
+    );
+    // The rollback, run again from B, goes through.
+    b.run(&args).code(0);
+    assert_eq!(world.resources(), world.all_stored(4));
+}
+
+#[test]
+fn etcd_a_rollback_killed_half_way_is_resolved_by_another_machine() {
+    a_rollback_killed_half_way_is_resolved_by_another_machine(Kind::Etcd);
+}
+
+#[test]
+fn provider_a_rollback_killed_half_way_is_resolved_by_another_machine() {
+    a_rollback_killed_half_way_is_resolved_by_another_machine(Kind::Provider);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The log only grows: its last record removed from the store is damage (README, "A log only
+// grows, so one that is shorter than the checkpoint says ... is damage too", as on `dir` and
+// `etcd` targets).
+
+impl World {
+    /// Delete one item of prod's state behind envlock's back.
+    fn delete_state_item(&self, key: &str) {
+        match self.kind {
+            Kind::Etcd => {
+                let toml = self.etcd().endpoints_toml();
+                let endpoints = toml
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .replace(['"', ' '], "");
+                let out = std::process::Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={endpoints}"))
+                    .args(["del", &format!("{STATE_PREFIX}{key}")])
+                    .output()
+                    .unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
+            }
+            Kind::Provider => {
+                dynamodb(
+                    self.moto(PROD),
+                    &format!(
+                        "ddb.delete_item(TableName='{TABLE}', Key={{'pk': {{'S': '{SSM_PATH}'}}, \
+                         'sk': {{'S': '{key}'}}}})\nprint('null')"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn the_last_log_record_removed_from_the_store_is_damage(kind: Kind) {
+    let world = World::new(kind);
+    let a = world.machine("alice", PROD);
+    a.deploy(PROD).code(0);
+    a.push_threads(&world, 8);
+    a.deploy(PROD).code(0);
+    let b = world.machine("bob", PROD);
+    b.push_threads(&world, 16);
+    b.deploy(PROD).code(0);
+    assert_eq!(b.records().len(), 3);
+    // B's record (of generation 3, live) disappears; what is left verifies as a chain of two.
+    world.delete_state_item("log/00000000000000000003");
+    a.run(&["log", "verify", "--target", PROD])
+        .code(1)
+        .stdout_has("BROKEN");
+    let before = world.everything();
+    a.pull();
+    a.push_threads(&world, 32);
+    a.deploy(PROD)
+        .code(3)
+        .stderr_has("does not verify, so nothing is appended to it");
+    assert_eq!(world.everything(), before);
+}
+
+#[test]
+#[ignore = "BUG: the shared store keeps no log checkpoint (Shared::log_removed is always None): the last record deleted from the store goes unnoticed by log verify and the next deploy, unlike dir and etcd targets"]
+fn etcd_the_last_log_record_removed_from_the_store_is_damage() {
+    the_last_log_record_removed_from_the_store_is_damage(Kind::Etcd);
+}
+
+#[test]
+#[ignore = "BUG: the shared store keeps no log checkpoint (Shared::log_removed is always None): the last record deleted from the store goes unnoticed by log verify and the next deploy, unlike dir and etcd targets"]
+fn provider_the_last_log_record_removed_from_the_store_is_damage() {
+    the_last_log_record_removed_from_the_store_is_damage(Kind::Provider);
+}
