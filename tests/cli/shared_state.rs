@@ -16,6 +16,15 @@
 //!
 //! What is asserted is what the account and the store hold, read without envlock (the files,
 //! etcdctl, boto3), besides exit codes and messages.
+//!
+//! Scenarios: 1 a fresh machine plans, deploys, rolls back and logs in one chain; 2 one lock,
+//! renewed while held; 3 a deployer killed mid-apply is undone by another machine (3b: killed
+//! after its switch, recorded exactly once); 4 a dead holder's lease lapses; 5 another account's
+//! credentials and 6 another environment's configuration are refused with nothing written;
+//! 7 a deployer frozen past its lease; 8 secrets and the shared key; 9 a stale saved plan;
+//! 10 a rollback killed half-way; 11 the log only grows; 12 a conflicted step is not undone;
+//! 13 the lease outlives a long provider call. The tests marked `ignore = "BUG: ..."` fail
+//! today and say why.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
