@@ -26,8 +26,6 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod markdown;
-#[cfg(feature = "failpoints")]
-mod migrate;
 mod moto;
 mod paging;
 mod pipes;
@@ -40,4 +38,6 @@ mod seal;
 mod secrets;
 mod state;
 mod status;
+#[cfg(feature = "failpoints")]
+mod store;
 mod worktree;
