@@ -488,6 +488,15 @@ fn loc_of<T>(file: FileId, s: &Spanned<T>) -> Loc {
     Loc::new(file, s.span())
 }
 
+/// The string member `key` of `table`, with its place.
+fn table_text(file: FileId, table: &node::Table, key: &str) -> Option<Located<String>> {
+    let m = table.get(key)?;
+    match &m.node.value {
+        Value::String(v) => Some(Located::new(v.clone(), Loc::new(file, m.node.span.clone()))),
+        _ => None,
+    }
+}
+
 fn lstr(file: FileId, s: SString) -> Located<String> {
     let loc = loc_of(file, &s);
     Located::new(s.into_inner(), loc)
@@ -1344,18 +1353,9 @@ impl Loader<'_> {
         node: Node,
     ) -> Option<(Located<String>, StateConfig)> {
         let at = Loc::new(file, node.span.clone());
-        let problem = |this: &mut Self, loc: Loc, message: String, label: &str, hint: &str| {
-            this.diagnostics.push(
-                Diagnostic::new("invalid-state", message)
-                    .env(name)
-                    .at(loc, label)
-                    .hint(hint),
-            );
-            None
-        };
-        let table = match node.value {
-            Value::String(dir) => return self.dir_state(name, Located::new(dir, at)),
-            Value::Table(table) => table,
+        match node.value {
+            Value::String(dir) => self.dir_state(name, Located::new(dir, at)),
+            Value::Table(table) => self.state_table(name, file, at, &table),
             other => {
                 let found = Node {
                     file,
@@ -1363,32 +1363,53 @@ impl Loader<'_> {
                     value: other,
                 }
                 .type_name();
-                return problem(
-                    self,
+                self.state_problem(
+                    name,
                     at,
                     format!("`state` must be a directory or a table, not {found}"),
                     "neither",
                     "write `state = \"/var/lib/envlock/<environment>\"`, or a [target.state] table with `kind = \"dir\"`, `\"etcd\"` or `\"provider\"`",
-                );
+                )
             }
-        };
-        let text = |key: &str| -> Option<Located<String>> {
-            let m = table.get(key)?;
-            match &m.node.value {
-                Value::String(v) => {
-                    Some(Located::new(v.clone(), Loc::new(file, m.node.span.clone())))
-                }
-                _ => None,
-            }
-        };
-        let kind = text("kind").map(|k| k.value).unwrap_or_default();
+        }
+    }
+
+    /// An `invalid-state` problem at `loc`; `None`, for the caller to return.
+    fn state_problem<T>(
+        &mut self,
+        name: &str,
+        loc: Loc,
+        message: String,
+        label: &str,
+        hint: &str,
+    ) -> Option<T> {
+        self.diagnostics.push(
+            Diagnostic::new("invalid-state", message)
+                .env(name)
+                .at(loc, label)
+                .hint(hint),
+        );
+        None
+    }
+
+    /// A `[target.state]` table: its `kind` and the keys that kind has.
+    fn state_table(
+        &mut self,
+        name: &str,
+        file: FileId,
+        at: Loc,
+        table: &node::Table,
+    ) -> Option<(Located<String>, StateConfig)> {
+        let kind = table_text(file, table, "kind")
+            .map(|k| k.value)
+            .unwrap_or_default();
         let allowed: &[&str] = match kind.as_str() {
             "dir" => &["kind", "path"],
             "etcd" => &["kind", "endpoints", "prefix", "timeout", "lock_ttl"],
             "provider" => &["kind", "lock_ttl"],
             _ => {
-                return problem(
-                    self,
+                return self.state_problem(
+                    name,
                     at,
                     format!(
                         "[target.state] `kind` is {kind:?}, not one of \"dir\", \"etcd\", \"provider\""
@@ -1398,31 +1419,26 @@ impl Loader<'_> {
                 );
             }
         };
-        for (key, m) in table.iter() {
-            if !allowed.contains(&key.as_str()) {
-                return problem(
-                    self,
-                    Loc::new(file, m.key_span.clone()),
-                    format!("[target.state] of kind `{kind}` has no `{key}`"),
-                    "unknown key",
-                    &format!("the keys of a `{kind}` state are: {}", allowed.join(", ")),
-                );
-            }
-        }
-        let written = Located::new(kind.clone(), at.clone());
-        let lock_ttl = |this: &mut Self| {
-            this.duration(
+        if let Some((key, m)) = table.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            return self.state_problem(
                 name,
-                "lock_ttl",
-                text("lock_ttl").as_ref(),
-                Duration::from_secs(30),
-            )
-        };
+                Loc::new(file, m.key_span.clone()),
+                format!("[target.state] of kind `{kind}` has no `{key}`"),
+                "unknown key",
+                &format!("the keys of a `{kind}` state are: {}", allowed.join(", ")),
+            );
+        }
+        let lock_ttl = self.duration(
+            name,
+            "lock_ttl",
+            table_text(file, table, "lock_ttl").as_ref(),
+            Duration::from_secs(30),
+        );
         match kind.as_str() {
-            "dir" => match text("path") {
+            "dir" => match table_text(file, table, "path") {
                 Some(path) => self.dir_state(name, path),
-                None => problem(
-                    self,
+                None => self.state_problem(
+                    name,
                     at,
                     "[target.state] of kind `dir` needs `path`".into(),
                     "no `path`",
@@ -1430,49 +1446,61 @@ impl Loader<'_> {
                 ),
             },
             "provider" => Some((
-                written,
+                Located::new(kind, at),
                 StateConfig::Provider {
-                    lock_ttl: lock_ttl(self)?,
+                    lock_ttl: lock_ttl?,
                 },
             )),
-            _ => {
-                let endpoints: Vec<String> = match table.get("endpoints").map(|m| &m.node.value) {
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .filter_map(|n| match &n.value {
-                            Value::String(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let prefix = text("prefix").map(|p| p.value).unwrap_or_default();
-                if endpoints.is_empty() || !prefix.starts_with('/') || !prefix.ends_with('/') {
-                    return problem(
-                        self,
-                        at,
-                        "[target.state] of kind `etcd` needs `endpoints` (a list of URLs) and a `prefix` that starts and ends with `/`".into(),
-                        "incomplete etcd store",
-                        "e.g. `endpoints = [\"http://10.0.0.1:2379\"]` and `prefix = \"/envlock/prod/\"`",
-                    );
-                }
-                let timeout = self.duration(
-                    name,
-                    "timeout",
-                    text("timeout").as_ref(),
-                    Duration::from_secs(5),
-                );
-                Some((
-                    Located::new(format!("etcd {prefix}"), at),
-                    StateConfig::Etcd {
-                        endpoints,
-                        prefix,
-                        timeout: timeout?,
-                        lock_ttl: lock_ttl(self)?,
-                    },
-                ))
-            }
+            _ => self.etcd_state(name, file, at, table, lock_ttl?),
         }
+    }
+
+    /// A `[target.state]` of kind `etcd`: endpoints, a prefix like an etcd target's, a timeout.
+    fn etcd_state(
+        &mut self,
+        name: &str,
+        file: FileId,
+        at: Loc,
+        table: &node::Table,
+        lock_ttl: Duration,
+    ) -> Option<(Located<String>, StateConfig)> {
+        let endpoints: Vec<String> = match table.get("endpoints").map(|m| &m.node.value) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|n| match &n.value {
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let prefix = table_text(file, table, "prefix")
+            .map(|p| p.value)
+            .unwrap_or_default();
+        if endpoints.is_empty() || !prefix.starts_with('/') || !prefix.ends_with('/') {
+            return self.state_problem(
+                name,
+                at,
+                "[target.state] of kind `etcd` needs `endpoints` (a list of URLs) and a `prefix` that starts and ends with `/`".into(),
+                "incomplete etcd store",
+                "e.g. `endpoints = [\"http://10.0.0.1:2379\"]` and `prefix = \"/envlock/prod/\"`",
+            );
+        }
+        let timeout = self.duration(
+            name,
+            "timeout",
+            table_text(file, table, "timeout").as_ref(),
+            Duration::from_secs(5),
+        );
+        Some((
+            Located::new(format!("etcd {prefix}"), at),
+            StateConfig::Etcd {
+                endpoints,
+                prefix,
+                timeout: timeout?,
+                lock_ttl,
+            },
+        ))
     }
 
     /// A directory state: not empty, resolved like a `dir` target's path.

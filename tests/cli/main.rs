@@ -26,8 +26,6 @@ mod interrupt;
 mod lifecycle;
 mod log;
 mod markdown;
-#[cfg(feature = "failpoints")]
-mod migrate;
 mod moto;
 mod paging;
 mod pipes;
@@ -42,4 +40,6 @@ mod secrets;
 mod shared_state;
 mod state;
 mod status;
+#[cfg(feature = "failpoints")]
+mod store;
 mod worktree;

@@ -255,6 +255,19 @@ impl ExecTarget {
         self.write_private(EXEC_JOURNAL, journal)
     }
 
+    /// Record the steps done (or undone) so far. A store where rewriting the whole journal
+    /// after every step costs a network round trip of its whole size (a shared store: the
+    /// cost would grow with the square of the resources) keeps the journal written before the
+    /// first step: recovery judges every step it does not mark done from a fresh read
+    /// (`judge_in_flight`), which tells a write that landed, and one undone, by the live value.
+    fn note_progress(&self, journal: &ExecJournal) -> Result<(), TargetError> {
+        if self.state.rewrites_are_cheap() {
+            self.write_exec_journal(journal)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Replace the private item `name` with `value` as JSON.
     fn write_private(&self, name: &str, value: &impl Serialize) -> Result<(), TargetError> {
         let bytes = serde_json::to_vec(value).unwrap_or_default();
@@ -490,7 +503,7 @@ impl ExecTarget {
     /// Write the journal after step `i` succeeded; a step it cannot record is undone now, while
     /// this process still knows it happened.
     fn record_steps(&self, journal: &mut ExecJournal, i: usize) -> Result<(), TargetError> {
-        if let Err(e) = self.write_exec_journal(journal) {
+        if let Err(e) = self.note_progress(journal) {
             let name = journal.steps[i].resource.clone();
             let failed = CallError::Failed {
                 message: format!("recording the step of `{name}` failed: {e}"),
@@ -645,7 +658,7 @@ impl ExecTarget {
                 Ok(()) => {
                     journal.steps[i].done = false;
                     journal.steps[i].undone = true;
-                    let _ = self.write_exec_journal(journal);
+                    let _ = self.note_progress(journal);
                 }
                 Err(e) => {
                     failures.insert(step.resource.clone(), e.message().to_owned());

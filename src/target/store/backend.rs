@@ -80,6 +80,8 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn describe(&self) -> String;
     /// The largest value one item may hold, in bytes.
     fn max_value(&self) -> usize;
+    /// The most bytes of values one [`Backend::put`] may carry.
+    fn max_put(&self) -> usize;
     /// The items `keys`, in order (`None`: absent).
     fn get(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, TargetError>;
     /// Items whose key starts with `prefix`, in key order (last first when `reverse`), after

@@ -116,7 +116,11 @@ impl Backend for EtcdBackend {
     }
 
     fn max_value(&self) -> usize {
-        // etcd's default --max-request-bytes is 1.5 MiB; leave room for the request itself.
+        512 * 1024
+    }
+
+    fn max_put(&self) -> usize {
+        // etcd's default --max-request-bytes is 1.5 MiB; values travel in base64 (4/3).
         1024 * 1024
     }
 

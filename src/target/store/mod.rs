@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod etcd;
+pub mod parts;
 pub mod provider;
 pub mod shared;
 
@@ -49,6 +50,12 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError>;
     fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError>;
     fn clear_blob(&self, name: &str) -> Result<(), TargetError>;
+    /// True when rewriting a blob after every step is cheap (a local file); false for a store
+    /// across the network, where a target kind writes its journal once and recovers by
+    /// reading what is live instead.
+    fn rewrites_are_cheap(&self) -> bool {
+        true
+    }
     /// Where one item lives, for messages.
     fn state_location(&self, item: StateItem) -> String;
     fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError>;

@@ -101,6 +101,11 @@ impl Backend for ProviderBackend {
             .unwrap_or(64 * 1024)
     }
 
+    fn max_put(&self) -> usize {
+        // A DynamoDB transaction carries at most 4 MB.
+        3 * 1024 * 1024
+    }
+
     fn get(&self, keys: &[&str]) -> Result<Vec<Option<Item>>, TargetError> {
         let op = "state-get";
         let answer = self.call(op, json!({ "keys": keys })).map_err(failed)?;

@@ -86,8 +86,7 @@ impl Shared {
     /// An atomic put, fenced by this process's lock when it holds one.
     fn put(&self, writes: &[Write]) -> Result<BTreeMap<String, String>, TargetError> {
         let fence = self.fence();
-        self.backend
-            .put(writes, fence.as_deref())
+        super::parts::put(&*self.backend, writes, fence.as_deref())
             .map_err(|e| match e {
                 PutError::Conflict(m) => TargetError::Refused(format!(
                     "{}: {m}: another deployment changed envlock's state meanwhile; this write was not made",
@@ -103,7 +102,10 @@ impl Shared {
     }
 
     fn get(&self, key: &str) -> Result<Option<Item>, TargetError> {
-        Ok(self.backend.get(&[key])?.into_iter().next().flatten())
+        match self.backend.get(&[key])?.into_iter().next().flatten() {
+            Some(item) => super::parts::expand(&*self.backend, key, item).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Every item under `prefix`, in key order, read page by page.
@@ -113,7 +115,10 @@ impl Shared {
             let after = out.last().map(|(k, _)| k.clone());
             let (page, more) = self.backend.list(prefix, after.as_deref(), PAGE, false)?;
             let got = page.len();
-            out.extend(page);
+            for (key, item) in page {
+                let item = super::parts::expand(&*self.backend, &key, item)?;
+                out.push((key, item));
+            }
             if !more || got == 0 {
                 return Ok(out);
             }
@@ -402,6 +407,10 @@ impl StateStore for Shared {
             .map(drop)
     }
 
+    fn rewrites_are_cheap(&self) -> bool {
+        false
+    }
+
     fn state_location(&self, item: StateItem) -> String {
         self.item_of(match item {
             StateItem::Stamp => STAMP,
@@ -465,23 +474,6 @@ impl GenerationStore for Shared {
                 None => Err(corrupt(&generation_key(id), format!("`{k}` is not text"))),
             })
             .collect()
-    }
-
-    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
-        let size: usize = resources
-            .iter()
-            .map(|(k, v)| k.len() + v.len() * 2 + 8)
-            .sum();
-        let max = self.backend.max_value();
-        if size + 4096 > max {
-            return Err(TargetError::TooLarge(format!(
-                "a generation of these {} resources takes about {size} bytes, more than the {max} \
-                 bytes one item of {} may hold; nothing was written",
-                resources.len(),
-                self.backend.describe()
-            )));
-        }
-        Ok(())
     }
 
     fn record(

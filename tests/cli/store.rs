@@ -1,6 +1,7 @@
-//! `deploy migrate`: an `exec` target's state moves from a directory into a shared store (a
-//! real etcd on loopback), keeping the generations and the log's chain byte for byte; a
-//! stamped store, a damaged log and an interrupted deployment are refused with nothing written.
+//! An `exec` target's state in a shared store (a real etcd on loopback): `deploy migrate` moves
+//! it from a directory, keeping the generations and the log's chain byte for byte (a stamped
+//! store, a damaged log and an interrupted deployment are refused with nothing written);
+//! values larger than one item go in parts; configuration that cannot work is refused.
 
 use std::collections::BTreeMap;
 
@@ -222,4 +223,80 @@ fn two_environments_with_one_etcd_state_prefix_are_refused_by_check() {
     repo.deploy(&["check"])
         .code(1)
         .stderr_has("duplicate-target");
+}
+
+#[test]
+fn a_generation_larger_than_one_etcd_value_is_stored_in_parts_and_read_back_whole() {
+    let etcd = Cluster::start(1);
+    let repo = repo();
+    // Three resources of about 200 KB each: one generation is larger than the 512 KiB the store
+    // puts in one etcd value.
+    let big = |fill: char| {
+        let mut s = String::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            s.push_str(&format!(
+                "\n[settings.{name}]\nblob = \"{}\"\n",
+                fill.to_string().repeat(200_000 + i)
+            ));
+        }
+        s
+    };
+    let write = |fill: char| {
+        let provider = example_provider();
+        repo.write(
+            ENV,
+            format!(
+                "[environment]\naccount = \"{ACCOUNT}\"\nschema = \"svc\"\n\n[target]\n\
+                 kind = \"exec\"\ncommand = [\"{}\"]\n{}\n[target.options]\ndir = \"store\"\n{}",
+                provider.display(),
+                etcd_state(&etcd),
+                big(fill)
+            ),
+        );
+        repo.commit(&format!("blob {fill}"));
+    };
+    write('x');
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    write('y');
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    let keys = state_keys(&etcd);
+    let parts: Vec<&String> = keys.keys().filter(|k| k.contains("/parts/")).collect();
+    assert!(
+        !parts.is_empty(),
+        "large values went in parts: {:?}",
+        keys.keys()
+    );
+    assert!(
+        keys.values().all(|(v, _)| v.len() <= 512 * 1024),
+        "no etcd value is larger than the store's limit"
+    );
+    // Both generations read back whole: status compares them, rollback writes generation 1.
+    repo.deploy(&["status", "--target", "cloud"])
+        .code(0)
+        .stdout_has("drift:       none");
+    repo.deploy(&["rollback", "--target", "cloud", "--to", "1", "--yes"])
+        .code(0);
+    let a = std::fs::read_to_string(repo.path().join("store/a.json")).unwrap();
+    assert!(
+        a.contains(&"x".repeat(200_000)),
+        "generation 1 came back whole"
+    );
+    // The undo journal's parts do not pile up: after three more deployments, the parts are
+    // those of the kept generations and the last applied journal only.
+    for fill in ['z', 'w', 'v'] {
+        write(fill);
+        repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    }
+    let parts_now = state_keys(&etcd)
+        .keys()
+        .filter(|k| k.contains("/parts/"))
+        .count();
+    let generations = state_keys(&etcd)
+        .keys()
+        .filter(|k| k.contains("/generation/"))
+        .count();
+    assert!(
+        parts_now <= 2 * (generations + 1),
+        "{parts_now} parts for {generations} generations"
+    );
 }
