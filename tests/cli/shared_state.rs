@@ -100,7 +100,9 @@ struct World {
     dir: TempDir,
     etcd: Option<Cluster>,
     /// prod's and validation's accounts (provider).
-    moto: Option<(Moto, Moto)>,
+    /// The moto servers of the accounts (provider): prod's, and validation's when a test needs
+    /// it.
+    moto: Vec<(&'static str, Moto)>,
 }
 
 /// One machine: a clone, a HOME, a user, credentials for one account.
@@ -121,10 +123,12 @@ fn this_host() -> String {
 
 impl World {
     fn new(kind: Kind) -> World {
-        World::with_lock_ttl(kind, LOCK_TTL)
+        World::with(kind, LOCK_TTL, false)
     }
 
-    fn with_lock_ttl(kind: Kind, lock_ttl: u64) -> World {
+    /// With `both_accounts`, validation's account has a moto server too (provider; the etcd
+    /// world always has both accounts' directories).
+    fn with(kind: Kind, lock_ttl: u64, both_accounts: bool) -> World {
         let dir = tempfile::Builder::new()
             .prefix("envlock-accounts")
             .tempdir()
@@ -136,18 +140,20 @@ impl World {
                     std::fs::create_dir_all(&scope).unwrap();
                     std::fs::write(scope.join(".account"), format!("{account}\n")).unwrap();
                 }
-                (Some(Cluster::start(1)), None)
+                (Some(Cluster::start(1)), Vec::new())
             }
             Kind::Provider => {
                 let wrapper = dir.path().join("batch2");
                 std::fs::write(&wrapper, BATCH2).unwrap();
                 std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-                let prod = Moto::start(PROD_ACCOUNT);
-                let validation = Moto::start(VALIDATION_ACCOUNT);
-                for m in [&prod, &validation] {
+                let mut motos = vec![(PROD, Moto::start(PROD_ACCOUNT))];
+                if both_accounts {
+                    motos.push((VALIDATION, Moto::start(VALIDATION_ACCOUNT)));
+                }
+                for (_, m) in &motos {
                     create_table(m);
                 }
-                (None, Some((prod, validation)))
+                (None, motos)
             }
         };
         let world = World {
@@ -180,8 +186,12 @@ impl World {
     }
 
     fn moto(&self, account_of: &str) -> &Moto {
-        let (prod, validation) = self.moto.as_ref().unwrap();
-        if account_of == PROD { prod } else { validation }
+        &self
+            .moto
+            .iter()
+            .find(|(name, _)| *name == account_of)
+            .unwrap_or_else(|| panic!("no moto server for {account_of}'s account"))
+            .1
     }
 
     /// The environment file of `env` (account `account`) with every resource at `threads`,
@@ -319,8 +329,7 @@ impl World {
                 }
             }
             Kind::Provider => {
-                for name in [PROD, VALIDATION] {
-                    let m = self.moto(name);
+                for (name, m) in &self.moto {
                     for (k, v) in m.parameters_under("/") {
                         out.insert(format!("{name}:ssm:{k}"), format!("{v:?}"));
                     }
@@ -849,7 +858,7 @@ fn provider_a_deployer_killed_after_its_record_is_not_recorded_twice() {
 // 4. A holder that died stops blocking once its lease lapses.
 
 fn a_killed_holder_blocks_only_until_its_lease_lapses(kind: Kind) {
-    let world = World::with_lock_ttl(kind, LONG_LOCK_TTL);
+    let world = World::with(kind, LONG_LOCK_TTL, false);
     let a = world.machine("alice", PROD);
     a.deploy(PROD).code(0);
     a.push_threads(&world, 8);
@@ -888,7 +897,7 @@ fn provider_a_killed_holder_blocks_only_until_its_lease_lapses() {
 // 5. Another account's credentials are refused before anything is written.
 
 fn another_accounts_credentials_are_refused_before_any_write(kind: Kind) {
-    let world = World::new(kind);
+    let world = World::with(kind, LOCK_TTL, true);
     let a = world.machine("alice", PROD);
     a.deploy(PROD).code(0);
     a.push_threads(&world, 8);
