@@ -527,6 +527,53 @@ pub trait LockGuard: std::fmt::Debug {
     fn holder(&self) -> &Holder;
 }
 
+/// Random bytes from the kernel for `what` (a secret key, a transaction id).
+pub fn random_bytes(what: &str) -> Result<Vec<u8>, TargetError> {
+    crate::secret::random_key().map_err(|e| TargetError::Io {
+        what: "read random bytes for".into(),
+        path: what.into(),
+        source: e,
+    })
+}
+
+/// A thread that renews a lock's lease every `every` until dropped (then it is stopped and
+/// joined). `renew` returns false when the lease is lost: renewing stops.
+#[derive(Debug)]
+pub struct Renewal {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewal {
+    pub fn start(
+        every: std::time::Duration,
+        mut renew: impl FnMut() -> bool + Send + 'static,
+    ) -> Renewal {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                if !renew() {
+                    return;
+                }
+            }
+        });
+        Renewal {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The current time as RFC 3339 UTC with seconds, e.g. `2026-11-21T20:25:30Z`.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()

@@ -33,7 +33,6 @@
 pub mod client;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ use serde_json::{Value, json};
 
 use self::client::{
     Client, EtcdError, Kv, Security, cmp_absent, cmp_created, cmp_mod, cmp_range_unmodified_since,
-    cmp_value, op_delete, op_put, op_put_leased, prefix_end,
+    cmp_value, op_delete, op_put, prefix_end,
 };
 use super::{
     Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, Stamp,
@@ -589,13 +588,7 @@ impl EtcdTarget {
                     .saturating_sub(self.settings.keep.saturating_sub(2)),
             )
             .collect();
-        let nonce = crate::secret::hex(
-            &crate::secret::random_key().map_err(|e| TargetError::Io {
-                what: "read random bytes for".into(),
-                path: "the transaction id".into(),
-                source: e,
-            })?[..8],
-        );
+        let nonce = crate::secret::hex(&crate::target::random_bytes("the transaction id")?[..8]);
         let record = json!({
             "meta": meta,
             "txn": nonce,
@@ -826,8 +819,7 @@ impl EtcdTarget {
 #[derive(Debug)]
 struct EtcdLock {
     holder: Holder,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    renewal: Option<super::Renewal>,
     client: Arc<Client>,
     lease: i64,
     held: Arc<Mutex<Option<Held>>>,
@@ -841,10 +833,7 @@ impl LockGuard for EtcdLock {
 
 impl Drop for EtcdLock {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.renewal.take());
         *locked(&self.held) = None;
         // Revoking deletes the lock key; if it fails the lease lapses on its own.
         let _ = self.client.lease_revoke(self.lease);
@@ -941,54 +930,32 @@ impl Target for EtcdTarget {
 
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
         let ttl = self.settings.lock_ttl.as_secs().max(1) as i64;
-        let lease = self
-            .client
-            .lease_grant(ttl)
-            .map_err(|e| self.remote("take the deployment lock", e))?;
-        let key = self.key("lock");
         let value = serde_json::to_vec(holder)
             .map_err(|e| TargetError::Corrupt(format!("cannot serialise the lock holder: {e}")))?;
-        let result = self
+        let (lease, created) = match self
             .client
-            .txn(
-                vec![cmp_absent(&key)],
-                vec![op_put_leased(&key, &value, lease), client::op_get(&key)],
-                vec![client::op_get(&key)],
-            )
-            .map_err(|e| self.remote("take the deployment lock", e))?;
-        let kv = result
-            .responses
-            .iter()
-            .find_map(|r| r.get("response_range"))
-            .map(client::kvs)
-            .and_then(|k| k.into_iter().next());
-        if !result.succeeded {
-            let _ = self.client.lease_revoke(lease);
-            let who = kv
-                .and_then(|kv| serde_json::from_slice::<Holder>(&kv.value).ok())
-                .unwrap_or_else(Holder::unknown);
-            return Err(TargetError::Locked(who));
-        }
-        let created = kv.map(|kv| kv.create_revision).unwrap_or(result.revision);
+            .lease_lock(&self.key("lock"), &value, ttl)
+            .map_err(|e| self.remote("take the deployment lock", e))?
+        {
+            Ok(taken) => taken,
+            Err(other) => {
+                return Err(TargetError::Locked(
+                    serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown()),
+                ));
+            }
+        };
         *locked(&self.held) = Some(Held { created });
-        let (stop, stopped) = mpsc::channel::<()>();
         let client = Arc::clone(&self.client);
         let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
-        let thread = std::thread::spawn(move || {
-            loop {
-                match stopped.recv_timeout(every) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                // Expired, or etcd unreachable: every later write's lock compare fails and
-                // says so; keep trying in case the cluster comes back in time.
-                let _ = client.lease_keepalive(lease);
-            }
+        // Expired, or etcd unreachable: every later write's lock compare fails and says so;
+        // keep trying in case the cluster comes back in time.
+        let renewal = super::Renewal::start(every, move || {
+            let _ = client.lease_keepalive(lease);
+            true
         });
         Ok(Box::new(EtcdLock {
             holder: holder.clone(),
-            stop: Some(stop),
-            thread: Some(thread),
+            renewal: Some(renewal),
             client: Arc::clone(&self.client),
             lease,
             held: Arc::clone(&self.held),
@@ -1374,11 +1341,7 @@ impl Target for EtcdTarget {
         if let Some(k) = self.secret_key()? {
             return Ok(k);
         }
-        let key = crate::secret::random_key().map_err(|e| TargetError::Io {
-            what: "read random bytes for".into(),
-            path: "the secret key".into(),
-            source: e,
-        })?;
+        let key = crate::target::random_bytes("the secret key")?;
         let name = self.key("secret-key");
         let mut compares = self.guards()?;
         compares.push(cmp_absent(&name));

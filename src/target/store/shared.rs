@@ -18,7 +18,7 @@
 //! generation and the switch of `live` to it are one atomic put.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use super::backend::{Backend, Expect, Item, MAX_WRITES, PutError, Write};
 use super::{GenerationStore, LogStore, StateStore};
 use crate::target::{
-    GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Stamp, StampState, StateItem,
-    TargetError,
+    GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Renewal, Stamp, StampState,
+    StateItem, TargetError,
 };
 
 const STAMP: &str = "stamp";
@@ -349,26 +349,19 @@ impl StateStore for Shared {
             Err(other) => return Err(TargetError::Locked(other)),
         };
         *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
-        let (stop, stopped) = mpsc::channel::<()>();
         let backend = Arc::clone(&self.backend);
         let ttl = self.lock_ttl;
-        let every = (ttl / 3).max(Duration::from_millis(200));
         let renewing = token.clone();
-        let thread = std::thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                // Lost, or unreachable: the fenced writes that follow say so.
-                if let Ok(false) = backend.renew(&renewing, ttl) {
-                    return;
-                }
-            }
+        // Lost, or unreachable: the fenced writes that follow say so.
+        let renewal = Renewal::start((ttl / 3).max(Duration::from_millis(200)), move || {
+            !matches!(backend.renew(&renewing, ttl), Ok(false))
         });
         Ok(Box::new(SharedLock {
             holder: holder.clone(),
             token,
             backend: Arc::clone(&self.backend),
             slot: Arc::clone(&self.token),
-            stop: Some(stop),
-            thread: Some(thread),
+            renewal: Some(renewal),
         }))
     }
 
@@ -432,11 +425,7 @@ impl StateStore for Shared {
         if let Some(k) = self.secret_key()? {
             return Ok(k);
         }
-        let key = crate::secret::random_key().map_err(|e| TargetError::Io {
-            what: "read random bytes for".into(),
-            path: "the secret key".into(),
-            source: e,
-        })?;
+        let key = crate::target::random_bytes("the secret key")?;
         let hex = crate::secret::hex(&key);
         match self.put(&[Write::put(SECRET_KEY, hex, Expect::Absent)]) {
             Ok(_) => Ok(key),
@@ -625,8 +614,7 @@ struct SharedLock {
     token: String,
     backend: Arc<dyn Backend>,
     slot: Arc<Mutex<Option<String>>>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    renewal: Option<Renewal>,
 }
 
 impl LockGuard for SharedLock {
@@ -637,10 +625,7 @@ impl LockGuard for SharedLock {
 
 impl Drop for SharedLock {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.renewal.take());
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
         // If this fails the lease lapses on its own.
         let _ = self.backend.unlock(&self.token);
