@@ -238,7 +238,7 @@ impl ExecTarget {
 
     /// Where the undo journal is, for messages.
     fn journal_location(&self) -> String {
-        format!("{} item {EXEC_JOURNAL}", self.state.describe())
+        format!("{} item {EXEC_JOURNAL}", self.state.describe_state())
     }
 
     fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
@@ -707,16 +707,8 @@ impl Target for ExecTarget {
         )
     }
 
-    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
-        self.state.check_fits(resources)
-    }
-
     fn account(&self) -> Result<Option<(String, Option<String>)>, TargetError> {
         self.provider.identity().map(Some).map_err(call_error)
-    }
-
-    fn stamp(&self) -> Result<StampState, TargetError> {
-        self.state.stamp()
     }
 
     fn unadopted_contents(&self) -> Result<Option<(Vec<String>, usize)>, TargetError> {
@@ -724,18 +716,6 @@ impl Target for ExecTarget {
         let live = self.read()?;
         Ok((!live.is_empty())
             .then(|| (live.keys().take(MAX_LISTED).cloned().collect(), live.len())))
-    }
-
-    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
-        self.state.write_stamp(stamp)
-    }
-
-    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
-        self.state.lock(holder)
-    }
-
-    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
-        self.state.lock_holder()
     }
 
     fn live(&self) -> Result<Live, TargetError> {
@@ -749,10 +729,6 @@ impl Target for ExecTarget {
             generation: self.state.live_generation()?,
             resources,
         })
-    }
-
-    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
-        self.state.live_generation()
     }
 
     fn secret_resources(&self) -> BTreeSet<String> {
@@ -776,10 +752,6 @@ impl Target for ExecTarget {
         self.converge("apply", resources, private, &|| {
             self.state.record(resources, private, meta)
         })
-    }
-
-    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
-        self.state.resources(id)
     }
 
     fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
@@ -821,10 +793,6 @@ impl Target for ExecTarget {
         Ok(drift)
     }
 
-    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
-        self.state.generations()
-    }
-
     fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
         let want = self.state.resources(id)?;
         let private = self
@@ -864,26 +832,6 @@ impl Target for ExecTarget {
             Some(p) => self.state.make_live(Some(p)),
             None => self.state.make_live(None),
         }
-    }
-
-    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
-        self.state.prune(keep)
-    }
-
-    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
-        self.state.leftovers()
-    }
-
-    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
-        self.state.remove_leftovers()
-    }
-
-    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
-        self.state.mark_failed(id, reason)
-    }
-
-    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
-        self.state.discard(id)
     }
 
     fn deactivate(&self) -> Result<(), TargetError> {
@@ -940,6 +888,24 @@ impl Target for ExecTarget {
             ))),
         }
     }
+}
+
+impl crate::target::store::StateStore for ExecTarget {
+    fn stamp(&self) -> Result<StampState, TargetError> {
+        self.state.stamp()
+    }
+
+    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
+        self.state.write_stamp(stamp)
+    }
+
+    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
+        self.state.lock(holder)
+    }
+
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.state.lock_holder()
+    }
 
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
         self.state.read_journal()
@@ -965,6 +931,76 @@ impl Target for ExecTarget {
         self.state.create_secret_key()
     }
 
+    fn describe_state(&self) -> String {
+        self.state.describe_state()
+    }
+
+    fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
+        self.state.read_blob(name)
+    }
+
+    fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
+        self.state.write_blob(name, bytes)
+    }
+
+    fn clear_blob(&self, name: &str) -> Result<(), TargetError> {
+        self.state.clear_blob(name)
+    }
+
+    fn rewrites_are_cheap(&self) -> bool {
+        self.state.rewrites_are_cheap()
+    }
+}
+
+impl crate::target::store::GenerationStore for ExecTarget {
+    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        self.state.live_generation()
+    }
+
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        self.state.resources(id)
+    }
+
+    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
+        self.state.generations()
+    }
+
+    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
+        self.state.prune(keep)
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.leftovers()
+    }
+
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.remove_leftovers()
+    }
+
+    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.state.mark_failed(id, reason)
+    }
+
+    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.state.discard(id)
+    }
+
+    /// Only the state's record: the resources are [`Target::apply`]'s.
+    fn record(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+    ) -> Result<GenerationId, TargetError> {
+        self.state.record(resources, private, meta)
+    }
+
+    fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError> {
+        self.state.make_live(id)
+    }
+}
+
+impl crate::target::store::LogStore for ExecTarget {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         self.state.log_tail()
     }

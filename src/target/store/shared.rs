@@ -301,7 +301,7 @@ impl Shared {
 }
 
 impl StateStore for Shared {
-    fn describe(&self) -> String {
+    fn describe_state(&self) -> String {
         self.backend.describe()
     }
 
