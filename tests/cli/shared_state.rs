@@ -1068,13 +1068,11 @@ fn provider_a_deployer_frozen_past_its_lease_writes_nothing_over_a_newer_deploym
 }
 
 #[test]
-#[ignore = "BUG: a deployer woken after its lease lapsed judges the next deployer's identical writes as its own in-flight steps and undoes them (no lease check before resource writes)"]
 fn etcd_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_by_another() {
     a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Etcd, 8);
 }
 
 #[test]
-#[ignore = "BUG: a deployer woken after its lease lapsed judges the next deployer's identical writes as its own in-flight steps and undoes them (no lease check before resource writes)"]
 fn provider_a_deployer_frozen_past_its_lease_does_not_undo_the_same_commit_deployed_by_another() {
     a_deployer_frozen_past_its_lease_writes_nothing_more(Kind::Provider, 8);
 }
@@ -1311,13 +1309,11 @@ fn the_last_log_record_removed_from_the_store_is_damage(kind: Kind) {
 }
 
 #[test]
-#[ignore = "BUG: the shared store keeps no log checkpoint (Shared::log_removed is always None): the last record deleted from the store goes unnoticed by log verify and the next deploy, unlike dir and etcd targets"]
 fn etcd_the_last_log_record_removed_from_the_store_is_damage() {
     the_last_log_record_removed_from_the_store_is_damage(Kind::Etcd);
 }
 
 #[test]
-#[ignore = "BUG: the shared store keeps no log checkpoint (Shared::log_removed is always None): the last record deleted from the store goes unnoticed by log verify and the next deploy, unlike dir and etcd targets"]
 fn provider_the_last_log_record_removed_from_the_store_is_damage() {
     the_last_log_record_removed_from_the_store_is_damage(Kind::Provider);
 }
@@ -1381,13 +1377,11 @@ fn another_writers_change_equal_to_the_deployments_is_never_undone(kind: Kind) {
 }
 
 #[test]
-#[ignore = "BUG: after a `conflict` on a step, the step is judged as landed when the resource holds the value it meant to write (judge_in_flight), and its undo overwrites the other writer's change"]
 fn etcd_another_writers_change_equal_to_the_deployments_is_never_undone() {
     another_writers_change_equal_to_the_deployments_is_never_undone(Kind::Etcd);
 }
 
 #[test]
-#[ignore = "BUG: after a `conflict` on a step, the step is judged as landed when the resource holds the value it meant to write (judge_in_flight), and its undo overwrites the other writer's change"]
 fn provider_another_writers_change_equal_to_the_deployments_is_never_undone() {
     another_writers_change_equal_to_the_deployments_is_never_undone(Kind::Provider);
 }
@@ -1398,7 +1392,6 @@ fn provider_another_writers_change_equal_to_the_deployments_is_never_undone() {
 // the renewal goes through the same provider session as the resource writes.
 
 #[test]
-#[ignore = "BUG: the lease renewal waits for the provider session held by the in-flight batch, so a provider call longer than the lease loses the lock (exit 4, failure not logged) with nobody else deploying"]
 fn provider_a_provider_call_longer_than_the_lease_keeps_the_lock() {
     let world = World::new(Kind::Provider);
     let a = world.machine("alice", PROD);

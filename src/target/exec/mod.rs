@@ -431,6 +431,7 @@ impl ExecTarget {
     ) -> Result<(), TargetError> {
         for i in 0..journal.steps.len() {
             crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
+            self.still_held_or_stop(journal, i)?;
             let step = &journal.steps[i];
             let expect = step.before.as_ref().map(|b| b.version.as_str());
             let result = match step.op {
@@ -478,6 +479,7 @@ impl ExecTarget {
         for (b, start) in (0..total).step_by(max.max(1)).enumerate() {
             let range = start..(start + max).min(total);
             crate::failpoint::hit(&format!("exec-before-batch-{}", b + 1));
+            self.still_held_or_stop(journal, start)?;
             let items: Vec<Item<'_>> = journal.steps[range.clone()].iter().map(item_of).collect();
             let answer = self.provider.apply_batch(&items);
             crate::failpoint::hit(&format!("exec-after-batch-{}", b + 1));
@@ -498,6 +500,24 @@ impl ExecTarget {
             self.record_steps(journal, range.end - 1)?;
         }
         Ok(())
+    }
+
+    /// Before writing step `i`: the deployment lock must still be this run's (a shared store's
+    /// lease lapses when a deployer is frozen or cut off for longer than `lock_ttl`, and another
+    /// may hold it now). If it is not, nothing more is written, not even an undo: the journal
+    /// is in the store, and the next run resolves it.
+    fn still_held_or_stop(&self, journal: &ExecJournal, i: usize) -> Result<(), TargetError> {
+        let Err(e) = self.state.still_held() else {
+            return Ok(());
+        };
+        let done = journal.steps.iter().filter(|s| s.done).count();
+        Err(TargetError::Partial(format!(
+            "{e}; stopped before `{}` with {done} of {} changes made and not undone: the next \
+             run, from any machine, finishes or undoes them from the journal in {}",
+            journal.steps[i].resource,
+            journal.steps.len(),
+            self.journal_location()
+        )))
     }
 
     /// Write the journal after step `i` succeeded; a step it cannot record is undone now, while
@@ -523,9 +543,13 @@ impl ExecTarget {
         err: CallError,
         failed: Option<usize>,
     ) -> TargetError {
+        // A step the provider answered `conflict` for did not write: its check failed first.
+        // Whatever its resource holds now is another writer's, even a value equal to this
+        // step's, and is never undone.
+        let refused = failed.filter(|_| matches!(err, CallError::Conflict(_)));
         if let Ok(live) = self.provider.read() {
-            for step in &mut journal.steps[range.clone()] {
-                if !step.done {
+            for (i, step) in journal.steps[range.clone()].iter_mut().enumerate() {
+                if !step.done && Some(range.start + i) != refused {
                     judge_in_flight(step, &live);
                 }
             }
@@ -638,6 +662,13 @@ impl ExecTarget {
             let step = journal.steps[i].clone();
             if !step.done {
                 continue;
+            }
+            if let Err(e) = self.state.still_held() {
+                // Another deployer may own the resources now: undoing would overwrite its work.
+                return Err(format!(
+                    "{e}; the undo stopped before `{}`: the next run, from any machine, finishes it from the journal",
+                    step.resource
+                ));
             }
             let version = step.version.as_deref();
             let result = match (&step.op, &step.before) {
@@ -949,6 +980,10 @@ impl crate::target::store::StateStore for ExecTarget {
 
     fn rewrites_are_cheap(&self) -> bool {
         self.state.rewrites_are_cheap()
+    }
+
+    fn still_held(&self) -> Result<(), TargetError> {
+        self.state.still_held()
     }
 }
 

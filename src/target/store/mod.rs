@@ -65,6 +65,12 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     fn rewrites_are_cheap(&self) -> bool {
         true
     }
+    /// Whether the lock this process took is still surely its own: `Err` once its lease may
+    /// have lapsed (renewals failed, or the process was frozen past it). A local lock (a
+    /// `flock`) is held until released.
+    fn still_held(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// Where one item of the state lives, for messages: a path, a key.
     fn state_location(&self, item: StateItem) -> String;
     /// The key that secrets are hashed with (HMAC-SHA256); `None` when none was created yet.
