@@ -36,6 +36,8 @@ const JOURNAL: &str = "journal";
 const SECRET_KEY: &str = "secret-key";
 const GENERATIONS: &str = "generation/";
 const LOG: &str = "log/";
+/// Generation ids are below this: a larger one was not written by envlock.
+const MAX_ID: GenerationId = 10_000_000_000_000_000_000;
 /// Items read per `list` request.
 const PAGE: usize = 1000;
 
@@ -58,7 +60,8 @@ fn log_key(seq: u64) -> String {
 
 fn corrupt(key: &str, why: impl std::fmt::Display) -> TargetError {
     TargetError::Corrupt(format!(
-        "envlock's state item `{key}` cannot be read: {why}"
+        "envlock's state item `{key}` cannot be read: {why}; it was not written by envlock \
+         (changed by hand?): put back what envlock wrote before deploying again"
     ))
 }
 
@@ -139,7 +142,8 @@ impl Shared {
             Some(Value::Null) | None => None,
             Some(n) => Some(
                 n.as_u64()
-                    .ok_or_else(|| corrupt(LIVE, "not a generation id"))?,
+                    .filter(|id| *id < MAX_ID)
+                    .ok_or_else(|| corrupt(LIVE, format!("{n} is not a generation id")))?,
             ),
         };
         Ok((id, Some(item.version)))
@@ -497,7 +501,16 @@ impl GenerationStore for Shared {
                 .map_err(|_| corrupt(&key, "not a generation id"))?,
             None => 0,
         };
-        let id = newest.max(live.unwrap_or(0)) + 1;
+        let id = newest
+            .max(live.unwrap_or(0))
+            .checked_add(1)
+            .filter(|id| *id < MAX_ID)
+            .ok_or_else(|| {
+                corrupt(
+                    &generation_key(newest),
+                    "its id is the largest there can be, so no generation can follow it",
+                )
+            })?;
         let body = Self::generation_json(id, resources, private, meta)?;
         self.put(&[
             Write::put(generation_key(id), body, Expect::Absent),
