@@ -39,14 +39,19 @@ pub struct MigrateReport {
 
 /// The interrupted-deployment items a directory state may hold.
 const EXEC_JOURNAL: &str = "exec-journal.json";
+/// The directory's note that its state was moved (`DirTarget::mark_moved`).
+const MOVED: &str = "moved.json";
 
 pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateReport> {
     let to = super::shared_store(d.env, &super::exec_provider(d.env))?;
     d.check_target_account()?;
-    refuse_stamped(d, &to)?;
     // Relative to where the command runs, as any path on the command line.
     let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
     let old = DirTarget::new(super::real_target_path(d.env, &from)?);
+    if let Some(report) = finish_interrupted(d, &to, &old)? {
+        return Ok(report);
+    }
+    refuse_stamped(d, &to)?;
     let stamp = old_stamp(d, &old)?;
     d.check_identity()?;
     refuse_unfinished(d, &old)?;
@@ -107,6 +112,63 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
         d.env.name
     ));
     Ok(report)
+}
+
+/// A migration killed after its commit point (the stamp) and before the directory was marked
+/// moved: the store is stamped for this environment and holds exactly the directory's log.
+/// Running it again marks the directory moved and appends the `migrate` record, so that the
+/// directory never goes on as a second history. `None`: not that case.
+fn finish_interrupted(
+    d: &Deployment<'_>,
+    to: &Shared,
+    old: &DirTarget,
+) -> Result<Option<MigrateReport>> {
+    let StampState::Stamped(stamped) = to.stamp().map_err(|e| d.target_failure(e))? else {
+        return Ok(None);
+    };
+    if old
+        .read_private(MOVED)
+        .map_err(|e| d.target_failure(e))?
+        .is_some()
+        || !matches!(Target::stamp(old), Ok(StampState::Stamped(s)) if s.same_owner(&stamped))
+    {
+        return Ok(None);
+    }
+    d.check_stamp(&stamped)?;
+    let holder = Holder::this_process(&d.env.name);
+    let _old_lock = Target::lock(old, &holder).map_err(|e| d.target_failure(e))?;
+    let _new_lock = StateStore::lock(to, &holder).map_err(|e| d.target_failure(e))?;
+    let was = Target::log_read(old).map_err(|e| d.target_failure(e))?;
+    let now = LogStore::log_read(to).map_err(|e| d.target_failure(e))?;
+    let verified = log::verify(was.as_deref().unwrap_or_default());
+    if was != now || verified.problem.is_some() {
+        return Ok(None);
+    }
+    let generations = GenerationStore::generations(to).map_err(|e| d.target_failure(e))?;
+    old.mark_moved(&to.describe())
+        .map_err(|e| d.target_failure(e))?;
+    let mut report = MigrateReport {
+        ok: true,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        from: Target::describe(old),
+        to: to.describe(),
+        generations: generations.len(),
+        live: GenerationStore::live_generation(to).map_err(|e| d.target_failure(e))?,
+        records: verified.records,
+        log: None,
+    };
+    report.log = Some(record(d, &report)?);
+    d.say(&format!(
+        "Moved: an earlier `deploy migrate` had stamped {} and stopped before marking {} moved; \
+         it is marked now. {} generations and {} log records of {} are in the store.",
+        report.to,
+        report.from,
+        report.generations,
+        report.records,
+        d.who()
+    ));
+    Ok(Some(report))
 }
 
 /// A store that already has a stamp is never overwritten.

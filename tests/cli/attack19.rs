@@ -117,3 +117,76 @@ fn a_forged_live_or_generation_id_at_the_largest_u64_is_refused_without_a_panic(
         "what was written was undone"
     );
 }
+
+/// Three deployments with the state in `<repo>/state`, then the configuration names etcd.
+fn in_a_directory_then_etcd(etcd: &Cluster, generations: u32) -> Repo {
+    let repo = repo();
+    for threads in 1..=generations {
+        set(&repo, "state = \"state\"", threads);
+        repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    }
+    set(&repo, &etcd_state(etcd, "2s"), generations);
+    repo
+}
+
+fn migrate_args(from: &Path) -> Vec<String> {
+    [
+        "migrate",
+        "--target",
+        "cloud",
+        "--from",
+        from.to_str().unwrap(),
+        "--yes",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn migrate_from(repo: &Repo, from: &Path) -> crate::harness::Run {
+    let args = migrate_args(from);
+    repo.deploy(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `deploy migrate` from `from`, killed -9 at failpoint `point`.
+fn migrate_killed_at(repo: &Repo, from: &Path, point: &str) {
+    let args = migrate_args(from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Paused::start(repo.path(), &args, point, None, &[]).kill9();
+}
+
+#[test]
+fn a_migration_killed_after_its_stamp_is_finished_by_running_it_again() {
+    let etcd = Cluster::start(1);
+    let repo = in_a_directory_then_etcd(&etcd, 2);
+    let state = repo.path().join("state");
+    migrate_killed_at(&repo, &state, "migrate-after-stamp");
+    assert!(
+        etcd.value(&format!("{PREFIX}stamp")).is_some(),
+        "killed after the stamp"
+    );
+    // Run again, as the operator would: it finishes the move instead of refusing for ever.
+    until_unlocked(|| migrate_from(&repo, &state))
+        .code(0)
+        .stderr_has("Moved");
+    repo.deploy(&["log", "verify", "--target", "cloud"])
+        .code(0)
+        .stdout_has("3 records, chain intact");
+    // The old configuration is refused through the directory: no second history.
+    set(&repo, "state = \"state\"", 9);
+    repo.deploy(&["--target", "cloud", "--yes"])
+        .code(3)
+        .stderr_has("was moved to etcd");
+    assert!(stored(&repo, "worker").contains("\"threads\": 2"));
+}
+
+/// `run` again while it exits 5 because a killed run's lease has not lapsed yet (10 s at most).
+fn until_unlocked(run: impl Fn() -> crate::harness::Run) -> crate::harness::Run {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = run();
+        if r.code != 5 || std::time::Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
