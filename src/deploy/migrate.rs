@@ -85,7 +85,6 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     let _old_lock = Target::lock(&old, &holder).map_err(|e| d.target_failure(e))?;
     let _new_lock = StateStore::lock(&to, &holder).map_err(|e| d.target_failure(e))?;
     let imported = to.import(&old).map_err(|e| d.target_failure(e))?;
-    crate::failpoint::hit("migrate-after-import");
     same_log(d, &old, &to)?;
     to.write_stamp(&stamp).map_err(|e| d.target_failure(e))?;
     crate::failpoint::hit("migrate-after-stamp");

@@ -190,3 +190,95 @@ fn until_unlocked(run: impl Fn() -> crate::harness::Run) -> crate::harness::Run 
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// A protocol-1 provider that writes `<operation> <resource>` per call to `<dir>/calls`, then
+/// runs the example provider. Returns the script's path.
+fn logging_provider(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("logging-provider");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env python3\nimport json, subprocess, sys\nreq = sys.stdin.buffer.read()\n\
+             op = json.loads(req)\nwith open({calls:?}, 'a') as f:\n    \
+             f.write(f\"{{op['operation']}} {{op.get('resource', '')}}\\n\")\n\
+             out = subprocess.run([{real:?}], input=req, capture_output=True)\n\
+             sys.stdout.buffer.write(out.stdout)\nsys.stderr.buffer.write(out.stderr)\n\
+             sys.exit(out.returncode)\n",
+            calls = dir.join("calls").to_str().unwrap(),
+            real = example_provider().to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Revoke every lease of the cluster: the lock's holder lost it (a partition, a long pause).
+fn revoke_leases(etcd: &Cluster) {
+    for line in ctl(etcd, &["lease", "list"]).lines().skip(1) {
+        let id = line.trim();
+        if !id.is_empty() {
+            ctl(etcd, &["lease", "revoke", id]);
+        }
+    }
+}
+
+#[test]
+fn a_deployer_whose_lock_was_lost_mid_deploy_writes_nothing_more_to_the_provider() {
+    let etcd = Cluster::start(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = logging_provider(tmp.path());
+    let repo = repo();
+    let state = etcd_state(&etcd, "2s");
+    set_with(&repo, &provider, &state, 1, 1);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    // A changes `web` then `worker`, and stops before its second write.
+    set_with(&repo, &provider, &state, 2, 2);
+    let resume = tmp.path().join("resume");
+    let a = Paused::start(
+        repo.path(),
+        &["--target", "cloud", "--yes"],
+        "exec-before-step-2",
+        Some(&resume),
+        &[],
+    );
+    // A's lease is gone; B takes the lock and deploys a commit that changes only `web`.
+    revoke_leases(&etcd);
+    set_with(&repo, &provider, &state, 5, 1);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    let calls = tmp.path().join("calls");
+    let before = std::fs::read_to_string(&calls).unwrap().lines().count();
+    std::fs::write(&resume, "").unwrap();
+    let (code, stderr) = a.finish();
+    no_panic(&stderr);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("lock on etcd"), "{stderr}");
+    assert!(stderr.contains("was lost"), "{stderr}");
+    assert!(
+        stderr.contains("changed `web` at the provider, which it did not undo"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("nothing was read from or written"),
+        "{stderr}"
+    );
+    let after: Vec<String> = std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(str::to_owned)
+        .filter(|l| !l.starts_with("read") && !l.starts_with("identity"))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "A wrote after losing its lock: {after:?}\n{stderr}"
+    );
+    assert!(
+        stored(&repo, "web").contains("\"port\": 5"),
+        "B's deployment stays"
+    );
+    assert!(stored(&repo, "worker").contains("\"threads\": 1"));
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    assert!(stored(&repo, "web").contains("\"port\": 5"));
+}

@@ -51,6 +51,8 @@ pub struct ExecTarget {
     /// What the last `read` (or this process's own writes) left: the versions the next write
     /// must find.
     seen: Mutex<Option<BTreeMap<String, Remote>>>,
+    /// Set once this run lost its lock half-way: why, and what it left (see `lock_lost`).
+    lost: Mutex<Option<String>>,
 }
 
 /// One change to one resource, as the undo journal records it.
@@ -225,6 +227,16 @@ impl ExecTarget {
             state,
             state_display,
             seen: Mutex::new(None),
+            lost: Mutex::new(None),
+        }
+    }
+
+    /// Refused with what [`Self::lock_lost`] said once this run lost its lock: every later
+    /// write of the run (a rollback, a journal) says that, not a vaguer refusal.
+    fn not_lost(&self) -> Result<(), TargetError> {
+        match &*self.lost.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(message) => Err(TargetError::Partial(message.clone())),
+            None => Ok(()),
         }
     }
 
@@ -365,6 +377,7 @@ impl ExecTarget {
         private: &BTreeSet<String>,
         switch: &dyn Fn() -> Result<GenerationId, TargetError>,
     ) -> Result<GenerationId, TargetError> {
+        self.not_lost()?;
         // A journal left by an interrupted run is resolved before anything else is written.
         self.settle()?;
         let now = self.require_seen()?;
@@ -418,6 +431,9 @@ impl ExecTarget {
     ) -> Result<(), TargetError> {
         for i in 0..journal.steps.len() {
             crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
+            if let Err(lost) = self.state.check_lock() {
+                return Err(self.lock_lost(journal, lost));
+            }
             let step = &journal.steps[i];
             let expect = step.before.as_ref().map(|b| b.version.as_str());
             let result = match step.op {
@@ -465,6 +481,9 @@ impl ExecTarget {
         for (b, start) in (0..total).step_by(max.max(1)).enumerate() {
             let range = start..(start + max).min(total);
             crate::failpoint::hit(&format!("exec-before-batch-{}", b + 1));
+            if let Err(lost) = self.state.check_lock() {
+                return Err(self.lock_lost(journal, lost));
+            }
             let items: Vec<Item<'_>> = journal.steps[range.clone()].iter().map(item_of).collect();
             let answer = self.provider.apply_batch(&items);
             crate::failpoint::hit(&format!("exec-after-batch-{}", b + 1));
@@ -579,6 +598,10 @@ impl ExecTarget {
 
     /// Undo the applied steps after `err` (on `failed`, empty for none) and describe the result.
     fn abort(&self, journal: &mut ExecJournal, err: CallError, failed: &str) -> TargetError {
+        // Undoing is writing: a run that lost its lock leaves it to the one that holds it.
+        if let Err(lost) = self.state.check_lock() {
+            return self.lock_lost(journal, lost);
+        }
         let applied = journal.steps.iter().filter(|s| s.done).count();
         let undo = self.undo(journal);
         *self.seen() = None;
@@ -615,6 +638,32 @@ impl ExecTarget {
                 self.journal_location()
             )),
         }
+    }
+
+    /// This run lost its lock (`lost` says so) before its next write to the provider: it writes
+    /// nothing more, not even an undo, since another deployment may be at work; the undo
+    /// journal it recorded lets that one (or the next) undo what this run changed.
+    fn lock_lost(&self, journal: &ExecJournal, lost: TargetError) -> TargetError {
+        *self.seen() = None;
+        let done: Vec<String> = journal
+            .steps
+            .iter()
+            .filter(|s| s.done)
+            .map(|s| format!("`{}`", s.resource))
+            .collect();
+        if done.is_empty() {
+            return TargetError::Refused(format!("{lost}; it had changed nothing at the provider"));
+        }
+        let message = format!(
+            "{lost}; it had changed {} at the provider, which it did not undo: the undo journal \
+             it recorded ({}) makes the deployment that holds the lock now, or the next one, undo \
+             that first; run `deploy --target {}` again once the lock is free",
+            done.join(", "),
+            self.journal_location(),
+            self.provider.environment
+        );
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+        TargetError::Partial(message)
     }
 
     /// Undo every done step in reverse order, each guarded by the version its write produced.
@@ -866,10 +915,12 @@ impl Target for ExecTarget {
     }
 
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.mark_failed(id, reason)
     }
 
     fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.discard(id)
     }
 
@@ -933,6 +984,7 @@ impl Target for ExecTarget {
     }
 
     fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.write_journal(bytes)
     }
 
@@ -961,6 +1013,7 @@ impl Target for ExecTarget {
     }
 
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.log_append(line)
     }
 

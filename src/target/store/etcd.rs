@@ -248,6 +248,17 @@ impl Backend for EtcdBackend {
         Ok(left > 0)
     }
 
+    fn holds(&self, token: &str, _ttl: Duration) -> Result<bool, TargetError> {
+        let Some((_, created)) = Self::parse_token(token) else {
+            return Ok(false);
+        };
+        let kv = self
+            .client
+            .get(&self.key(LOCK))
+            .map_err(|e| self.remote("read the deployment lock", e))?;
+        Ok(kv.is_some_and(|kv| kv.create_revision == created))
+    }
+
     fn unlock(&self, token: &str) -> Result<(), TargetError> {
         let Some((lease, _)) = Self::parse_token(token) else {
             return Ok(());

@@ -40,6 +40,12 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
     /// Who holds the lock now; a holder that died (its lease ran out) no longer counts.
     fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
+    /// Refused when this process took the lock and no longer holds it (its lease ran out and
+    /// another deployer may hold it now): checked before each write the store cannot fence,
+    /// such as a provider's resources. A store whose lock cannot be lost has nothing to check.
+    fn check_lock(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// The deployment's crash journal.
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError>;
     fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError>;

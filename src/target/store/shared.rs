@@ -375,6 +375,21 @@ impl StateStore for Shared {
         self.backend.holder()
     }
 
+    fn check_lock(&self) -> Result<(), TargetError> {
+        let Some(token) = self.fence() else {
+            return Ok(());
+        };
+        if self.backend.holds(&token, self.lock_ttl)? {
+            return Ok(());
+        }
+        Err(TargetError::Refused(format!(
+            "the deployment lock on {} was lost: its lease ran out before it was renewed (a \
+             pause, a partition), so another deployment may hold it now; this run writes \
+             nothing more",
+            self.backend.describe()
+        )))
+    }
+
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
         Ok(self.get(JOURNAL)?.map(|i| i.value.into_bytes()))
     }
