@@ -282,3 +282,72 @@ fn a_deployer_whose_lock_was_lost_mid_deploy_writes_nothing_more_to_the_provider
     repo.deploy(&["--target", "cloud", "--yes"]).code(0);
     assert!(stored(&repo, "web").contains("\"port\": 5"));
 }
+
+#[test]
+fn a_lock_key_without_a_lease_is_named_with_how_to_remove_it_not_waited_for() {
+    let etcd = Cluster::start(1);
+    let repo = on_etcd(&etcd, 1);
+    let lock = format!("{PREFIX}lock");
+    let holder = r#"{"user":"m","host":"h","pid":1,"since":"x","environment":"cloud"}"#;
+    ctl(&etcd, &["put", &lock, holder]);
+    set(&repo, &etcd_state(&etcd, "2s"), 2);
+    repo.deploy(&["--target", "cloud", "--yes"])
+        .code(3)
+        .stderr_has("is bound to no lease")
+        .stderr_has(&format!("etcdctl del {lock}"));
+    assert!(stored(&repo, "worker").contains("\"threads\": 1"));
+    ctl(&etcd, &["del", &lock]);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    assert!(stored(&repo, "worker").contains("\"threads\": 2"));
+}
+
+fn provider2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("providers/dir-example/provider2")
+}
+
+fn provider_state(ttl: &str) -> String {
+    format!("protocol = 2\n\n[target.state]\nkind = \"provider\"\nlock_ttl = \"{ttl}\"\n")
+}
+
+fn item(repo: &Repo, key: &str) -> PathBuf {
+    repo.path()
+        .join("store/.envlock-state")
+        .join(key.replace('/', "%2F"))
+}
+
+/// provider2 behind a proxy that takes `secs` seconds over every `apply`.
+fn slow_provider2(dir: &Path, secs: f64) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("slow-provider2");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env python3\nimport json, subprocess, sys, time\n\
+             real = subprocess.Popen([{real:?}], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)\n\
+             for line in sys.stdin:\n    if json.loads(line)['operation'] == 'apply':\n        time.sleep({secs})\n    \
+             real.stdin.write(line)\n    real.stdin.flush()\n    sys.stdout.write(real.stdout.readline())\n    sys.stdout.flush()\n",
+            real = provider2().to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_provider_lock_ttl_shorter_than_one_provider_call_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = slow_provider2(tmp.path(), 2.5);
+    let repo = repo();
+    set_with(&repo, &slow, &provider_state("1ms"), 1, 1);
+    repo.deploy(&["--target", "cloud", "--yes"])
+        .code(3)
+        .stderr_has("`lock_ttl` = 1ms in [target.state] of environments/cloud.toml is too short")
+        .stderr_has("make `lock_ttl` at least 10s");
+    assert!(stored(&repo, "web").is_empty(), "nothing was deployed");
+    assert!(!item(&repo, "stamp").exists(), "nothing was adopted");
+    // At least one call long, the same slow provider deploys.
+    set_with(&repo, &slow, &provider_state("10s"), 1, 2);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    assert!(stored(&repo, "worker").contains("\"threads\": 2"));
+}

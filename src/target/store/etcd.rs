@@ -67,6 +67,17 @@ impl EtcdBackend {
         ))
     }
 
+    /// A lock key bound to no lease: envlock never writes one, and it never expires.
+    fn unleased_lock(&self) -> TargetError {
+        let key = format!("{}{LOCK}", self.prefix);
+        TargetError::Refused(format!(
+            "the lock key {key} in etcd {} is bound to no lease, so envlock did not write it and \
+             it would never be released; if no deployment of this environment is under way, \
+             delete it (`etcdctl del {key}`) and run again; nothing was written",
+            self.endpoints
+        ))
+    }
+
     /// `lease:create_revision` of a token.
     fn parse_token(token: &str) -> Option<(i64, i64)> {
         let (lease, created) = token.split_once(':')?;
@@ -229,6 +240,9 @@ impl Backend for EtcdBackend {
             .and_then(|k| k.into_iter().next());
         if !result.succeeded {
             let _ = self.client.lease_revoke(lease);
+            if kv.as_ref().is_some_and(|kv| kv.lease == 0) {
+                return Err(self.unleased_lock());
+            }
             return Ok(Err(kv
                 .and_then(|kv| serde_json::from_slice(&kv.value).ok())
                 .unwrap_or_else(Holder::unknown)));

@@ -13,6 +13,16 @@ use super::backend::{Backend, Expect, Item, PutError, Write};
 use crate::target::exec::provider::{CallError, Provider};
 use crate::target::{Holder, TargetError};
 
+/// The shortest lease a provider's lock may have when its calls may take longer.
+const MIN_TTL: Duration = Duration::from_secs(10);
+
+/// `ttl` in whole seconds, rounded up (a lease is never shorter than asked).
+fn whole_seconds(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// envlock's state kept by the provider.
 #[derive(Debug)]
 pub struct ProviderBackend {
@@ -71,6 +81,24 @@ impl ProviderBackend {
             }),
             _ => Err(self.malformed(operation, "an item without a string `value` and `version`")),
         }
+    }
+
+    /// The lease is renewed between provider calls (they share one session), so it must
+    /// outlast one call: at least the provider's `timeout`, or [`MIN_TTL`] when that is longer.
+    fn check_ttl(&self, ttl: Duration) -> Result<(), TargetError> {
+        let floor = self.provider.timeout.min(MIN_TTL);
+        if ttl >= floor {
+            return Ok(());
+        }
+        Err(TargetError::Refused(format!(
+            "`lock_ttl` = {ttl:?} in [target.state] of environments/{}.toml is too short for \
+             the provider `{}`: its lease is renewed between provider calls, so a call longer \
+             than the lease (its `timeout` is {:?}) would lose the lock half-way; make \
+             `lock_ttl` at least {floor:?}; nothing was written",
+            self.provider.environment,
+            self.provider.name(),
+            self.provider.timeout
+        )))
     }
 
     fn holder_of(v: Option<&Value>) -> Option<Holder> {
@@ -180,9 +208,10 @@ impl Backend for ProviderBackend {
     }
 
     fn lock(&self, holder: &Holder, ttl: Duration) -> Result<Result<String, Holder>, TargetError> {
+        self.check_ttl(ttl)?;
         let op = "state-lock";
         let answer = self
-            .call(op, json!({ "holder": holder, "ttl": ttl.as_secs().max(1) }))
+            .call(op, json!({ "holder": holder, "ttl": whole_seconds(ttl) }))
             .map_err(failed)?;
         if let Some(Value::String(token)) = answer.get("token") {
             return Ok(Ok(token.clone()));
@@ -196,7 +225,7 @@ impl Backend for ProviderBackend {
     fn renew(&self, token: &str, ttl: Duration) -> Result<bool, TargetError> {
         match self.call(
             "state-renew",
-            json!({ "token": token, "ttl": ttl.as_secs().max(1) }),
+            json!({ "token": token, "ttl": whole_seconds(ttl) }),
         ) {
             Ok(_) => Ok(true),
             Err(CallError::LockLost(_)) => Ok(false),
