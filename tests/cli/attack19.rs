@@ -351,3 +351,41 @@ fn a_provider_lock_ttl_shorter_than_one_provider_call_is_refused_before_anything
     repo.deploy(&["--target", "cloud", "--yes"]).code(0);
     assert!(stored(&repo, "worker").contains("\"threads\": 2"));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn a_store_whose_stamp_was_removed_keeps_its_history_when_a_directory_is_migrated_into_it() {
+    let etcd = Cluster::start(1);
+    let repo = in_a_directory_then_etcd(&etcd, 2);
+    // A second machine's copy of the directory, from before the move.
+    copy_dir(&repo.path().join("state"), &repo.path().join("old"));
+    migrate_from(&repo, &repo.path().join("state")).code(0);
+    set(&repo, &etcd_state(&etcd, "2s"), 3);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    // The stamp item is deleted; the refusal suggests `deploy migrate`, from the copy.
+    ctl(&etcd, &["del", &format!("{PREFIX}stamp")]);
+    repo.deploy(&["--target", "cloud", "--yes"])
+        .code(3)
+        .stderr_has("deploy migrate");
+    let before = etcd.keys(PREFIX);
+    migrate_from(&repo, &repo.path().join("old"))
+        .code(3)
+        .stderr_has("holds a deployment log that is not the directory's (4 records)")
+        .stderr_has("nothing was written");
+    assert_eq!(
+        before,
+        etcd.keys(PREFIX),
+        "the store's history is untouched"
+    );
+    assert!(!repo.path().join("old/.envlock/moved.json").exists());
+}

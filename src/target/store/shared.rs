@@ -236,6 +236,7 @@ impl Shared {
                 s.created
             )));
         }
+        self.refuse_other_history(from)?;
         if let Some(key) = from.secret_key()? {
             let hex = crate::secret::hex(&key);
             self.put(&[Write::put(SECRET_KEY, hex, Expect::Any)])?;
@@ -269,6 +270,28 @@ impl Shared {
         )])?;
         imported.records = self.import_log(&from.log_read()?.unwrap_or_default())?;
         Ok(imported)
+    }
+
+    /// An unstamped store may hold what a migration of `from` that died half-way copied (the
+    /// start of its log), never another history: a store whose stamp was removed keeps its
+    /// log, generations and live pointer, which a migration must not overwrite.
+    fn refuse_other_history(&self, from: &dyn super::Store) -> Result<(), TargetError> {
+        let ours = from.log_read()?.unwrap_or_default();
+        let theirs = self.log_read()?.unwrap_or_default();
+        if ours.starts_with(&theirs) {
+            return Ok(());
+        }
+        let records = theirs
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        Err(TargetError::Refused(format!(
+            "{} has no stamp but holds a deployment log that is not the directory's ({records} \
+             records): its stamp item was removed, or another history lives there; refusing to \
+             overwrite it: if it is this environment's history, put its `stamp` item back \
+             instead of migrating; nothing was written",
+            self.backend.describe()
+        )))
     }
 
     /// Every line of `log` as the record of its own `seq`, 25 per atomic put.
