@@ -389,3 +389,52 @@ fn a_store_whose_stamp_was_removed_keeps_its_history_when_a_directory_is_migrate
     );
     assert!(!repo.path().join("old/.envlock/moved.json").exists());
 }
+
+/// provider2 behind a proxy whose `state-list` ignores `after` and always says more follow.
+fn repeating_provider2(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("repeating-provider2");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env python3\nimport json, os, subprocess, sys\n\
+             real = subprocess.Popen([{real:?}], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)\n\
+             for line in sys.stdin:\n    req = json.loads(line)\n    \
+             bad = req['operation'] == 'state-list' and os.path.exists({flag:?})\n    \
+             if bad:\n        req['after'] = None\n    \
+             real.stdin.write(json.dumps(req) + '\\n')\n    real.stdin.flush()\n    \
+             reply = json.loads(real.stdout.readline())\n    \
+             if bad:\n        reply['more'] = True\n    \
+             sys.stdout.write(json.dumps(reply) + '\\n')\n    sys.stdout.flush()\n",
+            real = provider2().to_str().unwrap(),
+            flag = dir.join("repeat").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn a_store_that_repeats_a_page_of_its_listing_is_refused_not_read_for_ever() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = repeating_provider2(tmp.path());
+    let repo = repo();
+    set_with(&repo, &provider, &provider_state("10s"), 1, 1);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    std::fs::write(tmp.path().join("repeat"), "").unwrap();
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(env!("CARGO_BIN_EXE_deploy"))
+        .arg("-C")
+        .arg(repo.path())
+        .args(["log", "--target", "cloud"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    no_panic(&stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("out of key order"), "{stderr}");
+}

@@ -109,18 +109,38 @@ impl Shared {
         Ok(self.backend.get(&[key])?.into_iter().next().flatten())
     }
 
-    /// Every item under `prefix`, in key order, read page by page.
+    /// Every item under `prefix`, in key order, read page by page. Each page must go on after
+    /// the last key read, so that a store that repeats a page cannot keep this reading (and
+    /// holding) for ever.
     fn list_all(&self, prefix: &str) -> Result<Vec<(String, Item)>, TargetError> {
         let mut out: Vec<(String, Item)> = Vec::new();
         loop {
             let after = out.last().map(|(k, _)| k.clone());
             let (page, more) = self.backend.list(prefix, after.as_deref(), PAGE, false)?;
-            let got = page.len();
+            let mut last = after;
+            for (key, _) in &page {
+                if let Some(before) = last.as_deref().filter(|b| key.as_str() <= *b) {
+                    return Err(self.out_of_order(prefix, &format!("`{key}` after `{before}`")));
+                }
+                last = Some(key.clone());
+            }
+            if more && page.is_empty() {
+                return Err(self.out_of_order(prefix, "an empty page that says more follow"));
+            }
             out.extend(page);
-            if !more || got == 0 {
+            if !more {
                 return Ok(out);
             }
         }
+    }
+
+    fn out_of_order(&self, prefix: &str, what: &str) -> TargetError {
+        TargetError::Corrupt(format!(
+            "{} listed its items under `{prefix}` out of key order ({what}): reading them page \
+             by page would never end; the store (or its provider) must list each page after \
+             the key it is given (docs/providers.md, `state-list`); nothing was written",
+            self.backend.describe()
+        ))
     }
 
     fn last(&self, prefix: &str) -> Result<Option<(String, Item)>, TargetError> {
