@@ -48,7 +48,12 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     // Relative to where the command runs, as any path on the command line.
     let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
     let old = DirTarget::new(super::real_target_path(d.env, &from)?);
-    if let Some(report) = finish_interrupted(d, &to, &old)? {
+    let again = format!(
+        "deploy migrate --target {} --from {} --yes",
+        d.env.name,
+        from.display()
+    );
+    if let Some(report) = finish_interrupted(d, &to, &old, (yes, &again))? {
         return Ok(report);
     }
     refuse_stamped(d, &to)?;
@@ -70,11 +75,6 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
         if generations.len() == 1 { "" } else { "s" },
         live.map_or("none".to_owned(), |g| g.to_string()),
     ));
-    let again = format!(
-        "deploy migrate --target {} --from {} --yes",
-        d.env.name,
-        from.display()
-    );
     d.ask(
         yes,
         &format!("move the state into {}", to.describe()),
@@ -121,6 +121,7 @@ fn finish_interrupted(
     d: &Deployment<'_>,
     to: &Shared,
     old: &DirTarget,
+    (yes, again): (bool, &str),
 ) -> Result<Option<MigrateReport>> {
     let StampState::Stamped(stamped) = to.stamp().map_err(|e| d.target_failure(e))? else {
         return Ok(None);
@@ -134,6 +135,18 @@ fn finish_interrupted(
         return Ok(None);
     }
     d.check_stamp(&stamped)?;
+    d.check_identity()?;
+    d.say(&format!(
+        "An earlier `deploy migrate` stamped {} and stopped before marking {} moved.",
+        to.describe(),
+        Target::describe(old)
+    ));
+    d.ask(
+        yes,
+        &format!("mark {} moved", Target::describe(old)),
+        true,
+        again,
+    )?;
     let holder = Holder::this_process(&d.env.name);
     let _old_lock = Target::lock(old, &holder).map_err(|e| d.target_failure(e))?;
     let _new_lock = StateStore::lock(to, &holder).map_err(|e| d.target_failure(e))?;
@@ -159,13 +172,12 @@ fn finish_interrupted(
     };
     report.log = Some(record(d, &report)?);
     d.say(&format!(
-        "Moved: an earlier `deploy migrate` had stamped {} and stopped before marking {} moved; \
-         it is marked now. {} generations and {} log records of {} are in the store.",
-        report.to,
+        "Moved: {} is marked moved now; {} generations and {} log records of {} are in {}.",
         report.from,
         report.generations,
         report.records,
-        d.who()
+        d.who(),
+        report.to
     ));
     Ok(Some(report))
 }

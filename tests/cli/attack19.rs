@@ -164,6 +164,12 @@ fn a_migration_killed_after_its_stamp_is_finished_by_running_it_again() {
         etcd.value(&format!("{PREFIX}stamp")).is_some(),
         "killed after the stamp"
     );
+    // Not without a confirmation.
+    let from = state.to_str().unwrap();
+    repo.deploy(&["migrate", "--target", "cloud", "--from", from])
+        .code(1)
+        .stderr_has("nobody can confirm");
+    assert!(!state.join(".envlock/moved.json").exists());
     // Run again, as the operator would: it finishes the move instead of refusing for ever.
     until_unlocked(|| migrate_from(&repo, &state))
         .code(0)
