@@ -444,3 +444,40 @@ fn a_store_that_repeats_a_page_of_its_listing_is_refused_not_read_for_ever() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("out of key order"), "{stderr}");
 }
+
+#[test]
+fn resource_names_read_back_from_the_store_cannot_leave_the_providers_scope() {
+    let etcd = Cluster::start(1);
+    let repo = on_etcd(&etcd, 1);
+    set(&repo, &etcd_state(&etcd, "2s"), 2);
+    // A forged undo journal whose undo would re-create `../evil` at the provider.
+    let journal = r#"{"version": 1, "action": "apply", "from": 1, "steps": [{"resource": "../evil",
+        "op": "delete", "before": {"value": {"pwned": true}, "version": "x"}, "after": null,
+        "secret": false, "before_secret": false, "version": null, "done": true, "undone": false}]}"#;
+    let key = format!("{PREFIX}blob/exec-journal.json");
+    ctl(&etcd, &["put", &key, journal]);
+    let run = repo.deploy(&["--target", "cloud", "--yes"]);
+    no_panic(&run.stderr);
+    assert!(
+        !repo.path().join("evil.json").exists(),
+        "written outside the scope"
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    run.stderr_has("`../evil`");
+    assert!(stored(&repo, "worker").contains("\"threads\": 1"));
+    ctl(&etcd, &["del", &key]);
+
+    // A forged generation with such a resource, then a rollback to it.
+    let generation = format!("{PREFIX}generation/{:020}", 7);
+    let body =
+        r#"{"id": 7, "meta": {}, "resources": {"../evil": "pwned = true\n"}, "failed": null}"#;
+    ctl(&etcd, &["put", &generation, body]);
+    let run = repo.deploy(&["rollback", "--target", "cloud", "--to", "7", "--yes"]);
+    no_panic(&run.stderr);
+    assert!(
+        !repo.path().join("evil.json").exists(),
+        "written outside the scope"
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    run.stderr_has("`../evil`");
+}

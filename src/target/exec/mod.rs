@@ -254,12 +254,39 @@ impl ExecTarget {
     }
 
     fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
-        match self.state.read_blob(EXEC_JOURNAL)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        let journal = match self.state.read_blob(EXEC_JOURNAL)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 TargetError::Corrupt(format!("{} cannot be read: {e}", self.journal_location()))
-            }),
-            None => Ok(None),
-        }
+            })?,
+            None => return Ok(None),
+        };
+        self.check_names(&journal, &self.journal_location())?;
+        Ok(Some(journal))
+    }
+
+    /// No resource `journal` (read back from the state store) names may lead out of the
+    /// provider's scope (`..`, a leading `/`): an undo never writes where a hand-edited item
+    /// points. (A journal may name resources envlock did not create, found at the provider.)
+    fn check_names(&self, journal: &ExecJournal, item: &str) -> Result<(), TargetError> {
+        let escapes = |name: &str| {
+            name.is_empty()
+                || name.starts_with('/')
+                || name.contains('\0')
+                || name.split(['/', '\\']).any(|part| part == "..")
+        };
+        let Some(name) = journal
+            .steps
+            .iter()
+            .map(|s| &s.resource)
+            .find(|n| escapes(n))
+        else {
+            return Ok(());
+        };
+        Err(TargetError::Refused(format!(
+            "{item} names the resource `{name}`, which leads out of the provider's scope: \
+             envlock never wrote that, so the item was changed by hand; refusing to undo \
+             anything from it; nothing was written: find out who changed it, then remove the item"
+        )))
     }
 
     /// Replace the undo journal durably (private: it holds previous values).
@@ -542,10 +569,15 @@ impl ExecTarget {
 
     /// What the last convergence wrote (see [`EXEC_APPLIED`]).
     fn read_applied(&self) -> Result<Option<ExecJournal>, TargetError> {
-        Ok(self
+        let applied: Option<ExecJournal> = self
             .state
             .read_blob(EXEC_APPLIED)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(a) = &applied {
+            let item = format!("{} item {EXEC_APPLIED}", self.state.describe());
+            self.check_names(a, &item)?;
+        }
+        Ok(applied)
     }
 
     /// Put back, in reverse order, the values `applied`'s steps replaced, each only over the

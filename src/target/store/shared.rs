@@ -522,9 +522,19 @@ impl GenerationStore for Shared {
             return Err(corrupt(&generation_key(id), "no `resources`"));
         };
         res.iter()
-            .map(|(k, t)| match t.as_str() {
-                Some(t) => Ok((k.clone(), t.as_bytes().to_vec())),
-                None => Err(corrupt(&generation_key(id), format!("`{k}` is not text"))),
+            .map(|(k, t)| {
+                if let Some(problem) = crate::config::resource_name_problem(k) {
+                    return Err(corrupt(
+                        &generation_key(id),
+                        format!(
+                            "it names the resource `{k}` ({problem}), which envlock never writes"
+                        ),
+                    ));
+                }
+                match t.as_str() {
+                    Some(t) => Ok((k.clone(), t.as_bytes().to_vec())),
+                    None => Err(corrupt(&generation_key(id), format!("`{k}` is not text"))),
+                }
             })
             .collect()
     }
