@@ -481,3 +481,41 @@ fn resource_names_read_back_from_the_store_cannot_leave_the_providers_scope() {
     assert_ne!(run.code, 0, "{}", run.stderr);
     run.stderr_has("`../evil`");
 }
+
+#[test]
+fn a_directory_log_with_sealed_damage_moves_byte_for_byte_and_goes_on() {
+    let etcd = Cluster::start(1);
+    let repo = in_a_directory_then_etcd(&etcd, 2);
+    let log = repo.path().join("state/.envlock/log.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, format!("{text}this line is damage\n")).unwrap();
+    set(&repo, "state = \"state\"", 2);
+    let seal = [
+        "log",
+        "seal",
+        "--target",
+        "cloud",
+        "--reason",
+        "a torn write",
+        "--yes",
+    ];
+    repo.deploy(&seal).code(0);
+    let sealed = std::fs::read(&log).unwrap();
+    set(&repo, &etcd_state(&etcd, "2s"), 2);
+    let run = migrate_from(&repo, &repo.path().join("state"));
+    run.code(0);
+    let moved = etcd.keys(&format!("{PREFIX}log/"));
+    let mut joined: Vec<u8> = Vec::new();
+    for (value, _) in moved.values() {
+        joined.extend_from_slice(value.as_bytes());
+        joined.push(b'\n');
+    }
+    assert!(
+        joined.starts_with(&sealed),
+        "the sealed log is carried byte for byte"
+    );
+    repo.deploy(&["log", "verify", "--target", "cloud"]).code(0);
+    set(&repo, &etcd_state(&etcd, "2s"), 3);
+    repo.deploy(&["--target", "cloud", "--yes"]).code(0);
+    repo.deploy(&["log", "verify", "--target", "cloud"]).code(0);
+}

@@ -257,6 +257,7 @@ impl Shared {
             )));
         }
         self.refuse_other_history(from)?;
+        let log = Self::log_items(&from.log_read()?.unwrap_or_default())?;
         if let Some(key) = from.secret_key()? {
             let hex = crate::secret::hex(&key);
             self.put(&[Write::put(SECRET_KEY, hex, Expect::Any)])?;
@@ -288,7 +289,7 @@ impl Shared {
             json!({ "generation": imported.live }).to_string(),
             expect,
         )])?;
-        imported.records = self.import_log(&from.log_read()?.unwrap_or_default())?;
+        imported.records = self.import_log(log)?;
         Ok(imported)
     }
 
@@ -314,29 +315,49 @@ impl Shared {
         )))
     }
 
-    /// Every line of `log` as the record of its own `seq`, 25 per atomic put.
-    fn import_log(&self, log: &[u8]) -> Result<usize, TargetError> {
-        let mut writes = Vec::new();
-        let mut count = 0;
-        for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let value = text(line, "a log record")?;
+    /// Every record of `log` as the item of its own `seq`. Lines that are not records (damage
+    /// a `seal` record set aside) go, byte for byte, into the item of the record after them,
+    /// so that the log reads back the same; damage after the last record cannot be carried.
+    /// Checked whole before anything is written.
+    fn log_items(log: &[u8]) -> Result<Vec<(u64, String)>, TargetError> {
+        let mut items = Vec::new();
+        let mut pending: Vec<String> = Vec::new();
+        for (n, line) in log.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let value = text(line, &format!("line {} of the log", n + 1))?;
             let seq = serde_json::from_str::<Value>(&value)
                 .ok()
-                .and_then(|v| v.get("seq").and_then(Value::as_u64))
-                .ok_or_else(|| {
-                    TargetError::Refused(format!(
-                        "line {} of the log has no `seq`; nothing more was copied",
-                        count + 1
-                    ))
-                })?;
-            writes.push(Write::put(log_key(seq), value, Expect::Any));
-            count += 1;
-            if writes.len() == MAX_WRITES {
-                self.put(&std::mem::take(&mut writes))?;
+                .and_then(|v| v.get("seq").and_then(Value::as_u64));
+            match seq {
+                Some(seq) => {
+                    pending.push(value);
+                    items.push((seq, std::mem::take(&mut pending).join("\n")));
+                }
+                None => pending.push(value),
             }
         }
-        if !writes.is_empty() {
-            self.put(&writes)?;
+        if !pending.is_empty() {
+            return Err(TargetError::Refused(format!(
+                "the directory's log ends with {} line(s) that are not records (damage no `seal` \
+                 record set aside): run `deploy log verify` and `deploy log seal` through the \
+                 directory first; nothing was written",
+                pending.len()
+            )));
+        }
+        Ok(items)
+    }
+
+    /// `items` (see [`Self::log_items`]), 25 per atomic put.
+    fn import_log(&self, items: Vec<(u64, String)>) -> Result<usize, TargetError> {
+        let count = items.len();
+        let writes: Vec<Write> = items
+            .into_iter()
+            .map(|(seq, value)| Write::put(log_key(seq), value, Expect::Any))
+            .collect();
+        for chunk in writes.chunks(MAX_WRITES) {
+            self.put(chunk)?;
         }
         Ok(count)
     }
@@ -654,8 +675,13 @@ impl GenerationStore for Shared {
 
 impl LogStore for Shared {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
+        // An item's last line is its record (damage a seal set aside comes before it).
+        let last = |value: String| match value.rfind('\n') {
+            Some(at) => value[at + 1..].as_bytes().to_vec(),
+            None => value.into_bytes(),
+        };
         Ok(LogTail {
-            last: self.last(LOG)?.map(|(_, i)| i.value.into_bytes()),
+            last: self.last(LOG)?.map(|(_, i)| last(i.value)),
             complete_len: 0,
             incomplete: 0,
         })
