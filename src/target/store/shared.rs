@@ -677,7 +677,7 @@ impl LogStore for Shared {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         // An item's last line is its record (damage a seal set aside comes before it).
         let last = |value: String| match value.rfind('\n') {
-            Some(at) => value[at + 1..].as_bytes().to_vec(),
+            Some(at) => value.as_bytes()[at + 1..].to_vec(),
             None => value.into_bytes(),
         };
         Ok(LogTail {
