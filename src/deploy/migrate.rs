@@ -41,6 +41,8 @@ pub struct MigrateReport {
 const EXEC_JOURNAL: &str = "exec-journal.json";
 /// The directory's note that its state was moved (`DirTarget::mark_moved`).
 const MOVED: &str = "moved.json";
+/// The directory's stamp, read directly once the directory is marked moved.
+const STAMP: &str = "stamp.json";
 
 pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateReport> {
     let to = super::shared_store(d.env, &super::exec_provider(d.env))?;
@@ -90,6 +92,7 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     crate::failpoint::hit("migrate-after-stamp");
     old.mark_moved(&to.describe())
         .map_err(|e| d.target_failure(e))?;
+    crate::failpoint::hit("migrate-after-moved");
     let mut report = MigrateReport {
         ok: true,
         environment: d.env.name.clone(),
@@ -126,27 +129,22 @@ fn finish_interrupted(
     let StampState::Stamped(stamped) = to.stamp().map_err(|e| d.target_failure(e))? else {
         return Ok(None);
     };
-    if old
-        .read_private(MOVED)
-        .map_err(|e| d.target_failure(e))?
-        .is_some()
-        || !matches!(Target::stamp(old), Ok(StampState::Stamped(s)) if s.same_owner(&stamped))
-    {
+    let Some(moved) = interrupted_at(d, to, old, &stamped)? else {
         return Ok(None);
-    }
+    };
     d.check_stamp(&stamped)?;
     d.check_identity()?;
+    let what = if moved {
+        "append its `migrate` record to the new log"
+    } else {
+        "mark the directory moved"
+    };
     d.say(&format!(
-        "An earlier `deploy migrate` stamped {} and stopped before marking {} moved.",
+        "An earlier `deploy migrate` from {} into {} stopped before it could {what}.",
+        Target::describe(old),
         to.describe(),
-        Target::describe(old)
     ));
-    d.ask(
-        yes,
-        &format!("mark {} moved", Target::describe(old)),
-        true,
-        again,
-    )?;
+    d.ask(yes, what, true, again)?;
     let holder = Holder::this_process(&d.env.name);
     let _old_lock = Target::lock(old, &holder).map_err(|e| d.target_failure(e))?;
     let _new_lock = StateStore::lock(to, &holder).map_err(|e| d.target_failure(e))?;
@@ -157,8 +155,10 @@ fn finish_interrupted(
         return Ok(None);
     }
     let generations = GenerationStore::generations(to).map_err(|e| d.target_failure(e))?;
-    old.mark_moved(&to.describe())
-        .map_err(|e| d.target_failure(e))?;
+    if !moved {
+        old.mark_moved(&to.describe())
+            .map_err(|e| d.target_failure(e))?;
+    }
     let mut report = MigrateReport {
         ok: true,
         environment: d.env.name.clone(),
@@ -180,6 +180,36 @@ fn finish_interrupted(
         report.to
     ));
     Ok(Some(report))
+}
+
+/// Whether `old` is the directory a migration into `to` (stamped `stamped`) was interrupted
+/// from: its stamp is the same owner's and it is not marked moved (`Some(false)`), or marked
+/// moved into `to` itself (`Some(true)`: only the record is missing). The logs are compared
+/// by the caller, under the locks.
+fn interrupted_at(
+    d: &Deployment<'_>,
+    to: &Shared,
+    old: &DirTarget,
+    stamped: &Stamp,
+) -> Result<Option<bool>> {
+    let note = old.read_private(MOVED).map_err(|e| d.target_failure(e))?;
+    let stamp = match &note {
+        None => match Target::stamp(old) {
+            Ok(StampState::Stamped(s)) => Some(s),
+            _ => None,
+        },
+        Some(note) => {
+            let into = serde_json::from_slice::<serde_json::Value>(note)
+                .ok()
+                .and_then(|v| Some(v.get("to")?.as_str()? == to.describe()));
+            let own = old.read_private(STAMP).map_err(|e| d.target_failure(e))?;
+            own.filter(|_| into == Some(true))
+                .and_then(|bytes| serde_json::from_slice::<Stamp>(&bytes).ok())
+        }
+    };
+    Ok(stamp
+        .filter(|s| s.same_owner(stamped))
+        .map(|_| note.is_some()))
 }
 
 /// A store that already has a stamp is never overwritten.

@@ -185,6 +185,26 @@ fn a_migration_killed_after_its_stamp_is_finished_by_running_it_again() {
     assert!(stored(&repo, "worker").contains("\"threads\": 2"));
 }
 
+#[test]
+fn a_migration_killed_before_its_record_appends_it_when_run_again() {
+    let etcd = Cluster::start(1);
+    let repo = in_a_directory_then_etcd(&etcd, 2);
+    let state = repo.path().join("state");
+    migrate_killed_at(&repo, &state, "migrate-after-moved");
+    assert!(
+        state.join(".envlock/moved.json").exists(),
+        "killed after marking"
+    );
+    until_unlocked(|| migrate_from(&repo, &state))
+        .code(0)
+        .stderr_has("append its `migrate` record");
+    repo.deploy(&["log", "verify", "--target", "cloud"])
+        .code(0)
+        .stdout_has("3 records, chain intact");
+    // Once only.
+    migrate_from(&repo, &state).code(3);
+}
+
 /// `run` again while it exits 5 because a killed run's lease has not lapsed yet (10 s at most).
 fn until_unlocked(run: impl Fn() -> crate::harness::Run) -> crate::harness::Run {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
