@@ -105,8 +105,8 @@ impl Shared {
             .elapsed();
         (age * 3 > self.lock_ttl * 2).then(|| {
             TargetError::Refused(format!(
-                "the deployment lock on {} was last renewed {:.1} s ago, against a lease of {} s: \
-                 another deployment may hold it now; this run writes nothing more",
+                "the deployment lock on {} was lost (its lease: last renewed {:.1} s ago, against \
+                 a lease of {} s): another deployment may hold it now; this run writes nothing more",
                 self.backend.describe(),
                 age.as_secs_f64(),
                 self.lock_ttl.as_secs()
