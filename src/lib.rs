@@ -24,6 +24,7 @@ pub mod repo;
 pub mod rules;
 pub mod safety;
 pub mod sarif;
+pub mod signing;
 pub mod secret;
 pub mod source;
 pub mod sysenv;

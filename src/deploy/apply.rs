@@ -1520,6 +1520,7 @@ fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
         reason: None,
         plan_sha256: d.plan_sha256.clone(),
         notify: None,
+        signing: d.signing.clone(),
     }
 }
 
@@ -1552,6 +1553,7 @@ fn journal_entry(
         reason,
         plan_sha256: journal.plan_sha256.clone(),
         notify: None,
+        signing: d.signing.clone(),
     }
 }
 

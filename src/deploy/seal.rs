@@ -197,6 +197,7 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         reason: Some(reason.to_owned()),
         plan_sha256: None,
         notify: None,
+        signing: d.signing.clone(),
     };
     log::seal_for(&bytes, removed(d)?, entry).ok_or_else(|| {
         Failure::refused(format!(
@@ -204,7 +205,11 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
             d.env.name
         ))
         .hint("another run changed it meanwhile; nothing was written")
-        .into()
+    })?
+    .map_err(|e| {
+        Failure::error(format!("the seal record could not be signed: {e}"))
+            .hint("nothing was written")
+            .into()
     })
 }
 
