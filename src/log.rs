@@ -937,10 +937,11 @@ pub fn seal_for(
         signer: None,
         signature: None,
     };
-    let (line, record) = match seal_signed(crate::redact::scrubbed(record), entry.signing.as_deref()) {
-        Ok(sealed) => sealed,
-        Err(e) => return Some(Err(e)),
-    };
+    let (line, record) =
+        match seal_signed(crate::redact::scrubbed(record), entry.signing.as_deref()) {
+            Ok(sealed) => sealed,
+            Err(e) => return Some(Err(e)),
+        };
     let mut out = if cut { b"\n".to_vec() } else { Vec::new() };
     out.extend(line);
     Some(Ok((out, record, v)))
@@ -1068,14 +1069,15 @@ pub fn verify_signatures(
         jobs.push((*number, view, in_force.clone()));
     }
     out.enforced = in_force.is_some();
-    let checked: Vec<Option<Problem>> = crate::parallel::map(&jobs.chunks(256).collect::<Vec<_>>(), |c| {
-        c.iter()
-            .map(|(n, view, a)| check_signature(*n, view, environment, a.as_deref()))
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let checked: Vec<Option<Problem>> =
+        crate::parallel::map(&jobs.chunks(256).collect::<Vec<_>>(), |c| {
+            c.iter()
+                .map(|(n, view, a)| check_signature(*n, view, environment, a.as_deref()))
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
     if let Some(p) = checked.into_iter().flatten().next() {
         // A problem before the unreadable commit's record comes first.
         if out.problem.as_ref().is_none_or(|q| p.line < q.line) {
@@ -1111,7 +1113,10 @@ fn check_signature(
                 line,
                 view,
                 Broken::Unsigned,
-                format!("it is not signed, although {} was in force at commit {short} (every record must be signed once the file exists)", crate::signing::ALLOWED_SIGNERS),
+                format!(
+                    "it is not signed, although {} was in force at commit {short} (every record must be signed once the file exists)",
+                    crate::signing::ALLOWED_SIGNERS
+                ),
             ));
         }
     };
@@ -1119,7 +1124,9 @@ fn check_signature(
         Some(a) => crate::signing::verify(a, environment, view.hash.as_bytes(), signer, signature)
             .map(|_| ())
             .map_err(|e| format!("{e} at commit {short}")),
-        None => crate::signing::verify_unlisted(environment, view.hash.as_bytes(), signer, signature),
+        None => {
+            crate::signing::verify_unlisted(environment, view.hash.as_bytes(), signer, signature)
+        }
     };
     result
         .err()

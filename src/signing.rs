@@ -81,8 +81,15 @@ impl AllowedSigners {
     pub fn verdict(&self, key: &PublicKey, environment: &str) -> Verdict {
         let ns = namespace(environment);
         let mut listed = None;
-        for s in self.signers.iter().filter(|s| s.key.key_data() == key.key_data()) {
-            if s.namespaces.as_deref().is_some_and(|p| pattern_list_matches(p, &ns)) {
+        for s in self
+            .signers
+            .iter()
+            .filter(|s| s.key.key_data() == key.key_data())
+        {
+            if s.namespaces
+                .as_deref()
+                .is_some_and(|p| pattern_list_matches(p, &ns))
+            {
                 return Verdict::Allowed(s.principals.clone());
             }
             listed.get_or_insert_with(|| s.principals.clone());
@@ -125,16 +132,15 @@ fn col(raw: &str, byte: usize) -> usize {
 fn parse_line(raw: &str, line: usize) -> Result<Signer, ParseError> {
     let (p_at, principals) = token(raw, 0).ok_or_else(|| error(line, 1, "empty line"))?;
     let mut at = p_at + principals.len();
-    let (o_at, next) =
-        token(raw, at).ok_or_else(|| error(line, col(raw, at), "a key must follow the principals"))?;
+    let (o_at, next) = token(raw, at)
+        .ok_or_else(|| error(line, col(raw, at), "a key must follow the principals"))?;
     let mut namespaces = None;
     let (k_at, keytype) = if is_key_type(next) {
         (o_at, next)
     } else {
         namespaces = parse_options(next, line, col(raw, o_at))?;
         at = o_at + next.len();
-        token(raw, at)
-            .ok_or_else(|| error(line, col(raw, at), "a key must follow the options"))?
+        token(raw, at).ok_or_else(|| error(line, col(raw, at), "a key must follow the options"))?
     };
     if keytype != "ssh-ed25519" {
         return Err(error(
@@ -144,10 +150,14 @@ fn parse_line(raw: &str, line: usize) -> Result<Signer, ParseError> {
         ));
     }
     at = k_at + keytype.len();
-    let (b_at, blob) = token(raw, at)
-        .ok_or_else(|| error(line, col(raw, at), "the key's base64 is missing"))?;
+    let (b_at, blob) =
+        token(raw, at).ok_or_else(|| error(line, col(raw, at), "the key's base64 is missing"))?;
     let key = PublicKey::from_openssh(&format!("{keytype} {blob}")).map_err(|e| {
-        error(line, col(raw, b_at), format!("not an ssh-ed25519 public key: {e}"))
+        error(
+            line,
+            col(raw, b_at),
+            format!("not an ssh-ed25519 public key: {e}"),
+        )
     })?;
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     Ok(Signer {
@@ -172,9 +182,9 @@ fn parse_options(opts: &str, line: usize, col: usize) -> Result<Option<String>, 
         let name = &rest[..name_end];
         rest = &rest[name_end..];
         let value = if let Some(v) = rest.strip_prefix("=\"") {
-            let close = v
-                .find('"')
-                .ok_or_else(|| error(line, col, format!("option `{name}`: missing closing quote")))?;
+            let close = v.find('"').ok_or_else(|| {
+                error(line, col, format!("option `{name}`: missing closing quote"))
+            })?;
             rest = &v[close + 1..];
             Some(&v[..close])
         } else {
@@ -189,7 +199,9 @@ fn parse_options(opts: &str, line: usize, col: usize) -> Result<Option<String>, 
                 return Err(error(
                     line,
                     col,
-                    format!("option `{other}` is not supported by envlock (only `namespaces=\"envlock-log@<environment>,…\"`)"),
+                    format!(
+                        "option `{other}` is not supported by envlock (only `namespaces=\"envlock-log@<environment>,…\"`)"
+                    ),
                 ));
             }
         }
@@ -262,7 +274,10 @@ impl std::fmt::Display for Unverified {
                 "its `signer` {signer} is not the key that made its signature ({key})"
             ),
             Unverified::UnknownKey(key) => {
-                write!(f, "it is signed by key {key}, which {ALLOWED_SIGNERS} does not list")
+                write!(
+                    f,
+                    "it is signed by key {key}, which {ALLOWED_SIGNERS} does not list"
+                )
             }
             Unverified::NotAllowed { key, principals } => write!(
                 f,
@@ -319,7 +334,8 @@ pub fn verify_unlisted(
     signer: &str,
     armored: &str,
 ) -> Result<(), String> {
-    let sig = SshSig::from_pem(armored).map_err(|e| format!("its signature cannot be read: {e}"))?;
+    let sig =
+        SshSig::from_pem(armored).map_err(|e| format!("its signature cannot be read: {e}"))?;
     let key = PublicKey::new(sig.public_key().clone(), "");
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     if fingerprint != signer {
@@ -329,8 +345,9 @@ pub fn verify_unlisted(
         }
         .to_string());
     }
-    check_signature(&key, environment, hash, &sig)
-        .map_err(|why| format!("its signature by key {fingerprint} does not match the record ({why})"))
+    check_signature(&key, environment, hash, &sig).map_err(|why| {
+        format!("its signature by key {fingerprint} does not match the record ({why})")
+    })
 }
 
 /// The signature itself, whoever made it: namespace and message.
@@ -371,7 +388,9 @@ pub enum KeyError {
     File { path: String, why: String },
     #[error("the ssh-agent ({socket}) cannot be used: {why}")]
     Agent { socket: String, why: String },
-    #[error("no signing key: {KEY_VARIABLE} is not set and no ssh-agent is running (SSH_AUTH_SOCK)")]
+    #[error(
+        "no signing key: {KEY_VARIABLE} is not set and no ssh-agent is running (SSH_AUTH_SOCK)"
+    )]
     None,
 }
 
@@ -408,8 +427,13 @@ impl Key {
                 let raw = agent::sign(socket, &blob, &data)?;
                 let signature =
                     ssh_key::Signature::try_from(raw.as_slice()).map_err(|e| e.to_string())?;
-                SshSig::new(self.public.key_data().clone(), ns, HashAlg::Sha512, signature)
-                    .map_err(|e| e.to_string())?
+                SshSig::new(
+                    self.public.key_data().clone(),
+                    ns,
+                    HashAlg::Sha512,
+                    signature,
+                )
+                .map_err(|e| e.to_string())?
             }
         };
         sig.to_pem(LineEnding::LF).map_err(|e| e.to_string())
@@ -542,7 +566,10 @@ mod agent {
     pub fn identities(socket: &Path) -> Result<Vec<Vec<u8>>, String> {
         let answer = request(socket, &[11])?;
         if answer[0] != 12 {
-            return Err(format!("it refused to list its keys (answer {})", answer[0]));
+            return Err(format!(
+                "it refused to list its keys (answer {})",
+                answer[0]
+            ));
         }
         let mut c = Cursor(&answer[1..]);
         let n = c.u32()?;
@@ -590,8 +617,14 @@ mod tests {
             a.verdict(&key, "staging"),
             Verdict::NotForEnvironment(_)
         ));
-        assert!(pattern_list_matches("envlock-log@*,!envlock-log@prod", "envlock-log@dev"));
-        assert!(!pattern_list_matches("envlock-log@*,!envlock-log@prod", "envlock-log@prod"));
+        assert!(pattern_list_matches(
+            "envlock-log@*,!envlock-log@prod",
+            "envlock-log@dev"
+        ));
+        assert!(!pattern_list_matches(
+            "envlock-log@*,!envlock-log@prod",
+            "envlock-log@prod"
+        ));
     }
 
     #[test]

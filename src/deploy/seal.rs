@@ -199,18 +199,19 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         notify: None,
         signing: d.signing.clone(),
     };
-    log::seal_for(&bytes, removed(d)?, entry).ok_or_else(|| {
-        Failure::refused(format!(
-            "the deployment log of `{}` verifies now: there is nothing to seal",
-            d.env.name
-        ))
-        .hint("another run changed it meanwhile; nothing was written")
-    })?
-    .map_err(|e| {
-        Failure::error(format!("the seal record could not be signed: {e}"))
-            .hint("nothing was written")
-            .into()
-    })
+    log::seal_for(&bytes, removed(d)?, entry)
+        .ok_or_else(|| {
+            Failure::refused(format!(
+                "the deployment log of `{}` verifies now: there is nothing to seal",
+                d.env.name
+            ))
+            .hint("another run changed it meanwhile; nothing was written")
+        })?
+        .map_err(|e| {
+            Failure::error(format!("the seal record could not be signed: {e}"))
+                .hint("nothing was written")
+                .into()
+        })
 }
 
 /// Records removed from the end of the log, as the target's checkpoint tells.

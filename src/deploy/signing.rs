@@ -46,11 +46,11 @@ pub fn authorize(d: &Deployment<'_>) -> Result<Option<Arc<signing::Key>>> {
         Policy::Absent => return Ok(None),
         Policy::Present(a) => a,
         Policy::Unreadable(why) => {
-            return Err(Failure::refused(format!(
-                "who may deploy `{env}` cannot be read: {why}"
-            ))
-            .hint("`deploy check` shows the problem; nothing was written")
-            .into());
+            return Err(
+                Failure::refused(format!("who may deploy `{env}` cannot be read: {why}"))
+                    .hint("`deploy check` shows the problem; nothing was written")
+                    .into(),
+            );
         }
     };
     let key = signing::find_key(&allowed, env).map_err(|e| {

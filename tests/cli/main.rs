@@ -36,6 +36,7 @@ mod reviewed;
 mod sarif;
 mod seal;
 mod secrets;
+mod signing;
 mod state;
 mod status;
 #[cfg(feature = "failpoints")]
