@@ -225,6 +225,10 @@ pub struct Record {
     /// records written before seals existed hash and verify as they always did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<Sealed>,
+    /// The names (never the values) of the resources added, changed and removed; absent when
+    /// nothing changed, and from records written before it existed (which hash as they did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
     pub prev: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
@@ -236,6 +240,35 @@ pub struct Record {
     /// `ssh-keygen -Y sign` writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+}
+
+/// The names of the resources an attempt added, changed and removed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub add: Vec<String>,
+    pub change: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+impl Resources {
+    /// The names in a plan's changes; `None` when nothing changes.
+    pub fn of(changes: &[crate::plan::Change]) -> Option<Self> {
+        use crate::plan::Action as A;
+        let names = |a: A| -> Vec<String> {
+            changes
+                .iter()
+                .filter(|c| c.action == a)
+                .map(|c| c.resource.clone())
+                .collect()
+        };
+        let r = Resources {
+            add: names(A::Add),
+            change: names(A::Change),
+            remove: names(A::Remove),
+        };
+        (!changes.is_empty()).then_some(r)
+    }
 }
 
 /// What a `seal` record says about the damage it sets aside: the lines from `line` up to the
@@ -279,6 +312,8 @@ pub struct Entry {
     pub notify: Option<Notified>,
     /// The key that signs the record (`allowed_signers` exists at the deployed commit).
     pub signing: Option<std::sync::Arc<crate::signing::Key>>,
+    /// The names of the resources changed, when known.
+    pub resources: Option<Resources>,
 }
 
 /// The delivery of one `[notify] url` notification, as the log records it.
@@ -372,6 +407,7 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         plan_sha256: entry.plan_sha256,
         notify: entry.notify,
         sealed: None,
+        resources: entry.resources,
         prev,
         hash: String::new(),
         signer: None,
@@ -932,6 +968,7 @@ pub fn seal_for(
             damaged_bytes: damaged.len() as u64,
             damaged_sha256: crate::target::sha256_hex(&damaged),
         }),
+        resources: None,
         prev: v.head.clone(),
         hash: String::new(),
         signer: None,
@@ -1170,6 +1207,7 @@ mod tests {
             plan_sha256: None,
             notify: None,
             sealed: None,
+            resources: None,
             prev: prev.into(),
             hash: String::new(),
             signer: None,
@@ -1278,6 +1316,7 @@ mod tests {
             notify: None,
             plan_sha256: None,
             signing: None,
+            resources: None,
         }
     }
 

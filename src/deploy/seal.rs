@@ -198,6 +198,7 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         plan_sha256: None,
         notify: None,
         signing: d.signing.clone(),
+        resources: None,
     };
     log::seal_for(&bytes, removed(d)?, entry)
         .ok_or_else(|| {
