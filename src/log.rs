@@ -229,6 +229,11 @@ pub struct Record {
     /// nothing changed, and from records written before it existed (which hash as they did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// In a signed record whose `commit` is not the commit the deployment ran from (a
+    /// rollback, a recovery, a seal): the commit whose `allowed_signers` allowed the signer,
+    /// which verification then reads instead of `commit`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signers_commit: Option<String>,
     pub prev: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
@@ -408,6 +413,7 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         notify: entry.notify,
         sealed: None,
         resources: entry.resources,
+        signers_commit: None,
         prev,
         hash: String::new(),
         signer: None,
@@ -439,6 +445,10 @@ pub fn seal_signed(
     record.hash.clear();
     record.signer = None;
     record.signature = None;
+    record.signers_commit = key
+        .map(crate::signing::Key::commit)
+        .filter(|c| !c.is_empty() && *c != record.commit)
+        .map(str::to_owned);
     let canonical = serde_json::to_vec(&record).expect("a record serializes");
     let hash = crate::target::sha256_hex(&canonical);
     let mut line = canonical;
@@ -969,6 +979,7 @@ pub fn seal_for(
             damaged_sha256: crate::target::sha256_hex(&damaged),
         }),
         resources: None,
+        signers_commit: None,
         prev: v.head.clone(),
         hash: String::new(),
         signer: None,
@@ -1019,8 +1030,10 @@ pub enum Policy {
     /// The commit has no `allowed_signers`.
     Absent,
     Present(std::sync::Arc<crate::signing::AllowedSigners>),
-    /// The commit is not in the repository, or its file does not parse.
+    /// The commit's file does not parse, or the commit id is not one.
     Unreadable(String),
+    /// The commit is not in this repository (not fetched): a problem once records are signed.
+    Missing(String),
 }
 
 /// The signatures of a log whose chain verified (up to its first problem).
@@ -1040,6 +1053,8 @@ pub struct Signatures {
 struct SignedView {
     seq: u64,
     commit: String,
+    #[serde(default)]
+    signers_commit: Option<String>,
     #[serde(default)]
     signer: Option<String>,
     #[serde(default)]
@@ -1086,18 +1101,21 @@ pub fn verify_signatures(
     };
     for ((number, _), view) in lines.iter().zip(&views) {
         let Some(view) = view else { continue };
-        let p = if view.commit.is_empty() {
+        let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
+        let p = if commit.is_empty() {
             Policy::Absent
         } else {
             cache
-                .entry(view.commit.clone())
-                .or_insert_with(|| policy(&view.commit))
+                .entry(commit.clone())
+                .or_insert_with(|| policy(commit))
                 .clone()
         };
         match p {
             Policy::Present(a) => in_force = Some(a),
             Policy::Absent => {}
-            Policy::Unreadable(why) => {
+            // Before any file was in force, an unsigned record's unknown commit changes nothing.
+            Policy::Missing(_) if in_force.is_none() && view.signature.is_none() => {}
+            Policy::Unreadable(why) | Policy::Missing(why) => {
                 out.problem = Some(signature_problem(*number, view, Broken::Signature, why));
                 break;
             }
@@ -1141,7 +1159,8 @@ fn check_signature(
     environment: &str,
     allowed: Option<&crate::signing::AllowedSigners>,
 ) -> Option<Problem> {
-    let short = &view.commit[..view.commit.len().min(12)];
+    let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
+    let short: String = commit.chars().take(12).collect();
     let (signer, signature) = match (&view.signer, &view.signature, allowed) {
         (Some(s), Some(sig), _) => (s, sig),
         (_, _, None) => return None,
@@ -1208,6 +1227,7 @@ mod tests {
             notify: None,
             sealed: None,
             resources: None,
+            signers_commit: None,
             prev: prev.into(),
             hash: String::new(),
             signer: None,

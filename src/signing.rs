@@ -373,6 +373,8 @@ pub struct Key {
     public: PublicKey,
     fingerprint: String,
     source: Source,
+    /// The commit whose `allowed_signers` allowed this key (empty: not checked).
+    allowed_at: String,
 }
 
 #[derive(Debug)]
@@ -395,6 +397,18 @@ pub enum KeyError {
 }
 
 impl Key {
+    /// The key, as allowed by `allowed_signers` at `commit` (which records name when they
+    /// name another commit: `signers_commit`).
+    pub fn allowed_at(mut self, commit: &str) -> Self {
+        self.allowed_at = commit.to_owned();
+        self
+    }
+
+    /// The commit whose `allowed_signers` allowed the key (empty when not checked).
+    pub fn commit(&self) -> &str {
+        &self.allowed_at
+    }
+
     /// The key's `SHA256:…` fingerprint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -470,6 +484,7 @@ pub fn find_key(allowed: &AllowedSigners, environment: &str) -> Result<Key, KeyE
         fingerprint: chosen.fingerprint(HashAlg::Sha256).to_string(),
         public: chosen.clone(),
         source: Source::Agent(socket),
+        allowed_at: String::new(),
     })
 }
 
@@ -501,6 +516,7 @@ fn from_file(path: &Path) -> Result<Key, KeyError> {
         fingerprint: public.fingerprint(HashAlg::Sha256).to_string(),
         public,
         source: Source::File(Box::new(key), path.to_owned()),
+        allowed_at: String::new(),
     })
 }
 

@@ -144,11 +144,12 @@ fn signed_by_allowed(
     let here = match super::signing::policy_at(d.repo, &d.commit.id.to_string()) {
         Policy::Absent => return Ok(()),
         Policy::Present(a) => a,
-        Policy::Unreadable(why) => return Err(why),
+        Policy::Unreadable(why) | Policy::Missing(why) => return Err(why),
     };
-    let allowed = match super::signing::policy_at(d.repo, &r.commit) {
+    let commit = r.signers_commit.as_ref().unwrap_or(&r.commit);
+    let allowed = match super::signing::policy_at(d.repo, commit) {
         Policy::Present(a) => a,
-        Policy::Absent | Policy::Unreadable(_) => here,
+        Policy::Absent | Policy::Unreadable(_) | Policy::Missing(_) => here,
     };
     let (Some(signer), Some(signature)) = (&r.signer, &r.signature) else {
         return Err(format!(

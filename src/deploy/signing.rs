@@ -14,14 +14,19 @@ use crate::signing::{self, ALLOWED_SIGNERS, AllowedSigners, Verdict};
 
 /// `allowed_signers` as of `commit`.
 pub fn policy_at(repo: &Repo, commit: &str) -> Policy {
-    let short = &commit[..commit.len().min(12)];
+    let short: String = commit.chars().take(12).collect();
+    if !matches!(commit.len(), 40 | 64) || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Policy::Missing(format!(
+            "`{short}` is not a commit id, so no {ALLOWED_SIGNERS} can judge it"
+        ));
+    }
     match repo.root_file(commit, ALLOWED_SIGNERS) {
         Ok(None) => Policy::Absent,
         Ok(Some(bytes)) => match parse(&bytes) {
             Ok(a) => Policy::Present(Arc::new(a)),
             Err(e) => Policy::Unreadable(format!("{ALLOWED_SIGNERS} at commit {short}: {e}")),
         },
-        Err(e) => Policy::Unreadable(format!(
+        Err(e) => Policy::Missing(format!(
             "{ALLOWED_SIGNERS} at commit {short} cannot be read ({e}); fetch that commit"
         )),
     }
@@ -45,7 +50,7 @@ pub fn authorize(d: &Deployment<'_>) -> Result<Option<Arc<signing::Key>>> {
     let allowed = match policy_at(d.repo, &d.commit.id.to_string()) {
         Policy::Absent => return Ok(None),
         Policy::Present(a) => a,
-        Policy::Unreadable(why) => {
+        Policy::Unreadable(why) | Policy::Missing(why) => {
             return Err(
                 Failure::refused(format!("who may deploy `{env}` cannot be read: {why}"))
                     .hint("`deploy check` shows the problem; nothing was written")
@@ -66,7 +71,7 @@ pub fn authorize(d: &Deployment<'_>) -> Result<Option<Arc<signing::Key>>> {
     let from = key.source();
     let ns = signing::namespace(env);
     match allowed.verdict(key.public(), env) {
-        Verdict::Allowed(_) => Ok(Some(Arc::new(key))),
+        Verdict::Allowed(_) => Ok(Some(Arc::new(key.allowed_at(&d.commit.id.to_string())))),
         Verdict::NotForEnvironment(who) => Err(Failure::refused(format!(
             "key {fp} ({who}, from {from}) may not deploy `{env}`: its line in {ALLOWED_SIGNERS} at commit {short} does not list namespace `{ns}`"
         ))

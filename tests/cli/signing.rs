@@ -438,6 +438,49 @@ fn key_rotation_keeps_old_records_valid() {
 }
 
 #[test]
+fn a_rollback_by_a_newer_deployer_is_judged_by_the_file_it_ran_from() {
+    let keys = keys_dir();
+    let ana = keygen(keys.path(), "ana");
+    let bob = keygen(keys.path(), "bob");
+    let repo = Repo::base();
+    allow(
+        &repo,
+        &[("ana@example.com", "envlock-log@validation", &ana)],
+    );
+    deploy(&repo, &ana, "validation").code(0);
+    let first = repo.git(&["rev-parse", "HEAD"]);
+    repo.edit(
+        VALIDATION,
+        &[("[settings.worker]\n", "[settings.worker]\nthreads = 8\n")],
+    );
+    repo.commit("validation: 8 threads");
+    deploy(&repo, &ana, "validation").code(0);
+    // bob joins; the commit rolled back to (generation 1) lists only ana.
+    let joined = allow(
+        &repo,
+        &[
+            ("ana@example.com", "envlock-log@validation", &ana),
+            ("bob@example.com", "envlock-log@validation", &bob),
+        ],
+    );
+    deploy_as(
+        &repo,
+        Some(&bob),
+        &["rollback", "--target", "validation", "--yes"],
+    )
+    .code(0);
+    let r = records(&repo, "validation").pop().unwrap();
+    assert_eq!(
+        (r["action"].as_str(), r["commit"].as_str()),
+        (Some("rollback"), Some(first.trim()))
+    );
+    assert_eq!(r["signers_commit"], joined.trim());
+    repo.deploy(&["log", "verify", "--target", "validation"])
+        .code(0)
+        .stdout_has("all signatures verify");
+}
+
+#[test]
 fn the_ssh_agent_signs_when_no_key_file_is_named() {
     let keys = keys_dir();
     let ana = keygen(keys.path(), "ana");
