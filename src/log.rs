@@ -1100,7 +1100,15 @@ pub fn verify_signatures(
         ..Signatures::default()
     };
     for ((number, _), view) in lines.iter().zip(&views) {
-        let Some(view) = view else { continue };
+        let Some(view) = view else {
+            out.problem = Some(Problem {
+                line: *number,
+                seq: None,
+                kind: Broken::Malformed,
+                message: format!("line {number}: its signature members cannot be read"),
+            });
+            break;
+        };
         let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
         let p = if commit.is_empty() {
             Policy::Absent
@@ -1244,6 +1252,86 @@ mod tests {
             prev = r.hash;
         }
         out
+    }
+
+    /// A test-only key (ssh-keygen -t ed25519 -N ''), and its allowed_signers line for `prod`.
+    const TEST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACCtr+ozKFw1htJXOkeYjRG36LQ+/O6BG4BhEbEbsiN/SQAAAIjdOQe23TkH
+tgAAAAtzc2gtZWQyNTUxOQAAACCtr+ozKFw1htJXOkeYjRG36LQ+/O6BG4BhEbEbsiN/SQ
+AAAECriC+nqUk+HPrOSkSYlxBJTc3SSOz9uaKetDy1sssQpa2v6jMoXDWG0lc6R5iNEbfo
+tD787oEbgGERsRuyI39JAAAAAXQBAgME
+-----END OPENSSH PRIVATE KEY-----
+";
+    const TEST_SIGNERS: &str = "t namespaces=\"envlock-log@prod\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK2v6jMoXDWG0lc6R5iNEbfotD787oEbgGERsRuyI39J";
+
+    fn signed_log(n: u64) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, TEST_KEY).unwrap();
+        let key = crate::signing::from_file(&path).unwrap();
+        let mut out = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for seq in 1..=n {
+            let (line, r) = seal_signed(record(seq, &prev), Some(&key)).unwrap();
+            out.extend(line);
+            prev = r.hash;
+        }
+        out
+    }
+
+    fn check_signatures(bytes: &[u8]) -> Signatures {
+        let allowed =
+            std::sync::Arc::new(crate::signing::AllowedSigners::parse(TEST_SIGNERS).unwrap());
+        let v = verify(bytes);
+        verify_signatures(bytes, &v, "prod", &mut |_| Policy::Present(allowed.clone()))
+    }
+
+    #[test]
+    fn a_signed_log_verifies_and_its_unsigned_bytes_hash_as_before() {
+        let bytes = signed_log(3);
+        let v = verify(&bytes);
+        assert_eq!((v.problem.clone(), v.records), (None, 3));
+        let s = check_signatures(&bytes);
+        assert_eq!((s.problem, s.signed, s.enforced), (None, 3, true));
+        // The same records unsigned hash the same: the signature is outside the hash.
+        assert_eq!(v.head, verify(&log(3)).head);
+        let parsed = records(&bytes);
+        assert!(
+            parsed[0]
+                .signature
+                .as_deref()
+                .unwrap()
+                .starts_with("-----BEGIN SSH SIGNATURE-----\n")
+        );
+        // Another environment's namespace does not verify.
+        let allowed =
+            std::sync::Arc::new(crate::signing::AllowedSigners::parse(TEST_SIGNERS).unwrap());
+        let other = verify_signatures(&bytes, &v, "staging", &mut |_| {
+            Policy::Present(allowed.clone())
+        });
+        assert_eq!(other.problem.unwrap().kind, Broken::Signature);
+    }
+
+    #[test]
+    fn a_changed_signature_byte_is_found_and_no_prefix_of_a_signed_line_panics() {
+        let bytes = signed_log(2);
+        let mark = b"\"signature\":\"-----BEGIN SSH SIGNATURE-----\\n";
+        let at = bytes.windows(mark.len()).rposition(|w| w == mark).unwrap() + mark.len() + 100;
+        let mut edited = bytes.clone();
+        edited[at] = if edited[at] == b'A' { b'B' } else { b'A' };
+        let s = check_signatures(&edited);
+        let p = s.problem.unwrap();
+        assert_eq!((p.kind, p.line), (Broken::Signature, 2));
+        let first = bytes.split(|&b| b == b'\n').next().unwrap();
+        for cut in 0..first.len() {
+            let mut line = first[..cut].to_vec();
+            line.push(b'\n');
+            let _ = check_signatures(&line);
+            let mut tail = first[cut..].to_vec();
+            tail.push(b'\n');
+            let _ = check_signatures(&tail);
+        }
     }
 
     #[test]

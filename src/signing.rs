@@ -488,7 +488,8 @@ pub fn find_key(allowed: &AllowedSigners, environment: &str) -> Result<Key, KeyE
     })
 }
 
-fn from_file(path: &Path) -> Result<Key, KeyError> {
+/// The key in an unencrypted OpenSSH private key file (what `ENVLOCK_SIGNING_KEY` names).
+pub fn from_file(path: &Path) -> Result<Key, KeyError> {
     let fail = |why: String| KeyError::File {
         path: path.display().to_string(),
         why,
