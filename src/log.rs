@@ -482,7 +482,7 @@ pub fn cut_incomplete_tail(target: &dyn Target) -> Result<usize, TargetError> {
 }
 
 /// Before a deployment appends: the log's first problem, if it does not verify. Cheap when the
-/// target can tell that nobody wrote the log since its last append (`Target::log_untouched`:
+/// target can tell that nobody wrote the log since its last append (`LogStore::log_untouched`:
 /// a `dir` log's `fstat` against the checkpoint of that append); otherwise the whole log is
 /// read and verified once.
 pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
@@ -499,7 +499,7 @@ pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
 }
 
 /// [`verify`], and when the chain verifies but the target knows that records at its end were
-/// removed (`Target::log_removed`: a log only grows, and a chain cut after a record still
+/// removed (`LogStore::log_removed`: a log only grows, and a chain cut after a record still
 /// verifies), that is its problem: `dropped`, at the line after the last record.
 pub fn verify_removed(bytes: &[u8], removed: Option<String>) -> Verified {
     let mut v = verify(bytes);

@@ -221,6 +221,11 @@ pub const RULES: &[Rule] = &[
         "Write the provider's options as a table.",
     ),
     config(
+        "invalid-state",
+        "An exec target's `state` is neither a directory nor a `[target.state]` table of kind `dir` (with `path`), `etcd` (with `endpoints` and a `prefix`) or `provider` (with `protocol = 2`).",
+        "Name a directory, or a shared store that every deployer reaches.",
+    ),
+    config(
         "invalid-protocol",
         "An exec target's `protocol` is not 1 or 2.",
         "Use 1 (one provider process per call, the default) or 2 (one per run, batched writes; the provider must speak it).",

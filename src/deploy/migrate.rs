@@ -60,7 +60,7 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
          refuses deployments through it from then on.",
         d.who(),
         Target::describe(&old),
-        to.describe(),
+        to.describe_state(),
         generations.len(),
         if generations.len() == 1 { "" } else { "s" },
         live.map_or("none".to_owned(), |g| g.to_string()),
@@ -72,24 +72,24 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     );
     d.ask(
         yes,
-        &format!("move the state into {}", to.describe()),
+        &format!("move the state into {}", to.describe_state()),
         true,
         &again,
     )?;
     let holder = Holder::this_process(&d.env.name);
-    let _old_lock = Target::lock(&old, &holder).map_err(|e| d.target_failure(e))?;
+    let _old_lock = StateStore::lock(&old, &holder).map_err(|e| d.target_failure(e))?;
     let _new_lock = StateStore::lock(&to, &holder).map_err(|e| d.target_failure(e))?;
     let imported = to.import(&old).map_err(|e| d.target_failure(e))?;
     same_log(d, &old, &to)?;
     to.write_stamp(&stamp).map_err(|e| d.target_failure(e))?;
-    old.mark_moved(&to.describe())
+    old.mark_moved(&to.describe_state())
         .map_err(|e| d.target_failure(e))?;
     let mut report = MigrateReport {
         ok: true,
         environment: d.env.name.clone(),
         account: d.env.account.value.clone(),
         from: Target::describe(&old),
-        to: to.describe(),
+        to: to.describe_state(),
         generations: imported.generations,
         live: imported.live,
         records: imported.records,
@@ -115,7 +115,7 @@ fn refuse_stamped(d: &Deployment<'_>, to: &Shared) -> Result<()> {
     Err(Failure::refused(format!(
         "{} already has a stamp (environment `{}`, account {}, since {}); refusing to overwrite \
          its state with the directory's",
-        to.describe(),
+        to.describe_state(),
         s.environment,
         s.account,
         s.created
@@ -130,7 +130,7 @@ fn refuse_stamped(d: &Deployment<'_>, to: &Shared) -> Result<()> {
 
 /// The directory's stamp: it must be this environment's.
 fn old_stamp(d: &Deployment<'_>, old: &DirTarget) -> Result<Stamp> {
-    match Target::stamp(old).map_err(|e| d.target_failure(e))? {
+    match StateStore::stamp(old).map_err(|e| d.target_failure(e))? {
         StampState::Stamped(stamp) => {
             d.check_stamp(&stamp)?;
             Ok(stamp)
@@ -147,7 +147,7 @@ fn old_stamp(d: &Deployment<'_>, old: &DirTarget) -> Result<Stamp> {
 
 /// The directory's log must verify, and no deployment may be half-done in it.
 fn refuse_unfinished(d: &Deployment<'_>, old: &DirTarget) -> Result<()> {
-    let bytes = Target::log_read(old)
+    let bytes = LogStore::log_read(old)
         .map_err(|e| d.target_failure(e))?
         .unwrap_or_default();
     let verified = log::verify(&bytes);
@@ -161,7 +161,7 @@ fn refuse_unfinished(d: &Deployment<'_>, old: &DirTarget) -> Result<()> {
         .hint("a damaged log is not carried into a shared store; nothing was written")
         .into());
     }
-    let journal = Target::read_journal(old).map_err(|e| d.target_failure(e))?;
+    let journal = StateStore::read_journal(old).map_err(|e| d.target_failure(e))?;
     let undo = old
         .read_private(EXEC_JOURNAL)
         .map_err(|e| d.target_failure(e))?;
@@ -179,14 +179,14 @@ fn refuse_unfinished(d: &Deployment<'_>, old: &DirTarget) -> Result<()> {
 
 /// The copied log must be the directory's, byte for byte (one line per record).
 fn same_log(d: &Deployment<'_>, old: &DirTarget, to: &Shared) -> Result<()> {
-    let was = Target::log_read(old).map_err(|e| d.target_failure(e))?;
+    let was = LogStore::log_read(old).map_err(|e| d.target_failure(e))?;
     let now = LogStore::log_read(to).map_err(|e| d.target_failure(e))?;
     if was.unwrap_or_default() == now.unwrap_or_default() {
         return Ok(());
     }
     Err(Failure::error(format!(
         "the log copied into {} is not the directory's, byte for byte; the store was not stamped",
-        to.describe()
+        to.describe_state()
     ))
     .hint("run the migration again (it overwrites what it copied); the directory is unchanged")
     .into())

@@ -14,7 +14,7 @@
 //! Invariants: a generation is complete and fsynced before `current` points at it, so readers
 //! see the old generation or the new one, never a mix, and a crash at any instant leaves one of
 //! them live; work in progress lives in `generations/.tmp-*` and `current.tmp-*`, which nothing
-//! live refers to and [`Target::prune`] removes. No symlink may lead out of the target: the path
+//! live refers to and [`super::store::GenerationStore::prune`] removes. No symlink may lead out of the target: the path
 //! itself, `.envlock` and `generations` must be real directories and `current` must point to
 //! `generations/<id>` inside it.
 
@@ -39,7 +39,7 @@ use crate::config::resource_name_problem;
 const STATE_DIR: &str = ".envlock";
 const STAMP_FILE: &str = "stamp.json";
 /// Written by `deploy migrate` once the state was copied into another store: this directory's
-/// state is a record only from then on ([`Target::stamp`] refuses it).
+/// state is a record only from then on ([`store::StateStore::stamp`] refuses it).
 const MOVED_FILE: &str = "moved.json";
 const LOCK_FILE: &str = "lock";
 const GENERATIONS: &str = "generations";
@@ -425,7 +425,7 @@ impl DirTarget {
             .map_err(io_err("fsync", &dir))
     }
 
-    /// Say, durably, that this state was moved to `to` (see [`MOVED_FILE`]).
+    /// Say, durably, that this state was moved to `to` (see `MOVED_FILE`).
     pub fn mark_moved(&self, to: &str) -> Result<(), TargetError> {
         let note = serde_json::json!({ "to": to, "time": super::now_rfc3339() });
         self.write_private(MOVED_FILE, note.to_string().as_bytes())
@@ -970,6 +970,113 @@ impl Target for DirTarget {
         format!("dir {}", self.path.display())
     }
 
+    fn live(&self) -> Result<Live, TargetError> {
+        let layout = self.check_layout()?;
+        let Some(id) = layout.current else {
+            return Ok(Live::default());
+        };
+        Ok(Live {
+            generation: Some(id),
+            resources: self.read_generation(id)?,
+        })
+    }
+
+    fn apply(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &serde_json::Value,
+    ) -> Result<GenerationId, TargetError> {
+        if let Some(problem) = resources.keys().find_map(|n| resource_name_refusal(n)) {
+            return Err(TargetError::Refused(problem));
+        }
+        let layout = self.require_stamped()?;
+        let generations = self.generations_dir();
+        ensure_dir(&generations)?;
+        let newest = self.generation_ids()?.last().copied();
+        let id = newest.max(layout.current).map_or(1, |n| n + 1);
+        let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
+        remove_any(&tmp)?;
+        fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
+        // A failed attempt (a full disk) removes what it wrote before it reports the failure,
+        // so retries do not pile up partial generations.
+        if let Err(e) = self.complete_generation(&tmp, id, resources, private, meta) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        crate::failpoint::hit("dir-before-switch");
+        self.switch_current(id)?;
+        Ok(id)
+    }
+
+    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
+        // `live` is the generation's files as just read: only its checksums are read here.
+        let Some(sums) = live
+            .generation
+            .map(|id| self.sums(id))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Drift::default());
+        };
+        Ok(Drift::between(
+            &sums,
+            &live.resources,
+            names,
+            |sum, bytes| super::sha256_hex(bytes) == *sum,
+        ))
+    }
+
+    fn drift(&self) -> Result<Drift, TargetError> {
+        let layout = self.check_layout()?;
+        let Some(id) = layout.current else {
+            return Ok(Drift::default());
+        };
+        let Some(sums) = self.sums(id)? else {
+            return Ok(Drift::default());
+        };
+        let live = self.read_generation(id)?;
+        let mut drift = Drift {
+            checked: true,
+            ..Drift::default()
+        };
+        for (name, sum) in &sums {
+            match live.get(name) {
+                None => drift.removed.push(name.clone()),
+                Some(bytes) if super::sha256_hex(bytes) != *sum => drift.edited.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        drift.added = live
+            .keys()
+            .filter(|n| !sums.contains_key(*n))
+            .cloned()
+            .collect();
+        Ok(drift)
+    }
+
+    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        if !self.generation_ids()?.contains(&id) {
+            return Err(TargetError::NoGeneration(id));
+        }
+        // Never make a generation live that could not be read back.
+        self.read_generation(id)?;
+        self.switch_current(id)
+    }
+
+    fn deactivate(&self) -> Result<(), TargetError> {
+        let layout = self.require_stamped()?;
+        if layout.current.is_none() {
+            return Ok(());
+        }
+        let current = self.path.join(CURRENT);
+        fs::remove_file(&current).map_err(io_err("remove", &current))?;
+        sync_dir(&self.path)
+    }
+}
+
+impl crate::target::store::StateStore for DirTarget {
     fn stamp(&self) -> Result<StampState, TargetError> {
         let layout = self.check_layout()?;
         if !layout.exists {
@@ -1121,47 +1228,102 @@ impl Target for DirTarget {
         Ok(holder_alive(&holder).then_some(holder))
     }
 
+    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        let file = self.state_dir().join(JOURNAL_FILE);
+        match lstat(&file)? {
+            None => Ok(None),
+            Some(m) if m.is_file() => fs::read(&file).map(Some).map_err(io_err("read", &file)),
+            Some(_) => Err(TargetError::Refused(format!(
+                "{} is not a regular file (a symlink?); envlock only ever makes it a file",
+                file.display()
+            ))),
+        }
+    }
+
+    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.require_stamped()?;
+        let state = self.state_dir();
+        let tmp = state.join(format!("{JOURNAL_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        write_new_synced(&tmp, bytes)?;
+        let file = state.join(JOURNAL_FILE);
+        fs::rename(&tmp, &file).map_err(io_err("rename into place", &file))?;
+        sync_dir(&state)
+    }
+
+    fn clear_journal(&self) -> Result<(), TargetError> {
+        let state = self.state_dir();
+        let file = state.join(JOURNAL_FILE);
+        match fs::remove_file(&file) {
+            Ok(()) => sync_dir(&state),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &file)(e)),
+        }
+    }
+
+    fn state_location(&self, item: StateItem) -> String {
+        let file = match item {
+            StateItem::Stamp => STAMP_FILE,
+            StateItem::Journal => JOURNAL_FILE,
+            StateItem::Log => LOG_FILE,
+        };
+        self.state_dir().join(file).display().to_string()
+    }
+
+    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        if !self.check_layout()?.exists {
+            return Ok(None);
+        }
+        self.read_secret_key()
+    }
+
+    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
+        self.require_stamped()?;
+        if let Some(key) = self.read_secret_key()? {
+            return Ok(key);
+        }
+        let key = crate::secret::random_key()
+            .map_err(io_err("get random bytes for", &self.state_dir()))?;
+        let state = self.state_dir();
+        let tmp = state.join(format!("{SECRET_KEY_TMP_PREFIX}{}", std::process::id()));
+        remove_any(&tmp)?;
+        let mut text = crate::secret::hex(&key);
+        text.push('\n');
+        write_new_synced_mode(&tmp, text.as_bytes(), PRIVATE_MODE)?;
+        let file = state.join(SECRET_KEY_FILE);
+        // A hard link never replaces an existing key: whoever linked first wins.
+        let linked = fs::hard_link(&tmp, &file);
+        remove_any(&tmp)?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &file)(e)),
+        }
+        sync_dir(&state)?;
+        self.read_secret_key()?
+            .ok_or_else(|| TargetError::Corrupt(format!("{} vanished", file.display())))
+    }
+
+    fn describe_state(&self) -> String {
+        Target::describe(self)
+    }
+
+    fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
+        self.read_private(name)
+    }
+
+    fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
+        self.write_private(name, bytes)
+    }
+
+    fn clear_blob(&self, name: &str) -> Result<(), TargetError> {
+        self.remove_private(name)
+    }
+}
+
+impl crate::target::store::GenerationStore for DirTarget {
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
         Ok(self.check_layout()?.current)
-    }
-
-    fn live(&self) -> Result<Live, TargetError> {
-        let layout = self.check_layout()?;
-        let Some(id) = layout.current else {
-            return Ok(Live::default());
-        };
-        Ok(Live {
-            generation: Some(id),
-            resources: self.read_generation(id)?,
-        })
-    }
-
-    fn apply(
-        &self,
-        resources: &BTreeMap<String, Vec<u8>>,
-        private: &BTreeSet<String>,
-        meta: &serde_json::Value,
-    ) -> Result<GenerationId, TargetError> {
-        if let Some(problem) = resources.keys().find_map(|n| resource_name_refusal(n)) {
-            return Err(TargetError::Refused(problem));
-        }
-        let layout = self.require_stamped()?;
-        let generations = self.generations_dir();
-        ensure_dir(&generations)?;
-        let newest = self.generation_ids()?.last().copied();
-        let id = newest.max(layout.current).map_or(1, |n| n + 1);
-        let tmp = generations.join(format!("{TMP_PREFIX}{id}-{}", std::process::id()));
-        remove_any(&tmp)?;
-        fs::create_dir(&tmp).map_err(io_err("create directory", &tmp))?;
-        // A failed attempt (a full disk) removes what it wrote before it reports the failure,
-        // so retries do not pile up partial generations.
-        if let Err(e) = self.complete_generation(&tmp, id, resources, private, meta) {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        crate::failpoint::hit("dir-before-switch");
-        self.switch_current(id)?;
-        Ok(id)
     }
 
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
@@ -1170,52 +1332,6 @@ impl Target for DirTarget {
             return Err(TargetError::NoGeneration(id));
         }
         self.read_generation(id)
-    }
-
-    fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
-        // `live` is the generation's files as just read: only its checksums are read here.
-        let Some(sums) = live
-            .generation
-            .map(|id| self.sums(id))
-            .transpose()?
-            .flatten()
-        else {
-            return Ok(Drift::default());
-        };
-        Ok(Drift::between(
-            &sums,
-            &live.resources,
-            names,
-            |sum, bytes| super::sha256_hex(bytes) == *sum,
-        ))
-    }
-
-    fn drift(&self) -> Result<Drift, TargetError> {
-        let layout = self.check_layout()?;
-        let Some(id) = layout.current else {
-            return Ok(Drift::default());
-        };
-        let Some(sums) = self.sums(id)? else {
-            return Ok(Drift::default());
-        };
-        let live = self.read_generation(id)?;
-        let mut drift = Drift {
-            checked: true,
-            ..Drift::default()
-        };
-        for (name, sum) in &sums {
-            match live.get(name) {
-                None => drift.removed.push(name.clone()),
-                Some(bytes) if super::sha256_hex(bytes) != *sum => drift.edited.push(name.clone()),
-                Some(_) => {}
-            }
-        }
-        drift.added = live
-            .keys()
-            .filter(|n| !sums.contains_key(*n))
-            .cloned()
-            .collect();
-        Ok(drift)
     }
 
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
@@ -1237,16 +1353,6 @@ impl Target for DirTarget {
     fn newest_generation(&self) -> Result<Option<GenerationId>, TargetError> {
         self.check_layout()?;
         Ok(self.generation_ids()?.last().copied())
-    }
-
-    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
-        self.require_stamped()?;
-        if !self.generation_ids()?.contains(&id) {
-            return Err(TargetError::NoGeneration(id));
-        }
-        // Never make a generation live that could not be read back.
-        self.read_generation(id)?;
-        self.switch_current(id)
     }
 
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
@@ -1338,92 +1444,25 @@ impl Target for DirTarget {
         fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))
     }
 
-    fn deactivate(&self) -> Result<(), TargetError> {
-        let layout = self.require_stamped()?;
-        if layout.current.is_none() {
-            return Ok(());
-        }
-        let current = self.path.join(CURRENT);
-        fs::remove_file(&current).map_err(io_err("remove", &current))?;
-        sync_dir(&self.path)
+    /// A `dir` generation is its files: recording one is applying it.
+    fn record(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &serde_json::Value,
+    ) -> Result<GenerationId, TargetError> {
+        Target::apply(self, resources, private, meta)
     }
 
-    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        let file = self.state_dir().join(JOURNAL_FILE);
-        match lstat(&file)? {
-            None => Ok(None),
-            Some(m) if m.is_file() => fs::read(&file).map(Some).map_err(io_err("read", &file)),
-            Some(_) => Err(TargetError::Refused(format!(
-                "{} is not a regular file (a symlink?); envlock only ever makes it a file",
-                file.display()
-            ))),
+    fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError> {
+        match id {
+            Some(id) => Target::activate(self, id),
+            None => Target::deactivate(self),
         }
     }
+}
 
-    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
-        self.require_stamped()?;
-        let state = self.state_dir();
-        let tmp = state.join(format!("{JOURNAL_TMP_PREFIX}{}", std::process::id()));
-        remove_any(&tmp)?;
-        write_new_synced(&tmp, bytes)?;
-        let file = state.join(JOURNAL_FILE);
-        fs::rename(&tmp, &file).map_err(io_err("rename into place", &file))?;
-        sync_dir(&state)
-    }
-
-    fn clear_journal(&self) -> Result<(), TargetError> {
-        let state = self.state_dir();
-        let file = state.join(JOURNAL_FILE);
-        match fs::remove_file(&file) {
-            Ok(()) => sync_dir(&state),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &file)(e)),
-        }
-    }
-
-    fn state_location(&self, item: StateItem) -> String {
-        let file = match item {
-            StateItem::Stamp => STAMP_FILE,
-            StateItem::Journal => JOURNAL_FILE,
-            StateItem::Log => LOG_FILE,
-        };
-        self.state_dir().join(file).display().to_string()
-    }
-
-    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        if !self.check_layout()?.exists {
-            return Ok(None);
-        }
-        self.read_secret_key()
-    }
-
-    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
-        self.require_stamped()?;
-        if let Some(key) = self.read_secret_key()? {
-            return Ok(key);
-        }
-        let key = crate::secret::random_key()
-            .map_err(io_err("get random bytes for", &self.state_dir()))?;
-        let state = self.state_dir();
-        let tmp = state.join(format!("{SECRET_KEY_TMP_PREFIX}{}", std::process::id()));
-        remove_any(&tmp)?;
-        let mut text = crate::secret::hex(&key);
-        text.push('\n');
-        write_new_synced_mode(&tmp, text.as_bytes(), PRIVATE_MODE)?;
-        let file = state.join(SECRET_KEY_FILE);
-        // A hard link never replaces an existing key: whoever linked first wins.
-        let linked = fs::hard_link(&tmp, &file);
-        remove_any(&tmp)?;
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", &file)(e)),
-        }
-        sync_dir(&state)?;
-        self.read_secret_key()?
-            .ok_or_else(|| TargetError::Corrupt(format!("{} vanished", file.display())))
-    }
-
+impl crate::target::store::LogStore for DirTarget {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         let path = self.state_dir().join(LOG_FILE);
         let mut file = match self.open_log(&path)? {
@@ -1658,6 +1697,7 @@ impl DirTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::store::{GenerationStore, StateStore};
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;

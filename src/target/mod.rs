@@ -156,7 +156,7 @@ pub struct GenerationInfo {
     pub created: String,
     /// True for the generation readers see now.
     pub live: bool,
-    /// Why it failed its health check, when it did (see [`Target::mark_failed`]).
+    /// Why it failed its health check, when it did (see [`store::GenerationStore::mark_failed`]).
     pub failed: Option<String>,
     /// The metadata given to [`Target::apply`], as stored.
     pub meta: serde_json::Value,
@@ -232,12 +232,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// What [`Target::prune`] removed.
+/// What [`store::GenerationStore::prune`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Pruned {
     /// Generations deleted, oldest first.
     pub generations: Vec<GenerationId>,
-    /// Leftovers of interrupted runs that were deleted (see [`Target::leftovers`]).
+    /// Leftovers of interrupted runs that were deleted (see [`store::GenerationStore::leftovers`]).
     pub leftovers: Vec<String>,
 }
 
@@ -320,15 +320,13 @@ impl From<TargetError> for Failure {
     }
 }
 
-/// One kind of place where settings land. Callers hold the lock for every call that writes.
-pub trait Target {
+/// One kind of place where settings land: the resources (read, apply, undo). Its state (stamp,
+/// lock, journals, generations, log) is the [`store::Store`] supertrait: `dir` and `etcd`
+/// keep it with their resources (their atomic step writes both), an `exec` target in the
+/// store its configuration names. Callers hold the lock for every call that writes.
+pub trait Target: store::Store {
     /// A short human description, e.g. `dir /srv/asr`.
     fn describe(&self) -> String;
-    /// Who the target belongs to. Also refuses a layout that leaves the target (symlinks).
-    fn stamp(&self) -> Result<StampState, TargetError>;
-    /// Adopt the target: create it if needed and write the stamp durably. Refuses to replace a
-    /// stamp of another environment or account, and to stamp a non-empty unstamped target.
-    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError>;
     /// The account the target's own credentials reach, and who they are (an `exec` provider's
     /// `identity`), for the owner check before anything is read; `None` when the target cannot
     /// tell.
@@ -337,7 +335,7 @@ pub trait Target {
     }
     /// For a target whose stamp is absent, called after the owner checks: what it already holds
     /// that envlock did not write (the first names, sorted, and how many in all), which refuses
-    /// the adoption. `dir` and `etcd` report this through [`Target::stamp`] already.
+    /// the adoption. `dir` and `etcd` report this through [`store::StateStore::stamp`] already.
     fn unadopted_contents(&self) -> Result<Option<(Vec<String>, usize)>, TargetError> {
         Ok(None)
     }
@@ -347,12 +345,6 @@ pub trait Target {
     fn settle(&self) -> Result<Option<String>, TargetError> {
         Ok(None)
     }
-    /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
-    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
-    /// Who holds the deployment lock now (`None`: nobody), found without taking it, so that a
-    /// deployer's [`Target::lock`] is never made to wait or fail by the one who asks. A holder
-    /// that died no longer counts.
-    fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
     /// The live generation and its resources.
     fn live(&self) -> Result<Live, TargetError>;
     /// Resources of the last [`Target::live`] that the target itself stores as secret (an
@@ -361,8 +353,6 @@ pub trait Target {
     fn secret_resources(&self) -> BTreeSet<String> {
         BTreeSet::new()
     }
-    /// Only the id of the live generation (cheap: no resource is read).
-    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
     /// Whether [`Target::apply`] of `resources` over the live state last read can be done
     /// atomically at all (an etcd transaction has limits); checked before anything is written.
     fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
@@ -403,8 +393,6 @@ pub trait Target {
         self.log_append(line)?;
         self.clear_journal()
     }
-    /// The resources of one kept generation, exactly as stored.
-    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
     /// How the live resources differ from what was written into the live generation (hand
     /// edits, files added or removed behind envlock's back).
     fn drift(&self) -> Result<Drift, TargetError>;
@@ -416,17 +404,6 @@ pub trait Target {
         let mut drift = self.drift()?;
         drift.retain(names);
         Ok(drift)
-    }
-    /// Every generation kept, oldest first.
-    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
-    /// The generation `id`, `None` when it is not kept. A target that can read one generation
-    /// alone says so; by default, from all of them.
-    fn generation(&self, id: GenerationId) -> Result<Option<GenerationInfo>, TargetError> {
-        Ok(self.generations()?.into_iter().find(|g| g.id == id))
-    }
-    /// The highest generation id kept. By default, from all the generations.
-    fn newest_generation(&self) -> Result<Option<GenerationId>, TargetError> {
-        Ok(self.generations()?.iter().map(|g| g.id).max())
     }
     /// Make an existing generation live atomically.
     fn activate(&self, id: GenerationId) -> Result<(), TargetError>;
@@ -447,63 +424,11 @@ pub trait Target {
             None => self.deactivate(),
         }
     }
-    /// Keep the newest `keep` generations plus the live one, delete the rest and any leftovers.
-    fn prune(&self, keep: usize) -> Result<Pruned, TargetError>;
-    /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
-    /// next run to report. [`Target::prune`] removes them.
-    fn leftovers(&self) -> Result<Vec<String>, TargetError>;
-    /// Remove those leftovers now; every run that takes the lock does, so work in progress of
-    /// a run that was killed (a generation being pruned) never stays on disk. Returns them.
-    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
-        Ok(Vec::new())
-    }
-    /// Record that a generation failed its health check, so that a rollback never picks it
-    /// by default. Its resources stay as they were.
-    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError>;
-    /// Delete a generation that is not live (one an interrupted apply wrote but never made
-    /// live). Deleting one that does not exist is not an error.
-    fn discard(&self, id: GenerationId) -> Result<(), TargetError>;
     /// Make no generation live (undo the very first apply). Generations are kept.
     fn deactivate(&self) -> Result<(), TargetError>;
-    /// The crash journal of an unfinished deployment, if one was left behind.
-    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError>;
-    /// Replace the crash journal durably (write, fsync, rename, fsync the directory).
-    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError>;
-    /// Remove the crash journal durably; no journal is not an error.
-    fn clear_journal(&self) -> Result<(), TargetError>;
-    /// Where envlock keeps one item of its state for this target, for messages: a path for
-    /// `dir`, a key for `etcd`.
-    fn state_location(&self, item: StateItem) -> String;
-    /// The key that secrets are hashed with (HMAC-SHA256); `None` when none was created yet.
-    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError>;
-    /// Create the secret key durably if there is none (readable by its owner only), and return
-    /// the key. Called under the deployment lock.
-    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError>;
-    /// The end of the deployment log: its last complete line and any incomplete bytes after
-    /// it. Reads only the end of the log, whatever its length.
-    fn log_tail(&self) -> Result<LogTail, TargetError>;
-    /// The whole deployment log (`None`: no record was ever written).
-    fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError>;
-    /// Append one complete line to the deployment log durably. The caller holds the lock.
-    fn log_append(&self, line: &[u8]) -> Result<(), TargetError>;
-    /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
-    /// during crash recovery).
-    fn log_cut(&self, len: u64) -> Result<(), TargetError>;
-    /// True when the log is exactly as this target's last append left it (nobody wrote it
-    /// since), so only its tail needs reading before the next append; false when that cannot
-    /// be told cheaply, and the whole log must be verified.
-    fn log_untouched(&self) -> Result<bool, TargetError> {
-        Ok(false)
-    }
-    /// When the log is shorter than this target's last append left it (a log only grows, so
-    /// records at its end were removed, which no hash chain can show): what was and what is.
-    /// `None` when it is not shorter, or when that cannot be told (no checkpoint).
-    fn log_removed(&self) -> Result<Option<String>, TargetError> {
-        Ok(None)
-    }
 }
 
-/// The items of state every target keeps (see [`Target::state_location`]).
+/// The items of state every target keeps (see [`store::StateStore::state_location`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateItem {
     Stamp,
@@ -525,6 +450,53 @@ pub struct LogTail {
 /// A held deployment lock; dropping it releases the lock.
 pub trait LockGuard: std::fmt::Debug {
     fn holder(&self) -> &Holder;
+}
+
+/// Random bytes from the kernel for `what` (a secret key, a transaction id).
+pub fn random_bytes(what: &str) -> Result<Vec<u8>, TargetError> {
+    crate::secret::random_key().map_err(|e| TargetError::Io {
+        what: "read random bytes for".into(),
+        path: what.into(),
+        source: e,
+    })
+}
+
+/// A thread that renews a lock's lease every `every` until dropped (then it is stopped and
+/// joined). `renew` returns false when the lease is lost: renewing stops.
+#[derive(Debug)]
+pub struct Renewal {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewal {
+    pub fn start(
+        every: std::time::Duration,
+        mut renew: impl FnMut() -> bool + Send + 'static,
+    ) -> Renewal {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                if !renew() {
+                    return;
+                }
+            }
+        });
+        Renewal {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The current time as RFC 3339 UTC with seconds, e.g. `2026-11-21T20:25:30Z`.

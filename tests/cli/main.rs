@@ -36,6 +36,8 @@ mod reviewed;
 mod sarif;
 mod seal;
 mod secrets;
+#[cfg(feature = "failpoints")]
+mod shared_state;
 mod signing;
 mod state;
 mod status;

@@ -573,6 +573,37 @@ impl Client {
         })
     }
 
+    /// Take the lock `key` for `ttl` seconds: a key bound to a new lease, written only if
+    /// absent. `Ok((lease, create_revision))`, or `Err(value)`: the value of the key someone
+    /// else holds (its lease is revoked again).
+    pub fn lease_lock(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: i64,
+    ) -> Result<Result<(i64, i64), Vec<u8>>, EtcdError> {
+        let lease = self.lease_grant(ttl)?;
+        let result = self.txn(
+            vec![cmp_absent(key)],
+            vec![op_put_leased(key, value, lease), op_get(key)],
+            vec![op_get(key)],
+        )?;
+        let kv = result
+            .responses
+            .iter()
+            .find_map(|r| r.get("response_range"))
+            .map(kvs)
+            .and_then(|k| k.into_iter().next());
+        if !result.succeeded {
+            let _ = self.lease_revoke(lease);
+            return Ok(Err(kv.map(|kv| kv.value).unwrap_or_default()));
+        }
+        Ok(Ok((
+            lease,
+            kv.map_or(result.revision, |kv| kv.create_revision),
+        )))
+    }
+
     /// A new lease of `ttl` seconds; its id.
     pub fn lease_grant(&self, ttl: i64) -> Result<i64, EtcdError> {
         let answer = self.call("/v3/lease/grant", &json!({"TTL": ttl.to_string()}))?;

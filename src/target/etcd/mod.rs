@@ -33,7 +33,6 @@
 pub mod client;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ use serde_json::{Value, json};
 
 use self::client::{
     Client, EtcdError, Kv, Security, cmp_absent, cmp_created, cmp_mod, cmp_range_unmodified_since,
-    cmp_value, op_delete, op_put, op_put_leased, prefix_end,
+    cmp_value, op_delete, op_put, prefix_end,
 };
 use super::{
     Drift, GenerationId, GenerationInfo, Holder, Live, LockGuard, LogTail, Pruned, Stamp,
@@ -106,6 +105,7 @@ struct Written {
     keys: Vec<Vec<u8>>,
 }
 
+/// (`Debug` shows where it is, never its cached reads.)
 pub struct EtcdTarget {
     client: Arc<Client>,
     settings: EtcdSettings,
@@ -187,6 +187,15 @@ pub fn resource_toml_from_json(stored: &[u8]) -> Vec<u8> {
 
 fn gen_key_suffix(id: GenerationId) -> String {
     format!("{id:020}")
+}
+
+impl std::fmt::Debug for EtcdTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTarget")
+            .field("endpoints", &self.settings.endpoints)
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdTarget {
@@ -308,6 +317,18 @@ impl EtcdTarget {
     }
 
     /// Why guards failed: the stamp changed or the lock lapsed.
+    /// `ops` in one transaction guarded by the stamp and this process's lock.
+    fn guarded(&self, what: &str, ops: Vec<Value>) -> Result<(), TargetError> {
+        let r = self.send(what, self.guards()?, ops)?;
+        if !r.succeeded {
+            return Err(TargetError::Refused(
+                self.guard_problem()?
+                    .unwrap_or_else(|| format!("could not {what}")),
+            ));
+        }
+        Ok(())
+    }
+
     fn guard_problem(&self) -> Result<Option<String>, TargetError> {
         if let Some(h) = *locked(&self.held) {
             let lock = self.get(&self.key("lock"), "read the lock")?;
@@ -589,13 +610,7 @@ impl EtcdTarget {
                     .saturating_sub(self.settings.keep.saturating_sub(2)),
             )
             .collect();
-        let nonce = crate::secret::hex(
-            &crate::secret::random_key().map_err(|e| TargetError::Io {
-                what: "read random bytes for".into(),
-                path: "the transaction id".into(),
-                source: e,
-            })?[..8],
-        );
+        let nonce = crate::secret::hex(&crate::target::random_bytes("the transaction id")?[..8]);
         let record = json!({
             "meta": meta,
             "txn": nonce,
@@ -826,8 +841,7 @@ impl EtcdTarget {
 #[derive(Debug)]
 struct EtcdLock {
     holder: Holder,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    renewal: Option<super::Renewal>,
     client: Arc<Client>,
     lease: i64,
     held: Arc<Mutex<Option<Held>>>,
@@ -841,10 +855,7 @@ impl LockGuard for EtcdLock {
 
 impl Drop for EtcdLock {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.renewal.take());
         *locked(&self.held) = None;
         // Revoking deletes the lock key; if it fails the lease lapses on its own.
         let _ = self.client.lease_revoke(self.lease);
@@ -860,6 +871,184 @@ impl Target for EtcdTarget {
         )
     }
 
+    fn live(&self) -> Result<Live, TargetError> {
+        let (now, rev, current) = self.snapshot()?;
+        let resources = now
+            .iter()
+            .map(|(k, kv)| (self.resource_name(k), resource_toml_from_json(&kv.value)))
+            .collect();
+        *locked(&self.read) = Some(ReadSet {
+            revision: rev,
+            keys: now
+                .iter()
+                .map(|(k, kv)| (k.clone(), kv.mod_revision))
+                .collect(),
+            values: now.into_iter().map(|(k, kv)| (k, kv.value)).collect(),
+            current_rev: current.map(|(_, r)| r).unwrap_or(0),
+            current_id: current.map(|(id, _)| id),
+        });
+        Ok(Live {
+            generation: current.map(|(id, _)| id),
+            resources,
+        })
+    }
+
+    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
+        let read = match locked(&self.read).clone() {
+            Some(r) => r,
+            None => {
+                self.live()?;
+                locked(&self.read).clone().unwrap_or_default()
+            }
+        };
+        let values = Self::stored_values(resources)?;
+        // The real record's size: metadata is small next to the resources.
+        let record = json!({
+            "meta": {},
+            "txn": "0000000000000000",
+            "private": [],
+            "created": "",
+            "before": self.before(&read, &values),
+        });
+        let stored = Self::stored_record(&values);
+        let placeholder = vec![
+            cmp_value(&self.key("stamp"), &[b'x'; 128]),
+            cmp_created(&self.key("lock"), 1),
+        ];
+        let (compares, ops, _) = self.build_apply(&read, &values, 1, &record, &stored, placeholder);
+        self.check_limits("this change", &compares, &ops)
+    }
+
+    fn apply(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+    ) -> Result<GenerationId, TargetError> {
+        self.apply_txn(resources, private, meta, None)
+    }
+
+    fn atomic_bookkeeping(&self) -> bool {
+        true
+    }
+
+    fn apply_journaled(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+        journal: &dyn Fn(GenerationId) -> Vec<u8>,
+    ) -> Result<GenerationId, TargetError> {
+        self.apply_txn(resources, private, meta, Some(journal))
+    }
+
+    fn log_append_clear_journal(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.append_record(line, true)
+    }
+
+    fn drift(&self) -> Result<Drift, TargetError> {
+        let (now, _, current) = self.snapshot()?;
+        let Some((id, _)) = current else {
+            return Ok(Drift::default());
+        };
+        let written = self.generation_values(id)?;
+        let mut drift = Drift {
+            checked: true,
+            ..Drift::default()
+        };
+        for (name, value) in &written {
+            match now.get(&self.resource_key(name)) {
+                None => drift.removed.push(name.clone()),
+                Some(kv) if kv.value != *value => drift.edited.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        for key in now.keys() {
+            let name = self.resource_name(key);
+            if !written.contains_key(&name) {
+                drift.added.push(name);
+            }
+        }
+        Ok(drift)
+    }
+
+    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
+        let values = self.generation_values(id)?;
+        self.switch_to(
+            &format!("make generation {id} live"),
+            &values,
+            Some(id),
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    fn undo_apply(
+        &self,
+        failed: GenerationId,
+        previous: Option<GenerationId>,
+    ) -> Result<(), TargetError> {
+        let before = self
+            .generation_record(failed)?
+            .and_then(|(v, _)| v.get("before").and_then(Value::as_object).cloned());
+        // A generation written before `before` was recorded: its predecessor's values.
+        let Some(before) = before else {
+            return match previous {
+                Some(p) => self.activate(p),
+                None => self.deactivate(),
+            };
+        };
+        let wrote = self.generation_values(failed)?;
+        let (now, _) = self.read_prefix()?;
+        let mut values: BTreeMap<String, Vec<u8>> = now
+            .into_iter()
+            .map(|(k, kv)| (self.resource_name(&k), kv.value))
+            .collect();
+        for (name, was) in &before {
+            // Only over what that apply wrote: a key changed since is someone else's.
+            if values.get(name) != wrote.get(name) {
+                return Err(TargetError::Refused(format!(
+                    "`{}` was changed by someone else after generation {failed} wrote it; refusing to restore what was there before over it",
+                    self.show(&self.resource_key(name))
+                )));
+            }
+            match was {
+                Value::Null => {
+                    values.remove(name);
+                }
+                Value::String(text) => {
+                    values.insert(name.clone(), text.as_bytes().to_vec());
+                }
+                other => {
+                    let bytes = other
+                        .get("base64")
+                        .and_then(Value::as_str)
+                        .and_then(client::unb64)
+                        .ok_or_else(|| {
+                            TargetError::Corrupt(format!(
+                                "generation {failed}'s record keeps `{name}` in an unknown form"
+                            ))
+                        })?;
+                    values.insert(name.clone(), bytes);
+                }
+            }
+        }
+        self.switch_to(
+            &format!("restore what was live before generation {failed}"),
+            &values,
+            previous,
+            vec![],
+        )?;
+        Ok(())
+    }
+
+    fn deactivate(&self) -> Result<(), TargetError> {
+        self.switch_to("undo the first deployment", &BTreeMap::new(), None, vec![])?;
+        Ok(())
+    }
+}
+
+impl crate::target::store::StateStore for EtcdTarget {
     fn stamp(&self) -> Result<StampState, TargetError> {
         let key = self.key("stamp");
         if let Some(kv) = self.get(&key, "read the stamp")? {
@@ -941,137 +1130,118 @@ impl Target for EtcdTarget {
 
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
         let ttl = self.settings.lock_ttl.as_secs().max(1) as i64;
-        let lease = self
-            .client
-            .lease_grant(ttl)
-            .map_err(|e| self.remote("take the deployment lock", e))?;
-        let key = self.key("lock");
         let value = serde_json::to_vec(holder)
             .map_err(|e| TargetError::Corrupt(format!("cannot serialise the lock holder: {e}")))?;
-        let result = self
+        let (lease, created) = match self
             .client
-            .txn(
-                vec![cmp_absent(&key)],
-                vec![op_put_leased(&key, &value, lease), client::op_get(&key)],
-                vec![client::op_get(&key)],
-            )
-            .map_err(|e| self.remote("take the deployment lock", e))?;
-        let kv = result
-            .responses
-            .iter()
-            .find_map(|r| r.get("response_range"))
-            .map(client::kvs)
-            .and_then(|k| k.into_iter().next());
-        if !result.succeeded {
-            let _ = self.client.lease_revoke(lease);
-            let who = kv
-                .and_then(|kv| serde_json::from_slice::<Holder>(&kv.value).ok())
-                .unwrap_or_else(Holder::unknown);
-            return Err(TargetError::Locked(who));
-        }
-        let created = kv.map(|kv| kv.create_revision).unwrap_or(result.revision);
+            .lease_lock(&self.key("lock"), &value, ttl)
+            .map_err(|e| self.remote("take the deployment lock", e))?
+        {
+            Ok(taken) => taken,
+            Err(other) => {
+                return Err(TargetError::Locked(
+                    serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown()),
+                ));
+            }
+        };
         *locked(&self.held) = Some(Held { created });
-        let (stop, stopped) = mpsc::channel::<()>();
         let client = Arc::clone(&self.client);
         let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
-        let thread = std::thread::spawn(move || {
-            loop {
-                match stopped.recv_timeout(every) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                // Expired, or etcd unreachable: every later write's lock compare fails and
-                // says so; keep trying in case the cluster comes back in time.
-                let _ = client.lease_keepalive(lease);
-            }
+        // Expired, or etcd unreachable: every later write's lock compare fails and says so;
+        // keep trying in case the cluster comes back in time.
+        let renewal = super::Renewal::start(every, move || {
+            let _ = client.lease_keepalive(lease);
+            true
         });
         Ok(Box::new(EtcdLock {
             holder: holder.clone(),
-            stop: Some(stop),
-            thread: Some(thread),
+            renewal: Some(renewal),
             client: Arc::clone(&self.client),
             lease,
             held: Arc::clone(&self.held),
         }))
     }
 
+    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        Ok(self
+            .get(&self.key("journal"), "read the journal")?
+            .map(|kv| kv.value))
+    }
+
+    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.guarded(
+            "write the journal",
+            vec![op_put(&self.key("journal"), bytes)],
+        )
+    }
+
+    fn clear_journal(&self) -> Result<(), TargetError> {
+        self.guarded("clear the journal", vec![op_delete(&self.key("journal"))])
+    }
+
+    fn state_location(&self, item: StateItem) -> String {
+        let suffix = match item {
+            StateItem::Stamp => "stamp",
+            StateItem::Journal => "journal",
+            StateItem::Log => "log/",
+        };
+        format!("etcd key {}{suffix}", String::from_utf8_lossy(&self.root))
+    }
+
+    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
+        let key = self.key("secret-key");
+        let Some(kv) = self.get(&key, "read the secret key")? else {
+            return Ok(None);
+        };
+        crate::secret::unhex(&String::from_utf8_lossy(&kv.value))
+            .map(Some)
+            .ok_or_else(|| TargetError::Corrupt(format!("{} is not hex", self.show(&key))))
+    }
+
+    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
+        if let Some(k) = self.secret_key()? {
+            return Ok(k);
+        }
+        let key = crate::target::random_bytes("the secret key")?;
+        let name = self.key("secret-key");
+        let mut compares = self.guards()?;
+        compares.push(cmp_absent(&name));
+        let r = self.send(
+            "create the secret key",
+            compares,
+            vec![op_put(&name, crate::secret::hex(&key).as_bytes())],
+        )?;
+        if !r.succeeded {
+            return self
+                .secret_key()?
+                .ok_or_else(|| TargetError::Refused("the secret key could not be created".into()));
+        }
+        Ok(key)
+    }
+
+    fn describe_state(&self) -> String {
+        Target::describe(self)
+    }
+
+    fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
+        let key = self.key(&format!("blob/{name}"));
+        Ok(self.get(&key, "read envlock's state")?.map(|kv| kv.value))
+    }
+
+    fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
+        let ops = vec![op_put(&self.key(&format!("blob/{name}")), bytes)];
+        self.guarded("write envlock's state", ops)
+    }
+
+    fn clear_blob(&self, name: &str) -> Result<(), TargetError> {
+        let ops = vec![op_delete(&self.key(&format!("blob/{name}")))];
+        self.guarded("write envlock's state", ops)
+    }
+}
+
+impl crate::target::store::GenerationStore for EtcdTarget {
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
         Ok(self.current()?.map(|(id, _)| id))
-    }
-
-    fn live(&self) -> Result<Live, TargetError> {
-        let (now, rev, current) = self.snapshot()?;
-        let resources = now
-            .iter()
-            .map(|(k, kv)| (self.resource_name(k), resource_toml_from_json(&kv.value)))
-            .collect();
-        *locked(&self.read) = Some(ReadSet {
-            revision: rev,
-            keys: now
-                .iter()
-                .map(|(k, kv)| (k.clone(), kv.mod_revision))
-                .collect(),
-            values: now.into_iter().map(|(k, kv)| (k, kv.value)).collect(),
-            current_rev: current.map(|(_, r)| r).unwrap_or(0),
-            current_id: current.map(|(id, _)| id),
-        });
-        Ok(Live {
-            generation: current.map(|(id, _)| id),
-            resources,
-        })
-    }
-
-    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
-        let read = match locked(&self.read).clone() {
-            Some(r) => r,
-            None => {
-                self.live()?;
-                locked(&self.read).clone().unwrap_or_default()
-            }
-        };
-        let values = Self::stored_values(resources)?;
-        // The real record's size: metadata is small next to the resources.
-        let record = json!({
-            "meta": {},
-            "txn": "0000000000000000",
-            "private": [],
-            "created": "",
-            "before": self.before(&read, &values),
-        });
-        let stored = Self::stored_record(&values);
-        let placeholder = vec![
-            cmp_value(&self.key("stamp"), &[b'x'; 128]),
-            cmp_created(&self.key("lock"), 1),
-        ];
-        let (compares, ops, _) = self.build_apply(&read, &values, 1, &record, &stored, placeholder);
-        self.check_limits("this change", &compares, &ops)
-    }
-
-    fn apply(
-        &self,
-        resources: &BTreeMap<String, Vec<u8>>,
-        private: &BTreeSet<String>,
-        meta: &Value,
-    ) -> Result<GenerationId, TargetError> {
-        self.apply_txn(resources, private, meta, None)
-    }
-
-    fn atomic_bookkeeping(&self) -> bool {
-        true
-    }
-
-    fn apply_journaled(
-        &self,
-        resources: &BTreeMap<String, Vec<u8>>,
-        private: &BTreeSet<String>,
-        meta: &Value,
-        journal: &dyn Fn(GenerationId) -> Vec<u8>,
-    ) -> Result<GenerationId, TargetError> {
-        self.apply_txn(resources, private, meta, Some(journal))
-    }
-
-    fn log_append_clear_journal(&self, line: &[u8]) -> Result<(), TargetError> {
-        self.append_record(line, true)
     }
 
     fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
@@ -1080,32 +1250,6 @@ impl Target for EtcdTarget {
             .into_iter()
             .map(|(k, v)| (k, resource_toml_from_json(&v)))
             .collect())
-    }
-
-    fn drift(&self) -> Result<Drift, TargetError> {
-        let (now, _, current) = self.snapshot()?;
-        let Some((id, _)) = current else {
-            return Ok(Drift::default());
-        };
-        let written = self.generation_values(id)?;
-        let mut drift = Drift {
-            checked: true,
-            ..Drift::default()
-        };
-        for (name, value) in &written {
-            match now.get(&self.resource_key(name)) {
-                None => drift.removed.push(name.clone()),
-                Some(kv) if kv.value != *value => drift.edited.push(name.clone()),
-                Some(_) => {}
-            }
-        }
-        for key in now.keys() {
-            let name = self.resource_name(key);
-            if !written.contains_key(&name) {
-                drift.added.push(name);
-            }
-        }
-        Ok(drift)
     }
 
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
@@ -1149,76 +1293,6 @@ impl Target for EtcdTarget {
         }
         out.sort_by_key(|g| g.id);
         Ok(out)
-    }
-
-    fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
-        let values = self.generation_values(id)?;
-        self.switch_to(
-            &format!("make generation {id} live"),
-            &values,
-            Some(id),
-            vec![],
-        )?;
-        Ok(())
-    }
-
-    fn undo_apply(
-        &self,
-        failed: GenerationId,
-        previous: Option<GenerationId>,
-    ) -> Result<(), TargetError> {
-        let before = self
-            .generation_record(failed)?
-            .and_then(|(v, _)| v.get("before").and_then(Value::as_object).cloned());
-        // A generation written before `before` was recorded: its predecessor's values.
-        let Some(before) = before else {
-            return match previous {
-                Some(p) => self.activate(p),
-                None => self.deactivate(),
-            };
-        };
-        let wrote = self.generation_values(failed)?;
-        let (now, _) = self.read_prefix()?;
-        let mut values: BTreeMap<String, Vec<u8>> = now
-            .into_iter()
-            .map(|(k, kv)| (self.resource_name(&k), kv.value))
-            .collect();
-        for (name, was) in &before {
-            // Only over what that apply wrote: a key changed since is someone else's.
-            if values.get(name) != wrote.get(name) {
-                return Err(TargetError::Refused(format!(
-                    "`{}` was changed by someone else after generation {failed} wrote it; refusing to restore what was there before over it",
-                    self.show(&self.resource_key(name))
-                )));
-            }
-            match was {
-                Value::Null => {
-                    values.remove(name);
-                }
-                Value::String(text) => {
-                    values.insert(name.clone(), text.as_bytes().to_vec());
-                }
-                other => {
-                    let bytes = other
-                        .get("base64")
-                        .and_then(Value::as_str)
-                        .and_then(client::unb64)
-                        .ok_or_else(|| {
-                            TargetError::Corrupt(format!(
-                                "generation {failed}'s record keeps `{name}` in an unknown form"
-                            ))
-                        })?;
-                    values.insert(name.clone(), bytes);
-                }
-            }
-        }
-        self.switch_to(
-            &format!("restore what was live before generation {failed}"),
-            &values,
-            previous,
-            vec![],
-        )?;
-        Ok(())
     }
 
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
@@ -1310,91 +1384,26 @@ impl Target for EtcdTarget {
         Ok(())
     }
 
-    fn deactivate(&self) -> Result<(), TargetError> {
-        self.switch_to("undo the first deployment", &BTreeMap::new(), None, vec![])?;
-        Ok(())
+    /// An etcd generation is written in the same transaction as its resources: recording one
+    /// is applying it.
+    fn record(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+    ) -> Result<GenerationId, TargetError> {
+        Target::apply(self, resources, private, meta)
     }
 
-    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        Ok(self
-            .get(&self.key("journal"), "read the journal")?
-            .map(|kv| kv.value))
-    }
-
-    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
-        let r = self.send(
-            "write the journal",
-            self.guards()?,
-            vec![op_put(&self.key("journal"), bytes)],
-        )?;
-        if !r.succeeded {
-            return Err(TargetError::Refused(
-                self.guard_problem()?
-                    .unwrap_or_else(|| "the journal could not be written".into()),
-            ));
+    fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError> {
+        match id {
+            Some(id) => Target::activate(self, id),
+            None => Target::deactivate(self),
         }
-        Ok(())
     }
+}
 
-    fn clear_journal(&self) -> Result<(), TargetError> {
-        let r = self.send(
-            "clear the journal",
-            self.guards()?,
-            vec![op_delete(&self.key("journal"))],
-        )?;
-        if !r.succeeded {
-            return Err(TargetError::Refused(
-                self.guard_problem()?
-                    .unwrap_or_else(|| "the journal could not be cleared".into()),
-            ));
-        }
-        Ok(())
-    }
-
-    fn state_location(&self, item: StateItem) -> String {
-        let suffix = match item {
-            StateItem::Stamp => "stamp",
-            StateItem::Journal => "journal",
-            StateItem::Log => "log/",
-        };
-        format!("etcd key {}{suffix}", String::from_utf8_lossy(&self.root))
-    }
-
-    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        let key = self.key("secret-key");
-        let Some(kv) = self.get(&key, "read the secret key")? else {
-            return Ok(None);
-        };
-        crate::secret::unhex(&String::from_utf8_lossy(&kv.value))
-            .map(Some)
-            .ok_or_else(|| TargetError::Corrupt(format!("{} is not hex", self.show(&key))))
-    }
-
-    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
-        if let Some(k) = self.secret_key()? {
-            return Ok(k);
-        }
-        let key = crate::secret::random_key().map_err(|e| TargetError::Io {
-            what: "read random bytes for".into(),
-            path: "the secret key".into(),
-            source: e,
-        })?;
-        let name = self.key("secret-key");
-        let mut compares = self.guards()?;
-        compares.push(cmp_absent(&name));
-        let r = self.send(
-            "create the secret key",
-            compares,
-            vec![op_put(&name, crate::secret::hex(&key).as_bytes())],
-        )?;
-        if !r.succeeded {
-            return self
-                .secret_key()?
-                .ok_or_else(|| TargetError::Refused("the secret key could not be created".into()));
-        }
-        Ok(key)
-    }
-
+impl crate::target::store::LogStore for EtcdTarget {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         let start = self.key("log/");
         let (kvs, _, _) = self

@@ -238,7 +238,7 @@ impl ExecTarget {
 
     /// Where the undo journal is, for messages.
     fn journal_location(&self) -> String {
-        format!("{} item {EXEC_JOURNAL}", self.state.describe())
+        format!("{} item {EXEC_JOURNAL}", self.state.describe_state())
     }
 
     fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
@@ -431,6 +431,7 @@ impl ExecTarget {
     ) -> Result<(), TargetError> {
         for i in 0..journal.steps.len() {
             crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
+            self.still_held_or_stop(journal, i)?;
             let step = &journal.steps[i];
             let expect = step.before.as_ref().map(|b| b.version.as_str());
             let result = match step.op {
@@ -478,6 +479,7 @@ impl ExecTarget {
         for (b, start) in (0..total).step_by(max.max(1)).enumerate() {
             let range = start..(start + max).min(total);
             crate::failpoint::hit(&format!("exec-before-batch-{}", b + 1));
+            self.still_held_or_stop(journal, start)?;
             let items: Vec<Item<'_>> = journal.steps[range.clone()].iter().map(item_of).collect();
             let answer = self.provider.apply_batch(&items);
             crate::failpoint::hit(&format!("exec-after-batch-{}", b + 1));
@@ -498,6 +500,24 @@ impl ExecTarget {
             self.record_steps(journal, range.end - 1)?;
         }
         Ok(())
+    }
+
+    /// Before writing step `i`: the deployment lock must still be this run's (a shared store's
+    /// lease lapses when a deployer is frozen or cut off for longer than `lock_ttl`, and another
+    /// may hold it now). If it is not, nothing more is written, not even an undo: the journal
+    /// is in the store, and the next run resolves it.
+    fn still_held_or_stop(&self, journal: &ExecJournal, i: usize) -> Result<(), TargetError> {
+        let Err(e) = self.state.still_held() else {
+            return Ok(());
+        };
+        let done = journal.steps.iter().filter(|s| s.done).count();
+        Err(TargetError::Partial(format!(
+            "{e}; stopped before `{}` with {done} of {} changes made and not undone: the next \
+             run, from any machine, finishes or undoes them from the journal in {}",
+            journal.steps[i].resource,
+            journal.steps.len(),
+            self.journal_location()
+        )))
     }
 
     /// Write the journal after step `i` succeeded; a step it cannot record is undone now, while
@@ -523,9 +543,13 @@ impl ExecTarget {
         err: CallError,
         failed: Option<usize>,
     ) -> TargetError {
+        // A step the provider answered `conflict` for did not write: its check failed first.
+        // Whatever its resource holds now is another writer's, even a value equal to this
+        // step's, and is never undone.
+        let refused = failed.filter(|_| matches!(err, CallError::Conflict(_)));
         if let Ok(live) = self.provider.read() {
-            for step in &mut journal.steps[range.clone()] {
-                if !step.done {
+            for (i, step) in journal.steps[range.clone()].iter_mut().enumerate() {
+                if !step.done && Some(range.start + i) != refused {
                     judge_in_flight(step, &live);
                 }
             }
@@ -639,6 +663,13 @@ impl ExecTarget {
             if !step.done {
                 continue;
             }
+            if let Err(e) = self.state.still_held() {
+                // Another deployer may own the resources now: undoing would overwrite its work.
+                return Err(format!(
+                    "{e}; the undo stopped before `{}`: the next run, from any machine, finishes it from the journal",
+                    step.resource
+                ));
+            }
             let version = step.version.as_deref();
             let result = match (&step.op, &step.before) {
                 (StepOp::Put, Some(b)) => self
@@ -707,16 +738,8 @@ impl Target for ExecTarget {
         )
     }
 
-    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
-        self.state.check_fits(resources)
-    }
-
     fn account(&self) -> Result<Option<(String, Option<String>)>, TargetError> {
         self.provider.identity().map(Some).map_err(call_error)
-    }
-
-    fn stamp(&self) -> Result<StampState, TargetError> {
-        self.state.stamp()
     }
 
     fn unadopted_contents(&self) -> Result<Option<(Vec<String>, usize)>, TargetError> {
@@ -724,18 +747,6 @@ impl Target for ExecTarget {
         let live = self.read()?;
         Ok((!live.is_empty())
             .then(|| (live.keys().take(MAX_LISTED).cloned().collect(), live.len())))
-    }
-
-    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
-        self.state.write_stamp(stamp)
-    }
-
-    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
-        self.state.lock(holder)
-    }
-
-    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
-        self.state.lock_holder()
     }
 
     fn live(&self) -> Result<Live, TargetError> {
@@ -749,10 +760,6 @@ impl Target for ExecTarget {
             generation: self.state.live_generation()?,
             resources,
         })
-    }
-
-    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
-        self.state.live_generation()
     }
 
     fn secret_resources(&self) -> BTreeSet<String> {
@@ -776,10 +783,6 @@ impl Target for ExecTarget {
         self.converge("apply", resources, private, &|| {
             self.state.record(resources, private, meta)
         })
-    }
-
-    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
-        self.state.resources(id)
     }
 
     fn drift_of(&self, live: &Live, names: &BTreeSet<String>) -> Result<Drift, TargetError> {
@@ -821,10 +824,6 @@ impl Target for ExecTarget {
         Ok(drift)
     }
 
-    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
-        self.state.generations()
-    }
-
     fn activate(&self, id: GenerationId) -> Result<(), TargetError> {
         let want = self.state.resources(id)?;
         let private = self
@@ -864,26 +863,6 @@ impl Target for ExecTarget {
             Some(p) => self.state.make_live(Some(p)),
             None => self.state.make_live(None),
         }
-    }
-
-    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
-        self.state.prune(keep)
-    }
-
-    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
-        self.state.leftovers()
-    }
-
-    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
-        self.state.remove_leftovers()
-    }
-
-    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
-        self.state.mark_failed(id, reason)
-    }
-
-    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
-        self.state.discard(id)
     }
 
     fn deactivate(&self) -> Result<(), TargetError> {
@@ -940,6 +919,24 @@ impl Target for ExecTarget {
             ))),
         }
     }
+}
+
+impl crate::target::store::StateStore for ExecTarget {
+    fn stamp(&self) -> Result<StampState, TargetError> {
+        self.state.stamp()
+    }
+
+    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
+        self.state.write_stamp(stamp)
+    }
+
+    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
+        self.state.lock(holder)
+    }
+
+    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
+        self.state.lock_holder()
+    }
 
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
         self.state.read_journal()
@@ -965,6 +962,80 @@ impl Target for ExecTarget {
         self.state.create_secret_key()
     }
 
+    fn describe_state(&self) -> String {
+        self.state.describe_state()
+    }
+
+    fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
+        self.state.read_blob(name)
+    }
+
+    fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
+        self.state.write_blob(name, bytes)
+    }
+
+    fn clear_blob(&self, name: &str) -> Result<(), TargetError> {
+        self.state.clear_blob(name)
+    }
+
+    fn rewrites_are_cheap(&self) -> bool {
+        self.state.rewrites_are_cheap()
+    }
+
+    fn still_held(&self) -> Result<(), TargetError> {
+        self.state.still_held()
+    }
+}
+
+impl crate::target::store::GenerationStore for ExecTarget {
+    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        self.state.live_generation()
+    }
+
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
+        self.state.resources(id)
+    }
+
+    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
+        self.state.generations()
+    }
+
+    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
+        self.state.prune(keep)
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.leftovers()
+    }
+
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        self.state.remove_leftovers()
+    }
+
+    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.state.mark_failed(id, reason)
+    }
+
+    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.state.discard(id)
+    }
+
+    /// Only the state's record: the resources are [`Target::apply`]'s.
+    fn record(
+        &self,
+        resources: &BTreeMap<String, Vec<u8>>,
+        private: &BTreeSet<String>,
+        meta: &Value,
+    ) -> Result<GenerationId, TargetError> {
+        self.state.record(resources, private, meta)
+    }
+
+    fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError> {
+        self.state.make_live(id)
+    }
+}
+
+impl crate::target::store::LogStore for ExecTarget {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
         self.state.log_tail()
     }

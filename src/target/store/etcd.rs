@@ -11,8 +11,7 @@ use serde_json::Value;
 
 use super::backend::{Backend, Expect, Item, PutError, Write};
 use crate::target::etcd::client::{
-    self, Client, EtcdError, cmp_absent, cmp_created, cmp_mod, op_delete, op_put, op_put_leased,
-    prefix_end,
+    self, Client, EtcdError, cmp_absent, cmp_created, cmp_mod, op_delete, op_put, prefix_end,
 };
 use crate::target::{Holder, TargetError};
 
@@ -210,35 +209,15 @@ impl Backend for EtcdBackend {
     }
 
     fn lock(&self, holder: &Holder, ttl: Duration) -> Result<Result<String, Holder>, TargetError> {
-        let what = "take the deployment lock";
-        let lease = self
-            .client
-            .lease_grant(ttl.as_secs().max(1) as i64)
-            .map_err(|e| self.remote(what, e))?;
-        let key = self.key(LOCK);
         let value = serde_json::to_vec(holder).unwrap_or_default();
-        let result = self
+        let taken = self
             .client
-            .txn(
-                vec![cmp_absent(&key)],
-                vec![op_put_leased(&key, &value, lease), client::op_get(&key)],
-                vec![client::op_get(&key)],
-            )
-            .map_err(|e| self.remote(what, e))?;
-        let kv = result
-            .responses
-            .iter()
-            .find_map(|r| r.get("response_range"))
-            .map(client::kvs)
-            .and_then(|k| k.into_iter().next());
-        if !result.succeeded {
-            let _ = self.client.lease_revoke(lease);
-            return Ok(Err(kv
-                .and_then(|kv| serde_json::from_slice(&kv.value).ok())
-                .unwrap_or_else(Holder::unknown)));
-        }
-        let created = kv.map_or(result.revision, |kv| kv.create_revision);
-        Ok(Ok(format!("{lease}:{created}")))
+            .lease_lock(&self.key(LOCK), &value, ttl.as_secs().max(1) as i64)
+            .map_err(|e| self.remote("take the deployment lock", e))?;
+        Ok(match taken {
+            Ok((lease, created)) => Ok(format!("{lease}:{created}")),
+            Err(other) => Err(serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown())),
+        })
     }
 
     fn renew(&self, token: &str, _ttl: Duration) -> Result<bool, TargetError> {

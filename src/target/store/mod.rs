@@ -1,13 +1,15 @@
 //! Where envlock keeps its own state for a target: the stamp, the lock, the crash journals,
 //! the generations and the deployment log, apart from where the resources land.
 //!
-//! Three traits, one per job, and [`Store`] for all three:
+//! Every [`super::Target`] is a [`Store`] (the supertrait): the target says where resources
+//! land, the store what envlock keeps about them. Three traits, one per job, and [`Store`]
+//! for all three:
 //! - [`StateStore`]: the stamp (written once), the lock (names its holder, dies with it), the
 //!   journals and private blobs (compare-and-swap under the lock), the secret key;
 //! - [`GenerationStore`]: the generations kept for rollback and which one is live;
 //! - [`LogStore`]: the append-only deployment log, whose appends cannot fork.
 //!
-//! The stores: a directory ([`DirTarget`], one machine), and [`Shared`] over a
+//! The stores: a directory ([`super::DirTarget`], one machine), and [`Shared`] over a
 //! [`backend::Backend`] that offers compare-and-swap items and a leased lock: etcd
 //! ([`etcd::EtcdBackend`]) or the provider itself ([`provider::ProviderBackend`], protocol 2).
 //! An `exec` target keeps its state in any of them (`[target] state` or `[target.state]`).
@@ -23,8 +25,8 @@ pub mod shared;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    DirTarget, GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Stamp, StampState,
-    StateItem, Target, TargetError,
+    GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Stamp, StampState, StateItem,
+    TargetError,
 };
 
 pub use shared::Shared;
@@ -32,18 +34,25 @@ pub use shared::Shared;
 /// The stamp, the lock, the journals and the secret key.
 pub trait StateStore: std::fmt::Debug + Send + Sync {
     /// Where the state is, for messages: `dir .deploy/cloud-state`, `etcd … /envlock/cloud/`.
-    fn describe(&self) -> String;
-    /// Who the state belongs to. `Absent`: never adopted.
+    fn describe_state(&self) -> String;
+    /// Who the target belongs to. Also refuses a layout that leaves the target (symlinks).
+    /// `Absent`: never adopted.
     fn stamp(&self) -> Result<StampState, TargetError>;
-    /// Write the stamp once; the same owner again is not an error, another is refused.
+    /// Adopt: write the stamp durably, once. Refuses to replace a stamp of another environment
+    /// or account, and to stamp a non-empty unstamped target; the same owner again is not an
+    /// error.
     fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError>;
     /// Take the deployment lock without waiting; [`TargetError::Locked`] names the holder.
     fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError>;
-    /// Who holds the lock now; a holder that died (its lease ran out) no longer counts.
+    /// Who holds the deployment lock now (`None`: nobody), found without taking it, so that a
+    /// deployer's [`StateStore::lock`] is never made to wait or fail by the one who asks. A
+    /// holder that died (its lease ran out) no longer counts.
     fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
-    /// The deployment's crash journal.
+    /// The crash journal of an unfinished deployment, if one was left behind.
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Replace the crash journal durably.
     fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError>;
+    /// Remove the crash journal durably; no journal is not an error.
     fn clear_journal(&self) -> Result<(), TargetError>;
     /// A private item of the target kind (an `exec` target's undo journal), readable by the
     /// deployer only where the store can tell; `None` when absent.
@@ -56,23 +65,37 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     fn rewrites_are_cheap(&self) -> bool {
         true
     }
-    /// Where one item lives, for messages.
+    /// Whether the lock this process took is still surely its own: `Err` once its lease may
+    /// have lapsed (renewals failed, or the process was frozen past it). A local lock (a
+    /// `flock`) is held until released.
+    fn still_held(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
+    /// Where one item of the state lives, for messages: a path, a key.
     fn state_location(&self, item: StateItem) -> String;
+    /// The key that secrets are hashed with (HMAC-SHA256); `None` when none was created yet.
     fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// Create the secret key durably if there is none (readable by its owner only), and return
+    /// the key. Called under the deployment lock.
     fn create_secret_key(&self) -> Result<Vec<u8>, TargetError>;
 }
 
 /// The generations kept for rollback: each the resources envlock wrote and the metadata.
 pub trait GenerationStore {
+    /// Only the id of the live generation (cheap: no resource is read).
     fn live_generation(&self) -> Result<Option<GenerationId>, TargetError>;
+    /// Every generation kept, oldest first.
     fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError>;
-    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
-    /// Whether a generation of `resources` can be recorded at all (a size limit per item);
-    /// checked before anything is written.
-    fn check_fits(&self, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), TargetError> {
-        let _ = resources;
-        Ok(())
+    /// The generation `id`, `None` when it is not kept. By default, from all of them.
+    fn generation(&self, id: GenerationId) -> Result<Option<GenerationInfo>, TargetError> {
+        Ok(self.generations()?.into_iter().find(|g| g.id == id))
     }
+    /// The highest generation id kept. By default, from all the generations.
+    fn newest_generation(&self) -> Result<Option<GenerationId>, TargetError> {
+        Ok(self.generations()?.iter().map(|g| g.id).max())
+    }
+    /// The resources of one kept generation, exactly as stored.
+    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError>;
     /// Record a new generation and make it live, in one atomic step. Returns its id.
     fn record(
         &self,
@@ -80,133 +103,54 @@ pub trait GenerationStore {
         private: &BTreeSet<String>,
         meta: &serde_json::Value,
     ) -> Result<GenerationId, TargetError>;
-    /// Make a kept generation live (`None`: none).
+    /// Make a kept generation the live one in the state (`None`: none). Only the record: a
+    /// [`super::Target`] makes its resources follow (`activate`).
     fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError>;
+    /// Record that a generation failed its health check, so that a rollback never picks it
+    /// by default. Its resources stay as they were.
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError>;
+    /// Delete a generation that is not live (one an interrupted apply wrote but never made
+    /// live). Deleting one that does not exist is not an error.
     fn discard(&self, id: GenerationId) -> Result<(), TargetError>;
+    /// Keep the newest `keep` generations plus the live one, delete the rest and any leftovers.
     fn prune(&self, keep: usize) -> Result<Pruned, TargetError>;
+    /// Leftovers of an interrupted apply or activate (nothing live refers to them), for the
+    /// next run to report. [`GenerationStore::prune`] removes them.
     fn leftovers(&self) -> Result<Vec<String>, TargetError>;
-    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError>;
+    /// Remove those leftovers now; every run that takes the lock does, so work in progress of
+    /// a run that was killed (a generation being pruned) never stays on disk. Returns them.
+    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The append-only deployment log.
 pub trait LogStore {
+    /// The end of the deployment log: its last complete line and any incomplete bytes after
+    /// it. Reads only the end of the log, whatever its length.
     fn log_tail(&self) -> Result<LogTail, TargetError>;
+    /// The whole deployment log (`None`: no record was ever written).
     fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError>;
-    /// Append one complete line; two appends of the same `seq` can never both succeed.
+    /// Append one complete line durably (the caller holds the lock); two appends of the same
+    /// `seq` can never both succeed.
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError>;
+    /// Cut the log back to `len` bytes durably (only to remove an incomplete last record
+    /// during crash recovery).
     fn log_cut(&self, len: u64) -> Result<(), TargetError>;
-    fn log_untouched(&self) -> Result<bool, TargetError>;
-    fn log_removed(&self) -> Result<Option<String>, TargetError>;
+    /// True when the log is exactly as this store's last append left it (nobody wrote it
+    /// since), so only its tail needs reading before the next append; false when that cannot
+    /// be told cheaply, and the whole log must be verified.
+    fn log_untouched(&self) -> Result<bool, TargetError> {
+        Ok(false)
+    }
+    /// When the log is shorter than this store's last append left it (a log only grows, so
+    /// records at its end were removed, which no hash chain can show): what was and what is.
+    /// `None` when it is not shorter, or when that cannot be told (no checkpoint).
+    fn log_removed(&self) -> Result<Option<String>, TargetError> {
+        Ok(None)
+    }
 }
 
 /// Everything a target's state needs.
 pub trait Store: StateStore + GenerationStore + LogStore {}
 impl<T: StateStore + GenerationStore + LogStore> Store for T {}
-
-impl StateStore for DirTarget {
-    fn describe(&self) -> String {
-        Target::describe(self)
-    }
-    fn stamp(&self) -> Result<StampState, TargetError> {
-        Target::stamp(self)
-    }
-    fn write_stamp(&self, stamp: &Stamp) -> Result<(), TargetError> {
-        Target::write_stamp(self, stamp)
-    }
-    fn lock(&self, holder: &Holder) -> Result<Box<dyn LockGuard>, TargetError> {
-        Target::lock(self, holder)
-    }
-    fn lock_holder(&self) -> Result<Option<Holder>, TargetError> {
-        Target::lock_holder(self)
-    }
-    fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        Target::read_journal(self)
-    }
-    fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
-        Target::write_journal(self, bytes)
-    }
-    fn clear_journal(&self) -> Result<(), TargetError> {
-        Target::clear_journal(self)
-    }
-    fn read_blob(&self, name: &str) -> Result<Option<Vec<u8>>, TargetError> {
-        self.read_private(name)
-    }
-    fn write_blob(&self, name: &str, bytes: &[u8]) -> Result<(), TargetError> {
-        self.write_private(name, bytes)
-    }
-    fn clear_blob(&self, name: &str) -> Result<(), TargetError> {
-        self.remove_private(name)
-    }
-    fn state_location(&self, item: StateItem) -> String {
-        Target::state_location(self, item)
-    }
-    fn secret_key(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        Target::secret_key(self)
-    }
-    fn create_secret_key(&self) -> Result<Vec<u8>, TargetError> {
-        Target::create_secret_key(self)
-    }
-}
-
-impl GenerationStore for DirTarget {
-    fn live_generation(&self) -> Result<Option<GenerationId>, TargetError> {
-        Target::live_generation(self)
-    }
-    fn generations(&self) -> Result<Vec<GenerationInfo>, TargetError> {
-        Target::generations(self)
-    }
-    fn resources(&self, id: GenerationId) -> Result<BTreeMap<String, Vec<u8>>, TargetError> {
-        Target::resources(self, id)
-    }
-    fn record(
-        &self,
-        resources: &BTreeMap<String, Vec<u8>>,
-        private: &BTreeSet<String>,
-        meta: &serde_json::Value,
-    ) -> Result<GenerationId, TargetError> {
-        Target::apply(self, resources, private, meta)
-    }
-    fn make_live(&self, id: Option<GenerationId>) -> Result<(), TargetError> {
-        match id {
-            Some(id) => Target::activate(self, id),
-            None => Target::deactivate(self),
-        }
-    }
-    fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
-        Target::mark_failed(self, id, reason)
-    }
-    fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
-        Target::discard(self, id)
-    }
-    fn prune(&self, keep: usize) -> Result<Pruned, TargetError> {
-        Target::prune(self, keep)
-    }
-    fn leftovers(&self) -> Result<Vec<String>, TargetError> {
-        Target::leftovers(self)
-    }
-    fn remove_leftovers(&self) -> Result<Vec<String>, TargetError> {
-        Target::remove_leftovers(self)
-    }
-}
-
-impl LogStore for DirTarget {
-    fn log_tail(&self) -> Result<LogTail, TargetError> {
-        Target::log_tail(self)
-    }
-    fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError> {
-        Target::log_read(self)
-    }
-    fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
-        Target::log_append(self, line)
-    }
-    fn log_cut(&self, len: u64) -> Result<(), TargetError> {
-        Target::log_cut(self, len)
-    }
-    fn log_untouched(&self) -> Result<bool, TargetError> {
-        Target::log_untouched(self)
-    }
-    fn log_removed(&self) -> Result<Option<String>, TargetError> {
-        Target::log_removed(self)
-    }
-}

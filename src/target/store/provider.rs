@@ -17,6 +17,9 @@ use crate::target::{Holder, TargetError};
 #[derive(Debug)]
 pub struct ProviderBackend {
     provider: Arc<Provider>,
+    /// A second session of the same provider for the lock alone, so that renewing the lease
+    /// never waits behind a long request of the deployment (a batch of writes).
+    lock_line: Provider,
 }
 
 fn failed(err: CallError) -> TargetError {
@@ -46,11 +49,29 @@ impl ProviderBackend {
                 provider.name()
             )));
         }
-        Ok(ProviderBackend { provider })
+        let lock_line = Provider {
+            argv: provider.argv.clone(),
+            root: provider.root.clone(),
+            options: provider.options.clone(),
+            environment: provider.environment.clone(),
+            account: provider.account.clone(),
+            timeout: provider.timeout,
+            protocol: provider.protocol,
+            session: std::sync::Mutex::new(None),
+        };
+        Ok(ProviderBackend {
+            provider,
+            lock_line,
+        })
     }
 
     fn call(&self, operation: &str, body: Value) -> Result<Map<String, Value>, CallError> {
         self.provider.state_call(operation, members(body))
+    }
+
+    /// A lock operation, on the lock's own session.
+    fn lock_call(&self, operation: &str, body: Value) -> Result<Map<String, Value>, CallError> {
+        self.lock_line.state_call(operation, members(body))
     }
 
     fn malformed(&self, operation: &str, why: &str) -> TargetError {
@@ -187,7 +208,7 @@ impl Backend for ProviderBackend {
     fn lock(&self, holder: &Holder, ttl: Duration) -> Result<Result<String, Holder>, TargetError> {
         let op = "state-lock";
         let answer = self
-            .call(op, json!({ "holder": holder, "ttl": ttl.as_secs().max(1) }))
+            .lock_call(op, json!({ "holder": holder, "ttl": ttl.as_secs().max(1) }))
             .map_err(failed)?;
         if let Some(Value::String(token)) = answer.get("token") {
             return Ok(Ok(token.clone()));
@@ -199,7 +220,7 @@ impl Backend for ProviderBackend {
     }
 
     fn renew(&self, token: &str, ttl: Duration) -> Result<bool, TargetError> {
-        match self.call(
+        match self.lock_call(
             "state-renew",
             json!({ "token": token, "ttl": ttl.as_secs().max(1) }),
         ) {
@@ -210,13 +231,13 @@ impl Backend for ProviderBackend {
     }
 
     fn unlock(&self, token: &str) -> Result<(), TargetError> {
-        self.call("state-unlock", json!({ "token": token }))
+        self.lock_call("state-unlock", json!({ "token": token }))
             .map(drop)
             .map_err(failed)
     }
 
     fn holder(&self) -> Result<Option<Holder>, TargetError> {
-        let answer = self.call("state-holder", json!({})).map_err(failed)?;
+        let answer = self.lock_call("state-holder", json!({})).map_err(failed)?;
         Ok(Self::holder_of(answer.get("holder")))
     }
 }

@@ -18,7 +18,7 @@
 //! generation and the switch of `live` to it are one atomic put.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 use super::backend::{Backend, Expect, Item, MAX_WRITES, PutError, Write};
 use super::{GenerationStore, LogStore, StateStore};
 use crate::target::{
-    GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Stamp, StampState, StateItem,
-    TargetError,
+    GenerationId, GenerationInfo, Holder, LockGuard, LogTail, Pruned, Renewal, Stamp, StampState,
+    StateItem, TargetError,
 };
 
 const STAMP: &str = "stamp";
@@ -36,6 +36,9 @@ const JOURNAL: &str = "journal";
 const SECRET_KEY: &str = "secret-key";
 const GENERATIONS: &str = "generation/";
 const LOG: &str = "log/";
+/// `{"seq": N}`: the last record appended, written with it (a record removed from the end of
+/// the log leaves a chain that verifies; the checkpoint tells).
+const LOG_CHECKPOINT: &str = "log-checkpoint";
 /// Items read per `list` request.
 const PAGE: usize = 1000;
 
@@ -46,6 +49,8 @@ pub struct Shared {
     lock_ttl: Duration,
     /// The token of the lock this process holds: the fence of its writes.
     token: Arc<Mutex<Option<String>>>,
+    /// When the lease was last taken or renewed.
+    confirmed: Arc<Mutex<std::time::Instant>>,
 }
 
 fn generation_key(id: GenerationId) -> String {
@@ -54,6 +59,15 @@ fn generation_key(id: GenerationId) -> String {
 
 fn log_key(seq: u64) -> String {
     format!("{LOG}{seq:020}")
+}
+
+/// The write of the log's checkpoint after record `seq`.
+fn checkpoint(seq: u64) -> Write {
+    Write::put(
+        LOG_CHECKPOINT,
+        json!({ "seq": seq }).to_string(),
+        Expect::Any,
+    )
 }
 
 fn corrupt(key: &str, why: impl std::fmt::Display) -> TargetError {
@@ -73,6 +87,7 @@ impl Shared {
             backend,
             lock_ttl,
             token: Arc::new(Mutex::new(None)),
+            confirmed: Arc::new(Mutex::new(std::time::Instant::now())),
         }
     }
 
@@ -276,6 +291,7 @@ impl Shared {
     fn import_log(&self, log: &[u8]) -> Result<usize, TargetError> {
         let mut writes = Vec::new();
         let mut count = 0;
+        let mut last = None;
         for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let value = text(line, "a log record")?;
             let seq = serde_json::from_str::<Value>(&value)
@@ -288,10 +304,14 @@ impl Shared {
                     ))
                 })?;
             writes.push(Write::put(log_key(seq), value, Expect::Any));
+            last = Some(seq);
             count += 1;
             if writes.len() == MAX_WRITES {
                 self.put(&std::mem::take(&mut writes))?;
             }
+        }
+        if let Some(last) = last {
+            writes.push(checkpoint(last));
         }
         if !writes.is_empty() {
             self.put(&writes)?;
@@ -301,7 +321,7 @@ impl Shared {
 }
 
 impl StateStore for Shared {
-    fn describe(&self) -> String {
+    fn describe_state(&self) -> String {
         self.backend.describe()
     }
 
@@ -349,17 +369,24 @@ impl StateStore for Shared {
             Err(other) => return Err(TargetError::Locked(other)),
         };
         *self.token.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
-        let (stop, stopped) = mpsc::channel::<()>();
+        *self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
         let backend = Arc::clone(&self.backend);
         let ttl = self.lock_ttl;
-        let every = (ttl / 3).max(Duration::from_millis(200));
         let renewing = token.clone();
-        let thread = std::thread::spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                // Lost, or unreachable: the fenced writes that follow say so.
-                if let Ok(false) = backend.renew(&renewing, ttl) {
-                    return;
+        let confirmed = Arc::clone(&self.confirmed);
+        // Lost, or unreachable: `still_held` and the fenced writes that follow say so.
+        let renewal = Renewal::start((ttl / 3).max(Duration::from_millis(200)), move || {
+            let asked = std::time::Instant::now();
+            match backend.renew(&renewing, ttl) {
+                Ok(true) => {
+                    *confirmed.lock().unwrap_or_else(PoisonError::into_inner) = asked;
+                    true
                 }
+                Ok(false) => false,
+                Err(_) => true,
             }
         });
         Ok(Box::new(SharedLock {
@@ -367,8 +394,7 @@ impl StateStore for Shared {
             token,
             backend: Arc::clone(&self.backend),
             slot: Arc::clone(&self.token),
-            stop: Some(stop),
-            thread: Some(thread),
+            renewal: Some(renewal),
         }))
     }
 
@@ -411,6 +437,30 @@ impl StateStore for Shared {
         false
     }
 
+    /// Sure only while the last renewal is younger than two thirds of the lease: renewals come
+    /// every third, so two missed (or a process frozen) means the lease may lapse before the
+    /// next write lands.
+    fn still_held(&self) -> Result<(), TargetError> {
+        if self.fence().is_none() {
+            return Ok(());
+        }
+        let age = self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        if age * 3 <= self.lock_ttl * 2 {
+            return Ok(());
+        }
+        Err(TargetError::Refused(format!(
+            "the deployment lock on {} was last renewed {:.1} s ago, against a lease of {} s: \
+             another deployment may hold it now",
+            self.backend.describe(),
+            age.as_secs_f64(),
+            self.lock_ttl.as_secs()
+        )))
+    }
+
     fn state_location(&self, item: StateItem) -> String {
         self.item_of(match item {
             StateItem::Stamp => STAMP,
@@ -432,11 +482,7 @@ impl StateStore for Shared {
         if let Some(k) = self.secret_key()? {
             return Ok(k);
         }
-        let key = crate::secret::random_key().map_err(|e| TargetError::Io {
-            what: "read random bytes for".into(),
-            path: "the secret key".into(),
-            source: e,
-        })?;
+        let key = crate::target::random_bytes("the secret key")?;
         let hex = crate::secret::hex(&key);
         match self.put(&[Write::put(SECRET_KEY, hex, Expect::Absent)]) {
             Ok(_) => Ok(key),
@@ -599,8 +645,11 @@ impl LogStore for Shared {
                 None => 1,
             },
         };
-        self.put(&[Write::put(log_key(seq), value, Expect::Absent)])
-            .map(drop)
+        self.put(&[
+            Write::put(log_key(seq), value, Expect::Absent),
+            checkpoint(seq),
+        ])
+        .map(drop)
     }
 
     fn log_cut(&self, _len: u64) -> Result<(), TargetError> {
@@ -614,7 +663,23 @@ impl LogStore for Shared {
     }
 
     fn log_removed(&self) -> Result<Option<String>, TargetError> {
-        Ok(None)
+        let Some(item) = self.get(LOG_CHECKPOINT)? else {
+            return Ok(None);
+        };
+        let appended = serde_json::from_str::<Value>(&item.value)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(Value::as_u64))
+            .ok_or_else(|| corrupt(LOG_CHECKPOINT, "no `seq`"))?;
+        let last = match self.last(LOG)? {
+            Some((key, _)) => key[LOG.len()..].parse::<u64>().unwrap_or(0),
+            None => 0,
+        };
+        Ok((last < appended).then(|| {
+            format!(
+                "the log ends at record {last}, but record {appended} was appended (its checkpoint, {})",
+                self.item_of(LOG_CHECKPOINT)
+            )
+        }))
     }
 }
 
@@ -625,8 +690,7 @@ struct SharedLock {
     token: String,
     backend: Arc<dyn Backend>,
     slot: Arc<Mutex<Option<String>>>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    renewal: Option<Renewal>,
 }
 
 impl LockGuard for SharedLock {
@@ -637,10 +701,7 @@ impl LockGuard for SharedLock {
 
 impl Drop for SharedLock {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.renewal.take());
         *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = None;
         // If this fails the lease lapses on its own.
         let _ = self.backend.unlock(&self.token);
