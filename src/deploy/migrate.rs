@@ -39,14 +39,26 @@ pub struct MigrateReport {
 
 /// The interrupted-deployment items a directory state may hold.
 const EXEC_JOURNAL: &str = "exec-journal.json";
+/// The directory's note that its state was moved (`DirTarget::mark_moved`).
+const MOVED: &str = "moved.json";
+/// The directory's stamp, read directly once the directory is marked moved.
+const STAMP: &str = "stamp.json";
 
 pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateReport> {
     let to = super::shared_store(d.env, &super::exec_provider(d.env))?;
     d.check_target_account()?;
-    refuse_stamped(d, &to)?;
     // Relative to where the command runs, as any path on the command line.
     let from = std::path::absolute(from).unwrap_or_else(|_| from.to_path_buf());
     let old = DirTarget::new(super::real_target_path(d.env, &from)?);
+    let again = format!(
+        "deploy migrate --target {} --from {} --yes",
+        d.env.name,
+        from.display()
+    );
+    if let Some(report) = finish_interrupted(d, &to, &old, (yes, &again))? {
+        return Ok(report);
+    }
+    refuse_stamped(d, &to)?;
     let stamp = old_stamp(d, &old)?;
     d.check_identity()?;
     refuse_unfinished(d, &old)?;
@@ -65,11 +77,6 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
         if generations.len() == 1 { "" } else { "s" },
         live.map_or("none".to_owned(), |g| g.to_string()),
     ));
-    let again = format!(
-        "deploy migrate --target {} --from {} --yes",
-        d.env.name,
-        from.display()
-    );
     d.ask(
         yes,
         &format!("move the state into {}", to.describe_state()),
@@ -82,8 +89,10 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
     let imported = to.import(&old).map_err(|e| d.target_failure(e))?;
     same_log(d, &old, &to)?;
     to.write_stamp(&stamp).map_err(|e| d.target_failure(e))?;
+    crate::failpoint::hit("migrate-after-stamp");
     old.mark_moved(&to.describe_state())
         .map_err(|e| d.target_failure(e))?;
+    crate::failpoint::hit("migrate-after-moved");
     let mut report = MigrateReport {
         ok: true,
         environment: d.env.name.clone(),
@@ -105,6 +114,102 @@ pub fn migrate(d: &Deployment<'_>, from: &Path, yes: bool) -> Result<MigrateRepo
         d.env.name
     ));
     Ok(report)
+}
+
+/// A migration killed after its commit point (the stamp) and before the directory was marked
+/// moved: the store is stamped for this environment and holds exactly the directory's log.
+/// Running it again marks the directory moved and appends the `migrate` record, so that the
+/// directory never goes on as a second history. `None`: not that case.
+fn finish_interrupted(
+    d: &Deployment<'_>,
+    to: &Shared,
+    old: &DirTarget,
+    (yes, again): (bool, &str),
+) -> Result<Option<MigrateReport>> {
+    let StampState::Stamped(stamped) = to.stamp().map_err(|e| d.target_failure(e))? else {
+        return Ok(None);
+    };
+    let Some(moved) = interrupted_at(d, to, old, &stamped)? else {
+        return Ok(None);
+    };
+    d.check_stamp(&stamped)?;
+    d.check_identity()?;
+    let what = if moved {
+        "append its `migrate` record to the new log"
+    } else {
+        "mark the directory moved"
+    };
+    d.say(&format!(
+        "An earlier `deploy migrate` from {} into {} stopped before it could {what}.",
+        Target::describe(old),
+        to.describe_state(),
+    ));
+    d.ask(yes, what, true, again)?;
+    let holder = Holder::this_process(&d.env.name);
+    let _old_lock = StateStore::lock(old, &holder).map_err(|e| d.target_failure(e))?;
+    let _new_lock = StateStore::lock(to, &holder).map_err(|e| d.target_failure(e))?;
+    let was = LogStore::log_read(old).map_err(|e| d.target_failure(e))?;
+    let now = LogStore::log_read(to).map_err(|e| d.target_failure(e))?;
+    let verified = log::verify(was.as_deref().unwrap_or_default());
+    if was != now || verified.problem.is_some() {
+        return Ok(None);
+    }
+    let generations = GenerationStore::generations(to).map_err(|e| d.target_failure(e))?;
+    if !moved {
+        old.mark_moved(&to.describe_state())
+            .map_err(|e| d.target_failure(e))?;
+    }
+    let mut report = MigrateReport {
+        ok: true,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        from: Target::describe(old),
+        to: to.describe_state(),
+        generations: generations.len(),
+        live: GenerationStore::live_generation(to).map_err(|e| d.target_failure(e))?,
+        records: verified.records,
+        log: None,
+    };
+    report.log = Some(record(d, &report)?);
+    d.say(&format!(
+        "Moved: {} is marked moved now; {} generations and {} log records of {} are in {}.",
+        report.from,
+        report.generations,
+        report.records,
+        d.who(),
+        report.to
+    ));
+    Ok(Some(report))
+}
+
+/// Whether `old` is the directory a migration into `to` (stamped `stamped`) was interrupted
+/// from: its stamp is the same owner's and it is not marked moved (`Some(false)`), or marked
+/// moved into `to` itself (`Some(true)`: only the record is missing). The logs are compared
+/// by the caller, under the locks.
+fn interrupted_at(
+    d: &Deployment<'_>,
+    to: &Shared,
+    old: &DirTarget,
+    stamped: &Stamp,
+) -> Result<Option<bool>> {
+    let note = old.read_private(MOVED).map_err(|e| d.target_failure(e))?;
+    let stamp = match &note {
+        None => match StateStore::stamp(old) {
+            Ok(StampState::Stamped(s)) => Some(s),
+            _ => None,
+        },
+        Some(note) => {
+            let into = serde_json::from_slice::<serde_json::Value>(note)
+                .ok()
+                .and_then(|v| Some(v.get("to")?.as_str()? == to.describe_state()));
+            let own = old.read_private(STAMP).map_err(|e| d.target_failure(e))?;
+            own.filter(|_| into == Some(true))
+                .and_then(|bytes| serde_json::from_slice::<Stamp>(&bytes).ok())
+        }
+    };
+    Ok(stamp
+        .filter(|s| s.same_owner(stamped))
+        .map(|_| note.is_some()))
 }
 
 /// A store that already has a stamp is never overwritten.

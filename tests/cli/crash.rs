@@ -470,8 +470,10 @@ fn every_failpoint_in_the_source_has_a_crash_test() {
     }
     // Points inside one target kind are killed at by that kind's tests.
     const OTHER_SUITES: &[&str] = &[
-        "exec-before-switch", // tests/cli/exec.rs (and `exec-before-step-<n>`)
-        "seal-after-lock",    // tests/cli/seal.rs (a seal killed holding the lock)
+        "exec-before-switch",  // tests/cli/exec.rs (and `exec-before-step-<n>`)
+        "seal-after-lock",     // tests/cli/seal.rs (a seal killed holding the lock)
+        "migrate-after-stamp", // tests/cli/attack19.rs (a migration killed at its commit point)
+        "migrate-after-moved", // tests/cli/attack19.rs (killed before its migrate record)
     ];
     let tested: std::collections::BTreeSet<String> = APPLY_PATH
         .iter()

@@ -3,6 +3,8 @@
 mod harness;
 
 mod adopt;
+#[cfg(feature = "failpoints")]
+mod attack19;
 mod check;
 mod commands;
 #[cfg(feature = "failpoints")]

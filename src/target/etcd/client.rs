@@ -574,14 +574,15 @@ impl Client {
     }
 
     /// Take the lock `key` for `ttl` seconds: a key bound to a new lease, written only if
-    /// absent. `Ok((lease, create_revision))`, or `Err(value)`: the value of the key someone
-    /// else holds (its lease is revoked again).
+    /// absent. `Ok((lease, create_revision))`, or `Err((value, lease))`: the value of the key
+    /// someone else holds and its lease (0: none); the new lease is revoked again.
+    #[allow(clippy::type_complexity)]
     pub fn lease_lock(
         &self,
         key: &[u8],
         value: &[u8],
         ttl: i64,
-    ) -> Result<Result<(i64, i64), Vec<u8>>, EtcdError> {
+    ) -> Result<Result<(i64, i64), (Vec<u8>, i64)>, EtcdError> {
         let lease = self.lease_grant(ttl)?;
         let result = self.txn(
             vec![cmp_absent(key)],
@@ -596,7 +597,7 @@ impl Client {
             .and_then(|k| k.into_iter().next());
         if !result.succeeded {
             let _ = self.lease_revoke(lease);
-            return Ok(Err(kv.map(|kv| kv.value).unwrap_or_default()));
+            return Ok(Err(kv.map(|kv| (kv.value, kv.lease)).unwrap_or_default()));
         }
         Ok(Ok((
             lease,

@@ -1138,7 +1138,7 @@ impl crate::target::store::StateStore for EtcdTarget {
             .map_err(|e| self.remote("take the deployment lock", e))?
         {
             Ok(taken) => taken,
-            Err(other) => {
+            Err((other, _)) => {
                 return Err(TargetError::Locked(
                     serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown()),
                 ));

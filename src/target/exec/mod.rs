@@ -51,6 +51,8 @@ pub struct ExecTarget {
     /// What the last `read` (or this process's own writes) left: the versions the next write
     /// must find.
     seen: Mutex<Option<BTreeMap<String, Remote>>>,
+    /// Set once this run lost its lock half-way: why, and what it left (see `lock_lost`).
+    lost: Mutex<Option<String>>,
 }
 
 /// One change to one resource, as the undo journal records it.
@@ -225,6 +227,16 @@ impl ExecTarget {
             state,
             state_display,
             seen: Mutex::new(None),
+            lost: Mutex::new(None),
+        }
+    }
+
+    /// Refused with what [`Self::lock_lost`] said once this run lost its lock: every later
+    /// write of the run (a rollback, a journal) says that, not a vaguer refusal.
+    fn not_lost(&self) -> Result<(), TargetError> {
+        match &*self.lost.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(message) => Err(TargetError::Partial(message.clone())),
+            None => Ok(()),
         }
     }
 
@@ -242,12 +254,39 @@ impl ExecTarget {
     }
 
     fn read_exec_journal(&self) -> Result<Option<ExecJournal>, TargetError> {
-        match self.state.read_blob(EXEC_JOURNAL)? {
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        let journal = match self.state.read_blob(EXEC_JOURNAL)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 TargetError::Corrupt(format!("{} cannot be read: {e}", self.journal_location()))
-            }),
-            None => Ok(None),
-        }
+            })?,
+            None => return Ok(None),
+        };
+        self.check_names(&journal, &self.journal_location())?;
+        Ok(Some(journal))
+    }
+
+    /// No resource `journal` (read back from the state store) names may lead out of the
+    /// provider's scope (`..`, a leading `/`): an undo never writes where a hand-edited item
+    /// points. (A journal may name resources envlock did not create, found at the provider.)
+    fn check_names(&self, journal: &ExecJournal, item: &str) -> Result<(), TargetError> {
+        let escapes = |name: &str| {
+            name.is_empty()
+                || name.starts_with('/')
+                || name.contains('\0')
+                || name.split(['/', '\\']).any(|part| part == "..")
+        };
+        let Some(name) = journal
+            .steps
+            .iter()
+            .map(|s| &s.resource)
+            .find(|n| escapes(n))
+        else {
+            return Ok(());
+        };
+        Err(TargetError::Refused(format!(
+            "{item} names the resource `{name}`, which leads out of the provider's scope: \
+             envlock never wrote that, so the item was changed by hand; refusing to undo \
+             anything from it; nothing was written: find out who changed it, then remove the item"
+        )))
     }
 
     /// Replace the undo journal durably (private: it holds previous values).
@@ -378,6 +417,7 @@ impl ExecTarget {
         private: &BTreeSet<String>,
         switch: &dyn Fn() -> Result<GenerationId, TargetError>,
     ) -> Result<GenerationId, TargetError> {
+        self.not_lost()?;
         // A journal left by an interrupted run is resolved before anything else is written.
         self.settle()?;
         let now = self.require_seen()?;
@@ -431,7 +471,9 @@ impl ExecTarget {
     ) -> Result<(), TargetError> {
         for i in 0..journal.steps.len() {
             crate::failpoint::hit(&format!("exec-before-step-{}", i + 1));
-            self.still_held_or_stop(journal, i)?;
+            if let Err(lost) = self.state.check_lock() {
+                return Err(self.lock_lost(journal, lost));
+            }
             let step = &journal.steps[i];
             let expect = step.before.as_ref().map(|b| b.version.as_str());
             let result = match step.op {
@@ -479,7 +521,9 @@ impl ExecTarget {
         for (b, start) in (0..total).step_by(max.max(1)).enumerate() {
             let range = start..(start + max).min(total);
             crate::failpoint::hit(&format!("exec-before-batch-{}", b + 1));
-            self.still_held_or_stop(journal, start)?;
+            if let Err(lost) = self.state.check_lock() {
+                return Err(self.lock_lost(journal, lost));
+            }
             let items: Vec<Item<'_>> = journal.steps[range.clone()].iter().map(item_of).collect();
             let answer = self.provider.apply_batch(&items);
             crate::failpoint::hit(&format!("exec-after-batch-{}", b + 1));
@@ -500,24 +544,6 @@ impl ExecTarget {
             self.record_steps(journal, range.end - 1)?;
         }
         Ok(())
-    }
-
-    /// Before writing step `i`: the deployment lock must still be this run's (a shared store's
-    /// lease lapses when a deployer is frozen or cut off for longer than `lock_ttl`, and another
-    /// may hold it now). If it is not, nothing more is written, not even an undo: the journal
-    /// is in the store, and the next run resolves it.
-    fn still_held_or_stop(&self, journal: &ExecJournal, i: usize) -> Result<(), TargetError> {
-        let Err(e) = self.state.still_held() else {
-            return Ok(());
-        };
-        let done = journal.steps.iter().filter(|s| s.done).count();
-        Err(TargetError::Partial(format!(
-            "{e}; stopped before `{}` with {done} of {} changes made and not undone: the next \
-             run, from any machine, finishes or undoes them from the journal in {}",
-            journal.steps[i].resource,
-            journal.steps.len(),
-            self.journal_location()
-        )))
     }
 
     /// Write the journal after step `i` succeeded; a step it cannot record is undone now, while
@@ -560,10 +586,15 @@ impl ExecTarget {
 
     /// What the last convergence wrote (see [`EXEC_APPLIED`]).
     fn read_applied(&self) -> Result<Option<ExecJournal>, TargetError> {
-        Ok(self
+        let applied: Option<ExecJournal> = self
             .state
             .read_blob(EXEC_APPLIED)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(a) = &applied {
+            let item = format!("{} item {EXEC_APPLIED}", self.state.describe_state());
+            self.check_names(a, &item)?;
+        }
+        Ok(applied)
     }
 
     /// Put back, in reverse order, the values `applied`'s steps replaced, each only over the
@@ -616,6 +647,10 @@ impl ExecTarget {
 
     /// Undo the applied steps after `err` (on `failed`, empty for none) and describe the result.
     fn abort(&self, journal: &mut ExecJournal, err: CallError, failed: &str) -> TargetError {
+        // Undoing is writing: a run that lost its lock leaves it to the one that holds it.
+        if let Err(lost) = self.state.check_lock() {
+            return self.lock_lost(journal, lost);
+        }
         let applied = journal.steps.iter().filter(|s| s.done).count();
         let undo = self.undo(journal);
         *self.seen() = None;
@@ -654,6 +689,32 @@ impl ExecTarget {
         }
     }
 
+    /// This run lost its lock (`lost` says so) before its next write to the provider: it writes
+    /// nothing more, not even an undo, since another deployment may be at work; the undo
+    /// journal it recorded lets that one (or the next) undo what this run changed.
+    fn lock_lost(&self, journal: &ExecJournal, lost: TargetError) -> TargetError {
+        *self.seen() = None;
+        let done: Vec<String> = journal
+            .steps
+            .iter()
+            .filter(|s| s.done)
+            .map(|s| format!("`{}`", s.resource))
+            .collect();
+        if done.is_empty() {
+            return TargetError::Refused(format!("{lost}; it had changed nothing at the provider"));
+        }
+        let message = format!(
+            "{lost}; it had changed {} at the provider, which it did not undo: the undo journal \
+             it recorded ({}) makes the deployment that holds the lock now, or the next one, undo \
+             that first; run `deploy --target {}` again once the lock is free",
+            done.join(", "),
+            self.journal_location(),
+            self.provider.environment
+        );
+        *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+        TargetError::Partial(message)
+    }
+
     /// Undo every done step in reverse order, each guarded by the version its write produced.
     /// Keeps going past a failed undo; `Err` lists every resource's state.
     fn undo(&self, journal: &mut ExecJournal) -> Result<(), String> {
@@ -663,7 +724,7 @@ impl ExecTarget {
             if !step.done {
                 continue;
             }
-            if let Err(e) = self.state.still_held() {
+            if let Err(e) = self.state.check_lock() {
                 // Another deployer may own the resources now: undoing would overwrite its work.
                 return Err(format!(
                     "{e}; the undo stopped before `{}`: the next run, from any machine, finishes it from the journal",
@@ -943,6 +1004,7 @@ impl crate::target::store::StateStore for ExecTarget {
     }
 
     fn write_journal(&self, bytes: &[u8]) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.write_journal(bytes)
     }
 
@@ -982,8 +1044,8 @@ impl crate::target::store::StateStore for ExecTarget {
         self.state.rewrites_are_cheap()
     }
 
-    fn still_held(&self) -> Result<(), TargetError> {
-        self.state.still_held()
+    fn check_lock(&self) -> Result<(), TargetError> {
+        self.state.check_lock()
     }
 }
 
@@ -1013,10 +1075,12 @@ impl crate::target::store::GenerationStore for ExecTarget {
     }
 
     fn mark_failed(&self, id: GenerationId, reason: &str) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.mark_failed(id, reason)
     }
 
     fn discard(&self, id: GenerationId) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.discard(id)
     }
 
@@ -1045,6 +1109,7 @@ impl crate::target::store::LogStore for ExecTarget {
     }
 
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
+        self.not_lost()?;
         self.state.log_append(line)
     }
 

@@ -104,6 +104,12 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn lock(&self, holder: &Holder, ttl: Duration) -> Result<Result<String, Holder>, TargetError>;
     /// Extend the lease; false when the token no longer holds the lock.
     fn renew(&self, token: &str, ttl: Duration) -> Result<bool, TargetError>;
+    /// Whether `token` still holds the lock, checked before a write that the backend cannot
+    /// fence itself (a provider's resources); renewing it answers that where nothing cheaper
+    /// does.
+    fn holds(&self, token: &str, ttl: Duration) -> Result<bool, TargetError> {
+        self.renew(token, ttl)
+    }
     /// Release the lock if `token` holds it.
     fn unlock(&self, token: &str) -> Result<(), TargetError>;
     /// Who holds the lock now (a lapsed lease is nobody).

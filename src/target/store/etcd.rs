@@ -66,6 +66,17 @@ impl EtcdBackend {
         ))
     }
 
+    /// A lock key bound to no lease: envlock never writes one, and it never expires.
+    fn unleased_lock(&self) -> TargetError {
+        let key = format!("{}{LOCK}", self.prefix);
+        TargetError::Refused(format!(
+            "the lock key {key} in etcd {} is bound to no lease, so envlock did not write it and \
+             it would never be released; if no deployment of this environment is under way, \
+             delete it (`etcdctl del {key}`) and run again; nothing was written",
+            self.endpoints
+        ))
+    }
+
     /// `lease:create_revision` of a token.
     fn parse_token(token: &str) -> Option<(i64, i64)> {
         let (lease, created) = token.split_once(':')?;
@@ -214,10 +225,14 @@ impl Backend for EtcdBackend {
             .client
             .lease_lock(&self.key(LOCK), &value, ttl.as_secs().max(1) as i64)
             .map_err(|e| self.remote("take the deployment lock", e))?;
-        Ok(match taken {
-            Ok((lease, created)) => Ok(format!("{lease}:{created}")),
-            Err(other) => Err(serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown())),
-        })
+        match taken {
+            Ok((lease, created)) => Ok(Ok(format!("{lease}:{created}"))),
+            // A lock key bound to no lease never goes away by itself.
+            Err((_, 0)) => Err(self.unleased_lock()),
+            Err((other, _)) => Ok(Err(
+                serde_json::from_slice(&other).unwrap_or_else(|_| Holder::unknown())
+            )),
+        }
     }
 
     fn renew(&self, token: &str, _ttl: Duration) -> Result<bool, TargetError> {
@@ -229,6 +244,17 @@ impl Backend for EtcdBackend {
             .lease_keepalive(lease)
             .map_err(|e| self.remote("renew the deployment lock", e))?;
         Ok(left > 0)
+    }
+
+    fn holds(&self, token: &str, _ttl: Duration) -> Result<bool, TargetError> {
+        let Some((_, created)) = Self::parse_token(token) else {
+            return Ok(false);
+        };
+        let kv = self
+            .client
+            .get(&self.key(LOCK))
+            .map_err(|e| self.remote("read the deployment lock", e))?;
+        Ok(kv.is_some_and(|kv| kv.create_revision == created))
     }
 
     fn unlock(&self, token: &str) -> Result<(), TargetError> {

@@ -48,6 +48,12 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     /// deployer's [`StateStore::lock`] is never made to wait or fail by the one who asks. A
     /// holder that died (its lease ran out) no longer counts.
     fn lock_holder(&self) -> Result<Option<Holder>, TargetError>;
+    /// Refused when this process took the lock and no longer holds it (its lease ran out and
+    /// another deployer may hold it now): checked before each write the store cannot fence,
+    /// such as a provider's resources. A store whose lock cannot be lost has nothing to check.
+    fn check_lock(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
     /// The crash journal of an unfinished deployment, if one was left behind.
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError>;
     /// Replace the crash journal durably.
@@ -64,12 +70,6 @@ pub trait StateStore: std::fmt::Debug + Send + Sync {
     /// reading what is live instead.
     fn rewrites_are_cheap(&self) -> bool {
         true
-    }
-    /// Whether the lock this process took is still surely its own: `Err` once its lease may
-    /// have lapsed (renewals failed, or the process was frozen past it). A local lock (a
-    /// `flock`) is held until released.
-    fn still_held(&self) -> Result<(), TargetError> {
-        Ok(())
     }
     /// Where one item of the state lives, for messages: a path, a key.
     fn state_location(&self, item: StateItem) -> String;

@@ -13,6 +13,16 @@ use super::backend::{Backend, Expect, Item, PutError, Write};
 use crate::target::exec::provider::{CallError, Provider};
 use crate::target::{Holder, TargetError};
 
+/// The shortest lease a provider-kept lock may have.
+const MIN_TTL: Duration = Duration::from_secs(2);
+
+/// `ttl` in whole seconds, rounded up (a lease is never shorter than asked).
+fn whole_seconds(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// envlock's state kept by the provider.
 #[derive(Debug)]
 pub struct ProviderBackend {
@@ -92,6 +102,22 @@ impl ProviderBackend {
             }),
             _ => Err(self.malformed(operation, "an item without a string `value` and `version`")),
         }
+    }
+
+    /// The lease is renewed every third of it, each renewal one request on the lock's own
+    /// session: a lease shorter than [`MIN_TTL`] would lapse on one slow answer.
+    fn check_ttl(&self, ttl: Duration) -> Result<(), TargetError> {
+        if ttl >= MIN_TTL {
+            return Ok(());
+        }
+        Err(TargetError::Refused(format!(
+            "`lock_ttl` = {ttl:?} in [target.state] of environments/{}.toml is too short for \
+             the provider `{}`: its lease is renewed every third of it, one request each, and \
+             would lapse on one slow answer; make `lock_ttl` at least {MIN_TTL:?}; nothing was \
+             written",
+            self.provider.environment,
+            self.provider.name(),
+        )))
     }
 
     fn holder_of(v: Option<&Value>) -> Option<Holder> {
@@ -206,9 +232,10 @@ impl Backend for ProviderBackend {
     }
 
     fn lock(&self, holder: &Holder, ttl: Duration) -> Result<Result<String, Holder>, TargetError> {
+        self.check_ttl(ttl)?;
         let op = "state-lock";
         let answer = self
-            .lock_call(op, json!({ "holder": holder, "ttl": ttl.as_secs().max(1) }))
+            .lock_call(op, json!({ "holder": holder, "ttl": whole_seconds(ttl) }))
             .map_err(failed)?;
         if let Some(Value::String(token)) = answer.get("token") {
             return Ok(Ok(token.clone()));
@@ -222,7 +249,7 @@ impl Backend for ProviderBackend {
     fn renew(&self, token: &str, ttl: Duration) -> Result<bool, TargetError> {
         match self.lock_call(
             "state-renew",
-            json!({ "token": token, "ttl": ttl.as_secs().max(1) }),
+            json!({ "token": token, "ttl": whole_seconds(ttl) }),
         ) {
             Ok(_) => Ok(true),
             Err(CallError::LockLost(_)) => Ok(false),

@@ -39,6 +39,8 @@ const LOG: &str = "log/";
 /// `{"seq": N}`: the last record appended, written with it (a record removed from the end of
 /// the log leaves a chain that verifies; the checkpoint tells).
 const LOG_CHECKPOINT: &str = "log-checkpoint";
+/// Generation ids are below this: a larger one was not written by envlock.
+const MAX_ID: GenerationId = 10_000_000_000_000_000_000;
 /// Items read per `list` request.
 const PAGE: usize = 1000;
 
@@ -72,7 +74,8 @@ fn checkpoint(seq: u64) -> Write {
 
 fn corrupt(key: &str, why: impl std::fmt::Display) -> TargetError {
     TargetError::Corrupt(format!(
-        "envlock's state item `{key}` cannot be read: {why}"
+        "envlock's state item `{key}` cannot be read: {why}; it was not written by envlock \
+         (changed by hand?): put back what envlock wrote before deploying again"
     ))
 }
 
@@ -89,6 +92,26 @@ impl Shared {
             token: Arc::new(Mutex::new(None)),
             confirmed: Arc::new(Mutex::new(std::time::Instant::now())),
         }
+    }
+
+    /// The lease is surely ours only while its last renewal is younger than two thirds of it:
+    /// renewals come every third, so two missed (or a process frozen past them) means it may
+    /// lapse before the next write lands. Checked locally, before asking the store.
+    fn lease_too_old(&self) -> Option<TargetError> {
+        let age = self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        (age * 3 > self.lock_ttl * 2).then(|| {
+            TargetError::Refused(format!(
+                "the deployment lock on {} was lost (its lease: last renewed {:.1} s ago, against \
+                 a lease of {} s): another deployment may hold it now; this run writes nothing more",
+                self.backend.describe(),
+                age.as_secs_f64(),
+                self.lock_ttl.as_secs()
+            ))
+        })
     }
 
     fn fence(&self) -> Option<String> {
@@ -123,21 +146,41 @@ impl Shared {
         }
     }
 
-    /// Every item under `prefix`, in key order, read page by page.
+    /// Every item under `prefix`, in key order, read page by page. Each page must go on after
+    /// the last key read, so that a store that repeats a page cannot keep this reading (and
+    /// holding) for ever.
     fn list_all(&self, prefix: &str) -> Result<Vec<(String, Item)>, TargetError> {
         let mut out: Vec<(String, Item)> = Vec::new();
         loop {
             let after = out.last().map(|(k, _)| k.clone());
             let (page, more) = self.backend.list(prefix, after.as_deref(), PAGE, false)?;
-            let got = page.len();
+            let mut last = after;
+            for (key, _) in &page {
+                if let Some(before) = last.as_deref().filter(|b| key.as_str() <= *b) {
+                    return Err(self.out_of_order(prefix, &format!("`{key}` after `{before}`")));
+                }
+                last = Some(key.clone());
+            }
+            if more && page.is_empty() {
+                return Err(self.out_of_order(prefix, "an empty page that says more follow"));
+            }
             for (key, item) in page {
                 let item = super::parts::expand(&*self.backend, &key, item)?;
                 out.push((key, item));
             }
-            if !more || got == 0 {
+            if !more {
                 return Ok(out);
             }
         }
+    }
+
+    fn out_of_order(&self, prefix: &str, what: &str) -> TargetError {
+        TargetError::Corrupt(format!(
+            "{} listed its items under `{prefix}` out of key order ({what}): reading them page \
+             by page would never end; the store (or its provider) must list each page after \
+             the key it is given (docs/providers.md, `state-list`); nothing was written",
+            self.backend.describe()
+        ))
     }
 
     fn last(&self, prefix: &str) -> Result<Option<(String, Item)>, TargetError> {
@@ -159,7 +202,8 @@ impl Shared {
             Some(Value::Null) | None => None,
             Some(n) => Some(
                 n.as_u64()
-                    .ok_or_else(|| corrupt(LIVE, "not a generation id"))?,
+                    .filter(|id| *id < MAX_ID)
+                    .ok_or_else(|| corrupt(LIVE, format!("{n} is not a generation id")))?,
             ),
         };
         Ok((id, Some(item.version)))
@@ -252,6 +296,8 @@ impl Shared {
                 s.created
             )));
         }
+        self.refuse_other_history(from)?;
+        let log = Self::log_items(&from.log_read()?.unwrap_or_default())?;
         if let Some(key) = from.secret_key()? {
             let hex = crate::secret::hex(&key);
             self.put(&[Write::put(SECRET_KEY, hex, Expect::Any)])?;
@@ -283,38 +329,80 @@ impl Shared {
             json!({ "generation": imported.live }).to_string(),
             expect,
         )])?;
-        imported.records = self.import_log(&from.log_read()?.unwrap_or_default())?;
+        imported.records = self.import_log(log)?;
         Ok(imported)
     }
 
-    /// Every line of `log` as the record of its own `seq`, 25 per atomic put.
-    fn import_log(&self, log: &[u8]) -> Result<usize, TargetError> {
-        let mut writes = Vec::new();
-        let mut count = 0;
-        let mut last = None;
-        for line in log.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let value = text(line, "a log record")?;
+    /// An unstamped store may hold what a migration of `from` that died half-way copied (the
+    /// start of its log), never another history: a store whose stamp was removed keeps its
+    /// log, generations and live pointer, which a migration must not overwrite.
+    fn refuse_other_history(&self, from: &dyn super::Store) -> Result<(), TargetError> {
+        let ours = from.log_read()?.unwrap_or_default();
+        let theirs = self.log_read()?.unwrap_or_default();
+        if ours.starts_with(&theirs) {
+            return Ok(());
+        }
+        let records = theirs
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        Err(TargetError::Refused(format!(
+            "{} has no stamp but holds a deployment log that is not the directory's ({records} \
+             records): its stamp item was removed, or another history lives there; refusing to \
+             overwrite it: if it is this environment's history, put its `stamp` item back \
+             instead of migrating; nothing was written",
+            self.backend.describe()
+        )))
+    }
+
+    /// Every record of `log` as the item of its own `seq`. Lines that are not records (damage
+    /// a `seal` record set aside) go, byte for byte, into the item of the record after them,
+    /// so that the log reads back the same; damage after the last record cannot be carried.
+    /// Checked whole before anything is written.
+    fn log_items(log: &[u8]) -> Result<Vec<(u64, String)>, TargetError> {
+        let mut items = Vec::new();
+        let mut pending: Vec<String> = Vec::new();
+        for (n, line) in log.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let value = text(line, &format!("line {} of the log", n + 1))?;
             let seq = serde_json::from_str::<Value>(&value)
                 .ok()
-                .and_then(|v| v.get("seq").and_then(Value::as_u64))
-                .ok_or_else(|| {
-                    TargetError::Refused(format!(
-                        "line {} of the log has no `seq`; nothing more was copied",
-                        count + 1
-                    ))
-                })?;
-            writes.push(Write::put(log_key(seq), value, Expect::Any));
-            last = Some(seq);
-            count += 1;
-            if writes.len() == MAX_WRITES {
-                self.put(&std::mem::take(&mut writes))?;
+                .and_then(|v| v.get("seq").and_then(Value::as_u64));
+            match seq {
+                Some(seq) => {
+                    pending.push(value);
+                    items.push((seq, std::mem::take(&mut pending).join("\n")));
+                }
+                None => pending.push(value),
             }
         }
+        if !pending.is_empty() {
+            return Err(TargetError::Refused(format!(
+                "the directory's log ends with {} line(s) that are not records (damage no `seal` \
+                 record set aside): run `deploy log verify` and `deploy log seal` through the \
+                 directory first; nothing was written",
+                pending.len()
+            )));
+        }
+        Ok(items)
+    }
+
+    /// `items` (see [`Self::log_items`]), 25 per atomic put.
+    fn import_log(&self, items: Vec<(u64, String)>) -> Result<usize, TargetError> {
+        let count = items.len();
+        let last = items.last().map(|(seq, _)| *seq);
+        let writes: Vec<Write> = items
+            .into_iter()
+            .map(|(seq, value)| Write::put(log_key(seq), value, Expect::Any))
+            .collect();
+        let mut writes = writes;
         if let Some(last) = last {
             writes.push(checkpoint(last));
         }
-        if !writes.is_empty() {
-            self.put(&writes)?;
+        for chunk in writes.chunks(MAX_WRITES) {
+            self.put(chunk)?;
         }
         Ok(count)
     }
@@ -402,6 +490,24 @@ impl StateStore for Shared {
         self.backend.holder()
     }
 
+    fn check_lock(&self) -> Result<(), TargetError> {
+        let Some(token) = self.fence() else {
+            return Ok(());
+        };
+        if let Some(lost) = self.lease_too_old() {
+            return Err(lost);
+        }
+        if self.backend.holds(&token, self.lock_ttl)? {
+            return Ok(());
+        }
+        Err(TargetError::Refused(format!(
+            "the deployment lock on {} was lost: its lease ran out before it was renewed (a \
+             pause, a partition), so another deployment may hold it now; this run writes \
+             nothing more",
+            self.backend.describe()
+        )))
+    }
+
     fn read_journal(&self) -> Result<Option<Vec<u8>>, TargetError> {
         Ok(self.get(JOURNAL)?.map(|i| i.value.into_bytes()))
     }
@@ -435,30 +541,6 @@ impl StateStore for Shared {
 
     fn rewrites_are_cheap(&self) -> bool {
         false
-    }
-
-    /// Sure only while the last renewal is younger than two thirds of the lease: renewals come
-    /// every third, so two missed (or a process frozen) means the lease may lapse before the
-    /// next write lands.
-    fn still_held(&self) -> Result<(), TargetError> {
-        if self.fence().is_none() {
-            return Ok(());
-        }
-        let age = self
-            .confirmed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .elapsed();
-        if age * 3 <= self.lock_ttl * 2 {
-            return Ok(());
-        }
-        Err(TargetError::Refused(format!(
-            "the deployment lock on {} was last renewed {:.1} s ago, against a lease of {} s: \
-             another deployment may hold it now",
-            self.backend.describe(),
-            age.as_secs_f64(),
-            self.lock_ttl.as_secs()
-        )))
     }
 
     fn state_location(&self, item: StateItem) -> String {
@@ -515,9 +597,19 @@ impl GenerationStore for Shared {
             return Err(corrupt(&generation_key(id), "no `resources`"));
         };
         res.iter()
-            .map(|(k, t)| match t.as_str() {
-                Some(t) => Ok((k.clone(), t.as_bytes().to_vec())),
-                None => Err(corrupt(&generation_key(id), format!("`{k}` is not text"))),
+            .map(|(k, t)| {
+                if let Some(problem) = crate::config::resource_name_problem(k) {
+                    return Err(corrupt(
+                        &generation_key(id),
+                        format!(
+                            "it names the resource `{k}` ({problem}), which envlock never writes"
+                        ),
+                    ));
+                }
+                match t.as_str() {
+                    Some(t) => Ok((k.clone(), t.as_bytes().to_vec())),
+                    None => Err(corrupt(&generation_key(id), format!("`{k}` is not text"))),
+                }
             })
             .collect()
     }
@@ -535,7 +627,16 @@ impl GenerationStore for Shared {
                 .map_err(|_| corrupt(&key, "not a generation id"))?,
             None => 0,
         };
-        let id = newest.max(live.unwrap_or(0)) + 1;
+        let id = newest
+            .max(live.unwrap_or(0))
+            .checked_add(1)
+            .filter(|id| *id < MAX_ID)
+            .ok_or_else(|| {
+                corrupt(
+                    &generation_key(newest),
+                    "its id is the largest there can be, so no generation can follow it",
+                )
+            })?;
         let body = Self::generation_json(id, resources, private, meta)?;
         self.put(&[
             Write::put(generation_key(id), body, Expect::Absent),
@@ -611,8 +712,13 @@ impl GenerationStore for Shared {
 
 impl LogStore for Shared {
     fn log_tail(&self) -> Result<LogTail, TargetError> {
+        // An item's last line is its record (damage a seal set aside comes before it).
+        let last = |value: String| match value.rfind('\n') {
+            Some(at) => value.as_bytes()[at + 1..].to_vec(),
+            None => value.into_bytes(),
+        };
         Ok(LogTail {
-            last: self.last(LOG)?.map(|(_, i)| i.value.into_bytes()),
+            last: self.last(LOG)?.map(|(_, i)| last(i.value)),
             complete_len: 0,
             incomplete: 0,
         })
