@@ -225,9 +225,55 @@ pub struct Record {
     /// records written before seals existed hash and verify as they always did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<Sealed>,
+    /// The names (never the values) of the resources added, changed and removed; absent when
+    /// nothing changed, and from records written before it existed (which hash as they did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// In a signed record whose `commit` is not the commit the deployment ran from (a
+    /// rollback, a recovery, a seal): the commit whose `allowed_signers` allowed the signer,
+    /// which verification then reads instead of `commit`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signers_commit: Option<String>,
     pub prev: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+    /// The `SHA256:…` fingerprint of the key that signed `hash` (outside what `hash` covers,
+    /// like `hash` itself; absent from unsigned records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The armored SSHSIG signature of `hash` (namespace `envlock-log@<environment>`), as
+    /// `ssh-keygen -Y sign` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// The names of the resources an attempt added, changed and removed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub add: Vec<String>,
+    pub change: Vec<String>,
+    pub remove: Vec<String>,
+}
+
+impl Resources {
+    /// The names in a plan's changes; `None` when nothing changes.
+    pub fn of(changes: &[crate::plan::Change]) -> Option<Self> {
+        use crate::plan::Action as A;
+        let names = |a: A| -> Vec<String> {
+            changes
+                .iter()
+                .filter(|c| c.action == a)
+                .map(|c| c.resource.clone())
+                .collect()
+        };
+        let r = Resources {
+            add: names(A::Add),
+            change: names(A::Change),
+            remove: names(A::Remove),
+        };
+        (!changes.is_empty()).then_some(r)
+    }
 }
 
 /// What a `seal` record says about the damage it sets aside: the lines from `line` up to the
@@ -269,6 +315,10 @@ pub struct Entry {
     pub reason: Option<String>,
     pub plan_sha256: Option<String>,
     pub notify: Option<Notified>,
+    /// The key that signs the record (`allowed_signers` exists at the deployed commit).
+    pub signing: Option<std::sync::Arc<crate::signing::Key>>,
+    /// The names of the resources changed, when known.
+    pub resources: Option<Resources>,
 }
 
 /// The delivery of one `[notify] url` notification, as the log records it.
@@ -299,6 +349,9 @@ pub enum AppendError {
     /// The last record is not in the format this build writes.
     #[error("the last record of the deployment log cannot be read: {0}")]
     Unreadable(String),
+    /// The signing key did not sign (the agent refused, the key went away).
+    #[error("the record could not be signed: {0}")]
+    Unsigned(String),
 }
 
 /// The `seq` and `hash` of the last complete record (`(0, GENESIS)` for an empty log).
@@ -359,11 +412,16 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
         plan_sha256: entry.plan_sha256,
         notify: entry.notify,
         sealed: None,
+        resources: entry.resources,
+        signers_commit: None,
         prev,
         hash: String::new(),
+        signer: None,
+        signature: None,
     };
     // A reason may quote what a command printed: no secret value enters the log.
-    let (line, record) = seal(crate::redact::scrubbed(record));
+    let (line, record) = seal_signed(crate::redact::scrubbed(record), entry.signing.as_deref())
+        .map_err(AppendError::Unsigned)?;
     if clear {
         target.log_append_clear_journal(&line)?;
     } else {
@@ -372,18 +430,44 @@ fn append_with(target: &dyn Target, entry: Entry, clear: bool) -> Result<Record,
     Ok(record)
 }
 
-/// Compute `hash` and the line to store (with its newline).
-pub fn seal(mut record: Record) -> (Vec<u8>, Record) {
+/// Compute `hash` and the line to store (with its newline), unsigned.
+pub fn seal(record: Record) -> (Vec<u8>, Record) {
+    seal_signed(record, None).unwrap_or_else(|_| unreachable!("no key, nothing to sign"))
+}
+
+/// Compute `hash`, sign it with `key` when there is one, and the line to store: the canonical
+/// JSON (without `hash`, `signer`, `signature`) with `,"hash":"…"` and then
+/// `,"signer":"SHA256:…","signature":"…"` spliced in before its closing brace.
+pub fn seal_signed(
+    mut record: Record,
+    key: Option<&crate::signing::Key>,
+) -> Result<(Vec<u8>, Record), String> {
     record.hash.clear();
+    record.signer = None;
+    record.signature = None;
+    record.signers_commit = key
+        .map(crate::signing::Key::commit)
+        .filter(|c| !c.is_empty() && *c != record.commit)
+        .map(str::to_owned);
     let canonical = serde_json::to_vec(&record).expect("a record serializes");
     let hash = crate::target::sha256_hex(&canonical);
     let mut line = canonical;
     line.pop(); // the closing brace
     line.extend_from_slice(b",\"hash\":\"");
     line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\"}\n");
+    line.push(b'"');
+    if let Some(key) = key {
+        let signature = key.sign(&record.environment, &hash)?;
+        line.extend_from_slice(b",\"signer\":");
+        line.extend(serde_json::to_vec(key.fingerprint()).expect("a string serializes"));
+        line.extend_from_slice(b",\"signature\":");
+        line.extend(serde_json::to_vec(&signature).expect("a string serializes"));
+        record.signer = Some(key.fingerprint().to_owned());
+        record.signature = Some(signature);
+    }
+    line.extend_from_slice(b"}\n");
     record.hash = hash;
-    (line, record)
+    Ok((line, record))
 }
 
 /// Cut an incomplete last record: only for the recovery of an interrupted deployment, whose
@@ -446,17 +530,44 @@ fn is_hex64(b: &[u8]) -> bool {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
+/// `,"signer":"SHA256:` + 43 base64 + `"`.
+const SIGNER_LEN: usize = 11 + 7 + 43 + 1;
+
+/// Where a signed record's `,"signer":…,"signature":"…"` starts. The signature's armor holds
+/// no `"`, so its value starts after the line's last quote but one.
+fn signed_tail(line: &[u8]) -> Option<usize> {
+    const SIG: &[u8] = b",\"signature\":\"";
+    let n = line.len();
+    let inner = line.get(..n.checked_sub(2)?)?;
+    let open = inner.iter().rposition(|&b| b == b'"')?;
+    let sig_at = (open + 1).checked_sub(SIG.len())?;
+    if &line[sig_at..=open] != SIG {
+        return None;
+    }
+    let signer_at = sig_at.checked_sub(SIGNER_LEN)?;
+    let member = &line[signer_at..sig_at];
+    if !member.starts_with(b",\"signer\":\"SHA256:") || !member.ends_with(b"\"") {
+        return None;
+    }
+    Some(signer_at)
+}
+
 fn split_line(line: &[u8]) -> Result<Parts<'_>, &'static str> {
     let n = line.len();
-    if n < HASH_SUFFIX_LEN + PREV_LEN + 2 || !line.starts_with(b"{") {
+    if n < HASH_SUFFIX_LEN + PREV_LEN + 2 || !line.starts_with(b"{") || !line.ends_with(b"\"}") {
         return Err("it is not a record");
     }
-    let suffix = &line[n - HASH_SUFFIX_LEN..];
-    if !suffix.starts_with(b",\"hash\":\"") || !suffix.ends_with(b"\"}") {
+    let end = signed_tail(line).map_or(n, |at| at + 1);
+    // The hash member ends where the signature members (or the closing brace) begin.
+    let Some(start) = end.checked_sub(HASH_SUFFIX_LEN) else {
+        return Err("it does not end with its hash");
+    };
+    let suffix = &line[start..end];
+    if start < PREV_LEN + 1 || !suffix.starts_with(b",\"hash\":\"") || suffix[9 + 64] != b'"' {
         return Err("it does not end with its hash");
     }
     let hash = &suffix[9..9 + 64];
-    let body = &line[..n - HASH_SUFFIX_LEN];
+    let body = &line[..start];
     let prev_member = &body[body.len() - PREV_LEN..];
     if !prev_member.starts_with(b",\"prev\":\"") || !prev_member.ends_with(b"\"") {
         return Err("it has no `prev` before its hash");
@@ -496,6 +607,11 @@ pub enum Broken {
     Truncated,
     /// A line that is not a record at all.
     Malformed,
+    /// A record without a signature although `allowed_signers` was in force.
+    Unsigned,
+    /// A signature that does not verify: unknown key, a key not allowed for the environment,
+    /// or a signature that does not match.
+    Signature,
 }
 
 impl Broken {
@@ -507,6 +623,8 @@ impl Broken {
             Broken::Forged => "forged",
             Broken::Truncated => "truncated",
             Broken::Malformed => "malformed",
+            Broken::Unsigned => "unsigned",
+            Broken::Signature => "signature",
         }
     }
 }
@@ -808,12 +926,14 @@ fn find_seal<'a>(
 
 /// The `seal` record that sets aside a log's first damage, and the bytes to append (a newline
 /// first when the log ends in the middle of a line: no byte is rewritten or removed). `None`
-/// when the log verifies (and no record was removed from its end: `removed`).
+/// when the log verifies (and no record was removed from its end: `removed`); an error when the
+/// key did not sign.
+#[allow(clippy::type_complexity)]
 pub fn seal_for(
     bytes: &[u8],
     removed: Option<String>,
     entry: Entry,
-) -> Option<(Vec<u8>, Record, Verified)> {
+) -> Option<Result<(Vec<u8>, Record, Verified), String>> {
     let v = verify_removed(bytes, removed);
     let problem = v.problem.clone()?;
     let lines = Lines::new(bytes);
@@ -858,13 +978,21 @@ pub fn seal_for(
             damaged_bytes: damaged.len() as u64,
             damaged_sha256: crate::target::sha256_hex(&damaged),
         }),
+        resources: None,
+        signers_commit: None,
         prev: v.head.clone(),
         hash: String::new(),
+        signer: None,
+        signature: None,
     };
-    let (line, record) = seal(crate::redact::scrubbed(record));
+    let (line, record) =
+        match seal_signed(crate::redact::scrubbed(record), entry.signing.as_deref()) {
+            Ok(sealed) => sealed,
+            Err(e) => return Some(Err(e)),
+        };
     let mut out = if cut { b"\n".to_vec() } else { Vec::new() };
     out.extend(line);
-    Some((out, record, v))
+    Some(Ok((out, record, v)))
 }
 
 /// The records of a log that verified as `v` says, without the lines a seal set aside (the
@@ -894,6 +1022,179 @@ fn hex_eq(digest: &[u8], hex: &[u8]) -> bool {
         && digest.iter().enumerate().all(|(i, b)| {
             hex[2 * i] == HEX[usize::from(b >> 4)] && hex[2 * i + 1] == HEX[usize::from(b & 0xf)]
         })
+}
+
+/// `allowed_signers` as of one commit.
+#[derive(Clone, Debug)]
+pub enum Policy {
+    /// The commit has no `allowed_signers`.
+    Absent,
+    Present(std::sync::Arc<crate::signing::AllowedSigners>),
+    /// The commit's file does not parse, or the commit id is not one.
+    Unreadable(String),
+    /// The commit is not in this repository (not fetched): a problem once records are signed.
+    Missing(String),
+}
+
+/// The signatures of a log whose chain verified (up to its first problem).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Signatures {
+    /// Records checked, and how many of them are signed.
+    pub records: usize,
+    pub signed: usize,
+    /// Whether any record was judged under an `allowed_signers` file.
+    pub enforced: bool,
+    /// The first record whose signature does not verify.
+    pub problem: Option<Problem>,
+}
+
+/// What a record says about its signature.
+#[derive(Deserialize)]
+struct SignedView {
+    seq: u64,
+    commit: String,
+    #[serde(default)]
+    signers_commit: Option<String>,
+    #[serde(default)]
+    signer: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    hash: String,
+}
+
+/// Check the signatures of the records `v` verified (lines a seal set aside excluded): each
+/// against `allowed_signers` as of the commit it names (`policy`, asked once per commit); a
+/// record whose commit has no file is judged by the file of the latest earlier record that had
+/// one. Once a file is in force, an unsigned record is a problem. Signatures are checked on all
+/// cores.
+pub fn verify_signatures(
+    bytes: &[u8],
+    v: &Verified,
+    environment: &str,
+    policy: &mut dyn FnMut(&str) -> Policy,
+) -> Signatures {
+    let last = v.problem.as_ref().map_or(usize::MAX, |p| p.line);
+    let lines: Vec<(usize, &[u8])> = bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .filter(|(n, l)| *n < last && !l.is_empty())
+        .filter(|(n, _)| !v.sealed.iter().any(|s| (s.line..s.seal_line).contains(n)))
+        .collect();
+    let chunks: Vec<&[(usize, &[u8])]> = lines.chunks(VERIFY_CHUNK).collect();
+    let views: Vec<Option<SignedView>> = crate::parallel::map(&chunks, |chunk| {
+        chunk
+            .iter()
+            .map(|(_, l)| serde_json::from_slice::<SignedView>(l).ok())
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    // In order: which file judges each record (cheap; one lookup per distinct commit).
+    let mut cache: std::collections::HashMap<String, Policy> = std::collections::HashMap::new();
+    let mut in_force: Option<std::sync::Arc<crate::signing::AllowedSigners>> = None;
+    let mut jobs = Vec::with_capacity(lines.len());
+    let mut out = Signatures {
+        records: lines.len(),
+        ..Signatures::default()
+    };
+    for ((number, _), view) in lines.iter().zip(&views) {
+        let Some(view) = view else {
+            out.problem = Some(Problem {
+                line: *number,
+                seq: None,
+                kind: Broken::Malformed,
+                message: format!("line {number}: its signature members cannot be read"),
+            });
+            break;
+        };
+        let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
+        let p = if commit.is_empty() {
+            Policy::Absent
+        } else {
+            cache
+                .entry(commit.clone())
+                .or_insert_with(|| policy(commit))
+                .clone()
+        };
+        match p {
+            Policy::Present(a) => in_force = Some(a),
+            Policy::Absent => {}
+            // Before any file was in force, an unsigned record's unknown commit changes nothing.
+            Policy::Missing(_) if in_force.is_none() && view.signature.is_none() => {}
+            Policy::Unreadable(why) | Policy::Missing(why) => {
+                out.problem = Some(signature_problem(*number, view, Broken::Signature, why));
+                break;
+            }
+        }
+        out.signed += usize::from(view.signature.is_some());
+        jobs.push((*number, view, in_force.clone()));
+    }
+    out.enforced = in_force.is_some();
+    let checked: Vec<Option<Problem>> =
+        crate::parallel::map(&jobs.chunks(256).collect::<Vec<_>>(), |c| {
+            c.iter()
+                .map(|(n, view, a)| check_signature(*n, view, environment, a.as_deref()))
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    if let Some(p) = checked.into_iter().flatten().next() {
+        // A problem before the unreadable commit's record comes first.
+        if out.problem.as_ref().is_none_or(|q| p.line < q.line) {
+            out.problem = Some(p);
+        }
+    }
+    out
+}
+
+fn signature_problem(line: usize, view: &SignedView, kind: Broken, why: String) -> Problem {
+    Problem {
+        line,
+        seq: Some(view.seq),
+        message: format!("record {} (line {line}): {why}", view.seq),
+        kind,
+    }
+}
+
+/// One record's signature, judged by `allowed` (the file in force), or only checked as a
+/// signature when no file is in force.
+fn check_signature(
+    line: usize,
+    view: &SignedView,
+    environment: &str,
+    allowed: Option<&crate::signing::AllowedSigners>,
+) -> Option<Problem> {
+    let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
+    let short: String = commit.chars().take(12).collect();
+    let (signer, signature) = match (&view.signer, &view.signature, allowed) {
+        (Some(s), Some(sig), _) => (s, sig),
+        (_, _, None) => return None,
+        (_, _, Some(_)) => {
+            return Some(signature_problem(
+                line,
+                view,
+                Broken::Unsigned,
+                format!(
+                    "it is not signed, although {} was in force at commit {short} (every record must be signed once the file exists)",
+                    crate::signing::ALLOWED_SIGNERS
+                ),
+            ));
+        }
+    };
+    let result = match allowed {
+        Some(a) => crate::signing::verify(a, environment, view.hash.as_bytes(), signer, signature)
+            .map(|_| ())
+            .map_err(|e| format!("{e} at commit {short}")),
+        None => {
+            crate::signing::verify_unlisted(environment, view.hash.as_bytes(), signer, signature)
+        }
+    };
+    result
+        .err()
+        .map(|why| signature_problem(line, view, Broken::Signature, why))
 }
 
 /// Parse every complete record (for display), oldest first. Lines that do not parse are
@@ -933,8 +1234,12 @@ mod tests {
             plan_sha256: None,
             notify: None,
             sealed: None,
+            resources: None,
+            signers_commit: None,
             prev: prev.into(),
             hash: String::new(),
+            signer: None,
+            signature: None,
         }
     }
 
@@ -947,6 +1252,86 @@ mod tests {
             prev = r.hash;
         }
         out
+    }
+
+    /// A test-only key (ssh-keygen -t ed25519 -N ''), and its allowed_signers line for `prod`.
+    const TEST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACCtr+ozKFw1htJXOkeYjRG36LQ+/O6BG4BhEbEbsiN/SQAAAIjdOQe23TkH
+tgAAAAtzc2gtZWQyNTUxOQAAACCtr+ozKFw1htJXOkeYjRG36LQ+/O6BG4BhEbEbsiN/SQ
+AAAECriC+nqUk+HPrOSkSYlxBJTc3SSOz9uaKetDy1sssQpa2v6jMoXDWG0lc6R5iNEbfo
+tD787oEbgGERsRuyI39JAAAAAXQBAgME
+-----END OPENSSH PRIVATE KEY-----
+";
+    const TEST_SIGNERS: &str = "t namespaces=\"envlock-log@prod\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK2v6jMoXDWG0lc6R5iNEbfotD787oEbgGERsRuyI39J";
+
+    fn signed_log(n: u64) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, TEST_KEY).unwrap();
+        let key = crate::signing::from_file(&path).unwrap();
+        let mut out = Vec::new();
+        let mut prev = GENESIS.to_owned();
+        for seq in 1..=n {
+            let (line, r) = seal_signed(record(seq, &prev), Some(&key)).unwrap();
+            out.extend(line);
+            prev = r.hash;
+        }
+        out
+    }
+
+    fn check_signatures(bytes: &[u8]) -> Signatures {
+        let allowed =
+            std::sync::Arc::new(crate::signing::AllowedSigners::parse(TEST_SIGNERS).unwrap());
+        let v = verify(bytes);
+        verify_signatures(bytes, &v, "prod", &mut |_| Policy::Present(allowed.clone()))
+    }
+
+    #[test]
+    fn a_signed_log_verifies_and_its_unsigned_bytes_hash_as_before() {
+        let bytes = signed_log(3);
+        let v = verify(&bytes);
+        assert_eq!((v.problem.clone(), v.records), (None, 3));
+        let s = check_signatures(&bytes);
+        assert_eq!((s.problem, s.signed, s.enforced), (None, 3, true));
+        // The same records unsigned hash the same: the signature is outside the hash.
+        assert_eq!(v.head, verify(&log(3)).head);
+        let parsed = records(&bytes);
+        assert!(
+            parsed[0]
+                .signature
+                .as_deref()
+                .unwrap()
+                .starts_with("-----BEGIN SSH SIGNATURE-----\n")
+        );
+        // Another environment's namespace does not verify.
+        let allowed =
+            std::sync::Arc::new(crate::signing::AllowedSigners::parse(TEST_SIGNERS).unwrap());
+        let other = verify_signatures(&bytes, &v, "staging", &mut |_| {
+            Policy::Present(allowed.clone())
+        });
+        assert_eq!(other.problem.unwrap().kind, Broken::Signature);
+    }
+
+    #[test]
+    fn a_changed_signature_byte_is_found_and_no_prefix_of_a_signed_line_panics() {
+        let bytes = signed_log(2);
+        let mark = b"\"signature\":\"-----BEGIN SSH SIGNATURE-----\\n";
+        let at = bytes.windows(mark.len()).rposition(|w| w == mark).unwrap() + mark.len() + 100;
+        let mut edited = bytes.clone();
+        edited[at] = if edited[at] == b'A' { b'B' } else { b'A' };
+        let s = check_signatures(&edited);
+        let p = s.problem.unwrap();
+        assert_eq!((p.kind, p.line), (Broken::Signature, 2));
+        let first = bytes.split(|&b| b == b'\n').next().unwrap();
+        for cut in 0..first.len() {
+            let mut line = first[..cut].to_vec();
+            line.push(b'\n');
+            let _ = check_signatures(&line);
+            let mut tail = first[cut..].to_vec();
+            tail.push(b'\n');
+            let _ = check_signatures(&tail);
+        }
     }
 
     #[test]
@@ -1038,6 +1423,8 @@ mod tests {
             reason: Some("looked at it".into()),
             notify: None,
             plan_sha256: None,
+            signing: None,
+            resources: None,
         }
     }
 
@@ -1059,7 +1446,7 @@ mod tests {
             seal_for(&log(5), None, seal_entry()).is_none(),
             "nothing to seal"
         );
-        let (line, r, before) = seal_for(&bytes, None, seal_entry()).unwrap();
+        let (line, r, before) = seal_for(&bytes, None, seal_entry()).unwrap().unwrap();
         assert_eq!(before.records, 0);
         assert_eq!((r.seq, r.prev.as_str()), (6, GENESIS));
         let mut sealed = bytes.clone();
@@ -1097,7 +1484,7 @@ mod tests {
         let p = verify(&later).problem.unwrap();
         assert_eq!((p.line, p.kind), (7, Broken::Edited));
         // ...which a second seal sets aside in its turn.
-        let (line2, r2, _) = seal_for(&later, None, seal_entry()).unwrap();
+        let (line2, r2, _) = seal_for(&later, None, seal_entry()).unwrap().unwrap();
         assert_eq!((r2.seq, r2.prev.as_str()), (8, r.hash.as_str()));
         later.extend(line2);
         let v = verify(&later);
@@ -1108,7 +1495,7 @@ mod tests {
     fn a_seal_of_a_cut_log_ends_the_cut_line_first() {
         let good = log(3);
         let cut = &good[..good.len() - 30];
-        let (line, r, _) = seal_for(cut, None, seal_entry()).unwrap();
+        let (line, r, _) = seal_for(cut, None, seal_entry()).unwrap().unwrap();
         assert_eq!(line[0], b'\n');
         let mut sealed = cut.to_vec();
         sealed.extend(&line);
@@ -1123,7 +1510,7 @@ mod tests {
         let mut bytes = log(4);
         let at = bytes.windows(5).rposition(|w| w == b"\"ana\"").unwrap();
         bytes[at + 1] = b'b'; // record 4 edited
-        let (line, r, _) = seal_for(&bytes, None, seal_entry()).unwrap();
+        let (line, r, _) = seal_for(&bytes, None, seal_entry()).unwrap().unwrap();
         // The same seal, re-hashed with another line named.
         let mut wrong = r.clone();
         wrong.sealed.as_mut().unwrap().line = 3;

@@ -53,6 +53,7 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
         (loaded, dirty.join().unwrap_or_default())
     });
     let (commit, config) = loaded?;
+    let signers = signers_problem(&repo, &commit.id.to_string());
     let ok = config.diagnostics.is_empty();
     let names = config.names();
     let invalid: Vec<&String> = names
@@ -103,7 +104,7 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
         })?;
     } else {
         printer.diagnostics(&config.sources, &config.diagnostics);
-        if ok {
+        if ok && signers.is_none() {
             printer.out(&format!(
                 "{} {} environment{} valid at {} ({}): {}\n",
                 printer.paint_out(style::OK, "ok:"),
@@ -122,6 +123,9 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
     // The process ends right after this: freeing every node of a large configuration one by
     // one only delays the exit (measured at 4% of `check`).
     std::mem::forget(config);
+    if let Some(f) = signers {
+        return Err(f.json_printed(printer.is_json()).into());
+    }
     if ok {
         return Ok(Exit::Success);
     }
@@ -138,6 +142,29 @@ pub fn run(dir: &Path, args: CheckArgs, printer: &Printer) -> Result<Exit> {
     ))
     .json_printed(printer.is_json())
     .into())
+}
+
+/// `allowed_signers` at the commit, when it exists and does not parse: `file:line:col`, the
+/// line, and a caret under the column.
+fn signers_problem(repo: &envlock::repo::Repo, commit: &str) -> Option<Failure> {
+    use envlock::signing::ALLOWED_SIGNERS;
+    let bytes = match repo.root_file(commit, ALLOWED_SIGNERS) {
+        Ok(b) => b?,
+        Err(e) => {
+            return Some(Failure::error(format!(
+                "{ALLOWED_SIGNERS} cannot be read: {e}"
+            )));
+        }
+    };
+    let e = envlock::deploy::signing::parse(&bytes).err()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().nth(e.line - 1).unwrap_or_default();
+    Some(
+        Failure::error(e.to_string())
+            .detail(format!("{:>4} | {line}", e.line))
+            .detail(format!("     | {}^", " ".repeat(e.col.saturating_sub(1))))
+            .hint("allowed_signers says who may deploy where: `principals namespaces=\"envlock-log@<environment>,…\" ssh-ed25519 <key>` per line (README: \"Signed records and who may deploy\")"),
+    )
 }
 
 /// `note: not checked (uncommitted): environments/prod.toml (modified)`: check reads a commit,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use envlock::config::{Environment, Keep};
-use envlock::deploy::open_target;
+use envlock::deploy::{self, open_target};
 use envlock::error::{Exit, Failure};
 use envlock::log::{self, Problem, Record, SealedDamage};
 use envlock::output::{Printer, style};
@@ -39,6 +39,9 @@ struct EnvLog {
     /// Damage set aside by seal records, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     sealed: Vec<SealedDamage>,
+    /// Records signed (of `records`), and whether any was judged under `allowed_signers`.
+    signed: usize,
+    signers_enforced: bool,
     #[serde(skip)]
     entries: Vec<Record>,
 }
@@ -78,7 +81,8 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     };
     // `log verify` needs only the chain; parsing every record is for the table.
     let parse = command.is_none();
-    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e, parse)).collect();
+    let mut policy = |c: &str| deploy::signing::policy_at(&repo, c);
+    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e, parse, &mut policy)).collect();
     if let Some(name) = &target
         && let Some(l) = logs.first()
     {
@@ -108,7 +112,7 @@ fn refuse_unreadable(name: &str, l: &EnvLog) -> Result<()> {
     }
 }
 
-fn read(env: &Environment, parse: bool) -> EnvLog {
+fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Policy) -> EnvLog {
     let mut l = EnvLog {
         environment: env.name.clone(),
         target: env.target.describe(),
@@ -118,6 +122,8 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
         head: None,
         problem: None,
         sealed: Vec::new(),
+        signed: 0,
+        signers_enforced: false,
         entries: Vec::new(),
     };
     let target = match open_target(env) {
@@ -166,7 +172,15 @@ fn read(env: &Environment, parse: bool) -> EnvLog {
     };
     // Records removed from the end leave a chain that verifies; the checkpoint knows.
     let removed = target.log_removed().ok().flatten();
-    let v = log::verify_removed(&bytes, removed);
+    let mut v = log::verify_removed(&bytes, removed);
+    // Every signature against `allowed_signers` as of the commit its record names.
+    let sigs = log::verify_signatures(&bytes, &v, &env.name, policy);
+    l.signed = sigs.signed;
+    l.signers_enforced = sigs.enforced;
+    if let Some(p) = sigs.problem {
+        v.records = p.line.saturating_sub(1).min(v.records);
+        v.problem = Some(p);
+    }
     l.records = v.records;
     l.head = Some(v.head);
     if v.problem.is_some() {
@@ -314,10 +328,11 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         for l in &logs {
             let line = match l.status {
                 "ok" | "sealed" => format!(
-                    "{}: {} record{}, chain intact; head {}",
+                    "{}: {} record{}, chain intact{}; head {}",
                     l.environment,
                     l.records,
                     if l.records == 1 { "" } else { "s" },
+                    signed_note(l),
                     l.head.as_deref().unwrap_or("")
                 ),
                 "broken" => format!(
@@ -334,6 +349,13 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             };
             out.push_str(&line);
             out.push('\n');
+            if matches!(l.status, "ok" | "sealed") && l.records > 0 && !l.signers_enforced {
+                out.push_str(&format!(
+                    "  {} the records of `{}` are not signed: the repository has no `allowed_signers`, so anyone who can write the log can rewrite it (README: \"Signed records and who may deploy\")\n",
+                    printer.paint_out(style::WARN, "warning:"),
+                    l.environment
+                ));
+            }
             for s in &l.sealed {
                 out.push_str(&format!(
                     "  {} {}\n",
@@ -362,6 +384,19 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
     .hint("the log was altered or damaged after it was written; keep a copy of it for the audit and compare it with a backup or an earlier `deploy log verify` head")
     .json_printed(printer.is_json())
     .into())
+}
+
+/// `, 3 signed` after the chain's verdict, when records are signed.
+fn signed_note(l: &EnvLog) -> String {
+    if l.signed == 0 {
+        return String::new();
+    }
+    let all = if l.signed == l.records {
+        "all signatures verify".to_owned()
+    } else {
+        format!("{} signed, signatures verify", l.signed)
+    };
+    format!(", {all}")
 }
 
 /// `s` on one line; cut to `max` characters (and `…`) when `max` is given.

@@ -232,6 +232,10 @@ pub(super) fn run(dir: &Path, name: &str, job: Job, printer: &Printer) -> Result
         {
             d.plan_sha256 = Some(saved.1.id().to_owned());
         }
+        // Who may deploy where: refused before anything is written.
+        if !matches!(job, Job::Plan { .. } | Job::Status) {
+            d.signing = deploy::signing::authorize(&d)?;
+        }
         run_job(&d, job, printer)
     });
     // Tell the environment's notifier (from the reviewed commit) about every refusal, failure

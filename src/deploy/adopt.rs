@@ -236,6 +236,8 @@ fn record(d: &Deployment<'_>, found: &str) -> Result<LogRef> {
         )),
         plan_sha256: None,
         notify: None,
+        signing: d.signing.clone(),
+        resources: None,
     };
     let r = log::append(&*d.target, entry).map_err(|e| {
         Failure::error(format!(

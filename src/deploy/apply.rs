@@ -840,7 +840,8 @@ fn record_applied(
     report: &mut Report,
 ) -> Result<()> {
     failpoint::hit("before-record");
-    let entry = journal_entry(journal, d, Outcome::Applied, Some(id), None);
+    let mut entry = journal_entry(journal, d, Outcome::Applied, Some(id), None);
+    entry.resources = log::Resources::of(&report.changes);
     if atomic {
         let r = log::append_clearing_journal(&*d.target, d.page(entry))
             .map_err(|e| unrecorded(d, id, log_failure(d, e)))?;
@@ -1520,6 +1521,8 @@ fn entry(d: &Deployment<'_>, generation: Option<GenerationId>) -> Entry {
         reason: None,
         plan_sha256: d.plan_sha256.clone(),
         notify: None,
+        signing: d.signing.clone(),
+        resources: None,
     }
 }
 
@@ -1552,12 +1555,17 @@ fn journal_entry(
         reason,
         plan_sha256: journal.plan_sha256.clone(),
         notify: None,
+        signing: d.signing.clone(),
+        resources: None,
     }
 }
 
 /// Append a record to the deployment log (the caller holds the lock).
 /// The record tells what became of the `[notify] url` notification, which is delivered first.
-fn record(d: &Deployment<'_>, report: &mut Report, entry: Entry) -> Result<()> {
+fn record(d: &Deployment<'_>, report: &mut Report, mut entry: Entry) -> Result<()> {
+    if entry.resources.is_none() && entry.changes != Changes::default() {
+        entry.resources = log::Resources::of(&report.changes);
+    }
     let r = log::append(&*d.target, d.page(entry)).map_err(|e| {
         let io = matches!(e, AppendError::Target(TargetError::Io { .. }));
         let err = log_failure(d, e);

@@ -72,6 +72,7 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
         ))
         .into());
     }
+    signed(d, name, &bytes, &verified, short)?;
     let live = live_config(&*target, before).map_err(&refuse)?;
     let want = plan::config_sha256_with(before, &live.secrets);
     if want.as_deref() != Some(live.config_sha256.as_str()) {
@@ -91,6 +92,9 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
                 && r.generation == Some(live.id)
                 && r.outcome != Outcome::Refused
         });
+    if let Some(r) = &last {
+        signed_by_allowed(d, name, r, short).map_err(&refuse)?;
+    }
     match last {
         Some(r) if r.outcome.proves_healthy() => Ok(()),
         Some(r) => Err(refuse(format!(
@@ -104,6 +108,58 @@ fn proven_on(d: &Deployment<'_>, before: &Environment, commit: &str) -> Result<(
             live.id
         ))),
     }
+}
+
+/// Every signature of `name`'s log verifies against `allowed_signers` as of its record's commit.
+fn signed(
+    d: &Deployment<'_>,
+    name: &str,
+    bytes: &[u8],
+    verified: &log::Verified,
+    short: &str,
+) -> Result<()> {
+    let mut policy = |c: &str| super::signing::policy_at(d.repo, c);
+    let Some(p) = log::verify_signatures(bytes, verified, name, &mut policy).problem else {
+        return Ok(());
+    };
+    Err(Failure::refused(format!(
+        "promotion gate: a signature in `{name}`'s deployment log does not verify, so it cannot prove commit {short}: {}",
+        p.message
+    ))
+    .hint(format!(
+        "`deploy log verify --target {name}` shows the problem; nothing was changed"
+    ))
+    .into())
+}
+
+/// With `allowed_signers` at the gate's commit, the record that proves the commit must be
+/// signed by a key allowed for `name` (by the file at its own commit, else the gate's).
+fn signed_by_allowed(
+    d: &Deployment<'_>,
+    name: &str,
+    r: &log::Record,
+    short: &str,
+) -> Result<(), String> {
+    use crate::log::Policy;
+    let here = match super::signing::policy_at(d.repo, &d.commit.id.to_string()) {
+        Policy::Absent => return Ok(()),
+        Policy::Present(a) => a,
+        Policy::Unreadable(why) | Policy::Missing(why) => return Err(why),
+    };
+    let commit = r.signers_commit.as_ref().unwrap_or(&r.commit);
+    let allowed = match super::signing::policy_at(d.repo, commit) {
+        Policy::Present(a) => a,
+        Policy::Absent | Policy::Unreadable(_) | Policy::Missing(_) => here,
+    };
+    let (Some(signer), Some(signature)) = (&r.signer, &r.signature) else {
+        return Err(format!(
+            "its log record {} is not signed, and commit {short} has `allowed_signers`: only signed records prove a commit",
+            r.seq
+        ));
+    };
+    crate::signing::verify(&allowed, name, r.hash.as_bytes(), signer, signature)
+        .map(|_| ())
+        .map_err(|e| format!("its log record {}: {e}", r.seq))
 }
 
 /// The `after` environment's target is stamped for it and its account.

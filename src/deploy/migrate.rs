@@ -317,6 +317,8 @@ fn record(d: &Deployment<'_>, report: &MigrateReport) -> Result<LogRef> {
         )),
         plan_sha256: None,
         notify: None,
+        signing: d.signing.clone(),
+        resources: None,
     };
     let r = log::append(&*d.target, entry).map_err(|e| {
         Failure::error(format!(

@@ -19,6 +19,7 @@ pub mod migrate;
 mod page;
 pub mod saved;
 pub mod seal;
+pub mod signing;
 pub mod status;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -72,6 +73,9 @@ pub struct Deployment<'a> {
     /// True when this run's last `[notify] url` notification (sent or tried) told of trouble;
     /// shared with the command, which then does not send the same failure again when it ends.
     pub paged: Arc<AtomicBool>,
+    /// The key that signs this run's log records, when `allowed_signers` exists at the
+    /// commit (set by [`signing::authorize`] before anything is written).
+    pub signing: Option<Arc<crate::signing::Key>>,
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -513,6 +517,7 @@ impl<'a> Deployment<'a> {
             dirty: Vec::new(),
             accounts: std::collections::BTreeMap::new(),
             paged: Arc::new(AtomicBool::new(false)),
+            signing: None,
         })
     }
 

@@ -197,15 +197,22 @@ fn prepared(d: &Deployment<'_>, reason: &str) -> Result<(Vec<u8>, log::Record, V
         reason: Some(reason.to_owned()),
         plan_sha256: None,
         notify: None,
+        signing: d.signing.clone(),
+        resources: None,
     };
-    log::seal_for(&bytes, removed(d)?, entry).ok_or_else(|| {
-        Failure::refused(format!(
-            "the deployment log of `{}` verifies now: there is nothing to seal",
-            d.env.name
-        ))
-        .hint("another run changed it meanwhile; nothing was written")
-        .into()
-    })
+    log::seal_for(&bytes, removed(d)?, entry)
+        .ok_or_else(|| {
+            Failure::refused(format!(
+                "the deployment log of `{}` verifies now: there is nothing to seal",
+                d.env.name
+            ))
+            .hint("another run changed it meanwhile; nothing was written")
+        })?
+        .map_err(|e| {
+            Failure::error(format!("the seal record could not be signed: {e}"))
+                .hint("nothing was written")
+                .into()
+        })
 }
 
 /// Records removed from the end of the log, as the target's checkpoint tells.

@@ -295,6 +295,26 @@ impl Repo {
         name.starts_with("refs/remotes/").then(|| name.to_owned())
     }
 
+    /// A file at the root of a commit's tree (`commit`: a full or abbreviated id), `None` when
+    /// the commit has no such file. Files larger than any configuration file are refused.
+    pub fn root_file(&self, commit: &str, name: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let id = self.repo.revparse_single(commit)?.peel_to_commit()?.id();
+        let tree = self.repo.find_commit(id)?.tree()?;
+        let Some(entry) = tree.get_name(name) else {
+            return Ok(None);
+        };
+        if entry.kind() != Some(ObjectType::Blob) {
+            return Ok(None);
+        }
+        let (size, _) = self.repo.odb()?.read_header(entry.id())?;
+        if size as u64 > MAX_FILE_BYTES {
+            return Err(RepoError::Git(git2::Error::from_str(&format!(
+                "{name} at commit {commit} is larger than {MAX_FILE_BYTES} bytes"
+            ))));
+        }
+        Ok(Some(self.repo.find_blob(entry.id())?.content().to_vec()))
+    }
+
     /// Read `environments/*.toml` and `schemas/*.schema.json` from the commit's tree.
     pub fn read_config(&self, commit: &CommitInfo) -> Result<Input, RepoError> {
         let tree = self.repo.find_commit(commit.id)?.tree()?;

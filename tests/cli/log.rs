@@ -44,8 +44,24 @@ struct Record {
     previous_generation: Option<u64>,
     reason: Option<String>,
     plan_sha256: Option<String>,
+    /// Only when something changed: the names of the resources.
+    #[serde(default)]
+    resources: Option<Resources>,
     prev: String,
     hash: String,
+    /// Only in signed records (an `allowed_signers` file at the commit).
+    #[serde(default)]
+    signer: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Resources {
+    add: Vec<String>,
+    change: Vec<String>,
+    remove: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -76,6 +92,9 @@ struct EnvLog {
     records: usize,
     head: Option<String>,
     problem: Option<ProblemJson>,
+    /// Records signed, and whether `allowed_signers` judged any of them.
+    signed: usize,
+    signers_enforced: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +206,15 @@ fn every_attempt_is_recorded_and_the_chain_verifies() {
             change: 0,
             remove: 0
         }
+    );
+    // The names of what changed, never the values.
+    assert_eq!(
+        first.resources,
+        Some(Resources {
+            add: vec!["worker".into()],
+            change: vec![],
+            remove: vec![],
+        })
     );
     let last = &doc.records[0];
     assert_eq!(

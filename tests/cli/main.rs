@@ -40,6 +40,7 @@ mod seal;
 mod secrets;
 #[cfg(feature = "failpoints")]
 mod shared_state;
+mod signing;
 mod state;
 mod status;
 #[cfg(feature = "failpoints")]
