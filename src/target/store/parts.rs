@@ -18,6 +18,8 @@ const MARK: &str = "envlock-parts";
 /// Keys whose values may be large; other items (stamp, live, log records) are never split,
 /// and their writes cost no extra read.
 const LARGE: [&str; 3] = ["journal", "blob/", "generation/"];
+/// The most parts one value may have (at 346 KB a part, about 35 GB).
+const MAX_PARTS: usize = 100_000;
 /// Parts read per request.
 const PARTS_PER_GET: usize = 8;
 
@@ -41,6 +43,12 @@ fn header_parts(key: &str, value: &str) -> Option<(String, Vec<String>)> {
     }
     let v: Value = serde_json::from_str(value).ok()?;
     let n = usize::try_from(v.get(MARK)?.as_u64()?).ok()?;
+    // A header names at most what a value of its `bytes` needs: a forged count of parts never
+    // makes envlock allocate in proportion to it.
+    let bytes = usize::try_from(v.get("bytes")?.as_u64()?).ok()?;
+    if n == 0 || n > bytes || n > MAX_PARTS {
+        return None;
+    }
     let sha = v.get("sha256")?.as_str()?.to_owned();
     let keys = (0..n).map(|i| part_key(key, &sha, i)).collect();
     Some((sha, keys))
@@ -183,5 +191,8 @@ mod tests {
         .unwrap();
         assert_eq!(sha, "ab");
         assert_eq!(keys, ["parts/journal/ab/000000", "parts/journal/ab/000001"]);
+        // A forged count of parts is no header: nothing is allocated in proportion to it.
+        let forged = "{\"envlock-parts\":18446744073709551615,\"sha256\":\"ab\",\"bytes\":9}";
+        assert!(header_parts("journal", forged).is_none());
     }
 }
