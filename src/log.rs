@@ -44,6 +44,9 @@ pub enum Action {
     /// `deploy migrate`: the state was moved from a directory into a shared store (the
     /// records before it were copied byte for byte).
     Migrate,
+    /// A fleet's rollout as a whole (in its first target's log; each target's own records
+    /// say what happened to it).
+    Rollout,
 }
 
 impl Action {
@@ -55,6 +58,7 @@ impl Action {
             Action::Verify => "verify",
             Action::Seal => "seal",
             Action::Migrate => "migrate",
+            Action::Rollout => "rollout",
         }
     }
 }

@@ -4,6 +4,7 @@ mod adopt;
 mod check;
 mod diff;
 mod envs;
+mod fleet;
 mod log;
 mod meta;
 mod plan;

@@ -280,6 +280,9 @@ fn is_cancellation(err: &anyhow::Error) -> bool {
 }
 
 fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
+    if let Some(fleet) = &d.env.fleet {
+        return super::fleet::run_job(d, fleet, job, printer);
+    }
     match job {
         Job::Plan {
             out,
@@ -371,7 +374,7 @@ fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
 
 /// Print the JSON report; a rollback becomes exit 4. The run happened whether or not stdout
 /// still has a reader, so a closed stdout does not change the exit code.
-fn finish(report: deploy::apply::Report, printer: &Printer) -> Result<Exit> {
+pub(super) fn finish(report: deploy::apply::Report, printer: &Printer) -> Result<Exit> {
     if printer.is_json()
         && let Err(e) = printer.json(&report)
         && !printer.stdout_closed()

@@ -6,6 +6,7 @@
 
 mod direct;
 pub mod duration;
+pub mod fleet;
 pub mod node;
 pub mod raw;
 pub mod schema;
@@ -104,7 +105,10 @@ pub struct Environment {
     pub after: Vec<Located<String>>,
     pub extends: Vec<Located<String>>,
     pub identity: Option<Identity>,
+    /// The one target, or a fleet's first (its canary): see [`Environment::fleet`].
     pub target: Target,
+    /// `[targets.NAME]` and `[rollout]`: several targets deployed in waves.
+    pub fleet: Option<fleet::Fleet>,
     pub health: Option<Health>,
     pub notify: Option<Notify>,
     /// Resource name -> its table (as a [`Node`] of kind table); absent when the configuration
@@ -402,6 +406,16 @@ impl Target {
 }
 
 impl Environment {
+    /// This fleet environment with `member`'s target as its one target (no fleet): what one
+    /// target of a rollout deploys.
+    pub fn member(&self, member: &fleet::Member) -> Environment {
+        Environment {
+            target: member.target.clone(),
+            fleet: None,
+            ..self.clone()
+        }
+    }
+
     /// Resolved settings as one JSON object (resource -> table), keys sorted.
     pub fn settings_json(&self) -> serde_json::Value {
         serde_json::Value::Object(
@@ -1111,6 +1125,16 @@ impl Loader<'_> {
             self.diagnostics
                 .push(layer_forbidden(name, file, t.span(), "[target]"));
         }
+        if let Some(t) = &parsed.raw.targets {
+            ok = false;
+            self.diagnostics
+                .push(layer_forbidden(name, file, t.span(), "[targets]"));
+        }
+        if let Some(r) = &parsed.raw.rollout {
+            ok = false;
+            self.diagnostics
+                .push(layer_forbidden(name, file, r.span(), "[rollout]"));
+        }
         stack.push(name.to_owned());
         let extends = parsed
             .raw
@@ -1145,6 +1169,8 @@ impl Loader<'_> {
             .map(|l| llist(file, l))
             .unwrap_or_default();
         let raw_target = parsed.raw.target.take();
+        let raw_targets = parsed.raw.targets.take();
+        let raw_rollout = parsed.raw.rollout.take();
         let env_section = parsed.raw.environment.as_ref().map(|e| loc_of(file, e));
         let mut merged = Partial::default();
         let mut stack = vec![name.to_owned()];
@@ -1267,17 +1293,8 @@ impl Loader<'_> {
         let identity = self.identity(name, &merged);
         let health = self.health(name, &merged);
         let notify = self.notify(name, &merged);
-        let target = match raw_target {
-            Some(t) => self.target(name, file, t),
-            None => {
-                self.diagnostics.push(missing(
-                    "[target]",
-                    &whole,
-                    "add a [target] table, e.g. `kind = \"dir\"` and `path = \"/srv/asr\"`",
-                ));
-                None
-            }
-        };
+        let (target, fleet) =
+            self.target_or_fleet(name, file, raw_target, raw_targets, raw_rollout);
         let settings = self.settings(name, merged.settings.take());
 
         if self.diagnostics.len() > diags_before || !layers_ok || !secrets_ok {
@@ -1301,6 +1318,7 @@ impl Loader<'_> {
             extends,
             identity: identity?,
             target: target?,
+            fleet,
             health: health?,
             notify: notify?,
             resource_count: settings.as_ref().map_or(0, BTreeMap::len),
@@ -1308,6 +1326,57 @@ impl Loader<'_> {
             settings: Settings(Some(settings?)),
             secret_checks: SecretChecks::default(),
         })
+    }
+
+    /// `[target]`, or `[targets.NAME]` with an optional `[rollout]` (then the target is the
+    /// fleet's first). Exactly one of the two.
+    fn target_or_fleet(
+        &mut self,
+        name: &str,
+        file: FileId,
+        target: Option<Spanned<raw::RawTarget>>,
+        targets: Option<Spanned<BTreeMap<String, Spanned<raw::RawTarget>>>>,
+        rollout: Option<Spanned<raw::RawRollout>>,
+    ) -> (Option<Target>, Option<fleet::Fleet>) {
+        let whole = Loc::file(file);
+        match (target, targets) {
+            (Some(t), None) => {
+                if let Some(r) = rollout {
+                    self.diagnostics.push(
+                        Diagnostic::new("invalid-rollout", "[rollout] needs `[targets.NAME]`")
+                            .env(name)
+                            .at(loc_of(file, &r), "a rollout of one [target]")
+                            .hint("name the targets of a fleet as [targets.NAME] tables (one is enough) instead of [target]"),
+                    );
+                    return (None, None);
+                }
+                (self.target(name, file, t), None)
+            }
+            (None, Some(ts)) => match self.fleet(name, file, ts, rollout) {
+                Some(f) => (Some(f.members[0].target.clone()), Some(f)),
+                None => (None, None),
+            },
+            (Some(t), Some(_)) => {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-target", "both [target] and [targets] are set")
+                        .env(name)
+                        .at(loc_of(file, &t), "one target here")
+                        .hint("an environment is one [target] or a fleet of [targets.NAME]; keep one of them"),
+                );
+                (None, None)
+            }
+            (None, None) => {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "missing `[target]`")
+                        .env(name)
+                        .at(whole, "`[target]` is required")
+                        .hint(
+                            "add a [target] table, e.g. `kind = \"dir\"` and `path = \"/srv/asr\"`",
+                        ),
+                );
+                (None, None)
+            }
+        }
     }
 
     /// An integer setting within `range` (`default` when absent).

@@ -12,6 +12,9 @@ pub struct RawFile {
     pub environment: Option<Spanned<RawEnvironment>>,
     pub identity: Option<Spanned<RawIdentity>>,
     pub target: Option<Spanned<RawTarget>>,
+    /// `[targets.NAME]`: a fleet (instead of `[target]`).
+    pub targets: Option<Spanned<std::collections::BTreeMap<String, Spanned<RawTarget>>>>,
+    pub rollout: Option<Spanned<RawRollout>>,
     pub health: Option<Spanned<RawHealth>>,
     pub notify: Option<Spanned<RawNotify>>,
     pub settings: Option<Node>,
@@ -84,4 +87,37 @@ pub struct RawTarget {
     pub options: Option<Node>,
     pub state: Option<Node>,
     pub protocol: Option<Spanned<i64>>,
+}
+
+/// `[rollout]`: the waves of a fleet and the signals that verify each.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// How often the signals are read while a wave bakes.
+    pub interval: Option<SString>,
+    /// The longest one signal may take to answer.
+    pub timeout: Option<SString>,
+    pub wave: Option<Vec<Spanned<RawWave>>>,
+    pub verify: Option<Vec<Spanned<RawVerify>>>,
+}
+
+/// `[[rollout.wave]]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWave {
+    pub name: Option<SString>,
+    pub targets: Option<SList>,
+    pub bake: Option<SString>,
+}
+
+/// `[[rollout.verify]]`: an HTTP probe (`http`) or a Prometheus query (`prometheus`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub http: Option<SString>,
+    pub status: Option<Spanned<i64>>,
+    pub body: Option<SString>,
+    pub prometheus: Option<SString>,
+    pub query: Option<SString>,
+    pub compare: Option<SString>,
 }

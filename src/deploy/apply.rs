@@ -604,6 +604,52 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 /// The main job. Returns the report; `outcome == "rolled-back"` means exit 4. With `expected`
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
+    match prepare(d, yes, expected)? {
+        Start::Done(report) => Ok(report),
+        Start::Ready(mut prepared) => {
+            show(d, yes, &mut prepared)?;
+            execute(d, yes, *prepared)
+        }
+    }
+}
+
+/// How [`prepare`] ends: the run is over (an interrupted earlier run was resolved by rolling
+/// back), or the plan is ready to show.
+pub enum Start {
+    Done(Report),
+    Ready(Box<Prepared>),
+}
+
+/// A deployment planned against the live state, before its plan is shown and confirmed.
+pub struct Prepared {
+    stamp: StampState,
+    /// Held when recovery took it.
+    lock: Option<Box<dyn LockGuard>>,
+    live: Live,
+    stored_key: Option<Vec<u8>>,
+    plan: Plan,
+    resolved: Resolved,
+    /// Stamped by [`adopt_early`] (the target was new): the apply records an adoption.
+    adopted: bool,
+    pub report: Report,
+}
+
+impl Prepared {
+    /// The generation live when the plan was made.
+    pub fn live_generation(&self) -> Option<GenerationId> {
+        self.live.generation
+    }
+
+    /// Whether applying it writes anything.
+    pub fn changes(&self) -> bool {
+        !self.plan.is_empty() || self.live.generation.is_none()
+    }
+}
+
+/// Everything up to the plan: owner, recovery, forward-only rule, gate, live state, plan, and
+/// the checks of what the live state says. Nothing is shown and nothing is written (but by
+/// the recovery of an interrupted run).
+pub fn prepare(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Start> {
     let stamp = d.verify_owner()?;
     super::adopt::refuse_unadopted_protected(d, &stamp)?;
     d.check_programs()?;
@@ -619,7 +665,7 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         if report.config_sha256.is_empty() {
             report.config_sha256 = plan::settings_sha256(d.env);
         }
-        return Ok(report);
+        return Ok(Start::Done(report));
     };
     // Forward only, then the promotion gate: both before the live state is read.
     if let Err(err) =
@@ -633,30 +679,77 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
     let Planned {
         live,
         stored_key,
-        mut plan,
+        plan,
         ..
     } = planned;
     report.config_sha256 = plan.desired.config_sha256.clone();
     report.set_plan(&plan);
     report.previous_generation = live.generation;
     report.generation = live.generation;
-    report.overwrites_drift = show_plan_to_confirm(
+    Ok(Start::Ready(Box::new(Prepared {
+        stamp,
+        lock,
+        live,
+        stored_key,
+        plan,
+        resolved,
+        adopted: false,
+        report,
+    })))
+}
+
+/// A rollout stamps its new targets under their locks before its first other write (its
+/// journal lives in the first target's state): the apply then records the adoption.
+pub fn adopt_early(d: &Deployment<'_>, p: &mut Prepared) -> Result<()> {
+    if !matches!(p.stamp, StampState::Absent) {
+        return Ok(());
+    }
+    require_unchanged(d, &p.stamp, &p.live)?;
+    let stamp = Stamp::new(&d.env.name, &d.env.account.value);
+    d.target
+        .write_stamp(&stamp)
+        .map_err(|e| d.target_failure(e))?;
+    d.say(&format!("Adopted {} for {}.", d.target.describe(), d.who()));
+    p.stamp = StampState::Stamped(stamp);
+    p.adopted = true;
+    p.report.adopted = true;
+    Ok(())
+}
+
+/// Show the plan of a prepared deployment (what a confirmation is asked about).
+pub fn show(d: &Deployment<'_>, yes: bool, p: &mut Prepared) -> Result<()> {
+    p.report.overwrites_drift = show_plan_to_confirm(
         d,
         yes,
         &format!("Deploying {}", heading(d)),
-        &describe_live(d, &live, &stamp),
-        &live,
-        &plan,
+        &describe_live(d, &p.live, &p.stamp),
+        &p.live,
+        &p.plan,
     )?;
-    if !plan.is_empty() {
-        check_fits(d, &plan)?;
+    if !p.plan.is_empty() {
+        check_fits(d, &p.plan)?;
     }
+    Ok(())
+}
 
+/// From the confirmation to the end: lock, journal, apply, health check, and the record; or
+/// the health check and record of a run with nothing to change.
+pub fn execute(d: &Deployment<'_>, yes: bool, p: Prepared) -> Result<Report> {
+    let Prepared {
+        stamp,
+        lock,
+        live,
+        stored_key,
+        mut plan,
+        resolved,
+        adopted,
+        mut report,
+    } = p;
     if plan.is_empty() && live.generation.is_some() {
         return verify_unchanged(d, lock, &stamp, &live, report);
     }
 
-    let adopt = matches!(stamp, StampState::Absent);
+    let adopt = matches!(stamp, StampState::Absent) || adopted;
     let _lock = take_over(d, yes, lock, &stamp, &live, &mut report)?;
     if !plan.desired.secrets.is_empty() && stored_key.is_none() {
         // The generation records hashes under the key that later runs compare with.
@@ -710,6 +803,51 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
         return Ok(report);
     }
     record_applied(d, &journal, id, atomic, &mut report)?;
+    Ok(report)
+}
+
+/// Resolve what an interrupted run left on this target (its own journal), as a deployment
+/// does before it plans; what was found is said on stderr.
+pub fn settle_interrupted(d: &Deployment<'_>) -> Result<()> {
+    let mut report = Report::new(d, "applied", String::new());
+    resolve_interrupted(d, &mut report)?;
+    Ok(())
+}
+
+/// A rollout's undo of this target: make `before` (what was live before the rollout; nothing
+/// for a target it deployed first) live again, health-check it, and record a rollback with
+/// `why`. Journalled like `deploy rollback`, so a crash half-way is finished by the next run.
+pub fn restore(d: &Deployment<'_>, before: Option<GenerationId>, why: &str) -> Result<Report> {
+    let mut report = Report::new(d, "unchanged", plan::settings_sha256(d.env));
+    report.action = "rollback";
+    let current = d
+        .target
+        .live_generation()
+        .map_err(|e| d.target_failure(e))?;
+    report.previous_generation = current;
+    report.generation = current;
+    let Some(failed) = current.filter(|c| Some(*c) != before) else {
+        return Ok(report);
+    };
+    let _lock = d.lock()?;
+    let mut journal = Journal {
+        version: JOURNAL_VERSION,
+        action: "rollback".into(),
+        phase: Phase::RollingBack,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        commit: generation_commit(d, before),
+        previous: before,
+        next: Some(failed),
+        newest: newest_generation(d)?,
+        holder: Holder::this_process(&d.env.name),
+        log_seq: Some(log::last_seq(&*d.target).map_err(|e| log_failure(d, e))?),
+        config_sha256: plan::settings_sha256(d.env),
+        changes: Changes::default(),
+        plan_sha256: None,
+        adopted: false,
+    };
+    roll_back(d, &mut journal, failed, why, &mut report)?;
     Ok(report)
 }
 

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod journal;
 pub mod migrate;
 mod page;
+pub mod rollout;
 pub mod saved;
 pub mod seal;
 pub mod signing;
@@ -76,6 +77,22 @@ pub struct Deployment<'a> {
     /// The key that signs this run's log records, when `allowed_signers` exists at the
     /// commit (set by [`signing::authorize`] before anything is written).
     pub signing: Option<Arc<crate::signing::Key>>,
+    /// In a fleet's rollout: this target's name (`[targets.NAME]`), for messages, the health
+    /// check's `DEPLOY_TARGET` and the signals' `$TARGET`.
+    pub member: Option<String>,
+    /// The lock a rollout took on this target before its first write and holds to its end:
+    /// [`Self::lock`] then lends it instead of taking it again.
+    held: std::cell::RefCell<Option<Box<dyn LockGuard>>>,
+}
+
+/// A lock held by the rollout around this deployment ([`Deployment::hold_lock`]).
+#[derive(Debug)]
+struct Lent(Holder);
+
+impl LockGuard for Lent {
+    fn holder(&self) -> &Holder {
+        &self.0
+    }
 }
 
 /// The target implementation for an environment's `[target]`.
@@ -518,7 +535,40 @@ impl<'a> Deployment<'a> {
             accounts: std::collections::BTreeMap::new(),
             paged: Arc::new(AtomicBool::new(false)),
             signing: None,
+            member: None,
+            held: std::cell::RefCell::new(None),
         })
+    }
+
+    /// The deployment of one target of this fleet environment: the same commit, checks and
+    /// signing key; `env` is the environment with that target ([`Environment::member`]).
+    /// Ctrl-C and the notifier's state are shared with `self`.
+    pub fn member<'b>(&'b self, env: &'b Environment, name: &str) -> Result<Deployment<'b>> {
+        let mut d = Deployment::new(self.repo, env, self.commit, self.printer)?;
+        d.interrupted = Arc::clone(&self.interrupted);
+        d.after = self.after.clone();
+        d.plan_sha256 = self.plan_sha256.clone();
+        d.progress = self.progress;
+        d.dirty = self.dirty.clone();
+        d.accounts = self.accounts.clone();
+        d.paged = Arc::clone(&self.paged);
+        d.signing = self.signing.clone();
+        d.member = Some(name.to_owned());
+        Ok(d)
+    }
+
+    /// Take this target's lock for the rest of a rollout: every later [`Self::lock`] lends it.
+    pub fn hold_lock(&self) -> Result<()> {
+        if self.held.borrow().is_none() {
+            let guard = self.lock()?;
+            *self.held.borrow_mut() = Some(guard);
+        }
+        Ok(())
+    }
+
+    /// Let go of the lock [`Self::hold_lock`] took.
+    pub fn release_lock(&self) {
+        self.held.borrow_mut().take();
     }
 
     /// SHA-256 of the canonical resolved settings (resource -> table, keys sorted, compact
@@ -530,12 +580,21 @@ impl<'a> Deployment<'a> {
 
     /// `prod` (account 222222222222).
     pub fn who(&self) -> String {
-        format!("`{}` (account {})", self.env.name, self.env.account.value)
+        match &self.member {
+            Some(m) => format!(
+                "`{}` target `{m}` (account {})",
+                self.env.name, self.env.account.value
+            ),
+            None => format!("`{}` (account {})", self.env.name, self.env.account.value),
+        }
     }
 
     /// Take the target's lock (exit 5 when another deployment holds it), then remove what interrupted runs left behind (a generation
     /// being written or pruned when they died): nobody else is writing now.
     pub fn lock(&self) -> Result<Box<dyn LockGuard>> {
+        if let Some(held) = self.held.borrow().as_ref() {
+            return Ok(Box::new(Lent(held.holder().clone())));
+        }
         let holder = Holder::this_process(&self.env.name);
         let task = self.wait_task(format!("the lock of {}", self.target.describe()), None);
         let guard = progress_mod::during(self.progress, task, || self.target.lock(&holder))
@@ -894,6 +953,9 @@ impl<'a> Deployment<'a> {
             ("DEPLOY_COMMIT".to_owned(), commit.to_owned()),
             ("DEPLOY_ACCOUNT".to_owned(), self.env.account.value.clone()),
         ];
+        if let Some(member) = &self.member {
+            env.push(("DEPLOY_TARGET".to_owned(), member.clone()));
+        }
         if let TargetKind::Etcd {
             endpoints, prefix, ..
         } = &self.env.target.kind

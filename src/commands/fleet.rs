@@ -1,0 +1,174 @@
+//! The commands of a fleet environment (`[targets.NAME]`): `deploy --target NAME` rolls out in
+//! waves, `plan` and `status` show every target, `adopt` adopts each. The commands that act on
+//! one target's history (`rollback`, `migrate`, `log seal`, `apply --plan FILE`) are refused:
+//! run on one target of a fleet they would leave the fleet split between two configurations.
+
+use anyhow::Result;
+use envlock::config::Environment;
+use envlock::config::fleet::Fleet;
+use envlock::deploy::{self, Deployment, rollout};
+use envlock::error::{Exit, Failure};
+use envlock::output::Printer;
+use serde::Serialize;
+
+use super::plan::Job;
+
+pub(super) fn run_job(
+    d: &Deployment<'_>,
+    fleet: &Fleet,
+    job: Job,
+    printer: &Printer,
+) -> Result<Exit> {
+    match job {
+        Job::Apply { yes, saved: None } => {
+            let report = rollout::apply(d, fleet, yes)?;
+            if printer.is_json() {
+                printer.json(&report)?;
+            }
+            if report.ok {
+                return Ok(Exit::Success);
+            }
+            let mut f = report.failure().json_printed(printer.is_json());
+            if report.halt.is_some() {
+                // The notifier heard of the halt when it happened.
+                f = f.not_notified();
+            }
+            Err(f.into())
+        }
+        Job::Plan {
+            out: None,
+            detailed_exitcode,
+        } => plan(d, fleet, detailed_exitcode, printer),
+        Job::Status => status(d, fleet, printer),
+        Job::Adopt { yes } => each(d, fleet, |m| {
+            let r = deploy::adopt::adopt(m, yes)?;
+            Ok(serde_json::to_value(&r)?)
+        })
+        .and_then(|all| print_all(d, printer, all)),
+        job => Err(Failure::refused(format!(
+            "`{}` is a fleet of {} targets: {} acts on one target and would split the fleet \
+             between two configurations",
+            d.env.name,
+            fleet.members.len(),
+            what(&job)
+        ))
+        .hint(format!(
+            "to go back, revert the commit and run `deploy --target {}`: the rollout reaches \
+             every target, or none",
+            d.env.name
+        ))
+        .into()),
+    }
+}
+
+fn what(job: &Job) -> &'static str {
+    match job {
+        Job::Apply { .. } => "applying a saved plan (`--plan FILE`)",
+        Job::Plan { .. } => "saving a plan (`--out FILE`)",
+        Job::Rollback { .. } => "`deploy rollback`",
+        Job::Migrate { .. } => "`deploy migrate`",
+        Job::Seal { .. } => "`deploy log seal`",
+        _ => "this command",
+    }
+}
+
+/// Run `f` on each target's deployment, in rollout order, and collect what it returns.
+fn each(
+    d: &Deployment<'_>,
+    fleet: &Fleet,
+    mut f: impl FnMut(&Deployment<'_>) -> Result<serde_json::Value>,
+) -> Result<Vec<(String, serde_json::Value)>> {
+    let envs: Vec<Environment> = fleet.members.iter().map(|m| d.env.member(m)).collect();
+    let mut all = Vec::with_capacity(envs.len());
+    for (env, m) in envs.iter().zip(&fleet.members) {
+        let md = d.member(env, &m.name)?;
+        if !d.printer.is_json() {
+            d.printer.out(&format!(
+                "== target `{}` ({}) ==\n",
+                m.name,
+                m.target.describe()
+            ))?;
+        }
+        all.push((m.name.clone(), f(&md)?));
+    }
+    Ok(all)
+}
+
+#[derive(Serialize)]
+struct FleetDoc<'a> {
+    ok: bool,
+    environment: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<rollout::RolloutJournal>,
+    targets: Vec<Member>,
+}
+
+#[derive(Serialize)]
+struct Member {
+    name: String,
+    #[serde(flatten)]
+    report: serde_json::Value,
+}
+
+fn print_all(
+    d: &Deployment<'_>,
+    printer: &Printer,
+    all: Vec<(String, serde_json::Value)>,
+) -> Result<Exit> {
+    if printer.is_json() {
+        printer.json(&FleetDoc {
+            ok: true,
+            environment: &d.env.name,
+            rollout: None,
+            targets: all
+                .into_iter()
+                .map(|(name, report)| Member { name, report })
+                .collect(),
+        })?;
+    }
+    Ok(Exit::Success)
+}
+
+/// `deploy plan` of a fleet: every target's plan, in rollout order.
+fn plan(d: &Deployment<'_>, fleet: &Fleet, detailed: bool, printer: &Printer) -> Result<Exit> {
+    let mut pending = false;
+    let all = each(d, fleet, |m| {
+        let r = deploy::apply::plan(m, false)?;
+        pending |= !r.changes.is_empty();
+        Ok(serde_json::to_value(&r)?)
+    })?;
+    print_all(d, printer, all)?;
+    Ok(if detailed && pending {
+        Exit::ChangesPending
+    } else {
+        Exit::Success
+    })
+}
+
+/// `deploy status` of a fleet: a rollout under way (from its journal), then every target.
+fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> {
+    let lead_env = d.env.member(&fleet.members[0]);
+    let lead = d.member(&lead_env, &fleet.members[0].name)?;
+    lead.verify_owner()?;
+    let journal = rollout::read_journal(&lead)?;
+    drop(lead);
+    if let (Some(j), false) = (&journal, printer.is_json()) {
+        printer.out(&rollout::describe_journal(j))?;
+    }
+    let all = each(d, fleet, |m| {
+        let s = deploy::status::status(m)?;
+        Ok(serde_json::to_value(&s)?)
+    })?;
+    if printer.is_json() {
+        printer.json(&FleetDoc {
+            ok: true,
+            environment: &d.env.name,
+            rollout: journal,
+            targets: all
+                .into_iter()
+                .map(|(name, report)| Member { name, report })
+                .collect(),
+        })?;
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,439 @@
+//! `[targets.NAME]` and `[rollout]`: an environment that is a fleet of targets, deployed in
+//! waves, each wave baked while its signals are read (see `crate::deploy::rollout`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawRollout, RawTarget, RawVerify, RawWave};
+use super::{Diagnostic, FileId, Loader, Loc, Target, TargetKind, loc_of, lstr, valid_name};
+
+/// The targets of a fleet, in the order the rollout reaches them, and how it proceeds.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// Wave by wave, in each wave as listed.
+    pub members: Vec<Member>,
+    pub waves: Vec<Wave>,
+    pub verify: Vec<Signal>,
+    /// How often the signals are read while a wave bakes.
+    pub interval: Duration,
+    /// The longest one reading may take.
+    pub timeout: Duration,
+}
+
+/// One target of a fleet, by the name its `[targets.NAME]` table gives it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone)]
+pub struct Wave {
+    pub name: String,
+    /// Member names.
+    pub targets: Vec<String>,
+    /// How long the wave's signals must keep passing before the next wave starts.
+    pub bake: Duration,
+}
+
+/// A verification signal; `$TARGET` in its text is the member's name.
+#[derive(Debug, Clone)]
+pub enum SignalKind {
+    /// Passes when `GET url` answers `status` and, if set, a body containing `body`.
+    Http {
+        url: String,
+        status: u16,
+        body: Option<String>,
+    },
+    /// Passes when the instant query returns data whose every value is a number satisfying
+    /// `compare` (e.g. `> 0`); no data, NaN or an error fails.
+    Prometheus {
+        url: String,
+        query: String,
+        compare: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub kind: SignalKind,
+    /// `file:line:col` of the `[[rollout.verify]]` table.
+    pub at: String,
+}
+
+impl Fleet {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+const ROLLOUT_HINT: &str = "a fleet is `[targets.NAME]` tables and `[[rollout.wave]]` tables \
+     naming them in order, e.g. `targets = [\"canary\"]`, `bake = \"5m\"`; see README \"Fleets\"";
+
+impl Loader<'_> {
+    /// `[targets.NAME]` and `[rollout]` of environment `name` (`[target]` is absent).
+    pub(super) fn fleet(
+        &mut self,
+        name: &str,
+        file: FileId,
+        targets: Spanned<BTreeMap<String, Spanned<RawTarget>>>,
+        rollout: Option<Spanned<RawRollout>>,
+    ) -> Option<Fleet> {
+        let at = loc_of(file, &targets);
+        let mut parsed = BTreeMap::new();
+        let mut ok = true;
+        for (member, raw) in targets.into_inner() {
+            let loc = loc_of(file, &raw);
+            if !valid_name(&member) {
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "invalid-name",
+                        format!("target name `{member}` is not allowed"),
+                    )
+                    .env(name)
+                    .at(loc, "names are lowercase letters, digits and `-`")
+                    .hint("name each target like an environment, e.g. [targets.eu-west-1]"),
+                );
+                ok = false;
+                continue;
+            }
+            match self.target(name, file, raw) {
+                Some(t) => {
+                    parsed.insert(member, t);
+                }
+                None => ok = false,
+            }
+        }
+        if parsed.is_empty() && ok {
+            self.diagnostics.push(
+                Diagnostic::new("missing-field", "`[targets]` names no target")
+                    .env(name)
+                    .at(at.clone(), "empty")
+                    .hint(ROLLOUT_HINT),
+            );
+            return None;
+        }
+        let (waves, verify, interval, timeout) = match rollout {
+            Some(r) => self.rollout(name, file, r, &parsed)?,
+            None => (
+                vec![Wave {
+                    name: "all".into(),
+                    targets: parsed.keys().cloned().collect(),
+                    bake: Duration::ZERO,
+                }],
+                Vec::new(),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            ),
+        };
+        if !ok || !self.members_apart(name, &at, &parsed) {
+            return None;
+        }
+        let members = waves
+            .iter()
+            .flat_map(|w| &w.targets)
+            .map(|m| Member {
+                name: m.clone(),
+                target: parsed[m].clone(),
+            })
+            .collect();
+        Some(Fleet {
+            members,
+            waves,
+            verify,
+            interval,
+            timeout,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn rollout(
+        &mut self,
+        name: &str,
+        file: FileId,
+        r: Spanned<RawRollout>,
+        members: &BTreeMap<String, Target>,
+    ) -> Option<(Vec<Wave>, Vec<Signal>, Duration, Duration)> {
+        let at = loc_of(file, &r);
+        let r = r.into_inner();
+        let interval = r.interval.map(|s| lstr(file, s));
+        let interval = self.duration(name, "interval", interval.as_ref(), Duration::from_secs(5));
+        let timeout = r.timeout.map(|s| lstr(file, s));
+        let timeout = self.duration(name, "timeout", timeout.as_ref(), Duration::from_secs(5));
+        let waves = self.waves(name, file, &at, r.wave.unwrap_or_default(), members);
+        let mut verify = Vec::new();
+        let mut ok = true;
+        for v in r.verify.unwrap_or_default() {
+            match self.signal(name, file, v) {
+                Some(s) => verify.push(s),
+                None => ok = false,
+            }
+        }
+        let waves = waves?;
+        ok.then_some((waves, verify, interval?, timeout?))
+    }
+
+    /// The waves: each member in exactly one; `"*"` is every member no earlier wave named.
+    fn waves(
+        &mut self,
+        name: &str,
+        file: FileId,
+        at: &Loc,
+        raw: Vec<Spanned<RawWave>>,
+        members: &BTreeMap<String, Target>,
+    ) -> Option<Vec<Wave>> {
+        if raw.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::new("missing-field", "[rollout] has no `[[rollout.wave]]`")
+                    .env(name)
+                    .at(at.clone(), "no waves")
+                    .hint(ROLLOUT_HINT),
+            );
+            return None;
+        }
+        let mut placed: BTreeSet<String> = BTreeSet::new();
+        let mut waves = Vec::new();
+        let mut ok = true;
+        let count = raw.len();
+        for (i, w) in raw.into_iter().enumerate() {
+            let loc = loc_of(file, &w);
+            let w = w.into_inner();
+            let bake = w.bake.map(|s| lstr(file, s));
+            let bake = match &bake {
+                Some(b) if super::duration::parse(&b.value) == Ok(Duration::ZERO) => {
+                    Some(Duration::ZERO)
+                }
+                b => self.duration(name, "bake", b.as_ref(), Duration::ZERO),
+            };
+            let Some(list) = w.targets else {
+                self.diagnostics.push(
+                    Diagnostic::new("missing-field", "a wave has no `targets`")
+                        .env(name)
+                        .at(loc, "`targets` is required")
+                        .hint(ROLLOUT_HINT),
+                );
+                ok = false;
+                continue;
+            };
+            let mut targets = Vec::new();
+            for t in list.into_inner() {
+                let t_loc = loc_of(file, &t);
+                let t = t.into_inner();
+                if t == "*" && i + 1 == count {
+                    targets.extend(members.keys().filter(|m| !placed.contains(*m)).cloned());
+                    continue;
+                }
+                let problem = if t == "*" {
+                    Some("`\"*\"` (every remaining target) may only be in the last wave".to_owned())
+                } else if !members.contains_key(&t) {
+                    Some(format!("no `[targets.{t}]` in this file"))
+                } else if placed.contains(&t) {
+                    Some(format!("`{t}` is already in an earlier wave"))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    self.diagnostics.push(
+                        Diagnostic::new("invalid-rollout", problem)
+                            .env(name)
+                            .at(t_loc, "here")
+                            .hint(format!(
+                                "the targets are: {}",
+                                members.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )),
+                    );
+                    ok = false;
+                    continue;
+                }
+                placed.insert(t.clone());
+                targets.push(t);
+            }
+            targets.iter().for_each(|t| {
+                placed.insert(t.clone());
+            });
+            if targets.is_empty() && ok {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-rollout", "a wave with no target")
+                        .env(name)
+                        .at(loc.clone(), "empty wave")
+                        .hint(ROLLOUT_HINT),
+                );
+                ok = false;
+            }
+            let wave_name = w
+                .name
+                .map_or_else(|| format!("wave {}", i + 1), |n| n.into_inner());
+            match bake {
+                Some(bake) => waves.push(Wave {
+                    name: wave_name,
+                    targets,
+                    bake,
+                }),
+                None => ok = false,
+            }
+        }
+        let missing: Vec<&String> = members.keys().filter(|m| !placed.contains(*m)).collect();
+        if ok && !missing.is_empty() {
+            self.diagnostics.push(
+                Diagnostic::new(
+                    "invalid-rollout",
+                    format!(
+                        "no wave deploys {}",
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .env(name)
+                .at(at.clone(), "every target must be in a wave")
+                .hint("add it to a wave, or end with a wave of `targets = [\"*\"]` (every remaining target)"),
+            );
+            return None;
+        }
+        ok.then_some(waves)
+    }
+
+    /// One `[[rollout.verify]]`: exactly one of `http` and `prometheus`.
+    fn signal(&mut self, name: &str, file: FileId, v: Spanned<RawVerify>) -> Option<Signal> {
+        let loc = loc_of(file, &v);
+        let at = self.place(&loc);
+        let v = v.into_inner();
+        let bad = |this: &mut Self, loc: Loc, msg: &str, hint: &str| {
+            this.diagnostics.push(
+                Diagnostic::new("invalid-verify", msg.to_owned())
+                    .env(name)
+                    .at(loc, "here")
+                    .hint(hint.to_owned()),
+            );
+            None
+        };
+        const HINT: &str = "a signal is `http = \"http://…/healthz\"` (with optional `status` and \
+             `body`), or `prometheus = \"http://prometheus:9090\"` with `query` and `compare` \
+             such as \"> 0\"";
+        let kind = match (v.http, v.prometheus) {
+            (Some(url), None) => {
+                if let Some(q) = v.query.as_ref().or(v.compare.as_ref()) {
+                    return bad(
+                        self,
+                        loc_of(file, q),
+                        "`query`/`compare` belong to a `prometheus` signal",
+                        HINT,
+                    );
+                }
+                let status = match v.status {
+                    None => 200,
+                    Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+                    Some(s) => {
+                        return bad(
+                            self,
+                            loc_of(file, &s),
+                            "`status` is not an HTTP status",
+                            HINT,
+                        );
+                    }
+                };
+                SignalKind::Http {
+                    url: self.signal_url(name, file, url)?,
+                    status,
+                    body: v.body.map(Spanned::into_inner),
+                }
+            }
+            (None, Some(url)) => {
+                if let Some(s) = v.status.as_ref() {
+                    return bad(
+                        self,
+                        loc_of(file, s),
+                        "`status` belongs to an `http` signal",
+                        HINT,
+                    );
+                }
+                if let Some(b) = v.body.as_ref() {
+                    return bad(
+                        self,
+                        loc_of(file, b),
+                        "`body` belongs to an `http` signal",
+                        HINT,
+                    );
+                }
+                let Some(query) = v.query else {
+                    return bad(self, loc, "a `prometheus` signal has no `query`", HINT);
+                };
+                if query.get_ref().trim().is_empty() {
+                    return bad(self, loc_of(file, &query), "`query` is empty", HINT);
+                }
+                // MERGE-SIGNALS: validate `compare` with crate::signal::Compare.
+                SignalKind::Prometheus {
+                    url: self.signal_url(name, file, url)?,
+                    query: query.into_inner(),
+                    compare: v.compare.map(Spanned::into_inner),
+                }
+            }
+            (Some(_), Some(p)) => {
+                return bad(
+                    self,
+                    loc_of(file, &p),
+                    "a signal is either `http` or `prometheus`, not both",
+                    HINT,
+                );
+            }
+            (None, None) => return bad(self, loc, "a signal needs `http` or `prometheus`", HINT),
+        };
+        Some(Signal { kind, at })
+    }
+
+    fn signal_url(&mut self, name: &str, file: FileId, url: Spanned<String>) -> Option<String> {
+        let u = url.get_ref();
+        if u.starts_with("http://") || u.starts_with("https://") {
+            return Some(url.into_inner());
+        }
+        self.diagnostics.push(
+            Diagnostic::new("invalid-verify", format!("`{u}` is not an http(s) URL"))
+                .env(name)
+                .at(loc_of(file, &url), "here")
+                .hint("write the whole URL, e.g. \"http://127.0.0.1:9090\""),
+        );
+        None
+    }
+
+    /// No two members of one fleet may write to the same place (or one inside the other's).
+    fn members_apart(&mut self, name: &str, at: &Loc, members: &BTreeMap<String, Target>) -> bool {
+        let place = |t: &Target| match &t.kind {
+            TargetKind::Dir { resolved, .. } => Some(resolved.display().to_string() + "/"),
+            TargetKind::Exec { store, .. } => {
+                store.dir().map(|(p, _)| p.display().to_string() + "/")
+            }
+            TargetKind::Etcd {
+                endpoints, prefix, ..
+            } => Some(format!(
+                "etcd:{}:{}",
+                endpoints
+                    .first()
+                    .map(|e| e.value.trim_end_matches('/'))
+                    .unwrap_or(""),
+                prefix.value
+            )),
+        };
+        let mut places: Vec<(String, &String)> = members
+            .iter()
+            .filter_map(|(m, t)| place(t).map(|p| (p, m)))
+            .collect();
+        // Sorted, a place inside another comes right after it (or after another inside it).
+        places.sort();
+        for pair in places.windows(2) {
+            let ((a, ma), (b, mb)) = (&pair[0], &pair[1]);
+            if b.starts_with(a.as_str()) {
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        "target-clash",
+                        format!("targets `{ma}` and `{mb}` of `{name}` write to the same place"),
+                    )
+                    .env(name)
+                    .at(at.clone(), "these targets")
+                    .hint("give each target of a fleet a place of its own"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,689 @@
+//! A fleet's rollout: `deploy --target prod` for an environment of several targets
+//! (`[targets.NAME]`), deployed in waves (`[[rollout.wave]]`), each wave baked while its
+//! signals (`[[rollout.verify]]`) are read again and again.
+//!
+//! Phases: prepare every target (owner, recovery, gate, plan) -> one plan, one confirmation
+//! -> every target's lock -> per wave: apply each target (the single-target deployment, with
+//! its health check) -> bake -> next wave. Any failure halts the rollout and undoes every
+//! target already changed, in reverse order, to the generation live before it.
+//!
+//! Invariants:
+//! - nothing is written before every target proved its owner and planned, and before every
+//!   target's lock is held;
+//! - the rollout journal (in the first target's state, beside its own journal) names every
+//!   target before it is changed, with the generation live before: a run that dies at any
+//!   instant is undone by the next one ([`recover`]); a rollout is never completed by
+//!   anybody but the run that watched every bake;
+//! - a signal that cannot be read, has no data or reads NaN fails the wave.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::Deployment;
+use super::apply::{self, Prepared, Report, Start};
+use crate::config::fleet::{Fleet, Signal, SignalKind, Wave};
+use crate::config::{self, Environment};
+use crate::error::{Exit, Failure};
+use crate::failpoint;
+use crate::log::{self, Changes, Entry, Operator, Outcome};
+use crate::signal::{self, Check};
+use crate::target::{GenerationId, Holder};
+
+/// The blob of the first target's state that says a rollout is under way.
+const JOURNAL: &str = "rollout";
+const VERSION: u32 = 1;
+
+/// What a rollout under way has done, written before each step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutJournal {
+    pub version: u32,
+    pub environment: String,
+    pub account: String,
+    pub commit: String,
+    pub holder: Holder,
+    pub started: String,
+    /// Each wave's name.
+    pub waves: Vec<String>,
+    /// The wave under way (0-based).
+    pub wave: usize,
+    /// `applying`, `baking` or `undoing`.
+    pub phase: String,
+    /// Every target the rollout has begun to change, in order, with what was live before.
+    pub changed: Vec<Changed>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Changed {
+    pub target: String,
+    pub before: Option<GenerationId>,
+    pub after: Option<GenerationId>,
+}
+
+/// What a rollout did, for people and `--format json`.
+#[derive(Debug, Serialize)]
+pub struct RolloutReport {
+    pub ok: bool,
+    pub environment: String,
+    pub account: String,
+    pub commit: String,
+    /// `applied`, `unchanged`, `halted` (failed and undone), `recovered` (an interrupted
+    /// rollout was undone; nothing was deployed).
+    pub outcome: String,
+    pub waves: Vec<WaveReport>,
+    /// Each target's own report, in the order they were reached; then the undo's.
+    pub targets: Vec<Report>,
+    pub undone: Vec<Report>,
+    pub halt: Option<Halt>,
+    pub recovered: Vec<String>,
+    pub log: Option<apply::LogRef>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WaveReport {
+    pub name: String,
+    pub targets: Vec<String>,
+    pub bake_seconds: f64,
+    /// `passed`, `failed`, `not-reached`.
+    pub result: String,
+    /// How many times the signals were read while it baked.
+    pub readings: usize,
+}
+
+/// Why a rollout stopped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Halt {
+    pub wave: String,
+    pub target: String,
+    pub signal: String,
+    pub value: String,
+}
+
+impl Halt {
+    fn line(&self) -> String {
+        format!(
+            "wave `{}` failed: target `{}`: {} = {}",
+            self.wave, self.target, self.signal, self.value
+        )
+    }
+}
+
+/// One target of the rollout: its deployment and, once planned, its prepared apply.
+struct Part<'a> {
+    d: Deployment<'a>,
+    prepared: Option<Box<Prepared>>,
+}
+
+/// `deploy --target NAME` of a fleet environment.
+pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutReport> {
+    let envs: Vec<Environment> = fleet.members.iter().map(|m| d.env.member(m)).collect();
+    let mut parts = Vec::with_capacity(envs.len());
+    for (env, m) in envs.iter().zip(&fleet.members) {
+        parts.push(Part {
+            d: d.member(env, &m.name)?,
+            prepared: None,
+        });
+    }
+    let mut report = RolloutReport::new(d, fleet);
+    if recover(d, &parts, &mut report)? {
+        return Ok(report);
+    }
+    for p in &mut parts {
+        match apply::prepare(&p.d, yes, None)? {
+            Start::Ready(prepared) => p.prepared = Some(prepared),
+            Start::Done(r) => {
+                // That target's own interrupted run was rolled back: this run ends there.
+                report.outcome = "recovered".into();
+                report.recovered.extend(r.recovered.iter().cloned());
+                report.targets.push(r);
+                return Ok(report);
+            }
+        }
+    }
+    show(d, fleet, &mut parts, yes)?;
+    let changes = parts
+        .iter()
+        .filter(|p| p.prepared.as_ref().is_some_and(|x| x.changes()))
+        .count();
+    if changes > 0 {
+        d.confirm(
+            yes,
+            &format!(
+                "roll these changes out to {changes} of {} targets in {} waves",
+                parts.len(),
+                fleet.waves.len()
+            ),
+        )?;
+    }
+    hold_locks(&parts)?;
+    failpoint::hit("rollout-after-locks");
+    for p in &mut parts {
+        if let Some(prepared) = p.prepared.as_mut().filter(|x| x.changes()) {
+            apply::adopt_early(&p.d, prepared)?;
+        }
+    }
+    run_waves(d, fleet, &mut parts, &mut report)?;
+    Ok(report)
+}
+
+/// Every target's lock, taken in rollout order before the first write; each is let go when
+/// its deployment is dropped, at the end of the run.
+fn hold_locks(parts: &[Part<'_>]) -> Result<()> {
+    for p in parts {
+        p.d.hold_lock()?;
+    }
+    Ok(())
+}
+
+impl RolloutReport {
+    fn new(d: &Deployment<'_>, fleet: &Fleet) -> Self {
+        RolloutReport {
+            ok: true,
+            environment: d.env.name.clone(),
+            account: d.env.account.value.clone(),
+            commit: d.commit.id.to_string(),
+            outcome: "applied".into(),
+            waves: fleet
+                .waves
+                .iter()
+                .map(|w| WaveReport {
+                    name: w.name.clone(),
+                    targets: w.targets.clone(),
+                    bake_seconds: w.bake.as_secs_f64(),
+                    result: "not-reached".into(),
+                    readings: 0,
+                })
+                .collect(),
+            targets: Vec::new(),
+            undone: Vec::new(),
+            halt: None,
+            recovered: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// The failure a halted or recovered rollout exits with (4).
+    pub fn failure(&self) -> Failure {
+        let message = match (&self.halt, self.outcome.as_str()) {
+            (Some(h), _) => format!(
+                "the rollout of `{}` was halted and undone: {}",
+                self.environment,
+                h.line()
+            ),
+            (None, "recovered") => format!(
+                "an interrupted rollout of `{}` was found and undone; nothing was deployed by this run",
+                self.environment
+            ),
+            _ => format!("the rollout of `{}` failed", self.environment),
+        };
+        let mut f = Failure::new(Exit::RolledBack, message);
+        for line in &self.recovered {
+            f = f.detail(line.clone());
+        }
+        for r in &self.undone {
+            f = f.detail(format!(
+                "restored {}: generation {}",
+                r.target,
+                r.generation.map_or("none".to_owned(), |g| g.to_string())
+            ));
+        }
+        f.hint(format!(
+            "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
+            self.environment
+        ))
+    }
+}
+
+/// The plan of every target, grouped, each under its wave.
+fn show(d: &Deployment<'_>, fleet: &Fleet, parts: &mut [Part<'_>], yes: bool) -> Result<()> {
+    if d.printer.is_text() {
+        let waves: Vec<String> = fleet
+            .waves
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} ({}; bake {})",
+                    w.name,
+                    w.targets.join(", "),
+                    config::duration::format(w.bake)
+                )
+            })
+            .collect();
+        d.printer.out(&format!(
+            "Rollout of `{}` in {} waves: {}\n\n",
+            d.env.name,
+            waves.len(),
+            waves.join(" -> ")
+        ))?;
+    }
+    for p in parts.iter_mut() {
+        if let Some(prepared) = p.prepared.as_mut() {
+            apply::show(&p.d, yes, prepared)?;
+        }
+    }
+    Ok(())
+}
+
+/// Wave after wave; a failure halts and undoes (into `report`).
+fn run_waves(
+    d: &Deployment<'_>,
+    fleet: &Fleet,
+    parts: &mut [Part<'_>],
+    report: &mut RolloutReport,
+) -> Result<()> {
+    let mut journal = RolloutJournal {
+        version: VERSION,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        commit: d.commit.id.to_string(),
+        holder: Holder::this_process(&d.env.name),
+        started: crate::target::now_rfc3339(),
+        waves: fleet.waves.iter().map(|w| w.name.clone()).collect(),
+        wave: 0,
+        phase: "applying".into(),
+        changed: Vec::new(),
+    };
+    for p in parts.iter() {
+        p.d.arm_interrupts();
+    }
+    let lead = &parts[0].d;
+    write(lead, &journal)?;
+    for (i, wave) in fleet.waves.iter().enumerate() {
+        journal.wave = i;
+        journal.phase = "applying".into();
+        let halt = match apply_wave(wave, parts, &mut journal, report) {
+            Ok(None) => {
+                journal.phase = "baking".into();
+                write(&parts[0].d, &journal)?;
+                failpoint::hit("rollout-baking");
+                bake(fleet, wave, parts, &journal, &mut report.waves[i])
+            }
+            Ok(Some(h)) => Some(h),
+            Err(e) => Some(Halt {
+                wave: wave.name.clone(),
+                target: journal
+                    .changed
+                    .last()
+                    .map(|c| c.target.clone())
+                    .unwrap_or_default(),
+                signal: "the apply".into(),
+                value: format!("{e:#}"),
+            }),
+        };
+        if let Some(h) = halt {
+            report.waves[i].result = "failed".into();
+            return halt_and_undo(d, parts, &mut journal, report, h);
+        }
+        report.waves[i].result = "passed".into();
+    }
+    finish(d, parts, report, Outcome::Applied, None)?;
+    clear(&parts[0].d);
+    Ok(())
+}
+
+/// Apply each target of `wave` (its own health check included); the first that fails halts.
+fn apply_wave(
+    wave: &Wave,
+    parts: &mut [Part<'_>],
+    journal: &mut RolloutJournal,
+    report: &mut RolloutReport,
+) -> Result<Option<Halt>> {
+    for name in &wave.targets {
+        let i = parts
+            .iter()
+            .position(|p| p.d.member.as_deref() == Some(name.as_str()))
+            .expect("a wave names only the fleet's targets (checked when loaded)");
+        let Some(prepared) = parts[i].prepared.take() else {
+            continue;
+        };
+        journal.changed.push(Changed {
+            target: name.clone(),
+            before: prepared.live_generation(),
+            after: None,
+        });
+        write(&parts[0].d, journal)?;
+        failpoint::hit("rollout-before-target");
+        let r = apply::execute(&parts[i].d, true, *prepared)?;
+        if let Some(c) = journal.changed.last_mut() {
+            c.after = r.generation;
+        }
+        let failed = r.outcome == "rolled-back";
+        let halt = failed.then(|| Halt {
+            wave: wave.name.clone(),
+            target: name.clone(),
+            signal: if r.cancelled {
+                "Ctrl-C".into()
+            } else {
+                "[health] command".into()
+            },
+            value: r.reason.clone().unwrap_or_default(),
+        });
+        report.targets.push(r);
+        if halt.is_some() {
+            return Ok(halt);
+        }
+    }
+    Ok(None)
+}
+
+/// Read every signal for every target changed so far, every `interval`, until `wave.bake` has
+/// passed (at least once); the first failure (or Ctrl-C) is the halt.
+fn bake(
+    fleet: &Fleet,
+    wave: &Wave,
+    parts: &[Part<'_>],
+    journal: &RolloutJournal,
+    report: &mut WaveReport,
+) -> Option<Halt> {
+    let lead = &parts[0].d;
+    let targets: Vec<&str> = journal.changed.iter().map(|c| c.target.as_str()).collect();
+    let checks: Vec<Check> = fleet.verify.iter().map(check_of).collect();
+    let until = Instant::now() + wave.bake;
+    loop {
+        if lead.is_interrupted() {
+            return Some(halt_of(
+                wave,
+                "",
+                "Ctrl-C",
+                "cancelled by the operator while the wave baked",
+            ));
+        }
+        let mut last = Vec::new();
+        for t in &targets {
+            for (check, signal) in checks.iter().zip(&fleet.verify) {
+                let reading = signal::evaluate(check, t, fleet.timeout);
+                if !reading.ok {
+                    lead.say(&format!(
+                        "Wave `{}`: target `{t}`: {} = {} (FAILED; {})",
+                        wave.name, reading.signal, reading.value, signal.at
+                    ));
+                    return Some(halt_of(wave, t, &reading.signal, &reading.value));
+                }
+                last.push(format!("{t}: {} = {}", reading.signal, reading.value));
+            }
+        }
+        report.readings += 1;
+        let left = until.saturating_duration_since(Instant::now());
+        if !checks.is_empty() {
+            lead.say(&format!(
+                "Wave `{}` baking, {} left: {}",
+                wave.name,
+                config::duration::format(Duration::from_secs(
+                    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+                )),
+                last.join("; ")
+            ));
+        }
+        if left.is_zero() {
+            return None;
+        }
+        sleep_unless_interrupted(lead, left.min(fleet.interval));
+    }
+}
+
+fn halt_of(wave: &Wave, target: &str, signal: &str, value: &str) -> Halt {
+    Halt {
+        wave: wave.name.clone(),
+        target: target.to_owned(),
+        signal: signal.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+fn sleep_unless_interrupted(d: &Deployment<'_>, total: Duration) {
+    let end = Instant::now() + total;
+    while !d.is_interrupted() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+/// The signal a `[[rollout.verify]]` table describes (its `compare` was checked when loaded).
+fn check_of(s: &Signal) -> Check {
+    match &s.kind {
+        SignalKind::Http { url, status, body } => Check::Http {
+            url: url.clone(),
+            status: *status,
+            body: body.clone(),
+        },
+        SignalKind::Prometheus {
+            url,
+            query,
+            compare,
+        } => Check::Prometheus {
+            url: url.clone(),
+            query: query.clone(),
+            compare: compare.as_deref().and_then(|c| c.parse().ok()),
+        },
+    }
+}
+
+/// Tell the notifier at once, then restore every changed target in reverse order.
+fn halt_and_undo(
+    d: &Deployment<'_>,
+    parts: &[Part<'_>],
+    journal: &mut RolloutJournal,
+    report: &mut RolloutReport,
+    halt: Halt,
+) -> Result<()> {
+    let why = format!("rollout halted: {}", halt.line());
+    d.say(&format!("Halting the rollout: {}.", halt.line()));
+    d.notify("rolled-back", &why, Exit::RolledBack as u8);
+    journal.phase = "undoing".into();
+    write(&parts[0].d, journal)?;
+    failpoint::hit("rollout-undoing");
+    report.undone = undo(parts, &journal.changed, &why)?;
+    report.ok = false;
+    report.outcome = "halted".into();
+    report.halt = Some(halt);
+    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
+    clear(&parts[0].d);
+    Ok(())
+}
+
+/// Make each changed target's `before` live again, last changed first.
+fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report>> {
+    let mut done = Vec::new();
+    for c in changed.iter().rev() {
+        let Some(p) = parts
+            .iter()
+            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+        else {
+            continue;
+        };
+        let r = apply::restore(&p.d, c.before, why)?;
+        if r.previous_generation != r.generation || r.outcome != "unchanged" {
+            p.d.say(&format!(
+                "Restored target `{}`: {} is live again.",
+                c.target,
+                r.generation
+                    .map_or("nothing".to_owned(), |g| format!("generation {g}"))
+            ));
+        }
+        done.push(r);
+    }
+    Ok(done)
+}
+
+/// The rollout's own record, in the first target's log.
+fn finish(
+    d: &Deployment<'_>,
+    parts: &[Part<'_>],
+    report: &mut RolloutReport,
+    outcome: Outcome,
+    reason: Option<String>,
+) -> Result<()> {
+    let lead = &parts[0].d;
+    let reached = if report.targets.is_empty() {
+        &report.undone
+    } else {
+        &report.targets
+    };
+    let summary: Vec<String> = reached
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.target,
+                r.generation.map_or("none".to_owned(), |g| g.to_string())
+            )
+        })
+        .collect();
+    let entry = Entry {
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        target: format!("fleet of {} targets", parts.len()),
+        action: log::Action::Rollout,
+        outcome,
+        commit: d.commit.id.to_string(),
+        config_sha256: crate::plan::settings_sha256(d.env),
+        operator: Operator::current(),
+        changes: Changes::default(),
+        generation: None,
+        previous_generation: None,
+        reason: Some(match reason {
+            Some(r) => format!("{r}; targets reached: {}", summary.join(", ")),
+            None => format!("targets: {}", summary.join(", ")),
+        }),
+        plan_sha256: None,
+        notify: None,
+        signing: d.signing.clone(),
+        resources: None,
+    };
+    let r = log::append(&*lead.target, lead.page(entry))
+        .map_err(|e| Failure::error(format!("the rollout's record could not be written: {e}")))?;
+    report.log = Some(apply::LogRef {
+        seq: r.seq,
+        hash: r.hash,
+    });
+    if outcome == Outcome::Applied {
+        d.say(&format!(
+            "{} `{}` is live on all {} targets (commit {}).",
+            d.printer.paint(crate::output::style::OK, "Rolled out:"),
+            d.env.name,
+            parts.len(),
+            d.commit.short()
+        ));
+    }
+    Ok(())
+}
+
+fn write(lead: &Deployment<'_>, journal: &RolloutJournal) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(journal)?;
+    lead.target
+        .write_blob(JOURNAL, &bytes)
+        .map_err(|e| lead.target_failure(e))
+}
+
+fn clear(lead: &Deployment<'_>) {
+    if let Err(e) = lead.target.clear_blob(JOURNAL) {
+        lead.warn(&format!("could not remove the rollout journal: {e}"));
+    }
+}
+
+/// A rollout under way (or interrupted), for `deploy status`.
+pub fn describe_journal(j: &RolloutJournal) -> String {
+    let changed: Vec<String> = j
+        .changed
+        .iter()
+        .map(|c| {
+            let g = |g: Option<GenerationId>| g.map_or("none".to_owned(), |g| g.to_string());
+            format!("{} ({} -> {})", c.target, g(c.before), g(c.after))
+        })
+        .collect();
+    format!(
+        "Rollout in progress (or interrupted): commit {}, wave {} of {} (`{}`), {}, by {}@{} (pid {}) since {}\n  targets changed: {}\n  an interrupted rollout is undone by the next `deploy --target {}`\n\n",
+        &j.commit[..j.commit.len().min(12)],
+        j.wave + 1,
+        j.waves.len(),
+        j.waves.get(j.wave).map_or("?", String::as_str),
+        j.phase,
+        j.holder.user,
+        j.holder.host,
+        j.holder.pid,
+        j.started,
+        if changed.is_empty() {
+            "none yet".to_owned()
+        } else {
+            changed.join(", ")
+        },
+        j.environment
+    )
+}
+
+/// The rollout journal an earlier run left in the first target's state, if any.
+pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
+    let Some(bytes) = lead
+        .target
+        .read_blob(JOURNAL)
+        .map_err(|e| lead.target_failure(e))?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Failure::error(format!("the rollout journal of `{}` cannot be read: {e}", lead.env.name))
+            .detail(format!("in the state of {}", lead.target.describe()))
+            .hint("inspect each target with `deploy status`; remove the journal only once you know what should be live")
+            .into()
+    })
+}
+
+/// An interrupted rollout (its journal in the first target's state) is undone: every target it
+/// changed gets its own journal resolved, then what was live before the rollout back. Returns
+/// true when one was found (this run then ends, exit 4).
+fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -> Result<bool> {
+    // Nothing is read from a target before it proved its owner.
+    parts[0].d.verify_owner()?;
+    let Some(mut journal) = read_journal(&parts[0].d)? else {
+        return Ok(false);
+    };
+    for p in &parts[1..] {
+        p.d.verify_owner()?;
+    }
+    if journal.environment != d.env.name || journal.account != d.env.account.value {
+        return Err(Failure::refused(format!(
+            "the rollout journal belongs to `{}` (account {}), not to {}",
+            journal.environment,
+            journal.account,
+            d.who()
+        ))
+        .into());
+    }
+    hold_locks(parts)?;
+    let found = format!(
+        "Found an interrupted rollout of commit {} by {}@{} (pid {}), started {}, in wave {} of {} ({}); \
+         a rollout whose bakes were not all watched is never completed: undoing it",
+        &journal.commit[..journal.commit.len().min(12)],
+        journal.holder.user,
+        journal.holder.host,
+        journal.holder.pid,
+        journal.started,
+        journal.wave + 1,
+        journal.waves.len(),
+        journal.phase
+    );
+    d.say(&format!("{found}."));
+    report.recovered.push(found);
+    for c in &journal.changed {
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+        {
+            apply::settle_interrupted(&p.d)?;
+        }
+    }
+    journal.phase = "undoing".into();
+    let why = "interrupted rollout, undone by the next run".to_owned();
+    report.undone = undo(parts, &journal.changed, &why)?;
+    report.ok = false;
+    report.outcome = "recovered".into();
+    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
+    clear(&parts[0].d);
+    Ok(true)
+}
