@@ -223,39 +223,54 @@ fn real_target_path(env: &Environment, path: &Path) -> Result<PathBuf> {
 }
 
 /// The resolved path where `env`'s target (or `exec` state) lies on this machine, if it has one.
-fn resolved_dir(env: &Environment) -> Option<&Path> {
-    match &env.target.kind {
+fn resolved_dir(target: &crate::config::Target) -> Option<&Path> {
+    match &target.kind {
         TargetKind::Dir { resolved, .. } => Some(resolved),
         TargetKind::Exec { store, .. } => store.dir().map(|(p, _)| p),
         TargetKind::Etcd { .. } => None,
     }
 }
 
-/// `env`'s resolved target must not be, hold or lie inside another environment's resolved
+/// Each target of `env` (one, or a fleet's) with its name for messages.
+fn targets_of(env: &Environment) -> Vec<(String, &crate::config::Target)> {
+    match &env.fleet {
+        Some(f) => f
+            .members
+            .iter()
+            .map(|m| (format!("`{}` target `{}`", env.name, m.name), &m.target))
+            .collect(),
+        None => vec![(format!("`{}`", env.name), &env.target)],
+    }
+}
+
+/// `env`'s resolved targets must not be, hold or lie inside another environment's resolved
 /// target (what the lexical check of `safety` cannot see through symlinks); exit 3 otherwise.
 pub fn check_target_paths(env: &Environment, all: &[Environment]) -> Result<()> {
-    let Some(mine) = resolved_dir(env) else {
-        return Ok(());
-    };
-    let real = paths::real_path(mine).map_err(Failure::from)?;
-    for other in all.iter().filter(|o| o.name != env.name) {
-        let Some(theirs) = resolved_dir(other).and_then(|p| paths::real_path(p).ok()) else {
+    let theirs: Vec<(String, PathBuf)> = all
+        .iter()
+        .filter(|o| o.name != env.name)
+        .flat_map(targets_of)
+        .filter_map(|(who, t)| Some((who, paths::real_path(resolved_dir(t)?).ok()?)))
+        .collect();
+    for (who, target) in targets_of(env) {
+        let Some(mine) = resolved_dir(target) else {
             continue;
         };
-        if let Some(how) = paths::overlap(&real, &theirs) {
-            return Err(Failure::refused(format!(
-                "the target of `{}` ({}) leads to {}, which {how} the target of `{}` ({})",
-                env.name,
-                mine.display(),
-                real.display(),
-                other.name,
-                theirs.display()
-            ))
-            .hint(
-                "a symlink on the way joins two environments' targets; give each a path of its \
-                 own; nothing was read or written",
-            )
-            .into());
+        let real = paths::real_path(mine).map_err(Failure::from)?;
+        for (other, path) in &theirs {
+            if let Some(how) = paths::overlap(&real, path) {
+                return Err(Failure::refused(format!(
+                    "the target of {who} ({}) leads to {}, which {how} the target of {other} ({})",
+                    mine.display(),
+                    real.display(),
+                    path.display()
+                ))
+                .hint(
+                    "a symlink on the way joins two environments' targets; give each a path of its \
+                     own; nothing was read or written",
+                )
+                .into());
+            }
         }
     }
     Ok(())

@@ -76,7 +76,7 @@ pub struct RolloutReport {
     pub waves: Vec<WaveReport>,
     /// Each target's own report, in the order they were reached; then the undo's.
     pub targets: Vec<Report>,
-    pub undone: Vec<Report>,
+    pub undone: Vec<Restored>,
     pub halt: Option<Halt>,
     pub recovered: Vec<String>,
     pub log: Option<apply::LogRef>,
@@ -91,6 +91,15 @@ pub struct WaveReport {
     pub result: String,
     /// How many times the signals were read while it baked.
     pub readings: usize,
+}
+
+/// One target made what it was before the rollout again.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub target: String,
+    /// Live now.
+    pub generation: Option<GenerationId>,
+    pub report: Report,
 }
 
 /// Why a rollout stopped.
@@ -225,15 +234,23 @@ impl RolloutReport {
         }
         for r in &self.undone {
             f = f.detail(format!(
-                "restored {}: generation {}",
+                "restored target `{}`: {} live",
                 r.target,
-                r.generation.map_or("none".to_owned(), |g| g.to_string())
+                r.generation
+                    .map_or("nothing".to_owned(), |g| format!("generation {g}"))
             ));
         }
-        f.hint(format!(
-            "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
-            self.environment
-        ))
+        f.hint(if self.halt.is_some() {
+            format!(
+                "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
+                self.environment
+            )
+        } else {
+            format!(
+                "every target is as it was before the interrupted rollout; run `deploy --target {}` again to roll out from the first wave",
+                self.environment
+            )
+        })
     }
 }
 
@@ -319,7 +336,7 @@ fn run_waves(
         }
         report.waves[i].result = "passed".into();
     }
-    finish(d, parts, report, Outcome::Applied, None)?;
+    finish(d, parts, &journal.changed, report, Outcome::Applied, None)?;
     clear(&parts[0].d);
     Ok(())
 }
@@ -482,13 +499,20 @@ fn halt_and_undo(
     report.ok = false;
     report.outcome = "halted".into();
     report.halt = Some(halt);
-    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
+    finish(
+        d,
+        parts,
+        &journal.changed,
+        report,
+        Outcome::RolledBack,
+        Some(why),
+    )?;
     clear(&parts[0].d);
     Ok(())
 }
 
 /// Make each changed target's `before` live again, last changed first.
-fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report>> {
+fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restored>> {
     let mut done = Vec::new();
     for c in changed.iter().rev() {
         let Some(p) = parts
@@ -506,7 +530,11 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
                     .map_or("nothing".to_owned(), |g| format!("generation {g}"))
             ));
         }
-        done.push(r);
+        done.push(Restored {
+            target: c.target.clone(),
+            generation: r.generation,
+            report: r,
+        });
     }
     Ok(done)
 }
@@ -515,25 +543,16 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
 fn finish(
     d: &Deployment<'_>,
     parts: &[Part<'_>],
+    changed: &[Changed],
     report: &mut RolloutReport,
     outcome: Outcome,
     reason: Option<String>,
 ) -> Result<()> {
     let lead = &parts[0].d;
-    let reached = if report.targets.is_empty() {
-        &report.undone
-    } else {
-        &report.targets
-    };
-    let summary: Vec<String> = reached
+    let name = |g: Option<GenerationId>| g.map_or("none".to_owned(), |g| g.to_string());
+    let summary: Vec<String> = changed
         .iter()
-        .map(|r| {
-            format!(
-                "{}: {}",
-                r.target,
-                r.generation.map_or("none".to_owned(), |g| g.to_string())
-            )
-        })
+        .map(|c| format!("{} {} -> {}", c.target, name(c.before), name(c.after)))
         .collect();
     let entry = Entry {
         environment: d.env.name.clone(),
@@ -548,8 +567,8 @@ fn finish(
         generation: None,
         previous_generation: None,
         reason: Some(match reason {
-            Some(r) => format!("{r}; targets reached: {}", summary.join(", ")),
-            None => format!("targets: {}", summary.join(", ")),
+            Some(r) => format!("{r}; generations: {} (each restored)", summary.join(", ")),
+            None => format!("generations: {}", summary.join(", ")),
         }),
         plan_sha256: None,
         notify: None,
@@ -683,7 +702,14 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     report.undone = undo(parts, &journal.changed, &why)?;
     report.ok = false;
     report.outcome = "recovered".into();
-    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
+    finish(
+        d,
+        parts,
+        &journal.changed,
+        report,
+        Outcome::RolledBack,
+        Some(why),
+    )?;
     clear(&parts[0].d);
     Ok(true)
 }
