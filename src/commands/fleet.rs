@@ -100,6 +100,9 @@ struct FleetDoc<'a> {
     environment: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rollout: Option<rollout::RolloutJournal>,
+    /// Whether the rollout's run still holds the first target's lock (false: interrupted).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rollout_running: bool,
     targets: Vec<Member>,
 }
 
@@ -120,6 +123,7 @@ fn print_all(
             ok: true,
             environment: &d.env.name,
             rollout: None,
+            rollout_running: false,
             targets: all
                 .into_iter()
                 .map(|(name, report)| Member { name, report })
@@ -151,9 +155,10 @@ fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> 
     let lead = d.member(&lead_env, &fleet.members[0].name)?;
     lead.verify_owner()?;
     let journal = rollout::read_journal(&lead)?;
+    let running = journal.is_some() && deploy::status::activity(&lead)?.0.is_some();
     drop(lead);
     if let (Some(j), false) = (&journal, printer.is_json()) {
-        printer.out(&rollout::describe_journal(j))?;
+        printer.out(&rollout::describe_journal(j, running))?;
     }
     let all = each(d, fleet, |m| {
         let s = deploy::status::status(m)?;
@@ -164,6 +169,7 @@ fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> 
             ok: true,
             environment: &d.env.name,
             rollout: journal,
+            rollout_running: running,
             targets: all
                 .into_iter()
                 .map(|(name, report)| Member { name, report })

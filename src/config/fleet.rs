@@ -361,7 +361,11 @@ impl Loader<'_> {
                 if query.get_ref().trim().is_empty() {
                     return bad(self, loc_of(file, &query), "`query` is empty", HINT);
                 }
-                // MERGE-SIGNALS: validate `compare` with crate::signal::Compare.
+                if let Some(c) = &v.compare
+                    && let Err(e) = c.get_ref().parse::<crate::signal::Compare>()
+                {
+                    return bad(self, loc_of(file, c), &format!("`compare`: {e}"), HINT);
+                }
                 SignalKind::Prometheus {
                     url: self.signal_url(name, file, url)?,
                     query: query.into_inner(),

@@ -607,7 +607,8 @@ fn clear(lead: &Deployment<'_>) {
 }
 
 /// A rollout under way (or interrupted), for `deploy status`.
-pub fn describe_journal(j: &RolloutJournal) -> String {
+/// `running`: whether its run still holds the first target's lock.
+pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
     let changed: Vec<String> = j
         .changed
         .iter()
@@ -617,7 +618,12 @@ pub fn describe_journal(j: &RolloutJournal) -> String {
         })
         .collect();
     format!(
-        "Rollout in progress (or interrupted): commit {}, wave {} of {} (`{}`), {}, by {}@{} (pid {}) since {}\n  targets changed: {}\n  an interrupted rollout is undone by the next `deploy --target {}`\n\n",
+        "Rollout {}: commit {}, wave {} of {} (`{}`), {}, by {}@{} (pid {}) since {}\n  targets changed: {}\n  {}\n\n",
+        if running {
+            "in progress"
+        } else {
+            "INTERRUPTED"
+        },
         &j.commit[..j.commit.len().min(12)],
         j.wave + 1,
         j.waves.len(),
