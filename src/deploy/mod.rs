@@ -1095,6 +1095,17 @@ impl<'a> Deployment<'a> {
     /// it (the journal then lets the next run resolve it).
     pub fn arm_interrupts(&self) {
         self.armed.store(true, Ordering::Relaxed);
+        // Once per flag: a fleet's targets share theirs, and a second pair of handlers would
+        // see the flag the first pair just set and kill the process on the first Ctrl-C.
+        static ARMED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        let key = Arc::as_ptr(&self.interrupted) as usize;
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if armed.contains(&key) {
+            return;
+        }
+        armed.push(key);
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ =
                 signal_hook::flag::register_conditional_default(sig, Arc::clone(&self.interrupted));

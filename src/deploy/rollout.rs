@@ -112,7 +112,22 @@ pub struct Halt {
 }
 
 impl Halt {
+    fn cancelled(&self) -> bool {
+        self.signal == "Ctrl-C"
+    }
+
     fn line(&self) -> String {
+        if self.cancelled() {
+            return format!(
+                "cancelled by the operator (Ctrl-C) in wave `{}`{}",
+                self.wave,
+                if self.target.is_empty() {
+                    String::new()
+                } else {
+                    format!(", target `{}`", self.target)
+                }
+            );
+        }
         format!(
             "wave `{}` failed: target `{}`: {} = {}",
             self.wave, self.target, self.signal, self.value
@@ -174,7 +189,10 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
             apply::adopt_early(&p.d, prepared)?;
         }
     }
-    run_waves(d, fleet, &mut parts, &mut report)?;
+    // With nothing to change, each target's health check and one reading of the signals
+    // verify what is live (recorded for the promotion gate); there is nothing to bake.
+    let bake_for = |w: &Wave| if changes > 0 { w.bake } else { Duration::ZERO };
+    run_waves(d, fleet, &mut parts, &mut report, &bake_for)?;
     Ok(report)
 }
 
@@ -240,7 +258,12 @@ impl RolloutReport {
                     .map_or("nothing".to_owned(), |g| format!("generation {g}"))
             ));
         }
-        f.hint(if self.halt.is_some() {
+        f.hint(if self.halt.as_ref().is_some_and(Halt::cancelled) {
+            format!(
+                "every target is as it was before the rollout (not health-checked again after the cancel); nothing says the configuration is wrong: run `deploy --target {}` again when ready",
+                self.environment
+            )
+        } else if self.halt.is_some() {
             format!(
                 "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
                 self.environment
@@ -290,6 +313,7 @@ fn run_waves(
     fleet: &Fleet,
     parts: &mut [Part<'_>],
     report: &mut RolloutReport,
+    bake_for: &dyn Fn(&Wave) -> Duration,
 ) -> Result<()> {
     let mut journal = RolloutJournal {
         version: VERSION,
@@ -316,7 +340,14 @@ fn run_waves(
                 journal.phase = "baking".into();
                 write(&parts[0].d, &journal)?;
                 failpoint::hit("rollout-baking");
-                bake(fleet, wave, parts, &journal, &mut report.waves[i])
+                bake(
+                    fleet,
+                    wave,
+                    bake_for(wave),
+                    parts,
+                    &journal,
+                    &mut report.waves[i],
+                )
             }
             Ok(Some(h)) => Some(h),
             Err(e) => Some(Halt {
@@ -336,7 +367,13 @@ fn run_waves(
         }
         report.waves[i].result = "passed".into();
     }
-    finish(d, parts, &journal.changed, report, Outcome::Applied, None)?;
+    let outcome = if report.targets.iter().all(|r| r.outcome == "unchanged") {
+        report.outcome = "unchanged".into();
+        Outcome::Unchanged
+    } else {
+        Outcome::Applied
+    };
+    finish(d, parts, &journal.changed, report, outcome, None)?;
     clear(&parts[0].d);
     Ok(())
 }
@@ -391,6 +428,7 @@ fn apply_wave(
 fn bake(
     fleet: &Fleet,
     wave: &Wave,
+    duration: Duration,
     parts: &[Part<'_>],
     journal: &RolloutJournal,
     report: &mut WaveReport,
@@ -398,7 +436,7 @@ fn bake(
     let lead = &parts[0].d;
     let targets: Vec<&str> = journal.changed.iter().map(|c| c.target.as_str()).collect();
     let checks: Vec<Check> = fleet.verify.iter().map(check_of).collect();
-    let until = Instant::now() + wave.bake;
+    let until = Instant::now() + duration;
     loop {
         if lead.is_interrupted() {
             return Some(halt_of(
@@ -581,7 +619,14 @@ fn finish(
         seq: r.seq,
         hash: r.hash,
     });
-    if outcome == Outcome::Applied {
+    if outcome == Outcome::Unchanged {
+        d.say(&format!(
+            "No changes: all {} targets of `{}` already hold commit {}'s configuration, and passed.",
+            parts.len(),
+            d.env.name,
+            d.commit.short()
+        ));
+    } else if outcome == Outcome::Applied {
         d.say(&format!(
             "{} `{}` is live on all {} targets (commit {}).",
             d.printer.paint(crate::output::style::OK, "Rolled out:"),
