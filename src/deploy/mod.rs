@@ -83,6 +83,8 @@ pub struct Deployment<'a> {
     /// The lock a rollout took on this target before its first write and holds to its end:
     /// [`Self::lock`] then lends it instead of taking it again.
     held: std::cell::RefCell<Option<Box<dyn LockGuard>>>,
+    /// False for a fleet's targets: the rollout pages once for all of them.
+    pub pages: bool,
 }
 
 /// A lock held by the rollout around this deployment ([`Deployment::hold_lock`]).
@@ -552,6 +554,7 @@ impl<'a> Deployment<'a> {
             signing: None,
             member: None,
             held: std::cell::RefCell::new(None),
+            pages: true,
         })
     }
 
@@ -569,6 +572,7 @@ impl<'a> Deployment<'a> {
         d.paged = Arc::clone(&self.paged);
         d.signing = self.signing.clone();
         d.member = Some(name.to_owned());
+        d.pages = false;
         Ok(d)
     }
 

@@ -530,6 +530,7 @@ fn halt_and_undo(
     let why = format!("rollout halted: {}", halt.line());
     d.say(&format!("Halting the rollout: {}.", halt.line()));
     d.notify("rolled-back", &why, Exit::RolledBack as u8);
+    d.page_unrecorded("rollout", "rolled-back", &why);
     journal.phase = "undoing".into();
     write(&parts[0].d, journal)?;
     failpoint::hit("rollout-undoing");
@@ -613,7 +614,13 @@ fn finish(
         signing: d.signing.clone(),
         resources: None,
     };
-    let r = log::append(&*lead.target, lead.page(entry))
+    // A halt paged when it happened; a success or a recovery pages with its record.
+    let entry = if report.halt.is_some() {
+        entry
+    } else {
+        d.page(entry)
+    };
+    let r = log::append(&*lead.target, entry)
         .map_err(|e| Failure::error(format!("the rollout's record could not be written: {e}")))?;
     report.log = Some(apply::LogRef {
         seq: r.seq,
