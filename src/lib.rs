@@ -25,6 +25,7 @@ pub mod rules;
 pub mod safety;
 pub mod sarif;
 pub mod secret;
+pub mod signal;
 pub mod signing;
 pub mod source;
 pub mod sysenv;
