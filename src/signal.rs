@@ -136,7 +136,7 @@ impl FromStr for Compare {
 }
 
 /// One evaluation of a check: whether it passed, what was seen, and which signal it was.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Reading {
     pub ok: bool,
     /// What was seen, short, for a person: `0 (needs > 0)`, `no data`, `NaN`, `HTTP 503 "down"`,
@@ -661,6 +661,26 @@ mod tests {
         let got = judge_prometheus(b"<html>502 Bad Gateway</html>", None).unwrap_err();
         assert!(got.starts_with("unparseable answer"), "{got}");
         assert!(got.contains("502 Bad Gateway"), "{got}");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_fails_without_a_request() {
+        let check = Check::Http {
+            url: "not a url/$TARGET".into(),
+            status: 200,
+            body: None,
+        };
+        let r = evaluate(&check, "canary", Duration::from_secs(1));
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.signal, "GET not a url/canary");
+        let check = Check::Prometheus {
+            url: "::".into(),
+            query: "up".into(),
+            compare: None,
+        };
+        let r = evaluate(&check, "canary", Duration::from_secs(1));
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.signal, "prometheus up");
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod moto;
 mod paging;
 mod pipes;
 mod progress;
+mod prometheus;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
@@ -40,6 +41,7 @@ mod seal;
 mod secrets;
 #[cfg(feature = "failpoints")]
 mod shared_state;
+mod signals;
 mod signing;
 mod state;
 mod status;
