@@ -85,6 +85,9 @@ pub struct Deployment<'a> {
     held: std::cell::RefCell<Option<Box<dyn LockGuard>>>,
     /// False for a fleet's targets: the rollout pages once for all of them.
     pub pages: bool,
+    /// Set once the `[identity] command` printed the account in this run (shared by a fleet's
+    /// targets, which share the environment's credentials).
+    identity_proven: Arc<AtomicBool>,
 }
 
 /// A lock held by the rollout around this deployment ([`Deployment::hold_lock`]).
@@ -555,6 +558,7 @@ impl<'a> Deployment<'a> {
             member: None,
             held: std::cell::RefCell::new(None),
             pages: true,
+            identity_proven: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -573,6 +577,7 @@ impl<'a> Deployment<'a> {
         d.signing = self.signing.clone();
         d.member = Some(name.to_owned());
         d.pages = false;
+        d.identity_proven = Arc::clone(&self.identity_proven);
         Ok(d)
     }
 
@@ -865,6 +870,16 @@ impl<'a> Deployment<'a> {
         let Some(identity) = &self.env.identity else {
             return Ok(());
         };
+        // A fleet's targets share the environment's credentials: proven once per run.
+        if self.identity_proven.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.run_identity(identity)?;
+        self.identity_proven.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run_identity(&self, identity: &crate::config::Identity) -> Result<()> {
         let shown = process::display_argv(&identity.command);
         let account = &self.env.account.value;
         let spec = Spec {

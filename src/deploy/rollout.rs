@@ -715,20 +715,39 @@ pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
 /// changed gets its own journal resolved, then what was live before the rollout back. Returns
 /// true when one was found (this run then ends, exit 4).
 fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -> Result<bool> {
-    // Nothing is read from a target before it proved its owner.
-    parts[0].d.verify_owner()?;
-    let Some(mut journal) = read_journal(&parts[0].d)? else {
+    // Nothing is read from a target before it proved its owner. Every target is looked at, so
+    // a journal stays found when the configuration changed which target comes first.
+    let mut found = None;
+    for (i, p) in parts.iter().enumerate() {
+        p.d.verify_owner()?;
+        if found.is_none() {
+            found = read_journal(&p.d)?.map(|j| (i, j));
+        }
+    }
+    let Some((at, mut journal)) = found else {
         return Ok(false);
     };
-    for p in &parts[1..] {
-        p.d.verify_owner()?;
-    }
     if journal.environment != d.env.name || journal.account != d.env.account.value {
         return Err(Failure::refused(format!(
             "the rollout journal belongs to `{}` (account {}), not to {}",
             journal.environment,
             journal.account,
             d.who()
+        ))
+        .into());
+    }
+    if let Some(gone) = journal.changed.iter().find(|c| {
+        !parts
+            .iter()
+            .any(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+    }) {
+        return Err(Failure::refused(format!(
+            "an interrupted rollout of `{}` changed target `{}`, which this commit's configuration no longer has, so it cannot be undone from here",
+            d.env.name, gone.target
+        ))
+        .hint(format!(
+            "check out the commit that still names `{}` (the rollout's was {}) and run `deploy --target {}` there to undo it; nothing was written",
+            gone.target, journal.commit, d.env.name
         ))
         .into());
     }
@@ -768,6 +787,6 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
         Outcome::RolledBack,
         Some(why),
     )?;
-    clear(&parts[0].d);
+    clear(&parts[at].d);
     Ok(true)
 }
