@@ -81,14 +81,8 @@ fn each(
     let envs: Vec<Environment> = fleet.members.iter().map(|m| d.env.member(m)).collect();
     let mut all = Vec::with_capacity(envs.len());
     for (env, m) in envs.iter().zip(&fleet.members) {
+        // Each heading names the target (`Deployment::who`).
         let md = d.member(env, &m.name)?;
-        if !d.printer.is_json() {
-            d.printer.out(&format!(
-                "== target `{}` ({}) ==\n",
-                m.name,
-                m.target.describe()
-            ))?;
-        }
         all.push((m.name.clone(), f(&md)?));
     }
     Ok(all)
