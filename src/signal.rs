@@ -200,8 +200,18 @@ struct Answer {
     whole: bool,
 }
 
-fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<Answer, String> {
-    let response = request.call().map_err(|e| failure(&e))?;
+fn get(
+    request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let timed_out = |why: String| {
+        if why == TIMED_OUT {
+            format!("{why} after {}", humantime::format_duration(timeout))
+        } else {
+            why
+        }
+    };
+    let response = request.call().map_err(|e| timed_out(failure(&e)))?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
     response
@@ -209,7 +219,10 @@ fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<An
         .into_reader()
         .take(BODY_LIMIT + 1)
         .read_to_end(&mut body)
-        .map_err(|e| format!("HTTP {status}, reading the body failed: {}", io_failure(&e)))?;
+        .map_err(|e| {
+            let why = timed_out(io_failure(&e));
+            format!("HTTP {status}, reading the body failed: {why}")
+        })?;
     let whole = body.len() as u64 <= BODY_LIMIT;
     body.truncate(BODY_LIMIT as usize);
     Ok(Answer {
@@ -219,10 +232,12 @@ fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<An
     })
 }
 
+const TIMED_OUT: &str = "timed out";
+
 /// A request that got no answer, in a few words.
 fn failure(e: &ureq::Error) -> String {
     match e {
-        ureq::Error::Timeout(_) => "timed out".to_owned(),
+        ureq::Error::Timeout(_) => TIMED_OUT.to_owned(),
         ureq::Error::Io(io) => io_failure(io),
         ureq::Error::ConnectionFailed => "connection failed".to_owned(),
         ureq::Error::HostNotFound => "host not found".to_owned(),
@@ -235,7 +250,7 @@ fn io_failure(e: &std::io::Error) -> String {
     match e.kind() {
         ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         ErrorKind::ConnectionReset => "connection reset".to_owned(),
-        ErrorKind::TimedOut => "timed out".to_owned(),
+        ErrorKind::TimedOut => TIMED_OUT.to_owned(),
         _ => match e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<ureq::Error>())
@@ -247,7 +262,7 @@ fn io_failure(e: &std::io::Error) -> String {
 }
 
 fn http(url: &str, status: u16, body: Option<&str>, timeout: Duration) -> Result<String, String> {
-    let answer = get(agent(timeout).get(url))?;
+    let answer = get(agent(timeout).get(url), timeout)?;
     let seen = answer.status;
     if seen != status {
         return Err(format!(
@@ -286,7 +301,7 @@ fn prometheus(
         .query("query", query)
         // Prometheus gives up on the query at the same time as we do.
         .query("timeout", format!("{:.3}", timeout.as_secs_f64()));
-    let answer = get(request)?;
+    let answer = get(request, timeout)?;
     if !answer.whole {
         return Err(format!("answer larger than {BODY_LIMIT} bytes"));
     }

@@ -233,7 +233,7 @@ fn an_http_probe_fails_when_nothing_answers() {
     let r = evaluate(&check, "x", Duration::from_millis(500));
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "{took:?} {r:?}");
-    fails(&r, "timed out");
+    fails(&r, "timed out after 500ms");
 }
 
 /// A server answering 200 with a body that never ends: `chunk` after `chunk`, `pause` apart,
@@ -276,5 +276,8 @@ fn an_endless_answer_is_cut_at_the_limit_or_at_the_timeout() {
     let started = Instant::now();
     let r = evaluate(&http(url, 200, None), "x", Duration::from_millis(500));
     assert!(started.elapsed() < Duration::from_secs(2), "{r:?}");
-    fails(&r, "HTTP 200, reading the body failed: timed out");
+    fails(
+        &r,
+        "HTTP 200, reading the body failed: timed out after 500ms",
+    );
 }
