@@ -200,6 +200,12 @@ fn an_http_probe_passes_only_with_the_status_and_the_body() {
     let r = evaluate(&status_only, "anyone", TIMEOUT);
     assert!(r.ok, "{r:?}");
     assert_eq!(r.value, "HTTP 200");
+    // A redirect is not followed: the status judged is the URL's own.
+    probe.set("/moved/healthz", 302, "");
+    fails(
+        &evaluate(&status_only, "moved", TIMEOUT),
+        "HTTP 302 \"\" (needs 200)",
+    );
     probe.set_default(500, "");
     fails(
         &evaluate(&status_only, "anyone", TIMEOUT),
