@@ -1,6 +1,7 @@
 //! `envlock::signal::evaluate` against a real Prometheus scraping a real exporter, and against
 //! a real HTTP endpoint: every way a signal can lack evidence is a failure.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -199,6 +200,12 @@ fn an_http_probe_passes_only_with_the_status_and_the_body() {
     let r = evaluate(&status_only, "anyone", TIMEOUT);
     assert!(r.ok, "{r:?}");
     assert_eq!(r.value, "HTTP 200");
+    // A redirect is not followed: the status judged is the URL's own.
+    probe.set("/moved/healthz", 302, "");
+    fails(
+        &evaluate(&status_only, "moved", TIMEOUT),
+        "HTTP 302 \"\" (needs 200)",
+    );
     probe.set_default(500, "");
     fails(
         &evaluate(&status_only, "anyone", TIMEOUT),
@@ -232,5 +239,51 @@ fn an_http_probe_fails_when_nothing_answers() {
     let r = evaluate(&check, "x", Duration::from_millis(500));
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "{took:?} {r:?}");
-    fails(&r, "timed out");
+    fails(&r, "timed out after 500ms");
+}
+
+/// A server answering 200 with a body that never ends: `chunk` after `chunk`, `pause` apart,
+/// to the first `connections` clients.
+fn endless(chunk: &'static [u8], pause: Duration, connections: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/",
+        listener.local_addr().unwrap().port()
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+                while stream.write_all(chunk).is_ok() {
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn an_endless_answer_is_cut_at_the_limit_or_at_the_timeout() {
+    static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    let url = endless(&CHUNK, Duration::ZERO, 2);
+    // The status alone: read up to the limit, then the connection is dropped.
+    let r = evaluate(&http(url.clone(), 200, None), "x", TIMEOUT);
+    assert!(r.ok, "{r:?}");
+    let r = evaluate(&http(url, 200, Some("ready")), "x", TIMEOUT);
+    assert!(!r.ok, "{r:?}");
+    assert!(r.value.contains("body larger than"), "{r:?}");
+
+    // A trickle never ends within the timeout, which covers the whole answer.
+    let url = endless(b"x", Duration::from_millis(20), 1);
+    let started = Instant::now();
+    let r = evaluate(&http(url, 200, None), "x", Duration::from_millis(500));
+    assert!(started.elapsed() < Duration::from_secs(2), "{r:?}");
+    fails(
+        &r,
+        "HTTP 200, reading the body failed: timed out after 500ms",
+    );
 }
