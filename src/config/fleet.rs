@@ -428,7 +428,7 @@ impl Loader<'_> {
             if b.starts_with(a.as_str()) {
                 self.diagnostics.push(
                     Diagnostic::new(
-                        "target-clash",
+                        "duplicate-target",
                         format!("targets `{ma}` and `{mb}` of `{name}` write to the same place"),
                     )
                     .env(name)
