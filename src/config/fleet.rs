@@ -433,7 +433,8 @@ impl Loader<'_> {
                     )
                     .env(name)
                     .at(at.clone(), "these targets")
-                    .hint("give each target of a fleet a place of its own"),
+                    .hint("give each target of a fleet a place of its own")
+                    .safety(),
                 );
                 return false;
             }
