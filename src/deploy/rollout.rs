@@ -162,7 +162,7 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
                 // That target's own interrupted run was rolled back: this run ends there.
                 report.outcome = "recovered".into();
                 report.recovered.extend(r.recovered.iter().cloned());
-                report.targets.push(r);
+                report.targets.push(*r);
                 return Ok(report);
             }
         }
