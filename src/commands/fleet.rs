@@ -44,7 +44,7 @@ pub(super) fn run_job(
             let r = deploy::adopt::adopt(m, yes)?;
             Ok(serde_json::to_value(&r)?)
         })
-        .and_then(|all| print_all(d, printer, all)),
+        .and_then(|all| print_all(d, printer, all, None)),
         job => Err(Failure::refused(format!(
             "`{}` is a fleet of {} targets: {} acts on one target and would split the fleet \
              between two configurations",
@@ -107,17 +107,20 @@ struct Member {
     report: serde_json::Value,
 }
 
+/// With `--format json`, one document: the rollout under way (if any) and each target's report.
 fn print_all(
     d: &Deployment<'_>,
     printer: &Printer,
     all: Vec<(String, serde_json::Value)>,
+    rollout: Option<(rollout::RolloutJournal, bool)>,
 ) -> Result<Exit> {
     if printer.is_json() {
+        let running = rollout.as_ref().is_some_and(|(_, r)| *r);
         printer.json(&FleetDoc {
             ok: true,
             environment: &d.env.name,
-            rollout: None,
-            rollout_running: false,
+            rollout: rollout.map(|(j, _)| j),
+            rollout_running: running,
             targets: all
                 .into_iter()
                 .map(|(name, report)| Member { name, report })
@@ -135,7 +138,7 @@ fn plan(d: &Deployment<'_>, fleet: &Fleet, detailed: bool, printer: &Printer) ->
         pending |= !r.changes.is_empty();
         Ok(serde_json::to_value(&r)?)
     })?;
-    print_all(d, printer, all)?;
+    print_all(d, printer, all, None)?;
     Ok(if detailed && pending {
         Exit::ChangesPending
     } else {
@@ -158,17 +161,5 @@ fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> 
         let s = deploy::status::status(m)?;
         Ok(serde_json::to_value(&s)?)
     })?;
-    if printer.is_json() {
-        printer.json(&FleetDoc {
-            ok: true,
-            environment: &d.env.name,
-            rollout: journal,
-            rollout_running: running,
-            targets: all
-                .into_iter()
-                .map(|(name, report)| Member { name, report })
-                .collect(),
-        })?;
-    }
-    Ok(Exit::Success)
+    print_all(d, printer, all, journal.map(|j| (j, running)))
 }

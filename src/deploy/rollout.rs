@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use super::Deployment;
 use super::apply::{self, Prepared, Report, Start};
-use crate::config::fleet::{Fleet, Signal, SignalKind, Wave};
+use crate::config::fleet::{Fleet, Wave};
 use crate::config::{self, Environment};
 use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::log::{self, Changes, Entry, Operator, Outcome};
-use crate::signal::{self, Check};
+use crate::signal;
 use crate::target::{GenerationId, Holder};
 
 /// The blob of the first target's state that says a rollout is under way.
@@ -435,7 +435,6 @@ fn bake(
 ) -> Option<Halt> {
     let lead = &parts[0].d;
     let targets: Vec<&str> = journal.changed.iter().map(|c| c.target.as_str()).collect();
-    let checks: Vec<Check> = fleet.verify.iter().map(check_of).collect();
     let until = Instant::now() + duration;
     loop {
         if lead.is_interrupted() {
@@ -448,8 +447,8 @@ fn bake(
         }
         let mut last = Vec::new();
         for t in &targets {
-            for (check, signal) in checks.iter().zip(&fleet.verify) {
-                let reading = signal::evaluate(check, t, fleet.timeout);
+            for signal in &fleet.verify {
+                let reading = signal::evaluate(&signal.check, t, fleet.timeout);
                 if !reading.ok {
                     lead.say(&format!(
                         "Wave `{}`: target `{t}`: {} = {} (FAILED; {})",
@@ -462,7 +461,7 @@ fn bake(
         }
         report.readings += 1;
         let left = until.saturating_duration_since(Instant::now());
-        if !checks.is_empty() {
+        if !fleet.verify.is_empty() {
             lead.say(&format!(
                 "Wave `{}` baking, {} left: {}",
                 wave.name,
@@ -499,26 +498,6 @@ fn sleep_unless_interrupted(d: &Deployment<'_>, total: Duration) {
     }
 }
 
-/// The signal a `[[rollout.verify]]` table describes (its `compare` was checked when loaded).
-fn check_of(s: &Signal) -> Check {
-    match &s.kind {
-        SignalKind::Http { url, status, body } => Check::Http {
-            url: url.clone(),
-            status: *status,
-            body: body.clone(),
-        },
-        SignalKind::Prometheus {
-            url,
-            query,
-            compare,
-        } => Check::Prometheus {
-            url: url.clone(),
-            query: query.clone(),
-            compare: compare.as_deref().and_then(|c| c.parse().ok()),
-        },
-    }
-}
-
 /// Tell the notifier at once, then restore every changed target in reverse order.
 fn halt_and_undo(
     d: &Deployment<'_>,
@@ -534,10 +513,24 @@ fn halt_and_undo(
     journal.phase = "undoing".into();
     write(&parts[0].d, journal)?;
     failpoint::hit("rollout-undoing");
+    report.halt = Some(halt);
+    undo_all(d, parts, 0, journal, report, "halted", why)
+}
+
+/// Restore every target `journal` changed, record the rollout as rolled back (with `why`), and
+/// remove the journal (kept in `parts[at]`).
+fn undo_all(
+    d: &Deployment<'_>,
+    parts: &[Part<'_>],
+    at: usize,
+    journal: &RolloutJournal,
+    report: &mut RolloutReport,
+    outcome: &str,
+    why: String,
+) -> Result<()> {
     report.undone = undo(parts, &journal.changed, &why)?;
     report.ok = false;
-    report.outcome = "halted".into();
-    report.halt = Some(halt);
+    report.outcome = outcome.into();
     finish(
         d,
         parts,
@@ -546,7 +539,7 @@ fn halt_and_undo(
         Outcome::RolledBack,
         Some(why),
     )?;
-    clear(&parts[0].d);
+    clear(&parts[at].d);
     Ok(())
 }
 
@@ -776,17 +769,6 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     }
     journal.phase = "undoing".into();
     let why = "interrupted rollout, undone by the next run".to_owned();
-    report.undone = undo(parts, &journal.changed, &why)?;
-    report.ok = false;
-    report.outcome = "recovered".into();
-    finish(
-        d,
-        parts,
-        &journal.changed,
-        report,
-        Outcome::RolledBack,
-        Some(why),
-    )?;
-    clear(&parts[at].d);
+    undo_all(d, parts, at, &journal, report, "recovered", why)?;
     Ok(true)
 }
