@@ -79,6 +79,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order the README lists them (`deploy log --outcome`).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Unchanged,
+        Outcome::RolledBack,
+        Outcome::Failed,
+        Outcome::Refused,
+        Outcome::Sealed,
+    ];
+
+    /// The outcome spelled `s` as in the log (`rolled-back`), if there is one.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
@@ -1195,6 +1210,17 @@ fn check_signature(
     result
         .err()
         .map(|why| signature_problem(line, view, Broken::Signature, why))
+}
+
+/// Every complete record that parses, with its 1-based line in the log, oldest first (the
+/// auditor's view tells each record's verification by its line).
+pub fn numbered_records(bytes: &[u8]) -> Vec<(usize, Record)> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .filter_map(|(i, l)| Some((i + 1, serde_json::from_slice(l).ok()?)))
+        .collect()
 }
 
 /// Parse every complete record (for display), oldest first. Lines that do not parse are
