@@ -37,7 +37,8 @@ tr.outcome-rolled-back{background:#fff0d9}tr.outcome-rolled-back td.outcome{colo
 tr.outcome-failed{background:#fde3e5}tr.outcome-failed td.outcome{color:#b3141d}
 tr.outcome-refused{background:#efe5fb}tr.outcome-refused td.outcome{color:#5b2a9a}
 tr.outcome-sealed{background:#fff6cf}
-tr.record td.reason{color:#333;white-space:pre-wrap;word-break:break-word}
+tr.record td.reason{color:#333;white-space:pre-wrap;word-break:break-word;min-width:18em}
+td.time{white-space:nowrap}td.signature{max-width:16em}.signer{font-size:11px;word-break:break-all}
 .sig-verified{color:#145a2a}.sig-unsigned{color:#6b7385}.sig-fails{color:#b3141d;font-weight:700}.sig-not-checked{color:#9a4a00}
 .names{color:#4a5468}
 section.diff{border:1px solid #d7dce5;border-radius:.4em;margin:.8em 0;overflow:hidden}
@@ -290,8 +291,23 @@ fn diff_section(d: &Diff) -> String {
             f.chars().take(12).collect()
         });
     let to: String = d.to.chars().take(12).collect();
+    let also = if d.also.is_empty() {
+        String::new()
+    } else {
+        let shorts: Vec<String> = d
+            .also
+            .iter()
+            .map(|c| {
+                format!(
+                    "<span class=\"mono\">{}</span>",
+                    escape(&c.chars().take(12).collect::<String>())
+                )
+            })
+            .collect();
+        format!(" (and {}: the same configuration)", shorts.join(", "))
+    };
     let mut out = format!(
-        "<section class=\"diff\" id=\"{}\">\n<h3>{} <span class=\"mono\">{}</span> &rarr; <span class=\"mono\">{}</span></h3>\n",
+        "<section class=\"diff\" id=\"{}\">\n<h3>{} <span class=\"mono\">{}</span> &rarr; <span class=\"mono\">{}</span>{also}</h3>\n",
         escape(&d.id),
         escape(&d.environment),
         escape(&from),

@@ -216,6 +216,9 @@ pub struct Diff {
     /// The previous deployed commit (`None`: the first deployment in the log).
     pub from: Option<String>,
     pub to: String,
+    /// Other commits deployed after `from` that resolve the environment exactly as `to` does
+    /// (their records link here too).
+    pub also: Vec<String>,
     /// A unified diff, or why there is none (a commit not in the repository, no change).
     pub body: Result<String, String>,
 }

@@ -444,10 +444,11 @@ fn the_html_report_renders_in_headless_chromium() {
 
     let png = screenshot(html);
     assert!(png.len() > 1000 && png.starts_with(b"\x89PNG\r\n\x1a\n"));
-    // `ENVLOCK_REPORT_PNG=docs/images/log-report.png` keeps it (the README's picture).
-    #[allow(clippy::disallowed_methods)]
-    if let Some(to) = std::env::var_os("ENVLOCK_REPORT_PNG") {
-        std::fs::write(to, &png).unwrap();
+    // `ENVLOCK_REPORT_DIR=DIR` keeps the page and its picture (for the README's).
+    #[allow(clippy::disallowed_methods)] // a test's switch, not part of the tool
+    if let Some(dir) = std::env::var_os("ENVLOCK_REPORT_DIR") {
+        std::fs::write(Path::new(&dir).join("report.html"), html).unwrap();
+        std::fs::write(Path::new(&dir).join("report.png"), &png).unwrap();
     }
 }
 

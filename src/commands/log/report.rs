@@ -140,14 +140,16 @@ fn notes(reports: &[EnvReport], printer: &Printer) {
 }
 
 /// Each shown record that names a commit gets the anchor of the diff from the commit deployed
-/// before it in the same log (the latest earlier record that proved a commit live) to its own;
+/// before it in the same log (the latest earlier record that made a generation of a commit live
+/// and healthy) to its own;
 /// each pair is embedded once. Returns the diffs made.
 fn link_diffs(l: &EnvLog, report: &mut EnvReport, configs: &mut Configs) -> Vec<Diff> {
     let mut before: HashMap<usize, Option<String>> = HashMap::new();
     let mut deployed: Option<String> = None;
     for (line, r) in &l.entries {
         before.insert(*line, deployed.clone());
-        if r.outcome.proves_healthy() && !r.commit.is_empty() {
+        // A commit made live: `deploy adopt` stamps (generation none) and deploys nothing.
+        if r.outcome.proves_healthy() && r.generation.is_some() && !r.commit.is_empty() {
             deployed = Some(r.commit.clone());
         }
     }
@@ -159,6 +161,20 @@ fn link_diffs(l: &EnvLog, report: &mut EnvReport, configs: &mut Configs) -> Vec<
     {
         let from = before.get(&e.line).cloned().flatten();
         let to = e.record.commit.clone();
+        // One diff per (previous commit, configuration deployed): commits that resolve the
+        // environment the same way share it.
+        let text = configs.text(&report.name, &to);
+        let same = diffs.iter_mut().find(|d| {
+            d.from == from
+                && (d.to == to || (text.is_ok() && configs.text(&report.name, &d.to) == text))
+        });
+        if let Some(d) = same {
+            if d.to != to && !d.also.contains(&to) {
+                d.also.push(to);
+            }
+            e.diff = Some(d.id.clone());
+            continue;
+        }
         let short = |c: &str| c.chars().take(12).collect::<String>();
         let id = format!(
             "diff-{}-{}-{}",
@@ -166,17 +182,16 @@ fn link_diffs(l: &EnvLog, report: &mut EnvReport, configs: &mut Configs) -> Vec<
             from.as_deref().map_or("none".to_owned(), short),
             short(&to)
         );
-        if !diffs.iter().any(|d| d.id == id) {
-            let body = configs.diff(&report.name, from.as_deref(), &to);
-            diffs.push(Diff {
-                id: id.clone(),
-                environment: report.name.clone(),
-                from,
-                to,
-                body,
-            });
-        }
-        e.diff = Some(id);
+        let body = configs.diff(&report.name, from.as_deref(), &to);
+        e.diff = Some(id.clone());
+        diffs.push(Diff {
+            id,
+            environment: report.name.clone(),
+            from,
+            to,
+            also: Vec::new(),
+            body,
+        });
     }
     diffs
 }
