@@ -310,6 +310,22 @@ fn show(logs: Vec<EnvLog>, filter: &audit::Filter, printer: &Printer) -> Result<
         })?;
         return Ok(Exit::Success);
     }
+    // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
+    // a pipe, CI logs) it is never cut.
+    let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
+    if records.is_empty() && filter.is_active() {
+        printer.err("No record matches the filters.\n");
+    } else if records.is_empty() {
+        printer.err("No deployment has been recorded in the logs this machine can reach.\n");
+    } else {
+        printer.out(&text_table(&records, reason_width))?;
+    }
+    notes(&logs, printer);
+    Ok(Exit::Success)
+}
+
+/// The records as a table, each reason (and undelivered notification) on a line below.
+fn text_table(records: &[Record], reason_width: Option<usize>) -> String {
     let header = [
         "TIME",
         "ENVIRONMENT",
@@ -340,35 +356,27 @@ fn show(logs: Vec<EnvLog>, filter: &audit::Filter, printer: &Printer) -> Result<
             ]
         })
         .collect();
-    let reasons: Vec<Option<String>> = records.iter().map(|r| r.reason.clone()).collect();
-    // A notification that was not delivered is shown under its record, like a reason.
-    let undelivered: Vec<Option<String>> = records.iter().map(undelivered).collect();
-    // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
-    // a pipe, CI logs) it is never cut.
-    let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
-    if records.is_empty() && filter.is_active() {
-        printer.err("No record matches the filters.\n");
-    } else if records.is_empty() {
-        printer.err("No deployment has been recorded in the logs this machine can reach.\n");
-    } else {
-        let mut out = String::new();
-        for (i, line) in table(&header, &rows).lines().enumerate() {
-            out.push_str(line);
-            out.push('\n');
-            if i > 0
-                && let Some(reason) = &reasons[i - 1]
-            {
-                out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
-            }
-            if i > 0
-                && let Some(note) = &undelivered[i - 1]
-            {
-                out.push_str(&format!("    ↳ {}\n", one_line(note, reason_width)));
-            }
+    let mut out = String::new();
+    for (i, line) in table(&header, &rows).lines().enumerate() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(r) = i.checked_sub(1).map(|i| &records[i]) else {
+            continue;
+        };
+        if let Some(reason) = &r.reason {
+            out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
         }
-        printer.out(&out)?;
+        // A notification that was not delivered is shown under its record, like a reason.
+        if let Some(note) = undelivered(r) {
+            out.push_str(&format!("    ↳ {}\n", one_line(&note, reason_width)));
+        }
     }
-    for l in &logs {
+    out
+}
+
+/// On stderr: damage sealed, logs that do not verify, and logs not read (and why).
+fn notes(logs: &[EnvLog], printer: &Printer) {
+    for l in logs {
         for s in &l.sealed {
             printer.err(&format!(
                 "{} {}\n",
@@ -395,7 +403,6 @@ fn show(logs: Vec<EnvLog>, filter: &audit::Filter, printer: &Printer) -> Result<
         };
         printer.err(&format!("{note}\n"));
     }
-    Ok(Exit::Success)
 }
 
 fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {

@@ -12,7 +12,7 @@ use envlock::output::Printer;
 use envlock::repo::{CommitInfo, Repo};
 use envlock::{deploy, render, workspace};
 
-use super::{EnvLog, Wanted, newest_first};
+use super::{EnvLog, Wanted, newest_first, notes};
 
 /// `allowed_signers` per commit, read once each.
 struct Principals<'r> {
@@ -87,7 +87,7 @@ pub(super) fn csv(
     let mut entries: Vec<&Entry> = reports.iter().flat_map(|e| &e.entries).collect();
     entries.sort_by(|a, b| newest_first(&a.record, &b.record));
     printer.out(&audit::csv::document(&entries))?;
-    notes(&reports, printer);
+    notes(&logs, printer);
     Ok(Exit::Success)
 }
 
@@ -123,20 +123,8 @@ pub(super) fn html(
         diffs,
     };
     printer.out(&audit::html::document(&report))?;
-    notes(&report.environments, printer);
+    notes(&logs, printer);
     Ok(Exit::Success)
-}
-
-/// On stderr, as `deploy log` says it: a log that does not verify.
-fn notes(reports: &[EnvReport], printer: &Printer) {
-    for r in reports.iter().filter(|r| r.status == "broken") {
-        printer.err(&format!(
-            "warning: the log of `{}` does not verify: {} (`deploy log verify --target {}`)\n",
-            r.name,
-            r.problem.as_ref().map_or("", |p| p.message.as_str()),
-            r.name
-        ));
-    }
 }
 
 /// Each shown record that names a commit gets the anchor of the diff from the commit deployed
