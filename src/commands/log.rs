@@ -238,19 +238,14 @@ fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Pol
             return l;
         }
     }
-    let bytes = match target.log_read() {
-        Ok(b) => b.unwrap_or_default(),
+    let (mut v, sigs, entries) = match verified(&*target, env, parse, policy) {
+        Ok(found) => found,
         Err(e) => {
             l.status = "unreachable";
             l.reason = Some(e.to_string());
             return l;
         }
     };
-    // Records removed from the end leave a chain that verifies; the checkpoint knows.
-    let removed = target.log_removed().ok().flatten();
-    let mut v = log::verify_removed(&bytes, removed);
-    // Every signature against `allowed_signers` as of the commit its record names.
-    let sigs = log::verify_signatures(&bytes, &v, &env.name, policy);
     l.signed = sigs.signed;
     l.signers_enforced = sigs.enforced;
     if let Some(p) = sigs.problem {
@@ -266,10 +261,38 @@ fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Pol
         l.status = "sealed";
     }
     l.sealed = v.sealed;
-    if parse {
-        l.entries = log::numbered_records(&bytes);
-    }
+    l.entries = entries;
     l
+}
+
+/// A log's verification, its signatures, and its records (with their lines) when parsed.
+type Found = (log::Verified, log::Signatures, Vec<(usize, Record)>);
+
+/// The log's chain and every signature (against `allowed_signers` as of the commit each record
+/// names), and with `parse` its records. Without, the log is streamed: memory holds one batch
+/// of it, whatever its length.
+fn verified(
+    target: &dyn envlock::target::Target,
+    env: &Environment,
+    parse: bool,
+    policy: &mut dyn FnMut(&str) -> log::Policy,
+) -> Result<Found, envlock::target::TargetError> {
+    if !parse {
+        let reader = target
+            .log_open()?
+            .unwrap_or_else(|| Box::new(std::io::empty()));
+        let s = log::verify_log(reader, &env.name, policy).map_err(log::read_error)?;
+        // Records removed from the end leave a chain that verifies; the checkpoint knows.
+        let removed = target.log_removed().ok().flatten();
+        let mut v = s.verified;
+        log::removed_problem(&mut v, s.newlines, removed);
+        return Ok((v, s.signatures, Vec::new()));
+    }
+    let bytes = target.log_read()?.unwrap_or_default();
+    let removed = target.log_removed().ok().flatten();
+    let v = log::verify_removed(&bytes, removed);
+    let sigs = log::verify_signatures(&bytes, &v, &env.name, policy);
+    Ok((v, sigs, log::numbered_records(&bytes)))
 }
 
 /// The line shown under a record whose `[notify] url` notification was not delivered.
