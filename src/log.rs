@@ -8,8 +8,9 @@
 //! the record's hash; dropping, reordering or inserting a record breaks `seq` or `prev`.
 //!
 //! Invariants: appending reads only the last record (O(1) in the log's length); verifying reads
-//! every byte once and hashes records on all cores; a record is appended only under the
-//! target's lock, so the chain never forks.
+//! every byte once, a batch of lines at a time (`stream.rs`: memory holds one batch, whatever
+//! the log's length), and hashes and checks signatures on all cores; a record is appended only
+//! under the target's lock, so the chain never forks.
 
 use std::collections::BTreeMap;
 
@@ -1039,7 +1040,7 @@ mod tests {
         }
     }
 
-    fn log(n: u64) -> Vec<u8> {
+    pub(super) fn log(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let mut prev = GENESIS.to_owned();
         for seq in 1..=n {
@@ -1059,9 +1060,13 @@ AAAECriC+nqUk+HPrOSkSYlxBJTc3SSOz9uaKetDy1sssQpa2v6jMoXDWG0lc6R5iNEbfo
 tD787oEbgGERsRuyI39JAAAAAXQBAgME
 -----END OPENSSH PRIVATE KEY-----
 ";
+    pub(super) fn test_signers() -> &'static str {
+        TEST_SIGNERS
+    }
+
     const TEST_SIGNERS: &str = "t namespaces=\"envlock-log@prod\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK2v6jMoXDWG0lc6R5iNEbfotD787oEbgGERsRuyI39J";
 
-    fn signed_log(n: u64) -> Vec<u8> {
+    pub(super) fn signed_log(n: u64) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, TEST_KEY).unwrap();
@@ -1203,7 +1208,7 @@ tD787oEbgGERsRuyI39JAAAAAXQBAgME
         assert_eq!((p.kind, p.seq, p.line), (Broken::Edited, Some(3), 3));
     }
 
-    fn seal_entry() -> Entry {
+    pub(super) fn seal_entry() -> Entry {
         Entry {
             environment: "prod".into(),
             account: "222222222222".into(),

@@ -438,3 +438,130 @@ pub fn verify_log(
         Some(SigPass::new(environment, policy)),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{log, seal_entry, signed_log, test_signers};
+    use super::*;
+
+    fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
+        bytes
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// Logs damaged in each way, at lines that fall on and around batch boundaries.
+    fn damaged() -> Vec<(&'static str, Vec<u8>)> {
+        let good = log(40);
+        let l = lines(&good);
+        let edited = {
+            let mut l = l.clone();
+            let at = l[16].windows(5).position(|w| w == b"\"ana\"").unwrap();
+            l[16][at + 1] = b'b';
+            l.concat()
+        };
+        let swapped = {
+            let mut l = l.clone();
+            l.swap(19, 20);
+            l.concat()
+        };
+        let dropped = {
+            let mut l = l.clone();
+            l.remove(25);
+            l.concat()
+        };
+        let reordered_far = {
+            // Record 11 moved to the end: found out of order 29 lines later.
+            let mut l = l.clone();
+            let r = l.remove(10);
+            l.push(r);
+            l.concat()
+        };
+        let malformed = [&l[..30], &[b"not a record\n".to_vec()][..], &l[30..]]
+            .concat()
+            .concat();
+        let cut = good[..good.len() - 30].to_vec();
+        let sealed = {
+            let mut d = lines(&edited);
+            d.truncate(30);
+            let bytes = d.concat();
+            let (seal, ..) = super::super::seal_for(&bytes, None, seal_entry())
+                .unwrap()
+                .unwrap();
+            [bytes, seal].concat()
+        };
+        vec![
+            ("intact", good),
+            ("edited", edited),
+            ("swapped", swapped),
+            ("dropped", dropped),
+            ("reordered far", reordered_far),
+            ("malformed", malformed),
+            ("cut", cut),
+            ("sealed", sealed),
+        ]
+    }
+
+    #[test]
+    fn a_batch_at_a_time_gives_the_answer_of_the_whole_log() {
+        for (what, bytes) in damaged() {
+            let whole = verify_batched(&bytes[..], usize::MAX, None).unwrap();
+            let record = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+            for limit in [1, 100, record, record + 1, 3 * record - 7, 4096, 10_000] {
+                let part = verify_batched(&bytes[..], limit, None).unwrap();
+                assert_eq!(
+                    part.verified, whole.verified,
+                    "{what}, batches of {limit} bytes"
+                );
+                assert_eq!((part.bytes, part.newlines), (whole.bytes, whole.newlines));
+            }
+        }
+        let answers: Vec<(&str, Option<(usize, Broken)>)> = damaged()
+            .iter()
+            .map(|(what, b)| {
+                let v = verify_batched(&b[..], 1, None).unwrap().verified;
+                (*what, v.problem.map(|p| (p.line, p.kind)))
+            })
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                ("intact", None),
+                ("edited", Some((17, Broken::Edited))),
+                ("swapped", Some((20, Broken::Reordered))),
+                ("dropped", Some((26, Broken::Dropped))),
+                ("reordered far", Some((11, Broken::Reordered))),
+                ("malformed", Some((31, Broken::Malformed))),
+                ("cut", Some((40, Broken::Truncated))),
+                ("sealed", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn signatures_checked_a_batch_at_a_time_find_the_same_first_bad_record() {
+        let good = signed_log(12);
+        let mark = b"\"signature\":\"-----BEGIN SSH SIGNATURE-----\\n";
+        let mut bad = lines(&good);
+        let at = bad[8].windows(mark.len()).position(|w| w == mark).unwrap() + mark.len() + 100;
+        bad[8][at] = if bad[8][at] == b'A' { b'B' } else { b'A' };
+        let bad = bad.concat();
+        let allowed =
+            std::sync::Arc::new(crate::signing::AllowedSigners::parse(test_signers()).unwrap());
+        for bytes in [good, bad] {
+            let v = super::super::verify(&bytes);
+            let whole = super::super::verify_signatures(&bytes, &v, "prod", &mut |_| {
+                Policy::Present(allowed.clone())
+            });
+            let record = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+            for limit in [1, record, 2 * record + 1, usize::MAX] {
+                let mut policy = |_: &str| Policy::Present(allowed.clone());
+                let s = verify_batched(&bytes[..], limit, Some(SigPass::new("prod", &mut policy)))
+                    .unwrap();
+                assert_eq!(s.signatures, whole, "batches of {limit} bytes");
+                assert_eq!(s.verified, v);
+            }
+        }
+    }
+}
