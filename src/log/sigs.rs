@@ -1,18 +1,23 @@
 //! The signatures of the records a chain accepted, checked a batch at a time (see
 //! [`super::verify_signatures`] for the rules).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{Broken, Policy, Problem, Signatures, SignedView, check_signature, signature_problem};
 use crate::signing::AllowedSigners;
 
+/// Distinct commits whose policies are kept.
+const CACHED: usize = 4096;
+
 /// Where the signature check stands after the batches seen so far.
 pub(super) struct SigPass<'p> {
     environment: &'p str,
     policy: &'p mut dyn FnMut(&str) -> Policy,
-    /// One lookup per distinct commit.
+    /// The policies of the last `CACHED` distinct commits (records of one commit come
+    /// together), so the cache does not grow with the log.
     cache: HashMap<String, Policy>,
+    cached: VecDeque<String>,
     in_force: Option<Arc<AllowedSigners>>,
     out: Signatures,
     /// The first signature that does not verify.
@@ -27,6 +32,7 @@ impl<'p> SigPass<'p> {
             environment,
             policy,
             cache: HashMap::new(),
+            cached: VecDeque::new(),
             in_force: None,
             out: Signatures::default(),
             bad: None,
@@ -90,11 +96,7 @@ impl<'p> SigPass<'p> {
             let p = if commit.is_empty() {
                 Policy::Absent
             } else {
-                let policy = &mut self.policy;
-                self.cache
-                    .entry(commit.clone())
-                    .or_insert_with(|| policy(commit))
-                    .clone()
+                self.policy_of(commit)
             };
             match p {
                 Policy::Present(a) => self.in_force = Some(a),
@@ -111,6 +113,22 @@ impl<'p> SigPass<'p> {
             jobs.push((*number, view, self.in_force.clone()));
         }
         jobs
+    }
+
+    /// `allowed_signers` as of `commit`, asked of `policy` unless recently cached.
+    fn policy_of(&mut self, commit: &str) -> Policy {
+        if let Some(p) = self.cache.get(commit) {
+            return p.clone();
+        }
+        let p = (self.policy)(commit);
+        if self.cached.len() == CACHED
+            && let Some(old) = self.cached.pop_front()
+        {
+            self.cache.remove(&old);
+        }
+        self.cached.push_back(commit.to_owned());
+        self.cache.insert(commit.to_owned(), p.clone());
+        p
     }
 
     /// The verdict: a bad signature comes before the record whose file cannot be read (it
