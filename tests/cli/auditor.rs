@@ -570,3 +570,32 @@ fn screenshot(html: &str) -> Vec<u8> {
     chromium(dir.path(), bin, &args);
     std::fs::read(&png).unwrap()
 }
+
+#[test]
+fn a_commit_missing_from_the_repository_is_said_to_be_missing() {
+    let repo = Repo::base();
+    repo.edit(
+        VALIDATION,
+        &[("[settings.worker]", "[settings.worker]\nthreads = 6")],
+    );
+    let gone = repo.commit("validation: 6 threads");
+    repo.deploy(&["--target", "validation", "--yes"]).code(0);
+    // The deployed commit is rewritten away, as after a force-push and a gc.
+    repo.git(&[
+        "commit",
+        "-q",
+        "--amend",
+        "-m",
+        "validation: 6 threads (reworded)",
+    ]);
+    repo.git(&["reflog", "expire", "--expire=now", "--all"]);
+    repo.git(&["gc", "-q", "--prune=now"]);
+    let run = repo.deploy(&["log", "--format", "html", "--environment", "validation"]);
+    run.code(0);
+    let short = &gone.trim()[..12];
+    run.stdout_has(&format!(
+        "commit {short} is not in this repository, so its configuration cannot be shown"
+    ));
+    let dom = chromium_dom(&run.stdout);
+    assert!(row_of(&dom, "rec-validation-1").contains("outcome-applied"));
+}
