@@ -146,7 +146,10 @@ fn env_section(env: &EnvReport, diffs: &[&Diff]) -> String {
 /// The verification status of the whole log, at the top of its section.
 fn verification(env: &EnvReport) -> String {
     let text = match env.status {
-        "ok" => "<strong>ok</strong>: every record's hash, link and signature verifies.".to_owned(),
+        "ok" => format!(
+            "<strong>ok</strong>: every record's hash and link verifies; {}.",
+            signatures(env)
+        ),
         "sealed" => format!(
             "<strong>sealed</strong>: the log verifies around damage that <code>deploy log seal</code> set aside: {}",
             env.sealed
@@ -185,6 +188,25 @@ fn verification(env: &EnvReport) -> String {
         env.status,
         escape(&env.name)
     )
+}
+
+/// What the signatures of a log that verifies say.
+fn signatures(env: &EnvReport) -> String {
+    match (env.signed, env.enforced) {
+        (0, false) => {
+            "no record is signed (the repository has no <code>allowed_signers</code>)".to_owned()
+        }
+        (n, true) => format!(
+            "{n} signed record{} verif{} under <code>allowed_signers</code>",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "ies" } else { "y" }
+        ),
+        (n, false) => format!(
+            "{n} signed record{} verif{} (no <code>allowed_signers</code> judged them)",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "ies" } else { "y" }
+        ),
+    }
 }
 
 /// The records shown, one row each.

@@ -201,6 +201,9 @@ pub struct EnvReport {
     pub reason: Option<String>,
     pub problem: Option<Problem>,
     pub sealed: Vec<SealedDamage>,
+    /// Records signed (of those that verify), and whether `allowed_signers` judged any.
+    pub signed: usize,
+    pub enforced: bool,
     /// Records in the whole log, and the records shown, newest first.
     pub total: usize,
     pub entries: Vec<Entry>,

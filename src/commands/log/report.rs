@@ -64,6 +64,8 @@ fn env_report(l: &EnvLog, filter: &audit::Filter, principals: &mut Principals) -
         reason: l.reason.clone(),
         problem: l.problem.clone(),
         sealed: l.sealed.clone(),
+        signed: l.signed,
+        enforced: l.signers_enforced,
         total: l.entries.len(),
         entries,
     }
