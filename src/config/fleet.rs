@@ -185,13 +185,7 @@ impl Loader<'_> {
         for (i, w) in raw.into_iter().enumerate() {
             let loc = loc_of(file, &w);
             let w = w.into_inner();
-            let bake = w.bake.map(|s| lstr(file, s));
-            let bake = match &bake {
-                Some(b) if super::duration::parse(&b.value) == Ok(Duration::ZERO) => {
-                    Some(Duration::ZERO)
-                }
-                b => self.duration(name, "bake", b.as_ref(), Duration::ZERO),
-            };
+            let bake = self.bake(name, file, w.bake);
             let Some(list) = w.targets else {
                 self.diagnostics.push(
                     Diagnostic::new("missing-field", "a wave has no `targets`")
@@ -202,61 +196,17 @@ impl Loader<'_> {
                 ok = false;
                 continue;
             };
-            let mut targets = Vec::new();
-            for t in list.into_inner() {
-                let t_loc = loc_of(file, &t);
-                let t = t.into_inner();
-                if t == "*" && i + 1 == count {
-                    targets.extend(members.keys().filter(|m| !placed.contains(*m)).cloned());
-                    continue;
-                }
-                let problem = if t == "*" {
-                    Some("`\"*\"` (every remaining target) may only be in the last wave".to_owned())
-                } else if !members.contains_key(&t) {
-                    Some(format!("no `[targets.{t}]` in this file"))
-                } else if placed.contains(&t) {
-                    Some(format!("`{t}` is already in an earlier wave"))
-                } else {
-                    None
-                };
-                if let Some(problem) = problem {
-                    self.diagnostics.push(
-                        Diagnostic::new("invalid-rollout", problem)
-                            .env(name)
-                            .at(t_loc, "here")
-                            .hint(format!(
-                                "the targets are: {}",
-                                members.keys().cloned().collect::<Vec<_>>().join(", ")
-                            )),
-                    );
-                    ok = false;
-                    continue;
-                }
-                placed.insert(t.clone());
-                targets.push(t);
-            }
-            targets.iter().for_each(|t| {
-                placed.insert(t.clone());
-            });
-            if targets.is_empty() && ok {
-                self.diagnostics.push(
-                    Diagnostic::new("invalid-rollout", "a wave with no target")
-                        .env(name)
-                        .at(loc.clone(), "empty wave")
-                        .hint(ROLLOUT_HINT),
-                );
-                ok = false;
-            }
-            let wave_name = w
-                .name
-                .map_or_else(|| format!("wave {}", i + 1), |n| n.into_inner());
-            match bake {
-                Some(bake) => waves.push(Wave {
-                    name: wave_name,
+            let last = i + 1 == count;
+            let targets = self.wave_targets(name, file, &loc, list, last, &mut placed, members);
+            match (targets, bake) {
+                (Some(targets), Some(bake)) => waves.push(Wave {
+                    name: w
+                        .name
+                        .map_or_else(|| format!("wave {}", i + 1), Spanned::into_inner),
                     targets,
                     bake,
                 }),
-                None => ok = false,
+                _ => ok = false,
             }
         }
         let missing: Vec<&String> = members.keys().filter(|m| !placed.contains(*m)).collect();
@@ -278,100 +228,173 @@ impl Loader<'_> {
         ok.then_some(waves)
     }
 
+    /// A wave's `bake`: a duration, zero allowed (no bake).
+    fn bake(
+        &mut self,
+        name: &str,
+        file: FileId,
+        bake: Option<Spanned<String>>,
+    ) -> Option<Duration> {
+        let bake = bake.map(|s| lstr(file, s));
+        match &bake {
+            Some(b) if super::duration::parse(&b.value) == Ok(Duration::ZERO) => {
+                Some(Duration::ZERO)
+            }
+            b => self.duration(name, "bake", b.as_ref(), Duration::ZERO),
+        }
+    }
+
+    /// The targets one wave names (`"*"` in the `last`: every one not `placed` yet), each
+    /// added to `placed`.
+    #[allow(clippy::too_many_arguments)]
+    fn wave_targets(
+        &mut self,
+        name: &str,
+        file: FileId,
+        loc: &Loc,
+        list: super::raw::SList,
+        last: bool,
+        placed: &mut BTreeSet<String>,
+        members: &BTreeMap<String, Target>,
+    ) -> Option<Vec<String>> {
+        let mut targets = Vec::new();
+        let mut ok = true;
+        for t in list.into_inner() {
+            let t_loc = loc_of(file, &t);
+            let t = t.into_inner();
+            if t == "*" && last {
+                targets.extend(members.keys().filter(|m| !placed.contains(*m)).cloned());
+                continue;
+            }
+            let problem = if t == "*" {
+                Some("`\"*\"` (every remaining target) may only be in the last wave".to_owned())
+            } else if !members.contains_key(&t) {
+                Some(format!("no `[targets.{t}]` in this file"))
+            } else if placed.contains(&t) || targets.contains(&t) {
+                Some(format!("`{t}` is already in an earlier wave"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.diagnostics.push(
+                    Diagnostic::new("invalid-rollout", problem)
+                        .env(name)
+                        .at(t_loc, "here")
+                        .hint(format!(
+                            "the targets are: {}",
+                            members.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )),
+                );
+                ok = false;
+                continue;
+            }
+            targets.push(t);
+        }
+        placed.extend(targets.iter().cloned());
+        if targets.is_empty() && ok {
+            self.diagnostics.push(
+                Diagnostic::new("invalid-rollout", "a wave with no target")
+                    .env(name)
+                    .at(loc.clone(), "empty wave")
+                    .hint(ROLLOUT_HINT),
+            );
+            ok = false;
+        }
+        ok.then_some(targets)
+    }
+
     /// One `[[rollout.verify]]`: exactly one of `http` and `prometheus`.
     fn signal(&mut self, name: &str, file: FileId, v: Spanned<RawVerify>) -> Option<Signal> {
         let loc = loc_of(file, &v);
         let at = self.place(&loc);
-        let v = v.into_inner();
-        let bad = |this: &mut Self, loc: Loc, msg: &str, hint: &str| {
-            this.diagnostics.push(
-                Diagnostic::new("invalid-verify", msg.to_owned())
-                    .env(name)
-                    .at(loc, "here")
-                    .hint(hint.to_owned()),
-            );
-            None
+        let mut v = v.into_inner();
+        let check = match (v.http.take(), v.prometheus.take()) {
+            (Some(url), None) => self.http_signal(name, file, url, v),
+            (None, Some(url)) => self.prometheus_signal(name, file, &loc, url, v),
+            (Some(_), Some(p)) => self.bad_signal(
+                name,
+                loc_of(file, &p),
+                "a signal is either `http` or `prometheus`, not both",
+            ),
+            (None, None) => self.bad_signal(name, loc, "a signal needs `http` or `prometheus`"),
+        }?;
+        Some(Signal { check, at })
+    }
+
+    fn bad_signal<T>(&mut self, name: &str, loc: Loc, msg: &str) -> Option<T> {
+        self.diagnostics.push(
+            Diagnostic::new("invalid-verify", msg.to_owned())
+                .env(name)
+                .at(loc, "here")
+                .hint(
+                    "a signal is `http = \"http://…/healthz\"` (with optional `status` and \
+                     `body`), or `prometheus = \"http://prometheus:9090\"` with `query` and \
+                     `compare` such as \"> 0\"",
+                ),
+        );
+        None
+    }
+
+    fn http_signal(
+        &mut self,
+        name: &str,
+        file: FileId,
+        url: Spanned<String>,
+        v: RawVerify,
+    ) -> Option<Check> {
+        if let Some(q) = v.query.as_ref().or(v.compare.as_ref()) {
+            let msg = "`query`/`compare` belong to a `prometheus` signal";
+            return self.bad_signal(name, loc_of(file, q), msg);
+        }
+        let status = match v.status {
+            None => 200,
+            Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+            Some(s) => {
+                return self.bad_signal(name, loc_of(file, &s), "`status` is not an HTTP status");
+            }
         };
-        const HINT: &str = "a signal is `http = \"http://…/healthz\"` (with optional `status` and \
-             `body`), or `prometheus = \"http://prometheus:9090\"` with `query` and `compare` \
-             such as \"> 0\"";
-        let kind = match (v.http, v.prometheus) {
-            (Some(url), None) => {
-                if let Some(q) = v.query.as_ref().or(v.compare.as_ref()) {
-                    return bad(
-                        self,
-                        loc_of(file, q),
-                        "`query`/`compare` belong to a `prometheus` signal",
-                        HINT,
-                    );
-                }
-                let status = match v.status {
-                    None => 200,
-                    Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
-                    Some(s) => {
-                        return bad(
-                            self,
-                            loc_of(file, &s),
-                            "`status` is not an HTTP status",
-                            HINT,
-                        );
-                    }
-                };
-                Check::Http {
-                    url: self.signal_url(name, file, url)?,
-                    status,
-                    body: v.body.map(Spanned::into_inner),
-                }
-            }
-            (None, Some(url)) => {
-                if let Some(s) = v.status.as_ref() {
-                    return bad(
-                        self,
-                        loc_of(file, s),
-                        "`status` belongs to an `http` signal",
-                        HINT,
-                    );
-                }
-                if let Some(b) = v.body.as_ref() {
-                    return bad(
-                        self,
-                        loc_of(file, b),
-                        "`body` belongs to an `http` signal",
-                        HINT,
-                    );
-                }
-                let Some(query) = v.query else {
-                    return bad(self, loc, "a `prometheus` signal has no `query`", HINT);
-                };
-                if query.get_ref().trim().is_empty() {
-                    return bad(self, loc_of(file, &query), "`query` is empty", HINT);
-                }
-                let compare = match &v.compare {
-                    None => None,
-                    Some(c) => match c.get_ref().parse::<Compare>() {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            return bad(self, loc_of(file, c), &format!("`compare`: {e}"), HINT);
-                        }
-                    },
-                };
-                Check::Prometheus {
-                    url: self.signal_url(name, file, url)?,
-                    query: query.into_inner(),
-                    compare,
-                }
-            }
-            (Some(_), Some(p)) => {
-                return bad(
-                    self,
-                    loc_of(file, &p),
-                    "a signal is either `http` or `prometheus`, not both",
-                    HINT,
-                );
-            }
-            (None, None) => return bad(self, loc, "a signal needs `http` or `prometheus`", HINT),
+        Some(Check::Http {
+            url: self.signal_url(name, file, url)?,
+            status,
+            body: v.body.map(Spanned::into_inner),
+        })
+    }
+
+    fn prometheus_signal(
+        &mut self,
+        name: &str,
+        file: FileId,
+        loc: &Loc,
+        url: Spanned<String>,
+        v: RawVerify,
+    ) -> Option<Check> {
+        if let Some(s) = v.status.as_ref() {
+            let msg = "`status` belongs to an `http` signal";
+            return self.bad_signal(name, loc_of(file, s), msg);
+        }
+        if let Some(b) = v.body.as_ref() {
+            return self.bad_signal(name, loc_of(file, b), "`body` belongs to an `http` signal");
+        }
+        let Some(query) = v.query else {
+            return self.bad_signal(name, loc.clone(), "a `prometheus` signal has no `query`");
         };
-        Some(Signal { check: kind, at })
+        if query.get_ref().trim().is_empty() {
+            return self.bad_signal(name, loc_of(file, &query), "`query` is empty");
+        }
+        let compare = match &v.compare {
+            None => None,
+            Some(c) => match c.get_ref().parse::<Compare>() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    return self.bad_signal(name, loc_of(file, c), &format!("`compare`: {e}"));
+                }
+            },
+        };
+        Some(Check::Prometheus {
+            url: self.signal_url(name, file, url)?,
+            query: query.into_inner(),
+            compare,
+        })
     }
 
     fn signal_url(&mut self, name: &str, file: FileId, url: Spanned<String>) -> Option<String> {
