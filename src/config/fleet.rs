@@ -361,7 +361,13 @@ impl Loader<'_> {
                 if query.get_ref().trim().is_empty() {
                     return bad(self, loc_of(file, &query), "`query` is empty", HINT);
                 }
-                // MERGE-SIGNALS: validate `compare` with crate::signal::Compare.
+                // An unparseable `compare` is refused here: read as "no comparison" it would
+                // pass every number (fail open).
+                if let Some(c) = v.compare.as_ref()
+                    && let Err(e) = c.get_ref().parse::<crate::signal::Compare>()
+                {
+                    return bad(self, loc_of(file, c), &format!("bad `compare`: {e}"), HINT);
+                }
                 SignalKind::Prometheus {
                     url: self.signal_url(name, file, url)?,
                     query: query.into_inner(),
