@@ -32,9 +32,12 @@ mod moto;
 mod paging;
 mod pipes;
 mod progress;
+mod prometheus;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
+#[cfg(feature = "failpoints")]
+mod rollout;
 mod sarif;
 mod seal;
 mod secrets;
