@@ -98,6 +98,12 @@ impl Fleet {
         self.targets.path().join("health.log")
     }
 
+    /// `TARGET COMMIT` written here makes the health check fail for that target at that
+    /// commit (and only there: the generation before stays healthy).
+    fn unhealthy(&self) -> PathBuf {
+        self.targets.path().join("unhealthy")
+    }
+
     /// Where the notifier appends each event (one JSON line each).
     fn notified(&self) -> PathBuf {
         self.targets.path().join("notified.jsonl")
@@ -120,9 +126,11 @@ impl Fleet {
             self.etcd.endpoints_toml()
         ));
         s.push_str(&format!(
-            "[health]\ncommand = [\"sh\", \"-c\", \"echo \\\"$DEPLOY_TARGET\\\" >> '{}'\"]\n\
+            "[health]\ncommand = [\"sh\", \"-c\", \"echo \\\"$DEPLOY_TARGET\\\" >> '{}'; \
+             [ \\\"$DEPLOY_TARGET $DEPLOY_COMMIT\\\" != \\\"$(cat '{}' 2>/dev/null)\\\" ]\"]\n\
              timeout = \"10s\"\n\n",
-            self.health_log().display()
+            self.health_log().display(),
+            self.unhealthy().display()
         ));
         s.push_str(&format!(
             "[notify]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'\"]\n\n",
@@ -138,9 +146,9 @@ impl Fleet {
         s
     }
 
-    fn commit(&self, threads: u32, waves: &str, verify: &str) {
+    fn commit(&self, threads: u32, waves: &str, verify: &str) -> String {
         self.repo.write(FILE, self.toml(threads, waves, verify));
-        self.repo.commit(&format!("fleet, {threads} threads"));
+        self.repo.commit(&format!("fleet, {threads} threads"))
     }
 
     fn deploy(&self) -> Run {
@@ -772,4 +780,76 @@ fn check_refuses_bad_fleets_at_their_place() {
             "{what}: no {at} in\n{all}\n--- file\n{text}"
         );
     }
+}
+
+#[test]
+fn a_failed_health_check_in_wave_two_halts_and_undoes_every_changed_target() {
+    let probe = Probe::start();
+    let fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let before = first_rollout(&fleet, THREE_WAVES, &verify, 4);
+    let health_before = std::fs::read_to_string(fleet.health_log()).unwrap();
+
+    let commit = fleet.commit(8, THREE_WAVES, &verify);
+    // eu-1 (wave 2, listed before the etcd target) is unhealthy at the new commit only.
+    std::fs::write(fleet.unhealthy(), format!("eu-1 {commit}")).unwrap();
+    let run = fleet.deploy();
+    run.code(4)
+        .stderr_has("Wave `canary` baking")
+        .stderr_has("wave `eu` failed: target `eu-1`: [health] command = ");
+    let after = fleet.world();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.etcd, before.etcd);
+    // The etcd target was never reached; eu-2 (wave 3) neither: byte for byte as before.
+    assert_eq!(after.dirs["eu-2"], before.dirs["eu-2"]);
+    // Checked, each told its name: the canary, eu-1 (failing), eu-1 rolled back, the canary
+    // restored.
+    let health = std::fs::read_to_string(fleet.health_log()).unwrap();
+    assert_eq!(
+        health[health_before.len()..].lines().collect::<Vec<_>>(),
+        ["canary", "eu-1", "eu-1", "canary"]
+    );
+}
+
+#[test]
+fn a_rollout_killed_while_undoing_is_undone_by_the_next_run() {
+    let probe = Probe::start();
+    let fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let before = first_rollout(&fleet, TWO_WAVES, &verify, 4);
+
+    probe.set("/eu-2/healthz", 503, "down");
+    fleet.commit(8, TWO_WAVES, &verify);
+    let paused = crate::harness::Paused::start(
+        fleet.repo.path(),
+        &["--target", ENV, "--yes"],
+        "rollout-undoing",
+        None,
+        &[],
+    );
+    paused.kill9();
+    // Killed before it undid anything: the whole fleet is at the new commit.
+    for d in DIRS {
+        assert!(live_worker(&fleet.dir(d)).contains("threads = 8"), "{d}");
+    }
+    fleet
+        .repo
+        .deploy(&["status", "--target", ENV])
+        .code(0)
+        .stdout_has("wave 2 of 2 (`rest`), undoing");
+
+    std::thread::sleep(Duration::from_secs(3));
+    probe.set("/eu-2/healthz", 200, "ok");
+    fleet
+        .deploy()
+        .code(4)
+        .stderr_has("an interrupted rollout of `fleet` was found and undone");
+    let after = fleet.world();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.etcd, before.etcd);
+    fleet.deploy().code(0).stderr_has("Rolled out:");
+    assert_eq!(
+        fleet.etcd.value(&format!("{PREFIX}worker")),
+        Some(worker_json(8))
+    );
 }
