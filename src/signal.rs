@@ -136,7 +136,7 @@ impl FromStr for Compare {
 }
 
 /// One evaluation of a check: whether it passed, what was seen, and which signal it was.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Reading {
     pub ok: bool,
     /// What was seen, short, for a person: `0 (needs > 0)`, `no data`, `NaN`, `HTTP 503 "down"`,
@@ -200,8 +200,18 @@ struct Answer {
     whole: bool,
 }
 
-fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<Answer, String> {
-    let response = request.call().map_err(|e| failure(&e))?;
+fn get(
+    request: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    timeout: Duration,
+) -> Result<Answer, String> {
+    let timed_out = |why: String| {
+        if why == TIMED_OUT {
+            format!("{why} after {}", humantime::format_duration(timeout))
+        } else {
+            why
+        }
+    };
+    let response = request.call().map_err(|e| timed_out(failure(&e)))?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
     response
@@ -209,7 +219,10 @@ fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<An
         .into_reader()
         .take(BODY_LIMIT + 1)
         .read_to_end(&mut body)
-        .map_err(|e| format!("HTTP {status}, reading the body failed: {}", io_failure(&e)))?;
+        .map_err(|e| {
+            let why = timed_out(io_failure(&e));
+            format!("HTTP {status}, reading the body failed: {why}")
+        })?;
     let whole = body.len() as u64 <= BODY_LIMIT;
     body.truncate(BODY_LIMIT as usize);
     Ok(Answer {
@@ -219,10 +232,12 @@ fn get(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> Result<An
     })
 }
 
+const TIMED_OUT: &str = "timed out";
+
 /// A request that got no answer, in a few words.
 fn failure(e: &ureq::Error) -> String {
     match e {
-        ureq::Error::Timeout(_) => "timed out".to_owned(),
+        ureq::Error::Timeout(_) => TIMED_OUT.to_owned(),
         ureq::Error::Io(io) => io_failure(io),
         ureq::Error::ConnectionFailed => "connection failed".to_owned(),
         ureq::Error::HostNotFound => "host not found".to_owned(),
@@ -235,7 +250,7 @@ fn io_failure(e: &std::io::Error) -> String {
     match e.kind() {
         ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         ErrorKind::ConnectionReset => "connection reset".to_owned(),
-        ErrorKind::TimedOut => "timed out".to_owned(),
+        ErrorKind::TimedOut => TIMED_OUT.to_owned(),
         _ => match e
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<ureq::Error>())
@@ -247,7 +262,7 @@ fn io_failure(e: &std::io::Error) -> String {
 }
 
 fn http(url: &str, status: u16, body: Option<&str>, timeout: Duration) -> Result<String, String> {
-    let answer = get(agent(timeout).get(url))?;
+    let answer = get(agent(timeout).get(url), timeout)?;
     let seen = answer.status;
     if seen != status {
         return Err(format!(
@@ -286,18 +301,29 @@ fn prometheus(
         .query("query", query)
         // Prometheus gives up on the query at the same time as we do.
         .query("timeout", format!("{:.3}", timeout.as_secs_f64()));
-    let answer = get(request)?;
+    let answer = get(request, timeout)?;
     if !answer.whole {
         return Err(format!("answer larger than {BODY_LIMIT} bytes"));
     }
-    // Errors come with 400, 422 or 503 and a JSON body that says why; show that if present.
-    match judge_prometheus(&answer.body, compare) {
-        Err(why) if answer.status != 200 && why.starts_with("unparseable") => {
-            Err(format!("HTTP {} {}", answer.status, quote(&answer.body)))
-        }
-        Ok(_) if answer.status != 200 => Err(format!("HTTP {}", answer.status)),
-        judged => judged,
+    // Errors come with 400, 422 or 503 and a JSON body that says why: show that if present.
+    if answer.status != 200 {
+        let doc = serde_json::from_slice::<Value>(&answer.body).ok();
+        return Err(doc
+            .as_ref()
+            .and_then(error_text)
+            .unwrap_or_else(|| format!("HTTP {} {}", answer.status, quote(&answer.body))));
     }
+    judge_prometheus(&answer.body, compare)
+}
+
+/// `errorType: error` of an answer whose status is `error`.
+fn error_text(doc: &Value) -> Option<String> {
+    if doc.get("status").and_then(Value::as_str) != Some("error") {
+        return None;
+    }
+    let kind = doc.get("errorType").and_then(Value::as_str).unwrap_or("?");
+    let error = doc.get("error").and_then(Value::as_str).unwrap_or("");
+    Some(short(&format!("{kind}: {error}")))
 }
 
 /// Judge a Prometheus `/api/v1/query` answer: `Ok(what was seen)` when it passes,
@@ -305,14 +331,11 @@ fn prometheus(
 pub fn judge_prometheus(json: &[u8], compare: Option<&Compare>) -> Result<String, String> {
     let doc: Value = serde_json::from_slice(json)
         .map_err(|e| format!("unparseable answer ({e}): {}", quote(json)))?;
-    match doc.get("status").and_then(Value::as_str) {
-        Some("success") => {}
-        Some("error") => {
-            let kind = doc.get("errorType").and_then(Value::as_str).unwrap_or("?");
-            let error = doc.get("error").and_then(Value::as_str).unwrap_or("");
-            return Err(short(&format!("{kind}: {error}")));
-        }
-        _ => return Err(format!("unparseable answer (no status): {}", quote(json))),
+    if let Some(error) = error_text(&doc) {
+        return Err(error);
+    }
+    if doc.get("status").and_then(Value::as_str) != Some("success") {
+        return Err(format!("unparseable answer (no status): {}", quote(json)));
     }
     let data = doc.get("data");
     let kind = data
@@ -376,20 +399,16 @@ fn judge_series(
     series: &[(String, (String, f64))],
     compare: Option<&Compare>,
 ) -> Result<String, String> {
-    // Rank: not finite first, then the least margin; the first such series wins a tie.
+    // Rank: not finite first, then the least margin; on a tie the first series is the worst.
     let rank = |x: f64| match (x.is_finite(), compare) {
         (false, _) => f64::NEG_INFINITY,
         (true, Some(c)) => c.margin(x),
         (true, None) => 0.0,
     };
-    let Some((worst_labels, (worst_text, worst))) =
-        series
-            .iter()
-            .fold(None::<&(String, (String, f64))>, |best, s| match best {
-                Some(b) if rank(b.1.1) <= rank(s.1.1) => Some(b),
-                _ => Some(s),
-            })
-    else {
+    let worst = series
+        .iter()
+        .min_by(|a, b| rank(a.1.1).total_cmp(&rank(b.1.1)));
+    let Some((worst_labels, (worst_text, _))) = worst else {
         return Err("no data".to_owned());
     };
     let passes = |x: f64| compare.map_or(x.is_finite(), |c| c.holds(x));
@@ -402,11 +421,13 @@ fn judge_series(
             "{worst_labels} {worst_text}{needs}; {failing} of {} series fail",
             series.len()
         )
-    } else {
+    } else if compare.is_some() {
         format!("{} series, worst {worst_text}{needs}", series.len())
+    } else {
+        format!("{} series, all finite", series.len())
     };
     let seen = short(seen.trim_start());
-    if passes(*worst) { Ok(seen) } else { Err(seen) }
+    if failing == 0 { Ok(seen) } else { Err(seen) }
 }
 
 /// At most [`QUOTE`] characters of a body, quoted on one line.
@@ -603,6 +624,10 @@ mod tests {
             judge_prometheus(&doc, Some(&cmp("> 0"))),
             Ok("2 series, worst 2 (needs > 0)".to_owned())
         );
+        assert_eq!(
+            judge_prometheus(&doc, None),
+            Ok("2 series, all finite".to_owned())
+        );
     }
 
     #[test]
@@ -661,6 +686,26 @@ mod tests {
         let got = judge_prometheus(b"<html>502 Bad Gateway</html>", None).unwrap_err();
         assert!(got.starts_with("unparseable answer"), "{got}");
         assert!(got.contains("502 Bad Gateway"), "{got}");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_fails_without_a_request() {
+        let check = Check::Http {
+            url: "not a url/$TARGET".into(),
+            status: 200,
+            body: None,
+        };
+        let r = evaluate(&check, "canary", Duration::from_secs(1));
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.signal, "GET not a url/canary");
+        let check = Check::Prometheus {
+            url: "::".into(),
+            query: "up".into(),
+            compare: None,
+        };
+        let r = evaluate(&check, "canary", Duration::from_secs(1));
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.signal, "prometheus up");
     }
 
     #[test]

@@ -43,6 +43,7 @@ mod seal;
 mod secrets;
 #[cfg(feature = "failpoints")]
 mod shared_state;
+mod signals;
 mod signing;
 mod state;
 mod status;

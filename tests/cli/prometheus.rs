@@ -172,7 +172,8 @@ impl Exporter {
         self.update(target, |s| s.stalled = true);
     }
 
-    /// The counter of `target` grows again (and is served again after `remove`).
+    /// The counter of `target` grows again (served again after `remove`; a new target starts
+    /// at 0).
     pub fn resume(&self, target: &str) {
         self.update(target, |s| {
             s.stalled = false;
@@ -281,8 +282,9 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Start Prometheus scraping `exporter` and wait until it is ready (not yet for data:
-    /// see [`Prometheus::wait_for_data`]).
+    /// Start Prometheus scraping `exporter` and wait until it is ready (~0.1 s). Data comes
+    /// later: Prometheus 2.42 applies its scrape targets ~5 s after start, so a `rate(...[5s])`
+    /// has a value after ~7 s (see [`Prometheus::wait_for_data`]).
     pub fn start(exporter: &Exporter) -> Prometheus {
         require_prometheus();
         let dir = tempfile::Builder::new()
