@@ -614,7 +614,8 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
 }
 
 /// How [`prepare`] ends: the run is over (an interrupted earlier run was resolved by rolling
-/// back), or the plan is ready to show.
+/// back), or the plan is ready to show. Made once per run and target: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     Done(Report),
     Ready(Box<Prepared>),
