@@ -1080,6 +1080,17 @@ impl<'a> Deployment<'a> {
     /// it (the journal then lets the next run resolve it).
     pub fn arm_interrupts(&self) {
         self.armed.store(true, Ordering::Relaxed);
+        // Once per flag: the targets of a rollout share one, and arming it again would put a
+        // second "already set: terminate" handler after the first "set" one, so the first
+        // Ctrl-C would kill the run instead of halting it.
+        static ARMED: std::sync::Mutex<Vec<Arc<AtomicBool>>> = std::sync::Mutex::new(Vec::new());
+        let mut armed = ARMED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if armed.iter().any(|f| Arc::ptr_eq(f, &self.interrupted)) {
+            return;
+        }
+        armed.push(Arc::clone(&self.interrupted));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ =
                 signal_hook::flag::register_conditional_default(sig, Arc::clone(&self.interrupted));
