@@ -104,9 +104,15 @@ pub struct Halt {
 
 impl Halt {
     fn line(&self) -> String {
+        // A Ctrl-C while a wave bakes is no target's.
+        let target = if self.target.is_empty() {
+            String::new()
+        } else {
+            format!("target `{}`: ", self.target)
+        };
         format!(
-            "wave `{}` failed: target `{}`: {} = {}",
-            self.wave, self.target, self.signal, self.value
+            "wave `{}` failed: {target}{} = {}",
+            self.wave, self.signal, self.value
         )
     }
 }
