@@ -853,3 +853,119 @@ fn a_rollout_killed_while_undoing_is_undone_by_the_next_run() {
         Some(worker_json(8))
     );
 }
+
+/// Two waves with a long second bake, for acting on the world while it bakes.
+const LONG_BAKE: &str = r#"
+[[rollout.wave]]
+name = "canary"
+targets = ["canary"]
+bake = "2s"
+
+[[rollout.wave]]
+name = "rest"
+targets = ["*"]
+bake = "8s"
+"#;
+
+/// Start `deploy --target fleet --yes` and wait until `line` is on its stderr.
+fn spawn_until(fleet: &Fleet, line: &str) -> std::process::Child {
+    let mut child = fleet.repo.spawn_deploy(&["--target", ENV, "--yes"], &[]);
+    wait_for_line(&mut child, line);
+    child
+}
+
+fn finish(child: std::process::Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_later_bake_still_reads_the_targets_of_earlier_waves() {
+    let probe = Probe::start();
+    let fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let before = first_rollout(&fleet, LONG_BAKE, &verify, 4);
+
+    fleet.commit(8, LONG_BAKE, &verify);
+    let child = spawn_until(&fleet, "Wave `rest` baking");
+    // The canary passed its own bake; now it goes bad while wave 2 bakes.
+    probe.set("/canary/healthz", 503, "down");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "wave `rest` failed: target `canary`: GET {} = HTTP 503 \"down\" (needs 200)",
+            probe.url("/canary/healthz")
+        )),
+        "{stderr}"
+    );
+    let after = fleet.world();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.etcd, before.etcd);
+}
+
+#[test]
+fn ctrl_c_while_a_wave_bakes_halts_and_undoes() {
+    let probe = Probe::start();
+    let fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let before = first_rollout(&fleet, LONG_BAKE, &verify, 4);
+
+    fleet.commit(8, LONG_BAKE, &verify);
+    let child = spawn_until(&fleet, "Wave `rest` baking");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains("the rollout of `fleet` was halted and undone: wave `rest` failed: Ctrl-C = cancelled by the operator while the wave baked"),
+        "{stderr}"
+    );
+    let after = fleet.world();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.etcd, before.etcd);
+    assert_eq!(
+        actions(&fleet.dir("canary")).last(),
+        Some(&("rollout".to_owned(), "rolled-back".to_owned()))
+    );
+}
+
+#[test]
+fn a_second_rollout_while_one_bakes_is_refused_and_undoes_nothing() {
+    let probe = Probe::start();
+    let fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    first_rollout(&fleet, LONG_BAKE, &verify, 4);
+
+    fleet.commit(8, LONG_BAKE, &verify);
+    let child = spawn_until(&fleet, "Wave `canary` baking");
+    // The journal of the rollout under way is not an interrupted rollout's: the second run
+    // finds every lock held and leaves it alone.
+    let second = fleet.deploy();
+    assert_eq!(second.code, 5, "{}", second.stderr);
+    assert!(
+        !second.stderr.contains("undone") && !second.stderr.contains("Restored"),
+        "{}",
+        second.stderr
+    );
+    assert!(live_worker(&fleet.dir("canary")).contains("threads = 8"));
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    for d in DIRS {
+        assert!(live_worker(&fleet.dir(d)).contains("threads = 8"), "{d}");
+    }
+    assert_eq!(
+        fleet.etcd.value(&format!("{PREFIX}worker")),
+        Some(worker_json(8))
+    );
+    assert!(
+        !actions(&fleet.dir("canary"))
+            .iter()
+            .any(|(a, _)| a == "rollback"),
+        "{:?}",
+        actions(&fleet.dir("canary"))
+    );
+}
