@@ -969,3 +969,67 @@ fn a_second_rollout_while_one_bakes_is_refused_and_undoes_nothing() {
         actions(&fleet.dir("canary"))
     );
 }
+
+/// Two waves that do not bake: for tests about crashes, not signals.
+const NO_BAKE: &str = r#"
+[[rollout.wave]]
+name = "canary"
+targets = ["canary"]
+bake = "0s"
+
+[[rollout.wave]]
+name = "rest"
+targets = ["*"]
+bake = "0s"
+"#;
+
+#[test]
+fn a_rollout_killed_at_any_step_of_the_canary_is_undone_never_completed() {
+    let probe = Probe::start();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    // Before the canary is touched; after its `current` moved (before its health check); after
+    // its health check passed (before its record).
+    for point in ["rollout-before-target", "after-switch", "before-record"] {
+        let fleet = Fleet::new();
+        let before = first_rollout(&fleet, NO_BAKE, &verify, 4);
+        fleet.commit(8, NO_BAKE, &verify);
+        crate::harness::Paused::start(
+            fleet.repo.path(),
+            &["--target", ENV, "--yes"],
+            point,
+            None,
+            &[],
+        )
+        .kill9();
+        fleet
+            .repo
+            .deploy(&["status", "--target", ENV])
+            .code(0)
+            .stdout_has("Rollout in progress (or interrupted)")
+            .stdout_has("wave 1 of 2 (`canary`), applying");
+
+        // The lease of the etcd target's lock runs out (lock_ttl 1 s).
+        std::thread::sleep(Duration::from_secs(3));
+        let run = fleet.deploy();
+        run.code(4)
+            .stderr_has("an interrupted rollout of `fleet` was found and undone");
+        let after = fleet.world();
+        assert_eq!(after.live, before.live, "{point}\n{}", run.stderr);
+        assert_eq!(after.etcd, before.etcd, "{point}");
+        for d in ["eu-1", "eu-2"] {
+            assert_eq!(after.dirs[d], before.dirs[d], "{point}: {d} changed");
+        }
+        assert!(
+            !fleet.dir("canary").join(".envlock/rollout").exists(),
+            "{point}"
+        );
+
+        fleet.deploy().code(0).stderr_has("Rolled out:");
+        for d in DIRS {
+            assert!(
+                live_worker(&fleet.dir(d)).contains("threads = 8"),
+                "{point}: {d}"
+            );
+        }
+    }
+}
