@@ -469,6 +469,27 @@ fn a_failure_in_wave_two_undoes_waves_one_and_two_and_the_etcd_target() {
     );
     // Wave 3 was never reached.
     assert_eq!(after.dirs["eu-2"], before.dirs["eu-2"]);
+    // The etcd target's own log (its state beside the prefix): adopted, applied, rolled back.
+    let etcd_log: Vec<(String, String)> = fleet
+        .etcd
+        .keys("/asr/fleet/shared.envlock/log/")
+        .values()
+        .map(|(v, _)| {
+            let r: Value = serde_json::from_str(v).unwrap();
+            (
+                r["action"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        etcd_log,
+        pairs(&[
+            ("adopt", "applied"),
+            ("apply", "applied"),
+            ("rollback", "rolled-back")
+        ])
+    );
 
     // Restored last changed first: the etcd target, eu-1, then the canary.
     let order: Vec<&str> = run
