@@ -496,6 +496,9 @@ fn halt_and_undo(
 /// Make each changed target's `before` live again, last changed first.
 fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report>> {
     let mut done = Vec::new();
+    // A target that cannot be restored (unreachable) does not keep the others from being
+    // restored; its error ends the run after them, and the journal stays for the next run.
+    let mut first_error = None;
     for c in changed.iter().rev() {
         let Some(p) = parts
             .iter()
@@ -503,7 +506,14 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
         else {
             continue;
         };
-        let r = apply::restore(&p.d, c.before, why)?;
+        let r = match apply::restore(&p.d, c.before, why) {
+            Ok(r) => r,
+            Err(e) => {
+                p.d.warn(&format!("could not restore target `{}`: {e:#}", c.target));
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         if r.previous_generation != r.generation || r.outcome != "unchanged" {
             p.d.say(&format!(
                 "Restored target `{}`: {} is live again.",
@@ -514,7 +524,10 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
         }
         done.push(r);
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 /// The rollout's own record, in the first target's log.
