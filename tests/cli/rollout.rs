@@ -1054,3 +1054,33 @@ fn a_rollout_killed_at_any_step_of_the_canary_is_undone_never_completed() {
         }
     }
 }
+
+#[test]
+fn an_unreachable_target_does_not_stop_the_others_from_being_restored() {
+    let probe = Probe::start();
+    let mut fleet = Fleet::new();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let before = first_rollout(&fleet, LONG_BAKE, &verify, 4);
+
+    fleet.commit(8, LONG_BAKE, &verify);
+    let child = spawn_until(&fleet, "Wave `canary` baking");
+    // The etcd target (the last of wave 2) goes away while the canary bakes.
+    fleet.etcd.kill(0);
+    let (code, stderr) = finish(child);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("wave `rest` failed: target `shared`")
+            && stderr.contains("could not restore target `shared`"),
+        "{stderr}"
+    );
+    // Every target that can be reached is as before; the journal stays for the next run to
+    // finish the undo once the etcd target is back.
+    for d in DIRS {
+        assert_eq!(
+            live(&fleet.dir(d)),
+            before.live[d],
+            "{d} not restored\n{stderr}"
+        );
+    }
+    assert!(fleet.dir("canary").join(".envlock/rollout").exists());
+}
