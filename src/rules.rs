@@ -226,6 +226,21 @@ pub const RULES: &[Rule] = &[
         "Name a directory, or a shared store that every deployer reaches.",
     ),
     config(
+        "invalid-target",
+        "An environment has both `[target]` and `[targets.NAME]`.",
+        "An environment is one `[target]` or a fleet of `[targets.NAME]`; keep one of them.",
+    ),
+    config(
+        "invalid-rollout",
+        "A `[rollout]` wave names a target that does not exist or is already in an earlier wave, `\"*\"` is not in the last wave, a target is in no wave, or `[rollout]` is beside a single `[target]`.",
+        "Name every `[targets.NAME]` in exactly one `[[rollout.wave]]`; end with `targets = [\"*\"]` for the rest.",
+    ),
+    config(
+        "invalid-verify",
+        "A `[[rollout.verify]]` signal is not exactly one of `http` (with `status`, `body`) and `prometheus` (with `query`, `compare`), or a URL or `compare` does not parse.",
+        "Write `http = \"http://…\"`, or `prometheus = \"http://…:9090\"` with `query` and a `compare` such as \"> 0\".",
+    ),
+    config(
         "invalid-protocol",
         "An exec target's `protocol` is not 1 or 2.",
         "Use 1 (one provider process per call, the default) or 2 (one per run, batched writes; the provider must speak it).",

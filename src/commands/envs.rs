@@ -74,8 +74,23 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             name: e.name.clone(),
             account: e.account.value.clone(),
             schema: e.schema.value.clone(),
-            target: e.target.describe(),
-            target_kind: e.target.kind_name().to_owned(),
+            target: match &e.fleet {
+                Some(f) => format!(
+                    "fleet of {}: {}",
+                    f.members.len(),
+                    f.members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => e.target.describe(),
+            },
+            target_kind: if e.fleet.is_some() {
+                "fleet".to_owned()
+            } else {
+                e.target.kind_name().to_owned()
+            },
             protected: e.protected,
             branch: e.branch.as_ref().map(|b| b.value.clone()),
             after: e.after.iter().map(|a| a.value.clone()).collect(),

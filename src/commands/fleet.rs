@@ -44,7 +44,7 @@ pub(super) fn run_job(
             let r = deploy::adopt::adopt(m, yes)?;
             Ok(serde_json::to_value(&r)?)
         })
-        .and_then(|all| print_all(d, printer, all)),
+        .and_then(|all| print_all(d, printer, all, None)),
         job => Err(Failure::refused(format!(
             "`{}` is a fleet of {} targets: {} acts on one target and would split the fleet \
              between two configurations",
@@ -81,14 +81,8 @@ fn each(
     let envs: Vec<Environment> = fleet.members.iter().map(|m| d.env.member(m)).collect();
     let mut all = Vec::with_capacity(envs.len());
     for (env, m) in envs.iter().zip(&fleet.members) {
+        // Each heading names the target (`Deployment::who`).
         let md = d.member(env, &m.name)?;
-        if !d.printer.is_json() {
-            d.printer.out(&format!(
-                "== target `{}` ({}) ==\n",
-                m.name,
-                m.target.describe()
-            ))?;
-        }
         all.push((m.name.clone(), f(&md)?));
     }
     Ok(all)
@@ -100,6 +94,9 @@ struct FleetDoc<'a> {
     environment: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rollout: Option<rollout::RolloutJournal>,
+    /// Whether the rollout's run still holds the first target's lock (false: interrupted).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    rollout_running: bool,
     targets: Vec<Member>,
 }
 
@@ -110,16 +107,20 @@ struct Member {
     report: serde_json::Value,
 }
 
+/// With `--format json`, one document: the rollout under way (if any) and each target's report.
 fn print_all(
     d: &Deployment<'_>,
     printer: &Printer,
     all: Vec<(String, serde_json::Value)>,
+    rollout: Option<(rollout::RolloutJournal, bool)>,
 ) -> Result<Exit> {
     if printer.is_json() {
+        let running = rollout.as_ref().is_some_and(|(_, r)| *r);
         printer.json(&FleetDoc {
             ok: true,
             environment: &d.env.name,
-            rollout: None,
+            rollout: rollout.map(|(j, _)| j),
+            rollout_running: running,
             targets: all
                 .into_iter()
                 .map(|(name, report)| Member { name, report })
@@ -137,7 +138,7 @@ fn plan(d: &Deployment<'_>, fleet: &Fleet, detailed: bool, printer: &Printer) ->
         pending |= !r.changes.is_empty();
         Ok(serde_json::to_value(&r)?)
     })?;
-    print_all(d, printer, all)?;
+    print_all(d, printer, all, None)?;
     Ok(if detailed && pending {
         Exit::ChangesPending
     } else {
@@ -151,24 +152,14 @@ fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> 
     let lead = d.member(&lead_env, &fleet.members[0].name)?;
     lead.verify_owner()?;
     let journal = rollout::read_journal(&lead)?;
+    let running = journal.is_some() && deploy::status::activity(&lead)?.0.is_some();
     drop(lead);
     if let (Some(j), false) = (&journal, printer.is_json()) {
-        printer.out(&rollout::describe_journal(j))?;
+        printer.out(&rollout::describe_journal(j, running))?;
     }
     let all = each(d, fleet, |m| {
         let s = deploy::status::status(m)?;
         Ok(serde_json::to_value(&s)?)
     })?;
-    if printer.is_json() {
-        printer.json(&FleetDoc {
-            ok: true,
-            environment: &d.env.name,
-            rollout: journal,
-            targets: all
-                .into_iter()
-                .map(|(name, report)| Member { name, report })
-                .collect(),
-        })?;
-    }
-    Ok(Exit::Success)
+    print_all(d, printer, all, journal.map(|j| (j, running)))
 }

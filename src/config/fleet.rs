@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::raw::{RawRollout, RawTarget, RawVerify, RawWave};
 use super::{Diagnostic, FileId, Loader, Loc, Target, TargetKind, loc_of, lstr, valid_name};
+use crate::signal::{Check, Compare};
 
 /// The targets of a fleet, in the order the rollout reaches them, and how it proceeds.
 #[derive(Debug, Clone)]
@@ -38,27 +39,11 @@ pub struct Wave {
     pub bake: Duration,
 }
 
-/// A verification signal; `$TARGET` in its text is the member's name.
-#[derive(Debug, Clone)]
-pub enum SignalKind {
-    /// Passes when `GET url` answers `status` and, if set, a body containing `body`.
-    Http {
-        url: String,
-        status: u16,
-        body: Option<String>,
-    },
-    /// Passes when the instant query returns data whose every value is a number satisfying
-    /// `compare` (e.g. `> 0`); no data, NaN or an error fails.
-    Prometheus {
-        url: String,
-        query: String,
-        compare: Option<String>,
-    },
-}
-
+/// A verification signal (`$TARGET` in its text is the member's name), and where it is
+/// written.
 #[derive(Debug, Clone)]
 pub struct Signal {
-    pub kind: SignalKind,
+    pub check: Check,
     /// `file:line:col` of the `[[rollout.verify]]` table.
     pub at: String,
 }
@@ -332,7 +317,7 @@ impl Loader<'_> {
                         );
                     }
                 };
-                SignalKind::Http {
+                Check::Http {
                     url: self.signal_url(name, file, url)?,
                     status,
                     body: v.body.map(Spanned::into_inner),
@@ -361,17 +346,19 @@ impl Loader<'_> {
                 if query.get_ref().trim().is_empty() {
                     return bad(self, loc_of(file, &query), "`query` is empty", HINT);
                 }
-                // An unparseable `compare` is refused here: read as "no comparison" it would
-                // pass every number (fail open).
-                if let Some(c) = v.compare.as_ref()
-                    && let Err(e) = c.get_ref().parse::<crate::signal::Compare>()
-                {
-                    return bad(self, loc_of(file, c), &format!("bad `compare`: {e}"), HINT);
-                }
-                SignalKind::Prometheus {
+                let compare = match &v.compare {
+                    None => None,
+                    Some(c) => match c.get_ref().parse::<Compare>() {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            return bad(self, loc_of(file, c), &format!("`compare`: {e}"), HINT);
+                        }
+                    },
+                };
+                Check::Prometheus {
                     url: self.signal_url(name, file, url)?,
                     query: query.into_inner(),
-                    compare: v.compare.map(Spanned::into_inner),
+                    compare,
                 }
             }
             (Some(_), Some(p)) => {
@@ -384,7 +371,7 @@ impl Loader<'_> {
             }
             (None, None) => return bad(self, loc, "a signal needs `http` or `prometheus`", HINT),
         };
-        Some(Signal { kind, at })
+        Some(Signal { check: kind, at })
     }
 
     fn signal_url(&mut self, name: &str, file: FileId, url: Spanned<String>) -> Option<String> {
@@ -430,12 +417,13 @@ impl Loader<'_> {
             if b.starts_with(a.as_str()) {
                 self.diagnostics.push(
                     Diagnostic::new(
-                        "target-clash",
+                        "duplicate-target",
                         format!("targets `{ma}` and `{mb}` of `{name}` write to the same place"),
                     )
                     .env(name)
                     .at(at.clone(), "these targets")
-                    .hint("give each target of a fleet a place of its own"),
+                    .hint("give each target of a fleet a place of its own")
+                    .safety(),
                 );
                 return false;
             }

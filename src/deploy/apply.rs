@@ -605,7 +605,7 @@ fn check_fits(d: &Deployment<'_>, plan: &Plan) -> Result<()> {
 /// (`deploy apply --plan FILE`), only exactly that plan is applied.
 pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Result<Report> {
     match prepare(d, yes, expected)? {
-        Start::Done(report) => Ok(report),
+        Start::Done(report) => Ok(*report),
         Start::Ready(mut prepared) => {
             show(d, yes, &mut prepared)?;
             execute(d, yes, *prepared)
@@ -614,10 +614,9 @@ pub fn apply(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> Res
 }
 
 /// How [`prepare`] ends: the run is over (an interrupted earlier run was resolved by rolling
-/// back), or the plan is ready to show. Made once per run and target: its size does not matter.
-#[allow(clippy::large_enum_variant)]
+/// back), or the plan is ready to show.
 pub enum Start {
-    Done(Report),
+    Done(Box<Report>),
     Ready(Box<Prepared>),
 }
 
@@ -666,7 +665,7 @@ pub fn prepare(d: &Deployment<'_>, yes: bool, expected: Option<&SavedPlan>) -> R
         if report.config_sha256.is_empty() {
             report.config_sha256 = plan::settings_sha256(d.env);
         }
-        return Ok(Start::Done(report));
+        return Ok(Start::Done(Box::new(report)));
     };
     // Forward only, then the promotion gate: both before the live state is read.
     if let Err(err) =

@@ -28,7 +28,34 @@ pub fn check(d: &Deployment<'_>, commit: &str) -> Result<()> {
             .hint("`deploy check` shows the problem; nothing was changed")
             .into());
         };
-        proven_on(d, before, commit)?;
+        match &before.fleet {
+            None => proven_on(d, before, commit)?,
+            // A fleet proves a commit on every target, and not while a rollout is under way.
+            Some(fleet) => {
+                for m in &fleet.members {
+                    proven_on(d, &before.member(m), commit)?;
+                }
+                no_rollout_under_way(&before.member(&fleet.members[0]))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A rollout journal in a fleet's first target: its rollout is under way or was interrupted,
+/// so what its targets hold is not proven yet.
+fn no_rollout_under_way(first: &Environment) -> Result<()> {
+    let target = open_target(first)?;
+    if target.read_blob("rollout").ok().flatten().is_some() {
+        return Err(Failure::refused(format!(
+            "promotion gate: a rollout of `{}` is under way (or was interrupted), so what its targets hold is not proven yet",
+            first.name
+        ))
+        .hint(format!(
+            "wait for it to end (`deploy status --target {}`), or run `deploy --target {}` to undo an interrupted one; then run this again",
+            first.name, first.name
+        ))
+        .into());
     }
     Ok(())
 }

@@ -83,6 +83,11 @@ pub struct Deployment<'a> {
     /// The lock a rollout took on this target before its first write and holds to its end:
     /// [`Self::lock`] then lends it instead of taking it again.
     held: std::cell::RefCell<Option<Box<dyn LockGuard>>>,
+    /// False for a fleet's targets: the rollout pages once for all of them.
+    pub pages: bool,
+    /// Set once the `[identity] command` printed the account in this run (shared by a fleet's
+    /// targets, which share the environment's credentials).
+    identity_proven: Arc<AtomicBool>,
 }
 
 /// A lock held by the rollout around this deployment ([`Deployment::hold_lock`]).
@@ -223,39 +228,54 @@ fn real_target_path(env: &Environment, path: &Path) -> Result<PathBuf> {
 }
 
 /// The resolved path where `env`'s target (or `exec` state) lies on this machine, if it has one.
-fn resolved_dir(env: &Environment) -> Option<&Path> {
-    match &env.target.kind {
+fn resolved_dir(target: &crate::config::Target) -> Option<&Path> {
+    match &target.kind {
         TargetKind::Dir { resolved, .. } => Some(resolved),
         TargetKind::Exec { store, .. } => store.dir().map(|(p, _)| p),
         TargetKind::Etcd { .. } => None,
     }
 }
 
-/// `env`'s resolved target must not be, hold or lie inside another environment's resolved
+/// Each target of `env` (one, or a fleet's) with its name for messages.
+fn targets_of(env: &Environment) -> Vec<(String, &crate::config::Target)> {
+    match &env.fleet {
+        Some(f) => f
+            .members
+            .iter()
+            .map(|m| (format!("`{}` target `{}`", env.name, m.name), &m.target))
+            .collect(),
+        None => vec![(format!("`{}`", env.name), &env.target)],
+    }
+}
+
+/// `env`'s resolved targets must not be, hold or lie inside another environment's resolved
 /// target (what the lexical check of `safety` cannot see through symlinks); exit 3 otherwise.
 pub fn check_target_paths(env: &Environment, all: &[Environment]) -> Result<()> {
-    let Some(mine) = resolved_dir(env) else {
-        return Ok(());
-    };
-    let real = paths::real_path(mine).map_err(Failure::from)?;
-    for other in all.iter().filter(|o| o.name != env.name) {
-        let Some(theirs) = resolved_dir(other).and_then(|p| paths::real_path(p).ok()) else {
+    let theirs: Vec<(String, PathBuf)> = all
+        .iter()
+        .filter(|o| o.name != env.name)
+        .flat_map(targets_of)
+        .filter_map(|(who, t)| Some((who, paths::real_path(resolved_dir(t)?).ok()?)))
+        .collect();
+    for (who, target) in targets_of(env) {
+        let Some(mine) = resolved_dir(target) else {
             continue;
         };
-        if let Some(how) = paths::overlap(&real, &theirs) {
-            return Err(Failure::refused(format!(
-                "the target of `{}` ({}) leads to {}, which {how} the target of `{}` ({})",
-                env.name,
-                mine.display(),
-                real.display(),
-                other.name,
-                theirs.display()
-            ))
-            .hint(
-                "a symlink on the way joins two environments' targets; give each a path of its \
-                 own; nothing was read or written",
-            )
-            .into());
+        let real = paths::real_path(mine).map_err(Failure::from)?;
+        for (other, path) in &theirs {
+            if let Some(how) = paths::overlap(&real, path) {
+                return Err(Failure::refused(format!(
+                    "the target of {who} ({}) leads to {}, which {how} the target of {other} ({})",
+                    mine.display(),
+                    real.display(),
+                    path.display()
+                ))
+                .hint(
+                    "a symlink on the way joins two environments' targets; give each a path of its \
+                     own; nothing was read or written",
+                )
+                .into());
+            }
         }
     }
     Ok(())
@@ -537,6 +557,8 @@ impl<'a> Deployment<'a> {
             signing: None,
             member: None,
             held: std::cell::RefCell::new(None),
+            pages: true,
+            identity_proven: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -554,6 +576,8 @@ impl<'a> Deployment<'a> {
         d.paged = Arc::clone(&self.paged);
         d.signing = self.signing.clone();
         d.member = Some(name.to_owned());
+        d.pages = false;
+        d.identity_proven = Arc::clone(&self.identity_proven);
         Ok(d)
     }
 
@@ -846,6 +870,16 @@ impl<'a> Deployment<'a> {
         let Some(identity) = &self.env.identity else {
             return Ok(());
         };
+        // A fleet's targets share the environment's credentials: proven once per run.
+        if self.identity_proven.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.run_identity(identity)?;
+        self.identity_proven.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run_identity(&self, identity: &crate::config::Identity) -> Result<()> {
         let shown = process::display_argv(&identity.command);
         let account = &self.env.account.value;
         let spec = Spec {
@@ -1080,17 +1114,17 @@ impl<'a> Deployment<'a> {
     /// it (the journal then lets the next run resolve it).
     pub fn arm_interrupts(&self) {
         self.armed.store(true, Ordering::Relaxed);
-        // Once per flag: the targets of a rollout share one, and arming it again would put a
-        // second "already set: terminate" handler after the first "set" one, so the first
-        // Ctrl-C would kill the run instead of halting it.
-        static ARMED: std::sync::Mutex<Vec<Arc<AtomicBool>>> = std::sync::Mutex::new(Vec::new());
+        // Once per flag: a fleet's targets share theirs, and a second pair of handlers would
+        // see the flag the first pair just set and kill the process on the first Ctrl-C.
+        static ARMED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        let key = Arc::as_ptr(&self.interrupted) as usize;
         let mut armed = ARMED
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if armed.iter().any(|f| Arc::ptr_eq(f, &self.interrupted)) {
+        if armed.contains(&key) {
             return;
         }
-        armed.push(Arc::clone(&self.interrupted));
+        armed.push(key);
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ =
                 signal_hook::flag::register_conditional_default(sig, Arc::clone(&self.interrupted));

@@ -53,6 +53,9 @@ impl Deployment<'_> {
 
     /// Deliver the notification of the record `entry` will be, and note the result in it.
     pub fn page(&self, mut entry: Entry) -> Entry {
+        if !self.pages {
+            return entry;
+        }
         let h = Happening {
             environment: entry.environment.clone(),
             account: entry.account.clone(),

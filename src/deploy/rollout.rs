@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use super::Deployment;
 use super::apply::{self, Prepared, Report, Start};
-use crate::config::fleet::{Fleet, Signal, SignalKind, Wave};
+use crate::config::fleet::{Fleet, Wave};
 use crate::config::{self, Environment};
 use crate::error::{Exit, Failure};
 use crate::failpoint;
 use crate::log::{self, Changes, Entry, Operator, Outcome};
-use crate::signal::{self, Check};
+use crate::signal;
 use crate::target::{GenerationId, Holder};
 
 /// The blob of the first target's state that says a rollout is under way.
@@ -76,7 +76,7 @@ pub struct RolloutReport {
     pub waves: Vec<WaveReport>,
     /// Each target's own report, in the order they were reached; then the undo's.
     pub targets: Vec<Report>,
-    pub undone: Vec<Report>,
+    pub undone: Vec<Restored>,
     pub halt: Option<Halt>,
     pub recovered: Vec<String>,
     pub log: Option<apply::LogRef>,
@@ -93,6 +93,15 @@ pub struct WaveReport {
     pub readings: usize,
 }
 
+/// One target made what it was before the rollout again.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub target: String,
+    /// Live now.
+    pub generation: Option<GenerationId>,
+    pub report: Report,
+}
+
 /// Why a rollout stopped.
 #[derive(Debug, Clone, Serialize)]
 pub struct Halt {
@@ -103,16 +112,25 @@ pub struct Halt {
 }
 
 impl Halt {
+    fn cancelled(&self) -> bool {
+        self.signal == "Ctrl-C"
+    }
+
     fn line(&self) -> String {
-        // A Ctrl-C while a wave bakes is no target's.
-        let target = if self.target.is_empty() {
-            String::new()
-        } else {
-            format!("target `{}`: ", self.target)
-        };
+        if self.cancelled() {
+            return format!(
+                "cancelled by the operator (Ctrl-C) in wave `{}`{}",
+                self.wave,
+                if self.target.is_empty() {
+                    String::new()
+                } else {
+                    format!(", target `{}`", self.target)
+                }
+            );
+        }
         format!(
-            "wave `{}` failed: {target}{} = {}",
-            self.wave, self.signal, self.value
+            "wave `{}` failed: target `{}`: {} = {}",
+            self.wave, self.target, self.signal, self.value
         )
     }
 }
@@ -144,7 +162,7 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
                 // That target's own interrupted run was rolled back: this run ends there.
                 report.outcome = "recovered".into();
                 report.recovered.extend(r.recovered.iter().cloned());
-                report.targets.push(r);
+                report.targets.push(*r);
                 return Ok(report);
             }
         }
@@ -171,7 +189,10 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
             apply::adopt_early(&p.d, prepared)?;
         }
     }
-    run_waves(d, fleet, &mut parts, &mut report)?;
+    // With nothing to change, each target's health check and one reading of the signals
+    // verify what is live (recorded for the promotion gate); there is nothing to bake.
+    let bake_for = |w: &Wave| if changes > 0 { w.bake } else { Duration::ZERO };
+    run_waves(d, fleet, &mut parts, &mut report, &bake_for)?;
     Ok(report)
 }
 
@@ -231,15 +252,28 @@ impl RolloutReport {
         }
         for r in &self.undone {
             f = f.detail(format!(
-                "restored {}: generation {}",
+                "restored target `{}`: {} live",
                 r.target,
-                r.generation.map_or("none".to_owned(), |g| g.to_string())
+                r.generation
+                    .map_or("nothing".to_owned(), |g| format!("generation {g}"))
             ));
         }
-        f.hint(format!(
-            "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
-            self.environment
-        ))
+        f.hint(if self.halt.as_ref().is_some_and(Halt::cancelled) {
+            format!(
+                "every target is as it was before the rollout (not health-checked again after the cancel); nothing says the configuration is wrong: run `deploy --target {}` again when ready",
+                self.environment
+            )
+        } else if self.halt.is_some() {
+            format!(
+                "every target is as it was before the rollout; fix the cause, then run `deploy --target {}` again",
+                self.environment
+            )
+        } else {
+            format!(
+                "every target is as it was before the interrupted rollout; run `deploy --target {}` again to roll out from the first wave",
+                self.environment
+            )
+        })
     }
 }
 
@@ -279,6 +313,7 @@ fn run_waves(
     fleet: &Fleet,
     parts: &mut [Part<'_>],
     report: &mut RolloutReport,
+    bake_for: &dyn Fn(&Wave) -> Duration,
 ) -> Result<()> {
     let mut journal = RolloutJournal {
         version: VERSION,
@@ -305,7 +340,14 @@ fn run_waves(
                 journal.phase = "baking".into();
                 write(&parts[0].d, &journal)?;
                 failpoint::hit("rollout-baking");
-                bake(fleet, wave, parts, &journal, &mut report.waves[i])
+                bake(
+                    fleet,
+                    wave,
+                    bake_for(wave),
+                    parts,
+                    &journal,
+                    &mut report.waves[i],
+                )
             }
             Ok(Some(h)) => Some(h),
             Err(e) => Some(Halt {
@@ -325,7 +367,13 @@ fn run_waves(
         }
         report.waves[i].result = "passed".into();
     }
-    finish(d, parts, report, Outcome::Applied, None)?;
+    let outcome = if report.targets.iter().all(|r| r.outcome == "unchanged") {
+        report.outcome = "unchanged".into();
+        Outcome::Unchanged
+    } else {
+        Outcome::Applied
+    };
+    finish(d, parts, &journal.changed, report, outcome, None)?;
     clear(&parts[0].d);
     Ok(())
 }
@@ -380,14 +428,14 @@ fn apply_wave(
 fn bake(
     fleet: &Fleet,
     wave: &Wave,
+    duration: Duration,
     parts: &[Part<'_>],
     journal: &RolloutJournal,
     report: &mut WaveReport,
 ) -> Option<Halt> {
     let lead = &parts[0].d;
     let targets: Vec<&str> = journal.changed.iter().map(|c| c.target.as_str()).collect();
-    let checks: Vec<Check> = fleet.verify.iter().map(check_of).collect();
-    let until = Instant::now() + wave.bake;
+    let until = Instant::now() + duration;
     loop {
         if lead.is_interrupted() {
             return Some(halt_of(
@@ -399,8 +447,8 @@ fn bake(
         }
         let mut last = Vec::new();
         for t in &targets {
-            for (check, signal) in checks.iter().zip(&fleet.verify) {
-                let reading = signal::evaluate(check, t, fleet.timeout);
+            for signal in &fleet.verify {
+                let reading = signal::evaluate(&signal.check, t, fleet.timeout);
                 if !reading.ok {
                     lead.say(&format!(
                         "Wave `{}`: target `{t}`: {} = {} (FAILED; {})",
@@ -413,7 +461,7 @@ fn bake(
         }
         report.readings += 1;
         let left = until.saturating_duration_since(Instant::now());
-        if !checks.is_empty() {
+        if !fleet.verify.is_empty() {
             lead.say(&format!(
                 "Wave `{}` baking, {} left: {}",
                 wave.name,
@@ -450,26 +498,6 @@ fn sleep_unless_interrupted(d: &Deployment<'_>, total: Duration) {
     }
 }
 
-/// The signal a `[[rollout.verify]]` table describes (its `compare` was checked when loaded).
-fn check_of(s: &Signal) -> Check {
-    match &s.kind {
-        SignalKind::Http { url, status, body } => Check::Http {
-            url: url.clone(),
-            status: *status,
-            body: body.clone(),
-        },
-        SignalKind::Prometheus {
-            url,
-            query,
-            compare,
-        } => Check::Prometheus {
-            url: url.clone(),
-            query: query.clone(),
-            compare: compare.as_deref().and_then(|c| c.parse().ok()),
-        },
-    }
-}
-
 /// Tell the notifier at once, then restore every changed target in reverse order.
 fn halt_and_undo(
     d: &Deployment<'_>,
@@ -481,20 +509,42 @@ fn halt_and_undo(
     let why = format!("rollout halted: {}", halt.line());
     d.say(&format!("Halting the rollout: {}.", halt.line()));
     d.notify("rolled-back", &why, Exit::RolledBack as u8);
+    d.page_unrecorded("rollout", "rolled-back", &why);
     journal.phase = "undoing".into();
     write(&parts[0].d, journal)?;
     failpoint::hit("rollout-undoing");
+    report.halt = Some(halt);
+    undo_all(d, parts, 0, journal, report, "halted", why)
+}
+
+/// Restore every target `journal` changed, record the rollout as rolled back (with `why`), and
+/// remove the journal (kept in `parts[at]`).
+fn undo_all(
+    d: &Deployment<'_>,
+    parts: &[Part<'_>],
+    at: usize,
+    journal: &RolloutJournal,
+    report: &mut RolloutReport,
+    outcome: &str,
+    why: String,
+) -> Result<()> {
     report.undone = undo(parts, &journal.changed, &why)?;
     report.ok = false;
-    report.outcome = "halted".into();
-    report.halt = Some(halt);
-    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
-    clear(&parts[0].d);
+    report.outcome = outcome.into();
+    finish(
+        d,
+        parts,
+        &journal.changed,
+        report,
+        Outcome::RolledBack,
+        Some(why),
+    )?;
+    clear(&parts[at].d);
     Ok(())
 }
 
 /// Make each changed target's `before` live again, last changed first.
-fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report>> {
+fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restored>> {
     let mut done = Vec::new();
     // A target that cannot be restored (unreachable) does not keep the others from being
     // restored; its error ends the run after them, and the journal stays for the next run.
@@ -522,7 +572,11 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
                     .map_or("nothing".to_owned(), |g| format!("generation {g}"))
             ));
         }
-        done.push(r);
+        done.push(Restored {
+            target: c.target.clone(),
+            generation: r.generation,
+            report: r,
+        });
     }
     match first_error {
         Some(e) => Err(e),
@@ -534,25 +588,16 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Report
 fn finish(
     d: &Deployment<'_>,
     parts: &[Part<'_>],
+    changed: &[Changed],
     report: &mut RolloutReport,
     outcome: Outcome,
     reason: Option<String>,
 ) -> Result<()> {
     let lead = &parts[0].d;
-    let reached = if report.targets.is_empty() {
-        &report.undone
-    } else {
-        &report.targets
-    };
-    let summary: Vec<String> = reached
+    let name = |g: Option<GenerationId>| g.map_or("none".to_owned(), |g| g.to_string());
+    let summary: Vec<String> = changed
         .iter()
-        .map(|r| {
-            format!(
-                "{}: {}",
-                r.target,
-                r.generation.map_or("none".to_owned(), |g| g.to_string())
-            )
-        })
+        .map(|c| format!("{} {} -> {}", c.target, name(c.before), name(c.after)))
         .collect();
     let entry = Entry {
         environment: d.env.name.clone(),
@@ -567,21 +612,34 @@ fn finish(
         generation: None,
         previous_generation: None,
         reason: Some(match reason {
-            Some(r) => format!("{r}; targets reached: {}", summary.join(", ")),
-            None => format!("targets: {}", summary.join(", ")),
+            Some(r) => format!("{r}; generations: {} (each restored)", summary.join(", ")),
+            None => format!("generations: {}", summary.join(", ")),
         }),
         plan_sha256: None,
         notify: None,
         signing: d.signing.clone(),
         resources: None,
     };
-    let r = log::append(&*lead.target, lead.page(entry))
+    // A halt paged when it happened; a success or a recovery pages with its record.
+    let entry = if report.halt.is_some() {
+        entry
+    } else {
+        d.page(entry)
+    };
+    let r = log::append(&*lead.target, entry)
         .map_err(|e| Failure::error(format!("the rollout's record could not be written: {e}")))?;
     report.log = Some(apply::LogRef {
         seq: r.seq,
         hash: r.hash,
     });
-    if outcome == Outcome::Applied {
+    if outcome == Outcome::Unchanged {
+        d.say(&format!(
+            "No changes: all {} targets of `{}` already hold commit {}'s configuration, and passed.",
+            parts.len(),
+            d.env.name,
+            d.commit.short()
+        ));
+    } else if outcome == Outcome::Applied {
         d.say(&format!(
             "{} `{}` is live on all {} targets (commit {}).",
             d.printer.paint(crate::output::style::OK, "Rolled out:"),
@@ -607,7 +665,8 @@ fn clear(lead: &Deployment<'_>) {
 }
 
 /// A rollout under way (or interrupted), for `deploy status`.
-pub fn describe_journal(j: &RolloutJournal) -> String {
+/// `running`: whether its run still holds the first target's lock.
+pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
     let changed: Vec<String> = j
         .changed
         .iter()
@@ -617,7 +676,12 @@ pub fn describe_journal(j: &RolloutJournal) -> String {
         })
         .collect();
     format!(
-        "Rollout in progress (or interrupted): commit {}, wave {} of {} (`{}`), {}, by {}@{} (pid {}) since {}\n  targets changed: {}\n  an interrupted rollout is undone by the next `deploy --target {}`\n\n",
+        "Rollout {}: commit {}, wave {} of {} (`{}`), {}, by {}@{} (pid {}) since {}\n  targets changed: {}\n  {}\n\n",
+        if running {
+            "in progress"
+        } else {
+            "INTERRUPTED"
+        },
         &j.commit[..j.commit.len().min(12)],
         j.wave + 1,
         j.waves.len(),
@@ -657,20 +721,39 @@ pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
 /// changed gets its own journal resolved, then what was live before the rollout back. Returns
 /// true when one was found (this run then ends, exit 4).
 fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -> Result<bool> {
-    // Nothing is read from a target before it proved its owner.
-    parts[0].d.verify_owner()?;
-    let Some(mut journal) = read_journal(&parts[0].d)? else {
+    // Nothing is read from a target before it proved its owner. Every target is looked at, so
+    // a journal stays found when the configuration changed which target comes first.
+    let mut found = None;
+    for (i, p) in parts.iter().enumerate() {
+        p.d.verify_owner()?;
+        if found.is_none() {
+            found = read_journal(&p.d)?.map(|j| (i, j));
+        }
+    }
+    let Some((at, mut journal)) = found else {
         return Ok(false);
     };
-    for p in &parts[1..] {
-        p.d.verify_owner()?;
-    }
     if journal.environment != d.env.name || journal.account != d.env.account.value {
         return Err(Failure::refused(format!(
             "the rollout journal belongs to `{}` (account {}), not to {}",
             journal.environment,
             journal.account,
             d.who()
+        ))
+        .into());
+    }
+    if let Some(gone) = journal.changed.iter().find(|c| {
+        !parts
+            .iter()
+            .any(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+    }) {
+        return Err(Failure::refused(format!(
+            "an interrupted rollout of `{}` changed target `{}`, which this commit's configuration no longer has, so it cannot be undone from here",
+            d.env.name, gone.target
+        ))
+        .hint(format!(
+            "check out the commit that still names `{}` (the rollout's was {}) and run `deploy --target {}` there to undo it; nothing was written",
+            gone.target, journal.commit, d.env.name
         ))
         .into());
     }
@@ -699,10 +782,6 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     }
     journal.phase = "undoing".into();
     let why = "interrupted rollout, undone by the next run".to_owned();
-    report.undone = undo(parts, &journal.changed, &why)?;
-    report.ok = false;
-    report.outcome = "recovered".into();
-    finish(d, parts, report, Outcome::RolledBack, Some(why))?;
-    clear(&parts[0].d);
+    undo_all(d, parts, at, &journal, report, "recovered", why)?;
     Ok(true)
 }

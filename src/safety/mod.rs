@@ -28,8 +28,12 @@ pub fn scan(
     let mut diags = Vec::new();
     identity_clashes(envs, &mut diags);
     leaks(envs, sources, reloaded, &mut diags);
-    targets(envs, &mut diags);
-    exec_targets(envs, &mut diags);
+    // A fleet's targets clash with other environments' like any target (its own targets'
+    // clashes among themselves are reported when it loads).
+    let expanded = with_fleet_members(envs);
+    let places = expanded.as_deref().unwrap_or(envs);
+    targets(places, &mut diags);
+    exec_targets(places, &mut diags);
     after(envs, names, &mut diags);
     diags
 }
@@ -477,6 +481,18 @@ fn normalize_endpoint(e: &str) -> String {
     e.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+/// `envs` with each fleet replaced by one environment per target, or `None` without fleets.
+fn with_fleet_members(envs: &[Environment]) -> Option<Vec<Environment>> {
+    envs.iter().any(|e| e.fleet.is_some()).then(|| {
+        envs.iter()
+            .flat_map(|e| match &e.fleet {
+                Some(f) => f.members.iter().map(|m| e.member(m)).collect(),
+                None => vec![e.clone()],
+            })
+            .collect()
+    })
+}
+
 /// Two environments writing to the same place (or one inside the other's).
 fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
     // Sorting dir paths makes every nesting an adjacent-or-prefix relation: O(n log n).
@@ -501,7 +517,9 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
             }
             stack.pop();
         }
-        if let Some(&(outer, j)) = stack.last() {
+        if let Some(&(outer, j)) = stack.last()
+            && envs[j].name != envs[i].name
+        {
             let (a, b) = (&envs[j], &envs[i]);
             let same = outer == path;
             diags.push(target_clash(a, b, same, display));
@@ -542,7 +560,10 @@ fn targets(envs: &[Environment], diags: &mut Vec<Diagnostic>) {
     for (x, (i, eps_i, pre_i)) in etcd.iter().enumerate() {
         for (j, eps_j, pre_j) in &etcd[..x] {
             let same_cluster = eps_i.iter().any(|e| eps_j.contains(e));
-            if same_cluster && (pre_i.starts_with(pre_j) || pre_j.starts_with(pre_i)) {
+            if same_cluster
+                && envs[*i].name != envs[*j].name
+                && (pre_i.starts_with(pre_j) || pre_j.starts_with(pre_i))
+            {
                 diags.push(target_clash(
                     &envs[*j],
                     &envs[*i],
