@@ -401,10 +401,7 @@ fn a_stalled_canary_halts_the_rollout_and_only_the_canary_was_ever_changed() {
     let run = fleet.deploy();
     run.code(4)
         .stderr_has("the rollout of `fleet` was halted and undone: wave `canary` failed: target `canary`: prometheus rate(asr_jobs_completed_total{target=\"canary\"}[5s]) = ")
-        .stderr_has(&format!(
-            "restored dir {}: generation 1",
-            fleet.dir("canary").display()
-        ));
+        .stderr_has("restored target `canary`: generation 1 live");
     assert!(!run.stderr.contains("Wave `rest`"), "{}", run.stderr);
 
     let after = fleet.world();
@@ -638,7 +635,7 @@ fn a_rollout_killed_while_baking_is_undone_by_the_next_run_never_completed() {
         .repo
         .deploy(&["status", "--target", ENV])
         .code(0)
-        .stdout_has("Rollout in progress (or interrupted)")
+        .stdout_has("Rollout INTERRUPTED: commit ")
         .stdout_has("wave 2 of 2 (`rest`), baking");
     let status = fleet
         .repo
@@ -942,7 +939,10 @@ fn ctrl_c_while_a_wave_bakes_halts_and_undoes() {
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(4), "{stderr}");
     assert!(
-        stderr.contains("the rollout of `fleet` was halted and undone: wave `rest` failed: Ctrl-C = cancelled by the operator while the wave baked"),
+        stderr.contains(
+            "the rollout of `fleet` was halted and undone: cancelled by the operator (Ctrl-C) \
+             in wave `rest`"
+        ),
         "{stderr}"
     );
     let after = fleet.world();
@@ -1026,7 +1026,7 @@ fn a_rollout_killed_at_any_step_of_the_canary_is_undone_never_completed() {
             .repo
             .deploy(&["status", "--target", ENV])
             .code(0)
-            .stdout_has("Rollout in progress (or interrupted)")
+            .stdout_has("Rollout INTERRUPTED: commit ")
             .stdout_has("wave 1 of 2 (`canary`), applying");
 
         // The lease of the etcd target's lock runs out (lock_ttl 1 s).
