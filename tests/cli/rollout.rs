@@ -382,9 +382,14 @@ fn a_healthy_rollout_reaches_every_target_wave_by_wave_and_honours_the_bake() {
         .collect();
     assert_eq!(names, ALL);
 
-    // Run again: nothing to do, nothing changes.
+    // Run again: nothing to do, nothing changes; the signals are read once, not baked.
     let before = fleet.world();
-    fleet.deploy().code(0);
+    let again = fleet.deploy();
+    again
+        .code(0)
+        .stderr_has("No changes: all 4 targets of `fleet` already hold")
+        .stderr_has("Wave `rest` baking, 0s left");
+    assert!(!again.stderr.contains("1s left"), "{}", again.stderr);
     assert_eq!(fleet.world().live, before.live);
     assert_eq!(fleet.world().etcd, before.etcd);
 }
@@ -400,7 +405,7 @@ fn a_stalled_canary_halts_the_rollout_and_only_the_canary_was_ever_changed() {
     fleet.commit(8, TWO_WAVES, &signals.verify());
     let run = fleet.deploy();
     run.code(4)
-        .stderr_has("the rollout of `fleet` was halted and undone: wave `canary` failed: target `canary`: prometheus rate(asr_jobs_completed_total{target=\"canary\"}[5s]) = ")
+        .stderr_has("the rollout of `fleet` was halted and undone: wave `canary` failed: target `canary`: prometheus rate(asr_jobs_completed_total{target=\"canary\"}[5s]) = 0 (needs > 0)")
         .stderr_has("restored target `canary`: generation 1 live");
     assert!(!run.stderr.contains("Wave `rest`"), "{}", run.stderr);
 
@@ -451,7 +456,7 @@ fn a_failure_in_wave_two_undoes_waves_one_and_two_and_the_etcd_target() {
     let run = fleet.deploy();
     run.code(4)
         .stderr_has("Wave `canary` baking")
-        .stderr_has("wave `eu` failed: target `eu-1`: prometheus rate(asr_jobs_completed_total{target=\"eu-1\"}[5s]) = ");
+        .stderr_has("wave `eu` failed: target `eu-1`: prometheus rate(asr_jobs_completed_total{target=\"eu-1\"}[5s]) = 0 (needs > 0)");
 
     let after = fleet.world();
     for d in ["canary", "eu-1"] {
@@ -540,7 +545,7 @@ fn a_target_without_data_fails_the_wave_even_at_its_first_deployment() {
         .repo
         .deploy(&["--target", ENV, "--yes", "--format", "json"]);
     run.code(4)
-        .stderr_has("wave `rest` failed: target `eu-2`: prometheus rate(asr_jobs_completed_total{target=\"eu-2\"}[5s]) = ");
+        .stderr_has("wave `rest` failed: target `eu-2`: prometheus rate(asr_jobs_completed_total{target=\"eu-2\"}[5s]) = no data");
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["waves"][0]["result"], "passed", "{report}");
     assert_eq!(report["waves"][1]["result"], "failed");
