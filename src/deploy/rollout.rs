@@ -157,7 +157,14 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
     }
     for p in &mut parts {
         match apply::prepare(&p.d, yes, None)? {
-            Start::Ready(prepared) => p.prepared = Some(prepared),
+            Start::Ready(mut prepared) => {
+                // The recovery of this target's own interrupted run took its lock: the rollout
+                // holds that one (taking it again would find it held, by this very run).
+                if let Some(lock) = prepared.take_lock() {
+                    *p.d.held.borrow_mut() = Some(lock);
+                }
+                p.prepared = Some(prepared);
+            }
             Start::Done(r) => {
                 // That target's own interrupted run was rolled back: this run ends there.
                 report.outcome = "recovered".into();
