@@ -166,7 +166,9 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
                 p.prepared = Some(prepared);
             }
             Start::Done(r) => {
-                // That target's own interrupted run was rolled back: this run ends there.
+                // That target's own interrupted run was rolled back: this run ends there,
+                // having deployed nothing (exit 4, as for one target).
+                report.ok = false;
                 report.outcome = "recovered".into();
                 report.recovered.extend(r.recovered.iter().cloned());
                 report.targets.push(*r);
