@@ -1089,3 +1089,64 @@ fn an_unreachable_target_does_not_stop_the_others_from_being_restored() {
     }
     assert!(fleet.dir("canary").join(".envlock/rollout").exists());
 }
+
+/// A `deploy` killed at `after-switch` of the canary, whose rollout journal the operator then
+/// removed (as the hint of an unreadable one allows): only the canary's own journal is left.
+fn canary_apply_interrupted_without_rollout_journal(fleet: &Fleet, verify: &str) -> String {
+    first_rollout(fleet, NO_BAKE, verify, 4);
+    let commit = fleet.commit(8, NO_BAKE, verify);
+    crate::harness::Paused::start(
+        fleet.repo.path(),
+        &["--target", ENV, "--yes"],
+        "after-switch",
+        None,
+        &[],
+    )
+    .kill9();
+    std::fs::remove_file(fleet.dir("canary").join(".envlock/rollout")).unwrap();
+    // The lease of the etcd target's lock runs out (lock_ttl 1 s).
+    std::thread::sleep(Duration::from_secs(3));
+    commit
+}
+
+#[test]
+fn a_targets_own_interrupted_apply_is_resolved_without_locking_the_rollout_out() {
+    let probe = Probe::start();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+
+    // Healthy: the canary's apply is completed by its own recovery, and the rollout (which
+    // holds the lock that recovery took, not a second one) goes on to every target.
+    let fleet = Fleet::new();
+    canary_apply_interrupted_without_rollout_journal(&fleet, &verify);
+    let run = fleet.deploy();
+    run.code(0)
+        .stderr_has("Found an interrupted apply")
+        .stderr_has("Rolled out:");
+    for d in DIRS {
+        assert!(live_worker(&fleet.dir(d)).contains("threads = 8"), "{d}");
+    }
+    assert_eq!(
+        fleet.etcd.value(&format!("{PREFIX}worker")),
+        Some(worker_json(8))
+    );
+
+    // Unhealthy at the new commit: the canary's recovery rolls it back, and the run, which
+    // deployed nothing, does not end as a success.
+    let fleet = Fleet::new();
+    let commit = canary_apply_interrupted_without_rollout_journal(&fleet, &verify);
+    std::fs::write(fleet.unhealthy(), format!("canary {commit}")).unwrap();
+    let before_others: Vec<_> = ["eu-1", "eu-2"]
+        .iter()
+        .map(|d| snapshot(&fleet.dir(d)))
+        .collect();
+    let run = fleet.deploy();
+    run.code(4)
+        .stderr_has("Found an interrupted apply")
+        .stderr_has("nothing was deployed by this run");
+    assert!(live_worker(&fleet.dir("canary")).contains("threads = 4"));
+    let after_others: Vec<_> = ["eu-1", "eu-2"]
+        .iter()
+        .map(|d| snapshot(&fleet.dir(d)))
+        .collect();
+    assert_eq!(after_others, before_others);
+}
