@@ -19,7 +19,8 @@ pub struct Cli {
     pub directory: Option<PathBuf>,
 
     /// Output format: text for people, json for programs (one document on stdout); sarif for
-    /// code scanning (`check` only), markdown for a merge-request comment (`diff`, `plan`).
+    /// code scanning (`check` only), markdown for a merge-request comment (`diff`, `plan`);
+    /// csv and html for auditors (`deploy log` only).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
     pub format: OutputFormat,
 
@@ -39,6 +40,11 @@ pub enum OutputFormat {
     Sarif,
     /// A merge-request comment body (`deploy diff`, `deploy plan`).
     Markdown,
+    /// One row per log record, RFC 4180 (`deploy log` only).
+    Csv,
+    /// One self-contained HTML page: timelines, signatures, verification and diffs
+    /// (`deploy log` only).
+    Html,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +73,9 @@ pub enum Command {
     /// health-check it.
     Rollback(RollbackArgs),
     /// Show the deployment log, newest first (`deploy log verify` checks its hash chain).
-    /// Without --target: every environment whose target this machine can reach.
+    /// Without --environment: every environment whose target this machine can reach. Filters
+    /// select records; each log's verification always covers all of it. `--format csv` and
+    /// `--format html` (one self-contained page) are for auditors.
     Log(LogArgs),
     /// Print the JSON Schema of environment files (for editors such as taplo).
     Schema,
@@ -134,9 +142,27 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// Only this environment's log.
+    /// Only this environment's log (the same as one --environment).
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
+    /// Only these environments' logs (repeatable).
+    #[arg(long = "environment", value_name = "NAME")]
+    pub environments: Vec<String>,
+    /// Only records at or after TIME: an RFC 3339 timestamp (2026-11-21T14:30:00Z,
+    /// 2026-11-21T15:30:00+01:00) or a date (2026-11-21, from its start, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records up to TIME: a timestamp (inclusive) or a date (through the end of that
+    /// day, UTC).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only records whose operator is USER or USER@HOST.
+    #[arg(long, value_name = "TEXT")]
+    pub operator: Option<String>,
+    /// Only records with this outcome (repeatable): applied, unchanged, rolled-back, failed,
+    /// refused, sealed.
+    #[arg(long = "outcome", value_name = "OUTCOME")]
+    pub outcomes: Vec<String>,
     #[command(subcommand)]
     pub command: Option<LogCommand>,
 }

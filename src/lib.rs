@@ -4,6 +4,7 @@
 //! environment lock ([`safety`]), and reports problems ([`diagnostic`], [`output`]).
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod audit;
 pub mod config;
 pub mod deploy;
 pub mod diagnostic;

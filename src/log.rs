@@ -8,8 +8,9 @@
 //! the record's hash; dropping, reordering or inserting a record breaks `seq` or `prev`.
 //!
 //! Invariants: appending reads only the last record (O(1) in the log's length); verifying reads
-//! every byte once and hashes records on all cores; a record is appended only under the
-//! target's lock, so the chain never forks.
+//! every byte once, a batch of lines at a time (`stream.rs`: memory holds one batch, whatever
+//! the log's length), and hashes and checks signatures on all cores; a record is appended only
+//! under the target's lock, so the chain never forks.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::target::{GenerationId, Target, TargetError};
+
+mod sigs;
+mod stream;
+pub use stream::{Streamed, verify_log};
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -83,6 +88,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order the README lists them (`deploy log --outcome`).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Unchanged,
+        Outcome::RolledBack,
+        Outcome::Failed,
+        Outcome::Refused,
+        Outcome::Sealed,
+    ];
+
+    /// The outcome spelled `s` as in the log (`rolled-back`), if there is one.
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
@@ -494,12 +514,24 @@ pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
         return Ok(None);
     }
     let removed = target.log_removed()?;
-    let bytes = target.log_read()?;
-    if bytes.is_none() && removed.is_none() {
+    let reader = target.log_open()?;
+    if reader.is_none() && removed.is_none() {
         return Ok(None);
     }
-    let v = verify_removed(&bytes.unwrap_or_default(), removed);
+    let reader = reader.unwrap_or_else(|| Box::new(std::io::empty()));
+    let s = stream::verify_batched(reader, stream::batch_bytes(), None).map_err(read_error)?;
+    let mut v = s.verified;
+    removed_problem(&mut v, s.newlines, removed);
     Ok(v.problem.is_some().then_some(v))
+}
+
+/// A read of the log that failed half-way.
+pub fn read_error(source: std::io::Error) -> TargetError {
+    TargetError::Io {
+        what: "read".into(),
+        path: "the deployment log".into(),
+        source,
+    }
 }
 
 /// [`verify`], and when the chain verifies but the target knows that records at its end were
@@ -507,8 +539,14 @@ pub fn damage(target: &dyn Target) -> Result<Option<Verified>, TargetError> {
 /// verifies), that is its problem: `dropped`, at the line after the last record.
 pub fn verify_removed(bytes: &[u8], removed: Option<String>) -> Verified {
     let mut v = verify(bytes);
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    removed_problem(&mut v, lines, removed);
+    v
+}
+
+/// When `v` verifies but records at its end were `removed`: that, after its `lines` lines.
+pub fn removed_problem(v: &mut Verified, lines: usize, removed: Option<String>) {
     if let (None, Some(what)) = (&v.problem, removed) {
-        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
         v.problem = Some(Problem {
             line: lines + 1,
             seq: None,
@@ -516,7 +554,6 @@ pub fn verify_removed(bytes: &[u8], removed: Option<String>) -> Verified {
             message: format!("records at the end of the log were removed: {what}"),
         });
     }
-    v
 }
 
 /// The parts of a line that verification needs, found without parsing JSON.
@@ -682,31 +719,24 @@ type LineCheck = Result<(Option<u64>, bool), &'static str>;
 /// Records hashed per task when verifying on several cores.
 const VERIFY_CHUNK: usize = 4096;
 
-/// The log split into lines, each checked on its own.
+/// The log split into lines (for a seal: where the damage starts, whether the log was cut).
 struct Lines<'a> {
     bytes: &'a [u8],
     lines: Vec<&'a [u8]>,
-    checks: Vec<LineCheck>,
     /// False when the last line has no newline (a cut log).
     complete_last: bool,
 }
 
 impl<'a> Lines<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        // Line boundaries first (memchr-speed), then hash chunks of lines in parallel.
         let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
         let complete_last = bytes.last().is_none_or(|&b| b == b'\n');
         if complete_last {
             lines.pop(); // the empty string after the final newline
         }
-        let chunks: Vec<&[&[u8]]> = lines.chunks(VERIFY_CHUNK).collect();
-        let checked: Vec<Vec<LineCheck>> = crate::parallel::map(&chunks, |chunk| {
-            chunk.iter().map(|line| check_one(line)).collect()
-        });
         Lines {
             bytes,
             lines,
-            checks: checked.into_iter().flatten().collect(),
             complete_last,
         }
     }
@@ -736,196 +766,14 @@ fn check_one(line: &[u8]) -> LineCheck {
     Ok((parts.seq, hash_ok))
 }
 
-/// Where the chain stands while verifying: the last good hash and the `seq` expected next.
-struct Chain<'a> {
-    prev: &'a [u8],
-    expected: u64,
-    records: usize,
-    sealed: Vec<SealedDamage>,
-}
-
-/// Check the whole chain. Reads every byte once; hashes lines on all cores. A record that does
-/// not verify is set aside only by a later `seal` record that names it, chains to the last
-/// good record and holds the SHA-256 of exactly the bytes in between.
+/// Check the whole chain. Reads every byte once; hashes lines on all cores, a batch at a time
+/// (`stream.rs`). A record that does not verify is set aside only by a later `seal` record that
+/// names it, chains to the last good record and holds the SHA-256 of exactly the bytes in
+/// between.
 pub fn verify(bytes: &[u8]) -> Verified {
-    let lines = Lines::new(bytes);
-    let mut chain = Chain {
-        prev: GENESIS.as_bytes(),
-        expected: 1,
-        records: 0,
-        sealed: Vec::new(),
-    };
-    let mut i = 0;
-    while i < lines.lines.len() {
-        match check_chained(&lines, i, &chain) {
-            Ok((seq, hash)) => {
-                chain.prev = hash;
-                chain.expected = seq.saturating_add(1);
-                chain.records += 1;
-                i += 1;
-            }
-            Err(problem) => match find_seal(&lines, i, &chain) {
-                Some((j, seq, hash, damage)) => {
-                    chain.prev = hash;
-                    chain.expected = seq.saturating_add(1);
-                    chain.records += 1;
-                    chain.sealed.push(damage);
-                    i = j + 1;
-                }
-                None => {
-                    return Verified {
-                        records: chain.records,
-                        head: String::from_utf8_lossy(chain.prev).into_owned(),
-                        problem: Some(problem),
-                        sealed: chain.sealed,
-                    };
-                }
-            },
-        }
-    }
-    Verified {
-        records: chain.records,
-        head: String::from_utf8_lossy(chain.prev).into_owned(),
-        problem: None,
-        sealed: chain.sealed,
-    }
-}
-
-/// Line `i` as the next record of `chain`: its `seq` and hash, or why it is not.
-fn check_chained<'a>(
-    lines: &Lines<'a>,
-    i: usize,
-    chain: &Chain<'_>,
-) -> Result<(u64, &'a [u8]), Problem> {
-    let expected = chain.expected;
-    let line = lines.lines[i];
-    let number = i + 1;
-    let fail = |seq: Option<u64>, kind: Broken, message: String| Problem {
-        line: number,
-        seq,
-        kind,
-        message,
-    };
-    if number == lines.lines.len() && !lines.complete_last {
-        return Err(fail(
-            leading_seq(line),
-            Broken::Truncated,
-            format!(
-                "the log ends in the middle of a record: line {number} has {} bytes and no end of line (the log was cut, or a write was interrupted)",
-                line.len()
-            ),
-        ));
-    }
-    let (seq, hash_ok) = match &lines.checks[i] {
-        Ok(r) => *r,
-        Err(why) => {
-            return Err(fail(
-                None,
-                Broken::Malformed,
-                format!("line {number} is not a log record: {why}"),
-            ));
-        }
-    };
-    let parts = split_line(line).expect("split above");
-    let shown = seq.map_or_else(|| format!("line {number}"), |s| format!("record {s}"));
-    if !hash_ok {
-        return Err(fail(
-            seq,
-            Broken::Edited,
-            format!("{shown} (line {number}) was edited: its content does not match its hash"),
-        ));
-    }
-    let Some(s) = seq else {
-        return Err(fail(
-            None,
-            Broken::Malformed,
-            format!("line {number} has no sequence number"),
-        ));
-    };
-    if s != expected {
-        let later = s > expected
-            && lines.checks[i + 1..]
-                .iter()
-                .any(|r| matches!(r, Ok((Some(x), _)) if *x == expected));
-        let (kind, what) = if s < expected || later {
-            (Broken::Reordered, "records are out of order")
-        } else {
-            (Broken::Dropped, "a record is missing")
-        };
-        let verb = if s > expected {
-            "follows"
-        } else {
-            "comes after"
-        };
-        return Err(fail(
-            seq,
-            kind,
-            format!(
-                "{shown} (line {number}) {verb} record {}: {what} (expected record {expected})",
-                expected - 1
-            ),
-        ));
-    }
-    if parts.prev != chain.prev {
-        return Err(fail(
-            seq,
-            Broken::Forged,
-            format!(
-                "{shown} (line {number}) does not chain to {}: its `prev` is not that record's hash (inserted or forged)",
-                if chain.records == 0 {
-                    "the start of the log".to_owned()
-                } else {
-                    format!("record {}", expected - 1)
-                }
-            ),
-        ));
-    }
-    Ok((s, parts.hash))
-}
-
-/// The `seal` record that sets aside the damage starting at line `i` (0-based), if there is
-/// one: its index, `seq`, hash, and what it sealed.
-fn find_seal<'a>(
-    lines: &Lines<'a>,
-    i: usize,
-    chain: &Chain<'_>,
-) -> Option<(usize, u64, &'a [u8], SealedDamage)> {
-    const MARK: &[u8] = b"\"action\":\"seal\"";
-    let start = lines.offset(i);
-    (i + 1..lines.lines.len()).find_map(|j| {
-        let line = lines.lines[j];
-        let complete = j + 1 < lines.lines.len() || lines.complete_last;
-        let Ok((Some(seq), true)) = lines.checks[j] else {
-            return None;
-        };
-        if !complete || seq < chain.expected || !line.windows(MARK.len()).any(|w| w == MARK) {
-            return None;
-        }
-        let r: Record = serde_json::from_slice(line).ok()?;
-        let s = r.sealed.as_ref()?;
-        let damaged = &lines.bytes[start..lines.offset(j)];
-        let fits = r.action == Action::Seal
-            && s.line == i + 1
-            && r.prev.as_bytes() == chain.prev
-            && s.head.as_bytes() == chain.prev
-            && s.damaged_bytes == damaged.len() as u64
-            && s.damaged_sha256 == crate::target::sha256_hex(damaged);
-        if !fits {
-            return None;
-        }
-        let hash = split_line(line).ok()?.hash;
-        let damage = SealedDamage {
-            line: s.line,
-            seal_line: j + 1,
-            seal_seq: seq,
-            kind: s.kind.clone(),
-            problem: s.problem.clone(),
-            operator: r.operator.display(),
-            time: r.time.clone(),
-            reason: r.reason.clone().unwrap_or_default(),
-        };
-        Some((j, seq, hash, damage))
-    })
+    stream::verify_batched(bytes, stream::batch_bytes(), None)
+        .expect("reading from memory does not fail")
+        .verified
 }
 
 /// The `seal` record that sets aside a log's first damage, and the bytes to append (a newline
@@ -1085,73 +933,11 @@ pub fn verify_signatures(
         .filter(|(n, l)| *n < last && !l.is_empty())
         .filter(|(n, _)| !v.sealed.iter().any(|s| (s.line..s.seal_line).contains(n)))
         .collect();
-    let chunks: Vec<&[(usize, &[u8])]> = lines.chunks(VERIFY_CHUNK).collect();
-    let views: Vec<Option<SignedView>> = crate::parallel::map(&chunks, |chunk| {
-        chunk
-            .iter()
-            .map(|(_, l)| serde_json::from_slice::<SignedView>(l).ok())
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    // In order: which file judges each record (cheap; one lookup per distinct commit).
-    let mut cache: std::collections::HashMap<String, Policy> = std::collections::HashMap::new();
-    let mut in_force: Option<std::sync::Arc<crate::signing::AllowedSigners>> = None;
-    let mut jobs = Vec::with_capacity(lines.len());
-    let mut out = Signatures {
-        records: lines.len(),
-        ..Signatures::default()
-    };
-    for ((number, _), view) in lines.iter().zip(&views) {
-        let Some(view) = view else {
-            out.problem = Some(Problem {
-                line: *number,
-                seq: None,
-                kind: Broken::Malformed,
-                message: format!("line {number}: its signature members cannot be read"),
-            });
-            break;
-        };
-        let commit = view.signers_commit.as_ref().unwrap_or(&view.commit);
-        let p = if commit.is_empty() {
-            Policy::Absent
-        } else {
-            cache
-                .entry(commit.clone())
-                .or_insert_with(|| policy(commit))
-                .clone()
-        };
-        match p {
-            Policy::Present(a) => in_force = Some(a),
-            Policy::Absent => {}
-            // Before any file was in force, an unsigned record's unknown commit changes nothing.
-            Policy::Missing(_) if in_force.is_none() && view.signature.is_none() => {}
-            Policy::Unreadable(why) | Policy::Missing(why) => {
-                out.problem = Some(signature_problem(*number, view, Broken::Signature, why));
-                break;
-            }
-        }
-        out.signed += usize::from(view.signature.is_some());
-        jobs.push((*number, view, in_force.clone()));
+    let mut pass = sigs::SigPass::new(environment, policy);
+    for batch in lines.chunks(VERIFY_CHUNK * 16) {
+        pass.batch(batch);
     }
-    out.enforced = in_force.is_some();
-    let checked: Vec<Option<Problem>> =
-        crate::parallel::map(&jobs.chunks(256).collect::<Vec<_>>(), |c| {
-            c.iter()
-                .map(|(n, view, a)| check_signature(*n, view, environment, a.as_deref()))
-                .collect::<Vec<_>>()
-        })
-        .into_iter()
-        .flatten()
-        .collect();
-    if let Some(p) = checked.into_iter().flatten().next() {
-        // A problem before the unreadable commit's record comes first.
-        if out.problem.as_ref().is_none_or(|q| p.line < q.line) {
-            out.problem = Some(p);
-        }
-    }
-    out
+    pass.finish()
 }
 
 fn signature_problem(line: usize, view: &SignedView, kind: Broken, why: String) -> Problem {
@@ -1201,6 +987,17 @@ fn check_signature(
         .map(|why| signature_problem(line, view, Broken::Signature, why))
 }
 
+/// Every complete record that parses, with its 1-based line in the log, oldest first (the
+/// auditor's view tells each record's verification by its line).
+pub fn numbered_records(bytes: &[u8]) -> Vec<(usize, Record)> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .filter_map(|(i, l)| Some((i + 1, serde_json::from_slice(l).ok()?)))
+        .collect()
+}
+
 /// Parse every complete record (for display), oldest first. Lines that do not parse are
 /// skipped; `verify` is what judges them.
 pub fn records(bytes: &[u8]) -> Vec<Record> {
@@ -1247,7 +1044,7 @@ mod tests {
         }
     }
 
-    fn log(n: u64) -> Vec<u8> {
+    pub(super) fn log(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let mut prev = GENESIS.to_owned();
         for seq in 1..=n {
@@ -1267,9 +1064,13 @@ AAAECriC+nqUk+HPrOSkSYlxBJTc3SSOz9uaKetDy1sssQpa2v6jMoXDWG0lc6R5iNEbfo
 tD787oEbgGERsRuyI39JAAAAAXQBAgME
 -----END OPENSSH PRIVATE KEY-----
 ";
+    pub(super) fn test_signers() -> &'static str {
+        TEST_SIGNERS
+    }
+
     const TEST_SIGNERS: &str = "t namespaces=\"envlock-log@prod\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK2v6jMoXDWG0lc6R5iNEbfotD787oEbgGERsRuyI39J";
 
-    fn signed_log(n: u64) -> Vec<u8> {
+    pub(super) fn signed_log(n: u64) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, TEST_KEY).unwrap();
@@ -1411,7 +1212,7 @@ tD787oEbgGERsRuyI39JAAAAAXQBAgME
         assert_eq!((p.kind, p.seq, p.line), (Broken::Edited, Some(3), 3));
     }
 
-    fn seal_entry() -> Entry {
+    pub(super) fn seal_entry() -> Entry {
         Entry {
             environment: "prod".into(),
             account: "222222222222".into(),

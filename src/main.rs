@@ -27,6 +27,8 @@ fn main() -> ExitCode {
         OutputFormat::Json => Format::Json,
         OutputFormat::Sarif => Format::Sarif,
         OutputFormat::Markdown => Format::Markdown,
+        OutputFormat::Csv => Format::Csv,
+        OutputFormat::Html => Format::Html,
     });
     match commands::run(cli, &printer) {
         Ok(exit) => ExitCode::from(exit as u8),

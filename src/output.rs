@@ -28,6 +28,10 @@ pub enum Format {
     Sarif,
     /// A markdown document on stdout (`diff`, `plan`); messages on stderr as in text mode.
     Markdown,
+    /// A CSV document on stdout (`log`); messages on stderr as in text mode.
+    Csv,
+    /// One HTML page on stdout (`log`); messages on stderr as in text mode.
+    Html,
 }
 
 /// Writes command output (stdout) and messages for people (stderr).

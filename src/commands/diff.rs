@@ -71,14 +71,7 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
         let diff = if matches!(change, "unchanged" | "invalid") {
             String::new()
         } else {
-            TextDiff::from_lines(old_text, new_text)
-                .unified_diff()
-                .context_radius(3)
-                .header(
-                    &format!("{name} @ {}", c1.short()),
-                    &format!("{name} @ {}", c2.short()),
-                )
-                .to_string()
+            unified(name, old_text, new_text, &c1.short(), &c2.short())
         };
         envs.push(EnvDiff {
             name: name.clone(),
@@ -154,6 +147,16 @@ pub fn run(dir: &Path, args: DiffArgs, printer: &Printer) -> Result<Exit> {
         .json_printed(printer.is_json())
         .into())
     }
+}
+
+/// The unified diff of one environment's canonical resolved configuration between two commits
+/// (`deploy diff`, and each deployment in `deploy log --format html`).
+pub(crate) fn unified(name: &str, old: &str, new: &str, from: &str, to: &str) -> String {
+    TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{name} @ {from}"), &format!("{name} @ {to}"))
+        .to_string()
 }
 
 /// `--format markdown`: each environment's parts (`render::environment_parts`) diffed one by

@@ -8,17 +8,20 @@
 use std::path::Path;
 
 use anyhow::Result;
+use envlock::audit;
 use envlock::config::{Environment, Keep};
 use envlock::deploy::{self, open_target};
 use envlock::error::{Exit, Failure};
 use envlock::log::{self, Problem, Record, SealedDamage};
-use envlock::output::{Printer, style};
+use envlock::output::{Format, Printer, style};
 use envlock::target::StampState;
 use envlock::workspace;
 use serde::Serialize;
 
 use super::table;
 use crate::cli::{LogArgs, LogCommand};
+
+mod report;
 
 /// One environment's log, as found.
 #[derive(Serialize)]
@@ -42,8 +45,9 @@ struct EnvLog {
     /// Records signed (of `records`), and whether any was judged under `allowed_signers`.
     signed: usize,
     signers_enforced: bool,
+    /// Every record that parses, with its line, oldest first.
     #[serde(skip)]
-    entries: Vec<Record>,
+    entries: Vec<(usize, Record)>,
 }
 
 #[derive(Serialize)]
@@ -61,12 +65,31 @@ struct VerifyDoc<'a> {
 }
 
 pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
-    let LogArgs { target, command } = args;
-    let target = match command {
-        Some(LogCommand::Verify(ref v)) => v.target.clone().or(target),
+    let LogArgs {
+        target,
+        environments,
+        since,
+        until,
+        operator,
+        outcomes,
+        command,
+    } = args;
+    let mut names = environments;
+    match command {
+        Some(LogCommand::Verify(ref v)) => names.extend(v.target.clone().or(target)),
         Some(LogCommand::Seal(seal)) => return super::plan::seal(dir, seal, printer),
-        None => target,
-    };
+        None => names.extend(target),
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    let wanted = Wanted::parse(since, until, operator, outcomes)?;
+    if command.is_some() && wanted.filter.is_active() {
+        return Err(Failure::usage(
+            "`deploy log verify` checks whole logs: --since, --until, --operator and --outcome select records to show",
+        )
+        .hint("use them with `deploy log`; `deploy log verify --target NAME` checks one environment")
+        .into());
+    }
     let repo = workspace::open(dir)?;
     let (commit, config) = workspace::load(&repo, "HEAD", Keep::Nothing)?;
     // Read-only: it runs on a dirty tree and says what it does not show.
@@ -75,22 +98,75 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
         &repo.dirty_config_files().unwrap_or_default(),
         &commit,
     );
-    let envs: Vec<&Environment> = match &target {
-        Some(name) => vec![workspace::environment(&config, name)?],
-        None => config.environments.iter().collect(),
+    let envs: Vec<&Environment> = if names.is_empty() {
+        config.environments.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| workspace::environment(&config, n))
+            .collect::<Result<_>>()?
     };
     // `log verify` needs only the chain; parsing every record is for the table.
     let parse = command.is_none();
     let mut policy = |c: &str| deploy::signing::policy_at(&repo, c);
     let logs: Vec<EnvLog> = envs.iter().map(|e| read(e, parse, &mut policy)).collect();
-    if let Some(name) = &target
-        && let Some(l) = logs.first()
-    {
+    // A named environment whose log cannot be read is an error, not a note.
+    for (name, l) in names.iter().zip(&logs) {
         refuse_unreadable(name, l)?;
     }
-    match command {
-        Some(LogCommand::Verify(_)) => verify(logs, printer),
-        _ => show(logs, printer),
+    match (command, printer.format) {
+        (Some(LogCommand::Verify(_)), _) => verify(logs, printer),
+        (_, Format::Csv) => report::csv(&repo, logs, &wanted.filter, printer),
+        (_, Format::Html) => report::html(&repo, &commit, logs, &wanted, printer),
+        _ => show(logs, &wanted.filter, printer),
+    }
+}
+
+/// The filters, parsed (a usage error, exit 64, for one that does not parse), and as given.
+pub(crate) struct Wanted {
+    filter: audit::Filter,
+    /// `--since 2026-11-21` …, for the HTML report's heading.
+    given: Vec<String>,
+}
+
+impl Wanted {
+    fn parse(
+        since: Option<String>,
+        until: Option<String>,
+        operator: Option<String>,
+        outcomes: Vec<String>,
+    ) -> Result<Wanted> {
+        let time = |flag: &str, s: &str, end: bool| {
+            audit::parse_time(s, end).map_err(|why| {
+                Failure::usage(format!("{flag}: {why}")).hint(format!(
+                    "write a date or an RFC 3339 timestamp, e.g. {flag} {}",
+                    audit::TIME_EXAMPLE
+                ))
+            })
+        };
+        let mut given = Vec::new();
+        let mut filter = audit::Filter::default();
+        if let Some(s) = &since {
+            filter.since = Some(time("--since", s, false)?.0);
+            given.push(format!("--since {s}"));
+        }
+        if let Some(u) = &until {
+            filter.until = Some(time("--until", u, true)?);
+            given.push(format!("--until {u}"));
+        }
+        if let Some(o) = &operator {
+            given.push(format!("--operator {o}"));
+        }
+        filter.operator = operator;
+        for o in &outcomes {
+            let outcome = audit::parse_outcome(o).map_err(|why| {
+                Failure::usage(format!("--outcome: {why}"))
+                    .hint("e.g. `deploy log --outcome rolled-back --outcome failed`")
+            })?;
+            filter.outcomes.push(outcome);
+            given.push(format!("--outcome {o}"));
+        }
+        Ok(Wanted { filter, given })
     }
 }
 
@@ -162,19 +238,14 @@ fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Pol
             return l;
         }
     }
-    let bytes = match target.log_read() {
-        Ok(b) => b.unwrap_or_default(),
+    let (mut v, sigs, entries) = match verified(&*target, env, parse, policy) {
+        Ok(found) => found,
         Err(e) => {
             l.status = "unreachable";
             l.reason = Some(e.to_string());
             return l;
         }
     };
-    // Records removed from the end leave a chain that verifies; the checkpoint knows.
-    let removed = target.log_removed().ok().flatten();
-    let mut v = log::verify_removed(&bytes, removed);
-    // Every signature against `allowed_signers` as of the commit its record names.
-    let sigs = log::verify_signatures(&bytes, &v, &env.name, policy);
     l.signed = sigs.signed;
     l.signers_enforced = sigs.enforced;
     if let Some(p) = sigs.problem {
@@ -190,10 +261,38 @@ fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Pol
         l.status = "sealed";
     }
     l.sealed = v.sealed;
-    if parse {
-        l.entries = log::records(&bytes);
-    }
+    l.entries = entries;
     l
+}
+
+/// A log's verification, its signatures, and its records (with their lines) when parsed.
+type Found = (log::Verified, log::Signatures, Vec<(usize, Record)>);
+
+/// The log's chain and every signature (against `allowed_signers` as of the commit each record
+/// names), and with `parse` its records. Without, the log is streamed: memory holds one batch
+/// of it, whatever its length.
+fn verified(
+    target: &dyn envlock::target::Target,
+    env: &Environment,
+    parse: bool,
+    policy: &mut dyn FnMut(&str) -> log::Policy,
+) -> Result<Found, envlock::target::TargetError> {
+    if !parse {
+        let reader = target
+            .log_open()?
+            .unwrap_or_else(|| Box::new(std::io::empty()));
+        let s = log::verify_log(reader, &env.name, policy).map_err(log::read_error)?;
+        // Records removed from the end leave a chain that verifies; the checkpoint knows.
+        let removed = target.log_removed().ok().flatten();
+        let mut v = s.verified;
+        log::removed_problem(&mut v, s.newlines, removed);
+        return Ok((v, s.signatures, Vec::new()));
+    }
+    let bytes = target.log_read()?.unwrap_or_default();
+    let removed = target.log_removed().ok().flatten();
+    let v = log::verify_removed(&bytes, removed);
+    let sigs = log::verify_signatures(&bytes, &v, &env.name, policy);
+    Ok((v, sigs, log::numbered_records(&bytes)))
 }
 
 /// The line shown under a record whose `[notify] url` notification was not delivered.
@@ -209,19 +308,23 @@ fn undelivered(r: &Record) -> Option<String> {
     })
 }
 
-fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
+/// Newest first: by time, then by environment, then by sequence within one log.
+fn newest_first(a: &Record, b: &Record) -> std::cmp::Ordering {
+    b.time
+        .cmp(&a.time)
+        .then_with(|| a.environment.cmp(&b.environment))
+        .then_with(|| b.seq.cmp(&a.seq))
+}
+
+fn show(logs: Vec<EnvLog>, filter: &audit::Filter, printer: &Printer) -> Result<Exit> {
     let mut logs = logs;
     let mut records: Vec<Record> = logs
         .iter_mut()
         .flat_map(|l| std::mem::take(&mut l.entries))
+        .map(|(_, r)| r)
+        .filter(|r| filter.matches(r))
         .collect();
-    // Newest first: by time, then by sequence within one log.
-    records.sort_by(|a, b| {
-        b.time
-            .cmp(&a.time)
-            .then_with(|| a.environment.cmp(&b.environment))
-            .then_with(|| b.seq.cmp(&a.seq))
-    });
+    records.sort_by(newest_first);
     if printer.is_json() {
         printer.json(&LogDoc {
             ok: true,
@@ -230,6 +333,22 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         })?;
         return Ok(Exit::Success);
     }
+    // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
+    // a pipe, CI logs) it is never cut.
+    let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
+    if records.is_empty() && filter.is_active() {
+        printer.err("No record matches the filters.\n");
+    } else if records.is_empty() {
+        printer.err("No deployment has been recorded in the logs this machine can reach.\n");
+    } else {
+        printer.out(&text_table(&records, reason_width))?;
+    }
+    notes(&logs, printer);
+    Ok(Exit::Success)
+}
+
+/// The records as a table, each reason (and undelivered notification) on a line below.
+fn text_table(records: &[Record], reason_width: Option<usize>) -> String {
     let header = [
         "TIME",
         "ENVIRONMENT",
@@ -260,33 +379,27 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             ]
         })
         .collect();
-    let reasons: Vec<Option<String>> = records.iter().map(|r| r.reason.clone()).collect();
-    // A notification that was not delivered is shown under its record, like a reason.
-    let undelivered: Vec<Option<String>> = records.iter().map(undelivered).collect();
-    // On a terminal a reason fits its width (after `    ↳ ` and the `…`); elsewhere (a file,
-    // a pipe, CI logs) it is never cut.
-    let reason_width = printer.out_width().map(|w| w.saturating_sub(7).max(20));
-    if records.is_empty() {
-        printer.err("No deployment has been recorded in the logs this machine can reach.\n");
-    } else {
-        let mut out = String::new();
-        for (i, line) in table(&header, &rows).lines().enumerate() {
-            out.push_str(line);
-            out.push('\n');
-            if i > 0
-                && let Some(reason) = &reasons[i - 1]
-            {
-                out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
-            }
-            if i > 0
-                && let Some(note) = &undelivered[i - 1]
-            {
-                out.push_str(&format!("    ↳ {}\n", one_line(note, reason_width)));
-            }
+    let mut out = String::new();
+    for (i, line) in table(&header, &rows).lines().enumerate() {
+        out.push_str(line);
+        out.push('\n');
+        let Some(r) = i.checked_sub(1).map(|i| &records[i]) else {
+            continue;
+        };
+        if let Some(reason) = &r.reason {
+            out.push_str(&format!("    ↳ {}\n", one_line(reason, reason_width)));
         }
-        printer.out(&out)?;
+        // A notification that was not delivered is shown under its record, like a reason.
+        if let Some(note) = undelivered(r) {
+            out.push_str(&format!("    ↳ {}\n", one_line(&note, reason_width)));
+        }
     }
-    for l in &logs {
+    out
+}
+
+/// On stderr: damage sealed, logs that do not verify, and logs not read (and why).
+fn notes(logs: &[EnvLog], printer: &Printer) {
+    for l in logs {
         for s in &l.sealed {
             printer.err(&format!(
                 "{} {}\n",
@@ -313,7 +426,6 @@ fn show(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
         };
         printer.err(&format!("{note}\n"));
     }
-    Ok(Exit::Success)
 }
 
 fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {

@@ -60,8 +60,9 @@ pub fn run(cli: Cli, printer: &Printer) -> Result<Exit> {
     }
 }
 
-/// `--format sarif` is for `check`, `--format markdown` for `diff` and `plan`: any other
-/// command refuses them (exit 64) rather than print something else.
+/// `--format sarif` is for `check`, `--format markdown` for `diff` and `plan`, `--format csv`
+/// and `--format html` for `log` (not `log verify`): any other command refuses them (exit 64)
+/// rather than print something else.
 fn require_format(command: Option<&Command>, format: OutputFormat) -> Result<()> {
     let (word, for_whom) = match format {
         OutputFormat::Text | OutputFormat::Json => return Ok(()),
@@ -70,7 +71,10 @@ fn require_format(command: Option<&Command>, format: OutputFormat) -> Result<()>
             "markdown",
             "`deploy diff REV1 REV2` and `deploy plan --target NAME`",
         ),
+        OutputFormat::Csv => ("csv", "`deploy log`"),
+        OutputFormat::Html => ("html", "`deploy log`"),
     };
+    let auditor = matches!(format, OutputFormat::Csv | OutputFormat::Html);
     let (supported, name) = match command {
         Some(Command::Check(_)) => (format == OutputFormat::Sarif, "check"),
         Some(Command::Diff(_)) => (format == OutputFormat::Markdown, "diff"),
@@ -81,7 +85,11 @@ fn require_format(command: Option<&Command>, format: OutputFormat) -> Result<()>
         Some(Command::Rollback(_)) => (false, "rollback"),
         Some(Command::Adopt(_)) => (false, "adopt"),
         Some(Command::Migrate(_)) => (false, "migrate"),
-        Some(Command::Log(_)) => (false, "log"),
+        Some(Command::Log(args)) => match &args.command {
+            None => (auditor, "log"),
+            Some(crate::cli::LogCommand::Verify(_)) => (false, "log verify"),
+            Some(crate::cli::LogCommand::Seal(_)) => (false, "log seal"),
+        },
         Some(Command::Schema) => (false, "schema"),
         Some(Command::Completions { .. }) => (false, "completions"),
         Some(Command::Man) => (false, "man"),

@@ -1528,6 +1528,13 @@ impl crate::target::store::LogStore for DirTarget {
         Ok(Some(bytes))
     }
 
+    fn log_open(&self) -> Result<Option<Box<dyn std::io::Read + Send>>, TargetError> {
+        let path = self.state_dir().join(LOG_FILE);
+        Ok(self
+            .open_log(&path)?
+            .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>))
+    }
+
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
         self.require_stamped()?;
         let state = self.state_dir();

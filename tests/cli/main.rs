@@ -5,6 +5,7 @@ mod harness;
 mod adopt;
 #[cfg(feature = "failpoints")]
 mod attack19;
+mod auditor;
 mod check;
 mod commands;
 #[cfg(feature = "failpoints")]

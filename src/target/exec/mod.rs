@@ -1108,6 +1108,10 @@ impl crate::target::store::LogStore for ExecTarget {
         self.state.log_read()
     }
 
+    fn log_open(&self) -> Result<Option<Box<dyn std::io::Read + Send>>, TargetError> {
+        self.state.log_open()
+    }
+
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError> {
         self.not_lost()?;
         self.state.log_append(line)

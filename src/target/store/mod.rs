@@ -131,6 +131,14 @@ pub trait LogStore {
     fn log_tail(&self) -> Result<LogTail, TargetError>;
     /// The whole deployment log (`None`: no record was ever written).
     fn log_read(&self) -> Result<Option<Vec<u8>>, TargetError>;
+    /// The deployment log to read a part at a time (`None`: no record was ever written), so
+    /// that verifying it holds a bounded part in memory. By default the whole log read at
+    /// once; a `dir` log is its open file.
+    fn log_open(&self) -> Result<Option<Box<dyn std::io::Read + Send>>, TargetError> {
+        Ok(self
+            .log_read()?
+            .map(|b| Box::new(std::io::Cursor::new(b)) as Box<dyn std::io::Read + Send>))
+    }
     /// Append one complete line durably (the caller holds the lock); two appends of the same
     /// `seq` can never both succeed.
     fn log_append(&self, line: &[u8]) -> Result<(), TargetError>;
