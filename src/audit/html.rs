@@ -102,8 +102,8 @@ fn heading(report: &Report) -> String {
             out,
             "<li class=\"status-{s}\"><a href=\"#env-{id}\">{name} <span class=\"badge\">{s}</span></a></li>",
             s = env.status,
-            id = escape(&env.name),
-            name = escape(&env.name)
+            id = escape(&env.key()),
+            name = escape(&env.title())
         );
     }
     out.push_str("</ul></nav>\n</header>\n");
@@ -117,8 +117,8 @@ fn env_section(env: &EnvReport, diffs: &[&Diff]) -> String {
         out,
         "<section class=\"environment status-{}\" id=\"env-{}\">\n<h2>{} <span class=\"badge\">{}</span></h2>",
         env.status,
-        escape(&env.name),
-        escape(&env.name),
+        escape(&env.key()),
+        escape(&env.title()),
         env.status
     );
     out.push_str(&verification(env));
@@ -186,7 +186,7 @@ fn verification(env: &EnvReport) -> String {
     format!(
         "<p class=\"verification status-{}\" id=\"verification-{}\">Log verification: {text}</p>\n",
         env.status,
-        escape(&env.name)
+        escape(&env.key())
     )
 }
 
@@ -216,7 +216,7 @@ fn timeline(env: &EnvReport) -> String {
     );
     let mut ids = HashSet::new();
     for e in &env.entries {
-        let mut id = format!("rec-{}-{}", env.name, e.record.seq);
+        let mut id = format!("rec-{}-{}", env.key(), e.record.seq);
         if !ids.insert(id.clone()) {
             id = format!("{id}-line{}", e.line);
         }

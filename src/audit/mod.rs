@@ -190,10 +190,30 @@ pub struct Entry {
     pub diff: Option<String>,
 }
 
+impl EnvReport {
+    /// Unique in a report: `prod`, or `prod-canary` for one target of a fleet.
+    pub fn key(&self) -> String {
+        match &self.member {
+            Some(m) => format!("{}-{m}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// `prod`, or `prod target canary`.
+    pub fn title(&self) -> String {
+        match &self.member {
+            Some(m) => format!("{} target {m}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// One environment's log: its whole verification, and the records the filters selected.
 #[derive(Clone, Debug)]
 pub struct EnvReport {
     pub name: String,
+    /// The target's name, for one target of a fleet (each keeps its own log).
+    pub member: Option<String>,
     pub target: String,
     /// `ok`, `sealed`, `broken`, `empty`, `unreachable`, `foreign` (as `deploy log --format
     /// json` says).

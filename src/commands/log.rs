@@ -27,6 +27,9 @@ mod report;
 #[derive(Serialize)]
 struct EnvLog {
     environment: String,
+    /// The target's name in a fleet (`[targets.NAME]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member: Option<String>,
     target: String,
     /// `ok`, `sealed` (verifies, around damage that `deploy log seal` set aside), `empty`
     /// (never deployed from here), `unreachable`, `foreign` (stamped for another environment or
@@ -109,10 +112,28 @@ pub fn run(dir: &Path, args: LogArgs, printer: &Printer) -> Result<Exit> {
     // `log verify` needs only the chain; parsing every record is for the table.
     let parse = command.is_none();
     let mut policy = |c: &str| deploy::signing::policy_at(&repo, c);
-    let logs: Vec<EnvLog> = envs.iter().map(|e| read(e, parse, &mut policy)).collect();
+    // A fleet's targets each keep their own log (the first also holds the `rollout` records).
+    let each_target: Vec<(Environment, Option<String>)> = envs
+        .iter()
+        .flat_map(|e| match &e.fleet {
+            Some(f) => f
+                .members
+                .iter()
+                .map(|m| (e.member(m), Some(m.name.clone())))
+                .collect(),
+            None => vec![((*e).clone(), None)],
+        })
+        .collect();
+    let logs: Vec<EnvLog> = each_target
+        .iter()
+        .map(|(e, member)| EnvLog {
+            member: member.clone(),
+            ..read(e, parse, &mut policy)
+        })
+        .collect();
     // A named environment whose log cannot be read is an error, not a note.
-    for (name, l) in names.iter().zip(&logs) {
-        refuse_unreadable(name, l)?;
+    for l in logs.iter().filter(|l| names.contains(&l.environment)) {
+        refuse_unreadable(&l.environment, l)?;
     }
     match (command, printer.format) {
         (Some(LogCommand::Verify(_)), _) => verify(logs, printer),
@@ -191,6 +212,7 @@ fn refuse_unreadable(name: &str, l: &EnvLog) -> Result<()> {
 fn read(env: &Environment, parse: bool, policy: &mut dyn FnMut(&str) -> log::Policy) -> EnvLog {
     let mut l = EnvLog {
         environment: env.name.clone(),
+        member: None,
         target: env.target.describe(),
         status: "ok",
         reason: None,
@@ -428,6 +450,16 @@ fn notes(logs: &[EnvLog], printer: &Printer) {
     }
 }
 
+impl EnvLog {
+    /// `prod`, or `prod target canary` for one target of a fleet.
+    fn who(&self) -> String {
+        match &self.member {
+            Some(m) => format!("{} target {m}", self.environment),
+            None => self.environment.clone(),
+        }
+    }
+}
+
 fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
     let ok = logs.iter().all(|l| l.status != "broken");
     if printer.is_json() {
@@ -441,7 +473,7 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
             let line = match l.status {
                 "ok" | "sealed" => format!(
                     "{}: {} record{}, chain intact{}; head {}",
-                    l.environment,
+                    l.who(),
                     l.records,
                     if l.records == 1 { "" } else { "s" },
                     signed_note(l),
@@ -449,13 +481,13 @@ fn verify(logs: Vec<EnvLog>, printer: &Printer) -> Result<Exit> {
                 ),
                 "broken" => format!(
                     "{}: {} {}",
-                    l.environment,
+                    l.who(),
                     printer.paint_out(style::ERROR, "BROKEN:"),
                     l.problem.as_ref().map_or("", |p| p.message.as_str())
                 ),
                 status => format!(
                     "{}: not verified ({status}: {})",
-                    l.environment,
+                    l.who(),
                     l.reason.as_deref().unwrap_or("")
                 ),
             };

@@ -59,6 +59,7 @@ fn env_report(l: &EnvLog, filter: &audit::Filter, principals: &mut Principals) -
     entries.sort_by(|a, b| newest_first(&a.record, &b.record));
     EnvReport {
         name: l.environment.clone(),
+        member: l.member.clone(),
         target: l.target.clone(),
         status: l.status,
         reason: l.reason.clone(),
