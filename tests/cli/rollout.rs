@@ -220,6 +220,22 @@ fn actions(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `(action, outcome)` of every log record anywhere in a `deploy log --format json` document.
+fn collect_records(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(a)), Some(Value::String(o)), Some(_)) =
+                (m.get("action"), m.get("outcome"), m.get("seq"))
+            {
+                out.push((a.clone(), o.clone()));
+            }
+            m.values().for_each(|x| collect_records(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_records(x, out)),
+        _ => {}
+    }
+}
+
 fn time_of(record: &Value) -> SystemTime {
     humantime::parse_rfc3339(record["time"].as_str().unwrap()).unwrap()
 }
@@ -339,11 +355,30 @@ fn a_healthy_rollout_reaches_every_target_wave_by_wave_and_honours_the_bake() {
             "{d}"
         );
     }
-    let got: Vec<String> = crate::harness::log_outcomes(&fleet.repo, ENV)
-        .into_iter()
-        .map(|(o, _)| o)
-        .collect();
-    assert_eq!(got, ["applied", "applied"]);
+    // `deploy log` over the fleet: every target's log verifies, and shows its records.
+    fleet
+        .repo
+        .deploy(&["log", "verify", "--target", ENV])
+        .code(0);
+    let shown = fleet
+        .repo
+        .deploy(&["log", "--target", ENV, "--format", "json"]);
+    shown.code(0);
+    let mut found = Vec::new();
+    collect_records(&serde_json::from_str(&shown.stdout).unwrap(), &mut found);
+    found.sort();
+    assert_eq!(
+        found,
+        pairs(&[
+            ("adopt", "applied"),
+            ("adopt", "applied"),
+            ("adopt", "applied"),
+            ("adopt", "applied"),
+            ("rollout", "applied"),
+        ]),
+        "{}",
+        shown.stdout
+    );
 
     // The bake was honoured: wave 2 began at least the canary's bake (3 s) after the canary
     // was applied, and it baked its own 2 s before the rollout's record.
