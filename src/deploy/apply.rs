@@ -640,6 +640,11 @@ impl Prepared {
         self.live.generation
     }
 
+    /// The lock the recovery of an interrupted run took, for a rollout to hold to its end.
+    pub fn take_lock(&mut self) -> Option<Box<dyn LockGuard>> {
+        self.lock.take()
+    }
+
     /// Whether applying it writes anything.
     pub fn changes(&self) -> bool {
         !self.plan.is_empty() || self.live.generation.is_none()

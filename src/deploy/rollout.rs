@@ -157,9 +157,18 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
     }
     for p in &mut parts {
         match apply::prepare(&p.d, yes, None)? {
-            Start::Ready(prepared) => p.prepared = Some(prepared),
+            Start::Ready(mut prepared) => {
+                // The recovery of this target's own interrupted run took its lock: the rollout
+                // holds that one (taking it again would find it held, by this very run).
+                if let Some(lock) = prepared.take_lock() {
+                    *p.d.held.borrow_mut() = Some(lock);
+                }
+                p.prepared = Some(prepared);
+            }
             Start::Done(r) => {
-                // That target's own interrupted run was rolled back: this run ends there.
+                // That target's own interrupted run was rolled back: this run ends there,
+                // having deployed nothing (exit 4, as for one target).
+                report.ok = false;
                 report.outcome = "recovered".into();
                 report.recovered.extend(r.recovered.iter().cloned());
                 report.targets.push(*r);
@@ -546,6 +555,9 @@ fn undo_all(
 /// Make each changed target's `before` live again, last changed first.
 fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restored>> {
     let mut done = Vec::new();
+    // A target that cannot be restored (unreachable) does not keep the others from being
+    // restored; its error ends the run after them, and the journal stays for the next run.
+    let mut first_error = None;
     for c in changed.iter().rev() {
         let Some(p) = parts
             .iter()
@@ -553,7 +565,14 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restor
         else {
             continue;
         };
-        let r = apply::restore(&p.d, c.before, why)?;
+        let r = match apply::restore(&p.d, c.before, why) {
+            Ok(r) => r,
+            Err(e) => {
+                p.d.warn(&format!("could not restore target `{}`: {e:#}", c.target));
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         if r.previous_generation != r.generation || r.outcome != "unchanged" {
             p.d.say(&format!(
                 "Restored target `{}`: {} is live again.",
@@ -568,7 +587,10 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restor
             report: r,
         });
     }
-    Ok(done)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
 }
 
 /// The rollout's own record, in the first target's log.

@@ -217,7 +217,7 @@ impl Cluster {
     }
 
     /// SIGKILL one member.
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
             c.kill().unwrap();
             c.wait().unwrap();

@@ -37,6 +37,8 @@ mod prometheus;
 mod prompt;
 mod provider_ssm;
 mod reviewed;
+#[cfg(feature = "failpoints")]
+mod rollout;
 mod sarif;
 mod seal;
 mod secrets;
