@@ -20,13 +20,7 @@ const ENV: &str = "environments/edge.toml";
 pub(crate) const PREFIX: &str = "/svc/edge/";
 pub(crate) const STATE: &str = "/svc/edge.envlock/";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::harness::free_port;
 
 fn require_tools() {
     for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {

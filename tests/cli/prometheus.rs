@@ -33,14 +33,7 @@ pub const COUNTER: &str = "asr_jobs_completed_total";
 /// How much a healthy target's counter grows per scrape.
 pub const STEP: u64 = 5;
 
-/// A free loopback port (bound, then released for the server to take).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::harness::free_port;
 
 /// What a handler answers: status, content type, body.
 type Reply = (u16, &'static str, String);
