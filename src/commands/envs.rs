@@ -74,18 +74,7 @@ pub fn run(dir: &Path, args: RevArgs, printer: &Printer) -> Result<Exit> {
             name: e.name.clone(),
             account: e.account.value.clone(),
             schema: e.schema.value.clone(),
-            target: match &e.fleet {
-                Some(f) => format!(
-                    "fleet of {}: {}",
-                    f.members.len(),
-                    f.members
-                        .iter()
-                        .map(|m| m.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None => e.target.describe(),
-            },
+            target: e.target_label(),
             target_kind: if e.fleet.is_some() {
                 "fleet".to_owned()
             } else {

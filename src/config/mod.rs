@@ -416,6 +416,23 @@ impl Environment {
         }
     }
 
+    /// What notifications and pages name as the target: the one target, or every target of a
+    /// fleet (`fleet of 3: canary, eu-1, eu-2`), as configured.
+    pub fn target_label(&self) -> String {
+        match &self.fleet {
+            Some(f) => format!(
+                "fleet of {}: {}",
+                f.members.len(),
+                f.members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => self.target.describe(),
+        }
+    }
+
     /// Resolved settings as one JSON object (resource -> table), keys sorted.
     pub fn settings_json(&self) -> serde_json::Value {
         serde_json::Value::Object(

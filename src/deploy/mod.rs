@@ -1151,7 +1151,7 @@ impl<'a> Deployment<'a> {
             environment: &self.env.name,
             account: &self.env.account.value,
             commit: self.commit.id.to_string(),
-            target: self.env.target.describe(),
+            target: self.env.target_label(),
             outcome,
             reason: reason.to_owned(),
             exit_code,

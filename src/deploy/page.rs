@@ -60,7 +60,7 @@ impl Deployment<'_> {
             environment: entry.environment.clone(),
             account: entry.account.clone(),
             // As configured (not as resolved): the same in every run, so is the key built on it.
-            target: self.env.target.describe(),
+            target: self.env.target_label(),
             protected: self.env.protected,
             action: entry.action.as_str().to_owned(),
             outcome: entry.outcome.as_str().to_owned(),
@@ -84,7 +84,7 @@ impl Deployment<'_> {
         let h = Happening {
             environment: self.env.name.clone(),
             account: self.env.account.value.clone(),
-            target: self.env.target.describe(),
+            target: self.env.target_label(),
             protected: self.env.protected,
             action: action.to_owned(),
             outcome: outcome.to_owned(),
