@@ -474,6 +474,10 @@ fn every_failpoint_in_the_source_has_a_crash_test() {
         "seal-after-lock",     // tests/cli/seal.rs (a seal killed holding the lock)
         "migrate-after-stamp", // tests/cli/attack19.rs (a migration killed at its commit point)
         "migrate-after-moved", // tests/cli/attack19.rs (killed before its migrate record)
+        "rollout-after-locks", // tests/cli/rollout.rs (a fleet's rollout killed at each step)
+        "rollout-before-target",
+        "rollout-baking",
+        "rollout-undoing",
     ];
     let tested: std::collections::BTreeSet<String> = APPLY_PATH
         .iter()

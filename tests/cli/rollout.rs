@@ -1049,8 +1049,13 @@ fn a_rollout_killed_at_any_step_of_the_canary_is_undone_never_completed() {
     let probe = Probe::start();
     let verify = http_signal(&probe.url("/$TARGET/healthz"));
     // Before the canary is touched; after its `current` moved (before its health check); after
-    // its health check passed (before its record).
-    for point in ["rollout-before-target", "after-switch", "before-record"] {
+    // its health check passed (before its record); when its wave starts to bake.
+    for (point, phase) in [
+        ("rollout-before-target", "applying"),
+        ("after-switch", "applying"),
+        ("before-record", "applying"),
+        ("rollout-baking", "baking"),
+    ] {
         let fleet = Fleet::new();
         let before = first_rollout(&fleet, NO_BAKE, &verify, 4);
         fleet.commit(8, NO_BAKE, &verify);
@@ -1067,7 +1072,7 @@ fn a_rollout_killed_at_any_step_of_the_canary_is_undone_never_completed() {
             .deploy(&["status", "--target", ENV])
             .code(0)
             .stdout_has("Rollout INTERRUPTED: commit ")
-            .stdout_has("wave 1 of 2 (`canary`), applying");
+            .stdout_has(&format!("wave 1 of 2 (`canary`), {phase}"));
 
         // The lease of the etcd target's lock runs out (lock_ttl 1 s).
         std::thread::sleep(Duration::from_secs(3));
@@ -1184,4 +1189,35 @@ fn a_targets_own_interrupted_apply_is_resolved_without_locking_the_rollout_out()
         .map(|d| snapshot(&fleet.dir(d)))
         .collect();
     assert_eq!(after_others, before_others);
+}
+
+#[test]
+fn a_rollout_killed_after_taking_its_locks_wrote_nothing_and_the_next_run_rolls_out() {
+    let probe = Probe::start();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let fleet = Fleet::new();
+    let before = first_rollout(&fleet, NO_BAKE, &verify, 4);
+    fleet.commit(8, NO_BAKE, &verify);
+    crate::harness::Paused::start(
+        fleet.repo.path(),
+        &["--target", ENV, "--yes"],
+        "rollout-after-locks",
+        None,
+        &[],
+    )
+    .kill9();
+    // Every lock was held, nothing else written: each target is byte-identical, no journal.
+    let after = fleet.world();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.etcd, before.etcd);
+    assert!(!fleet.dir("canary").join(".envlock/rollout").exists());
+    let status = fleet.repo.deploy(&["status", "--target", ENV]);
+    status.code(0);
+    assert!(!status.stdout.contains("Rollout"), "{}", status.stdout);
+    // The etcd target's lease runs out (lock_ttl 1 s); then the next run simply rolls out.
+    std::thread::sleep(Duration::from_secs(3));
+    fleet.deploy().code(0).stderr_has("Rolled out:");
+    for d in DIRS {
+        assert!(live_worker(&fleet.dir(d)).contains("threads = 8"), "{d}");
+    }
 }
