@@ -9,34 +9,7 @@ use crate::harness::{Repo, Run};
 
 const VALIDATION: &str = "environments/validation.toml";
 
-/// A key made by `ssh-keygen -t ed25519 -N ''`.
-struct Key {
-    private: PathBuf,
-    public: String,
-    fingerprint: String,
-}
-
-fn keygen(dir: &Path, name: &str) -> Key {
-    let private = dir.join(name);
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&private)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
-    let out = Command::new("ssh-keygen")
-        .args(["-l", "-E", "sha256", "-f"])
-        .arg(private.with_extension("pub"))
-        .output()
-        .unwrap();
-    let fingerprint = String::from_utf8(out.stdout).unwrap();
-    Key {
-        private,
-        public: public.trim().to_owned(),
-        fingerprint: fingerprint.split_whitespace().nth(1).unwrap().to_owned(),
-    }
-}
+use crate::signing::{Key, keygen};
 
 /// A repository with three environments and logs holding what an auditor looks for: a
 /// refusal (prod's promotion gate), a rollback (validation's failing health check), records

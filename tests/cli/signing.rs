@@ -12,13 +12,13 @@ const VALIDATION: &str = "environments/validation.toml";
 const PROD: &str = "environments/prod.toml";
 
 /// A key made by `ssh-keygen -t ed25519 -N ''` in the repository's parent temp dir.
-struct Key {
-    private: PathBuf,
-    public: String,
-    fingerprint: String,
+pub(crate) struct Key {
+    pub(crate) private: PathBuf,
+    pub(crate) public: String,
+    pub(crate) fingerprint: String,
 }
 
-fn keygen(dir: &Path, name: &str) -> Key {
+pub(crate) fn keygen(dir: &Path, name: &str) -> Key {
     let private = dir.join(name);
     let ok = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
