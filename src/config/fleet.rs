@@ -100,6 +100,8 @@ impl Loader<'_> {
             );
             return None;
         }
+        // Reported whatever else is wrong: a clash is a safety problem.
+        let apart = self.members_apart(name, &parsed);
         let (waves, verify, interval, timeout) = match rollout {
             Some(r) => self.rollout(name, file, r, &parsed)?,
             None => (
@@ -113,7 +115,7 @@ impl Loader<'_> {
                 Duration::from_secs(5),
             ),
         };
-        if !ok || !self.members_apart(name, &at, &parsed) {
+        if !ok || !apart {
             return None;
         }
         let members = waves
@@ -412,7 +414,7 @@ impl Loader<'_> {
     }
 
     /// No two members of one fleet may write to the same place (or one inside the other's).
-    fn members_apart(&mut self, name: &str, at: &Loc, members: &BTreeMap<String, Target>) -> bool {
+    fn members_apart(&mut self, name: &str, members: &BTreeMap<String, Target>) -> bool {
         let place = |t: &Target| match &t.kind {
             TargetKind::Dir { resolved, .. } => Some(resolved.display().to_string() + "/"),
             TargetKind::Exec { store, .. } => {
@@ -444,7 +446,10 @@ impl Loader<'_> {
                         format!("targets `{ma}` and `{mb}` of `{name}` write to the same place"),
                     )
                     .env(name)
-                    .at(at.clone(), "these targets")
+                    .at(
+                        where_written(&members[*mb]),
+                        format!("the same place as `{ma}`'s"),
+                    )
                     .hint("give each target of a fleet a place of its own")
                     .safety(),
                 );
@@ -452,5 +457,13 @@ impl Loader<'_> {
             }
         }
         true
+    }
+}
+
+/// Where a target's place is written: a `dir` target's `path`, else its table.
+fn where_written(t: &Target) -> Loc {
+    match &t.kind {
+        TargetKind::Dir { path, .. } => path.loc.clone(),
+        _ => t.loc.clone(),
     }
 }

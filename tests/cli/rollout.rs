@@ -748,7 +748,8 @@ fn check_refuses_bad_fleets_at_their_place() {
             "[rollout]\n\n[[rollout.wave]]\ntargets = {first}\n\n[[rollout.wave]]\ntargets = {second}\n"
         )
     };
-    let two_paths = CHECK_TARGETS.replace("/srv/fleet/eu-1", "/srv/fleet/canary");
+    // The same directory, written another way: the place is compared, not the text.
+    let two_paths = CHECK_TARGETS.replace("/srv/fleet/eu-1", "/srv/fleet/canary/.");
     // (what is wrong, the file, the text the diagnostic points at, the message)
     let cases: Vec<(&str, String, &str, &str)> = vec![
         (
@@ -816,7 +817,7 @@ fn check_refuses_bad_fleets_at_their_place() {
                 &two_paths,
                 &(waves("[\"canary\"]", "[\"*\"]") + CHECK_VERIFY),
             ),
-            "targets.canary]",
+            "\"/srv/fleet/canary/.\"",
             "targets `canary` and `eu-1` of `fleet` write to the same place",
         ),
     ];
