@@ -8,7 +8,7 @@ use envlock::config::Environment;
 use envlock::config::fleet::Fleet;
 use envlock::deploy::{self, Deployment, rollout};
 use envlock::error::{Exit, Failure};
-use envlock::output::Printer;
+use envlock::output::{Format, Printer};
 use serde::Serialize;
 
 use super::plan::Job;
@@ -133,11 +133,23 @@ fn print_all(
 /// `deploy plan` of a fleet: every target's plan, in rollout order.
 fn plan(d: &Deployment<'_>, fleet: &Fleet, detailed: bool, printer: &Printer) -> Result<Exit> {
     let mut pending = false;
+    // `--format markdown`: one comment, each target's plan in turn.
+    let mut comment = String::new();
     let all = each(d, fleet, |m| {
         let r = deploy::apply::plan(m, false)?;
         pending |= !r.changes.is_empty();
+        if printer.format == Format::Markdown {
+            // One comment for the fleet: each target's share of the budget (each plan's table
+            // names its target).
+            let budget = envlock::markdown::BUDGET / fleet.members.len();
+            comment.push_str(&super::plan::plan_markdown(m, &r, budget));
+            comment.push('\n');
+        }
         Ok(serde_json::to_value(&r)?)
     })?;
+    if printer.format == Format::Markdown {
+        printer.out(&comment)?;
+    }
     print_all(d, printer, all, None)?;
     Ok(if detailed && pending {
         Exit::ChangesPending

@@ -302,7 +302,7 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
             if printer.is_json() {
                 printer.json(&report)?;
             } else if printer.format == Format::Markdown {
-                printer.out(&plan_markdown(d, &report))?;
+                printer.out(&plan_markdown(d, &report, markdown::BUDGET))?;
             }
             if detailed_exitcode && !report.changes.is_empty() {
                 return Ok(Exit::ChangesPending);
@@ -350,7 +350,11 @@ fn run_job(d: &Deployment<'_>, job: Job, printer: &Printer) -> Result<Exit> {
 }
 
 /// `deploy plan --format markdown`: the report as a merge-request comment.
-fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
+pub(super) fn plan_markdown(
+    d: &Deployment<'_>,
+    report: &deploy::apply::Report,
+    budget: usize,
+) -> String {
     let local = matches!(d.env.target.kind, envlock::config::TargetKind::Dir { .. });
     let drift: Vec<(String, String)> = report
         .overwrites_drift
@@ -368,7 +372,7 @@ fn plan_markdown(d: &Deployment<'_>, report: &deploy::apply::Report) -> String {
             changes: &report.changes,
             drift: &drift,
         },
-        markdown::BUDGET,
+        budget,
     )
 }
 
