@@ -1222,3 +1222,61 @@ fn a_rollout_killed_after_taking_its_locks_wrote_nothing_and_the_next_run_rolls_
         assert!(live_worker(&fleet.dir(d)).contains("threads = 8"), "{d}");
     }
 }
+
+#[test]
+fn a_fleets_plan_shows_every_target_in_text_json_and_one_markdown_comment() {
+    let probe = Probe::start();
+    let verify = http_signal(&probe.url("/$TARGET/healthz"));
+    let fleet = Fleet::new();
+    first_rollout(&fleet, NO_BAKE, &verify, 4);
+    fleet.commit(8, NO_BAKE, &verify);
+    let before = fleet.world();
+
+    let text = fleet.repo.deploy(&["plan", "--target", ENV]);
+    text.code(0);
+    for t in ALL {
+        assert!(
+            text.stdout
+                .contains(&format!("Plan for `{ENV}` target `{t}`")),
+            "{t}: {}",
+            text.stdout
+        );
+    }
+    let json = fleet
+        .repo
+        .deploy(&["plan", "--target", ENV, "--format", "json"]);
+    json.code(0);
+    let doc: Value = serde_json::from_str(&json.stdout).unwrap();
+    let names: Vec<&str> = doc["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ALL);
+    assert!(
+        doc["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["summary"]["change"] == 1)
+    );
+    let md = fleet
+        .repo
+        .deploy(&["plan", "--target", ENV, "--format", "markdown"]);
+    md.code(0);
+    assert_eq!(
+        md.stdout.matches("envlock plan for").count(),
+        ALL.len(),
+        "{}",
+        md.stdout
+    );
+    assert!(md.stdout.len() <= 60_000 + 1_000);
+    // A plan writes nothing.
+    assert_eq!(fleet.world().live, before.live);
+    // `--detailed-exitcode`: changes pending on some target.
+    fleet
+        .repo
+        .deploy(&["plan", "--target", ENV, "--detailed-exitcode"])
+        .code(2);
+}
