@@ -344,6 +344,14 @@ fn run_waves(
     for (i, wave) in fleet.waves.iter().enumerate() {
         journal.wave = i;
         journal.phase = "applying".into();
+        d.say(&format!(
+            "Wave {} of {} `{}`: {} (bake {}).",
+            i + 1,
+            fleet.waves.len(),
+            wave.name,
+            wave.targets.join(", "),
+            config::duration::format(bake_for(wave))
+        ));
         let halt = match apply_wave(wave, parts, &mut journal, report) {
             Ok(None) => {
                 journal.phase = "baking".into();
