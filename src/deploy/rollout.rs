@@ -619,7 +619,7 @@ fn finish(
     let entry = Entry {
         environment: d.env.name.clone(),
         account: d.env.account.value.clone(),
-        target: format!("fleet of {} targets", parts.len()),
+        target: d.env.target_label(),
         action: log::Action::Rollout,
         outcome,
         commit: d.commit.id.to_string(),
