@@ -1,0 +1,163 @@
+//! Attacks on fleet rollouts: a tired operator's configuration and an attacker who can write
+//! files in one target's state. The real `deploy` binary against real `dir` targets.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::harness::{Repo, Run, free_port, snapshot};
+
+const ENV: &str = "fleet";
+const FILE: &str = "environments/fleet.toml";
+const DIRS: [&str; 2] = ["canary", "eu-1"];
+const SECRET: &str = "hunter2-s3cr3t";
+
+struct Fleet {
+    repo: Repo,
+    targets: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet {
+            repo: Repo::ungated(),
+            targets: tempfile::Builder::new()
+                .prefix("envlock-attack")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.targets.path().join(name)
+    }
+
+    fn commit(&self, threads: u32, extra: &str) -> String {
+        let mut s = String::from(
+            "[environment]\naccount = \"555555555555\"\nmarkers = [\"fleet.example.com\"]\n\
+             extends = [\"_common\"]\n\n",
+        );
+        for d in DIRS {
+            s.push_str(&format!(
+                "[targets.{d}]\nkind = \"dir\"\npath = \"{}\"\n\n",
+                self.dir(d).display()
+            ));
+        }
+        s.push_str(
+            "[rollout]\ninterval = \"1s\"\ntimeout = \"2s\"\n\n[[rollout.wave]]\nname = \"all\"\n\
+             targets = [\"*\"]\nbake = \"0s\"\n",
+        );
+        s.push_str(extra);
+        s.push_str(&format!(
+            "\n[settings.worker]\nqueue = \"arn:aws:sqs:eu-west-1:555555555555:jobs\"\n\
+             endpoint = \"https://fleet.example.com/healthz\"\nthreads = {threads}\n"
+        ));
+        self.repo.write(FILE, s);
+        self.repo.commit(&format!("fleet, {threads} threads"))
+    }
+
+    fn deploy(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--target", ENV];
+        all.extend_from_slice(args);
+        self.repo.deploy(&all)
+    }
+
+    fn journal(&self, target: &str) -> PathBuf {
+        self.dir(target).join(".envlock/rollout")
+    }
+
+    /// A rollout journal as a run of this fleet would write it, with `commit` and `version`.
+    fn forge(&self, target: &str, version: u32, commit: &str, changed: Value) {
+        let j = serde_json::json!({
+            "version": version,
+            "environment": ENV,
+            "account": "555555555555",
+            "commit": commit,
+            "holder": {
+                "user": "mallory", "host": "nowhere", "pid": 4_000_000,
+                "since": "2026-01-01T00:00:00Z", "environment": ENV
+            },
+            "started": "2026-01-01T00:00:00Z",
+            "waves": ["all"],
+            "wave": 0,
+            "phase": "baking",
+            "changed": changed,
+        });
+        std::fs::write(self.journal(target), serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+    }
+
+    fn everything(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        DIRS.iter().map(|d| snapshot(&self.dir(d))).collect()
+    }
+}
+
+fn no_panic(r: &Run) {
+    assert_ne!(r.code, 101, "panicked\n--- stderr\n{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// A signal URL with credentials (`http://user:pass@host/`) is read, but its password is never
+/// printed, sent or recorded: not in the progress, not in the halt, not in the log.
+#[test]
+fn a_signal_url_with_credentials_never_shows_the_password() {
+    let fleet = Fleet::new();
+    let port = free_port();
+    fleet.commit(
+        4,
+        &format!(
+            "\n[[rollout.verify]]\nhttp = \"http://alice:{SECRET}@127.0.0.1:{port}/healthz\"\n"
+        ),
+    );
+    let r = fleet.deploy(&["--yes"]);
+    r.code(4).stderr_has("halted and undone");
+    assert!(!r.stderr.contains(SECRET), "{}", r.stderr);
+    assert!(!r.stdout.contains(SECRET), "{}", r.stdout);
+    let json = fleet.deploy(&["--yes", "--format", "json"]);
+    json.code(4);
+    assert!(!json.stdout.contains(SECRET), "{}", json.stdout);
+    assert!(!json.stderr.contains(SECRET), "{}", json.stderr);
+    for d in fleet.everything() {
+        for (path, content) in d {
+            assert!(!content.contains(SECRET), "{path}: {content}");
+        }
+    }
+}
+
+/// A forged journal whose commit is not ASCII is shown (or refused), never a panic.
+#[test]
+fn a_forged_journal_with_a_non_ascii_commit_does_not_panic() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.forge("canary", 1, "aéééééééééééé", serde_json::json!([]));
+    let status = fleet.deploy(&["status"]);
+    no_panic(&status);
+    let run = fleet.deploy(&["--yes"]);
+    no_panic(&run);
+}
+
+/// A journal of another format version (a newer envlock's, or a forgery) is refused with a
+/// clear message, and nothing is written.
+#[test]
+fn a_journal_of_another_version_is_refused() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.commit(5, "");
+    fleet.forge(
+        "canary",
+        99,
+        "0123456789abcdef0123456789abcdef01234567",
+        serde_json::json!([{"target": "canary", "before": null, "after": 1}]),
+    );
+    let before = fleet.everything();
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.stderr_has("version 99");
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        fleet.everything(),
+        before,
+        "a journal of version 99 was acted on"
+    );
+}
