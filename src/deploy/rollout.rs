@@ -691,8 +691,8 @@ pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
         } else {
             "INTERRUPTED"
         },
-        &j.commit[..j.commit.len().min(12)],
-        j.wave + 1,
+        short(&j.commit),
+        j.wave.saturating_add(1),
         j.waves.len(),
         j.waves.get(j.wave).map_or("?", String::as_str),
         j.phase,
@@ -709,6 +709,11 @@ pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
     )
 }
 
+/// A commit as shown: its first 12 characters (a journal is read from a target, so any text).
+fn short(commit: &str) -> String {
+    commit.chars().take(12).collect()
+}
+
 /// The rollout journal an earlier run left in the first target's state, if any.
 pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
     let Some(bytes) = lead
@@ -718,12 +723,22 @@ pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        Failure::error(format!("the rollout journal of `{}` cannot be read: {e}", lead.env.name))
+    let unreadable = |why: String| -> anyhow::Error {
+        Failure::error(format!("the rollout journal of `{}` cannot be read: {why}", lead.env.name))
             .detail(format!("in the state of {}", lead.target.describe()))
             .hint("inspect each target with `deploy status`; remove the journal only once you know what should be live")
             .into()
-    })
+    };
+    let journal: RolloutJournal =
+        serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    // Another version's fields may mean something else: never act on them.
+    if journal.version != VERSION {
+        return Err(unreadable(format!(
+            "it is version {}, this envlock reads version {VERSION}",
+            journal.version
+        )));
+    }
+    Ok(Some(journal))
 }
 
 /// An interrupted rollout (its journal in the first target's state) is undone: every target it
@@ -770,12 +785,12 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     let found = format!(
         "Found an interrupted rollout of commit {} by {}@{} (pid {}), started {}, in wave {} of {} ({}); \
          a rollout whose bakes were not all watched is never completed: undoing it",
-        &journal.commit[..journal.commit.len().min(12)],
+        short(&journal.commit),
         journal.holder.user,
         journal.holder.host,
         journal.holder.pid,
         journal.started,
-        journal.wave + 1,
+        journal.wave.saturating_add(1),
         journal.waves.len(),
         journal.phase
     );
