@@ -161,3 +161,47 @@ fn a_journal_of_another_version_is_refused() {
         "a journal of version 99 was acted on"
     );
 }
+
+/// A rollout journal that does not match what its targets hold (a stale one restored from a
+/// backup, or one forged in another target's state) is refused before anything is undone: it
+/// would otherwise make an old generation, or nothing, live on every target it names.
+#[test]
+fn a_journal_that_did_not_make_the_live_generations_is_refused() {
+    let fleet = Fleet::new();
+    let old = fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    let new = fleet.commit(5, "");
+    fleet.deploy(&["--yes"]).code(0);
+    let before = fleet.everything();
+
+    // Written in the second target's state, naming the first: a rollout of the OLD commit
+    // that deployed `canary` first. Generation 2 (the new commit) is live there.
+    fleet.forge(
+        "eu-1",
+        1,
+        &old,
+        serde_json::json!([{"target": "canary", "before": null, "after": 1}]),
+    );
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(3).stderr_has("target `canary`");
+    std::fs::remove_file(fleet.journal("eu-1")).unwrap();
+    assert_eq!(fleet.everything(), before, "a stale journal was acted on");
+
+    // The live commit, but a generation to go back to that the target never had.
+    fleet.forge(
+        "canary",
+        1,
+        &new,
+        serde_json::json!([{"target": "canary", "before": 999, "after": 2}]),
+    );
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(3).stderr_has("generation 999");
+    std::fs::remove_file(fleet.journal("canary")).unwrap();
+    assert_eq!(
+        fleet.everything(),
+        before,
+        "a journal naming no generation was acted on"
+    );
+}
