@@ -151,9 +151,8 @@ pub struct Reading {
 pub fn evaluate(check: &Check, target: &str, timeout: Duration) -> Reading {
     let fill = |s: &str| s.replace("$TARGET", target);
     // A URL's credentials never leave the process, whatever message quotes the URL.
-    if let Check::Http { url, .. } | Check::Prometheus { url, .. } = check {
-        crate::redact::register(userinfo(&fill(url)).into_iter().collect());
-    }
+    let (Check::Http { url, .. } | Check::Prometheus { url, .. }) = check;
+    crate::redact::register(userinfo(&fill(url)).into_iter().collect());
     let (signal, judged) = match check {
         Check::Http { url, status, body } => {
             let url = fill(url);
@@ -194,7 +193,11 @@ fn userinfo(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
     let info = &authority[..authority.rfind('@')?];
-    Some(info.split_once(':').map_or(info, |(_, password)| password).to_owned())
+    Some(
+        info.split_once(':')
+            .map_or(info, |(_, password)| password)
+            .to_owned(),
+    )
 }
 
 /// An agent for one check: the timeout covers connecting and reading the whole answer; no
