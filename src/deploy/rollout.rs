@@ -741,6 +741,60 @@ pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
     Ok(Some(journal))
 }
 
+/// A journal is read from a target's state, so what it says one target held before is
+/// believed only when that target agrees: what is live is what the journal says was live
+/// before, or a generation of the journal's commit (the rollout's own), and the generation to
+/// go back to exists. Otherwise (a stale journal restored from a backup, one forged in any
+/// target's state) nothing is undone.
+fn check_claim(
+    d: &Deployment<'_>,
+    p: &Deployment<'_>,
+    journal: &RolloutJournal,
+    c: &Changed,
+) -> Result<()> {
+    let live = p
+        .target
+        .live_generation()
+        .map_err(|e| p.target_failure(e))?;
+    if live == c.before {
+        return Ok(());
+    }
+    let commit_of = |g: GenerationId| -> Result<Option<String>> {
+        Ok(p.target
+            .generation(g)
+            .map_err(|e| p.target_failure(e))?
+            .map(|info| info.commit))
+    };
+    let generation =
+        |g: Option<GenerationId>| g.map_or("nothing".to_owned(), |g| format!("generation {g}"));
+    let problem = match (live, c.before) {
+        (Some(g), _) if commit_of(g)?.as_deref() != Some(journal.commit.as_str()) => Some(format!(
+            "target `{}` has {} live, which is not of the rollout's commit {}",
+            c.target,
+            generation(live),
+            short(&journal.commit)
+        )),
+        (_, Some(b)) if commit_of(b)?.is_none() => Some(format!(
+            "it would make generation {b} live again on target `{}`, which has no generation {b}",
+            c.target
+        )),
+        _ => None,
+    };
+    let Some(problem) = problem else {
+        return Ok(());
+    };
+    Err(Failure::refused(format!(
+        "the rollout journal of `{}` does not match its targets, so it is not undone: {problem}",
+        d.env.name
+    ))
+    .detail(describe_journal(journal, false).trim_end().to_owned())
+    .hint(format!(
+        "a stale or forged journal: check each target with `deploy status --target {}`, then remove the `rollout` journal from the target's state; nothing was undone",
+        d.env.name
+    ))
+    .into())
+}
+
 /// An interrupted rollout (its journal in the first target's state) is undone: every target it
 /// changed gets its own journal resolved, then what was live before the rollout back. Returns
 /// true when one was found (this run then ends, exit 4).
@@ -802,6 +856,14 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
             .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
         {
             apply::settle_interrupted(&p.d)?;
+        }
+    }
+    for c in &journal.changed {
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+        {
+            check_claim(d, &p.d, &journal, c)?;
         }
     }
     journal.phase = "undoing".into();
