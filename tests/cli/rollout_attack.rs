@@ -205,3 +205,28 @@ fn a_journal_that_did_not_make_the_live_generations_is_refused() {
         "a journal naming no generation was acted on"
     );
 }
+
+/// A huge `bake` or `timeout` (a typo of a tired operator: "300000000000y") is either refused
+/// by `deploy check` or honoured; never a panic half-way through a rollout.
+#[test]
+fn a_huge_bake_or_timeout_never_panics_mid_rollout() {
+    let fleet = Fleet::new();
+    let port = free_port();
+    let verify = format!("\n[[rollout.verify]]\nhttp = \"http://127.0.0.1:{port}/healthz\"\n");
+    for (from, to) in [
+        ("bake = \"0s\"", "bake = \"300000000000y\""),
+        ("timeout = \"2s\"", "timeout = \"300000000000y\""),
+    ] {
+        fleet.commit(4, &verify);
+        fleet.repo.edit(FILE, &[(from, to)]);
+        fleet.repo.commit(to);
+        let r = fleet.deploy(&["--yes"]);
+        no_panic(&r);
+        assert!(
+            r.code == 4 || r.code == 2,
+            "{to}: exit {}\n{}",
+            r.code,
+            r.stderr
+        );
+    }
+}
