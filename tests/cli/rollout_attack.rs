@@ -220,13 +220,16 @@ fn a_huge_bake_or_timeout_never_panics_mid_rollout() {
         fleet.commit(4, &verify);
         fleet.repo.edit(FILE, &[(from, to)]);
         fleet.repo.commit(to);
+        let before = fleet.everything();
         let r = fleet.deploy(&["--yes"]);
         no_panic(&r);
-        assert!(
-            r.code == 4 || r.code == 2,
-            "{to}: exit {}\n{}",
-            r.code,
-            r.stderr
+        r.code(1).stderr_has("is longer than a year");
+        assert_eq!(fleet.everything(), before, "{to}: written");
+        no_panic(
+            fleet
+                .repo
+                .deploy(&["check"])
+                .stderr_has("is longer than a year"),
         );
     }
 }
