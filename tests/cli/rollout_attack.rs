@@ -57,8 +57,11 @@ impl Fleet {
     }
 
     fn deploy(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--target", ENV];
-        all.extend_from_slice(args);
+        // A subcommand first (`status`, `adopt`), then the target, then the rest.
+        let sub = usize::from(args.first().is_some_and(|a| !a.starts_with('-')));
+        let mut all = args[..sub].to_vec();
+        all.extend_from_slice(&["--target", ENV]);
+        all.extend_from_slice(&args[sub..]);
         self.repo.deploy(&all)
     }
 
@@ -132,6 +135,9 @@ fn a_forged_journal_with_a_non_ascii_commit_does_not_panic() {
     fleet.forge("canary", 1, "aéééééééééééé", serde_json::json!([]));
     let status = fleet.deploy(&["status"]);
     no_panic(&status);
+    status
+        .code(0)
+        .stdout_has("Rollout INTERRUPTED: commit aéééééééééé");
     let run = fleet.deploy(&["--yes"]);
     no_panic(&run);
 }
@@ -232,4 +238,37 @@ fn a_huge_bake_or_timeout_never_panics_mid_rollout() {
                 .stderr_has("is longer than a year"),
         );
     }
+}
+
+/// A protected fleet with a member nobody adopted: refused before anything is written, on
+/// every target (not the adopted ones deployed and the new one refused half-way).
+#[test]
+fn a_protected_fleet_with_an_unadopted_member_writes_nothing() {
+    let fleet = Fleet::new();
+    let protect = |f: &Fleet| {
+        f.repo.edit(
+            FILE,
+            &[("[environment]\n", "[environment]\nprotected = true\nbranch = \"main\"\n")],
+        );
+        f.repo.commit("protected");
+    };
+    fleet.commit(4, "");
+    protect(&fleet);
+    fleet.deploy(&["adopt", "--yes"]).code(0);
+    fleet.deploy(&["--yes"]).code(0);
+    let third = fleet.dir("eu-2");
+    fleet.commit(
+        5,
+        &format!(
+            "\n[targets.eu-2]\nkind = \"dir\"\npath = \"{}\"\n",
+            third.display()
+        ),
+    );
+    protect(&fleet);
+    let before = fleet.everything();
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(fleet.everything(), before, "{}", r.stderr);
+    assert!(!third.join(".envlock").exists(), "{}", r.stderr);
 }
