@@ -248,7 +248,10 @@ fn a_protected_fleet_with_an_unadopted_member_writes_nothing() {
     let protect = |f: &Fleet| {
         f.repo.edit(
             FILE,
-            &[("[environment]\n", "[environment]\nprotected = true\nbranch = \"main\"\n")],
+            &[(
+                "[environment]\n",
+                "[environment]\nprotected = true\nbranch = \"main\"\n",
+            )],
         );
         f.repo.commit("protected");
     };
@@ -271,4 +274,51 @@ fn a_protected_fleet_with_an_unadopted_member_writes_nothing() {
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert_eq!(fleet.everything(), before, "{}", r.stderr);
     assert!(!third.join(".envlock").exists(), "{}", r.stderr);
+}
+
+/// A second `deploy --target fleet` while one bakes: exit 5, nothing written by it (the
+/// running rollout's journal not taken for an interrupted one, nothing undone).
+#[test]
+fn a_second_rollout_while_one_bakes_is_refused_and_writes_nothing() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.commit(5, "");
+    fleet.repo.edit(FILE, &[("bake = \"0s\"", "bake = \"6s\"")]);
+    fleet.repo.commit("bake 6s");
+    let mut first = fleet.repo.spawn_deploy(&["--target", ENV, "--yes"], &[]);
+    crate::harness::wait_for_line(&mut first, "Deployed: `fleet` target `eu-1`");
+    // Its journal says `baking` right after that line; then nothing is written for 6 s.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let during = fleet.everything();
+    let second = fleet.deploy(&["--yes"]);
+    no_panic(&second);
+    second.code(5);
+    assert!(fleet.everything() == during, "written: {}", second.stderr);
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!fleet.journal("canary").exists());
+}
+
+/// Without a terminal and without `--yes`, a fleet's rollout writes nothing; a saved plan
+/// (`plan --out`) of a fleet is refused and no file is written.
+#[test]
+fn without_a_terminal_or_with_plan_out_a_fleet_writes_nothing() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.commit(5, "");
+    let before = fleet.everything();
+    let r = fleet.deploy(&[]);
+    no_panic(&r);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    r.stderr_has("stdin is not a terminal");
+    assert_eq!(fleet.everything(), before);
+    let out = fleet.targets.path().join("plan.json");
+    let out_s = out.display().to_string();
+    let r = fleet.deploy(&["plan", "--out", &out_s]);
+    no_panic(&r);
+    r.code(3);
+    assert!(!out.exists());
+    assert_eq!(fleet.everything(), before);
 }
