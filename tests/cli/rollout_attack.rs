@@ -322,3 +322,28 @@ fn without_a_terminal_or_with_plan_out_a_fleet_writes_nothing() {
     assert!(!out.exists());
     assert_eq!(fleet.everything(), before);
 }
+
+/// An attacker who can write one target's state forges a journal of the live commit naming
+/// another target as deployed first (`before: null`): that target's own log says what its
+/// live generation replaced, so nothing is made dark.
+#[test]
+fn a_forged_journal_cannot_make_another_target_go_dark() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    let live = fleet.commit(5, "");
+    fleet.deploy(&["--yes"]).code(0);
+    let before = fleet.everything();
+    fleet.forge(
+        "eu-1",
+        1,
+        &live,
+        serde_json::json!([{"target": "canary", "before": null, "after": 2}]),
+    );
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(3)
+        .stderr_has("that target's log says its live generation 2 replaced generation 1");
+    std::fs::remove_file(fleet.journal("eu-1")).unwrap();
+    assert!(fleet.everything() == before, "{}", r.stderr);
+}
