@@ -778,6 +778,17 @@ fn check_claim(
             "it would make generation {b} live again on target `{}`, which has no generation {b}",
             c.target
         )),
+        // The target's own log says what its live generation replaced: a journal written in
+        // another target's state cannot make it go back further.
+        (Some(g), before) => match replaced(p, g)? {
+            Some(replaced) if replaced == before => None,
+            replaced => Some(format!(
+                "it would make {} live again on target `{}`, but that target's log says its live generation {g} replaced {}",
+                generation(before),
+                c.target,
+                replaced.map_or("no record".to_owned(), generation)
+            )),
+        },
         _ => None,
     };
     let Some(problem) = problem else {
@@ -793,6 +804,25 @@ fn check_claim(
         d.env.name
     ))
     .into())
+}
+
+/// What generation `g` replaced when it went live, from the target's own log (its newest
+/// `apply`/`adopt` record of `g`): `Some(None)` when it replaced nothing, `None` without one.
+fn replaced(p: &Deployment<'_>, g: GenerationId) -> Result<Option<Option<GenerationId>>> {
+    let bytes = p
+        .target
+        .log_read()
+        .map_err(|e| p.target_failure(e))?
+        .unwrap_or_default();
+    Ok(log::records(&bytes)
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.generation == Some(g)
+                && matches!(r.action, log::Action::Apply | log::Action::Adopt)
+                && r.outcome == Outcome::Applied
+        })
+        .map(|r| r.previous_generation))
 }
 
 /// An interrupted rollout (its journal in the first target's state) is undone: every target it
