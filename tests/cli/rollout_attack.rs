@@ -347,3 +347,33 @@ fn a_forged_journal_cannot_make_another_target_go_dark() {
     std::fs::remove_file(fleet.journal("eu-1")).unwrap();
     assert!(fleet.everything() == before, "{}", r.stderr);
 }
+
+/// `deploy status` finds an interrupted rollout wherever `deploy` would (its journal in a
+/// target that is no longer first, after the waves were reordered), instead of saying nothing
+/// while the next `deploy` undoes it.
+#[test]
+fn status_shows_an_interrupted_rollout_in_any_target() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    let live = fleet.commit(5, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.forge(
+        "eu-1",
+        1,
+        &live,
+        serde_json::json!([{"target": "eu-1", "before": 1, "after": 2}]),
+    );
+    fleet
+        .deploy(&["status"])
+        .code(0)
+        .stdout_has("Rollout INTERRUPTED");
+    let json = fleet.deploy(&["status", "--format", "json"]);
+    json.code(0);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["rollout"]["holder"]["user"], "mallory", "{v}");
+    fleet
+        .deploy(&["--yes"])
+        .code(4)
+        .stderr_has("Found an interrupted rollout");
+}
