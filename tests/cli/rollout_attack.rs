@@ -377,3 +377,38 @@ fn status_shows_an_interrupted_rollout_in_any_target() {
         .code(4)
         .stderr_has("Found an interrupted rollout");
 }
+
+/// A rollout killed while it baked, whose journal was then removed (a tidy operator at night,
+/// or an attacker who can write the first target's state): the next run must not take the
+/// unwatched wave for a passed one. It cannot undo (nothing says what was live before), so it
+/// bakes every wave again, whole, before it records the rollout.
+#[test]
+fn a_removed_journal_does_not_turn_an_unwatched_bake_into_a_pass() {
+    let fleet = Fleet::new();
+    fleet.commit(4, "");
+    fleet.deploy(&["--yes"]).code(0);
+    fleet.commit(5, "");
+    fleet.repo.edit(FILE, &[("bake = \"0s\"", "bake = \"3s\"")]);
+    fleet.repo.commit("bake 3s");
+    let mut killed = fleet.repo.spawn_deploy(
+        &["--target", ENV, "--yes"],
+        &[("ENVLOCK_FAILPOINT", "rollout-baking")],
+    );
+    crate::harness::wait_for_line(&mut killed, "failpoint rollout-baking reached");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    std::fs::remove_file(fleet.journal("canary")).unwrap();
+    let started = std::time::Instant::now();
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(0);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the unwatched wave was taken for a passed one (no bake):\n{}",
+        r.stderr
+    );
+    // Once watched, a run of the same commit has nothing to bake.
+    let started = std::time::Instant::now();
+    fleet.deploy(&["--yes"]).code(0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
