@@ -199,10 +199,31 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
         }
     }
     // With nothing to change, each target's health check and one reading of the signals
-    // verify what is live (recorded for the promotion gate); there is nothing to bake.
-    let bake_for = |w: &Wave| if changes > 0 { w.bake } else { Duration::ZERO };
+    // verify what is live (recorded for the promotion gate); there is nothing to bake, once a
+    // rollout of this commit watched every bake. Targets that hold the commit without such a
+    // record (a run killed while baking, its journal removed since) bake every wave again.
+    let watched = changes == 0 && rolled_out(d, &parts[0].d)?;
+    let bake_for = |w: &Wave| if watched { Duration::ZERO } else { w.bake };
     run_waves(d, fleet, &mut parts, &mut report, &bake_for)?;
     Ok(report)
+}
+
+/// Whether the newest rollout record in the first target's log is this commit's, applied
+/// (or found unchanged): a rollout of it watched every bake.
+fn rolled_out(d: &Deployment<'_>, lead: &Deployment<'_>) -> Result<bool> {
+    let bytes = lead
+        .target
+        .log_read()
+        .map_err(|e| lead.target_failure(e))?
+        .unwrap_or_default();
+    let commit = d.commit.id.to_string();
+    Ok(log::records(&bytes)
+        .into_iter()
+        .rev()
+        .find(|r| r.action == log::Action::Rollout)
+        .is_some_and(|r| {
+            r.commit == commit && matches!(r.outcome, Outcome::Applied | Outcome::Unchanged)
+        }))
 }
 
 /// Every target's lock, taken in rollout order before the first write; each is let go when
