@@ -150,11 +150,18 @@ pub struct Reading {
 /// expected body is replaced by it), within `timeout` for connecting and the whole answer.
 pub fn evaluate(check: &Check, target: &str, timeout: Duration) -> Reading {
     let fill = |s: &str| s.replace("$TARGET", target);
+    // A URL's credentials never leave the process, whatever message quotes the URL.
+    let (Check::Http { url, .. } | Check::Prometheus { url, .. }) = check;
+    crate::redact::register(userinfo(&fill(url)).into_iter().collect());
     let (signal, judged) = match check {
         Check::Http { url, status, body } => {
             let url = fill(url);
             let body = body.as_deref().map(fill);
-            let signal = format!("GET {}", crate::page::shown_url(&url));
+            // `user:password@` in the URL is used, never shown.
+            let signal = format!(
+                "GET {}",
+                crate::repo::without_userinfo(crate::page::shown_url(&url))
+            );
             (signal, http(&url, *status, body.as_deref(), timeout))
         }
         Check::Prometheus {
@@ -179,6 +186,18 @@ pub fn evaluate(check: &Check, target: &str, timeout: Duration) -> Reading {
         value: crate::redact::scrub(&value).into_owned(),
         signal: crate::redact::scrub(&signal).into_owned(),
     }
+}
+
+/// The `user:password` (or token) of a URL's authority, if it has one.
+fn userinfo(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let info = &authority[..authority.rfind('@')?];
+    Some(
+        info.split_once(':')
+            .map_or(info, |(_, password)| password)
+            .to_owned(),
+    )
 }
 
 /// An agent for one check: the timeout covers connecting and reading the whole answer; no

@@ -160,12 +160,23 @@ fn plan(d: &Deployment<'_>, fleet: &Fleet, detailed: bool, printer: &Printer) ->
 
 /// `deploy status` of a fleet: a rollout under way (from its journal), then every target.
 fn status(d: &Deployment<'_>, fleet: &Fleet, printer: &Printer) -> Result<Exit> {
-    let lead_env = d.env.member(&fleet.members[0]);
-    let lead = d.member(&lead_env, &fleet.members[0].name)?;
-    lead.verify_owner()?;
-    let journal = rollout::read_journal(&lead)?;
-    let running = journal.is_some() && deploy::status::activity(&lead)?.0.is_some();
-    drop(lead);
+    // Every target is looked at, as the next `deploy` does: a journal stays found when the
+    // configuration changed which target comes first.
+    let mut found = None;
+    for m in &fleet.members {
+        let env = d.env.member(m);
+        let md = d.member(&env, &m.name)?;
+        md.verify_owner()?;
+        if let Some(j) = rollout::read_journal(&md)? {
+            let running = deploy::status::activity(&md)?.0.is_some();
+            found = Some((j, running));
+            break;
+        }
+    }
+    let (journal, running) = match found {
+        Some((j, running)) => (Some(j), running),
+        None => (None, false),
+    };
     if let (Some(j), false) = (&journal, printer.is_json()) {
         printer.out(&rollout::describe_journal(j, running))?;
     }

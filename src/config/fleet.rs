@@ -145,10 +145,19 @@ impl Loader<'_> {
     ) -> Option<(Vec<Wave>, Vec<Signal>, Duration, Duration)> {
         let at = loc_of(file, &r);
         let r = r.into_inner();
-        let interval = r.interval.map(|s| lstr(file, s));
-        let interval = self.duration(name, "interval", interval.as_ref(), Duration::from_secs(5));
-        let timeout = r.timeout.map(|s| lstr(file, s));
-        let timeout = self.duration(name, "timeout", timeout.as_ref(), Duration::from_secs(5));
+        let interval_at = r.interval.map(|s| lstr(file, s));
+        let interval = self
+            .duration(
+                name,
+                "interval",
+                interval_at.as_ref(),
+                Duration::from_secs(5),
+            )
+            .and_then(|d| self.at_most_a_year(name, "interval", interval_at.as_ref(), d));
+        let timeout_at = r.timeout.map(|s| lstr(file, s));
+        let timeout = self
+            .duration(name, "timeout", timeout_at.as_ref(), Duration::from_secs(5))
+            .and_then(|d| self.at_most_a_year(name, "timeout", timeout_at.as_ref(), d));
         let waves = self.waves(name, file, &at, r.wave.unwrap_or_default(), members);
         let mut verify = Vec::new();
         let mut ok = true;
@@ -242,8 +251,36 @@ impl Loader<'_> {
             Some(b) if super::duration::parse(&b.value) == Ok(Duration::ZERO) => {
                 Some(Duration::ZERO)
             }
-            b => self.duration(name, "bake", b.as_ref(), Duration::ZERO),
+            b => {
+                let d = self.duration(name, "bake", b.as_ref(), Duration::ZERO)?;
+                self.at_most_a_year(name, "bake", b.as_ref(), d)
+            }
         }
+    }
+
+    /// A rollout's durations are counted from now: beyond a year they are a typo (and past the
+    /// clock's range, a crash half-way through a rollout).
+    fn at_most_a_year(
+        &mut self,
+        name: &str,
+        field: &str,
+        v: Option<&super::Located<String>>,
+        d: Duration,
+    ) -> Option<Duration> {
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let Some(v) = v.filter(|_| d > YEAR) else {
+            return Some(d);
+        };
+        self.diagnostics.push(
+            Diagnostic::new(
+                "invalid-duration",
+                format!("`{field}` is longer than a year"),
+            )
+            .env(name)
+            .at(v.loc.clone(), "too long")
+            .hint("write a duration such as \"10m\" or \"1h 30m\""),
+        );
+        None
     }
 
     /// The targets one wave names (`"*"` in the `last`: every one not `placed` yet), each

@@ -199,10 +199,31 @@ pub fn apply(d: &Deployment<'_>, fleet: &Fleet, yes: bool) -> Result<RolloutRepo
         }
     }
     // With nothing to change, each target's health check and one reading of the signals
-    // verify what is live (recorded for the promotion gate); there is nothing to bake.
-    let bake_for = |w: &Wave| if changes > 0 { w.bake } else { Duration::ZERO };
+    // verify what is live (recorded for the promotion gate); there is nothing to bake, once a
+    // rollout of this commit watched every bake. Targets that hold the commit without such a
+    // record (a run killed while baking, its journal removed since) bake every wave again.
+    let watched = changes == 0 && rolled_out(d, &parts[0].d)?;
+    let bake_for = |w: &Wave| if watched { Duration::ZERO } else { w.bake };
     run_waves(d, fleet, &mut parts, &mut report, &bake_for)?;
     Ok(report)
+}
+
+/// Whether the newest rollout record in the first target's log is this commit's, applied
+/// (or found unchanged): a rollout of it watched every bake.
+fn rolled_out(d: &Deployment<'_>, lead: &Deployment<'_>) -> Result<bool> {
+    let bytes = lead
+        .target
+        .log_read()
+        .map_err(|e| lead.target_failure(e))?
+        .unwrap_or_default();
+    let commit = d.commit.id.to_string();
+    Ok(log::records(&bytes)
+        .into_iter()
+        .rev()
+        .find(|r| r.action == log::Action::Rollout)
+        .is_some_and(|r| {
+            r.commit == commit && matches!(r.outcome, Outcome::Applied | Outcome::Unchanged)
+        }))
 }
 
 /// Every target's lock, taken in rollout order before the first write; each is let go when
@@ -699,8 +720,8 @@ pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
         } else {
             "INTERRUPTED"
         },
-        &j.commit[..j.commit.len().min(12)],
-        j.wave + 1,
+        short(&j.commit),
+        j.wave.saturating_add(1),
         j.waves.len(),
         j.waves.get(j.wave).map_or("?", String::as_str),
         j.phase,
@@ -717,6 +738,11 @@ pub fn describe_journal(j: &RolloutJournal, running: bool) -> String {
     )
 }
 
+/// A commit as shown: its first 12 characters (a journal is read from a target, so any text).
+fn short(commit: &str) -> String {
+    commit.chars().take(12).collect()
+}
+
 /// The rollout journal an earlier run left in the first target's state, if any.
 pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
     let Some(bytes) = lead
@@ -726,12 +752,106 @@ pub fn read_journal(lead: &Deployment<'_>) -> Result<Option<RolloutJournal>> {
     else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        Failure::error(format!("the rollout journal of `{}` cannot be read: {e}", lead.env.name))
+    let unreadable = |why: String| -> anyhow::Error {
+        Failure::error(format!("the rollout journal of `{}` cannot be read: {why}", lead.env.name))
             .detail(format!("in the state of {}", lead.target.describe()))
             .hint("inspect each target with `deploy status`; remove the journal only once you know what should be live")
             .into()
-    })
+    };
+    let journal: RolloutJournal =
+        serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    // Another version's fields may mean something else: never act on them.
+    if journal.version != VERSION {
+        return Err(unreadable(format!(
+            "it is version {}, this envlock reads version {VERSION}",
+            journal.version
+        )));
+    }
+    Ok(Some(journal))
+}
+
+/// A journal is read from a target's state, so what it says one target held before is
+/// believed only when that target agrees: what is live is what the journal says was live
+/// before, or a generation of the journal's commit (the rollout's own), and the generation to
+/// go back to exists. Otherwise (a stale journal restored from a backup, one forged in any
+/// target's state) nothing is undone.
+fn check_claim(
+    d: &Deployment<'_>,
+    p: &Deployment<'_>,
+    journal: &RolloutJournal,
+    c: &Changed,
+) -> Result<()> {
+    let live = p
+        .target
+        .live_generation()
+        .map_err(|e| p.target_failure(e))?;
+    if live == c.before {
+        return Ok(());
+    }
+    let commit_of = |g: GenerationId| -> Result<Option<String>> {
+        Ok(p.target
+            .generation(g)
+            .map_err(|e| p.target_failure(e))?
+            .map(|info| info.commit))
+    };
+    let generation =
+        |g: Option<GenerationId>| g.map_or("nothing".to_owned(), |g| format!("generation {g}"));
+    let problem = match (live, c.before) {
+        (Some(g), _) if commit_of(g)?.as_deref() != Some(journal.commit.as_str()) => Some(format!(
+            "target `{}` has {} live, which is not of the rollout's commit {}",
+            c.target,
+            generation(live),
+            short(&journal.commit)
+        )),
+        (_, Some(b)) if commit_of(b)?.is_none() => Some(format!(
+            "it would make generation {b} live again on target `{}`, which has no generation {b}",
+            c.target
+        )),
+        // The target's own log says what its live generation replaced: a journal written in
+        // another target's state cannot make it go back further.
+        (Some(g), before) => match replaced(p, g)? {
+            Some(replaced) if replaced == before => None,
+            replaced => Some(format!(
+                "it would make {} live again on target `{}`, but that target's log says its live generation {g} replaced {}",
+                generation(before),
+                c.target,
+                replaced.map_or("no record".to_owned(), generation)
+            )),
+        },
+        _ => None,
+    };
+    let Some(problem) = problem else {
+        return Ok(());
+    };
+    Err(Failure::refused(format!(
+        "the rollout journal of `{}` does not match its targets, so it is not undone: {problem}",
+        d.env.name
+    ))
+    .detail(describe_journal(journal, false).trim_end().to_owned())
+    .hint(format!(
+        "a stale or forged journal: check each target with `deploy status --target {}`, then remove the `rollout` journal from the target's state; nothing was undone",
+        d.env.name
+    ))
+    .into())
+}
+
+/// What generation `g` replaced when it went live, from the target's own log (its newest
+/// `apply`/`adopt` record of `g`): `Some(None)` when it replaced nothing, `None` without one.
+fn replaced(p: &Deployment<'_>, g: GenerationId) -> Result<Option<Option<GenerationId>>> {
+    let bytes = p
+        .target
+        .log_read()
+        .map_err(|e| p.target_failure(e))?
+        .unwrap_or_default();
+    Ok(log::records(&bytes)
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.generation == Some(g)
+                && matches!(r.action, log::Action::Apply | log::Action::Adopt)
+                && r.outcome == Outcome::Applied
+        })
+        .map(|r| r.previous_generation))
 }
 
 /// An interrupted rollout (its journal in the first target's state) is undone: every target it
@@ -778,12 +898,12 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     let found = format!(
         "Found an interrupted rollout of commit {} by {}@{} (pid {}), started {}, in wave {} of {} ({}); \
          a rollout whose bakes were not all watched is never completed: undoing it",
-        &journal.commit[..journal.commit.len().min(12)],
+        short(&journal.commit),
         journal.holder.user,
         journal.holder.host,
         journal.holder.pid,
         journal.started,
-        journal.wave + 1,
+        journal.wave.saturating_add(1),
         journal.waves.len(),
         journal.phase
     );
@@ -795,6 +915,14 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
             .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
         {
             apply::settle_interrupted(&p.d)?;
+        }
+    }
+    for c in &journal.changed {
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
+        {
+            check_claim(d, &p.d, &journal, c)?;
         }
     }
     journal.phase = "undoing".into();

@@ -39,6 +39,8 @@ mod provider_ssm;
 mod reviewed;
 #[cfg(feature = "failpoints")]
 mod rollout;
+#[cfg(feature = "failpoints")]
+mod rollout_attack;
 mod sarif;
 mod seal;
 mod secrets;
