@@ -24,16 +24,11 @@ use crate::harness::free_port;
 
 fn require_tools() {
     for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "`{tool}` is not installed: these tests need a real etcd (Debian: apt-get install \
-             etcd-server etcd-client; .ci/run installs them)"
+        crate::harness::require_tool(
+            tool,
+            arg,
+            "these tests need a real etcd (Debian: apt-get install etcd-server etcd-client; \
+             .ci/run installs them)",
         );
     }
 }

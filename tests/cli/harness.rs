@@ -591,3 +591,15 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Fail (never skip) unless `program arg` runs and succeeds: `why` says what needs it and how
+/// to install it.
+pub fn require_tool(program: &str, arg: &str, why: &str) {
+    let ok = std::process::Command::new(program)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "`{program}` is not installed: {why}");
+}

@@ -38,16 +38,13 @@ fn answers(port: u16) -> bool {
 }
 
 fn require_moto() {
-    let ok = Command::new("moto_server")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`moto_server` is not installed: these tests run the aws-ssm provider against a local \
-         moto server ({INSTALL}; .ci/run installs it)"
+    crate::harness::require_tool(
+        "moto_server",
+        "--help",
+        &format!(
+            "these tests run the aws-ssm provider against a local moto server ({INSTALL}; \
+             .ci/run installs it)"
+        ),
     );
 }
 

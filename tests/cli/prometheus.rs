@@ -253,16 +253,11 @@ impl Probe {
 }
 
 fn require_prometheus() {
-    let ok = Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "`prometheus` is not installed: these tests need a real Prometheus server (Debian: \
-         apt-get install prometheus; .ci/run installs it)"
+    crate::harness::require_tool(
+        "prometheus",
+        "--version",
+        "these tests need a real Prometheus server (Debian: apt-get install prometheus; \
+         .ci/run installs it)",
     );
 }
 
