@@ -810,20 +810,32 @@ fn check_claim(
         // The target's own log says what its live generation replaced: a journal written in
         // another target's state cannot make it go back further.
         (Some(g), before) => match replaced(p, g)? {
-            Some(replaced) if replaced == before => None,
+            // A real journal is written before its targets are changed.
+            Some((replaced, time)) if replaced == before => earlier(&time, &journal.started)
+                .then(|| {
+                    format!(
+                        "target `{}`'s live generation {g} went live at {time}, before the rollout the journal describes started ({})",
+                        c.target, journal.started
+                    )
+                }),
             replaced => Some(format!(
                 "it would make {} live again on target `{}`, but that target's log says its live generation {g} replaced {}",
                 generation(before),
                 c.target,
-                replaced.map_or("no record".to_owned(), generation)
+                replaced.map_or("no record".to_owned(), |(r, _)| generation(r))
             )),
         },
         _ => None,
     };
-    let Some(problem) = problem else {
-        return Ok(());
-    };
-    Err(Failure::refused(format!(
+    match problem {
+        Some(problem) => Err(not_undone(d, journal, &problem)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal of a journal its targets do not bear out (exit 3, nothing undone).
+fn not_undone(d: &Deployment<'_>, journal: &RolloutJournal, problem: &str) -> anyhow::Error {
+    Failure::refused(format!(
         "the rollout journal of `{}` does not match its targets, so it is not undone: {problem}",
         d.env.name
     ))
@@ -832,18 +844,14 @@ fn check_claim(
         "a stale or forged journal: check each target with `deploy status --target {}`, then remove the `rollout` journal from the target's state; nothing was undone",
         d.env.name
     ))
-    .into())
+    .into()
 }
 
 /// What generation `g` replaced when it went live, from the target's own log (its newest
-/// `apply`/`adopt` record of `g`): `Some(None)` when it replaced nothing, `None` without one.
-fn replaced(p: &Deployment<'_>, g: GenerationId) -> Result<Option<Option<GenerationId>>> {
-    let bytes = p
-        .target
-        .log_read()
-        .map_err(|e| p.target_failure(e))?
-        .unwrap_or_default();
-    Ok(log::records(&bytes)
+/// `apply`/`adopt` record of `g`), with that record's time: `(None, _)` when it replaced
+/// nothing; `None` without such a record.
+fn replaced(p: &Deployment<'_>, g: GenerationId) -> Result<Option<(Option<GenerationId>, String)>> {
+    Ok(records_of(p)?
         .into_iter()
         .rev()
         .find(|r| {
@@ -851,7 +859,49 @@ fn replaced(p: &Deployment<'_>, g: GenerationId) -> Result<Option<Option<Generat
                 && matches!(r.action, log::Action::Apply | log::Action::Adopt)
                 && r.outcome == Outcome::Applied
         })
-        .map(|r| r.previous_generation))
+        .map(|r| (r.previous_generation, r.time)))
+}
+
+fn records_of(p: &Deployment<'_>) -> Result<Vec<log::Record>> {
+    let bytes = p
+        .target
+        .log_read()
+        .map_err(|e| p.target_failure(e))?
+        .unwrap_or_default();
+    Ok(log::records(&bytes))
+}
+
+/// `a` is earlier than `b` (RFC 3339 times; one that does not parse is never earlier).
+fn earlier(a: &str, b: &str) -> bool {
+    match (
+        humantime::parse_rfc3339_weak(a),
+        humantime::parse_rfc3339_weak(b),
+    ) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// A rollout ends with its `rollout` record: a journal of a commit whose rollout was recorded
+/// after the journal says it started belongs to a rollout that ended (a stale copy, or one
+/// forged from it), and nothing it names is undone.
+fn ended(parts: &[Part<'_>], journal: &RolloutJournal) -> Result<Option<String>> {
+    for p in parts {
+        let end = records_of(&p.d)?.into_iter().rev().find(|r| {
+            r.action == log::Action::Rollout
+                && r.commit == journal.commit
+                && !earlier(&r.time, &journal.started)
+        });
+        if let Some(r) = end {
+            return Ok(Some(format!(
+                "target `{}`'s log records its end ({}, at {})",
+                p.d.member.as_deref().unwrap_or_default(),
+                r.outcome.as_str(),
+                r.time
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// An interrupted rollout (its journal in the first target's state) is undone: every target it
@@ -895,6 +945,16 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
         .into());
     }
     hold_locks(parts)?;
+    // Its run recorded the rollout's end and died before removing the journal (or the journal
+    // is a copy of an ended one): there is nothing to undo, only the journal to remove.
+    if let Some(end) = ended(parts, &journal)? {
+        d.say(&format!(
+            "Removed the journal of a rollout of commit {} that had already ended: {end}.",
+            short(&journal.commit)
+        ));
+        clear(&parts[at].d);
+        return Ok(false);
+    }
     let found = format!(
         "Found an interrupted rollout of commit {} by {}@{} (pid {}), started {}, in wave {} of {} ({}); \
          a rollout whose bakes were not all watched is never completed: undoing it",

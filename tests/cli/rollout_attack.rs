@@ -69,8 +69,28 @@ impl Fleet {
         self.dir(target).join(".envlock/rollout")
     }
 
-    /// A rollout journal as a run of this fleet would write it, with `commit` and `version`.
+    /// A rollout journal as a run of this fleet would write it, with `commit` and `version`,
+    /// started now (as one left by a run killed a moment ago would say).
     fn forge(&self, target: &str, version: u32, commit: &str, changed: Value) {
+        // Times are compared to the second: "now" is a second after the last record.
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        self.forge_started(
+            target,
+            version,
+            commit,
+            changed,
+            &envlock::target::now_rfc3339(),
+        );
+    }
+
+    fn forge_started(
+        &self,
+        target: &str,
+        version: u32,
+        commit: &str,
+        changed: Value,
+        started: &str,
+    ) {
         let j = serde_json::json!({
             "version": version,
             "environment": ENV,
@@ -80,7 +100,7 @@ impl Fleet {
                 "user": "mallory", "host": "nowhere", "pid": 4_000_000,
                 "since": "2026-01-01T00:00:00Z", "environment": ENV
             },
-            "started": "2026-01-01T00:00:00Z",
+            "started": started,
             "waves": ["all"],
             "wave": 0,
             "phase": "baking",
@@ -346,6 +366,43 @@ fn a_forged_journal_cannot_make_another_target_go_dark() {
         .stderr_has("that target's log says its live generation 2 replaced generation 1");
     std::fs::remove_file(fleet.journal("eu-1")).unwrap();
     assert!(fleet.everything() == before, "{}", r.stderr);
+
+    // Exactly one step back, as the canary's own log tells it: a real journal is written
+    // before its targets change, and this one says it started after generation 2 went live.
+    fleet.forge(
+        "eu-1",
+        1,
+        &live,
+        serde_json::json!([{"target": "canary", "before": 1, "after": 2}]),
+    );
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(3).stderr_has("went live at");
+    std::fs::remove_file(fleet.journal("eu-1")).unwrap();
+    assert!(fleet.everything() == before, "{}", r.stderr);
+
+    // Started before generation 2 went live, then: the rollout of that commit has ended since
+    // (its record), so the journal is stale: removed, nothing undone, the run goes on.
+    fleet.forge_started(
+        "eu-1",
+        1,
+        &live,
+        serde_json::json!([{"target": "canary", "before": 1, "after": 2}]),
+        "2026-01-01T00:00:00Z",
+    );
+    let r = fleet.deploy(&["--yes"]);
+    no_panic(&r);
+    r.code(0)
+        .stderr_has("Removed the journal of a rollout of commit");
+    assert!(!fleet.journal("eu-1").exists());
+    for (d, b) in DIRS.iter().zip(&before) {
+        assert_eq!(
+            snapshot(&fleet.dir(d)).get("current"),
+            b.get("current"),
+            "{d}: {}",
+            r.stderr
+        );
+    }
 }
 
 /// `deploy status` finds an interrupted rollout wherever `deploy` would (its journal in a
@@ -372,10 +429,8 @@ fn status_shows_an_interrupted_rollout_in_any_target() {
     json.code(0);
     let v: Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["rollout"]["holder"]["user"], "mallory", "{v}");
-    fleet
-        .deploy(&["--yes"])
-        .code(4)
-        .stderr_has("Found an interrupted rollout");
+    // Forged after eu-1's generation 2 went live: found, and not believed.
+    fleet.deploy(&["--yes"]).code(3).stderr_has("went live at");
 }
 
 /// A rollout killed while it baked, whose journal was then removed (a tidy operator at night,
