@@ -588,10 +588,7 @@ fn undo(parts: &[Part<'_>], changed: &[Changed], why: &str) -> Result<Vec<Restor
     // restored; its error ends the run after them, and the journal stays for the next run.
     let mut first_error = None;
     for c in changed.iter().rev() {
-        let Some(p) = parts
-            .iter()
-            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
-        else {
+        let Some(p) = part(parts, &c.target) else {
             continue;
         };
         let r = match apply::restore(&p.d, c.before, why) {
@@ -908,42 +905,10 @@ fn ended(parts: &[Part<'_>], journal: &RolloutJournal) -> Result<Option<String>>
 /// changed gets its own journal resolved, then what was live before the rollout back. Returns
 /// true when one was found (this run then ends, exit 4).
 fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -> Result<bool> {
-    // Nothing is read from a target before it proved its owner. Every target is looked at, so
-    // a journal stays found when the configuration changed which target comes first.
-    let mut found = None;
-    for (i, p) in parts.iter().enumerate() {
-        p.d.verify_owner()?;
-        if found.is_none() {
-            found = read_journal(&p.d)?.map(|j| (i, j));
-        }
-    }
-    let Some((at, mut journal)) = found else {
+    let Some((at, mut journal)) = find_journal(parts)? else {
         return Ok(false);
     };
-    if journal.environment != d.env.name || journal.account != d.env.account.value {
-        return Err(Failure::refused(format!(
-            "the rollout journal belongs to `{}` (account {}), not to {}",
-            journal.environment,
-            journal.account,
-            d.who()
-        ))
-        .into());
-    }
-    if let Some(gone) = journal.changed.iter().find(|c| {
-        !parts
-            .iter()
-            .any(|p| p.d.member.as_deref() == Some(c.target.as_str()))
-    }) {
-        return Err(Failure::refused(format!(
-            "an interrupted rollout of `{}` changed target `{}`, which this commit's configuration no longer has, so it cannot be undone from here",
-            d.env.name, gone.target
-        ))
-        .hint(format!(
-            "check out the commit that still names `{}` (the rollout's was {}) and run `deploy --target {}` there to undo it; nothing was written",
-            gone.target, journal.commit, d.env.name
-        ))
-        .into());
-    }
+    check_journal_names(d, parts, &journal)?;
     hold_locks(parts)?;
     // Its run recorded the rollout's end and died before removing the journal (or the journal
     // is a copy of an ended one): there is nothing to undo, only the journal to remove.
@@ -969,24 +934,71 @@ fn recover(d: &Deployment<'_>, parts: &[Part<'_>], report: &mut RolloutReport) -
     );
     d.say(&format!("{found}."));
     report.recovered.push(found);
-    for c in &journal.changed {
-        if let Some(p) = parts
-            .iter()
-            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
-        {
-            apply::settle_interrupted(&p.d)?;
-        }
+    let changed: Vec<(&Changed, &Part<'_>)> = journal
+        .changed
+        .iter()
+        .filter_map(|c| part(parts, &c.target).map(|p| (c, p)))
+        .collect();
+    for (_, p) in &changed {
+        apply::settle_interrupted(&p.d)?;
     }
-    for c in &journal.changed {
-        if let Some(p) = parts
-            .iter()
-            .find(|p| p.d.member.as_deref() == Some(c.target.as_str()))
-        {
-            check_claim(d, &p.d, &journal, c)?;
-        }
+    for (c, p) in &changed {
+        check_claim(d, &p.d, &journal, c)?;
     }
     journal.phase = "undoing".into();
     let why = "interrupted rollout, undone by the next run".to_owned();
     undo_all(d, parts, at, &journal, report, "recovered", why)?;
     Ok(true)
+}
+
+/// The target of `parts` named `name`.
+fn part<'p, 'a>(parts: &'p [Part<'a>], name: &str) -> Option<&'p Part<'a>> {
+    parts.iter().find(|p| p.d.member.as_deref() == Some(name))
+}
+
+/// The first rollout journal in any target's state, with the index of that target. Nothing is
+/// read from a target before it proved its owner; every target is looked at, so a journal
+/// stays found when the configuration changed which target comes first.
+fn find_journal(parts: &[Part<'_>]) -> Result<Option<(usize, RolloutJournal)>> {
+    let mut found = None;
+    for (i, p) in parts.iter().enumerate() {
+        p.d.verify_owner()?;
+        if found.is_none() {
+            found = read_journal(&p.d)?.map(|j| (i, j));
+        }
+    }
+    Ok(found)
+}
+
+/// A journal of this environment and account, naming only targets the configuration has.
+fn check_journal_names(
+    d: &Deployment<'_>,
+    parts: &[Part<'_>],
+    journal: &RolloutJournal,
+) -> Result<()> {
+    if journal.environment != d.env.name || journal.account != d.env.account.value {
+        return Err(Failure::refused(format!(
+            "the rollout journal belongs to `{}` (account {}), not to {}",
+            journal.environment,
+            journal.account,
+            d.who()
+        ))
+        .into());
+    }
+    let Some(gone) = journal
+        .changed
+        .iter()
+        .find(|c| part(parts, &c.target).is_none())
+    else {
+        return Ok(());
+    };
+    Err(Failure::refused(format!(
+        "an interrupted rollout of `{}` changed target `{}`, which this commit's configuration no longer has, so it cannot be undone from here",
+        d.env.name, gone.target
+    ))
+    .hint(format!(
+        "check out the commit that still names `{}` (the rollout's was {}) and run `deploy --target {}` there to undo it; nothing was written",
+        gone.target, journal.commit, d.env.name
+    ))
+    .into())
 }
