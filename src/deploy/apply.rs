@@ -489,30 +489,7 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
     report.previous_generation = live.generation;
     report.generation = live.generation;
     report.set_plan(&plan);
-    report.saved = save.then(|| {
-        SavedPlan {
-            format: saved::FORMAT.to_owned(),
-            version: saved::VERSION,
-            environment: d.env.name.clone(),
-            account: d.env.account.value.clone(),
-            target: d.env.target.describe(),
-            commit: d.commit.id.to_string(),
-            config_sha256: report.config_sha256.clone(),
-            live: LiveState {
-                generation: live.generation,
-                sha256: saved::live_sha256(&live),
-            },
-            resources: saved::resource_hashes(&plan.desired, &key),
-            secrets_bound,
-            new_target: report.adopted,
-            summary: report.summary,
-            changes: saved::reviewed_changes(&plan.changes),
-            created: crate::target::now_rfc3339(),
-            operator: operator(),
-            checksum: String::new(),
-        }
-        .seal()
-    });
+    report.saved = save.then(|| saved_plan(d, &report, &live, &plan, &key, secrets_bound));
     let shown = show_plan(
         d,
         &format!("Plan for {}", heading(d)),
@@ -532,6 +509,39 @@ pub fn plan(d: &Deployment<'_>, save: bool) -> Result<Report> {
         check_fits(d, &plan)?;
     }
     Ok(report)
+}
+
+/// What `deploy plan --out FILE` writes: the plan bound to the live state it was made against.
+fn saved_plan(
+    d: &Deployment<'_>,
+    report: &Report,
+    live: &Live,
+    plan: &Plan,
+    key: &[u8],
+    secrets_bound: bool,
+) -> SavedPlan {
+    SavedPlan {
+        format: saved::FORMAT.to_owned(),
+        version: saved::VERSION,
+        environment: d.env.name.clone(),
+        account: d.env.account.value.clone(),
+        target: d.env.target.describe(),
+        commit: d.commit.id.to_string(),
+        config_sha256: report.config_sha256.clone(),
+        live: LiveState {
+            generation: live.generation,
+            sha256: saved::live_sha256(live),
+        },
+        resources: saved::resource_hashes(&plan.desired, key),
+        secrets_bound,
+        new_target: report.adopted,
+        summary: report.summary,
+        changes: saved::reviewed_changes(&plan.changes),
+        created: crate::target::now_rfc3339(),
+        operator: operator(),
+        checksum: String::new(),
+    }
+    .seal()
 }
 
 /// `missing`/`empty` for a target with no stamp yet ([`Report::new_target`]).
@@ -2265,7 +2275,19 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         return Err(err);
     }
     d.arm_interrupts();
-    let mut journal = rollback_journal(d, current, wanted, &report)?;
+    switch_back(d, current, wanted, &mut report)?;
+    Ok(report)
+}
+
+/// Under the lock: journal, make `wanted` live, health-check it, and record the rollback (or
+/// undo it when the check fails).
+fn switch_back(
+    d: &Deployment<'_>,
+    current: &GenerationInfo,
+    wanted: &GenerationInfo,
+    report: &mut Report,
+) -> Result<()> {
+    let mut journal = rollback_journal(d, current, wanted, report)?;
     write_journal(d, &journal)?;
     d.target
         .activate(wanted.id)
@@ -2274,13 +2296,12 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
     write_journal(d, &journal)?;
     report.generation = Some(wanted.id);
     d.say(&format!("Generation {} is live.", wanted.id));
-    if let Some(why) = verify_new(d, wanted.id, &wanted.commit, "rollback", &mut report) {
-        roll_back(d, &mut journal, wanted.id, &why, &mut report)?;
-        return Ok(report);
+    if let Some(why) = verify_new(d, wanted.id, &wanted.commit, "rollback", report) {
+        return roll_back(d, &mut journal, wanted.id, &why, report);
     }
     let entry = journal_entry(&journal, d, Outcome::Applied, Some(wanted.id), None);
     report.config_sha256 = journal.config_sha256.clone();
-    record(d, &mut report, entry).map_err(|e| unrecorded(d, wanted.id, e))?;
+    record(d, report, entry).map_err(|e| unrecorded(d, wanted.id, e))?;
     clear_journal(d)?;
     d.say(&format!(
         "{} {} is live at generation {} (commit {}).",
@@ -2289,7 +2310,7 @@ pub fn rollback(d: &Deployment<'_>, to: Option<GenerationId>, yes: bool) -> Resu
         wanted.id,
         short(&wanted.commit)
     ));
-    Ok(report)
+    Ok(())
 }
 
 /// The plan of making `wanted` live again: its recorded files against what is live now.
